@@ -1,0 +1,93 @@
+"""`bitconv inspect`: what a checkpoint is, its layout, shapes, bits per weight and scale statistics."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from bitconv import naming
+from bitconv.sources import KINDS, Checkpoint, open_source
+
+
+@dataclass
+class TensorRow:
+    name: str
+    shape: list[int]
+    dtype: str  # stored dtype
+    layout: str  # "passthrough" or the ternary layout
+    bytes: int
+    scale: float | None = None
+    zero_fraction: float | None = None
+
+
+@dataclass
+class Description:
+    path: str
+    kind: str
+    kind_description: str
+    layout: str | None
+    family: str
+    architecture: str
+    config: dict
+    parameters: int
+    ternary_parameters: int
+    files: list[dict]
+    total_bytes: int
+    bits_per_weight: float  # all stored bytes * 8 / all parameters
+    ternary_bits_per_weight: float | None  # stored bits (codes + scale) per ternary weight
+    scale_stats: dict | None
+    zero_fraction: float | None
+    compute: str | None
+    quantization_config: dict | None
+    tensors: list[TensorRow] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+_CONFIG_KEYS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                "num_key_value_heads", "vocab_size", "hidden_act", "tie_word_embeddings", "rope_theta")
+
+
+def describe(src: str | Path | Checkpoint, *, stats: bool = True) -> Description:
+    """Describe SRC. With `stats`, every ternary tensor is decoded (or quantized, for a master) to report its
+    scale and the fraction of zero codes; without, only headers are read."""
+    ck = src if isinstance(src, Checkpoint) else open_source(src)
+    fam, _ = naming.family(ck.config)
+    rows, scales, zeros, n_tern = [], [], 0, 0
+    tern_bytes = 0
+    for t in ck.tensors.values():
+        row = TensorRow(t.name, list(t.shape), t.dtype, "passthrough", t.stored_bytes)
+        if t.is_ternary:
+            row.layout = ck.layout or "bf16 master (ternarized on the fly)"
+            n_tern += t.numel
+            tern_bytes += t.stored_bytes
+            if stats:
+                tern = t.ternary(ck.compute if ck.compute in ("float32", "bfloat16") else "float32")
+                z = int(np.count_nonzero(tern.codes == 0))
+                row.scale, row.zero_fraction = float(tern.scale), z / t.numel
+                scales.append(float(tern.scale))
+                zeros += z
+        rows.append(row)
+    files = [{"name": f.name, "bytes": f.stat().st_size} for f in ck.files]
+    total = sum(f["bytes"] for f in files)
+    n_params = sum(t.numel for t in ck.tensors.values())
+    qc = ck.config.get("quantization_config")
+    return Description(
+        path=str(ck.path), kind=ck.kind, kind_description=KINDS[ck.kind], layout=ck.layout, family=fam,
+        architecture=(ck.config.get("architectures") or ["?"])[0],
+        config={k: ck.config[k] for k in _CONFIG_KEYS if k in ck.config},
+        parameters=n_params, ternary_parameters=n_tern, files=files, total_bytes=total,
+        bits_per_weight=8 * total / max(n_params, 1),
+        ternary_bits_per_weight=(8 * tern_bytes / n_tern) if n_tern else None,
+        scale_stats=_stats(scales) if scales else None,
+        zero_fraction=(zeros / n_tern) if (stats and n_tern) else None,
+        compute=ck.compute, quantization_config=qc if isinstance(qc, dict) else None, tensors=rows)
+
+
+def _stats(values: list[float]) -> dict:
+    a = np.asarray(values, dtype=np.float64)
+    return {"count": int(a.size), "min": float(a.min()), "max": float(a.max()), "mean": float(a.mean()),
+            "median": float(np.median(a))}

@@ -1,0 +1,103 @@
+"""transformers' packed BitNet layout: 4 ternary codes per uint8 along dim 0, in four contiguous row blocks.
+
+| field          | shape              | dtype | meaning                                                     |
+|----------------|--------------------|-------|-------------------------------------------------------------|
+| `weight`       | [out / 4, in]      | U8    | byte [r, c] holds code(W[r + i*R, c]) + 1 in bits 2i..2i+1  |
+| `weight_scale` | [1]                | BF16  | `hf-autobitlinear`: scale (W ≈ q * ws); `hf-bitlinear`: 1/scale (W ≈ q / ws) |
+
+R = out / 4. Code map: -1 -> 0b00, 0 -> 0b01, +1 -> 0b10; 0b11 is never written and is rejected on read.
+Worked example (one column, out = 8, R = 2): codes [1, 0, -1, 1, 0, 0, 1, -1] pack to bytes [146, 25]:
+146 = 0b10_01_00_10 holds rows 0, 2, 4, 6 from the low bits up; 25 = 0b00_01_10_01 holds rows 1, 3, 5, 7.
+out % 4 != 0 is refused: neither BitLinear (floor) nor AutoBitLinear offline (exact check) can load it.
+# ref: transformers/integrations/bitnet.py pack_weights / unpack_weights; spec hf-packed.md §1-2
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+
+from bitconv.errors import LayoutError
+from bitconv.layouts import Layout
+from bitconv.tensors import FieldSpec, Ternary
+
+VALUES_PER_BYTE = 4
+
+
+def f32_to_bf16_bits(x: float) -> np.ndarray:
+    """[x] rounded to bfloat16 (nearest, ties to even) as raw uint16 bits, shape [1]."""
+    return torch.tensor([x], dtype=torch.float32).to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
+
+
+def bf16_bits_to_f32(bits: np.ndarray) -> np.float32:
+    return np.float32((np.asarray(bits, dtype=np.uint16).reshape(-1)[:1].astype(np.uint32) << 16).view(np.float32)[0])
+
+
+def pack_codes(codes: np.ndarray) -> np.ndarray:
+    """int8 codes [out, in] (out % 4 == 0) -> uint8 [out/4, in] in transformers' blocked layout."""
+    u = torch.from_numpy(np.ascontiguousarray(codes)).view(torch.uint8)  # -1 -> 255, 0 -> 0, 1 -> 1
+    r = u.shape[0] // VALUES_PER_BYTE
+    out = u[3 * r:] + 1  # wraps 255 -> 0, so this is code + 1
+    out <<= 6
+    for i in (2, 1, 0):
+        block = u[i * r:(i + 1) * r] + 1
+        if i:
+            block <<= 2 * i
+        out |= block
+    return out.numpy()
+
+
+def unpack_codes(packed: np.ndarray, out_features: int, tensor: str | None = None) -> np.ndarray:
+    """uint8 [out/4, in] -> int8 codes [out, in]. A 0b11 pair (not a ternary code) raises LayoutError."""
+    p = torch.from_numpy(np.ascontiguousarray(packed))
+    r = p.shape[0]
+    codes = torch.empty((VALUES_PER_BYTE * r, *p.shape[1:]), dtype=torch.uint8)
+    for i in range(VALUES_PER_BYTE):
+        torch.bitwise_and(p >> (2 * i), 3, out=codes[i * r:(i + 1) * r])
+    if bool((codes == 3).any()):
+        raise LayoutError("packed weight holds the bit pair 0b11, which is not a ternary code", tensor=tensor,
+                          shape=tuple(packed.shape), hint="the file is corrupt or not an HF packed checkpoint")
+    codes = codes.view(torch.int8)
+    codes -= 1
+    return codes[:out_features].numpy()
+
+
+class _HFPacked(Layout):
+    linear_class: str
+    inverted: bool  # True where the format stores 1/scale
+
+    def spec(self, shape: tuple[int, ...], tensor: str | None = None) -> dict[str, FieldSpec]:
+        self._require_2d(shape, tensor)
+        out, k = shape
+        if out % VALUES_PER_BYTE:
+            raise LayoutError(f"HF packed layout needs out_features % 4 == 0 (got {out}); transformers cannot load "
+                              "it", tensor=tensor, shape=shape,
+                              hint="leave this module unconverted or pick another --to format")
+        return {"weight": FieldSpec((out // VALUES_PER_BYTE, k), "U8"), "weight_scale": FieldSpec((1,), "BF16")}
+
+    def pack(self, t: Ternary) -> dict[str, np.ndarray]:
+        self.spec(t.shape)
+        stored = np.float32(1.0) / np.float32(t.scale) if self.inverted else np.float32(t.scale)
+        return {"weight": pack_codes(t.codes), "weight_scale": f32_to_bf16_bits(float(stored))}
+
+    def unpack(self, fields: Mapping[str, np.ndarray], shape: tuple[int, ...]) -> Ternary:
+        codes = unpack_codes(fields["weight"], shape[0])
+        ws = bf16_bits_to_f32(fields["weight_scale"])
+        return Ternary(codes, np.float32(1.0) / ws if self.inverted else ws)
+
+
+class HFAutoBitLinear(_HFPacked, name="hf-autobitlinear", container="hf"):
+    description = "transformers packed, linear_class autobitlinear (weight_scale = scale; microsoft 2B-4T)"
+    linear_class = "autobitlinear"
+    inverted = False
+
+
+class HFBitLinear(_HFPacked, name="hf-bitlinear", container="hf"):
+    description = "transformers packed, linear_class bitlinear (weight_scale = 1/scale; HF1BitLLM, onebitllms)"
+    linear_class = "bitlinear"
+    inverted = True
+
+
+HF_LAYOUTS = {"autobitlinear": "hf-autobitlinear", "bitlinear": "hf-bitlinear"}

@@ -1,0 +1,35 @@
+"""Which tensors are ternary, which files travel with a checkpoint, and the model families bitconv knows."""
+
+from __future__ import annotations
+
+# The seven projections BitNet b1.58 ternarizes; everything else (embeddings, lm_head, every norm) passes through.
+# ref: llama.cpp conversion/bitnet.py; spec README convention 3
+TERNARY_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+_SUFFIXES = tuple(f".{p}.weight" for p in TERNARY_PROJECTIONS)
+
+# Files copied next to the weights of every HF-layout output (tokenizer, generation settings, licence).
+AUX_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
+             "added_tokens.json", "vocab.json", "merges.txt", "chat_template.jinja", "chat_template.json",
+             "generation_config.json", "LICENSE", "LICENSE.txt", "NOTICE")
+
+# architectures[0] -> (family id, human description). # ref: spec hf-packed.md §3.3-3.4, golden gguf-i2s input
+FAMILIES = {
+    "BitNetForCausalLM": ("bitnet-2b4t", "BitNet b1.58 2B4T (transformers BitNetForCausalLM)"),
+    "LlamaForCausalLM": ("llama-bitnet", "Llama-architecture ternary model (HF1BitLLM / Falcon-E)"),
+    "BitnetForCausalLM": ("1bitllm", "1bitLLM BitnetForCausalLM (remote code)"),
+}
+
+
+def is_ternary(name: str, ndim: int = 2) -> bool:
+    """True for the `.weight` of one of the seven projections (2-D)."""
+    return ndim == 2 and name.endswith(_SUFFIXES)
+
+
+def module_of(weight_name: str) -> str:
+    """`model.layers.0.self_attn.q_proj.weight` -> `model.layers.0.self_attn.q_proj`."""
+    return weight_name[: -len(".weight")]
+
+
+def family(config: dict) -> tuple[str, str]:
+    arch = (config.get("architectures") or ["?"])[0]
+    return FAMILIES.get(arch, ("unknown", f"unknown architecture {arch!r}"))

@@ -1,0 +1,223 @@
+"""Plan, then stream: every shape is validated and every output sized before the first byte is read or written.
+
+Public entry points (the CLI calls exactly these):
+    quantize(src, out)            bf16 master -> bitconv ternary checkpoint (int8 codes + float32 scales)
+    pack_hf(src, out)             any ternary-capable source -> transformers packed checkpoint
+    unpack_hf(src, out)           packed / ternary -> bf16 checkpoint (codes * scale) with an online config
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from bitconv import dtypes
+from bitconv.errors import UsageError
+from bitconv.layouts import Layout, get_layout
+from bitconv.layouts.hf_packed import HF_LAYOUTS
+from bitconv.naming import module_of
+from bitconv.output import AtomicOutput, check_free_space
+from bitconv.quant import COMPUTE_MODES, dequantize
+from bitconv.safetensors_io import OutEntry
+from bitconv.sinks.hf import DEFAULT_MAX_SHARD_BYTES, HFSink
+from bitconv.sources import Checkpoint, ModelTensor, open_source
+from bitconv.tensors import FieldSpec
+
+Progress = Callable[[int, int, str], None]  # (tensors done, tensors total, current name)
+
+TERNARY_FORMAT_VERSION = 1
+
+
+@dataclass
+class Step:
+    tensor: ModelTensor
+    outputs: dict[str, FieldSpec]  # output tensor name -> spec
+    action: str  # "pack" (ternary -> layout fields), "dequant" (ternary -> bf16), "copy" (bytes verbatim)
+
+
+@dataclass
+class Plan:
+    source: Checkpoint
+    target: str
+    steps: list[Step]
+    config: dict
+    layout: Layout | None = None
+    compute: str = "float32"
+
+    @property
+    def entries(self) -> list[OutEntry]:
+        return [OutEntry(n, f.dtype, f.shape) for s in self.steps for n, f in s.outputs.items()]
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(f.nbytes for s in self.steps for f in s.outputs.values())
+
+
+@dataclass
+class Report:
+    out: Path
+    target: str
+    source_kind: str
+    files: list[Path]
+    n_ternary: int
+    n_passthrough: int
+    bytes_written: int
+    seconds: float
+    extra: dict = field(default_factory=dict)
+
+
+def _layout_steps(src: Checkpoint, layout: Layout) -> list[Step]:
+    steps = []
+    for t in src.tensors.values():
+        if t.is_ternary:
+            fields = layout.spec(t.shape, tensor=t.name)  # raises LayoutError before anything is written
+            outs = {f"{module_of(t.name)}.{k}": v for k, v in fields.items()}
+            steps.append(Step(t, outs, "pack"))
+        else:
+            steps.append(Step(t, {t.name: FieldSpec(t.shape, t.dtype)}, "copy"))
+    return steps
+
+
+def _check_compute(compute: str) -> None:
+    if compute not in COMPUTE_MODES:
+        raise UsageError(f"--compute must be one of {', '.join(COMPUTE_MODES)}, got {compute!r}")
+
+
+def _base_config(src: Checkpoint) -> dict:
+    cfg = copy.deepcopy(src.config)
+    cfg.pop("bitconv", None)
+    cfg.pop("auto_map", None)  # points at remote-code files that do not exist (spec hf-packed.md §3.3)
+    return cfg
+
+
+def bitnet_quant_config(src_config: dict, linear_class: str, mode: str) -> dict:
+    """A `quantization_config` transformers loads without remote code; keeps `lm_head` out of conversion."""
+    qc: dict = {"quant_method": "bitnet", "linear_class": linear_class, "quantization_mode": mode}
+    old = src_config.get("quantization_config")
+    if isinstance(old, dict):
+        mtnc = old.get("modules_to_not_convert")
+        if isinstance(mtnc, list):  # an explicit list disables transformers' defaults (spec §3.2)
+            qc["modules_to_not_convert"] = mtnc if "lm_head" in mtnc else [*mtnc, "lm_head"]
+        for k in ("use_rms_norm", "rms_norm_eps"):
+            if k in old:
+                qc[k] = old[k]
+    return qc
+
+
+def _with_quant_config(cfg: dict, qc: dict) -> dict:
+    cfg["quantization_config"] = qc  # replaces in place (keeps key order) or appends
+    return cfg
+
+
+def plan_quantize(src: Checkpoint, compute: str = "float32") -> Plan:
+    _check_compute(compute)
+    layout = get_layout("bitconv-ternary")
+    cfg = copy.deepcopy(src.config)
+    done_by = compute if src.kind == "bf16-master" else (src.compute or "unknown")
+    cfg["bitconv"] = {"format": "ternary", "version": TERNARY_FORMAT_VERSION, "scale": "magnitude",
+                      "compute": done_by, "source_kind": src.kind}
+    return Plan(src, "bitconv-ternary", _layout_steps(src, layout), cfg, layout, compute)
+
+
+def plan_pack_hf(src: Checkpoint, linear_class: str = "autobitlinear", compute: str = "float32") -> Plan:
+    _check_compute(compute)
+    if linear_class not in HF_LAYOUTS:
+        raise UsageError(f"--linear-class must be one of {', '.join(HF_LAYOUTS)}, got {linear_class!r}")
+    layout = get_layout(HF_LAYOUTS[linear_class])
+    cfg = _with_quant_config(_base_config(src), bitnet_quant_config(src.config, linear_class, "offline"))
+    return Plan(src, layout.name, _layout_steps(src, layout), cfg, layout, compute)
+
+
+def plan_unpack_hf(src: Checkpoint) -> Plan:
+    if src.kind == "bf16-master":
+        raise UsageError("SRC is already a bf16 master; unpack takes a packed or ternary checkpoint",
+                         path=src.path)
+    steps = []
+    for t in src.tensors.values():
+        if t.is_ternary:
+            steps.append(Step(t, {t.name: FieldSpec(t.shape, "BF16")}, "dequant"))
+        else:
+            steps.append(Step(t, {t.name: FieldSpec(t.shape, t.dtype)}, "copy"))
+    cfg = _with_quant_config(_base_config(src), bitnet_quant_config(src.config, "autobitlinear", "online"))
+    return Plan(src, "hf-bf16", steps, cfg)
+
+
+def execute(plan: Plan, out: str | Path, *, overwrite: bool = False,
+            max_shard_bytes: int | None = DEFAULT_MAX_SHARD_BYTES, progress: Progress | None = None) -> Report:
+    """Stream the plan into OUT (atomically). One source tensor is resident at a time."""
+    t0 = time.perf_counter()
+    guard = AtomicOutput(out, overwrite=overwrite, inputs=(plan.source.path,))
+    check_free_space(guard.out.parent, plan.total_bytes)
+    with guard as tmp:
+        sink = HFSink(tmp, plan.entries, max_shard_bytes)
+        try:
+            for i, step in enumerate(plan.steps):
+                if progress:
+                    progress(i, len(plan.steps), step.tensor.name)
+                _run_step(step, plan, sink)
+            sink.close(plan.config, plan.source.aux_files)
+        except BaseException:
+            sink.abort()
+            raise
+        files = [guard.out / f.name for f in sink.files]
+    if progress:
+        progress(len(plan.steps), len(plan.steps), "")
+    n_tern = sum(1 for s in plan.steps if s.action != "copy")
+    return Report(guard.out, plan.target, plan.source.kind, files, n_tern, len(plan.steps) - n_tern,
+                  plan.total_bytes, time.perf_counter() - t0)
+
+
+def _run_step(step: Step, plan: Plan, sink: HFSink) -> None:
+    t = step.tensor
+    if step.action == "copy":
+        (name,) = step.outputs
+        sink.copy(name, t.stored[0])
+        return
+    tern = t.ternary(plan.compute)
+    if step.action == "dequant":
+        (name,) = step.outputs
+        sink.write(name, dtypes.to_numpy_storage(dequantize(tern)))
+        return
+    fields = plan.layout.pack(tern)
+    prefix = module_of(t.name)
+    for k, arr in fields.items():
+        spec = step.outputs[f"{prefix}.{k}"]
+        sink.write(f"{prefix}.{k}", np.asarray(arr).reshape(spec.shape))
+
+
+# ------------------------------------------------------------------------------------------------ public commands
+
+
+def quantize(src: str | Path, out: str | Path, *, compute: str = "float32", overwrite: bool = False,
+             max_shard_bytes: int | None = DEFAULT_MAX_SHARD_BYTES, progress: Progress | None = None) -> Report:
+    """Ternarize the seven projections of SRC into a bitconv ternary checkpoint at OUT.
+
+    Args:
+        src: a bf16 master folder (or an already-ternary checkpoint, whose codes are kept as they are).
+        out: the output folder; refused if it exists unless `overwrite`.
+        compute: "float32" (transformers' WeightQuant, canonical) or "bfloat16" (onebitllms).
+    Example:
+        >>> quantize("bitnet-bf16", "bitnet-ternary")
+    """
+    return execute(plan_quantize(open_source(src), compute), out, overwrite=overwrite,
+                   max_shard_bytes=max_shard_bytes, progress=progress)
+
+
+def pack_hf(src: str | Path, out: str | Path, *, linear_class: str = "autobitlinear", compute: str = "float32",
+            overwrite: bool = False, max_shard_bytes: int | None = DEFAULT_MAX_SHARD_BYTES,
+            progress: Progress | None = None) -> Report:
+    """Write a transformers-loadable packed checkpoint. Already-ternary sources are never re-quantized."""
+    return execute(plan_pack_hf(open_source(src), linear_class, compute), out, overwrite=overwrite,
+                   max_shard_bytes=max_shard_bytes, progress=progress)
+
+
+def unpack_hf(src: str | Path, out: str | Path, *, overwrite: bool = False,
+              max_shard_bytes: int | None = DEFAULT_MAX_SHARD_BYTES, progress: Progress | None = None) -> Report:
+    """Write bf16 `codes * scale` weights with an autobitlinear/online config (trainable in transformers)."""
+    return execute(plan_unpack_hf(open_source(src)), out, overwrite=overwrite, max_shard_bytes=max_shard_bytes,
+                   progress=progress)

@@ -1,0 +1,90 @@
+"""Absmean ternarization of bf16 master weights (BitNet b1.58).
+
+Canonical recipe (`../shared/spec/README.md` convention 2, transformers `WeightQuant`):
+    w = float32(W); m = max(mean(|w|), 1e-5)  # torch's float32 reduction
+    s = 1 / m; codes = clamp(round_half_even(w * s), -1, 1); scale = float32(1 / s)
+# ref: transformers/integrations/bitnet.py WeightQuant; spec hf-packed.md §7
+
+`compute="bfloat16"` reproduces onebitllms' `quantize_to_1bit`, which does the same arithmetic in bf16
+(about 0.2 % of codes differ from the float32 recipe). # ref: hf-packed.md §7.1, §8.1
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from bitconv.errors import SourceError
+from bitconv.tensors import Ternary
+
+EPS = 1e-5
+COMPUTE_MODES = ("float32", "bfloat16")
+
+
+class Workspace:
+    """Reusable scratch buffers, so streaming many tensors does not pay page faults for fresh allocations."""
+
+    def __init__(self) -> None:
+        self._bufs: dict[tuple[str, torch.dtype], torch.Tensor] = {}
+
+    def get(self, key: str, numel: int, dtype: torch.dtype) -> torch.Tensor:
+        buf = self._bufs.get((key, dtype))
+        if buf is None or buf.numel() < numel:
+            buf = torch.empty(numel, dtype=dtype)
+            self._bufs[(key, dtype)] = buf
+        return buf[:numel]
+
+
+_DEFAULT_WS = Workspace()
+
+
+def ternarize(w: torch.Tensor, compute: str = "float32", *, name: str | None = None,
+              ws: Workspace | None = None) -> Ternary:
+    """Ternarize one weight tensor. `w` is any float tensor (bf16 masters normally); it is not modified.
+
+    Returns codes (int8 numpy, same shape) and the float32 magnitude scale. A weight whose mean |w| is not finite
+    (NaN or Inf inside) raises `SourceError` naming `name`; an all-zero weight gives all-zero codes and scale 1e-5.
+    """
+    if compute not in COMPUTE_MODES:
+        raise ValueError(f"compute must be one of {COMPUTE_MODES}, got {compute!r}")
+    if compute == "bfloat16":
+        return _ternarize_bf16(w, name)
+    ws = ws or _DEFAULT_WS
+    n = w.numel()
+    wf = ws.get("w", n, torch.float32).view(w.shape)
+    wf.copy_(w)  # exact for bf16/f16 inputs
+    a = ws.get("abs", n, torch.float32).view(w.shape)
+    torch.abs(wf, out=a)
+    m = a.mean()  # the same kernel and order as `w.float().abs().mean()`
+    _check_finite(m, name, w.shape)
+    s = 1.0 / m.clamp(min=EPS)
+    x = wf.mul_(s)
+    # clamp(round_half_even(x), -1, 1) == (x > 0.5) - (x < -0.5) for every finite x; one pass cheaper.
+    pos = ws.get("pos", n, torch.bool).view(w.shape)
+    neg = ws.get("neg", n, torch.bool).view(w.shape)
+    torch.gt(x, 0.5, out=pos)
+    torch.lt(x, -0.5, out=neg)
+    codes = pos.to(torch.int8)
+    codes.sub_(neg.view(torch.int8))
+    return Ternary(codes.numpy(), np.float32((1.0 / s).item()))
+
+
+def _ternarize_bf16(w: torch.Tensor, name: str | None) -> Ternary:
+    # ref: onebitllms utils/quantization_utils.py weight_quant, run on bf16 tensors
+    w16 = w.to(torch.bfloat16)
+    m = w16.abs().mean()
+    _check_finite(m, name, w.shape)
+    s = 1.0 / m.clamp(min=EPS)
+    codes = (w16 * s).round().clamp(-1, 1).to(torch.int8)
+    return Ternary(codes.numpy(), np.float32(1.0) / np.float32(s.float().item()))
+
+
+def _check_finite(m: torch.Tensor, name: str | None, shape: torch.Size) -> None:
+    if not torch.isfinite(m):
+        raise SourceError("weight contains NaN or Inf values; it cannot be ternarized", tensor=name,
+                          shape=tuple(shape), hint="check the checkpoint that produced it")
+
+
+def dequantize(t: Ternary, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+    """codes * scale, computed in float32 and rounded once to `dtype`."""
+    return (torch.from_numpy(t.codes).to(torch.float32) * float(t.scale)).to(dtype)

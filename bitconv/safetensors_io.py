@@ -1,0 +1,262 @@
+"""A strict safetensors header reader and a streaming writer, both byte-compatible with the `safetensors` package.
+
+Reading never maps or loads a whole file: the header is validated against the file size (offsets inside the data
+region, no overlaps, byte size == shape x item size), and each tensor is read with `os.pread` into a caller buffer.
+
+Writing lays tensors out the way `safetensors.torch.save_file` (0.8) does, so files are byte-identical to it:
+# ref: safetensors/src/tensor.rs `prepare`: sort by (dtype alignment descending, name), header JSON without spaces,
+# `__metadata__` first, header padded with spaces to a multiple of 8.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import math
+import os
+import struct
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from bitconv import dtypes
+from bitconv.errors import OutputError, SourceError
+
+MAX_HEADER_BYTES = 100 * 1024 * 1024  # the limit the safetensors package enforces
+_COPY_CHUNK = 64 * 1024 * 1024
+_NO_COPY_RANGE = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF, errno.EPERM}
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """Where one stored tensor lives: absolute byte offset and size inside `path`."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    path: Path
+    offset: int
+    nbytes: int
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+
+def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
+    """Parse and validate a safetensors header. Returns (tensors by name, `__metadata__`)."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise SourceError(f"truncated safetensors file ({size} bytes, the 8-byte header length is missing)",
+                                  path=path)
+            (n,) = struct.unpack("<Q", head)
+            if n > MAX_HEADER_BYTES or 8 + n > size:
+                raise SourceError(f"corrupt safetensors header: declares {n} header bytes but the file has {size}",
+                                  path=path, hint="the file is truncated or not safetensors; download it again")
+            raw = f.read(n)
+    except OSError as e:
+        raise SourceError(f"cannot read: {e.strerror or e}", path=path) from None
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise SourceError(f"corrupt safetensors header: not valid JSON ({e})", path=path) from None
+    if not isinstance(header, dict):
+        raise SourceError("corrupt safetensors header: not a JSON object", path=path)
+    meta = header.pop("__metadata__", None) or {}
+    if not isinstance(meta, dict):
+        raise SourceError("corrupt safetensors header: __metadata__ is not an object", path=path)
+    data_start = 8 + n
+    infos = {name: _entry(path, name, e, data_start, size) for name, e in header.items()}
+    _check_no_overlap(path, infos.values())
+    return infos, {str(k): str(v) for k, v in meta.items()}
+
+
+def _entry(path: Path, name: str, e: object, data_start: int, size: int) -> TensorInfo:
+    if not isinstance(e, dict):
+        raise SourceError("corrupt safetensors header: entry is not an object", path=path, tensor=name)
+    dt, shape, offs = e.get("dtype"), e.get("shape"), e.get("data_offsets")
+    if dt not in dtypes.DTYPES:
+        raise SourceError(f"unknown dtype {dt!r}; bitconv reads {', '.join(dtypes.DTYPES)}", path=path, tensor=name)
+    if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
+        raise SourceError(f"corrupt safetensors header: bad shape {shape!r}", path=path, tensor=name)
+    if not (isinstance(offs, list) and len(offs) == 2 and all(isinstance(o, int) for o in offs)
+            and 0 <= offs[0] <= offs[1]):
+        raise SourceError(f"corrupt safetensors header: bad data_offsets {offs!r}", path=path, tensor=name)
+    nbytes = math.prod(shape) * dtypes.DTYPES[dt].itemsize
+    if offs[1] - offs[0] != nbytes:
+        raise SourceError(f"data_offsets span {offs[1] - offs[0]} bytes but {dt} {shape} needs {nbytes}",
+                          path=path, tensor=name)
+    if data_start + offs[1] > size:
+        raise SourceError(f"data ends at byte {data_start + offs[1]} but the file has {size}: truncated file",
+                          path=path, tensor=name, hint="download it again")
+    return TensorInfo(name, dt, tuple(shape), path, data_start + offs[0], nbytes)
+
+
+def _check_no_overlap(path: Path, infos: Iterable[TensorInfo]) -> None:
+    end, prev = -1, None
+    for t in sorted(infos, key=lambda t: (t.offset, t.nbytes)):
+        if t.nbytes and t.offset < end:
+            raise SourceError(f"corrupt safetensors header: data of {t.name!r} overlaps {prev!r}", path=path)
+        if t.nbytes:
+            end, prev = t.offset + t.nbytes, t.name
+
+
+def read_array(info: TensorInfo, out: np.ndarray | None = None) -> np.ndarray:
+    """Read one tensor's bytes into `out` (or a new array) as its numpy storage dtype, shaped like the tensor."""
+    d = dtypes.DTYPES[info.dtype]
+    if out is None:
+        out = np.empty(info.numel, dtype=d.np_storage)
+    buf = memoryview(out.reshape(-1).view(np.uint8))[: info.nbytes]
+    fd = os.open(info.path, os.O_RDONLY)
+    try:
+        got = 0
+        while got < info.nbytes:
+            n = os.preadv(fd, [buf[got:]], info.offset + got)
+            if n <= 0:
+                raise SourceError("file ended while reading tensor data: truncated file", path=info.path,
+                                  tensor=info.name)
+            got += n
+    except OSError as e:
+        raise SourceError(f"cannot read tensor data: {e.strerror or e}", path=info.path, tensor=info.name) from None
+    finally:
+        os.close(fd)
+    return out.reshape(-1).view(np.uint8)[: info.nbytes].view(d.np_storage).reshape(info.shape)
+
+
+# ----------------------------------------------------------------------------------------------------------- writing
+
+
+@dataclass(frozen=True)
+class OutEntry:
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * dtypes.DTYPES[self.dtype].itemsize
+
+
+def safetensors_order(entries: Iterable[OutEntry]) -> list[OutEntry]:
+    """The order `safetensors.save_file` stores tensors in: larger dtype alignment first, then by name."""
+    return sorted(entries, key=lambda e: (-dtypes.DTYPES[e.dtype].itemsize, e.name))
+
+
+def build_header(entries: list[OutEntry], metadata: Mapping[str, str] | None) -> bytes:
+    head: dict[str, object] = {}
+    if metadata:
+        head["__metadata__"] = dict(metadata)
+    off = 0
+    for e in entries:
+        head[e.name] = {"dtype": e.dtype, "shape": list(e.shape), "data_offsets": [off, off + e.nbytes]}
+        off += e.nbytes
+    raw = json.dumps(head, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    raw += b" " * (-(8 + len(raw)) % 8)
+    return struct.pack("<Q", len(raw)) + raw
+
+
+class SafetensorsWriter:
+    """Writes one safetensors file whose entries are all known up front; tensors may arrive in any order.
+
+    The header is written at once, so every tensor's offset is fixed; `write`/`copy_from` put each tensor at its
+    place. `close` refuses to finish a file in which any entry was not written exactly once.
+    """
+
+    def __init__(self, path: Path, entries: Iterable[OutEntry], metadata: Mapping[str, str] | None = None) -> None:
+        self.path = Path(path)
+        self.entries = safetensors_order(entries)
+        header = build_header(self.entries, metadata)
+        self._where: dict[str, tuple[int, int]] = {}
+        off = len(header)
+        for e in self.entries:
+            self._where[e.name] = (off, e.nbytes)
+            off += e.nbytes
+        self.size = off
+        self._pending = set(self._where)
+        try:
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            _pwrite_all(self._fd, memoryview(header), 0)
+        except OSError as e:
+            raise OutputError(f"cannot write: {e.strerror or e}", path=self.path) from None
+
+    def _take(self, name: str, nbytes: int) -> int:
+        if name not in self._pending:
+            state = "already written" if name in self._where else "not part of this file"
+            raise RuntimeError(f"writer state: {name!r} is {state} ({self.path})")
+        off, size = self._where[name]
+        if size != nbytes:
+            raise RuntimeError(f"writer state: {name!r} expects {size} bytes, got {nbytes}")
+        self._pending.discard(name)
+        return off
+
+    def write(self, name: str, data: np.ndarray) -> None:
+        data = np.ascontiguousarray(data)
+        off = self._take(name, data.nbytes)
+        try:
+            _pwrite_all(self._fd, memoryview(data.reshape(-1).view(np.uint8)), off)
+        except OSError as e:
+            raise OutputError(f"cannot write: {e.strerror or e}", path=self.path, tensor=name) from None
+
+    def copy_from(self, name: str, src: TensorInfo) -> None:
+        """Copy a stored tensor's bytes verbatim from its source file (kernel-side where the OS allows)."""
+        off = self._take(name, src.nbytes)
+        try:
+            fd_in = os.open(src.path, os.O_RDONLY)
+            try:
+                _copy_range(fd_in, self._fd, src.offset, off, src.nbytes)
+            finally:
+                os.close(fd_in)
+        except OSError as e:
+            raise OutputError(f"cannot copy tensor data: {e.strerror or e}", path=self.path, tensor=name) from None
+
+    def close(self) -> None:
+        if self._fd < 0:
+            return
+        if self._pending:
+            self.abort()
+            raise RuntimeError(f"writer state: closed before {sorted(self._pending)[0]!r} was written")
+        try:
+            os.fsync(self._fd)
+        except OSError as e:
+            raise OutputError(f"cannot write: {e.strerror or e}", path=self.path) from None
+        finally:
+            os.close(self._fd)
+            self._fd = -1
+
+    def abort(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n
+
+
+def _copy_range(fd_in: int, fd_out: int, src_off: int, dst_off: int, count: int) -> None:
+    done = 0
+    copy_range = getattr(os, "copy_file_range", None)
+    while done < count and copy_range is not None:
+        try:
+            n = copy_range(fd_in, fd_out, min(count - done, _COPY_CHUNK), src_off + done, dst_off + done)
+        except OSError as e:
+            if e.errno not in _NO_COPY_RANGE:
+                raise
+            break  # cross-filesystem or unsupported: fall back to read/write
+        if n <= 0:
+            break
+        done += n
+    while done < count:
+        chunk = os.pread(fd_in, min(count - done, _COPY_CHUNK), src_off + done)
+        if not chunk:
+            raise OSError("source file ended early (truncated)")
+        _pwrite_all(fd_out, memoryview(chunk), dst_off + done)
+        done += len(chunk)

@@ -1,0 +1,89 @@
+"""Lazy tensor sources: a checkpoint as name -> loader, one tensor resident at a time.
+
+`open_source(path)` sniffs what `path` is and returns a `Checkpoint`. Every kind exposes the same logical view:
+HF tensor names with logical shapes; ternary projections give a `Ternary` (quantized on the fly from a master,
+decoded from packed/ternary storage), everything else is passed through byte for byte.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bitconv.errors import SourceError
+from bitconv.safetensors_io import TensorInfo
+from bitconv.tensors import Ternary
+
+# What a checkpoint is; `inspect` prints these ids.
+KINDS = {
+    "bf16-master": "bf16 master weights (HF layout)",
+    "bitconv-ternary": "bitconv ternary checkpoint (int8 codes + float32 scales)",
+    "hf-packed": "transformers packed BitNet checkpoint (uint8, 4 codes per byte)",
+}
+
+
+@dataclass
+class ModelTensor:
+    """One logical tensor of a model. Exactly one of `ternary_loader` / `stored` describes its data."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str  # stored dtype (passthrough) or storage dtype of the ternary data ("BF16" master, "U8", "I8")
+    stored: list[TensorInfo] = field(default_factory=list)  # the stored tensors behind it
+    ternary_loader: Callable[[str], Ternary] | None = None
+
+    @property
+    def is_ternary(self) -> bool:
+        return self.ternary_loader is not None
+
+    def ternary(self, compute: str = "float32") -> Ternary:
+        assert self.ternary_loader is not None, self.name
+        return self.ternary_loader(compute)
+
+    @property
+    def numel(self) -> int:
+        return int(np.prod(self.shape))
+
+    @property
+    def stored_bytes(self) -> int:
+        return sum(t.nbytes for t in self.stored)
+
+
+@dataclass
+class Checkpoint:
+    """An opened checkpoint: config, logical tensors, and the side files (tokenizer, ...) that travel with it."""
+
+    path: Path
+    kind: str
+    config: dict
+    tensors: dict[str, ModelTensor]
+    aux_files: list[Path]
+    files: list[Path]  # weight files
+    layout: str | None = None  # the packed layout of ternary tensors, e.g. "hf-autobitlinear"
+    compute: str | None = None  # how stored codes were made, when known
+
+    def ternary_tensors(self) -> list[ModelTensor]:
+        return [t for t in self.tensors.values() if t.is_ternary]
+
+    def load_passthrough(self, name: str) -> torch.Tensor:
+        from bitconv.sources.safetensors import load_torch
+
+        return load_torch(self.tensors[name].stored[0])
+
+
+def open_source(path: str | Path) -> Checkpoint:
+    """Open SRC: a folder holding an HF-layout checkpoint (bf16 master, bitconv ternary or HF packed)."""
+    p = Path(path)
+    if not p.exists():
+        raise SourceError("no such file or folder", path=p)
+    from bitconv.sources.safetensors import open_safetensors_dir
+
+    if p.is_file() and p.suffix == ".safetensors":
+        p = p.parent
+    if p.is_dir():
+        return open_safetensors_dir(p)
+    raise SourceError("not a checkpoint: expected a folder with config.json and *.safetensors", path=p)

@@ -1,0 +1,200 @@
+"""HF-layout checkpoint folders: one `model.safetensors` or shards named by `model.safetensors.index.json`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bitconv import dtypes, naming
+from bitconv.errors import SourceError
+from bitconv.layouts.hf_packed import HF_LAYOUTS, unpack_codes
+from bitconv.quant import Workspace, ternarize
+from bitconv.safetensors_io import TensorInfo, read_array, read_header
+from bitconv.sources import Checkpoint, ModelTensor
+from bitconv.tensors import Ternary
+
+INDEX = "model.safetensors.index.json"
+SINGLE = "model.safetensors"
+
+_WS = Workspace()
+
+
+def read_json(path: Path, what: str) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SourceError(f"{what} is missing", path=path) from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise SourceError(f"{what} is not valid JSON ({e})", path=path) from None
+    if not isinstance(data, dict):
+        raise SourceError(f"{what} is not a JSON object", path=path)
+    return data
+
+
+def load_torch(info: TensorInfo) -> torch.Tensor:
+    """A fresh torch tensor holding one stored tensor."""
+    return dtypes.from_numpy_storage(read_array(info), info.dtype).reshape(info.shape)
+
+
+def _load_scratch(info: TensorInfo) -> torch.Tensor:
+    """Read into a reused buffer: valid until the next call. For data consumed at once (ternarization)."""
+    buf = _WS.get("raw", info.nbytes, torch.uint8).numpy()
+    arr = read_array(info, out=buf)
+    return dtypes.from_numpy_storage(arr, info.dtype).reshape(info.shape)
+
+
+def collect_stored(folder: Path) -> tuple[dict[str, TensorInfo], list[Path]]:
+    """Every stored tensor of the folder, cross-checked against the index when there is one."""
+    index_path, single = folder / INDEX, folder / SINGLE
+    if index_path.exists():
+        return _collect_indexed(folder, index_path)
+    if single.exists():
+        infos, _ = read_header(single)
+        return infos, [single]
+    others = sorted(folder.glob("*.safetensors"))
+    if len(others) == 1:
+        infos, _ = read_header(others[0])
+        return infos, others
+    if others:
+        raise SourceError(f"{len(others)} .safetensors files but no {INDEX} to say how they fit together",
+                          path=folder)
+    raise SourceError(f"no weights: neither {SINGLE} nor {INDEX}", path=folder)
+
+
+def _collect_indexed(folder: Path, index_path: Path) -> tuple[dict[str, TensorInfo], list[Path]]:
+    index = read_json(index_path, "index")
+    wmap = index.get("weight_map")
+    if not isinstance(wmap, dict) or not wmap:
+        raise SourceError("index has no weight_map", path=index_path)
+    shards: dict[str, list[str]] = {}
+    for tensor, shard in wmap.items():
+        if not isinstance(shard, str) or Path(shard).name != shard or shard in ("", ".", ".."):
+            raise SourceError(f"index maps {tensor!r} to {shard!r}, which is not a file name in this folder",
+                              path=index_path)
+        shards.setdefault(shard, []).append(tensor)
+    infos: dict[str, TensorInfo] = {}
+    files = []
+    for shard, names in sorted(shards.items()):
+        spath = folder / shard
+        if not spath.is_file():
+            raise SourceError(f"index names shard {shard!r} ({len(names)} tensors) but the file is missing",
+                              path=index_path, hint="download the missing shard")
+        got, _ = read_header(spath)
+        extra = sorted(set(got) - set(names))
+        if extra:
+            raise SourceError(f"shard holds {len(extra)} tensor(s) the index does not list, e.g. {extra[0]!r}",
+                              path=spath, hint="the index and the shards are from different checkpoints")
+        missing = sorted(set(names) - set(got))
+        if missing:
+            raise SourceError(f"index lists {missing[0]!r} in this shard but the shard does not hold it "
+                              f"({len(missing)} missing)", path=spath)
+        infos.update(got)
+        files.append(spath)
+    return infos, files
+
+
+def open_safetensors_dir(folder: Path) -> Checkpoint:
+    config = read_json(folder / "config.json", "config.json")
+    stored, files = collect_stored(folder)
+    aux = [folder / f for f in naming.AUX_FILES if (folder / f).is_file()]
+    bitconv_meta = config.get("bitconv") if isinstance(config.get("bitconv"), dict) else None
+    if bitconv_meta and bitconv_meta.get("format") == "ternary":
+        tensors = _logical_ternary(folder, stored)
+        return Checkpoint(folder, "bitconv-ternary", config, tensors, aux, files, layout="bitconv-ternary",
+                          compute=bitconv_meta.get("compute"))
+    proj = [t for n, t in stored.items() if naming.is_ternary(n, len(t.shape))]
+    if not proj:
+        raise SourceError("no ternary projection weights found (expected names ending in "
+                          "q_proj.weight ... down_proj.weight)", path=folder)
+    if any(t.dtype == "U8" for t in proj):
+        qc = config.get("quantization_config") or {}
+        linear_class = qc.get("linear_class", "bitlinear") if isinstance(qc, dict) else "bitlinear"
+        if linear_class not in HF_LAYOUTS:
+            raise SourceError(f"quantization_config.linear_class {linear_class!r} is not one of "
+                              f"{sorted(HF_LAYOUTS)}", path=folder / "config.json")
+        tensors = _logical_packed(folder, stored, linear_class == "bitlinear")
+        return Checkpoint(folder, "hf-packed", config, tensors, aux, files, layout=HF_LAYOUTS[linear_class])
+    return Checkpoint(folder, "bf16-master", config, _logical_master(folder, stored), aux, files)
+
+
+def _check_dtype(info: TensorInfo, allowed: tuple[str, ...], what: str) -> None:
+    if info.dtype not in allowed:
+        raise SourceError(f"{what} must be {'/'.join(allowed)}, found {info.dtype}", path=info.path,
+                          tensor=info.name, shape=info.shape)
+
+
+def _logical_master(folder: Path, stored: dict[str, TensorInfo]) -> dict[str, ModelTensor]:
+    out = {}
+    for name, info in sorted(stored.items()):
+        if naming.is_ternary(name, len(info.shape)):
+            _check_dtype(info, ("BF16", "F16", "F32"), "a master projection weight")
+
+            def load(compute: str, info: TensorInfo = info) -> Ternary:
+                return ternarize(_load_scratch(info), compute, name=info.name)
+
+            out[name] = ModelTensor(name, info.shape, info.dtype, [info], load)
+        else:
+            out[name] = ModelTensor(name, info.shape, info.dtype, [info])
+    return out
+
+
+def _scale_info(stored: dict[str, TensorInfo], name: str, folder: Path) -> TensorInfo:
+    key = naming.module_of(name) + ".weight_scale"
+    info = stored.get(key)
+    if info is None:
+        raise SourceError(f"ternary weight {name!r} has no {key!r}", path=folder)
+    if info.numel != 1:
+        raise SourceError("weight_scale must hold one value (per-tensor scale)", path=info.path, tensor=key,
+                          shape=info.shape)
+    _check_dtype(info, ("BF16", "F16", "F32"), "weight_scale")
+    return info
+
+
+def _scalar(info: TensorInfo) -> np.float32:
+    return np.float32(load_torch(info).float().reshape(-1)[0].item())
+
+
+def _logical_packed(folder: Path, stored: dict[str, TensorInfo], inverted: bool) -> dict[str, ModelTensor]:
+    out, scales = {}, set()
+    for name, info in sorted(stored.items()):
+        if naming.is_ternary(name, len(info.shape)):
+            _check_dtype(info, ("U8",), "a packed projection weight")
+            sinfo = _scale_info(stored, name, folder)
+            scales.add(sinfo.name)
+            shape = (info.shape[0] * 4, info.shape[1])
+
+            def load(compute: str, info: TensorInfo = info, sinfo: TensorInfo = sinfo, n: int = shape[0]) -> Ternary:
+                codes = unpack_codes(_load_scratch(info).numpy(), n, tensor=info.name)
+                ws = _scalar(sinfo)
+                return Ternary(codes, np.float32(1.0) / ws if inverted else ws)
+
+            out[name] = ModelTensor(name, shape, "U8", [info, sinfo], load)
+    for name, info in sorted(stored.items()):
+        if name not in out and name not in scales:
+            out[name] = ModelTensor(name, info.shape, info.dtype, [info])
+    return out
+
+
+def _logical_ternary(folder: Path, stored: dict[str, TensorInfo]) -> dict[str, ModelTensor]:
+    out, scales = {}, set()
+    for name, info in sorted(stored.items()):
+        if naming.is_ternary(name, len(info.shape)):
+            _check_dtype(info, ("I8",), "a bitconv ternary weight")
+            sinfo = _scale_info(stored, name, folder)
+            scales.add(sinfo.name)
+
+            def load(compute: str, info: TensorInfo = info, sinfo: TensorInfo = sinfo) -> Ternary:
+                codes = read_array(info)
+                if codes.size and (codes.min() < -1 or codes.max() > 1):
+                    raise SourceError("codes outside {-1, 0, 1}", path=info.path, tensor=info.name,
+                                      shape=info.shape)
+                return Ternary(codes, _scalar(sinfo))
+
+            out[name] = ModelTensor(name, info.shape, "I8", [info, sinfo], load)
+    for name, info in sorted(stored.items()):
+        if name not in out and name not in scales:
+            out[name] = ModelTensor(name, info.shape, info.dtype, [info])
+    return out
