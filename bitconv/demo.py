@@ -20,7 +20,7 @@ from bitconv.describe import describe
 from bitconv.quant import dequantize
 from bitconv.sources import open_source
 
-BF16_REL = 2.0**-8  # bf16 keeps 8 significant bits: relative rounding error <= 2^-9, allow 2^-8
+BF16_REL = 2.0**-8  # bf16 keeps 8 significant bits: one rounding is within 2^-8 relative
 
 
 @dataclass
@@ -78,8 +78,10 @@ def run_demo(workdir: str | Path | None = None, arch: str = "bitnet-2b4t",
          lambda: _compare(tern, auto, BF16_REL)),
         ("pack --to hf --linear-class bitlinear (from ternary)", bitl,
          lambda: pipeline.pack_hf(tern, bitl, linear_class="bitlinear"), lambda: _compare(tern, bitl, BF16_REL)),
-        ("re-pack bitlinear -> autobitlinear", repacked, lambda: pipeline.pack_hf(bitl, repacked),
+        ("re-pack autobitlinear (same class)", repacked, lambda: pipeline.pack_hf(auto, repacked),
          lambda: _same_weights(auto, repacked)),
+        ("re-pack bitlinear -> autobitlinear", w / "hf-converted", lambda: pipeline.pack_hf(bitl, w / "hf-converted"),
+         lambda: _compare(tern, w / "hf-converted", 2 * BF16_REL)),  # two bf16 roundings of the scale
         ("unpack", unpacked, lambda: pipeline.unpack_hf(auto, unpacked), lambda: _check_unpacked(auto, unpacked)),
     ]
     rows = [_row("master", master, True, "tiny bf16 master generated")]
@@ -88,6 +90,11 @@ def run_demo(workdir: str | Path | None = None, arch: str = "bitnet-2b4t",
         run()
         ok, msg = check()
         rows.append(_row(name, out, ok, msg))
+    say("inspect")
+    d = describe(auto)
+    ok = d.zero_fraction is not None and 0.0 < d.zero_fraction < 1.0
+    rows.append(_row("inspect", auto, ok, f"{d.zero_fraction:.1%} zero codes, {d.scale_stats['count']} scales in "
+                     f"[{d.scale_stats['min']:.4g}, {d.scale_stats['max']:.4g}]"))
     return rows
 
 

@@ -145,7 +145,7 @@ class ArchSpec:
     seed: int
     tied: bool
     kv_heads: int  # default num_key_value_heads (4 heads by default)
-    tokenizer: str  # key of _TOKENIZER_WRITERS: "byte-bpe" (tokenizer.json) or "spm" (tokenizer.model)
+    tokenizer: str  # key of _TOKENIZERS: "byte-bpe" (tokenizer.json) or "spm" (tokenizer.model)
     head: tuple[str, ...]  # top-level modules drawn before the layers
     layer: tuple[str, ...]  # per-layer modules, relative to model.layers.N
     tail: tuple[str, ...]  # top-level modules drawn after the layers (lm_head follows when untied)
@@ -227,17 +227,24 @@ def make_tiny(
     intermediate 768, 2 layers, 4 heads, vocab 512. The same arguments always produce byte-identical files.
     """
     spec = _arch(arch)
+    if max_shard_bytes is not None and max_shard_bytes <= 0:
+        raise ValueError(f"max_shard_bytes must be a positive number of bytes, got {max_shard_bytes!r}")
     sizes = _resolve_sizes(
         spec, hidden_size=hidden_size, intermediate_size=intermediate_size, num_layers=num_layers,
         num_heads=num_heads, num_kv_heads=num_kv_heads, vocab_size=vocab_size,
     )
     tied = spec.tied if tied is None else tied
-    out = _prepare_dir(Path(out_dir))
-    bos, eos, gen_eos = _TOKENIZER_WRITERS[spec.tokenizer](out, sizes["vocab_size"], _max_positions(spec))
-    values = {**sizes, "bos_token_id": bos, "eos_token_id": eos, "tie_word_embeddings": tied}
-    _write_json(out / "config.json", _fill(spec.config, values), newline=False)
-    _write_json(out / "generation_config.json", {"bos_token_id": bos, "eos_token_id": gen_eos})
+    tok = _TOKENIZERS[spec.tokenizer](sizes["vocab_size"], spec.config["max_position_embeddings"])
+    values = {**sizes, "bos_token_id": tok.bos, "eos_token_id": tok.eos, "tie_word_embeddings": tied}
+    files = {
+        "config.json": _json_bytes(_fill(spec.config, values), newline=False),
+        "generation_config.json": _json_bytes({"bos_token_id": tok.bos, "eos_token_id": tok.generation_eos}),
+        **tok.files,
+    }
     tensors = _draw_weights(spec, sizes, tied, spec.seed if seed is None else seed)
+    out = _prepare_dir(Path(out_dir))
+    for name, data in files.items():
+        (out / name).write_bytes(data)
     _save_weights(out, tensors, max_shard_bytes)
     return out
 
@@ -272,10 +279,6 @@ def _resolve_sizes(spec: ArchSpec, **given: int | None) -> dict[str, int]:
         "vocab_size": s["vocab_size"], "head_dim": head_dim,
         "H": s["hidden_size"], "I": s["intermediate_size"], "V": s["vocab_size"], "KV": kv * head_dim,
     }
-
-
-def _max_positions(spec: ArchSpec) -> int:
-    return spec.config["max_position_embeddings"]
 
 
 def _fill(template: dict, values: dict) -> dict:
@@ -314,7 +317,7 @@ def _save_weights(out: Path, tensors: dict[str, torch.Tensor], max_shard_bytes: 
         "total_size": sum(_nbytes(t) for t in tensors.values()),
     }
     index = {"metadata": metadata, "weight_map": weight_map}
-    (out / "model.safetensors.index.json").write_bytes((json.dumps(index, indent=2, sort_keys=True) + "\n").encode())
+    (out / "model.safetensors.index.json").write_bytes(_json_bytes(index, sort_keys=True))
 
 
 def _split_shards(tensors: dict[str, torch.Tensor], limit: int) -> list[list[str]]:
@@ -351,14 +354,26 @@ def _prepare_dir(out: Path) -> Path:
     return out
 
 
-def _write_json(path: Path, obj: object, *, newline: bool = True) -> None:
-    text = json.dumps(obj, indent=2, ensure_ascii=False) + ("\n" if newline else "")
-    path.write_bytes(text.encode("utf-8"))
+def _json_bytes(obj: object, *, newline: bool = True, sort_keys: bool = False) -> bytes:
+    text = json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=sort_keys) + ("\n" if newline else "")
+    return text.encode("utf-8")
+
+
+@dataclass(frozen=True)
+class _Tokenizer:
+    files: dict[str, bytes]  # file name -> content
+    bos: int
+    eos: int
+    generation_eos: int | list[int]
 
 
 def _added_token(content: str) -> dict:
     return {"content": content, "lstrip": False, "normalized": False, "rstrip": False, "single_word": False,
             "special": True}
+
+
+def _special_tokens_map(names: dict[str, str]) -> dict:
+    return {role: {k: v for k, v in _added_token(tok).items() if k != "special"} for role, tok in names.items()}
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -471,8 +486,8 @@ def _byte_words(table: dict[int, str]) -> Counter:
     return words
 
 
-def _write_byte_bpe(out: Path, vocab_size: int, max_positions: int) -> tuple[int, int, list[int]]:
-    """Write tokenizer.json, tokenizer_config.json, special_tokens_map.json; return (bos, eos, generation eos)."""
+def _byte_bpe_tokenizer(vocab_size: int, max_positions: int) -> _Tokenizer:
+    """tokenizer.json, tokenizer_config.json, special_tokens_map.json of a Llama-3-style byte-level BPE."""
     order, table = _byte_alphabet()
     budget = vocab_size - len(order) - len(_BPE_SPECIALS)
     if budget < 0:
@@ -480,8 +495,7 @@ def _write_byte_bpe(out: Path, vocab_size: int, max_positions: int) -> tuple[int
     merges, new = _learn_merges(_byte_words(table), budget)
     vocab = {s: i for i, s in enumerate(order + new)}
     ids = {tok: len(vocab) + i for i, tok in enumerate(_BPE_SPECIALS)}
-    _write_json(out / "tokenizer.json", _tokenizer_json(vocab, merges, ids))
-    _write_json(out / "tokenizer_config.json", {
+    tokenizer_config = {
         "added_tokens_decoder": {str(i): _added_token(tok) for tok, i in ids.items()},
         "bos_token": _BPE_BOS,
         "chat_template": _CHAT_TEMPLATE,
@@ -490,10 +504,13 @@ def _write_byte_bpe(out: Path, vocab_size: int, max_positions: int) -> tuple[int
         "model_input_names": ["input_ids", "attention_mask"],
         "model_max_length": max_positions,
         "tokenizer_class": "PreTrainedTokenizerFast",
-    })
-    specials_map = {"bos_token": _added_token(_BPE_BOS), "eos_token": _added_token(_BPE_EOS)}
-    _write_json(out / "special_tokens_map.json", specials_map)
-    return ids[_BPE_BOS], ids[_BPE_EOS], [ids[_BPE_EOS], ids[_BPE_EOT]]
+    }
+    files = {
+        "tokenizer.json": _json_bytes(_tokenizer_json(vocab, merges, ids)),
+        "tokenizer_config.json": _json_bytes(tokenizer_config),
+        "special_tokens_map.json": _json_bytes(_special_tokens_map({"bos_token": _BPE_BOS, "eos_token": _BPE_EOS})),
+    }
+    return _Tokenizer(files, ids[_BPE_BOS], ids[_BPE_EOS], [ids[_BPE_EOS], ids[_BPE_EOT]])
 
 
 def _tokenizer_json(vocab: dict[str, int], merges: list[tuple[str, str]], special_ids: dict[str, int]) -> dict:
@@ -595,11 +612,10 @@ def _spm_model_bytes(pieces: list[tuple[str, float, str]]) -> bytes:
     return body + _pb_field(_SPM_MODEL["normalizer_spec"], _pb_message(_SPM_NORMALIZER, normalizer))
 
 
-def _write_spm(out: Path, vocab_size: int, max_positions: int) -> tuple[int, int, int]:
-    """Write tokenizer.model, tokenizer_config.json, special_tokens_map.json; return (bos, eos, generation eos)."""
-    (out / "tokenizer.model").write_bytes(_spm_model_bytes(_spm_pieces(vocab_size)))
+def _spm_tokenizer(vocab_size: int, max_positions: int) -> _Tokenizer:
+    """tokenizer.model, tokenizer_config.json, special_tokens_map.json of a Llama-style SentencePiece BPE."""
     names = {"unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>"}
-    _write_json(out / "tokenizer_config.json", {
+    tokenizer_config = {
         "add_bos_token": True,
         "add_eos_token": False,
         "added_tokens_decoder": {str(i): _added_token(p) for i, (p, _) in enumerate(_SPM_SPECIALS)},
@@ -610,9 +626,13 @@ def _write_spm(out: Path, vocab_size: int, max_positions: int) -> tuple[int, int
         "pad_token": None,
         "sp_model_kwargs": {},
         "tokenizer_class": "LlamaTokenizer",
-    })
-    _write_json(out / "special_tokens_map.json", {k: _added_token(v) for k, v in names.items()})
-    return 1, 2, 2
+    }
+    files = {
+        "tokenizer.model": _spm_model_bytes(_spm_pieces(vocab_size)),
+        "tokenizer_config.json": _json_bytes(tokenizer_config),
+        "special_tokens_map.json": _json_bytes(_special_tokens_map(names)),
+    }
+    return _Tokenizer(files, 1, 2, 2)
 
 
-_TOKENIZER_WRITERS: dict[str, Callable[[Path, int, int], tuple]] = {"byte-bpe": _write_byte_bpe, "spm": _write_spm}
+_TOKENIZERS: dict[str, Callable[[int, int], _Tokenizer]] = {"byte-bpe": _byte_bpe_tokenizer, "spm": _spm_tokenizer}

@@ -167,6 +167,7 @@ def test_small_total_is_not_sharded(tmp_path):
     assert (out / "model.safetensors").exists() and not (out / "model.safetensors.index.json").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", TRANSFORMERS_VARIANTS)
 def test_transformers_loads_and_runs(fixtures_dir, no_dynamo, variant):
     from transformers import AutoModelForCausalLM
@@ -181,8 +182,11 @@ def test_transformers_loads_and_runs(fixtures_dir, no_dynamo, variant):
     assert logits.shape == (1, 4, V) and torch.isfinite(logits).all()
     if cfg["tie_word_embeddings"]:
         assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
+    linear = "AutoBitLinear" if "quantization_config" in cfg else "Linear"  # online ternarization for llama-bitnet
+    assert type(model.model.layers[0].mlp.down_proj).__name__ == linear
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["bitnet-2b4t", "llama-bitnet"])
 def test_byte_level_tokenizer(fixtures_dir, arch):
     from tokenizers import Tokenizer
@@ -206,6 +210,7 @@ def test_byte_level_tokenizer(fixtures_dir, arch):
     assert chat.startswith("<|begin_of_text|><|start_header_id|>user")
 
 
+@pytest.mark.slow
 def test_sentencepiece_tokenizer(fixtures_dir):
     import sentencepiece as spm
     from sentencepiece import sentencepiece_model_pb2 as pb
@@ -239,8 +244,10 @@ def test_rejects_bad_arguments(tmp_path):
         make_tiny(tmp_path / "a", "gpt2")
     with pytest.raises(ValueError, match="num_kv_heads"):
         make_tiny(tmp_path / "b", num_heads=4, num_kv_heads=3)
-    with pytest.raises(ValueError, match="vocab_size"):
-        make_tiny(tmp_path / "c", vocab_size=100)
+    for arch in ARCHS:
+        with pytest.raises(ValueError, match="vocab_size"):
+            make_tiny(tmp_path / arch, arch, vocab_size=200)
+        assert not (tmp_path / arch).exists()  # nothing is written when the arguments are refused
 
 
 @pytest.mark.parametrize("case", list(GOLDEN_CASES))
@@ -254,6 +261,7 @@ def test_reproduces_golden_inputs(tmp_path, case):
         assert (out / name).read_bytes() == (golden / name).read_bytes(), name
 
 
+@pytest.mark.slow
 def test_cli_writes_variants(tmp_path):
     subprocess.run([sys.executable, "fixtures/generate.py", str(tmp_path), "--arch", "1bitllm"], cwd=REPO_ROOT,
                    check=True, capture_output=True)
