@@ -9,6 +9,7 @@ Public entry points (the CLI calls exactly these):
 from __future__ import annotations
 
 import copy
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from bitconv import dtypes
+from bitconv._alloc import keep_freed_memory
 from bitconv.errors import UsageError
 from bitconv.layouts import Layout, get_layout
 from bitconv.layouts.hf_packed import HF_LAYOUTS
@@ -151,6 +153,7 @@ def execute(plan: Plan, out: str | Path, *, overwrite: bool = False,
             max_shard_bytes: int | None = DEFAULT_MAX_SHARD_BYTES, progress: Progress | None = None) -> Report:
     """Stream the plan into OUT (atomically). One source tensor is resident at a time."""
     t0 = time.perf_counter()
+    keep_freed_memory()
     guard = AtomicOutput(out, overwrite=overwrite, inputs=(plan.source.path,))
     check_free_space(guard.out.parent, plan.total_bytes)
     with guard as tmp:
@@ -160,7 +163,7 @@ def execute(plan: Plan, out: str | Path, *, overwrite: bool = False,
                 if progress:
                     progress(i, len(plan.steps), step.tensor.name)
                 _run_step(step, plan, sink)
-            sink.close(plan.config, plan.source.aux_files)
+            sink.close(plan.config, plan.source.aux_files, fsync=os.environ.get("BITCONV_FSYNC") == "1")
         except BaseException:
             sink.abort()
             raise

@@ -50,9 +50,11 @@ def ternarize(w: torch.Tensor, compute: str = "float32", *, name: str | None = N
     if compute == "bfloat16":
         return _ternarize_bf16(w, name)
     ws = ws or _DEFAULT_WS
+    if w.dtype == torch.bfloat16:
+        return _ternarize_bf16_input(w, name, ws)
     n = w.numel()
     wf = ws.get("w", n, torch.float32).view(w.shape)
-    wf.copy_(w)  # exact for bf16/f16 inputs
+    wf.copy_(w)  # exact for f16 inputs
     a = ws.get("abs", n, torch.float32).view(w.shape)
     torch.abs(wf, out=a)
     m = a.mean()  # the same kernel and order as `w.float().abs().mean()`
@@ -66,6 +68,37 @@ def ternarize(w: torch.Tensor, compute: str = "float32", *, name: str | None = N
     torch.lt(x, -0.5, out=neg)
     codes = pos.to(torch.int8)
     codes.sub_(neg.view(torch.int8))
+    return Ternary(codes.numpy(), np.float32((1.0 / s).item()))
+
+
+# Every non-negative finite bf16 value, indexed by its bit pattern (0x0000 .. 0x7F7F), as float32.
+_BF16_MAGNITUDES = torch.arange(0, 0x7F80, dtype=torch.int32).to(torch.int16).view(torch.bfloat16).float()
+
+
+def _ternarize_bf16_input(w: torch.Tensor, name: str | None, ws: Workspace) -> Ternary:
+    """The float32 recipe for bf16 weights, computed on the bf16 bit patterns (fewer passes over memory).
+
+    code(w) = sign(w) * [fl32(|w| * s) > 0.5], and fl32(v * s) is monotone in v, so the codes are decided by one
+    threshold on the magnitude bits: Tb = the largest bf16 magnitude whose product with s rounds to <= 0.5.
+    Bit-identical to `clamp(round_half_even(float32(w) * s), -1, 1)` (tests check it).
+    """
+    n = w.numel()
+    a = ws.get("abs", n, torch.float32).view(w.shape)
+    a.copy_(w)
+    a.abs_()
+    m = a.mean()  # the same kernel and order as `w.float().abs().mean()`
+    _check_finite(m, name, w.shape)
+    s = 1.0 / m.clamp(min=EPS)
+    tb = int((_BF16_MAGNITUDES * s <= 0.5).sum()) - 1  # products are monotone: a prefix of the table
+    bits = w.view(torch.int16)
+    pos = ws.get("pos", n, torch.bool).view(w.shape)
+    neg = ws.get("neg", n, torch.bool).view(w.shape)
+    flipped = ws.get("flip", n, torch.int16).view(w.shape)
+    torch.gt(bits, tb, out=pos)  # positive and above the threshold (negative patterns are < 0 as int16)
+    torch.bitwise_xor(bits, -32768, out=flipped)  # negative patterns become their magnitude, positive ones < 0
+    torch.gt(flipped, tb, out=neg)
+    codes = torch.empty(w.shape, dtype=torch.int8)
+    torch.sub(pos.view(torch.int8), neg.view(torch.int8), out=codes)
     return Ternary(codes.numpy(), np.float32((1.0 / s).item()))
 
 

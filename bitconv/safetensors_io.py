@@ -215,14 +215,16 @@ class SafetensorsWriter:
         except OSError as e:
             raise OutputError(f"cannot copy tensor data: {e.strerror or e}", path=self.path, tensor=name) from None
 
-    def close(self) -> None:
+    def close(self, fsync: bool = False) -> None:
+        """Finish the file. `fsync` forces it to disk (durable across power loss, slower: the disk's write speed)."""
         if self._fd < 0:
             return
         if self._pending:
             self.abort()
             raise RuntimeError(f"writer state: closed before {sorted(self._pending)[0]!r} was written")
         try:
-            os.fsync(self._fd)
+            if fsync:
+                os.fsync(self._fd)
         except OSError as e:
             raise OutputError(f"cannot write: {e.strerror or e}", path=self.path) from None
         finally:

@@ -103,3 +103,21 @@ def test_thread_count_does_not_change_scale():
         torch.set_num_threads(old)
     assert a.scale == b.scale
     np.testing.assert_array_equal(a.codes, b.codes)
+
+
+def test_bf16_fast_path_equals_float32_path_on_every_bf16_value():
+    """Every finite bf16 bit pattern, ternarized with a range of scales, through both code paths."""
+    from bitconv.quant import _ternarize_bf16_input
+
+    pats = torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16).view(torch.bfloat16)
+    pats = pats[torch.isfinite(pats)]
+    for scale_seed in range(5):
+        g = torch.Generator().manual_seed(scale_seed)
+        # mix all patterns with a random block so the absmean (hence the threshold) varies
+        extra = (torch.randn(4096, generator=g) * 10 ** (-scale_seed)).bfloat16()
+        w = torch.cat([pats[torch.abs(pats.float()) < 10 ** (2 - scale_seed)], extra]).reshape(1, -1)
+        fast = _ternarize_bf16_input(w, None, __import__("bitconv.quant", fromlist=["Workspace"]).Workspace())
+        codes, s = weight_quant_reference(w)
+        np.testing.assert_array_equal(fast.codes, codes.numpy())
+        assert fast.scale == np.float32((1.0 / s).item())
+        assert ternarize(w.float()).codes.tolist() == codes.numpy().tolist()  # the generic path agrees too

@@ -74,4 +74,4 @@ def list_layouts() -> list[str]:
 
 
 # Import the layout modules so that declaring their classes registers them.
-from bitconv.layouts import hf_packed, ternary  # noqa: E402, F401
+from bitconv.layouts import gguf_i2s, gguf_tl, gguf_tq, hf_packed, ternary  # noqa: E402, F401

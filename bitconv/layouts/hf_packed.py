@@ -3,7 +3,7 @@
 | field          | shape              | dtype | meaning                                                     |
 |----------------|--------------------|-------|-------------------------------------------------------------|
 | `weight`       | [out / 4, in]      | U8    | byte [r, c] holds code(W[r + i*R, c]) + 1 in bits 2i..2i+1  |
-| `weight_scale` | [1]                | BF16  | `hf-autobitlinear`: scale (W ≈ q * ws); `hf-bitlinear`: 1/scale (W ≈ q / ws) |
+| `weight_scale` | [1]                | BF16  | autobitlinear: scale (W ≈ q * ws); bitlinear: 1/scale (W ≈ q / ws) |
 
 R = out / 4. Code map: -1 -> 0b00, 0 -> 0b01, +1 -> 0b10; 0b11 is never written and is rejected on read.
 Worked example (one column, out = 8, R = 2): codes [1, 0, -1, 1, 0, 0, 1, -1] pack to bytes [146, 25]:
@@ -37,15 +37,12 @@ def bf16_bits_to_f32(bits: np.ndarray) -> np.float32:
 
 def pack_codes(codes: np.ndarray) -> np.ndarray:
     """int8 codes [out, in] (out % 4 == 0) -> uint8 [out/4, in] in transformers' blocked layout."""
-    u = torch.from_numpy(np.ascontiguousarray(codes)).view(torch.uint8)  # -1 -> 255, 0 -> 0, 1 -> 1
+    u = torch.from_numpy(np.ascontiguousarray(codes)).view(torch.uint8) + 1  # code + 1: -1 (255) wraps to 0
     r = u.shape[0] // VALUES_PER_BYTE
-    out = u[3 * r:] + 1  # wraps 255 -> 0, so this is code + 1
-    out <<= 6
-    for i in (2, 1, 0):
-        block = u[i * r:(i + 1) * r] + 1
-        if i:
-            block <<= 2 * i
-        out |= block
+    out = u[3 * r:] << 6
+    for i in (2, 1):
+        out |= u[i * r:(i + 1) * r] << (2 * i)
+    out |= u[:r]
     return out.numpy()
 
 

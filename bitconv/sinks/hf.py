@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
 
 from bitconv.safetensors_io import OutEntry, SafetensorsWriter, TensorInfo
+from bitconv.sinks.background import BackgroundWriter
 
 DEFAULT_MAX_SHARD_BYTES = 5 * 1000**3  # transformers' default "5GB"
 METADATA = {"format": "pt"}
@@ -46,8 +47,11 @@ class HFSink:
     """Open with every output entry known (from the plan); then `write`/`copy` each tensor once; then `close`."""
 
     def __init__(self, folder: Path, entries: list[OutEntry], max_shard_bytes: int | None = DEFAULT_MAX_SHARD_BYTES,
-                 metadata: dict[str, str] | None = None) -> None:
+                 metadata: dict[str, str] | None = None, background: bool = True) -> None:
         self.folder = folder
+        # writes run on a background thread (in order) so the next tensor is computed meanwhile; arrays handed
+        # to `write` must not be modified afterwards
+        self._bg = BackgroundWriter() if background else None
         shards = assign_shards(entries, max_shard_bytes)
         names = shard_names(len(shards))
         self._writers: list[SafetensorsWriter] = []
@@ -65,15 +69,26 @@ class HFSink:
     def files(self) -> list[Path]:
         return [w.path for w in self._writers]
 
+    def _do(self, job: Callable[[], object]) -> None:
+        if self._bg is None:
+            job()
+        else:
+            self._bg.submit(job)
+
     def write(self, name: str, data: np.ndarray) -> None:
-        self._route[name].write(name, data)
+        w = self._route[name]
+        self._do(lambda: w.write(name, data))
 
     def copy(self, name: str, src: TensorInfo) -> None:
-        self._route[name].copy_from(name, src)
+        w = self._route[name]
+        self._do(lambda: w.copy_from(name, src))
 
-    def close(self, config: dict, aux_files: Iterable[Path] = ()) -> None:
+    def close(self, config: dict, aux_files: Iterable[Path] = (), fsync: bool = False) -> None:
+        if self._bg is not None:
+            bg, self._bg = self._bg, None
+            bg.finish()
         for w in self._writers:
-            w.close()
+            w.close(fsync)
         if len(self._writers) > 1:
             index = {"metadata": {"total_size": self.total_size},
                      "weight_map": dict(sorted(self.weight_map.items()))}
@@ -83,5 +98,8 @@ class HFSink:
             shutil.copyfile(f, self.folder / f.name)
 
     def abort(self) -> None:
+        if self._bg is not None:
+            bg, self._bg = self._bg, None
+            bg.cancel()
         for w in self._writers:
             w.abort()

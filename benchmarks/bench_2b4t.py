@@ -1,0 +1,123 @@
+"""Benchmark: `bitconv pack --to hf` and `bitconv quantize` on a synthetic BitNet 2B4T-shaped bf16 master.
+
+Shapes of microsoft/bitnet-b1.58-2B-4T: hidden 2560, intermediate 6912, 30 layers, 20 heads, 5 kv heads,
+vocab 128256, untied here (2.7 B parameters, 5.5 GB of bf16). Targets on 2 cores (issue 2): pack --to hf <= 10 s wall
+and <= 1.5 GB peak RSS.
+
+    python benchmarks/bench_2b4t.py [--workdir DIR] [--keep] [--runs N] [--threads 2]
+
+Each command runs in a fresh subprocess (`python -m bitconv ...`); wall time is measured around it and peak RSS is
+the child's ru_maxrss. The page cache is warm after generation (the file was just written), as it is for a user
+converting a model they just downloaded; a cold-cache figure depends on the disk, not on bitconv.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bitconv.safetensors_io import OutEntry, SafetensorsWriter  # noqa: E402
+
+H, FF, L, NH, NKV, V = 2560, 6912, 30, 20, 5, 128256
+HD = H // NH
+
+
+def tensor_shapes() -> dict[str, tuple[int, ...]]:
+    shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (V, H), "model.norm.weight": (H,),
+                                          "lm_head.weight": (V, H)}
+    for i in range(L):
+        p = f"model.layers.{i}."
+        shapes.update({
+            p + "input_layernorm.weight": (H,), p + "post_attention_layernorm.weight": (H,),
+            p + "self_attn.q_proj.weight": (NH * HD, H), p + "self_attn.k_proj.weight": (NKV * HD, H),
+            p + "self_attn.v_proj.weight": (NKV * HD, H), p + "self_attn.o_proj.weight": (H, NH * HD),
+            p + "self_attn.attn_sub_norm.weight": (H,), p + "mlp.gate_proj.weight": (FF, H),
+            p + "mlp.up_proj.weight": (FF, H), p + "mlp.down_proj.weight": (H, FF),
+            p + "mlp.ffn_sub_norm.weight": (FF,),
+        })
+    return shapes
+
+
+def generate(folder: Path) -> int:
+    """Stream a synthetic master to folder/model.safetensors, one tensor in memory at a time."""
+    folder.mkdir(parents=True)
+    shapes = tensor_shapes()
+    writer = SafetensorsWriter(folder / "model.safetensors",
+                               [OutEntry(n, "BF16", s) for n, s in shapes.items()], {"format": "pt"})
+    g = torch.Generator().manual_seed(2025)
+    for name, shape in shapes.items():
+        if len(shape) == 1:
+            t = 1 + 0.2 * torch.randn(shape, generator=g)
+        else:
+            t = torch.randn(shape, generator=g) * (0.5 if "embed" in name or "lm_head" in name else 0.02)
+        writer.write(name, t.bfloat16().view(torch.int16).numpy())
+    writer.close()
+    config = {"architectures": ["BitNetForCausalLM"], "model_type": "bitnet", "hidden_act": "relu2",
+              "hidden_size": H, "intermediate_size": FF, "num_hidden_layers": L, "num_attention_heads": NH,
+              "num_key_value_heads": NKV, "vocab_size": V, "max_position_embeddings": 4096, "rms_norm_eps": 1e-5,
+              "rope_theta": 500000.0, "tie_word_embeddings": False, "torch_dtype": "bfloat16"}
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    return sum(p.stat().st_size for p in folder.iterdir())
+
+
+def timed(args: list[str], threads: int) -> tuple[float, float]:
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "bitconv", *args], check=True, env=env, cwd=ROOT,
+                   stdout=subprocess.DEVNULL)
+    wall = time.perf_counter() - t0
+    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    if peak_kib < before:  # ru_maxrss of children is a running maximum; the first run dominates otherwise
+        peak_kib = before
+    return wall, peak_kib / 1024
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--runs", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=2)
+    a = ap.parse_args()
+    work = a.workdir or Path(tempfile.mkdtemp(prefix="bitconv-bench-"))
+    master = work / "master"
+    try:
+        if not master.exists():
+            t0 = time.perf_counter()
+            size = generate(master)
+            print(f"generated {size / 1e9:.2f} GB synthetic 2B4T master in {time.perf_counter() - t0:.1f} s")
+        n_params = sum(int(torch.Size(s).numel()) for s in tensor_shapes().values())
+        for label, args in (("pack --to hf", ["pack", str(master), "--to", "hf", "-o", str(work / "packed"),
+                                              "--overwrite"]),
+                            ("quantize", ["quantize", str(master), "-o", str(work / "ternary"), "--overwrite"])):
+            for _ in range(a.runs):
+                # each measurement in its own process tree so ru_maxrss is this command's peak
+                out = subprocess.run([sys.executable, __file__, "--measure", json.dumps(args), str(a.threads)],
+                                     capture_output=True, text=True, check=True, cwd=ROOT).stdout
+                wall, rss = json.loads(out)
+                print(f"{label:14s} wall {wall:6.2f} s  {n_params / wall / 1e6:8.1f} M params/s  "
+                      f"peak RSS {rss:7.1f} MiB")
+    finally:
+        if not a.keep and a.workdir is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 4 and sys.argv[1] == "--measure":
+        print(json.dumps(timed(json.loads(sys.argv[2]), int(sys.argv[3]))))
+    else:
+        main()

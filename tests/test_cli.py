@@ -1,0 +1,144 @@
+"""Every command through the CLI: exit codes, one-line errors, --json, and no traceback without BITCONV_DEBUG."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from bitconv.cli import app, parse_size
+from bitconv.errors import UsageError
+
+runner = CliRunner()
+
+
+def run(*args: str):
+    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_help_lists_commands():
+    r = run("--help")
+    assert r.exit_code == 0
+    for cmd in ("quantize", "pack", "unpack", "inspect", "demo", "layouts"):
+        assert cmd in r.output
+
+
+def test_quantize_pack_unpack_inspect_json(models, tmp_path):
+    m = models()
+    r = run("quantize", m, "-o", tmp_path / "t", "--json")
+    assert r.exit_code == 0, r.output
+    rep = json.loads(r.stdout)
+    assert rep["target"] == "bitconv-ternary" and rep["ternary_tensors"] == 14
+    r = run("pack", tmp_path / "t", "--to", "hf", "-o", tmp_path / "p", "--linear-class", "bitlinear", "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["target"] == "hf-bitlinear"
+    r = run("unpack", tmp_path / "p", "-o", tmp_path / "u", "--json")
+    assert r.exit_code == 0, r.output
+    r = run("inspect", tmp_path / "p", "--json")
+    d = json.loads(r.stdout)
+    assert d["kind"] == "hf-packed" and d["layout"] == "hf-bitlinear" and d["family"] == "bitnet-2b4t"
+    assert d["ternary_parameters"] == 2 * (2 * 256 * 256 + 2 * 128 * 256 + 3 * 768 * 256)
+    assert 2.0 < d["ternary_bits_per_weight"] < 2.01
+    assert d["scale_stats"]["count"] == 14 and 0.2 < d["zero_fraction"] < 0.5
+    row = next(t for t in d["tensors"] if t["name"] == "model.layers.0.mlp.down_proj.weight")
+    assert row["shape"] == [256, 768] and row["dtype"] == "U8" and row["layout"] == "hf-bitlinear"
+
+
+def test_inspect_human_output(models):
+    r = run("inspect", models("1bitllm"))
+    assert r.exit_code == 0
+    assert "bf16-master" in r.output and "BitnetForCausalLM" in r.output and "zero codes" in r.output
+
+
+def test_pack_dry_run_writes_nothing(models, tmp_path):
+    r = run("pack", models(), "-o", tmp_path / "p", "--dry-run", "--json")
+    assert r.exit_code == 0
+    plan = json.loads(r.stdout)
+    assert plan["target"] == "hf-autobitlinear" and plan["total_bytes"] > 0
+    assert not (tmp_path / "p").exists()
+
+
+def test_layouts_lists_registry():
+    r = run("layouts", "--json")
+    names = {x["name"] for x in json.loads(r.stdout)}
+    assert {"hf-autobitlinear", "hf-bitlinear", "bitconv-ternary"} <= names
+
+
+def test_demo_passes(tmp_path):
+    r = run("demo", "--keep", tmp_path / "demo", "--json")
+    assert r.exit_code == 0, r.output
+    rows = json.loads(r.stdout)
+    assert all(row["ok"] for row in rows)
+    assert {"quantize", "unpack", "inspect"} <= {row["step"] for row in rows}
+
+
+# --------------------------------------------------------------------------------------------- error paths
+
+
+def assert_one_line_error(r, *needles: str, code: int = 2):
+    assert r.exit_code == code, r.output
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    for n in needles:
+        assert n in lines[0], lines[0]
+    assert "Traceback" not in r.output
+
+
+def test_missing_source(tmp_path):
+    assert_one_line_error(run("inspect", tmp_path / "nope"), "nope", "no such file")
+
+
+def test_existing_output(models, tmp_path):
+    (tmp_path / "p").mkdir()
+    assert_one_line_error(run("pack", models(), "-o", tmp_path / "p"), "already exists", "--overwrite")
+
+
+def test_overwrite_flag(models, tmp_path):
+    (tmp_path / "p").mkdir()
+    assert run("pack", models(), "-o", tmp_path / "p", "--overwrite").exit_code == 0
+
+
+def test_bad_target_and_options(models, tmp_path):
+    assert_one_line_error(run("pack", models(), "--to", "onnx", "-o", tmp_path / "x"), "--to 'onnx'")
+    assert_one_line_error(run("pack", models(), "-o", tmp_path / "x", "--linear-class", "foo"), "--linear-class")
+    assert_one_line_error(run("quantize", models(), "-o", tmp_path / "x", "--compute", "fp8"), "--compute")
+    assert_one_line_error(run("pack", models(), "-o", tmp_path / "x", "--max-shard-size", "lots"), "lots")
+    assert not (tmp_path / "x").exists()
+
+
+def test_shape_refused_names_tensor(tmp_path):
+    from bitconv import tiny
+
+    m = tiny.make_tiny(tmp_path / "m", "bitnet-2b4t", intermediate_size=770)
+    assert_one_line_error(run("pack", m, "-o", tmp_path / "p"), "gate_proj.weight", "[770, 256]", "% 4")
+    assert not (tmp_path / "p").exists()
+
+
+def test_corrupt_input(models, tmp_path, copy_dir):
+    src = copy_dir(models())
+    (src / "model.safetensors").write_bytes(b"\x10\x00")
+    assert_one_line_error(run("quantize", src, "-o", tmp_path / "t"), "model.safetensors", "truncated")
+
+
+def test_unpack_of_master_is_usage_error(models, tmp_path):
+    assert_one_line_error(run("unpack", models(), "-o", tmp_path / "u"), "already a bf16 master")
+
+
+def test_parse_size():
+    assert parse_size("5GB") == 5 * 10**9 and parse_size("500MiB") == 500 * 2**20 and parse_size("1024") == 1024
+    with pytest.raises(UsageError):
+        parse_size("0")
+
+
+@pytest.mark.slow
+def test_console_script_no_traceback_unless_debug(tmp_path):
+    cmd = [sys.executable, "-m", "bitconv", "inspect", str(tmp_path / "nope")]
+    env = {k: v for k, v in os.environ.items() if k != "BITCONV_DEBUG"}
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    assert r.returncode == 2 and r.stderr.startswith("error: ") and "Traceback" not in r.stderr
+    r = subprocess.run(cmd, capture_output=True, text=True, env={**env, "BITCONV_DEBUG": "1"})
+    assert r.returncode != 0 and "Traceback" in r.stderr and "SourceError" in r.stderr
