@@ -41,7 +41,7 @@ HF_NAME = {"attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v":
            "ffn_down": "mlp.down_proj"}
 
 
-# --- a minimal GGUF v3 reader (gguf-py's GGUFReader rejects the fork's ids 36/38 and mis-sizes 39) -----------------
+# --- a minimal GGUF v3 reader (gguf-py's GGUFReader rejects the fork's ids 36/38 and mis-sizes 39) -------------------
 _SCALAR = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
 
 
@@ -105,11 +105,11 @@ def golden_tensors(case: str, gguf: str, type_id: int):
 
 
 def tl_layout(kind: str, **kw):
-    return get_layout(f"gguf-{kind}", kernel_config=KernelConfig.from_ini(GOLDEN / "gguf-tl" / kind / "kernel_config.ini"),
-                      **kw)
+    cfg = KernelConfig.from_ini(GOLDEN / "gguf-tl" / kind / "kernel_config.ini")
+    return get_layout(f"gguf-{kind}", kernel_config=cfg, **kw)
 
 
-# --- golden bytes ---------------------------------------------------------------------------------------------------
+# --- golden bytes ----------------------------------------------------------------------------------------------------
 def test_i2s_golden_payload_and_scale():
     lay = get_layout("gguf-i2-s")
     for name, shape, t, off, buf in golden_tensors("gguf-i2s", "ggml-model-i2_s.gguf", 36):
@@ -135,7 +135,7 @@ def test_i2s_golden_whole_data_with_llama_quantize_tail_replay():
     work = bytearray(4 * n_emb)
     work[:n_emb // 32 * 34] = buf[emb[3]:emb[3] + n_emb // 32 * 34]  # Q8_0: 34 bytes per 32 values
     tails = 0
-    for name, shape, t, off, buf in golden_tensors("gguf-i2s", "ggml-model-i2_s.gguf", 36):
+    for name, _, t, off, buf in golden_tensors("gguf-i2s", "ggml-model-i2_s.gguf", 36):
         ours = lay.pack(t)["data"]
         n = ours.size
         work[:n - 28] = ours[:n - 28].tobytes()
@@ -192,7 +192,7 @@ def test_tq_golden_whole_data(qtype):
         assert back.scale == np.float32(np.float16(t.scale))  # the scale survives at fp16 precision
 
 
-# --- TQ against gguf-py's quantizer -----------------------------------------------------------------------------------
+# --- TQ against gguf-py's quantizer ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("qtype", ["TQ1_0", "TQ2_0"])
 @pytest.mark.parametrize("shape", [(1, 256), (3, 512), (16, 768), (64, 1024)])
 @pytest.mark.parametrize("seed", range(3))
@@ -223,7 +223,7 @@ def test_tq_all_zero_tensor_and_mixed_scales(name):
     lay = get_layout(name)
     zero = Ternary(np.zeros((2, 512), dtype=np.int8), np.float32(EPS))
     data = lay.pack(zero)["data"]
-    assert not data.any()
+    assert not data.reshape(-1, GGML_TYPES[lay.ggml_type].type_size)[:, -2:].any()  # every d = 0
     back = lay.unpack({"data": data}, (2, 512))
     assert not back.codes.any() and back.scale == np.float32(EPS)  # no stored scale: ternarize's all-zero scale
     a = lay.pack(Ternary(np.ones((1, 256), dtype=np.int8), np.float32(0.5)))["data"]
@@ -234,7 +234,7 @@ def test_tq_all_zero_tensor_and_mixed_scales(name):
         lay.pack(Ternary(np.ones((1, 256), dtype=np.int8), np.float32(1e5)))
 
 
-# --- worked examples from the module docstrings ------------------------------------------------------------------------
+# --- worked examples from the module docstrings ----------------------------------------------------------------------
 def test_i2s_worked_example():
     codes = np.zeros(128, dtype=np.int8)
     codes[[0, 32, 64, 96]] = [1, 0, -1, 1]
@@ -384,7 +384,8 @@ def test_2b4t_shapes_round_trip(kind):
 ])
 def test_derive_impossible_shape_raises(kind, shape, rule):
     with pytest.raises(LayoutError, match=rule) as e:
-        derive(kind, {"model.layers.0.self_attn.q_proj.weight": (256, 256), "model.layers.0.mlp.up_proj.weight": shape})
+        derive(kind, {"model.layers.0.self_attn.q_proj.weight": (256, 256),
+                      "model.layers.0.mlp.up_proj.weight": shape})
     assert "up_proj" in str(e.value) and str(list(shape)) in str(e.value)
 
 

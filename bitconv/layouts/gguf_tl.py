@@ -196,7 +196,8 @@ class GGUFTL2(_GGUFTL, name="gguf-tl2", container="gguf"):
         sizes = (e.M * k3 // 6, e.M * k3 // 24, e.M * k2 // 4)
         if sum(sizes) > self.payload_nbytes(e):
             raise LayoutError(f"TL2 content ({sum(sizes)} bytes) exceeds ggml_nbytes' {self.payload_nbytes(e)} "
-                              f"for K % BK = {k2}", tensor=tensor, shape=e.shape, hint="choose a BK with K % BK <= 224")
+                              f"for K % BK = {k2}", tensor=tensor, shape=e.shape,
+                              hint="choose a BK with K % BK <= 224")
         return sizes
 
     def spec(self, shape: tuple[int, ...], tensor: str | None = None) -> dict[str, FieldSpec]:

@@ -48,7 +48,8 @@ _DEC3 = np.array([1, 3, 9, 27, 81], dtype=np.uint8)
 def _fp16_d(scale: float, tensor: str | None) -> np.ndarray:
     """fp16 bytes of the scale, as ggml stores d = max|codes*scale| for a block with a non-zero code."""
     s = np.float32(scale)
-    d = np.array([s], dtype=np.float32).astype(np.float16)
+    with np.errstate(over="ignore"):
+        d = np.array([s], dtype=np.float32).astype(np.float16)
     if not (np.isfinite(s) and s > 0 and np.isfinite(d[0]) and d[0] > 0):
         raise LayoutError(f"TQ blocks store the scale as fp16; scale {float(s)!r} has no positive finite fp16 value",
                           tensor=tensor, hint="the scale must lie in (3e-8, 65504]")
