@@ -1,8 +1,9 @@
 """`bitconv demo`: the main job end to end on a built-in tiny model, with a check of every artifact it makes.
 
 quantize -> pack (both linear classes, from the master and from the ternary checkpoint) -> re-pack between linear
-classes -> unpack -> inspect, then every artifact's ternary tensors are decoded and compared with the ternary
-checkpoint: codes must be identical and scales equal within the format's storage precision.
+classes -> unpack -> pack --to gguf (I2_S, TL1, TL2, TQ1_0, TQ2_0, from the ternary checkpoint) -> inspect, then
+every artifact's ternary tensors are decoded and compared with the ternary checkpoint: codes must be identical and
+scales equal within the format's storage precision (float32 for I2_S/TL, fp16 for TQ, bf16 for HF).
 """
 
 from __future__ import annotations
@@ -15,12 +16,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bitconv import pipeline, tiny
+from bitconv import pipeline, pipeline_gguf, tiny
 from bitconv.describe import describe
 from bitconv.quant import dequantize
 from bitconv.sources import open_source
 
 BF16_REL = 2.0**-8  # bf16 keeps 8 significant bits: one rounding is within 2^-8 relative
+FP16_REL = 2.0**-11  # TQ blocks store the scale as fp16
+# GGUF types the demo packs, and how exactly each stores the scale (I2_S / TL: float32, exact).
+GGUF_STEPS = {"i2_s": 0.0, "tl1": 0.0, "tl2": 0.0, "tq1_0": FP16_REL, "tq2_0": FP16_REL}
 
 
 @dataclass
@@ -83,6 +87,7 @@ def run_demo(workdir: str | Path | None = None, arch: str = "bitnet-2b4t",
         ("re-pack bitlinear -> autobitlinear", w / "hf-converted", lambda: pipeline.pack_hf(bitl, w / "hf-converted"),
          lambda: _compare(tern, w / "hf-converted", 2 * BF16_REL)),  # two bf16 roundings of the scale
         ("unpack", unpacked, lambda: pipeline.unpack_hf(auto, unpacked), lambda: _check_unpacked(auto, unpacked)),
+        *(_gguf_step(tern, w, t, tol) for t, tol in GGUF_STEPS.items()),
     ]
     rows = [_row("master", master, True, "tiny bf16 master generated")]
     for name, out, run, check in steps:
@@ -96,6 +101,13 @@ def run_demo(workdir: str | Path | None = None, arch: str = "bitnet-2b4t",
     rows.append(_row("inspect", auto, ok, f"{d.zero_fraction:.1%} zero codes, {d.scale_stats['count']} scales in "
                      f"[{d.scale_stats['min']:.4g}, {d.scale_stats['max']:.4g}]"))
     return rows
+
+
+def _gguf_step(tern: Path, w: Path, gguf_type: str, tol: float) \
+        -> tuple[str, Path, Callable[[], object], Callable[[], tuple[bool, str]]]:
+    out = w / f"gguf-{gguf_type}" / f"model-{gguf_type}.gguf"  # own folder: TL writes kernel_config.ini beside it
+    return (f"pack --to gguf --type {gguf_type} (from ternary)", out,
+            lambda: pipeline_gguf.pack_gguf(tern, out, gguf_type), lambda: _compare(tern, out, tol))
 
 
 def _same_weights(a: Path, b: Path) -> tuple[bool, str]:

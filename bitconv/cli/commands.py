@@ -8,12 +8,23 @@ from typing import Annotated
 import typer
 
 from bitconv import pipeline
-from bitconv.cli import (ComputeOpt, JsonOpt, OutOpt, OverwriteOpt, ShardOpt, SrcArg, _report, app, handle_errors,
-                         parse_size, render)
+from bitconv.cli import (
+    ComputeOpt,
+    JsonOpt,
+    OutOpt,
+    OverwriteOpt,
+    ShardOpt,
+    SrcArg,
+    _report,
+    app,
+    handle_errors,
+    parse_size,
+    render,
+)
 from bitconv.errors import UsageError
 from bitconv.layouts import get_layout, list_layouts
 
-PACK_TARGETS = ("hf",)
+PACK_TARGETS = ("hf", "gguf")
 
 
 @app.command()
@@ -30,16 +41,33 @@ def quantize(src: SrcArg, out: OutOpt, compute: ComputeOpt = "float32", overwrit
 @app.command()
 @handle_errors
 def pack(src: SrcArg, out: OutOpt,
-         to: Annotated[str, typer.Option("--to", help="target format: hf")] = "hf",
+         to: Annotated[str, typer.Option("--to", help="target format: hf or gguf")] = "hf",
          linear_class: Annotated[str, typer.Option("--linear-class", help="HF: autobitlinear (weight_scale = "
                                                    "scale, microsoft 2B-4T) or bitlinear (1/scale)")]
          = "autobitlinear",
+         gguf_type: Annotated[str | None, typer.Option("--type", help="GGUF: i2_s, tl1, tl2 (bitnet.cpp), tq1_0, "
+                                                       "tq2_0 (llama.cpp), or f32, f16, bf16 (codes * scale)")]
+         = None,
+         arch: Annotated[str | None, typer.Option("--arch", help="GGUF architecture: bitnet-b1.58 (default for "
+                                                  "BitNetForCausalLM), bitnet-25, bitnet, llama")] = None,
+         embd_type: Annotated[str, typer.Option("--embd-type", help="GGUF token_embd / output type: f16, f32, "
+                                                "bf16 or q8_0")] = "f16",
+         kernel_config: Annotated[Path | None, typer.Option("--kernel-config", help="GGUF TL1/TL2: the "
+                                                            "kernel_config.ini to tile for (default: derived from "
+                                                            "the model's shapes)")] = None,
+         tl2_type_id: Annotated[int, typer.Option("--tl2-type-id", help="GGUF TL2 type id: 39 (bitnet.cpp before "
+                                                  "mid-2026) or 42 (current fork)")] = 39,
          compute: ComputeOpt = "float32", overwrite: OverwriteOpt = False, max_shard_size: ShardOpt = "5GB",
          dry_run: Annotated[bool, typer.Option("--dry-run", help="print the plan, write nothing")] = False,
          json: JsonOpt = False) -> None:
-    """Pack SRC into a deployable layout. Already-ternary sources are never re-quantized."""
+    """Pack SRC into a deployable layout (HF folder or one GGUF file). Ternary sources are never re-quantized."""
     if to not in PACK_TARGETS:
         raise UsageError(f"--to {to!r} is not a known target; choose one of {', '.join(PACK_TARGETS)}")
+    gguf_opts = {"arch": arch, "embd_type": embd_type, "kernel_config": kernel_config, "tl2_type_id": tl2_type_id,
+                 "compute": compute}
+    if to == "gguf":
+        return _pack_gguf(src, out, _gguf_type(gguf_type), gguf_opts, overwrite, dry_run, json)
+    _refuse_gguf_options(gguf_type, arch, embd_type, kernel_config, tl2_type_id)
     if dry_run:
         plan = pipeline.plan_pack_hf(pipeline.open_source(src), linear_class, compute)
         _print_plan(plan, json)
@@ -48,6 +76,70 @@ def pack(src: SrcArg, out: OutOpt,
         rep = pipeline.pack_hf(src, out, linear_class=linear_class, compute=compute, overwrite=overwrite,
                                max_shard_bytes=parse_size(max_shard_size), progress=cb)
     _report(rep, json)
+
+
+def _gguf_type(gguf_type: str | None) -> str:
+    if gguf_type is None:
+        raise UsageError("--to gguf needs --type: i2_s, tl1, tl2, tq1_0, tq2_0, f32, f16 or bf16")
+    return gguf_type
+
+
+def _refuse_gguf_options(gguf_type: str | None, arch: str | None, embd_type: str, kernel_config: Path | None,
+                         tl2_type_id: int) -> None:
+    given = [n for n, v in (("--type", gguf_type), ("--arch", arch), ("--kernel-config", kernel_config))
+             if v is not None] + (["--embd-type"] if embd_type != "f16" else []) + \
+        (["--tl2-type-id"] if tl2_type_id != 39 else [])
+    if given:
+        raise UsageError(f"{', '.join(given)}: only for --to gguf")
+
+
+def _pack_gguf(src: Path, out: Path, gguf_type: str, opts: dict, overwrite: bool, dry_run: bool,
+               as_json: bool) -> None:
+    from bitconv import pipeline_gguf
+
+    if dry_run:
+        plan = pipeline_gguf.plan_pack_gguf(pipeline.open_source(src), gguf_type, **opts)
+        _print_gguf_plan(plan, as_json)
+        return
+    with render.progress("pack", not as_json) as cb:
+        rep = pipeline_gguf.pack_gguf(src, out, gguf_type, overwrite=overwrite, progress=cb, **opts)
+    if as_json:
+        render.print_json({"out": str(rep.out), "target": rep.target, "source_kind": rep.source_kind,
+                           "files": [str(f) for f in rep.files], "ternary_tensors": rep.n_ternary,
+                           "passthrough_tensors": rep.n_passthrough, "bytes": rep.bytes_written,
+                           "seconds": round(rep.seconds, 3), "gguf": rep.extra})
+        return
+    _report(rep, False)
+    render.out.print(f"GGUF arch {rep.extra['arch']}, metadata as {rep.extra['profile']}")
+    if "codegen" in rep.extra:
+        _print_codegen(rep.extra)
+
+
+def _print_codegen(extra: dict) -> None:
+    cg = extra["codegen"]
+    j = lambda xs: ",".join(str(x) for x in xs)  # noqa: E731
+    render.out.print(f"kernel config: {extra['kernel_config']}")
+    render.out.print(f"build bitnet.cpp with: python {cg['script']} --model {cg['model']} --BM {j(cg['BM'])} "
+                     f"--BK {j(cg['BK'])} --bm {j(cg['bm'])}")
+    if not cg["preset"]:
+        shapes = ", ".join(f"[{m}, {k}]" for m, k in cg["shapes"])
+        render.out.print(f"  (first add \"{cg['model']}\": [{shapes}] to ModelShapeDict in {cg['script']})")
+
+
+def _print_gguf_plan(plan: object, as_json: bool) -> None:
+    rows = plan.rows()
+    if as_json:
+        render.print_json({"target": f"gguf-{plan.gguf_type}", "source_kind": plan.source.kind,
+                           "total_bytes": plan.total_bytes, "gguf": plan.extra,
+                           "tensors": [dict(zip(("name", "action", "shape", "type", "bytes"), r)) for r in rows]})
+        return
+    render.table(f"plan: {plan.source.kind} -> gguf {plan.gguf_type} (arch {plan.arch.name}, {plan.profile})",
+                 ["tensor", "action", "shape", "type", "bytes"], rows)
+    render.out.print(f"total {render.human_bytes(plan.total_bytes)}; nothing written (--dry-run)")
+    if "codegen" in plan.extra:
+        cg = plan.extra["codegen"]
+        render.out.print(f"codegen: {cg['script']} --model {cg['model']} --BM {','.join(map(str, cg['BM']))} "
+                         f"--BK {','.join(map(str, cg['BK']))} --bm {','.join(map(str, cg['bm']))}")
 
 
 def _print_plan(plan: pipeline.Plan, as_json: bool) -> None:
@@ -99,7 +191,7 @@ def _print_description(d: object, show_tensors: bool) -> None:
     o.print(f"  architecture  {d.architecture} ({d.family})")
     o.print("  config        " + ", ".join(f"{k}={v}" for k, v in d.config.items()))
     o.print(f"  parameters    {d.parameters:,} ({d.ternary_parameters:,} ternary)")
-    o.print(f"  files         " + ", ".join(f"{f['name']} {render.human_bytes(f['bytes'])}" for f in d.files))
+    o.print("  files         " + ", ".join(f"{f['name']} {render.human_bytes(f['bytes'])}" for f in d.files))
     o.print(f"  bits/weight   {d.bits_per_weight:.3f} overall, {_fmt(d.ternary_bits_per_weight, '.3f')} per "
             "ternary weight")
     if d.scale_stats:

@@ -2,11 +2,11 @@
 
 Architectures (`--arch`), by the checkpoint's HF `architectures[0]`:
 
-| HF class            | default        | also         | graph facts that matter here                                |
-|---------------------|----------------|--------------|-------------------------------------------------------------|
-| BitNetForCausalLM   | `bitnet-b1.58` | `bitnet-25`, upstream `bitnet` | b1.58/25: output.weight allowed; bitnet: always tied |
-| BitnetForCausalLM   | `bitnet`       | `bitnet-b1.58`, `bitnet-25` | 1bitLLM sub-norm names inner_attn_ln / ffn_layernorm |
-| LlamaForCausalLM    | `llama`        | -            | q/k rows permuted for llama.cpp's NORM rope                 |
+| HF class          | default        | also                         | graph facts that matter here                   |
+|-------------------|----------------|------------------------------|------------------------------------------------|
+| BitNetForCausalLM | `bitnet-b1.58` | `bitnet-25`, upstream bitnet | output.weight allowed (`bitnet`: always tied)  |
+| BitnetForCausalLM | `bitnet`       | `bitnet-b1.58`, `bitnet-25`  | 1bitLLM sub-norms inner_attn_ln / ffn_layernorm|
+| LlamaForCausalLM  | `llama`        | -                            | q/k rows permuted for llama.cpp's NORM rope    |
 
 KV sets, each in its reference converter's order (`PROFILES`, chosen by arch and by which tool makes the type):
 
@@ -206,12 +206,8 @@ def title(name: str) -> str:
 
 def size_label(n: int) -> str:
     """Upstream's general.size_label: parameters rounded to at least two digits, e.g. 1001728 -> "1.0M"."""
-    for limit, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M")):
-        if n > limit:
-            scaled = n / limit
-            break
-    else:
-        scaled, suffix = n / 1e3, "K"
+    limit, suffix = next(((lim, suf) for lim, suf in ((1e12, "T"), (1e9, "B"), (1e6, "M")) if n > lim), (1e3, "K"))
+    scaled = n / limit
     digits = max(2 - len(str(round(scaled)).lstrip("0")), 0)
     return f"{scaled:.{digits}f}{suffix}"
 

@@ -102,7 +102,7 @@ class _Cursor:
     def need(self, n: int, what: str) -> None:
         if n < 0 or self.pos + n > self.size:
             raise SourceError(f"truncated GGUF: {what} at byte {self.pos} needs {n} bytes but the file has "
-                              f"{self.size}", path=self.path, hint="the file is incomplete; download or write it again")
+                              f"{self.size}", path=self.path, hint="the file is incomplete; fetch or write it again")
 
     def scalar(self, vtype: ValueType, what: str) -> Any:
         fmt, dt = SCALARS[vtype]
@@ -120,7 +120,7 @@ class _Cursor:
     def string(self, what: str) -> str:
         n = self.u64(what)
         if n > self.size - self.pos:
-            raise SourceError(f"corrupt GGUF: {what} at byte {self.pos} declares {n} bytes but only "
+            raise SourceError(f"truncated or corrupt GGUF: {what} at byte {self.pos} declares {n} bytes but only "
                               f"{self.size - self.pos} remain in the file", path=self.path)
         s = bytes(self.mm[self.pos:self.pos + n]).decode("utf-8", "surrogateescape")
         self.pos += n
@@ -135,8 +135,8 @@ class _Cursor:
         count = self.u64(f"array length of {key!r}")
         min_item = 8 if itype == ValueType.STRING else SCALARS.get(itype, ("", np.dtype("u1")))[1].itemsize
         if count * min_item > self.size - self.pos:
-            raise SourceError(f"corrupt GGUF: array {key!r} declares {count} items, more than the file holds",
-                              path=self.path)
+            raise SourceError(f"truncated or corrupt GGUF: array {key!r} declares {count} items, more than the "
+                              f"{self.size - self.pos} bytes left in the file hold", path=self.path)
         if itype == ValueType.STRING:
             return [self.string(f"item of {key!r}") for _ in range(count)], itype
         if itype == ValueType.ARRAY:

@@ -1,9 +1,12 @@
 """Tokenizer export for GGUF: a SentencePiece `tokenizer.model` or a BPE `tokenizer.json`, plus the special tokens.
 
-| source                  | tokenizer.ggml.model | tokens / scores / token_type                                            |
-|-------------------------|----------------------|-------------------------------------------------------------------------|
-| `tokenizer.model` (SPM) | `llama`              | every piece, its score, its type (UNKNOWN 2, CONTROL 3, UNUSED 5, BYTE 6, else NORMAL 1); `added_tokens.json` entries appended (score -1000, USER_DEFINED 4); `[PADi]` (i = 1..) up to vocab_size (score -1000, UNUSED) |
-| `tokenizer.json` (BPE)  | `gpt2`               | id order up to vocab_size; added tokens CONTROL (special) or USER_DEFINED; holes `[PAD<id>]`; merges as "a b" |
+| source                  | ggml model | tokens / scores / token_type                                              |
+|-------------------------|------------|---------------------------------------------------------------------------|
+| `tokenizer.model` (SPM) | `llama`    | every piece, its score and type (UNKNOWN 2, CONTROL 3, UNUSED 5, BYTE 6,  |
+|                         |            | else NORMAL 1); `added_tokens.json` entries appended (score -1000,        |
+|                         |            | USER_DEFINED 4); `[PADi]` (i = 1..) up to vocab_size (score -1000, UNUSED)|
+| `tokenizer.json` (BPE)  | `gpt2`     | id order up to vocab_size; added tokens CONTROL (special) or USER_DEFINED;|
+|                         |            | holes `[PAD<id>]`; merges "a b"; tokenizer.ggml.pre from the split regex  |
 
 Special tokens follow gguf-py's `SpecialVocab`: ids named by tokenizer_config.json (`bos_token`, ...) looked up in
 tokenizer.json's added tokens, then `<type>_token_id` from config.json; `add_bos/eos` from tokenizer_config.json or
@@ -34,8 +37,8 @@ _ID_KEYS = {"sep": "seperator_token_id", "pad": "padding_token_id"}
 # BPE pre-tokenizer regexes -> tokenizer.ggml.pre (llama.cpp's names). Unknown regex: the key is left out, so
 # llama.cpp falls back to "default" (as in Microsoft's official 2B-4T GGUF).
 PRE_TOKENIZERS = {
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+":
-        "llama-bpe",
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+": "llama-bpe",
     r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+": "gpt-2",
 }
 

@@ -1,0 +1,185 @@
+"""A GGUF file as a checkpoint: HF tensor names and shapes, ternary projections decoded, config rebuilt from the KVs.
+
+* Names: GGUF -> HF by architecture (`bitconv.gguf.metadata.hf_name`); the sub-norms get the family's spelling
+  (1bitLLM `inner_attn_ln` / `ffn_layernorm` for arch `bitnet`, `attn_sub_norm` / `ffn_sub_norm` for
+  `bitnet-b1.58` / `bitnet-25`). For arch `llama` the q/k RoPE permutation is undone.
+* Ternary projections: I2_S, TL1, TL2, TQ1_0, TQ2_0 through their layout's `unpack`; TL1/TL2 need the
+  `kernel_config.ini` they were packed with, next to the file (`<name>.kernel_config.ini` or `kernel_config.ini`).
+  F32/F16/BF16 projections (a converter's f32/f16 file) give codes = sign, scale = max|w| when the values are exactly
+  ternary x scale, and are ternarized like a master otherwise.
+* Passthrough: F32/F16/BF16 tensors are plain stored tensors (copied byte for byte); Q8_0 ones are dequantized to
+  float32 by a loader.
+* config.json: architectures / model_type / hidden_act by arch, sizes from the `<arch>.*` KVs, vocab_size from
+  token_embd, tie_word_embeddings from the absence of output.weight, special token ids from `tokenizer.ggml.*`.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bitconv import naming
+from bitconv.errors import LayoutError, SourceError
+from bitconv.gguf.metadata import ARCHS, GGUFArch, hf_name, permute_heads, permute_rows
+from bitconv.gguf.quants import dequantize_q8_0
+from bitconv.gguf.reader import GGUFFile, GGUFTensor, read_gguf
+from bitconv.kernel_config import KernelConfig
+from bitconv.layouts import Layout, get_layout
+from bitconv.quant import ternarize
+from bitconv.safetensors_io import TensorInfo
+from bitconv.sources import Checkpoint, ModelTensor
+from bitconv.tensors import Ternary
+
+# GGML type -> ternary layout name
+PACKED = {"I2_S": "gguf-i2-s", "TL1": "gguf-tl1", "TL2": "gguf-tl2", "TL2_42": "gguf-tl2", "TQ1_0": "gguf-tq1-0",
+          "TQ2_0": "gguf-tq2-0"}
+FLOATS = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("<u2")}
+_KERNEL_CONFIG = "kernel_config.ini"
+
+
+def open_gguf(path: str | Path, dialect: str = "auto") -> Checkpoint:
+    """Open a GGUF file (bitnet.cpp I2_S/TL1/TL2, upstream TQ1_0/TQ2_0, or F32/F16/BF16) as a Checkpoint."""
+    p = Path(path)
+    g = read_gguf(p, dialect)
+    arch = ARCHS.get(g.arch)
+    if arch is None:
+        raise SourceError(f"GGUF architecture {g.arch!r} is not one bitconv reads ({', '.join(ARCHS)})", path=p)
+    config = gguf_config(g, arch)
+    layouts: dict[str, Layout] = {}
+    tensors: dict[str, ModelTensor] = {}
+    for t in g.tensors.values():
+        name = hf_name(t.name, arch)
+        if name is None:
+            raise SourceError("tensor has no HF counterpart in a BitNet model (bitconv does not read extra tensors "
+                              "such as per-tensor .scale)", path=p, tensor=t.name)
+        tensors[name] = _tensor(g, t, name, arch, config, layouts)
+    packed = sorted({lay.name for lay in layouts.values()})
+    return Checkpoint(p, "gguf", config, tensors, [], [p], layout=packed[0] if len(packed) == 1 else
+                      ("+".join(packed) or None))
+
+
+def _tensor(g: GGUFFile, t: GGUFTensor, name: str, arch: GGUFArch, config: dict,
+            layouts: dict[str, Layout]) -> ModelTensor:
+    raw = TensorInfo(t.name, "U8", (t.nbytes,), g.path, t.offset, t.nbytes)
+    tname = t.type.name
+    if naming.is_ternary(name, len(t.shape)):
+        heads = permute_heads(name, config) if arch.permute_qk else None
+        if tname in PACKED:
+            layout = layouts.setdefault(tname, _layout(g, tname))
+            return ModelTensor(name, t.shape, "U8", [raw], _packed_loader(g, t, layout, heads))
+        if tname in FLOATS:
+            return ModelTensor(name, t.shape, tname, [raw], _float_loader(g, t, heads))
+        raise SourceError(f"projection weight has type {tname}, which bitconv cannot decode", path=g.path,
+                          tensor=t.name)
+    if tname in FLOATS:
+        return ModelTensor(name, t.shape, tname, [TensorInfo(name, tname, t.shape, g.path, t.offset, t.nbytes)])
+    if tname == "Q8_0":
+        def load() -> torch.Tensor:
+            return torch.from_numpy(dequantize_q8_0(g.read(t), t.shape))
+
+        return ModelTensor(name, t.shape, "F32", [raw], loader=load)
+    raise SourceError(f"tensor has type {tname}, which bitconv cannot decode", path=g.path, tensor=t.name)
+
+
+def _layout(g: GGUFFile, tname: str) -> Layout:
+    layout = PACKED[tname]
+    if not layout.startswith("gguf-tl"):
+        return get_layout(layout)
+    params: dict = {"kernel_config": KernelConfig.from_ini(_kernel_config_path(g.path))}
+    if layout == "gguf-tl2":
+        params["type_id"] = next(t.type.id for t in g.tensors.values() if t.type.name == tname)
+    return get_layout(layout, **params)
+
+
+def _kernel_config_path(path: Path) -> Path:
+    for cand in (path.with_name(f"{path.stem}.{_KERNEL_CONFIG}"), path.with_name(_KERNEL_CONFIG)):
+        if cand.is_file():
+            return cand
+    raise SourceError(f"TL1/TL2 tensors need the {_KERNEL_CONFIG} they were packed with, next to the file",
+                      path=path, hint=f"copy it to {path.with_name(_KERNEL_CONFIG)}")
+
+
+def _unpermute(codes: np.ndarray, heads: int | None) -> np.ndarray:
+    return codes if heads is None else permute_rows(codes, heads, inverse=True)
+
+
+def _packed_loader(g: GGUFFile, t: GGUFTensor, layout: Layout, heads: int | None):
+    def load(compute: str) -> Ternary:
+        try:
+            tern = layout.unpack({"data": g.read(t)}, t.shape)
+        except LayoutError as e:
+            raise SourceError(f"cannot decode {t.type.name} data: {e}", path=g.path, tensor=t.name) from None
+        return Ternary(_unpermute(np.asarray(tern.codes), heads), tern.scale)
+
+    return load
+
+
+def _float_loader(g: GGUFFile, t: GGUFTensor, heads: int | None):
+    def load(compute: str) -> Ternary:
+        w = torch.from_numpy(g.read(t).view(FLOATS[t.type.name]).reshape(t.shape).copy())
+        if t.type.name == "BF16":
+            w = w.view(torch.int16).view(torch.bfloat16)
+        tern = exact_ternary(w.float()) or ternarize(w, compute, name=t.name)
+        return Ternary(_unpermute(np.asarray(tern.codes), heads), tern.scale)
+
+    return load
+
+
+def exact_ternary(w: torch.Tensor) -> Ternary | None:
+    """codes = sign(w), scale = max|w| when every non-zero |w| equals that scale (a dequantized ternary weight)."""
+    a = w.abs()
+    scale = a.max()
+    nonzero = a != 0
+    if not bool(nonzero.any()) or not bool((a[nonzero] == scale).all()):
+        return None
+    return Ternary(torch.sign(w).to(torch.int8).numpy(), np.float32(scale.item()))
+
+
+# ------------------------------------------------------------------------------------------------ config.json
+
+
+def _short(x: float) -> float:
+    """A float32 KV as the shortest decimal that rounds to it (9.99999974738e-06 -> 1e-05)."""
+    return float(str(np.float32(x)))
+
+
+def gguf_config(g: GGUFFile, arch: GGUFArch) -> dict:
+    """A config.json for the model in `g`, enough for bitconv's HF pack/unpack and transformers' loaders."""
+    def kv(key: str):
+        return g.get(f"{arch.name}.{key}")
+
+    n_embd, n_head = kv("embedding_length"), kv("attention.head_count")
+    if n_embd is None or n_head is None or kv("block_count") is None:
+        raise SourceError(f"GGUF lacks {arch.name}.embedding_length / attention.head_count / block_count",
+                          path=g.path)
+    embd = g.tensors.get("token_embd.weight")
+    head_dim = kv("attention.key_length") or kv("rope.dimension_count")
+    cfg = {
+        "architectures": [arch.hf_class], "model_type": arch.model_type, "hidden_act": arch.hidden_act,
+        "hidden_size": n_embd, "intermediate_size": kv("feed_forward_length"),
+        "num_hidden_layers": kv("block_count"), "num_attention_heads": n_head,
+        "num_key_value_heads": kv("attention.head_count_kv") or n_head,
+        "head_dim": head_dim if head_dim and head_dim != n_embd // n_head else None,
+        "vocab_size": embd.shape[0] if embd is not None else kv("vocab_size"),
+        "max_position_embeddings": kv("context_length"),
+        "rms_norm_eps": _short(kv("attention.layer_norm_rms_epsilon") or 1e-5),
+        "rope_theta": _short(kv("rope.freq_base")) if kv("rope.freq_base") is not None else None,
+        "bos_token_id": g.get("tokenizer.ggml.bos_token_id"), "eos_token_id": g.get("tokenizer.ggml.eos_token_id"),
+        "pad_token_id": g.get("tokenizer.ggml.padding_token_id"),
+        "tie_word_embeddings": "output.weight" not in g.tensors, "torch_dtype": "bfloat16",
+    }
+    return {k: v for k, v in cfg.items() if v is not None}
+
+
+@functools.lru_cache(maxsize=8)
+def _cached(path: str, mtime_ns: int, size: int) -> GGUFFile:
+    return read_gguf(path)
+
+
+def gguf_header(path: str | Path) -> GGUFFile:
+    """`read_gguf(path)`, cached while the file is unchanged (plans read a source's KVs more than once)."""
+    st = Path(path).stat()
+    return _cached(str(path), st.st_mtime_ns, st.st_size)
