@@ -21,6 +21,7 @@ from bitconv.cli import (
     parse_size,
     render,
 )
+from bitconv.cli.hub import PushOpt, TokenOpt, push_after_pack
 from bitconv.errors import UsageError
 from bitconv.layouts import get_layout, list_layouts
 
@@ -59,14 +60,15 @@ def pack(src: SrcArg, out: OutOpt,
                                                   "mid-2026) or 42 (current fork)")] = 39,
          compute: ComputeOpt = "float32", overwrite: OverwriteOpt = False, max_shard_size: ShardOpt = "5GB",
          dry_run: Annotated[bool, typer.Option("--dry-run", help="print the plan, write nothing")] = False,
-         json: JsonOpt = False) -> None:
+         json: JsonOpt = False, push_to_hub: PushOpt = None, token: TokenOpt = None) -> None:
     """Pack SRC into a deployable layout (HF folder or one GGUF file). Ternary sources are never re-quantized."""
     if to not in PACK_TARGETS:
         raise UsageError(f"--to {to!r} is not a known target; choose one of {', '.join(PACK_TARGETS)}")
     gguf_opts = {"arch": arch, "embd_type": embd_type, "kernel_config": kernel_config, "tl2_type_id": tl2_type_id,
                  "compute": compute}
     if to == "gguf":
-        return _pack_gguf(src, out, _gguf_type(gguf_type), gguf_opts, overwrite, dry_run, json)
+        _pack_gguf(src, out, _gguf_type(gguf_type), gguf_opts, overwrite, dry_run, json)
+        return push_after_pack(out, push_to_hub, src, token, dry_run, json)
     _refuse_gguf_options(gguf_type, arch, embd_type, kernel_config, tl2_type_id)
     if dry_run:
         plan = pipeline.plan_pack_hf(pipeline.open_source(src), linear_class, compute)
@@ -76,6 +78,7 @@ def pack(src: SrcArg, out: OutOpt,
         rep = pipeline.pack_hf(src, out, linear_class=linear_class, compute=compute, overwrite=overwrite,
                                max_shard_bytes=parse_size(max_shard_size), progress=cb)
     _report(rep, json)
+    push_after_pack(rep.out, push_to_hub, src, token, False, json)
 
 
 def _gguf_type(gguf_type: str | None) -> str:

@@ -1,0 +1,279 @@
+"""The Hub feature against a local Hub emulator (tests/hubemu.py) and the unmodified huggingface_hub client:
+repo ids as SRC, `bitconv upload` (LFS, branch, PR, card), `pack --push-to-hub`, every error path, and no token
+in any output."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from huggingface_hub import ModelCard, constants
+from typer.testing import CliRunner
+
+from bitconv import hub, pipeline
+from bitconv.cli import app
+from tests.hubemu import MIB, HubEmulator
+
+TOKEN = "hf_bitconvEmulatorSecret0123456789"  # alice's
+OTHER = "hf_otherUserSecret9876543210abc"  # bob's
+ROOT = Path(__file__).resolve().parent.parent
+I2S = ROOT / "fixtures" / "golden" / "gguf-i2s" / "ggml-model-i2_s.gguf"
+
+runner = CliRunner()
+# huggingface_hub 2.4.0 passes the LFS PUT body as `data=`; httpx2 deprecates that (hub.md §1)
+pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")
+
+
+def run(*args: object):
+    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture
+def emu(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    """A running emulator; huggingface_hub pointed at it with Xet off and its cache/home under tmp_path."""
+    server = HubEmulator(users={TOKEN: "alice", OTHER: "bob"}, max_seconds=120).start()
+    home = tmp_path / "hf-home"
+    env = {"HF_ENDPOINT": server.url, "HF_HUB_DISABLE_XET": "1", "HF_HOME": str(home),
+           "HF_HUB_CACHE": str(home / "hub"), "NO_PROXY": "127.0.0.1,localhost", "HF_HUB_DISABLE_TELEMETRY": "1"}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    consts = {"ENDPOINT": server.url, "HUGGINGFACE_CO_URL_TEMPLATE": server.url + "/{repo_id}/resolve/{revision}/"
+              "{filename}", "HF_HUB_DISABLE_XET": True, "HF_HUB_OFFLINE": False, "HF_HOME": str(home),
+              "HF_HUB_CACHE": str(home / "hub"), "HF_TOKEN_PATH": str(home / "token"),
+              "AGENT_HARNESSES_PATH": str(home / ".agent_harnesses.json")}
+    for k, v in consts.items():
+        monkeypatch.setattr(constants, k, v)
+    yield server
+    server.stop()
+    hub.use_token(None)
+
+
+@pytest.fixture(scope="module")
+def packed(tmp_path_factory: pytest.TempPathFactory):
+    """Packed HF folders: "small" (default tiny) and "big" (untied, 12k vocab: model.safetensors > 10 MiB)."""
+    from bitconv import tiny
+
+    base = tmp_path_factory.mktemp("hub-packed")
+    small = tiny.make_tiny(base / "small-src")
+    big = tiny.make_tiny(base / "big-src", tied=False, vocab_size=12288)
+    return {"small-src": small, "small": pipeline.pack_hf(small, base / "small").out,
+            "big": pipeline.pack_hf(big, base / "big").out}
+
+
+def _seed_source(emu: HubEmulator, folder: Path, repo_id: str = "microsoft/tiny-bitnet", **kw) -> None:
+    files: dict = {p.name: p for p in folder.iterdir() if p.is_file()}
+    files["README.md"] = "---\nlicense: mit\nlanguage:\n- en\n---\n\n# tiny bitnet\n"
+    files["pytorch_model.bin"] = b"\0not needed by bitconv"
+    emu.add_repo(repo_id, files, **kw)
+
+
+def _card(emu: HubEmulator, repo_id: str, revision: str = "main") -> ModelCard:
+    return ModelCard(emu.read_files(repo_id, revision)["README.md"].decode())
+
+
+def _one_line_error(r, *needles: str) -> str:
+    """The run failed with exactly one `error:` line (download progress bars may precede it on stderr)."""
+    err = r.stderr.strip().splitlines()[-1] if r.stderr.strip() else ""
+    assert r.exit_code != 0 and err.startswith("error: ") and r.stderr.count("error:") == 1, r.output
+    assert "Traceback" not in r.output
+    for n in needles:
+        assert n in err, err
+    return err
+
+
+# ------------------------------------------------------------------------------------------------ references
+
+
+@pytest.mark.parametrize("text, want", [
+    ("owner/name", ("owner/name", None, None)),
+    ("owner/name@dev", ("owner/name", "dev", None)),
+    ("owner/name@refs/pr/3", ("owner/name", "refs/pr/3", None)),
+    ("owner/name/ggml-model-i2_s.gguf", ("owner/name", None, "ggml-model-i2_s.gguf")),
+    ("owner/name/sub/m.gguf@v1.0", ("owner/name", "v1.0", "sub/m.gguf")),
+    ("owner/name@v1/m.gguf", ("owner/name", "v1", "m.gguf")),
+    ("owner/name/packed", ("owner/name", None, "packed")),
+    ("./owner/name", None), ("/abs/path", None), ("single", None), ("a--b/c", None), ("owner/name/../x", None),
+])
+def test_parse_ref(text, want):
+    ref = hub.parse_ref(text)
+    assert (ref and (ref.repo_id, ref.revision, ref.path)) == want or (ref is None and want is None)
+
+
+def test_local_paths_win(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "owner" / "name").mkdir(parents=True)
+    assert not hub.is_repo_ref("owner/name") and hub.is_repo_ref("owner/other")
+
+
+def test_scrub_removes_explicit_env_and_shaped_tokens(monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "plain-env-secret")
+    text = hub.scrub("a explicit-secret b plain-env-secret c hf_abcdefghijklmnop", "explicit-secret")
+    assert text == "a *** b *** c hf_***"
+
+
+# ------------------------------------------------------------------------------------------------ download
+
+
+def test_repo_id_src_downloads_only_what_it_needs_then_pack_and_push(emu, packed, tmp_path):
+    _seed_source(emu, packed["small-src"])
+    out = tmp_path / "out"
+    r = run("pack", "microsoft/tiny-bitnet", "-o", out, "--push-to-hub", "alice/tiny-packed", "--token", TOKEN)
+    assert r.exit_code == 0, r.output
+    assert "/alice/tiny-packed/commit/" in r.stdout and hub._token(None) is None  # --token ends with the command
+    fetched = {q["path"].split("/resolve/")[1].split("/", 1)[1] for q in emu.requests if "/resolve/" in q["path"]}
+    assert "pytorch_model.bin" not in fetched and {"config.json", "model.safetensors", "README.md"} <= fetched
+    files = emu.read_files("alice/tiny-packed")
+    assert files["model.safetensors"] == (out / "model.safetensors").read_bytes()
+    assert {"config.json", "tokenizer.json", "README.md"} <= set(files)
+    card = _card(emu, "alice/tiny-packed")
+    assert card.data.base_model == "microsoft/tiny-bitnet" and card.data.base_model_relation == "quantized"
+    assert card.data.library_name == "transformers" and card.data.license == "mit" and card.data.language == ["en"]
+    assert {"bitnet", "1.58-bit", "ternary", "safetensors", "hf-autobitlinear"} <= set(card.data.tags)
+    assert "bits/ternary weight" in card.text and "AutoModelForCausalLM" in card.text
+
+
+def test_offline_mode_serves_the_cached_snapshot(emu, packed, monkeypatch):
+    _seed_source(emu, packed["small-src"])
+    assert run("inspect", "microsoft/tiny-bitnet", "--json", "--no-stats").exit_code == 0
+    before = emu.request_count
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    r = run("inspect", "microsoft/tiny-bitnet", "--json", "--no-stats")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["kind"] == "bf16-master" and emu.request_count == before
+    _one_line_error(run("inspect", "microsoft/never-downloaded"), "HF_HUB_OFFLINE")
+
+
+def test_gguf_file_sharded_subfolder_and_revision_refs(emu, models):
+    emu.add_repo("microsoft/tiny-gguf", {"ggml-model-i2_s.gguf": I2S, "README.md": "# gguf\n"})
+    path = hub.resolve("microsoft/tiny-gguf/ggml-model-i2_s.gguf")
+    assert path.read_bytes() == I2S.read_bytes()
+    assert hub.resolve("microsoft/tiny-gguf") == path  # the only .gguf of the repo
+    sharded = models(max_shard_bytes=1_000_000)
+    repo = emu.add_repo("org/sharded", {f"bf16/{p.name}": p for p in sharded.iterdir()})
+    repo.refs["v1"] = repo.refs["main"]
+    folder = hub.resolve("org/sharded/bf16@v1")
+    assert sorted(p.name for p in folder.iterdir()) == sorted(p.name for p in sharded.iterdir())
+    assert run("inspect", "org/sharded/bf16", "--json", "--no-stats").exit_code == 0
+
+
+def test_download_errors_are_one_line(emu, packed, monkeypatch):
+    _seed_source(emu, packed["small-src"], "meta/gated", gated=True, granted=("bob",))
+    _seed_source(emu, packed["small-src"], "alice/private", private=True)
+    emu.add_repo("someone/notes", {"README.md": "# just notes\n", "notes.txt": "hello"})
+    _one_line_error(run("inspect", "nobody/missing"), "nobody/missing", "no such repo")
+    _one_line_error(run("inspect", "meta/gated"), "meta/gated", "gated repo", "token")
+    _one_line_error(run("inspect", "alice/private"), "alice/private", "private")
+    _one_line_error(run("inspect", "someone/notes"), "not a supported checkpoint", "notes.txt")
+    _one_line_error(run("inspect", "meta/gated@nope"), "meta/gated@nope", "no such revision")
+    monkeypatch.setenv("HF_TOKEN", OTHER)  # bob has access to the gated repo
+    assert run("inspect", "meta/gated", "--no-stats").exit_code == 0
+
+
+# ------------------------------------------------------------------------------------------------ upload
+
+
+def test_upload_creates_repo_with_lfs_multipart(emu, packed):
+    big = packed["big"]
+    assert (big / "model.safetensors").stat().st_size > 10 * MIB
+    r = run("upload", big, "alice/big-packed", "--token", TOKEN, "--private", "--base-model", "microsoft/big",
+            "--json")
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout)
+    assert res["url"].startswith(f"{emu.url}/alice/big-packed/commit/") and not res["dry_run"]
+    assert emu.repos["alice/big-packed"].private
+    entries = emu.entries("alice/big-packed")
+    assert entries["model.safetensors"].lfs and not entries["config.json"].lfs and not entries["README.md"].lfs
+    assert (entries["model.safetensors"].sha256, "multipart") in emu.lfs_transfers
+    assert emu.read_files("alice/big-packed")["model.safetensors"] == (big / "model.safetensors").read_bytes()
+    card = _card(emu, "alice/big-packed")
+    assert card.data.base_model == "microsoft/big" and "model.safetensors" in card.text
+    again = run("upload", big, "alice/big-packed", "--token", TOKEN, "--base-model", "microsoft/big")
+    assert again.exit_code == 0, again.output  # an unchanged re-upload is a no-op commit
+
+
+def test_upload_to_branch_and_as_pr(emu, packed):
+    small = packed["small"]
+    r = run("upload", small, "alice/tiny", "--revision", "dev", "--token", TOKEN, "--commit-message", "on dev")
+    assert r.exit_code == 0, r.output
+    assert "README.md" in emu.read_files("alice/tiny", "dev") and "README.md" not in emu.read_files("alice/tiny")
+    r = run("upload", small, "alice/tiny", "--create-pr", "--token", TOKEN, "--json")
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout)
+    assert res["url"] == res["pr_url"] == f"{emu.url}/alice/tiny/discussions/1"
+    assert "model.safetensors" in emu.read_files("alice/tiny", "refs/pr/1")
+    assert "model.safetensors" not in emu.read_files("alice/tiny")
+    _one_line_error(run("upload", small, "alice/tiny", "--create-pr", "--revision", "dev"), "--create-pr")
+
+
+def test_upload_gguf_card_dry_run_makes_no_request(emu, tmp_path):
+    before = emu.request_count
+    r = run("upload", I2S, "alice/tiny-gguf", "--dry-run", "--token", TOKEN, "--base-model", "microsoft/bitnet")
+    assert r.exit_code == 0, r.output
+    assert emu.request_count == before
+    assert "nothing uploaded (--dry-run)" in r.stdout and "ggml-model-i2_s.gguf" in r.stdout
+    card = ModelCard(r.stdout[r.stdout.index("---\n"):r.stdout.index("total ")])
+    assert card.data.library_name == "gguf" and card.data.base_model == "microsoft/bitnet"
+    assert {"gguf", "i2_s", "ternary"} <= set(card.data.tags) and "run_inference.py" in card.text
+    plan = json.loads(run("upload", I2S, "alice/tiny-gguf", "--dry-run", "--json").stdout)["plan"]
+    assert [f["path_in_repo"] for f in plan["files"]] == ["ggml-model-i2_s.gguf", "README.md"]
+    assert emu.request_count == before
+
+
+def test_failed_verify_is_refused_unless_forced(emu, packed, copy_dir):
+    art = copy_dir(packed["small"], "art")
+    report = {"ok": False, "exit_code": 1, "findings": [{"check": "roundtrip", "severity": "error",
+                                                         "message": "q_proj.weight: inverted scale"}]}
+    (art / hub.VERIFY_REPORT).write_text(json.dumps(report))
+    before = emu.request_count
+    err = _one_line_error(run("upload", art, "alice/bad", "--token", TOKEN), "refusing", "--force",
+                          "inverted scale")
+    assert "1 fault" in err and emu.request_count == before
+    r = run("upload", art, "alice/bad", "--token", TOKEN, "--force")
+    assert r.exit_code == 0, r.output
+    files = emu.read_files("alice/bad")
+    assert hub.VERIFY_REPORT in files and "FAILED" in files["README.md"].decode()
+
+
+def test_upload_errors_are_one_line(emu, packed, tmp_path):
+    small = packed["small"]
+    _one_line_error(run("upload", small, "alice/x"), "alice/x", "token")  # anonymous create: 401
+    _one_line_error(run("upload", small, "alice/x", "--token", OTHER), "alice/x", "403")  # bob in alice's ns
+    _one_line_error(run("upload", small, "not a repo id", "--dry-run"), "not a Hub repo id")
+    (tmp_path / "empty").mkdir()
+    _one_line_error(run("upload", tmp_path / "empty", "alice/x", "--dry-run"), "not a bitconv artifact")
+
+
+# ------------------------------------------------------------------------------------------------ the token
+
+
+def test_token_never_appears_in_any_output(emu, packed, tmp_path, caplog, capfd, monkeypatch):
+    caplog.set_level(logging.DEBUG)
+    _seed_source(emu, packed["small-src"], "meta/gated", gated=True, granted=("alice",))
+    results = [
+        run("pack", "meta/gated", "-o", tmp_path / "p", "--push-to-hub", "alice/p", "--token", TOKEN),
+        run("upload", packed["small"], "alice/p", "--token", TOKEN, "--create-pr"),
+        run("upload", packed["small"], "alice/p", "--token", TOKEN, "--dry-run", "--json"),
+        run("upload", packed["small"], "bob/p", "--token", TOKEN),  # 403: no rights in bob's namespace
+        run("pack", "meta/gated@nope", "-o", tmp_path / "q", "--token", TOKEN),
+        run("pack", "nobody/missing", "-o", tmp_path / "r", "--token", TOKEN),
+    ]
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    results.append(run("inspect", "meta/gated", "--no-stats"))
+    results.append(run("upload", packed["small"], "alice/p2", "--json"))
+    assert [r.exit_code for r in results] == [0, 0, 0, 2, 2, 2, 0, 0], [r.output for r in results]
+    captured = capfd.readouterr()
+    texts = [r.output for r in results] + [r.stderr for r in results] + [caplog.text, captured.out, captured.err]
+    assert all(TOKEN not in t for t in texts)
+    env = {**os.environ, "HF_DEBUG": "1", "HF_HUB_VERBOSITY": "debug", "BITCONV_DEBUG": "0"}
+    env.pop("HF_TOKEN")
+    proc = subprocess.run([sys.executable, "-m", "bitconv", "upload", str(packed["small"]), "alice/p3", "--token",
+                           TOKEN], capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "/alice/p3/commit/" in proc.stdout and "curl" in proc.stderr  # HF_DEBUG logged every request
+    assert TOKEN not in proc.stdout + proc.stderr
