@@ -1,0 +1,572 @@
+"""Nanotron <-> HF conversion: `to_hf` (Nanotron -> HF bf16 master) and `to_nanotron` (any source -> Nanotron).
+
+`to_nanotron` writes what nanotron's own `save_weights` / `save_meta` / `Config.save_as_yaml` write (spec §1, §4):
+one safetensors file per parameter shard holding the tensor `data` with nanotron's metadata strings (version
+"1.4"), fused qkv and gate_up, pre-padded vocabulary, `config.yaml`, `model_config.json` and
+`checkpoint_metadata.json`. Its `custom_metas` records the HF config and vocabulary for the way back; nanotron
+ignores it and drops it at its next save. The output is written atomically.
+
+Fused scales (PR #180 quantizes the fused qkv and gate_up tensors with one absmean each):
+  * Nanotron -> HF, `scale_granularity="fused"` (default for BitNet): each of q, k, v (gate, up) is written as a
+    *lifted* bf16 weight: its fused codes times one magnitude, chosen so that per-projection absmean ternarization
+    (transformers' online `WeightQuant`, `bitconv pack`) gives exactly those codes and the fused scale. The HF
+    master then holds the ternary model, not the training latents. `per-projection` writes the latents unchanged
+    (exact, trainable), and every consumer then quantizes q, k, v separately.
+  * ternary / packed -> Nanotron: the fused tensor is lifted from the codes (spec §3.3), so nanotron's own
+    `weight_quant` reproduces the codes exactly; q/k/v (gate/up) with different scales get one nnz-weighted scale
+    (reported: one fused tensor holds one scale).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bitconv import dtypes
+from bitconv.errors import SourceError, UsageError
+from bitconv.nanotron import format as nt
+from bitconv.nanotron import yamlish
+from bitconv.output import AtomicOutput, check_free_space
+from bitconv.pipeline import Plan, Progress, Report, Step, execute
+from bitconv.quant import COMPUTE_MODES, ternarize
+from bitconv.safetensors_io import OutEntry, build_header
+from bitconv.sinks.hf import DEFAULT_MAX_SHARD_BYTES
+from bitconv.sources import Checkpoint, ModelTensor, open_source
+from bitconv.sources.nanotron import GRANULARITIES, NanotronCheckpoint, open_nanotron
+from bitconv.sources.safetensors import load_torch
+from bitconv.tensors import FieldSpec, Ternary
+
+TARGETS = ("hf-bf16", "nanotron")
+
+# Kept out of the comparison with a checkpoint nanotron wrote: they name this output, not the model.
+DOCUMENTED_CONFIG_FIELDS = ("general.project", "general.run", "model.init_method.path",
+                            "tokenizer.tokenizer_name_or_path", "custom_metas")
+
+W_PR180_NORMALIZE = ("PR #180 normalizes the input of every BitLinear without weights (o_proj and down_proj "
+                     "included) and has no per-layer RMSNorms; LlamaForCausalLM + bitnet applies input_layernorm / "
+                     "post_attention_layernorm (written as ones) before q/k/v and gate/up only, so o_proj and "
+                     "down_proj inputs are not normalized as in nanotron (not representable)")
+
+
+# ------------------------------------------------------------------------------------------------------ lifting
+
+
+def lift(codes: np.ndarray | torch.Tensor, scale: float) -> torch.Tensor:
+    """A bf16 weight whose absmean ternarization gives exactly `codes` and (to ~1e-7) magnitude `scale`.
+
+    Nonzeros get one of two adjacent bf16 magnitudes around `scale * n / nnz`, so that mean|W| == scale as closely
+    as float32 allows; each |W| / mean|W| >= 1 rounds to ±1 (in float32 and in bf16 arithmetic), zeros stay 0.
+    # ref: spec nanotron.md §3.3 (W_latent = W_tern / (s · mean|W_tern|)), in bitconv's magnitude convention
+    """
+    c = torch.as_tensor(np.asarray(codes)).to(torch.int8)
+    n, nnz = c.numel(), int(torch.count_nonzero(c))
+    if nnz == 0:
+        return torch.zeros(c.shape, dtype=torch.bfloat16)
+    target = float(scale) * n / nnz
+    lo = torch.tensor(target, dtype=torch.float32).to(torch.bfloat16)
+    if float(lo) > target:
+        lo = torch.nextafter(lo, torch.tensor(0.0, dtype=torch.bfloat16))
+    hi = torch.nextafter(lo, torch.tensor(float("inf"), dtype=torch.bfloat16))
+    step = float(hi) - float(lo)
+    k = min(max(round((target - float(lo)) * nnz / step), 0), nnz) if step > 0 else 0
+    mags = torch.full((nnz,), float(lo), dtype=torch.bfloat16)
+    mags[:k] = hi
+    out = torch.zeros(n, dtype=torch.bfloat16)
+    flat = c.reshape(-1)
+    idx = torch.nonzero(flat, as_tuple=True)[0]
+    out[idx] = mags * flat[idx].to(torch.bfloat16)
+    return out.reshape(c.shape)
+
+
+def fused_scale(parts: list[Ternary]) -> tuple[float, float]:
+    """One magnitude for a fused tensor made of `parts` (nnz-weighted mean) and the largest relative deviation."""
+    scales = np.array([float(t.scale) for t in parts], dtype=np.float64)
+    nnz = np.array([np.count_nonzero(t.codes) for t in parts], dtype=np.float64)
+    m = float((scales * nnz).sum() / nnz.sum()) if nnz.sum() else float(scales.mean())
+    return m, float(np.max(np.abs(scales - m)) / m) if m else 0.0
+
+
+# ------------------------------------------------------------------------------------------------- shard writing
+
+
+def shard_header(tensor: torch.Tensor, metadata: dict[str, str]) -> bytes:
+    """The header `safetensors.torch.save_file({"data": t}, path, metadata)` writes (empty metadata kept as {})."""
+    entry = OutEntry("data", dtypes.BY_TORCH[tensor.dtype].name, tuple(tensor.shape))
+    if metadata:
+        return build_header([entry], metadata)
+    head = {"__metadata__": {}, "data": {"dtype": entry.dtype, "shape": list(entry.shape),
+                                         "data_offsets": [0, entry.nbytes]}}
+    raw = json.dumps(head, separators=(",", ":")).encode()
+    raw += b" " * (-(8 + len(raw)) % 8)
+    return len(raw).to_bytes(8, "little") + raw
+
+
+def write_shard_file(path: Path, tensor: torch.Tensor, metadata: dict[str, str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(shard_header(tensor, metadata))
+        f.write(dtypes.to_numpy_storage(tensor.contiguous()).tobytes())
+
+
+def param_dir(model_dir: Path, name: str) -> Path:
+    """`model/` + the dotted module path of a parameter (spec §1.2)."""
+    return model_dir.joinpath(*name.split(".")[:-1])
+
+
+def write_param(model_dir: Path, name: str, tensor: torch.Tensor, sharding: nt.Sharding | None, tp: int,
+                version: str = nt.WRITE_VERSION, pp: tuple[int, int] = (0, 1)) -> list[Path]:
+    """Write one parameter as nanotron does: unsharded `model_weight.safetensors`, or one file per TP rank."""
+    folder, last = param_dir(model_dir, name), name.rsplit(".", 1)[1]
+    if sharding is None:
+        path = folder / nt.shard_file_name(last, None)
+        write_shard_file(path, tensor, {})
+        return [path]
+    shape = tuple(tensor.shape)
+    lshape = nt.local_shape(shape, sharding, tp)
+    paths = []
+    for r in range(tp):
+        pairs = nt.shard_pairs(shape, sharding, tp, r)
+        path = folder / nt.shard_file_name(last, (r, tp), pp)
+        write_shard_file(path, nt.local_tensor(tensor, pairs, lshape), nt.tensor_metadata(version, shape, pairs))
+        paths.append(path)
+    return paths
+
+
+# ---------------------------------------------------------------------------------------------- config files
+
+
+def model_config_json(flavor: nt.Flavor, mc: dict) -> str:
+    """`json.dumps(asdict(model_config))`: the flavor's fields in declaration order."""
+    return json.dumps({k: mc[k] for k in flavor.model_fields})
+
+
+def checkpoint_metadata_json(flavor: nt.Flavor, tp: int, version: str = nt.WRITE_VERSION,
+                             custom_metas: dict | None = None) -> str:
+    """`checkpoint_metadata.json` of a fresh checkpoint (step 0, one "Empty" data stage) in the flavor's schema."""
+    stage: dict = {"name": "Empty", "start_training_step": 1, "consumed_train_samples": 0}
+    metas: dict = {"consumed_train_samples": 0, "last_train_step": 0, "last_stage_idx": 0, "data_stages": [stage]}
+    meta: dict = {"version": version, "tp": tp, "dp": 1, "metas": metas, "custom_metas": custom_metas}
+    if flavor.head:
+        stage.update(sequence_length=4096, consumed_tokens_per_dataset_folder={})
+        metas["consumed_tokens_total"] = 0
+        meta["cp"] = 1
+    return json.dumps(meta, indent=2, sort_keys=True)
+
+
+def config_yaml_dict(flavor: nt.Flavor, mc: dict, tp: int, init_path: str, multiple: int = 1,
+                     tokenizer: str | None = None, project: str = "bitconv", run: str = "bitconv") -> dict:
+    """A minimal config.yaml nanotron parses (`general`, `parallelism`, `model`, `tokenizer`; spec §4.2-4.3)."""
+    parallelism = {"dp": 1, "expert_parallel_size": 1, "pp": 1, "pp_engine": "afab", "tp": tp,
+                   "tp_linear_async_communication": False, "tp_mode": "ALL_REDUCE"}
+    top = {"checkpoints": None, "data_stages": None, "lighteval": None, "logging": None, "optimizer": None,
+           "profiler": None, "tokens": None,
+           "general": {"benchmark_csv_path": None, "consumed_train_samples": 0, "ignore_sanity_checks": True,
+                       "project": project, "run": run, "seed": 42, "step": 0},
+           "model": {"ddp_bucket_cap_mb": 25, "dtype": "bfloat16", "init_method": {"path": init_path},
+                     "make_vocab_size_divisible_by": multiple, "model_config": dict(mc)},
+           "parallelism": parallelism,
+           "tokenizer": {"tokenizer_max_length": None, "tokenizer_name_or_path": tokenizer,
+                         "tokenizer_revision": None}}
+    if flavor.head:
+        parallelism.update(context_parallel_size=1, recompute_layer=False, tp_recompute_allgather=True)
+        top.update(metrics_logging=None, s3_upload=None)
+    return top
+
+
+def nanotron_model_config(flavor: nt.Flavor, hf: dict, dims: nt.Dims, vocab: int, tied: bool,
+                          interleaved: bool) -> dict:
+    """The nanotron model config (exact field set of the flavor) for an HF config."""
+    vals = {**nt.MODEL_DEFAULTS, **{k: hf[k] for k in nt.MODEL_DEFAULTS if k in hf}}
+    theta = _rope_theta(hf)
+    vals.update(hidden_size=dims.hidden, num_attention_heads=dims.heads, num_key_value_heads=dims.kv_heads,
+                intermediate_size=dims.intermediate, num_hidden_layers=dims.layers, vocab_size=vocab,
+                tie_word_embeddings=tied, rope_interleaved=interleaved, rope_theta=float(theta),
+                **{flavor.discriminator: True})
+    for k in ("bos_token_id", "eos_token_id"):
+        if isinstance(vals[k], list):
+            vals[k] = vals[k][0] if vals[k] else None
+    return {k: vals[k] for k in flavor.model_fields}
+
+
+def _rope_theta(hf: dict) -> float:
+    rp = hf.get("rope_parameters")
+    theta = hf.get("rope_theta") or (rp.get("rope_theta") if isinstance(rp, dict) else None)
+    return float(theta) if theta else nt.PR180_ROPE_THETA
+
+
+# ------------------------------------------------------------------------------------------------- to nanotron
+
+
+@dataclass
+class NTParam:
+    """One nanotron parameter to write: its global shape, sharding and a thunk giving the bf16 global tensor."""
+
+    name: str
+    shape: tuple[int, ...]
+    sharding: nt.Sharding | None
+    make: Callable[[], torch.Tensor]
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape)) * 2
+
+
+class _Builder:
+    """Collects the nanotron parameters of a source, in nanotron layout, and the warnings conversion raises."""
+
+    def __init__(self, ck: Checkpoint, flavor: nt.Flavor, dims: nt.Dims, interleaved: bool, compute: str) -> None:
+        self.ck, self.flavor, self.dims, self.interleaved, self.compute = ck, flavor, dims, interleaved, compute
+        self.used: set[str] = set()
+        self.scale_spread: list[float] = []
+        self.dropped_norms = 0
+        self.cast_from: set[str] = set()
+        self.fused_checked = self.fused_differ = 0
+
+    def take(self, name: str) -> ModelTensor:
+        t = self.ck.tensors.get(name)
+        if t is None:
+            raise SourceError(f"missing tensor {name!r}", path=self.ck.path,
+                              hint="the source is not a Llama-architecture model with the sizes its config gives")
+        self.used.add(name)
+        return t
+
+    def passthrough(self, name: str, rows: int | None = None) -> torch.Tensor:
+        """A passthrough tensor in bf16, zero rows appended up to `rows` (vocabulary padding)."""
+        self.take(name)
+        w = self._bf16(self.ck.load_passthrough(name), name)
+        if rows is not None and rows > w.shape[0]:
+            w = torch.cat([w, torch.zeros((rows - w.shape[0], *w.shape[1:]), dtype=w.dtype)])
+        return w
+
+    def _bf16(self, w: torch.Tensor, name: str) -> torch.Tensor:
+        if w.dtype != torch.bfloat16:
+            self.cast_from.add(str(w.dtype).replace("torch.", ""))
+            return w.to(torch.bfloat16)
+        return w
+
+    def fused(self, names: list[str], parts: tuple[str, ...]) -> torch.Tensor:
+        """The nanotron tensor of one (possibly fused) module from its HF parts, RoPE rows in nanotron order."""
+        tensors = [self.take(n) for n in names]
+        if isinstance(self.ck, NanotronCheckpoint) or all(self._is_master(t) for t in tensors):
+            ws = [self._rope(self._bf16(self._master(n, t), n), p) for n, t, p in zip(names, tensors, parts)]
+            fused = torch.cat(ws) if len(ws) > 1 else ws[0]
+            if self.flavor.bitnet and len(ws) > 1 and not isinstance(self.ck, NanotronCheckpoint):
+                self._compare_codes(ws, fused)
+            return fused
+        terns = [t.ternary(self.compute) for t in tensors]
+        scale, spread = fused_scale(terns)
+        if len(terns) > 1:
+            self.scale_spread.append(spread)
+        codes = np.concatenate([self._rope(np.asarray(t.codes), p) for t, p in zip(terns, parts)])
+        return lift(codes, scale)
+
+    def _compare_codes(self, parts: list[torch.Tensor], fused: torch.Tensor) -> None:
+        """Count fused tensors whose nanotron (fused-scale) codes differ from per-projection ternarization."""
+        self.fused_checked += 1
+        codes = ternarize(fused, self.compute).codes
+        r0 = 0
+        for w in parts:
+            if not np.array_equal(codes[r0:r0 + w.shape[0]], ternarize(w, self.compute).codes):
+                self.fused_differ += 1
+                return
+            r0 += w.shape[0]
+
+    def _is_master(self, t: ModelTensor) -> bool:
+        return self.ck.kind == "bf16-master" and bool(t.stored) and t.stored[0].dtype in ("BF16", "F16", "F32")
+
+    def _master(self, name: str, t: ModelTensor) -> torch.Tensor:
+        if isinstance(self.ck, NanotronCheckpoint):
+            return self.ck.latent(name)
+        return load_torch(t.stored[0])
+
+    def _rope(self, w: torch.Tensor | np.ndarray, part: str) -> torch.Tensor | np.ndarray:
+        if not self.interleaved or part not in nt.ROPE_PARTS:
+            return w
+        return nt.rope_to_nanotron(w, self.dims.heads if part == "self_attn.q_proj" else self.dims.kv_heads)
+
+    def norm_dropped(self, name: str) -> None:
+        """A PR #180 target has no per-layer norm: the HF one is dropped (lossy unless all ones)."""
+        if name not in self.ck.tensors:
+            return
+        self.used.add(name)
+        if not bool(torch.all(self.ck.load_passthrough(name).float() == 1.0)):
+            self.dropped_norms += 1
+
+
+def _nt_params(b: _Builder, padded: int, tied: bool) -> list[NTParam]:
+    d, flavor = b.dims, b.flavor
+    h = d.hidden
+    out = [NTParam(nt.EMBED, (padded, h), d.sharding(nt.EMBED),
+                   lambda: b.passthrough("model.embed_tokens.weight", padded))]
+    for i in range(d.layers):
+        for module, parts in nt.LAYER_TO_HF.items():
+            names = [f"model.layers.{i}.{p}.weight" for p in parts]
+            if module in nt.LAYER_NORMS and not flavor.layer_norms:
+                continue
+            name = nt.LAYER_PREFIX.format(i=i) + module.replace("{mlp}", flavor.mlp) + ".weight"
+            make = (partial(b.passthrough, names[0]) if module in nt.LAYER_NORMS
+                    else partial(b.fused, names, parts))
+            out.append(NTParam(name, d.layer_shape(module), d.sharding(module), make))
+    out.append(NTParam(nt.FINAL_NORM, (h,), None, lambda: b.passthrough("model.norm.weight")))
+    if not tied:
+        out.append(NTParam(nt.LM_HEAD, (padded, h), d.sharding(nt.LM_HEAD),
+                           lambda: b.passthrough("lm_head.weight", padded)))
+    return out
+
+
+def _default_flavor(ck: Checkpoint) -> str:
+    if isinstance(ck, NanotronCheckpoint):
+        return ck.info.flavor.name
+    qc = ck.config.get("quantization_config")
+    if (isinstance(qc, dict) and qc.get("quant_method") == "bitnet") or ck.kind != "bf16-master":
+        return "bitnet"
+    return "llama"
+
+
+def _check_source(ck: Checkpoint, flavor: nt.Flavor, tp: int) -> tuple[nt.Dims, list[str]]:
+    cfg, warnings = ck.config, []
+    try:
+        dims = nt.dims_from_config(cfg)
+    except (KeyError, TypeError, ValueError) as e:
+        raise SourceError(f"config lacks a size field ({e})", path=ck.path) from None
+    act = cfg.get("hidden_act", "silu")
+    if act != "silu":
+        raise UsageError(f"hidden_act {act!r}: nanotron's Llama and PR #180 BitNet models use silu", path=ck.path)
+    if cfg.get("attention_bias") or cfg.get("mlp_bias"):
+        raise UsageError("biased projections: nanotron's Llama models have no biases", path=ck.path)
+    if dims.hidden % dims.heads or (cfg.get("head_dim") not in (None, dims.hidden // dims.heads)):
+        raise UsageError(f"head_dim must be hidden_size / num_attention_heads in nanotron (got head_dim "
+                         f"{cfg.get('head_dim')}, hidden_size {dims.hidden}, {dims.heads} heads)", path=ck.path)
+    for what, n in (("num_attention_heads", dims.heads), ("num_key_value_heads", dims.kv_heads),
+                    ("intermediate_size", dims.intermediate)):
+        if tp < 1 or n % tp:
+            raise UsageError(f"--tp {tp} must divide {what} ({n})")
+    theta = _rope_theta(cfg)
+    if not flavor.head and theta != nt.PR180_ROPE_THETA:
+        warnings.append(f"rope_theta {theta:g}: the {flavor.name} model hard-wires RoPE base 10000, so nanotron will "
+                        "run this model with another RoPE base")
+    return dims, warnings
+
+
+def to_nanotron(src: str | Path | Checkpoint, out: str | Path, *, tp: int = 1, make_vocab_size_divisible_by: int = 1,
+                model: str | None = None, rope_interleaved: bool | None = None, compute: str = "float32",
+                version: str = nt.WRITE_VERSION, overwrite: bool = False,
+                progress: Progress | None = None) -> Report:
+    """Write SRC (HF bf16 master, bitconv ternary, HF packed, or Nanotron) as a Nanotron checkpoint at OUT.
+
+    Args:
+        tp: TP size of the shards (nanotron reloads a checkpoint at any TP/PP; 1 is enough).
+        make_vocab_size_divisible_by: the value the training run will use; rows are pre-padded with zeros to a
+            multiple of it times `tp`, as nanotron's model builder pads the vocabulary.
+        model: "bitnet" (PR #180 LlamaBitNetConfig; default for BitNet sources), "llama" (HEAD LlamaConfig; default
+            otherwise) or "llama-pr180" (the Llama of the PR #180 tree).
+        rope_interleaved: HEAD "llama" only: write q/k rows interleaved (default False, as HEAD trains).
+        compute: arithmetic of the per-projection vs fused code comparison behind a bf16 master's warning.
+    Returns a `Report` whose `extra["warnings"]` lists what the target cannot represent.
+    Example:
+        >>> to_nanotron("bitnet-hf-packed", "ckpt/0", tp=1)
+    """
+    t0 = time.perf_counter()
+    if compute not in COMPUTE_MODES:
+        raise UsageError(f"--compute must be one of {', '.join(COMPUTE_MODES)}, got {compute!r}")
+    if version not in nt.KNOWN_VERSIONS:
+        raise UsageError(f"version must be one of {', '.join(nt.KNOWN_VERSIONS)}, got {version!r}")
+    if make_vocab_size_divisible_by < 1:
+        raise UsageError("--make-vocab-size-divisible-by must be >= 1")
+    ck = src if isinstance(src, Checkpoint) else open_source(src)
+    name = model or _default_flavor(ck)
+    if name not in nt.FLAVORS:
+        raise UsageError(f"--nanotron-model must be one of {', '.join(nt.FLAVORS)}, got {name!r}")
+    flavor = nt.FLAVORS[name]
+    if rope_interleaved is not None and not flavor.head:
+        raise UsageError(f"rope_interleaved applies to the HEAD llama model; {name} is always interleaved")
+    interleaved = bool(rope_interleaved) if flavor.head else True
+    dims, warnings = _check_source(ck, flavor, tp)
+    warnings = list(getattr(ck, "warnings", [])) + warnings
+    tied = "lm_head.weight" not in ck.tensors
+    if "model.embed_tokens.weight" not in ck.tensors:
+        raise SourceError("missing tensor 'model.embed_tokens.weight'", path=ck.path)
+    vocab = ck.tensors["model.embed_tokens.weight"].shape[0]
+    padded = nt.padded_vocab(vocab, make_vocab_size_divisible_by, tp)
+    b = _Builder(ck, flavor, dims, interleaved, compute)
+    params = _nt_params(b, padded, tied)
+    _check_all_used(ck, b)
+    if not flavor.layer_norms:
+        for i in range(dims.layers):
+            for norm in nt.LAYER_NORMS:
+                b.norm_dropped(f"model.layers.{i}.{norm}.weight")
+    mc = nanotron_model_config(flavor, ck.config, dims, padded, tied, interleaved)
+    custom = {"bitconv": {"vocab_size": vocab, "source_kind": ck.kind, "hf_config": _hf_config_record(ck)}}
+    guard = AtomicOutput(out, overwrite=overwrite, inputs=(ck.path,))
+    total = sum(p.nbytes for p in params)
+    check_free_space(guard.out.parent, total)
+    tokenizer = str(guard.out.resolve()) if any(f.name.startswith("tokenizer") for f in ck.aux_files) else None
+    files: list[Path] = []
+    with guard as tmp:
+        model_dir = tmp / "model"
+        for i, p in enumerate(params):
+            if progress:
+                progress(i, len(params), p.name)
+            tensor = p.make()
+            _check_shape(p, tensor)
+            files += write_param(model_dir, p.name, tensor, p.sharding, tp, version)
+        _write_configs(tmp, flavor, mc, tp, version, custom, str(guard.out.resolve()), make_vocab_size_divisible_by,
+                       tokenizer, ck.aux_files)
+    if progress:
+        progress(len(params), len(params), "")
+    warnings += _conversion_warnings(b, ck, flavor)
+    n_tern = sum(1 for p in params if p.name.endswith("_proj.weight"))
+    return Report(guard.out, f"nanotron-{flavor.name}", ck.kind, [guard.out / f.relative_to(tmp) for f in files],
+                  n_tern, len(params) - n_tern, total, time.perf_counter() - t0,
+                  {"warnings": warnings, "tp": tp, "vocab_size": vocab, "padded_vocab_size": padded,
+                   "model": flavor.name})
+
+
+def _check_shape(p: NTParam, t: torch.Tensor) -> None:
+    if tuple(t.shape) != tuple(p.shape):
+        raise SourceError(f"shape {list(t.shape)} does not match the config (expected {list(p.shape)})",
+                          tensor=p.name)
+
+
+def _check_all_used(ck: Checkpoint, b: _Builder) -> None:
+    """Every source tensor must land somewhere: refuse (before writing) models nanotron cannot hold."""
+    names = {"model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"}
+    for i in range(b.dims.layers):
+        names |= {f"model.layers.{i}.{p}.weight" for parts in nt.LAYER_TO_HF.values() for p in parts}
+    extra = sorted(set(ck.tensors) - names)
+    if extra:
+        raise UsageError(f"tensor {extra[0]!r} ({len(extra)} in all) has no place in a nanotron {b.flavor.name} "
+                         "model (sub-norms, biases or extra layers?)", path=ck.path)
+    missing = sorted(n for n in names - set(ck.tensors) if n != "lm_head.weight"
+                     and (b.flavor.layer_norms or not n.endswith("layernorm.weight")))
+    if missing:
+        raise SourceError(f"missing tensor {missing[0]!r} ({len(missing)} missing)", path=ck.path)
+
+
+def _hf_config_record(ck: Checkpoint) -> dict:
+    if isinstance(ck, NanotronCheckpoint):
+        return dict(ck.config)
+    return {k: v for k, v in ck.config.items() if k != "bitconv"}
+
+
+def _write_configs(tmp: Path, flavor: nt.Flavor, mc: dict, tp: int, version: str, custom: dict, init_path: str,
+                   multiple: int, tokenizer: str | None, aux: Iterable[Path]) -> None:
+    (tmp / "model_config.json").write_text(model_config_json(flavor, mc), encoding="utf-8")
+    (tmp / "checkpoint_metadata.json").write_text(checkpoint_metadata_json(flavor, tp, version, custom),
+                                                  encoding="utf-8")
+    cfg = config_yaml_dict(flavor, mc, tp, init_path, multiple, tokenizer)
+    (tmp / "config.yaml").write_text(yamlish.dump(cfg), encoding="utf-8")
+    for f in aux:
+        shutil.copyfile(f, tmp / f.name)
+    if os.environ.get("BITCONV_FSYNC") == "1":
+        for p in tmp.rglob("*"):
+            if p.is_file():
+                with open(p, "rb+") as fh:
+                    os.fsync(fh.fileno())
+
+
+def _conversion_warnings(b: _Builder, ck: Checkpoint, flavor: nt.Flavor) -> list[str]:
+    out = []
+    if b.dropped_norms:
+        out.append(f"{b.dropped_norms} per-layer RMSNorm weight(s) are not all ones and were dropped: the PR #180 "
+                   "BitNet model has no per-layer norms (its BitLinear normalizes inputs without weights)")
+    spread = max(b.scale_spread, default=0.0)
+    if spread > 1e-6:
+        out.append(f"q/k/v or gate/up scales differ (up to {spread:.2%} from their weighted mean): one fused nanotron "
+                   "tensor holds one scale, so those dequantized weights change; the codes are kept exactly")
+    if b.fused_differ:
+        out.append(f"nanotron quantizes q/k/v together (one absmean over qkv_proj) and gate/up together: in "
+                   f"{b.fused_differ} of {b.fused_checked} fused tensors its codes differ from a per-projection "
+                   "ternarization of this master")
+    if b.cast_from:
+        out.append(f"{'/'.join(sorted(b.cast_from))} weights were rounded to bfloat16 (nanotron's parameter dtype)")
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------ to HF
+
+
+def to_hf(src: str | Path | NanotronCheckpoint, out: str | Path, *, scale_granularity: str | None = None,
+          vocab_size: int | None = None, compute: str = "float32", overwrite: bool = False,
+          max_shard_bytes: int | None = DEFAULT_MAX_SHARD_BYTES, progress: Progress | None = None) -> Report:
+    """Write a Nanotron checkpoint as an HF bf16 master (`LlamaForCausalLM`, bitnet online config for PR #180).
+
+    Args:
+        scale_granularity: BitNet only. "fused" (default): q/k/v and gate/up are lifted from the fused-scale codes
+            (see the module docstring); "per-projection": the bf16 latents as trained.
+        vocab_size: the HF vocabulary (padding rows dropped); see `open_nanotron`.
+        compute: arithmetic of the fused ternarization: "float32" (canonical) or "bfloat16" (nanotron's own).
+    Returns a `Report` whose `extra["warnings"]` lists what LlamaForCausalLM cannot represent.
+    Example:
+        >>> to_hf("checkpoints/10000", "bitnet-hf-bf16")
+    """
+    t0 = time.perf_counter()
+    if compute not in COMPUTE_MODES:
+        raise UsageError(f"--compute must be one of {', '.join(COMPUTE_MODES)}, got {compute!r}")
+    if scale_granularity is not None and scale_granularity not in GRANULARITIES:
+        raise UsageError(f"--scale-granularity must be one of {', '.join(GRANULARITIES)}, got {scale_granularity!r}")
+    if isinstance(src, NanotronCheckpoint) and scale_granularity not in (None, src.info.granularity):
+        src = open_nanotron(src.path, vocab_size=vocab_size or src.info.vocab, scale_granularity=scale_granularity)
+    ck = src if isinstance(src, NanotronCheckpoint) else _open_nanotron_src(src, vocab_size, scale_granularity)
+    if scale_granularity is not None and not ck.info.flavor.bitnet:
+        raise UsageError(f"--scale-granularity applies to BitNet (PR #180) checkpoints; this is a "
+                         f"{ck.info.flavor.name} checkpoint, written with its weights unchanged")
+    lifted = ck.info.flavor.bitnet and ck.info.granularity == "fused"
+    tensors: dict[str, ModelTensor] = {}
+    for name, t in ck.tensors.items():
+        if t.is_ternary:
+            make = partial(_lifted, ck, name, compute, dtypes.DTYPES[t.dtype].torch) if lifted \
+                else partial(ck.latent, name)
+            tensors[name] = ModelTensor(name, t.shape, t.dtype, t.stored, loader=make)
+        else:
+            tensors[name] = t
+    view = Checkpoint(ck.path, ck.kind, ck.config, tensors, ck.aux_files, ck.files)
+    steps = [Step(t, {t.name: FieldSpec(t.shape, t.dtype)}, "copy") for t in tensors.values()]
+    rep = execute(Plan(view, "hf-bf16", steps, dict(ck.config)), out, overwrite=overwrite,
+                  max_shard_bytes=max_shard_bytes, progress=progress)
+    rep.n_ternary = sum(1 for t in ck.tensors.values() if t.is_ternary)
+    rep.n_passthrough = len(tensors) - rep.n_ternary
+    rep.seconds = time.perf_counter() - t0
+    rep.extra = {"warnings": ck.warnings + _hf_warnings(ck, lifted), "scale_granularity":
+                 ck.info.granularity if ck.info.flavor.bitnet else None, "vocab_size": ck.info.vocab}
+    return rep
+
+
+def _lifted(ck: NanotronCheckpoint, name: str, compute: str, dtype: torch.dtype) -> torch.Tensor:
+    t = ck.ternary_of(name, compute)
+    return lift(t.codes, float(t.scale)).to(dtype)  # exact for bfloat16 and float32 parameters
+
+
+def _open_nanotron_src(src: str | Path, vocab_size: int | None, granularity: str | None) -> NanotronCheckpoint:
+    from bitconv.sources.nanotron import is_nanotron_dir
+
+    if not is_nanotron_dir(Path(src)):
+        raise UsageError("--to hf-bf16 converts a Nanotron checkpoint (a folder with model/ and "
+                         "checkpoint_metadata.json); for HF packed or ternary sources use `bitconv unpack`",
+                         path=src)
+    return open_nanotron(src, vocab_size=vocab_size, scale_granularity=granularity)
+
+
+def _hf_warnings(ck: NanotronCheckpoint, lifted: bool) -> list[str]:
+    if not ck.info.flavor.bitnet:
+        return []
+    out = [W_PR180_NORMALIZE]
+    if ck.info.tp > 1 and lifted:
+        out.append(f"trained at TP={ck.info.tp}: nanotron quantized each rank's shard with its own scale; bitconv "
+                   "uses one scale per fused tensor (TP=1 semantics)")
+    if lifted:
+        out.append("--scale-granularity fused: q/k/v and gate/up hold their fused-scale codes times one magnitude "
+                   "(same scale for q, k and v), not the training latents; pass per-projection to keep the latents")
+    else:
+        out.append("--scale-granularity per-projection: the latents are kept, and consumers quantize q, k, v (gate, "
+                   "up) separately, which differs from nanotron's fused scale")
+    return out
