@@ -14,11 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from bitconv import pipeline, pipeline_gguf, tiny
 from bitconv.describe import describe
-from bitconv.quant import dequantize
+from bitconv.quant import ternarize
 from bitconv.sources import open_source
 
 BF16_REL = 2.0**-8  # bf16 keeps 8 significant bits: one rounding is within 2^-8 relative
@@ -55,13 +54,17 @@ def _compare(reference: Path, artifact: Path, rel_tol: float) -> tuple[bool, str
 
 
 def _check_unpacked(packed: Path, unpacked: Path) -> tuple[bool, str]:
+    """Online re-ternarization of the unpacked weights (what transformers does) gives the packed codes and scale."""
     src, out = open_source(packed), open_source(unpacked)
+    worst = 0.0
     for t in src.ternary_tensors():
-        want = dequantize(t.ternary())
-        got = out.load_passthrough(t.name)
-        if not torch.equal(want, got):
-            return False, f"{t.name} is not bf16(codes * scale)"
-    return True, "every weight == bf16(codes * scale)"
+        want = t.ternary()
+        got = ternarize(out.load_passthrough(t.name))
+        if not np.array_equal(want.codes, got.codes):
+            return False, f"{t.name}: online re-ternarization changes the codes"
+        worst = max(worst, abs(float(got.scale) / float(want.scale) - 1))
+    ok = worst <= BF16_REL
+    return ok, f"online re-ternarization gives the same codes, scale within {worst:.1e}"
 
 
 def run_demo(workdir: str | Path | None = None, arch: str = "bitnet-2b4t",
@@ -100,7 +103,21 @@ def run_demo(workdir: str | Path | None = None, arch: str = "bitnet-2b4t",
     ok = d.zero_fraction is not None and 0.0 < d.zero_fraction < 1.0
     rows.append(_row("inspect", auto, ok, f"{d.zero_fraction:.1%} zero codes, {d.scale_stats['count']} scales in "
                      f"[{d.scale_stats['min']:.4g}, {d.scale_stats['max']:.4g}]"))
+    say("verify")
+    ggufs = sorted(w.glob("gguf-*/model-*.gguf"))
+    rows += [_verify_row(art, master) for art in (tern, auto, bitl, repacked, w / "hf-converted", unpacked, *ggufs)]
     return rows
+
+
+def _verify_row(artifact: Path, master: Path) -> DemoRow:
+    """`bitconv verify ARTIFACT --ref MASTER`: round trip + logit parity. (# issue 4)"""
+    from bitconv.verify import verify
+
+    rep = verify(artifact, master)
+    p = rep.parity.out_vs_ref
+    msg = (f"round trip ok ({rep.roundtrip.compute}), logits top-1 {p.top1:.0%}, max |Δ| {p.rel_dlogit:.1%} of range"
+           if rep.ok else rep.findings[0].message)
+    return _row(f"verify {artifact.name}", artifact, rep.ok, msg)
 
 
 def _gguf_step(tern: Path, w: Path, gguf_type: str, tol: float) \

@@ -71,7 +71,7 @@ def describe(src: str | Path | Checkpoint, *, stats: bool = True) -> Description
                 scales.append(float(tern.scale))
                 zeros += z
         rows.append(row)
-    files = [{"name": f.name, "bytes": f.stat().st_size} for f in ck.files]
+    files = [{"name": _rel(f, ck.path), "bytes": f.stat().st_size} for f in ck.files]
     total = sum(f["bytes"] for f in files)
     n_params = sum(t.numel for t in ck.tensors.values())
     qc = ck.config.get("quantization_config")
@@ -85,6 +85,13 @@ def describe(src: str | Path | Checkpoint, *, stats: bool = True) -> Description
         scale_stats=_stats(scales) if scales else None,
         zero_fraction=(zeros / n_tern) if (stats and n_tern) else None,
         compute=ck.compute, quantization_config=qc if isinstance(qc, dict) else None, tensors=rows)
+
+
+def _rel(f: Path, root: Path) -> str:
+    try:
+        return str(f.relative_to(root)) if root.is_dir() else f.name
+    except ValueError:
+        return f.name
 
 
 def _stats(values: list[float]) -> dict:

@@ -271,7 +271,7 @@ def _select(ref: RepoRef, root: Path, names: set[str]) -> tuple[list[str], str]:
 def _index_shards(index: Path, ref: RepoRef) -> list[str]:
     try:
         wmap = json.loads(index.read_text(encoding="utf-8")).get("weight_map")
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError, RecursionError) as e:
         raise SourceError(f"{ref}: {INDEX} is not valid JSON ({e})") from None
     shards = sorted(set(wmap.values())) if isinstance(wmap, dict) else []
     if not shards or not all(isinstance(s, str) and re.fullmatch(r"[^/\\]+\.safetensors", s) for s in shards):

@@ -28,7 +28,7 @@ from bitconv.quant import COMPUTE_MODES, dequantize
 from bitconv.safetensors_io import OutEntry
 from bitconv.sinks.hf import DEFAULT_MAX_SHARD_BYTES, HFSink
 from bitconv.sources import Checkpoint, ModelTensor, open_source
-from bitconv.tensors import FieldSpec
+from bitconv.tensors import FieldSpec, Ternary
 
 Progress = Callable[[int, int, str], None]  # (tensors done, tensors total, current name)
 
@@ -50,6 +50,7 @@ class Plan:
     config: dict
     layout: Layout | None = None
     compute: str = "float32"
+    values: str = "online"  # unpack: "online" (lifted so online WeightQuant gives back the scale) or "dequantized"
 
     @property
     def entries(self) -> list[OutEntry]:
@@ -120,7 +121,7 @@ def plan_quantize(src: Checkpoint, compute: str = "float32") -> Plan:
     _check_compute(compute)
     layout = get_layout("bitconv-ternary")
     cfg = copy.deepcopy(src.config)
-    done_by = compute if src.kind == "bf16-master" else (src.compute or "unknown")
+    done_by = compute if src.kind in ("bf16-master", "nanotron") else (src.compute or "unknown")
     cfg["bitconv"] = {"format": "ternary", "version": TERNARY_FORMAT_VERSION, "scale": "magnitude",
                       "compute": done_by, "source_kind": src.kind}
     return Plan(src, "bitconv-ternary", _layout_steps(src, layout), cfg, layout, compute)
@@ -135,7 +136,25 @@ def plan_pack_hf(src: Checkpoint, linear_class: str = "autobitlinear", compute: 
     return Plan(src, layout.name, _layout_steps(src, layout), cfg, layout, compute)
 
 
-def plan_unpack_hf(src: Checkpoint) -> Plan:
+UNPACK_VALUES = ("online", "dequantized")
+
+
+def online_lift(t: Ternary) -> Ternary:
+    """Codes with the magnitude transformers' online WeightQuant turns back into `t`'s scale.
+
+    Online mode re-derives the scale as mean|W|. For W = codes * b that is p * b (p = fraction of non-zero codes),
+    while every non-zero W * s = ±1/p rounds back to ±1. Storing b = scale / p therefore gives back the same codes
+    and the same scale (to bf16 rounding): the unpacked model *is* the packed model when loaded online.
+    """
+    nnz = int(np.count_nonzero(t.codes))
+    if nnz == 0:
+        return t
+    return Ternary(t.codes, np.float32(np.float64(t.scale) * t.codes.size / nnz))
+
+
+def plan_unpack_hf(src: Checkpoint, values: str = "online") -> Plan:
+    if values not in UNPACK_VALUES:
+        raise UsageError(f"--values must be one of {', '.join(UNPACK_VALUES)}, got {values!r}")
     if src.kind == "bf16-master":
         raise UsageError("SRC is already a bf16 master; unpack takes a packed or ternary checkpoint",
                          path=src.path)
@@ -146,7 +165,7 @@ def plan_unpack_hf(src: Checkpoint) -> Plan:
         else:
             steps.append(Step(t, {t.name: FieldSpec(t.shape, t.dtype)}, "copy"))
     cfg = _with_quant_config(_base_config(src), bitnet_quant_config(src.config, "autobitlinear", "online"))
-    return Plan(src, "hf-bf16", steps, cfg)
+    return Plan(src, "hf-bf16", steps, cfg, values=values)
 
 
 def execute(plan: Plan, out: str | Path, *, overwrite: bool = False,
@@ -179,12 +198,16 @@ def _run_step(step: Step, plan: Plan, sink: HFSink) -> None:
     t = step.tensor
     if step.action == "copy":
         (name,) = step.outputs
-        sink.copy(name, t.stored[0])
+        if t.loader is not None:  # not a plain stored tensor (e.g. GGUF Q8_0): write what the loader gives
+            sink.write(name, dtypes.to_numpy_storage(t.loader()))
+        else:
+            sink.copy(name, t.stored[0])
         return
     tern = t.ternary(plan.compute)
     if step.action == "dequant":
         (name,) = step.outputs
-        sink.write(name, dtypes.to_numpy_storage(dequantize(tern)))
+        lifted = online_lift(tern) if plan.values == "online" else tern
+        sink.write(name, dtypes.to_numpy_storage(dequantize(lifted)))
         return
     fields = plan.layout.pack(tern)
     prefix = module_of(t.name)
@@ -219,8 +242,13 @@ def pack_hf(src: str | Path, out: str | Path, *, linear_class: str = "autobitlin
                    max_shard_bytes=max_shard_bytes, progress=progress)
 
 
-def unpack_hf(src: str | Path, out: str | Path, *, overwrite: bool = False,
+def unpack_hf(src: str | Path, out: str | Path, *, values: str = "online", overwrite: bool = False,
               max_shard_bytes: int | None = DEFAULT_MAX_SHARD_BYTES, progress: Progress | None = None) -> Report:
-    """Write bf16 `codes * scale` weights with an autobitlinear/online config (trainable in transformers)."""
-    return execute(plan_unpack_hf(open_source(src)), out, overwrite=overwrite, max_shard_bytes=max_shard_bytes,
-                   progress=progress)
+    """Write a bf16 checkpoint with an autobitlinear/online config (trainable in transformers).
+
+    `values="online"` (default) writes `bf16(codes * scale / p)` (p = non-zero fraction per tensor), which
+    transformers' online quantizer maps back to exactly these codes and this scale: the loaded model is the packed
+    model. `values="dequantized"` writes plain `bf16(codes * scale)`; online mode then sees scale * p instead.
+    """
+    return execute(plan_unpack_hf(open_source(src), values), out, overwrite=overwrite,
+                   max_shard_bytes=max_shard_bytes, progress=progress)

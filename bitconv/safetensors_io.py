@@ -23,6 +23,7 @@ import numpy as np
 
 from bitconv import dtypes
 from bitconv.errors import OutputError, SourceError
+from bitconv.validate import refuse_pickle, sniff_pickle
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # the limit the safetensors package enforces
 _COPY_CHUNK = 64 * 1024 * 1024
@@ -57,6 +58,9 @@ def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
                                   path=path)
             (n,) = struct.unpack("<Q", head)
             if n > MAX_HEADER_BYTES or 8 + n > size:
+                pickled = sniff_pickle(head)
+                if pickled is not None:  # never unpickled: said so instead of "corrupt header"
+                    raise refuse_pickle(path, pickled)
                 raise SourceError(f"corrupt safetensors header: declares {n} header bytes but the file has {size}",
                                   path=path, hint="the file is truncated or not safetensors; download it again")
             raw = f.read(n)
@@ -66,6 +70,8 @@ def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
         header = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise SourceError(f"corrupt safetensors header: not valid JSON ({e})", path=path) from None
+    except RecursionError:  # [[[[... nested deeper than the interpreter's stack
+        raise SourceError("corrupt safetensors header: JSON nested too deeply", path=path) from None
     if not isinstance(header, dict):
         raise SourceError("corrupt safetensors header: not a JSON object", path=path)
     meta = header.pop("__metadata__", None) or {}
@@ -81,11 +87,11 @@ def _entry(path: Path, name: str, e: object, data_start: int, size: int) -> Tens
     if not isinstance(e, dict):
         raise SourceError("corrupt safetensors header: entry is not an object", path=path, tensor=name)
     dt, shape, offs = e.get("dtype"), e.get("shape"), e.get("data_offsets")
-    if dt not in dtypes.DTYPES:
+    if not isinstance(dt, str) or dt not in dtypes.DTYPES:  # a list or object is unhashable: not a dtype
         raise SourceError(f"unknown dtype {dt!r}; bitconv reads {', '.join(dtypes.DTYPES)}", path=path, tensor=name)
-    if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
+    if not (isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)):
         raise SourceError(f"corrupt safetensors header: bad shape {shape!r}", path=path, tensor=name)
-    if not (isinstance(offs, list) and len(offs) == 2 and all(isinstance(o, int) for o in offs)
+    if not (isinstance(offs, list) and len(offs) == 2 and all(type(o) is int for o in offs)
             and 0 <= offs[0] <= offs[1]):
         raise SourceError(f"corrupt safetensors header: bad data_offsets {offs!r}", path=path, tensor=name)
     nbytes = math.prod(shape) * dtypes.DTYPES[dt].itemsize

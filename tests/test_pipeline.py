@@ -75,16 +75,36 @@ def test_no_double_quantization(models, tmp_path, src_kind):
         assert abs(float(b.scale) / float(a.scale) - 1) <= tol
 
 
-def test_unpack_writes_codes_times_scale(models, tmp_path):
+@pytest.mark.parametrize("values", ["online", "dequantized"])
+def test_unpack_values(models, tmp_path, values):
     pipeline.pack_hf(models(), tmp_path / "p", linear_class="bitlinear")
-    rep = pipeline.unpack_hf(tmp_path / "p", tmp_path / "u")
+    rep = pipeline.unpack_hf(tmp_path / "p", tmp_path / "u", values=values)
     assert rep.target == "hf-bf16"
     packed, unpacked = open_source(tmp_path / "p"), open_source(tmp_path / "u")
     assert unpacked.kind == "bf16-master"
     for t in packed.ternary_tensors():
-        assert torch.equal(unpacked.load_passthrough(t.name), dequantize(t.ternary()))
+        tern = t.ternary()
+        got = unpacked.load_passthrough(t.name)
+        if values == "dequantized":
+            assert torch.equal(got, dequantize(tern))  # exactly bf16(codes * scale)
+        else:
+            assert torch.equal(got, dequantize(pipeline.online_lift(tern)))
+            # transformers' online WeightQuant gives back the same codes and the scale within one bf16 rounding
+            again = ternarize(got)
+            np.testing.assert_array_equal(again.codes, tern.codes)
+            assert abs(float(again.scale) / float(tern.scale) - 1) <= 2**-8
     qc = json.loads((tmp_path / "u" / "config.json").read_text())["quantization_config"]
     assert qc == {"quant_method": "bitnet", "linear_class": "autobitlinear", "quantization_mode": "online"}
+
+
+def test_unpack_dequantized_is_a_different_model_online(models, tmp_path):
+    """Why `online` is the default: plain codes*scale re-quantizes online to scale * p (p = non-zero fraction)."""
+    pipeline.pack_hf(models(), tmp_path / "p")
+    pipeline.unpack_hf(tmp_path / "p", tmp_path / "u", values="dequantized")
+    t = open_source(tmp_path / "p").ternary_tensors()[0]
+    tern, again = t.ternary(), ternarize(open_source(tmp_path / "u").load_passthrough(t.name))
+    p = np.count_nonzero(tern.codes) / tern.codes.size
+    assert abs(float(again.scale) / (float(tern.scale) * p) - 1) <= 2**-8
 
 
 def test_unpack_refuses_master(models, tmp_path):

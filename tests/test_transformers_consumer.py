@@ -100,6 +100,9 @@ def test_unpacked_loads_as_trainable_online_model(models, tmp_path):
     assert type(lin).__name__ == "AutoBitLinear" and lin.weight.dtype == torch.bfloat16
     assert lin.weight.requires_grad
     ids = token_ids(512)
+    # loaded online, the unpacked checkpoint is the packed model (same codes, same scale): same bound as master
+    with torch.no_grad():
+        assert_close_model(logits(tmp_path / "packed", ids), model(ids).logits.float())
     out = model(ids).logits.float().sum()
     out.backward()  # trainable: gradients flow through the straight-through estimator
     assert lin.weight.grad is not None and torch.isfinite(lin.weight.grad).all()

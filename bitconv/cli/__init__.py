@@ -19,7 +19,8 @@ app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_comp
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-SrcArg = Annotated[Path, typer.Argument(help="source checkpoint folder (bf16 master, bitconv ternary, HF packed)",
+SrcArg = Annotated[Path, typer.Argument(help="source: checkpoint folder (bf16 master, bitconv ternary, HF packed, "
+                                        "Nanotron), .gguf file, or Hub repo id owner/name[@revision]",
                                         show_default=False)]
 OutOpt = Annotated[Path, typer.Option("-o", "--out", help="output folder (written atomically)", show_default=False)]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="replace OUT if it exists")]
@@ -78,7 +79,9 @@ def _report(report: Any, as_json: bool) -> None:
                      f"file(s), {report.seconds:.2f} s")
 
 
-from bitconv.cli import commands  # noqa: E402, F401  (registers the commands on `app`)
+from bitconv.cli import commands, hub  # noqa: E402, F401  (register the commands on `app`; hub: `upload`)
+from bitconv.cli import convert as _convert  # noqa: E402, F401  (registers `convert`)
+from bitconv.cli import verify as _verify  # noqa: E402, F401  (registers `verify` and `check`)
 
 
 def main() -> None:

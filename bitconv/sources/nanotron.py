@@ -32,11 +32,12 @@ from bitconv.nanotron import yamlish
 from bitconv.quant import ternarize
 from bitconv.safetensors_io import TensorInfo, read_header
 from bitconv.sources import Checkpoint, ModelTensor
-from bitconv.sources.safetensors import load_torch, read_json
+from bitconv.sources.safetensors import load_torch, read_json, with_file
 from bitconv.tensors import Ternary
 
 GRANULARITIES = ("fused", "per-projection")
 META_FILE = "checkpoint_metadata.json"
+MAX_SLICE_PAIRS = 2048  # per parameter; nanotron writes tp x (1 or 2 or 3 chunks)
 HF_BITNET_QC = {"quant_method": "bitnet", "linear_class": "autobitlinear", "quantization_mode": "online"}
 
 
@@ -199,6 +200,11 @@ def _check_ranks(name: str, shards: list[Shard], where: Path) -> None:
 
 
 def _check_coverage(name: str, shards: list[Shard], shape: tuple[int, ...], where: Path) -> None:
+    n_pairs = sum(len(s.pairs) for s in shards)
+    if n_pairs > MAX_SLICE_PAIRS:  # the overlap check below compares every pair of boxes: bound its work
+        raise SourceError(f"{n_pairs} local_global_slices_pairs across the shards, more than bitconv accepts "
+                          f"({MAX_SLICE_PAIRS}; nanotron writes one per TP rank and fused chunk)", path=where,
+                          tensor=name)
     boxes: list[tuple[nt.Rect, str]] = []
     for s in shards:
         for loc, glob in s.pairs:
@@ -265,7 +271,8 @@ class NanotronCheckpoint(Checkpoint):
 
     def _fused_ternary(self, param: Param, compute: str) -> Ternary:
         return self._cached(("ternary", param.name, compute),
-                            lambda: ternarize(self._cached(("latent", param.name), param.load), compute,
+                            lambda: with_file(param.shards[0].info.path.parent, ternarize,
+                                              self._cached(("latent", param.name), param.load), compute,
                                               name=param.name))
 
     def _cached(self, key: tuple, make: Callable[[], object]) -> object:
@@ -284,7 +291,7 @@ class NanotronCheckpoint(Checkpoint):
             t = self._fused_ternary(param, compute)
             codes = _rope_fix(t.codes[r0:r1], part, self.info)
             return Ternary(np.ascontiguousarray(codes), t.scale)
-        return ternarize(self.latent(hf_name), compute, name=hf_name)
+        return with_file(param.shards[0].info.path.parent, ternarize, self.latent(hf_name), compute, name=hf_name)
 
 
 def _rope_fix(w: torch.Tensor | np.ndarray, part: str, info: NanotronInfo) -> torch.Tensor | np.ndarray:
@@ -316,11 +323,17 @@ def _read_yaml(folder: Path, warnings: list[str]) -> dict:
     return data if isinstance(data, dict) else {}
 
 
+def _section(yaml_cfg: dict, key: str) -> dict:
+    """A config.yaml section; {} when absent or not a mapping (a hand-edited or corrupt file)."""
+    v = yaml_cfg.get(key)
+    return v if isinstance(v, dict) else {}
+
+
 def _model_config(folder: Path, yaml_cfg: dict) -> dict:
     path = folder / "model_config.json"
     if path.is_file():
         return read_json(path, "model_config.json")
-    mc = (yaml_cfg.get("model") or {}).get("model_config")
+    mc = _section(yaml_cfg, "model").get("model_config")
     if isinstance(mc, dict):
         return mc
     raise SourceError("no model config: neither model_config.json nor model.model_config in config.yaml",
@@ -413,8 +426,8 @@ def _vocab(folder: Path, vocab_size: int | None, custom: dict, yaml_cfg: dict, p
             raise SourceError(f"vocab size {value!r} from {what} does not fit the {padded} stored embedding rows",
                               path=folder, hint="pass --vocab-size with the tokenizer's vocabulary size")
         return value
-    multiple = (yaml_cfg.get("model") or {}).get("make_vocab_size_divisible_by") or 1
-    if int(multiple) * tp > 1:
+    multiple = _section(yaml_cfg, "model").get("make_vocab_size_divisible_by") or 1
+    if not isinstance(multiple, int) or multiple * tp > 1:  # padding possible (or unknown)
         warnings.append(f"vocab size not known: kept all {padded} embedding rows, which may include nanotron's "
                         "padding (pass --vocab-size N or put the HF tokenizer next to the checkpoint)")
     return padded
@@ -422,7 +435,7 @@ def _vocab(folder: Path, vocab_size: int | None, custom: dict, yaml_cfg: dict, p
 
 def _vocab_from_files(folder: Path, yaml_cfg: dict) -> int | None:
     dirs = [folder]
-    tok = (yaml_cfg.get("tokenizer") or {}).get("tokenizer_name_or_path")
+    tok = _section(yaml_cfg, "tokenizer").get("tokenizer_name_or_path")
     if isinstance(tok, str) and tok and Path(tok).is_dir():
         dirs.append(Path(tok))
     for d in dirs:
@@ -569,7 +582,7 @@ def hf_config(info: NanotronInfo) -> dict:
     if isinstance(recorded, dict) and _same_model(recorded, info):
         return _restore(recorded)
     mc, d = info.model_config, info.dims
-    dtype = (info.yaml_config.get("model") or {}).get("dtype") or "bfloat16"
+    dtype = _section(info.yaml_config, "model").get("dtype") or "bfloat16"
     cfg = {
         "architectures": ["LlamaForCausalLM"], "attention_bias": bool(mc.get("attention_bias", False)),
         "attention_dropout": 0.0, "bos_token_id": mc.get("bos_token_id"), "eos_token_id": mc.get("eos_token_id"),

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
 
-from bitconv import dtypes, naming
-from bitconv.errors import SourceError
+from bitconv import dtypes, naming, validate
+from bitconv.errors import BitconvError, SourceError
 from bitconv.layouts.hf_packed import HF_LAYOUTS, unpack_codes
 from bitconv.quant import Workspace, ternarize
 from bitconv.safetensors_io import TensorInfo, read_array, read_header
@@ -18,6 +20,7 @@ from bitconv.tensors import Ternary
 
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
+T = TypeVar("T")
 
 _WS = Workspace()
 
@@ -29,6 +32,8 @@ def read_json(path: Path, what: str) -> dict:
         raise SourceError(f"{what} is missing", path=path) from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise SourceError(f"{what} is not valid JSON ({e})", path=path) from None
+    except RecursionError:  # hostile nesting ([[[[...), not a real config
+        raise SourceError(f"{what} is not valid JSON (nested too deeply)", path=path) from None
     if not isinstance(data, dict):
         raise SourceError(f"{what} is not a JSON object", path=path)
     return data
@@ -61,6 +66,9 @@ def collect_stored(folder: Path) -> tuple[dict[str, TensorInfo], list[Path]]:
     if others:
         raise SourceError(f"{len(others)} .safetensors files but no {INDEX} to say how they fit together",
                           path=folder)
+    pickled = validate.pickled_in(folder)
+    if pickled:
+        raise validate.refuse_pickle(pickled[0])
     raise SourceError(f"no weights: neither {SINGLE} nor {INDEX}", path=folder)
 
 
@@ -84,6 +92,11 @@ def _collect_indexed(folder: Path, index_path: Path) -> tuple[dict[str, TensorIn
                               path=index_path, hint="download the missing shard")
         got, _ = read_header(spath)
         extra = sorted(set(got) - set(names))
+        twice = [n for n in extra if n in wmap]
+        if twice:
+            raise SourceError(f"duplicate tensor {twice[0]!r}: stored in this shard and in {wmap[twice[0]]!r}, "
+                              "which the index names", path=spath, hint="the shards come from different "
+                              "checkpoints or a partial re-save")
         if extra:
             raise SourceError(f"shard holds {len(extra)} tensor(s) the index does not list, e.g. {extra[0]!r}",
                               path=spath, hint="the index and the shards are from different checkpoints")
@@ -97,6 +110,22 @@ def _collect_indexed(folder: Path, index_path: Path) -> tuple[dict[str, TensorIn
 
 
 def open_safetensors_dir(folder: Path) -> Checkpoint:
+    ck = _open_dir(folder)
+    validate.check_config(ck.config, ck.tensors, folder / "config.json")
+    return ck
+
+
+def with_file(path: Path, fn: Callable[..., T], *args: object, **kwargs: object) -> T:
+    """`fn(*args, **kwargs)`; an error that names no file (NaN weights, a corrupt packed code) gets `path`."""
+    try:
+        return fn(*args, **kwargs)
+    except BitconvError as e:
+        if e.path is not None:
+            raise
+        raise SourceError(str(e), path=path) from None
+
+
+def _open_dir(folder: Path) -> Checkpoint:
     config = read_json(folder / "config.json", "config.json")
     stored, files = collect_stored(folder)
     aux = [folder / f for f in naming.AUX_FILES if (folder / f).is_file()]
@@ -133,7 +162,7 @@ def _logical_master(folder: Path, stored: dict[str, TensorInfo]) -> dict[str, Mo
             _check_dtype(info, ("BF16", "F16", "F32"), "a master projection weight")
 
             def load(compute: str, info: TensorInfo = info) -> Ternary:
-                return ternarize(_load_scratch(info), compute, name=info.name)
+                return with_file(info.path, ternarize, _load_scratch(info), compute, name=info.name)
 
             out[name] = ModelTensor(name, info.shape, info.dtype, [info], load)
         else:
@@ -145,7 +174,7 @@ def _scale_info(stored: dict[str, TensorInfo], name: str, folder: Path) -> Tenso
     key = naming.module_of(name) + ".weight_scale"
     info = stored.get(key)
     if info is None:
-        raise SourceError(f"ternary weight {name!r} has no {key!r}", path=folder)
+        raise SourceError(f"ternary weight {name!r} has no {key!r}", path=stored[name].path)
     if info.numel != 1:
         raise SourceError("weight_scale must hold one value (per-tensor scale)", path=info.path, tensor=key,
                           shape=info.shape)
@@ -167,7 +196,7 @@ def _logical_packed(folder: Path, stored: dict[str, TensorInfo], inverted: bool)
             shape = (info.shape[0] * 4, info.shape[1])
 
             def load(compute: str, info: TensorInfo = info, sinfo: TensorInfo = sinfo, n: int = shape[0]) -> Ternary:
-                codes = unpack_codes(_load_scratch(info).numpy(), n, tensor=info.name)
+                codes = with_file(info.path, unpack_codes, _load_scratch(info).numpy(), n, tensor=info.name)
                 ws = _scalar(sinfo)
                 return Ternary(codes, np.float32(1.0) / ws if inverted else ws)
 

@@ -1,0 +1,175 @@
+"""Prove a converted artifact right: `verify(OUT, REF)` returns a `VerifyReport`; the CLI only renders it.
+
+Three checks, each a library module returning a report dataclass:
+    config      OUT's config.json describes REF's model (sizes, activation, norm eps, RoPE theta)
+    roundtrip   every tensor of OUT against a fresh ternarization of REF (`bitconv.verify.roundtrip`)
+    parity      logits of REF (online), OUT and the plain master on a fixed batch (`bitconv.verify.parity`)
+
+`VerifyReport.findings` lists every fault in one line that names the tensor and the fault; `exit_code` is 0 when
+nothing failed, 1 otherwise. Bad input (unreadable files, unknown architecture, bad token file) raises a
+`BitconvError` (exit code 2) instead.
+
+Example:
+    >>> rep = verify("bitnet-packed", "bitnet-bf16")
+    >>> rep.ok, rep.roundtrip.compute, rep.parity.out_vs_ref.top1
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from bitconv.errors import EXIT_OK, EXIT_VERIFY_FAILED, UsageError
+from bitconv.sources import Checkpoint, open_source
+from bitconv.verify.parity import (
+    ParityReport,
+    Thresholds,
+    default_tokens,
+    tokens_from_file,
+    tokens_from_prompt,
+)
+from bitconv.verify.parity import (
+    parity as _parity,
+)
+from bitconv.verify.reference import ARCHS, RefConfig
+from bitconv.verify.roundtrip import FAULTS, RoundTripReport
+from bitconv.verify.roundtrip import roundtrip as _roundtrip
+
+__all__ = ["Finding", "Thresholds", "VerifyReport", "verify", "check_config", "FAULTS"]
+
+
+@dataclass
+class Finding:
+    """One fault: which check found it, the tensor (or config key), the fault id and a one-line message."""
+
+    check: str  # "config", "roundtrip", "parity"
+    subject: str | None
+    fault: str
+    message: str
+    severity: str = "error"  # "error" fails the verification, "warning" does not
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class VerifyReport:
+    out: str
+    ref: str
+    out_kind: str
+    out_layout: str | None
+    ref_kind: str
+    family: str
+    roundtrip: RoundTripReport
+    parity: ParityReport | None = None
+    config: list[Finding] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def findings(self) -> list[Finding]:
+        out = list(self.config)
+        out += [Finding("roundtrip", t.name, t.fault or "", t.message) for t in self.roundtrip.failures]
+        out += [Finding("roundtrip", None, "warning", w, "warning") for w in self.roundtrip.warnings]
+        if self.parity is not None:
+            out += [Finding("parity", None, "logit-parity", f"OUT vs REF: {m}") for m in self.parity.failures]
+        return out
+
+    @property
+    def errors(self) -> list[Finding]:
+        return [f for f in self.findings if f.severity == "error"]
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_OK if self.ok else EXIT_VERIFY_FAILED
+
+    def to_dict(self) -> dict:
+        return {"out": self.out, "ref": self.ref, "ok": self.ok, "exit_code": self.exit_code,
+                "out_kind": self.out_kind, "out_layout": self.out_layout, "ref_kind": self.ref_kind,
+                "family": self.family, "seconds": round(self.seconds, 3),
+                "findings": [f.to_dict() for f in self.findings], "roundtrip": self.roundtrip.to_dict(),
+                "parity": self.parity.to_dict() if self.parity else None}
+
+
+# ------------------------------------------------------------------------------------------------ config
+
+
+def _norm_config(cfg: dict) -> dict:
+    """The architecture facts of an HF config, normalized (defaults filled, legacy keys mapped)."""
+    try:
+        rc = RefConfig.from_hf(cfg)
+    except UsageError:
+        return {}
+    return {"architectures": rc.architecture, "hidden_size": rc.hidden, "num_hidden_layers": rc.n_layers,
+            "num_attention_heads": rc.n_heads, "num_key_value_heads": rc.n_kv, "head_dim": rc.head_dim,
+            "vocab_size": rc.vocab, "hidden_act": rc.act, "rms_norm_eps": rc.eps, "rope_theta": rc.theta,
+            "intermediate_size": cfg.get("intermediate_size")}
+
+
+def check_config(out_cfg: dict, ref_cfg: dict) -> list[Finding]:
+    """OUT's config must describe REF's model: every architecture fact both state must agree."""
+    a, b = _norm_config(out_cfg), _norm_config(ref_cfg)
+    found = []
+    for key in b:
+        if key in a and a[key] is not None and b[key] is not None and a[key] != b[key]:
+            found.append(Finding("config", key, "config", f"config.json: {key} is {a[key]!r} in OUT but "
+                                                          f"{b[key]!r} in REF"))
+    return found
+
+
+# ------------------------------------------------------------------------------------------------ verify
+
+
+def _tokens(ref_ck: Checkpoint, out_ck: Checkpoint, tokens: torch.Tensor | None, prompt: str | None,
+            tokens_file: str | Path | None) -> tuple[torch.Tensor, str]:
+    given = [x for x in (tokens, prompt, tokens_file) if x is not None]
+    if len(given) > 1:
+        raise UsageError("give at most one of --prompt and --tokens")
+    if tokens is not None:
+        return tokens, "given"
+    if prompt is not None:
+        return tokens_from_prompt(prompt, ref_ck, out_ck), "prompt"
+    if tokens_file is not None:
+        return tokens_from_file(tokens_file), f"file {tokens_file}"
+    return default_tokens(RefConfig.from_hf(ref_ck.config).vocab), "default"
+
+
+def _open(x: str | Path | Checkpoint) -> Checkpoint:
+    return x if isinstance(x, Checkpoint) else open_source(x)
+
+
+def verify(out: str | Path | Checkpoint, ref: str | Path | Checkpoint, *, run_parity: bool = True,
+           thresholds: Thresholds | None = None, tokens: torch.Tensor | None = None, prompt: str | None = None,
+           tokens_file: str | Path | None = None, out_mode: str | None = None, bitlinear: str = "compiled",
+           progress: Callable[[str, int, int], None] | None = None) -> VerifyReport:
+    """Verify OUT (any checkpoint bitconv reads: HF packed, bitconv ternary, GGUF, ...) against REF (its bf16
+    master). Args:
+        run_parity: also run the logit comparison (the slow part: three forward passes, layer by layer).
+        thresholds: parity limits (`Thresholds()` defaults, documented in `bitconv.verify.parity`).
+        tokens / prompt / tokens_file: the batch for parity (default: 2 x 64 fixed random ids).
+        out_mode: how OUT's ternary weights are applied (default from its layout; see `reference.LINEARS`).
+        bitlinear: "compiled" (transformers' default) or "eager" arithmetic for linear_class bitlinear.
+    """
+    t0 = time.perf_counter()
+    out_ck, ref_ck = _open(out), _open(ref)
+    ids, source = _tokens(ref_ck, out_ck, tokens, prompt, tokens_file) if run_parity else (None, "")
+    arch = (ref_ck.config.get("architectures") or ["?"])[0]
+    if run_parity and arch not in ARCHS:
+        raise UsageError(f"REF's architecture {arch!r} has no reference forward ({', '.join(ARCHS)}); "
+                         "pass --no-parity to check tensors only", path=ref_ck.path)
+    rt = _roundtrip(out_ck, ref_ck, (lambda i, n, name: progress("roundtrip", i, n)) if progress else None)
+    par = None
+    if run_parity:
+        par = _parity(out_ck, ref_ck, ids, thresholds, token_source=source, out_mode=out_mode, bitlinear=bitlinear,
+                     ref_compute=rt.compute or "float32",
+                     progress=(lambda i, n: progress("parity", i, n)) if progress else None)
+    family = ARCHS[arch].family if arch in ARCHS else "unknown"
+    return VerifyReport(str(out_ck.path), str(ref_ck.path), out_ck.kind, out_ck.layout, ref_ck.kind, family, rt, par,
+                        check_config(out_ck.config, ref_ck.config), time.perf_counter() - t0)

@@ -1,0 +1,323 @@
+"""`bitconv check PATH`: CI for a model repository. Finds every checkpoint under PATH (bf16 master, HF packed,
+bitconv ternary folders, .gguf files), checks each config, and verifies every artifact against the master.
+
+Config rules (`CONFIG_RULES`, HF folders), each a real way a published repo breaks:
+
+| rule                   | fails when                                                                               |
+|------------------------|------------------------------------------------------------------------------------------|
+| quantization_config    | packed uint8 weights without a bitnet config, or with `online`; a bf16 master declared    |
+|                        | `bitlinear` or `offline`; an unknown quant_method (warning: a master with none runs dense) |
+| auto_map               | it names a module file that is not in the folder (trust_remote_code fails, spec §3.3)     |
+| modules_to_not_convert | an explicit list without `lm_head`: transformers converts lm_head and the load fails       |
+| shapes                 | a projection's shape disagrees with the config, or the artifact's layout cannot hold it;   |
+|                        | (info) which deployable layouts cannot hold a master's shapes                            |
+| tied                   | tie_word_embeddings false without lm_head.weight (random lm_head), or true with a stored  |
+|                        | lm_head that differs from embed_tokens                                                   |
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bitconv.errors import EXIT_OK, EXIT_VERIFY_FAILED, BitconvError, LayoutError, UsageError
+from bitconv.layouts import get_layout
+from bitconv.output import TMP_PREFIX
+from bitconv.sources import Checkpoint, open_source
+from bitconv.verify import Finding, Thresholds, VerifyReport, verify
+from bitconv.verify.reference import RefConfig
+from bitconv.verify.report import Case, Suite, verify_markdown, verify_suite
+from bitconv.verify.roundtrip import compare_values
+
+MAX_DEPTH = 4
+SKIP_DIRS = {".git", ".venv", "node_modules", "__pycache__", ".cache"}
+# Layouts a master is usually deployed to; `check` says which of them cannot hold its shapes (TL tiles are
+# derived per shape, so they are left out).
+DEPLOY_LAYOUTS = ("hf-autobitlinear", "gguf-i2-s", "gguf-tq2-0")
+
+
+@dataclass
+class ArtifactCheck:
+    path: str
+    role: str  # "master", "artifact", "unreadable"
+    kind: str | None = None
+    layout: str | None = None
+    findings: list[Finding] = field(default_factory=list)
+    verify: VerifyReport | None = None
+
+    @property
+    def ok(self) -> bool:
+        return all(f.severity != "error" for f in self.findings) and (self.verify is None or self.verify.ok)
+
+    def to_dict(self) -> dict:
+        return {"path": self.path, "role": self.role, "kind": self.kind, "layout": self.layout, "ok": self.ok,
+                "findings": [f.to_dict() for f in self.findings],
+                "verify": self.verify.to_dict() if self.verify else None}
+
+
+@dataclass
+class CheckReport:
+    path: str
+    master: str | None
+    artifacts: list[ArtifactCheck]
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return all(a.ok for a in self.artifacts)
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_OK if self.ok else EXIT_VERIFY_FAILED
+
+    def to_dict(self) -> dict:
+        return {"path": self.path, "ok": self.ok, "exit_code": self.exit_code, "master": self.master,
+                "seconds": round(self.seconds, 3), "artifacts": [a.to_dict() for a in self.artifacts]}
+
+
+# ------------------------------------------------------------------------------------------------ discovery
+
+
+def _is_hf_folder(d: Path) -> bool:
+    return (d / "config.json").is_file() and any(d.glob("*.safetensors"))
+
+
+def find_checkpoints(root: str | Path) -> list[Path]:
+    """HF checkpoint folders and .gguf files under `root` (hidden and temporary folders skipped), sorted."""
+    root = Path(root)
+    if not root.exists():
+        raise UsageError("no such file or folder", path=root)
+    if root.is_file():
+        return [root.parent if root.suffix == ".safetensors" else root]
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        d = Path(dirpath)
+        depth = len(d.relative_to(root).parts)
+        dirnames[:] = sorted(n for n in dirnames if not (n in SKIP_DIRS or n.startswith((".", TMP_PREFIX)))
+                             and depth < MAX_DEPTH)
+        if _is_hf_folder(d):
+            found.append(d)
+        found += [d / f for f in sorted(filenames) if f.lower().endswith(".gguf")]
+    return found
+
+
+# ------------------------------------------------------------------------------------------------ config rules
+
+
+def _err(rule: str, msg: str, subject: str | None = None, severity: str = "error") -> Finding:
+    return Finding("config", subject, rule, msg, severity)
+
+
+def _qc(config: dict) -> dict | None:
+    qc = config.get("quantization_config")
+    return qc if isinstance(qc, dict) else None
+
+
+def _rule_quantization(ck: Checkpoint) -> list[Finding]:
+    qc, kind = _qc(ck.config), ck.kind
+    if qc is not None and qc.get("quant_method") != "bitnet":
+        return [_err("quantization_config", f"quant_method {qc.get('quant_method')!r} is not 'bitnet'")]
+    if kind == "hf-packed":
+        if qc is None:
+            return [_err("quantization_config", "packed uint8 weights but no quantization_config: transformers "
+                                                "loads them as plain nn.Linear and fails")]
+        if qc.get("linear_class") == "autobitlinear" and qc.get("quantization_mode", "offline") != "offline":
+            return [_err("quantization_config", "packed weights declared quantization_mode "
+                                                f"{qc.get('quantization_mode')!r}: transformers then expects bf16 "
+                                                "masters and the load fails; use 'offline'")]
+    if kind == "bf16-master":
+        if qc is None:
+            return [_err("quantization_config", "bf16 master without quantization_config: transformers runs it "
+                                                "as a dense bf16 model, not ternary (add quant_method bitnet, "
+                                                "linear_class autobitlinear, quantization_mode online)",
+                         severity="warning")]
+        if qc.get("linear_class", "bitlinear") != "autobitlinear" or qc.get("quantization_mode") != "online":
+            return [_err("quantization_config", f"bf16 master weights declared linear_class "
+                                                f"{qc.get('linear_class', 'bitlinear')!r} / quantization_mode "
+                                                f"{qc.get('quantization_mode', 'offline')!r}: only autobitlinear + "
+                                                "online takes bf16 weights; the load fails")]
+    return []
+
+
+def _rule_auto_map(ck: Checkpoint) -> list[Finding]:
+    amap = ck.config.get("auto_map")
+    if not isinstance(amap, dict) or not ck.path.is_dir():
+        return []
+    found = []
+    for key, ref in amap.items():
+        for r in ref if isinstance(ref, list) else [ref]:
+            if not isinstance(r, str) or "--" in r or "." not in r:
+                continue  # another repo's code, or not a module reference
+            module = r.rsplit(".", 1)[0]
+            if not (ck.path / f"{module}.py").is_file():
+                found.append(_err("auto_map", f"auto_map.{key} points at {module}.py, which is not in the folder: "
+                                              "trust_remote_code=True fails (drop auto_map, transformers has a "
+                                              "native class)", "auto_map"))
+    return found
+
+
+def _rule_not_convert(ck: Checkpoint) -> list[Finding]:
+    qc = _qc(ck.config)
+    mtnc = qc.get("modules_to_not_convert") if qc else None
+    if isinstance(mtnc, list) and "lm_head" not in mtnc and ck.kind in ("hf-packed", "bf16-master"):
+        return [_err("modules_to_not_convert", f"modules_to_not_convert {mtnc} lacks 'lm_head': an explicit list "
+                                               "replaces transformers' default, lm_head becomes a BitNet linear and "
+                                               "the load fails", "quantization_config.modules_to_not_convert")]
+    return []
+
+
+def _expected_shapes(cfg: RefConfig, config: dict) -> dict[str, tuple[int, int]]:
+    h, q, kv, inter = cfg.hidden, cfg.n_heads * cfg.head_dim, cfg.n_kv * cfg.head_dim, config.get("intermediate_size")
+    table = {"self_attn.q_proj": (q, h), "self_attn.k_proj": (kv, h), "self_attn.v_proj": (kv, h),
+             "self_attn.o_proj": (h, q)}
+    if inter:
+        table.update({"mlp.gate_proj": (inter, h), "mlp.up_proj": (inter, h), "mlp.down_proj": (h, inter)})
+    return table
+
+
+def _rule_shapes(ck: Checkpoint) -> list[Finding]:
+    try:
+        cfg = RefConfig.from_hf(ck.config)
+    except UsageError:
+        return []
+    want = _expected_shapes(cfg, ck.config)
+    found = []
+    for t in ck.ternary_tensors():
+        module = t.name.split(".", 3)[-1].rsplit(".", 1)[0]
+        if module in want and tuple(t.shape) != want[module]:
+            found.append(_err("shapes", f"shape {list(t.shape)} but the config implies {list(want[module])}",
+                              t.name))
+    layouts = [ck.layout] if ck.layout and ck.kind != "gguf" else DEPLOY_LAYOUTS if ck.kind == "bf16-master" else []
+    for name in layouts:
+        found += _layout_capacity(ck, name, severity="error" if name == ck.layout else "info")
+    return found
+
+
+def _layout_capacity(ck: Checkpoint, layout: str, severity: str) -> list[Finding]:
+    try:
+        lay = get_layout(layout)
+    except BitconvError:
+        return []
+    for t in ck.ternary_tensors():
+        try:
+            lay.spec(tuple(t.shape), tensor=t.name)
+        except LayoutError as e:
+            return [_err("shapes", f"layout {layout} cannot hold it: {e}", t.name, severity)]
+    return []
+
+
+_TIE_DEFAULT = False  # BitNetConfig and LlamaConfig default (transformers 5.x)
+
+
+def _rule_tied(ck: Checkpoint) -> list[Finding]:
+    tied = bool(ck.config.get("tie_word_embeddings", _TIE_DEFAULT))
+    has_head = "lm_head.weight" in ck.tensors
+    if not tied and not has_head:
+        return [_err("tied", "tie_word_embeddings is false (or absent, default false) but there is no "
+                             "lm_head.weight: transformers initialises lm_head at random", "lm_head.weight")]
+    if tied and has_head and "model.embed_tokens.weight" in ck.tensors:
+        same, _ = compare_values(ck, "lm_head.weight", ck, "model.embed_tokens.weight")
+        if not same:
+            return [_err("tied", "tie_word_embeddings is true, so transformers replaces the stored lm_head.weight "
+                                 "(which differs) by embed_tokens", "lm_head.weight")]
+    return []
+
+
+CONFIG_RULES: tuple[Callable[[Checkpoint], list[Finding]], ...] = (
+    _rule_quantization, _rule_auto_map, _rule_not_convert, _rule_shapes, _rule_tied,
+)
+
+
+def check_checkpoint_config(ck: Checkpoint) -> list[Finding]:
+    """Every config rule on one HF checkpoint (GGUF files carry no config.json; their KVs are the reader's job)."""
+    if ck.kind == "gguf":
+        return []
+    return [f for rule in CONFIG_RULES for f in rule(ck)]
+
+
+# ------------------------------------------------------------------------------------------------ check
+
+
+def _signature(ck: Checkpoint) -> set[tuple[str, tuple[int, ...]]]:
+    return {(t.name, tuple(t.shape)) for t in ck.ternary_tensors()}
+
+
+def _master_for(ck: Checkpoint, masters: list[Checkpoint]) -> Checkpoint | None:
+    sig = _signature(ck)
+    return next((m for m in masters if _signature(m) == sig), None)
+
+
+def _open_all(paths: list[Path]) -> tuple[list[ArtifactCheck], dict[str, Checkpoint]]:
+    checks, opened = [], {}
+    for p in paths:
+        try:
+            ck = open_source(p)
+        except BitconvError as e:
+            checks.append(ArtifactCheck(str(p), "unreadable", findings=[Finding("open", None, "unreadable", str(e))]))
+            continue
+        role = "master" if ck.kind == "bf16-master" else "artifact"
+        checks.append(ArtifactCheck(str(p), role, ck.kind, ck.layout, check_checkpoint_config(ck)))
+        opened[str(p)] = ck
+    return checks, opened
+
+
+def check(path: str | Path, *, run_parity: bool = True, thresholds: Thresholds | None = None,
+          on_item: Callable[[str], None] | None = None) -> CheckReport:
+    """Check every checkpoint under PATH; verify each artifact against a master with the same tensors."""
+    t0 = time.perf_counter()
+    paths = find_checkpoints(path)
+    if not paths:
+        raise UsageError("no checkpoint found (folders with config.json + *.safetensors, or .gguf files)", path=path)
+    checks, opened = _open_all(paths)
+    masters = [ck for ck in opened.values() if ck.kind == "bf16-master"]
+    for a in checks:
+        ck = opened.get(a.path)
+        if ck is None or a.role == "master":
+            continue
+        master = _master_for(ck, masters)
+        if master is None:
+            a.findings.append(Finding("verify", None, "no-master", "no bf16 master with the same tensors in the "
+                                      "folder: checked the config only", "warning"))
+            continue
+        if on_item:
+            on_item(a.path)
+        a.verify = verify(ck, master, run_parity=run_parity, thresholds=thresholds)
+    master = str(masters[0].path) if len(masters) == 1 else None
+    return CheckReport(str(path), master, checks, time.perf_counter() - t0)
+
+
+# ------------------------------------------------------------------------------------------------ rendering
+
+
+def check_suites(rep: CheckReport) -> list[Suite]:
+    suites = []
+    for a in rep.artifacts:
+        cases = [Case(f"bitconv.check.{f.check}", f"{f.fault}" + (f" {f.subject}" if f.subject else ""),
+                      (f.fault, f.message) if f.severity == "error" else None) for f in a.findings]
+        cases = cases or [Case("bitconv.check.config", "config")]
+        if a.verify is not None:
+            v = verify_suite(a.verify)
+            suites.append(Suite(f"check {a.path}", cases + v.cases, a.verify.seconds, v.out))
+        else:
+            suites.append(Suite(f"check {a.path}", cases))
+    return suites
+
+
+def check_markdown(rep: CheckReport) -> str:
+    status = "✅ pass" if rep.ok else "❌ FAIL"
+    lines = [f"## bitconv check {status}: `{rep.path}`", "", "| checkpoint | role | kind | layout | result |",
+             "|---|---|---|---|---|"]
+    for a in rep.artifacts:
+        errs = sum(f.severity == "error" for f in a.findings) + (len(a.verify.errors) if a.verify else 0)
+        verdict = "ok" if a.ok else f"{errs} error(s)"
+        lines.append(f"| `{a.path}` | {a.role} | {a.kind or '-'} | {a.layout or '-'} | {verdict} |")
+    for a in rep.artifacts:
+        notes = [f for f in a.findings if f.severity != "info"]
+        if notes:
+            lines += ["", f"**`{a.path}`**", ""] + [f"- {f.severity}: {f.fault}: {f.message}" for f in notes]
+        if a.verify is not None:
+            lines += ["", verify_markdown(a.verify).rstrip("\n")]
+    return "\n".join(lines) + "\n"

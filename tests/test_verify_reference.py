@@ -1,0 +1,183 @@
+"""The reference forward (bitconv.verify.reference) computes exactly what transformers computes.
+
+Bounds, per case (max |Δ| of float32-converted bf16 logits, eager attention):
+- golden logits (transformers 5.23, torch.compile on): master online, plain master, packed autobitlinear and packed
+  bitlinear (compiled-mode BitLinear emulation): 0.
+- live transformers, run with `torch.compiler.set_stance("force_eager")` (no compile time in the suite): master
+  online, packed autobitlinear (ActQuant/WeightQuant agree between eager and compiled), packed bitlinear with the
+  eager BitLinear emulation, plain master, and 1bitLLM's graph (run by transformers' BitNet class with silu and the
+  sub-norms renamed): 0. The same arithmetic in the same op order and dtypes, so no rounding may differ.
+- BitLinear's two modes differ from each other (not a bound, a sanity check that the emulation switch matters).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from bitconv import pipeline
+from bitconv.errors import UsageError
+from bitconv.sources import open_source
+from bitconv.verify.reference import RefConfig, Weights, forward, reference_logits
+
+transformers = pytest.importorskip("transformers")
+
+ONLINE = {"quant_method": "bitnet", "linear_class": "autobitlinear", "quantization_mode": "online"}
+IDS = torch.randint(0, 512, (2, 12), generator=torch.Generator().manual_seed(11))
+
+
+def _hf_logits(folder: Path, ids: torch.Tensor) -> torch.Tensor:
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16,
+                                                              attn_implementation="eager").eval()
+    with torch.no_grad(), torch.compiler.set_stance("force_eager"):
+        return model(ids).logits.float()
+
+
+def _with_config(src: Path, dst: Path, edit) -> Path:
+    """A folder with `src`'s files linked and its config.json edited."""
+    dst.mkdir()
+    cfg = json.loads((src / "config.json").read_text())
+    edit(cfg)
+    (dst / "config.json").write_text(json.dumps(cfg))
+    for f in src.iterdir():
+        if f.name != "config.json":
+            os.symlink(f, dst / f.name)
+    return dst
+
+
+@pytest.fixture(scope="session")
+def variants(models, tmp_path_factory):
+    """(arch, tied, variant) -> (folder transformers loads, folder the reference reads, linear mode)."""
+    base = tmp_path_factory.mktemp("refvariants")
+    cache: dict = {}
+
+    def get(arch: str, tied: bool | None, variant: str):
+        key = (arch, tied, variant)
+        if key in cache:
+            return cache[key]
+        master = models(arch, tied=tied)
+        d = base / f"{arch}-{tied}-{variant}"
+        if variant == "online":
+            cache[key] = (_with_config(master, d, lambda c: c.update(quantization_config=ONLINE)), master, "online")
+        elif variant == "plain":
+            cache[key] = (_with_config(master, d, lambda c: c.pop("quantization_config", None)), master, "plain")
+        else:
+            pipeline.pack_hf(master, d, linear_class=variant)
+            cache[key] = (d, d, None)
+        return cache[key]
+
+    return get
+
+
+@pytest.mark.parametrize("arch,tied", [("bitnet-2b4t", True), ("bitnet-2b4t", False), ("llama-bitnet", None)])
+@pytest.mark.parametrize("variant", ["online", "autobitlinear", "bitlinear"])
+def test_reference_equals_transformers(variants, arch, tied, variant):
+    hf_dir, ref_dir, mode = variants(arch, tied, variant)
+    want = _hf_logits(hf_dir, IDS)
+    got = reference_logits(open_source(ref_dir), IDS, mode, bitlinear="eager")
+    assert torch.equal(got, want), float((got - want).abs().max())
+
+
+def test_plain_master_equals_dense_transformers(variants):
+    hf_dir, ref_dir, mode = variants("bitnet-2b4t", True, "plain")
+    assert torch.equal(reference_logits(open_source(ref_dir), IDS, mode), _hf_logits(hf_dir, IDS))
+
+
+def test_1bitllm_graph_equals_transformers_bitnet_with_silu(models, tmp_path):
+    """1bitLLM = BitNet's graph with silu and other sub-norm names: transformers' BitNet class runs it."""
+    master = models("1bitllm")
+    d = tmp_path / "as-bitnet"
+    d.mkdir()
+    renames = {"inner_attn_ln": "attn_sub_norm", "ffn_layernorm": "ffn_sub_norm"}
+    tensors = {k: v for k, v in load_file(master / "model.safetensors").items()}
+    for old, new in renames.items():
+        tensors = {k.replace(f".{old}.", f".{new}."): v for k, v in tensors.items()}
+    save_file(tensors, d / "model.safetensors", metadata={"format": "pt"})
+    cfg = json.loads((master / "config.json").read_text())
+    cfg.update(architectures=["BitNetForCausalLM"], model_type="bitnet", quantization_config=ONLINE)
+    (d / "config.json").write_text(json.dumps(cfg))
+    got = reference_logits(open_source(master), IDS, "online")
+    assert torch.equal(got, _hf_logits(d, IDS))
+
+
+GOLDEN_CASES = {
+    "master_online_autobitlinear": ("input", "online"),
+    "master_plain_bf16": ("input", "plain"),
+    "packed_autobitlinear_offline": ("packed-autobitlinear-offline", None),
+    "packed_bitlinear": ("packed-bitlinear", None),
+}
+
+
+@pytest.mark.parametrize("key", GOLDEN_CASES)
+def test_reference_equals_golden_logits(golden_hf, key):
+    """transformers' own logits, recorded with torch.compile on: bound 0 (compiled-mode BitLinear emulation)."""
+    ref = load_file(golden_hf / "reference_logits.safetensors")
+    folder, mode = GOLDEN_CASES[key]
+    got = reference_logits(open_source(golden_hf / folder), ref["input_ids"], mode)
+    assert torch.equal(got, ref[key]), float((got - ref[key]).abs().max())
+
+
+def test_bitlinear_emulation_modes_differ(golden_hf):
+    ref = load_file(golden_hf / "reference_logits.safetensors")
+    eager = reference_logits(open_source(golden_hf / "packed-bitlinear"), ref["input_ids"], bitlinear="eager")
+    assert not torch.equal(eager, ref["packed_bitlinear"])
+
+
+def test_lockstep_variants_equal_separate_runs(models):
+    """Running several models layer by layer in lockstep (shared cache) changes nothing."""
+    ck = open_source(models("bitnet-2b4t", tied=False))
+    cfg = RefConfig.from_hf(ck.config)
+    online, plain = forward(cfg, [Weights(ck, "online"), Weights(ck, "plain")], IDS)
+    assert torch.equal(online, reference_logits(ck, IDS, "online"))
+    assert torch.equal(plain, reference_logits(ck, IDS, "plain"))
+
+
+def test_lm_head_chunks_do_not_change_logits(models, monkeypatch):
+    from bitconv.verify import reference
+
+    ck = open_source(models("bitnet-2b4t", tied=False))
+    whole = reference_logits(ck, IDS)
+    monkeypatch.setattr(reference, "LM_HEAD_CHUNK", 100)
+    assert torch.equal(reference_logits(ck, IDS), whole)
+
+
+@pytest.mark.parametrize("edit,match", [
+    (lambda c: c.update(architectures=["GPT2LMHeadModel"]), "reference forward knows"),
+    (lambda c: c.update(rope_scaling={"rope_type": "llama3", "factor": 8.0}), "rope_type"),
+    (lambda c: c.update(hidden_act="gelu"), "hidden_act"),
+    (lambda c: c.pop("hidden_size"), "hidden_size"),
+])
+def test_unsupported_configs_are_refused(models, edit, match):
+    cfg = json.loads((models() / "config.json").read_text())
+    edit(cfg)
+    with pytest.raises(UsageError, match=match):
+        RefConfig.from_hf(cfg)
+
+
+def test_token_ids_out_of_range_are_refused(models):
+    ck = open_source(models())
+    with pytest.raises(UsageError, match="token ids"):
+        reference_logits(ck, torch.tensor([[0, 512]]))
+
+
+def test_online_mode_needs_a_master(models, tmp_path):
+    pipeline.quantize(models(), tmp_path / "t")
+    with pytest.raises(UsageError, match="needs a bf16-master or nanotron"):
+        Weights(open_source(tmp_path / "t"), "online")
+
+
+@pytest.mark.parametrize("compute", ["float32", "bfloat16"])
+def test_online_weight_from_ternarization_equals_weight_quant(compute):
+    """The fast online path (codes * bf16(scale) from `ternarize`) gives WeightQuant's bf16 values exactly."""
+    from bitconv.quant import ternarize
+    from bitconv.verify.reference import WEIGHT_QUANT, online_weight
+
+    g = torch.Generator().manual_seed(3)
+    for shape, std in (((64, 96), 0.02), ((256, 128), 1.0), ((33, 40), 1e-7)):
+        w = (torch.randn(shape, generator=g) * std).to(torch.bfloat16)
+        assert torch.equal(online_weight(ternarize(w, compute)), WEIGHT_QUANT[compute](w))
