@@ -291,9 +291,15 @@ def execute_gguf(plan: GGUFPlan, out: str | Path, *, overwrite: bool = False,
                 writer.abort()
                 raise
             if ini is not None:
-                plan.kernel_config.write_ini(ini_tmp)
+                try:
+                    plan.kernel_config.write_ini(ini_tmp)
+                except OSError as e:
+                    raise OutputError(f"cannot write: {e.strerror or e}", path=ini) from None
         if ini is not None:
-            os.replace(ini_tmp, ini)
+            try:
+                os.replace(ini_tmp, ini)
+            except OSError as e:
+                raise OutputError(f"cannot write: {e.strerror or e}", path=ini) from None
     finally:
         ini_tmp.unlink(missing_ok=True)
     if progress:

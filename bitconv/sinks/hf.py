@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bitconv.errors import OutputError
 from bitconv.safetensors_io import OutEntry, SafetensorsWriter, TensorInfo
 from bitconv.sinks.background import BackgroundWriter
 
@@ -89,13 +90,16 @@ class HFSink:
             bg.finish()
         for w in self._writers:
             w.close(fsync)
-        if len(self._writers) > 1:
-            index = {"metadata": {"total_size": self.total_size},
-                     "weight_map": dict(sorted(self.weight_map.items()))}
-            write_json(self.folder / "model.safetensors.index.json", index)
-        write_json(self.folder / "config.json", config)
-        for f in aux_files:
-            shutil.copyfile(f, self.folder / f.name)
+        try:
+            if len(self._writers) > 1:
+                index = {"metadata": {"total_size": self.total_size},
+                         "weight_map": dict(sorted(self.weight_map.items()))}
+                write_json(self.folder / "model.safetensors.index.json", index)
+            write_json(self.folder / "config.json", config)
+            for f in aux_files:
+                shutil.copyfile(f, self.folder / f.name)
+        except OSError as e:
+            raise OutputError(f"cannot write: {e.strerror or e}", path=self.folder) from None
 
     def abort(self) -> None:
         if self._bg is not None:
