@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import resource
 import shutil
@@ -24,12 +25,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-
-from bitconv.safetensors_io import OutEntry, SafetensorsWriter  # noqa: E402
+# torch and bitconv are imported inside the functions that need them: the `--measure` process that forks each
+# command must stay small, because Linux carries ru_maxrss across fork+exec into the measured child.
 
 H, FF, L, NH, NKV, V = 2560, 6912, 30, 20, 5, 128256
 HD = H // NH
@@ -53,6 +52,10 @@ def tensor_shapes() -> dict[str, tuple[int, ...]]:
 
 def generate(folder: Path) -> int:
     """Stream a synthetic master to folder/model.safetensors, one tensor in memory at a time."""
+    import torch
+
+    from bitconv.safetensors_io import OutEntry, SafetensorsWriter
+
     folder.mkdir(parents=True)
     shapes = tensor_shapes()
     writer = SafetensorsWriter(folder / "model.safetensors",
@@ -71,6 +74,13 @@ def generate(folder: Path) -> int:
               "rope_theta": 500000.0, "tie_word_embeddings": False, "torch_dtype": "bfloat16"}
     (folder / "config.json").write_text(json.dumps(config, indent=2))
     return sum(p.stat().st_size for p in folder.iterdir())
+
+
+def _warm(path: Path) -> None:
+    """Read the master once so every run starts with the same (warm) page cache."""
+    with open(path, "rb") as f:
+        while f.read(64 << 20):
+            pass
 
 
 def timed(args: list[str], threads: int) -> tuple[float, float]:
@@ -100,11 +110,13 @@ def main() -> None:
             t0 = time.perf_counter()
             size = generate(master)
             print(f"generated {size / 1e9:.2f} GB synthetic 2B4T master in {time.perf_counter() - t0:.1f} s")
-        n_params = sum(int(torch.Size(s).numel()) for s in tensor_shapes().values())
+        n_params = sum(math.prod(s) for s in tensor_shapes().values())
+        _warm(master / "model.safetensors")
         for label, args in (("pack --to hf", ["pack", str(master), "--to", "hf", "-o", str(work / "packed"),
                                               "--overwrite"]),
                             ("quantize", ["quantize", str(master), "-o", str(work / "ternary"), "--overwrite"])):
             for _ in range(a.runs):
+                _warm(master / "model.safetensors")
                 # each measurement in its own process tree so ru_maxrss is this command's peak
                 out = subprocess.run([sys.executable, __file__, "--measure", json.dumps(args), str(a.threads)],
                                      capture_output=True, text=True, check=True, cwd=ROOT).stdout
