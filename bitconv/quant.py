@@ -90,16 +90,14 @@ def _ternarize_bf16_input(w: torch.Tensor, name: str | None, ws: Workspace) -> T
     _check_finite(m, name, w.shape)
     s = 1.0 / m.clamp(min=EPS)
     tb = int((_BF16_MAGNITUDES * s <= 0.5).sum()) - 1  # products are monotone: a prefix of the table
-    bits = w.view(torch.int16)
-    pos = ws.get("pos", n, torch.bool).view(w.shape)
-    neg = ws.get("neg", n, torch.bool).view(w.shape)
-    flipped = ws.get("flip", n, torch.int16).view(w.shape)
-    torch.gt(bits, tb, out=pos)  # positive and above the threshold (negative patterns are < 0 as int16)
-    torch.bitwise_xor(bits, -32768, out=flipped)  # negative patterns become their magnitude, positive ones < 0
-    torch.gt(flipped, tb, out=neg)
-    codes = torch.empty(w.shape, dtype=torch.int8)
-    torch.sub(pos.view(torch.int8), neg.view(torch.int8), out=codes)
-    return Ternary(codes.numpy(), np.float32((1.0 / s).item()))
+    bits = w.view(torch.int16).numpy()  # numpy's int16 compares are 2-3x faster than torch's on CPU
+    pos = ws.get("pos", n, torch.bool).view(w.shape).numpy()
+    neg = ws.get("neg", n, torch.bool).view(w.shape).numpy()
+    np.greater(bits, tb, out=pos)  # positive and above the threshold (negative patterns are < 0 as int16)
+    np.greater(bits.view(np.uint16), 0x8000 + tb, out=neg)  # sign bit set and magnitude above the threshold
+    codes = np.empty(w.shape, dtype=np.int8)
+    np.subtract(pos.view(np.int8), neg.view(np.int8), out=codes)
+    return Ternary(codes, np.float32((1.0 / s).item()))
 
 
 def _ternarize_bf16(w: torch.Tensor, name: str | None) -> Ternary:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import mmap
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -45,10 +47,33 @@ def load_torch(info: TensorInfo) -> torch.Tensor:
 
 
 def _load_scratch(info: TensorInfo) -> torch.Tensor:
-    """Read into a reused buffer: valid until the next call. For data consumed at once (ternarization)."""
+    """A tensor for data consumed at once (ternarization): a private map of the file range (no copy; unmapped when
+    the tensor is dropped), or, where the file cannot be mapped, a read into a reused buffer valid until the next
+    call."""
+    mapped = _map(info)
+    if mapped is not None:
+        return dtypes.from_numpy_storage(mapped, info.dtype).reshape(info.shape)
     buf = _WS.get("raw", info.nbytes, torch.uint8).numpy()
     arr = read_array(info, out=buf)
     return dtypes.from_numpy_storage(arr, info.dtype).reshape(info.shape)
+
+
+def _map(info: TensorInfo) -> np.ndarray | None:
+    # ACCESS_COPY: a private copy-on-write map, so the array is writable for torch and the file is never modified.
+    # The header reader has checked that the range lies inside the file.
+    if info.nbytes == 0:
+        return None
+    start = info.offset - info.offset % mmap.ALLOCATIONGRANULARITY
+    try:
+        with open(info.path, "rb") as f:
+            if os.fstat(f.fileno()).st_size < info.offset + info.nbytes:  # shrunk since its header was read
+                raise SourceError("file ended while reading tensor data: truncated file", path=info.path,
+                                  tensor=info.name)
+            mm = mmap.mmap(f.fileno(), info.offset + info.nbytes - start, access=mmap.ACCESS_COPY, offset=start)
+    except (OSError, ValueError):
+        return None
+    storage = dtypes.DTYPES[info.dtype].np_storage
+    return np.frombuffer(mm, dtype=storage, count=info.numel, offset=info.offset - start)
 
 
 def collect_stored(folder: Path) -> tuple[dict[str, TensorInfo], list[Path]]:
