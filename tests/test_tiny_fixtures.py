@@ -16,7 +16,7 @@ from safetensors import safe_open
 from bitconv.tiny import ARCHS, VARIANTS, make_tiny
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-GOLDEN = Path(os.environ.get("BITCONV_GOLDEN", "/work/shared/golden"))
+GOLDEN = Path(os.environ.get("BITCONV_GOLDEN", REPO_ROOT / "fixtures" / "golden"))
 TEXTS = ["Hello world! The converter writes 3 layouts: I2_S, TL1 & TQ2_0.", "the model reads a list of numbers",
          "tabs\tand\nnew lines, ünïcode ✓ and 12345"]
 
