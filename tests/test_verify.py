@@ -438,3 +438,21 @@ def test_nanotron_checkpoint_as_reference(models, tmp_path):
         [f.message for f in rep.findings]
     target = mutate(tmp_path / "packed", tmp_path / "mut", "hf-autobitlinear", _invert_scale)
     assert_fails_naming(verify(tmp_path / "mut", tmp_path / "nt", run_parity=False), target, ("scale-inverted",))
+
+
+def test_check_discovers_nanotron_checkpoint_as_master(models, tmp_path):
+    """`bitconv check` on a training repo: the Nanotron checkpoint is the master its packed export is verified
+    against; the checkpoint's model/ shards are not mistaken for checkpoints."""
+    convert = pytest.importorskip("bitconv.nanotron.convert")
+    from bitconv.verify.check import check, find_checkpoints
+
+    repo = tmp_path / "repo"
+    convert.to_nanotron(models("llama-bitnet"), repo / "ckpt")
+    pipeline.pack_hf(repo / "ckpt", repo / "packed")
+    assert find_checkpoints(repo) == [repo / "ckpt", repo / "packed"]
+    rep = check(repo, run_parity=False)
+    roles = {Path(a.path).name: (a.role, a.kind) for a in rep.artifacts}
+    assert roles == {"ckpt": ("master", "nanotron"), "packed": ("artifact", "hf-packed")}
+    assert rep.ok and rep.master == str(repo / "ckpt")
+    packed = next(a for a in rep.artifacts if a.role == "artifact")
+    assert packed.verify is not None and packed.verify.ok

@@ -85,6 +85,13 @@ def _is_hf_folder(d: Path) -> bool:
     return (d / "config.json").is_file() and any(d.glob("*.safetensors"))
 
 
+def _is_nanotron_folder(d: Path) -> bool:
+    return (d / "checkpoint_metadata.json").is_file() and (d / "model").is_dir()
+
+
+MASTER_KINDS = ("bf16-master", "nanotron")  # what an artifact is verified against (nanotron: training latents)
+
+
 def find_checkpoints(root: str | Path) -> list[Path]:
     """HF checkpoint folders and .gguf files under `root` (hidden and temporary folders skipped), sorted."""
     root = Path(root)
@@ -98,6 +105,10 @@ def find_checkpoints(root: str | Path) -> list[Path]:
         depth = len(d.relative_to(root).parts)
         dirnames[:] = sorted(n for n in dirnames if not (n in SKIP_DIRS or n.startswith((".", TMP_PREFIX)))
                              and depth < MAX_DEPTH)
+        if _is_nanotron_folder(d):  # one checkpoint: its model/ tree is shards, not checkpoints
+            found.append(d)
+            dirnames[:] = []
+            continue
         if _is_hf_folder(d):
             found.append(d)
         found += [d / f for f in sorted(filenames) if f.lower().endswith(".gguf")]
@@ -233,7 +244,7 @@ CONFIG_RULES: tuple[Callable[[Checkpoint], list[Finding]], ...] = (
 
 def check_checkpoint_config(ck: Checkpoint) -> list[Finding]:
     """Every config rule on one HF checkpoint (GGUF files carry no config.json; their KVs are the reader's job)."""
-    if ck.kind == "gguf":
+    if ck.kind in ("gguf", "nanotron"):  # no HF config.json of their own: the readers validate their metadata
         return []
     return [f for rule in CONFIG_RULES for f in rule(ck)]
 
@@ -258,7 +269,7 @@ def _open_all(paths: list[Path]) -> tuple[list[ArtifactCheck], dict[str, Checkpo
         except BitconvError as e:
             checks.append(ArtifactCheck(str(p), "unreadable", findings=[Finding("open", None, "unreadable", str(e))]))
             continue
-        role = "master" if ck.kind == "bf16-master" else "artifact"
+        role = "master" if ck.kind in MASTER_KINDS else "artifact"
         checks.append(ArtifactCheck(str(p), role, ck.kind, ck.layout, check_checkpoint_config(ck)))
         opened[str(p)] = ck
     return checks, opened
@@ -270,9 +281,10 @@ def check(path: str | Path, *, run_parity: bool = True, thresholds: Thresholds |
     t0 = time.perf_counter()
     paths = find_checkpoints(path)
     if not paths:
-        raise UsageError("no checkpoint found (folders with config.json + *.safetensors, or .gguf files)", path=path)
+        raise UsageError("no checkpoint found (folders with config.json + *.safetensors, Nanotron checkpoints, or "
+                         ".gguf files)", path=path)
     checks, opened = _open_all(paths)
-    masters = [ck for ck in opened.values() if ck.kind == "bf16-master"]
+    masters = [ck for ck in opened.values() if ck.kind in MASTER_KINDS]
     for a in checks:
         ck = opened.get(a.path)
         if ck is None or a.role == "master":
