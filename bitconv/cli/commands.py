@@ -73,7 +73,7 @@ def pack(src: SrcArg, out: OutOpt,
     if dry_run:
         plan = pipeline.plan_pack_hf(pipeline.open_source(src), linear_class, compute)
         _print_plan(plan, json)
-        return
+        return push_after_pack(out, push_to_hub, src, token, True, json)
     with render.progress("pack", not json) as cb:
         rep = pipeline.pack_hf(src, out, linear_class=linear_class, compute=compute, overwrite=overwrite,
                                max_shard_bytes=parse_size(max_shard_size), progress=cb)
