@@ -113,26 +113,33 @@ def _check_no_overlap(path: Path, infos: Iterable[TensorInfo]) -> None:
             end, prev = t.offset + t.nbytes, t.name
 
 
+def pread_exact(path: Path, offset: int, buf: memoryview, tensor: str | None = None) -> None:
+    """Fill `buf` with the file's bytes from `offset`; a short file or an OS error is a one-line SourceError."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError as e:
+        raise SourceError(f"cannot read: {e.strerror or e}", path=path) from None
+    try:
+        got = 0
+        while got < len(buf):
+            n = os.preadv(fd, [buf[got:]], offset + got)
+            if n <= 0:
+                raise SourceError("file ended while reading tensor data: truncated file", path=path, tensor=tensor)
+            got += n
+    except OSError as e:
+        raise SourceError(f"cannot read tensor data: {e.strerror or e}", path=path, tensor=tensor) from None
+    finally:
+        os.close(fd)
+
+
 def read_array(info: TensorInfo, out: np.ndarray | None = None) -> np.ndarray:
     """Read one tensor's bytes into `out` (or a new array) as its numpy storage dtype, shaped like the tensor."""
     d = dtypes.DTYPES[info.dtype]
     if out is None:
         out = np.empty(info.numel, dtype=d.np_storage)
-    buf = memoryview(out.reshape(-1).view(np.uint8))[: info.nbytes]
-    fd = os.open(info.path, os.O_RDONLY)
-    try:
-        got = 0
-        while got < info.nbytes:
-            n = os.preadv(fd, [buf[got:]], info.offset + got)
-            if n <= 0:
-                raise SourceError("file ended while reading tensor data: truncated file", path=info.path,
-                                  tensor=info.name)
-            got += n
-    except OSError as e:
-        raise SourceError(f"cannot read tensor data: {e.strerror or e}", path=info.path, tensor=info.name) from None
-    finally:
-        os.close(fd)
-    return out.reshape(-1).view(np.uint8)[: info.nbytes].view(d.np_storage).reshape(info.shape)
+    raw = out.reshape(-1).view(np.uint8)[: info.nbytes]
+    pread_exact(info.path, info.offset, memoryview(raw), info.name)
+    return raw.view(d.np_storage).reshape(info.shape)
 
 
 # ----------------------------------------------------------------------------------------------------------- writing

@@ -27,6 +27,7 @@ from bitconv.ggml_types import UPSTREAM_MEANING, GGMLType
 from bitconv.gguf.kv import KV, SCALARS, ValueType
 from bitconv.gguf.types import ALIGNMENT, DIALECTS, FORK_ONLY_IDS, by_id, pad, tensor_nbytes
 from bitconv.gguf.writer import MAGIC
+from bitconv.safetensors_io import pread_exact
 
 VERSIONS = (2, 3)
 MAX_DIMS = 4  # GGML_MAX_DIMS
@@ -75,21 +76,7 @@ class GGUFFile:
         """A tensor's raw bytes (uint8, 1-D)."""
         t = tensor if isinstance(tensor, GGUFTensor) else self.tensors[tensor]
         buf = np.empty(t.nbytes, dtype=np.uint8) if out is None else out.reshape(-1).view(np.uint8)[: t.nbytes]
-        view = memoryview(buf)
-        try:
-            fd = os.open(self.path, os.O_RDONLY)
-        except OSError as e:
-            raise SourceError(f"cannot read: {e.strerror or e}", path=self.path) from None
-        try:
-            got = 0
-            while got < t.nbytes:
-                n = os.preadv(fd, [view[got:]], t.offset + got)
-                if n <= 0:
-                    raise SourceError("file ended while reading tensor data: truncated file", path=self.path,
-                                      tensor=t.name)
-                got += n
-        finally:
-            os.close(fd)
+        pread_exact(self.path, t.offset, memoryview(buf), t.name)
         return buf
 
 
