@@ -73,7 +73,20 @@ def generate(folder: Path) -> int:
               "num_key_value_heads": NKV, "vocab_size": V, "max_position_embeddings": 4096, "rms_norm_eps": 1e-5,
               "rope_theta": 500000.0, "tie_word_embeddings": False, "torch_dtype": "bfloat16"}
     (folder / "config.json").write_text(json.dumps(config, indent=2))
+    _add_tokenizer(folder)
     return sum(p.stat().st_size for p in folder.iterdir())
+
+
+def _add_tokenizer(folder: Path) -> None:
+    """GGUF output embeds the tokenizer: borrow the tiny byte-level BPE one (its ids fit in the 128256 vocab)."""
+    import shutil
+
+    from bitconv import tiny
+
+    with tempfile.TemporaryDirectory() as tmp:
+        src = tiny.make_tiny(Path(tmp) / "tok", "bitnet-2b4t")
+        for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json"):
+            shutil.copyfile(src / name, folder / name)
 
 
 def _warm(path: Path) -> None:
@@ -106,6 +119,8 @@ def main() -> None:
     work = a.workdir or Path(tempfile.mkdtemp(prefix="bitconv-bench-"))
     master = work / "master"
     try:
+        if master.exists() and not (master / "tokenizer.json").exists():
+            _add_tokenizer(master)
         if not master.exists():
             t0 = time.perf_counter()
             size = generate(master)
@@ -114,7 +129,10 @@ def main() -> None:
         _warm(master / "model.safetensors")
         for label, args in (("pack --to hf", ["pack", str(master), "--to", "hf", "-o", str(work / "packed"),
                                               "--overwrite"]),
-                            ("quantize", ["quantize", str(master), "-o", str(work / "ternary"), "--overwrite"])):
+                            ("quantize", ["quantize", str(master), "-o", str(work / "ternary"), "--overwrite"]),
+                            *((f"pack gguf {t}", ["pack", str(master), "--to", "gguf", "--type", t, "-o",
+                                                  str(work / f"gguf-{t}" / "model.gguf"), "--overwrite"])
+                              for t in ("i2_s", "tq2_0"))):
             for _ in range(a.runs):
                 _warm(master / "model.safetensors")
                 # each measurement in its own process tree so ru_maxrss is this command's peak

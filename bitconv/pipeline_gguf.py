@@ -26,12 +26,14 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from bitconv import dtypes
 from bitconv.errors import OutputError, UsageError
 from bitconv.ggml_types import FILE_TYPES, GGML_TYPES
 from bitconv.gguf.kv import KV
@@ -56,6 +58,7 @@ from bitconv.layouts import Layout, get_layout
 from bitconv.output import TMP_PREFIX, AtomicOutput, check_free_space
 from bitconv.pipeline import Progress, Report
 from bitconv.quant import COMPUTE_MODES
+from bitconv.safetensors_io import TensorInfo, pread_exact
 from bitconv.sources import Checkpoint, ModelTensor, open_source
 from bitconv.sources.gguf import gguf_header
 from bitconv.tensors import Ternary
@@ -262,12 +265,41 @@ def _dequant(step: GGUFStep, compute: str) -> np.ndarray:
     return permute_rows(vals, step.permute) if step.permute is not None else vals
 
 
-def _step_data(step: GGUFStep, plan: GGUFPlan) -> np.ndarray:
+def _step_data(step: GGUFStep, plan: GGUFPlan) -> np.ndarray | Iterator[np.ndarray]:
     if step.action == "pack":
         return plan.layout.pack(_ternary(step, plan.compute))["data"]
     if step.action == "dequant":
         return to_float_type(torch.from_numpy(_dequant(step, plan.compute)), step.type_name)
+    parts = _converted_row_chunks(step)
+    if parts is not None:
+        return parts
     return to_float_type(plan.source.load_passthrough(step.tensor.name), step.type_name)
+
+
+CHUNK_BYTES = 64 << 20  # passthrough tensors above this are converted a block of rows at a time
+
+
+def _converted_row_chunks(step: GGUFStep) -> Iterator[np.ndarray] | None:
+    """Big stored 2-D passthrough tensors (token_embd, output) as converted row blocks: the tensor and its converted
+    copy are never both resident (a 128256 x 2560 embedding would otherwise peak at 1.3 GB)."""
+    t = step.tensor
+    info = t.stored[0] if len(t.stored) == 1 else None
+    if (t.loader is not None or step.permute is not None or not isinstance(info, TensorInfo) or len(info.shape) != 2
+            or info.nbytes <= CHUNK_BYTES):
+        return None
+    row_bytes = info.nbytes // info.shape[0]
+    rows = max(1, CHUNK_BYTES // row_bytes)
+
+    def chunks() -> Iterator[np.ndarray]:
+        raw = np.empty(rows * row_bytes, dtype=np.uint8)
+        for r0 in range(0, info.shape[0], rows):
+            n = min(rows, info.shape[0] - r0)
+            buf = raw[: n * row_bytes]
+            pread_exact(info.path, info.offset + r0 * row_bytes, memoryview(buf), info.name)
+            block = dtypes.from_numpy_storage(buf.view(dtypes.DTYPES[info.dtype].np_storage), info.dtype)
+            yield to_float_type(block.reshape(n, info.shape[1]), step.type_name)
+
+    return chunks()
 
 
 def execute_gguf(plan: GGUFPlan, out: str | Path, *, overwrite: bool = False,

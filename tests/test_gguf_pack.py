@@ -398,3 +398,26 @@ def test_demo_model_shapes_fit_every_gguf_type(models, tmp_path):
     for gguf_type in GGUF_TARGETS:
         plan = plan_pack_gguf(src, gguf_type)
         assert plan.total_bytes > 0 and math.isfinite(plan.total_bytes)
+
+
+@pytest.mark.parametrize("embd_type", ["f16", "f32", "bf16", "q8_0"])
+def test_big_passthrough_converted_in_row_chunks_gives_same_bytes(models, tmp_path, monkeypatch, embd_type):
+    """token_embd / output above CHUNK_BYTES are converted a block of rows at a time: same file as in one piece."""
+    from bitconv import pipeline_gguf
+
+    src = models("bitnet-2b4t", tied=False)
+    pipeline_gguf.pack_gguf(src, tmp_path / "whole.gguf", "i2_s", embd_type=embd_type)
+    calls = []
+    real = pipeline_gguf._converted_row_chunks
+
+    def spy(step):
+        parts = real(step)
+        if parts is not None:
+            calls.append(step.tensor.name)
+        return parts
+
+    monkeypatch.setattr(pipeline_gguf, "CHUNK_BYTES", 3000)  # a few rows per block, last block short
+    monkeypatch.setattr(pipeline_gguf, "_converted_row_chunks", spy)
+    pipeline_gguf.pack_gguf(src, tmp_path / "chunked.gguf", "i2_s", embd_type=embd_type)
+    assert {"model.embed_tokens.weight", "lm_head.weight"} <= set(calls)
+    assert (tmp_path / "chunked.gguf").read_bytes() == (tmp_path / "whole.gguf").read_bytes()

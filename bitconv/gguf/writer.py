@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,18 +82,26 @@ class GGUFWriter:
         except OSError as e:
             raise OutputError(f"cannot write: {e.strerror or e}", path=self.path) from None
 
-    def write(self, name: str, data: np.ndarray | bytes) -> None:
-        """Write the next tensor's bytes (exactly its planned size), then its alignment padding."""
+    def write(self, name: str, data: np.ndarray | bytes | Iterator[np.ndarray]) -> None:
+        """Write the next tensor's bytes (exactly its planned size; an iterator of parts is concatenated), then its
+        alignment padding."""
         if self._next >= len(self.tensors):
             raise RuntimeError(f"writer state: {name!r} written after the last tensor ({self.path})")
         t = self.tensors[self._next]
-        buf = memoryview(np.ascontiguousarray(data).reshape(-1).view(np.uint8)) if isinstance(data, np.ndarray) \
-            else memoryview(data)
-        if name != t.name or buf.nbytes != t.nbytes:
-            raise RuntimeError(f"writer state: expected {t.name!r} ({t.nbytes} bytes), got {name!r} "
-                               f"({buf.nbytes} bytes)")
+        if name != t.name:
+            raise RuntimeError(f"writer state: expected {t.name!r}, got {name!r}")
+        parts = [data] if isinstance(data, (np.ndarray, bytes, bytearray, memoryview)) else data
+        done = 0
         try:
-            self._f.write(buf)
+            for part in parts:
+                buf = memoryview(np.ascontiguousarray(part).reshape(-1).view(np.uint8)) \
+                    if isinstance(part, np.ndarray) else memoryview(part)
+                done += buf.nbytes
+                if done > t.nbytes:
+                    break
+                self._f.write(buf)
+            if done != t.nbytes:
+                raise RuntimeError(f"writer state: {t.name!r} expects {t.nbytes} bytes, got {done}")
             self._f.write(bytes(pad(t.nbytes, self.alignment) - t.nbytes))
         except OSError as e:
             raise OutputError(f"cannot write: {e.strerror or e}", path=self.path, tensor=name) from None
