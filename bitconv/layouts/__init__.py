@@ -28,6 +28,8 @@ class Layout(ABC):
     name: ClassVar[str]
     container: ClassVar[str]
     description: ClassVar[str] = ""
+    scale_dtype: ClassVar[str] = "F32"  # how the per-tensor scale is stored (its precision)
+    scale_inverted: ClassVar[bool] = False  # True where the format stores 1/scale (HF bitlinear)
 
     def __init_subclass__(cls, *, name: str | None = None, container: str | None = None, **kw: object) -> None:
         super().__init_subclass__(**kw)
@@ -67,6 +69,11 @@ def get_layout(name: str, **params: object) -> Layout:
     if cls is None:
         raise LayoutError(f"unknown layout {name!r}; known layouts: {', '.join(list_layouts())}")
     return cls(**params)
+
+
+def layout_class(name: str) -> type[Layout] | None:
+    """The registered class (static facts such as `scale_dtype`) without building an instance; None if unknown."""
+    return _REGISTRY.get(_norm(name))
 
 
 def list_layouts() -> list[str]:

@@ -58,6 +58,7 @@ def _fp16_d(scale: float, tensor: str | None) -> np.ndarray:
 
 class _GGUFTQ(Layout):
     ggml_type: ClassVar[str]
+    scale_dtype = "F16"  # one fp16 d per 256-weight block
     block_bytes: ClassVar[int]
 
     def spec(self, shape: tuple[int, ...], tensor: str | None = None) -> dict[str, FieldSpec]:

@@ -64,7 +64,7 @@ def unpack_codes(packed: np.ndarray, out_features: int, tensor: str | None = Non
 
 class _HFPacked(Layout):
     linear_class: str
-    inverted: bool  # True where the format stores 1/scale
+    scale_dtype = "BF16"
 
     def spec(self, shape: tuple[int, ...], tensor: str | None = None) -> dict[str, FieldSpec]:
         self._require_2d(shape, tensor)
@@ -77,25 +77,24 @@ class _HFPacked(Layout):
 
     def pack(self, t: Ternary) -> dict[str, np.ndarray]:
         self.spec(t.shape)
-        stored = np.float32(1.0) / np.float32(t.scale) if self.inverted else np.float32(t.scale)
+        stored = np.float32(1.0) / np.float32(t.scale) if self.scale_inverted else np.float32(t.scale)
         return {"weight": pack_codes(t.codes), "weight_scale": f32_to_bf16_bits(float(stored))}
 
     def unpack(self, fields: Mapping[str, np.ndarray], shape: tuple[int, ...]) -> Ternary:
         codes = unpack_codes(fields["weight"], shape[0])
         ws = bf16_bits_to_f32(fields["weight_scale"])
-        return Ternary(codes, np.float32(1.0) / ws if self.inverted else ws)
+        return Ternary(codes, np.float32(1.0) / ws if self.scale_inverted else ws)
 
 
 class HFAutoBitLinear(_HFPacked, name="hf-autobitlinear", container="hf"):
     description = "transformers packed, linear_class autobitlinear (weight_scale = scale; microsoft 2B-4T)"
     linear_class = "autobitlinear"
-    inverted = False
 
 
 class HFBitLinear(_HFPacked, name="hf-bitlinear", container="hf"):
     description = "transformers packed, linear_class bitlinear (weight_scale = 1/scale; HF1BitLLM, onebitllms)"
     linear_class = "bitlinear"
-    inverted = True
+    scale_inverted = True
 
 
 HF_LAYOUTS = {"autobitlinear": "hf-autobitlinear", "bitlinear": "hf-bitlinear"}

@@ -1,12 +1,12 @@
 """Round trip: every tensor of OUT against a fresh ternarization of the same tensor of REF.
 
 Ternary tensors: OUT's codes are decoded and compared with `ternarize(REF)` code for code; OUT's scale with REF's
-scale as OUT's format stores it (`SCALE_STORAGE`: bf16 for HF packed, 1/scale for `bitlinear`, float32 for bitconv
-ternary and I2_S/TL, fp16 for TQ), within one unit in the last place of that precision (a re-pack between linear
-classes rounds twice). The compute mode that made OUT's codes (`float32`, transformers' WeightQuant, or
-`bfloat16`, onebitllms) is detected: the declared or last matching mode is tried first, the other only on a
-mismatch. Passthrough tensors must equal REF's cast to OUT's stored dtype (exact for every float type); Q8_0 ones
-(decoded by a loader) within half a quantization step.
+scale as OUT's format stores it (each layout's `scale_dtype` / `scale_inverted`: bf16 for HF packed, 1/scale for
+`bitlinear`, float32 for bitconv ternary and I2_S/TL, fp16 for TQ), within one unit in the last place of that
+precision (a re-pack between linear classes rounds twice). The compute mode that made OUT's codes (`float32`,
+transformers' WeightQuant, or `bfloat16`, onebitllms) is detected: the declared or last matching mode is tried
+first, the other only on a mismatch. Passthrough tensors must equal REF's cast to OUT's stored dtype (exact for
+every float type); Q8_0 ones (decoded by a loader) within half a quantization step.
 
 A mismatch is diagnosed (`FAULTS`) so the message names the tensor and what went wrong: inverted scale, codes
 re-quantized from already-ternary weights (codes unchanged, scale x nonzero fraction), llama.cpp's q/k RoPE
@@ -25,17 +25,12 @@ import torch
 
 from bitconv import dtypes
 from bitconv._alloc import keep_freed_memory
+from bitconv.layouts import layout_class
 from bitconv.quant import COMPUTE_MODES
 from bitconv.sources import Checkpoint, ModelTensor
 from bitconv.tensors import Ternary
 from bitconv.verify.reference import LATENT_KINDS, plain_info, read_raw_rows, read_rows
 
-# layout -> (dtype the scale is stored in, stored as 1/scale). # ref: each layout module's table; spec README conv. 1
-SCALE_STORAGE: dict[str, tuple[str, bool]] = {
-    "hf-autobitlinear": ("BF16", False), "hf-bitlinear": ("BF16", True), "bitconv-ternary": ("F32", False),
-    "gguf-i2-s": ("F32", False), "gguf-tl1": ("F32", False), "gguf-tl2": ("F32", False),
-    "gguf-tq1-0": ("F16", False), "gguf-tq2-0": ("F16", False),
-}
 # one unit in the last place, relative (the largest spacing over a binade): the scale tolerance
 ULP = {"BF16": 2.0**-7, "F16": 2.0**-10, "F32": 2.0**-23}
 _TORCH = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}
@@ -134,8 +129,9 @@ def _fail(check: TensorCheck, fault: str, detail: str) -> TensorCheck:
 def scale_storage(layout: str | None, tensor: ModelTensor | None = None) -> tuple[str, bool]:
     """(dtype, inverted) of the stored scale of `layout`. Without a packed layout (a float GGUF holding
     codes * scale) the tensor's own float dtype; float32 otherwise."""
-    if layout in SCALE_STORAGE:
-        return SCALE_STORAGE[layout]
+    cls = layout_class(layout) if layout else None  # each layout declares scale_dtype / scale_inverted
+    if cls is not None:
+        return cls.scale_dtype, cls.scale_inverted
     dt = tensor.dtype if tensor is not None and tensor.dtype in ULP else "F32"
     return dt, False
 
