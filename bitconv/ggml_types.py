@@ -42,10 +42,3 @@ FILE_TYPES = {"F32": 0, "F16": 1, "BF16": 32, "TQ1_0": 36, "TQ2_0": 37, "TL1": 3
 
 GGUF_QUANTIZATION_VERSION = 2
 
-
-def by_id(type_id: int, dialect: str = "bitnet.cpp") -> GGMLType | None:
-    """The type with this id in `dialect` ("bitnet.cpp" reads 36/38/39 as I2_S/TL1/TL2; "upstream" does not)."""
-    for t in GGML_TYPES.values():
-        if t.id == type_id and (t.dialect == "upstream" or dialect == "bitnet.cpp"):
-            return t
-    return None

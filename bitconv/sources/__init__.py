@@ -83,6 +83,12 @@ class Checkpoint:
         return t.loader() if t.loader is not None else load_torch(t.stored[0])
 
 
+def is_nanotron_dir(p: Path) -> bool:
+    """A Nanotron checkpoint: a model/ tree of TP/PP shards beside its metadata."""
+    metadata = ("checkpoint_metadata.json", "model_config.json")
+    return (p / "model").is_dir() and any((p / m).is_file() for m in metadata)
+
+
 def open_source(path: str | Path) -> Checkpoint:
     """Open SRC: a folder holding an HF-layout checkpoint (bf16 master, bitconv ternary or HF packed), or a .gguf."""
     p = Path(path)
@@ -100,8 +106,8 @@ def open_source(path: str | Path) -> Checkpoint:
 
     if p.is_file() and p.suffix == ".safetensors":
         p = p.parent
-    if (p / "model").is_dir() and ((p / "checkpoint_metadata.json").is_file() or (p / "model_config.json").is_file()):
-        from bitconv.sources.nanotron import open_nanotron  # a Nanotron checkpoint: model/ tree of TP/PP shards
+    if is_nanotron_dir(p):
+        from bitconv.sources.nanotron import open_nanotron
 
         return open_nanotron(p)
     if p.is_dir():

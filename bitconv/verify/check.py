@@ -26,7 +26,7 @@ from pathlib import Path
 from bitconv.errors import EXIT_OK, EXIT_VERIFY_FAILED, BitconvError, LayoutError, UsageError
 from bitconv.layouts import get_layout
 from bitconv.output import TMP_PREFIX
-from bitconv.sources import Checkpoint, open_source
+from bitconv.sources import Checkpoint, is_nanotron_dir, open_source
 from bitconv.verify import Finding, Thresholds, VerifyReport, verify
 from bitconv.verify.reference import RefConfig
 from bitconv.verify.report import Case, Suite, verify_markdown, verify_suite
@@ -85,10 +85,6 @@ def _is_hf_folder(d: Path) -> bool:
     return (d / "config.json").is_file() and any(d.glob("*.safetensors"))
 
 
-def _is_nanotron_folder(d: Path) -> bool:
-    return (d / "checkpoint_metadata.json").is_file() and (d / "model").is_dir()
-
-
 MASTER_KINDS = ("bf16-master", "nanotron")  # what an artifact is verified against (nanotron: training latents)
 
 
@@ -105,7 +101,7 @@ def find_checkpoints(root: str | Path) -> list[Path]:
         depth = len(d.relative_to(root).parts)
         dirnames[:] = sorted(n for n in dirnames if not (n in SKIP_DIRS or n.startswith((".", TMP_PREFIX)))
                              and depth < MAX_DEPTH)
-        if _is_nanotron_folder(d):  # one checkpoint: its model/ tree is shards, not checkpoints
+        if is_nanotron_dir(d):  # one checkpoint: its model/ tree is shards, not checkpoints
             found.append(d)
             dirnames[:] = []
             continue
