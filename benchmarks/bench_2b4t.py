@@ -89,11 +89,15 @@ def _add_tokenizer(folder: Path) -> None:
             shutil.copyfile(src / name, folder / name)
 
 
-def _warm(path: Path) -> None:
-    """Read the master once so every run starts with the same (warm) page cache."""
-    with open(path, "rb") as f:
-        while f.read(64 << 20):
-            pass
+def warm_cache(*folders: Path) -> int:
+    """Read every file once so that the measurements do not depend on what else evicted the page cache."""
+    n = 0
+    for folder in folders:
+        for f in sorted(folder.iterdir()):
+            with open(f, "rb") as fh:
+                while chunk := fh.read(64 << 20):
+                    n += len(chunk)
+    return n
 
 
 def timed(args: list[str], threads: int) -> tuple[float, float]:
@@ -126,7 +130,6 @@ def main() -> None:
             size = generate(master)
             print(f"generated {size / 1e9:.2f} GB synthetic 2B4T master in {time.perf_counter() - t0:.1f} s")
         n_params = sum(math.prod(s) for s in tensor_shapes().values())
-        _warm(master / "model.safetensors")
         for label, args in (("pack --to hf", ["pack", str(master), "--to", "hf", "-o", str(work / "packed"),
                                               "--overwrite"]),
                             ("quantize", ["quantize", str(master), "-o", str(work / "ternary"), "--overwrite"]),
@@ -134,7 +137,7 @@ def main() -> None:
                                                   str(work / f"gguf-{t}" / "model.gguf"), "--overwrite"])
                               for t in ("i2_s", "tq2_0"))):
             for _ in range(a.runs):
-                _warm(master / "model.safetensors")
+                warm_cache(master)
                 # each measurement in its own process tree so ru_maxrss is this command's peak
                 out = subprocess.run([sys.executable, __file__, "--measure", json.dumps(args), str(a.threads)],
                                      capture_output=True, text=True, check=True, cwd=ROOT).stdout

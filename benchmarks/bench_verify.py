@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_2b4t import generate  # noqa: E402
+from bench_2b4t import generate, warm_cache  # noqa: E402
 
 TASKS = ("roundtrip", "parity")
 
@@ -69,17 +69,6 @@ def peak_rss_mib() -> float:
     except OSError:
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def warm_cache(*folders: Path) -> int:
-    """Read every file once so that the measurements do not depend on what else evicted the page cache."""
-    n = 0
-    for folder in folders:
-        for f in sorted(folder.iterdir()):
-            with open(f, "rb") as fh:
-                while chunk := fh.read(64 << 20):
-                    n += len(chunk)
-    return n
 
 
 def run_child(task: str, out: Path, master: Path, threads: int) -> dict:
