@@ -23,7 +23,6 @@ Tensor order: HF names sorted (what convert-hf reads from a single safetensors f
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Iterator
@@ -51,7 +50,7 @@ from bitconv.gguf.metadata import (
 )
 from bitconv.gguf.quants import float_type_nbytes, to_float_type
 from bitconv.gguf.types import pad
-from bitconv.gguf.vocab import load_vocab, vocab_kvs
+from bitconv.gguf.vocab import load_vocab, read_optional_json, vocab_kvs
 from bitconv.gguf.writer import GGUFWriter, TensorEntry, build_header
 from bitconv.kernel_config import KernelConfig, derive
 from bitconv.layouts import Layout, get_layout
@@ -201,10 +200,9 @@ def _model_name(src: Checkpoint) -> str:
 
 
 def _add_prefix_space(src: Checkpoint) -> bool | None:
-    p = src.path / "tokenizer_config.json"
-    if src.kind == "gguf" or not p.is_file():
+    if src.kind == "gguf":
         return None
-    v = json.loads(p.read_text(encoding="utf-8")).get("add_prefix_space")
+    v = (read_optional_json(src.path / "tokenizer_config.json") or {}).get("add_prefix_space")
     return v if isinstance(v, bool) else None
 
 

@@ -421,3 +421,18 @@ def test_big_passthrough_converted_in_row_chunks_gives_same_bytes(models, tmp_pa
     pipeline_gguf.pack_gguf(src, tmp_path / "chunked.gguf", "i2_s", embd_type=embd_type)
     assert {"model.embed_tokens.weight", "lm_head.weight"} <= set(calls)
     assert (tmp_path / "chunked.gguf").read_bytes() == (tmp_path / "whole.gguf").read_bytes()
+
+
+@pytest.mark.parametrize("content", ["{not json", "[" * 100_000 + "]" * 100_000, "[1, 2]"])
+def test_broken_tokenizer_config_is_a_one_line_error(models, tmp_path, copy_dir, content):
+    """tokenizer_config.json is read once for the vocab and once for add_prefix_space: both through read_json."""
+    from typer.testing import CliRunner
+
+    from bitconv.cli import app
+
+    src = copy_dir(models("1bitllm"))
+    (src / "tokenizer_config.json").write_text(content)
+    r = CliRunner().invoke(app, ["pack", str(src), "--to", "gguf", "--type", "i2_s", "-o", str(tmp_path / "m.gguf")])
+    assert r.exit_code == 2, r.output
+    assert r.stderr.startswith("error: ") and "tokenizer_config.json" in r.stderr and "Traceback" not in r.output
+    assert not (tmp_path / "m.gguf").exists()

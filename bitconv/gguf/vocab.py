@@ -18,7 +18,6 @@ The SentencePiece model is parsed here (a few protobuf fields), so no tokenizer 
 
 from __future__ import annotations
 
-import json
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Any
 
 from bitconv.errors import SourceError
 from bitconv.gguf.kv import KV, ValueType
+from bitconv.sources.safetensors import read_json
 
 # gguf TokenType
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
@@ -174,7 +174,7 @@ def _spm_vocab(folder: Path, vocab_size: int | None) -> Vocab:
     tokens = [p for p, _, _ in pieces]
     scores = [float(s) for _, s, _ in pieces]
     types = [_SPM_TYPES.get(t, NORMAL) for _, _, t in pieces]
-    added = _read_json(folder / "added_tokens.json") or {}
+    added = read_optional_json(folder / "added_tokens.json") or {}
     for key in added:
         if key not in tokens:
             tokens.append(key)
@@ -194,7 +194,7 @@ def _spm_vocab(folder: Path, vocab_size: int | None) -> Vocab:
 
 
 def _bpe_vocab(folder: Path, vocab_size: int | None, st: VocabStyle) -> Vocab:
-    tj = _read_json(folder / "tokenizer.json")
+    tj = read_optional_json(folder / "tokenizer.json")
     model = (tj or {}).get("model") or {}
     base = model.get("vocab")
     if model.get("type") != "BPE" or not isinstance(base, dict):
@@ -250,13 +250,9 @@ def _merges_txt(path: Path) -> list[str]:
 # ------------------------------------------------------------------------------------------------ special tokens
 
 
-def _read_json(path: Path) -> Any:
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise SourceError(f"{path.name} is not valid JSON ({e})", path=path) from None
+def read_optional_json(path: Path) -> dict | None:
+    """An optional JSON object beside the weights (None when absent); a broken one is a one-line SourceError."""
+    return read_json(path, path.name) if path.is_file() else None
 
 
 def _set_special(v: Vocab, typ: str, tid: Any, n_vocab: int) -> None:
@@ -265,8 +261,8 @@ def _set_special(v: Vocab, typ: str, tid: Any, n_vocab: int) -> None:
 
 
 def _special_vocab(folder: Path, v: Vocab, load_merges: bool, n_vocab: int) -> None:
-    tj = _read_json(folder / "tokenizer.json")
-    tc = _read_json(folder / "tokenizer_config.json")
+    tj = read_optional_json(folder / "tokenizer.json")
+    tc = read_optional_json(folder / "tokenizer_config.json")
     tc = tc if isinstance(tc, dict) else None
     if load_merges:
         v.merges = _merges(tj) or _merges_txt(folder / "merges.txt")
@@ -283,7 +279,7 @@ def _special_vocab(folder: Path, v: Vocab, load_merges: bool, n_vocab: int) -> N
             if isinstance(content, str):
                 _set_special(v, typ, next((a.get("id") for a in added if a.get("content") == content), None),
                              n_vocab)
-    cfg = _read_json(folder / "config.json") or {}
+    cfg = read_optional_json(folder / "config.json") or {}
     for typ in SPECIAL_TYPES:
         _set_special(v, typ, cfg.get(f"{typ}_token_id"), n_vocab)
 
@@ -314,6 +310,6 @@ def _chat_template(folder: Path, tc: dict) -> str | None:
     if (folder / "chat_template.jinja").is_file():
         alt = (folder / "chat_template.jinja").read_text(encoding="utf-8")
     elif (folder / "chat_template.json").is_file():
-        alt = (_read_json(folder / "chat_template.json") or {}).get("chat_template")
+        alt = (read_optional_json(folder / "chat_template.json") or {}).get("chat_template")
     tmpl = tc.get("chat_template", alt)
     return tmpl if isinstance(tmpl, str) else None
