@@ -364,7 +364,7 @@ def read_verify_report(path: Path) -> VerifySummary:
     """Verdict and one-line summary of a verify report (JSON object; `passed`/`ok`/`status`/`exit_code`)."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         return VerifySummary(path, None, f"unreadable report ({type(e).__name__})")
     data = data if isinstance(data, dict) else {}
     verdict = next((data[k] for k in _BOOL_KEYS if isinstance(data.get(k), bool)), None)
@@ -443,7 +443,7 @@ def _safetensors_part(folder: Path) -> _Part:
 def _config(folder: Path) -> dict:
     try:
         data = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         return {}
     return data if isinstance(data, dict) else {}
 

@@ -50,7 +50,7 @@ from bitconv.gguf.metadata import (
 )
 from bitconv.gguf.quants import float_type_nbytes, to_float_type
 from bitconv.gguf.types import pad
-from bitconv.gguf.vocab import load_vocab, read_optional_json, vocab_kvs
+from bitconv.gguf.vocab import load_vocab, vocab_kvs
 from bitconv.gguf.writer import GGUFWriter, TensorEntry, build_header
 from bitconv.kernel_config import KernelConfig, derive
 from bitconv.layouts import Layout, get_layout
@@ -60,6 +60,7 @@ from bitconv.quant import COMPUTE_MODES
 from bitconv.safetensors_io import TensorInfo, pread_exact
 from bitconv.sources import Checkpoint, ModelTensor, open_source
 from bitconv.sources.gguf import gguf_header
+from bitconv.sources.safetensors import read_optional_json
 from bitconv.tensors import Ternary
 
 

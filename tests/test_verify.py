@@ -456,3 +456,13 @@ def test_check_discovers_nanotron_checkpoint_as_master(models, tmp_path):
     assert rep.ok and rep.master == str(repo / "ckpt")
     packed = next(a for a in rep.artifacts if a.role == "artifact")
     assert packed.verify is not None and packed.verify.ok
+
+
+def test_broken_tokenizer_config_with_prompt_is_a_one_line_error(models, tmp_path, copy_dir):
+    pytest.importorskip("sentencepiece")
+    master = copy_dir(models("1bitllm"))
+    (master / "tokenizer_config.json").write_text("{not json")
+    pipeline.quantize(master, tmp_path / "t")
+    r = cli("verify", tmp_path / "t", "--ref", master, "--prompt", "hello")
+    assert r.exit_code == 2, r.output
+    assert "tokenizer_config.json" in r.stderr and "Traceback" not in r.output

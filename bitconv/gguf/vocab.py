@@ -25,7 +25,7 @@ from typing import Any
 
 from bitconv.errors import SourceError
 from bitconv.gguf.kv import KV, ValueType
-from bitconv.sources.safetensors import read_json
+from bitconv.sources.safetensors import read_optional_json
 
 # gguf TokenType
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
@@ -248,11 +248,6 @@ def _merges_txt(path: Path) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------------ special tokens
-
-
-def read_optional_json(path: Path) -> dict | None:
-    """An optional JSON object beside the weights (None when absent); a broken one is a one-line SourceError."""
-    return read_json(path, path.name) if path.is_file() else None
 
 
 def _set_special(v: Vocab, typ: str, tid: Any, n_vocab: int) -> None:

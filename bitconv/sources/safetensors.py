@@ -41,6 +41,11 @@ def read_json(path: Path, what: str) -> dict:
     return data
 
 
+def read_optional_json(path: Path) -> dict | None:
+    """An optional JSON object beside the weights (None when absent); a broken one is a one-line SourceError."""
+    return read_json(path, path.name) if path.is_file() else None
+
+
 def load_torch(info: TensorInfo) -> torch.Tensor:
     """A fresh torch tensor holding one stored tensor."""
     return dtypes.from_numpy_storage(read_array(info), info.dtype).reshape(info.shape)

@@ -42,6 +42,7 @@ import torch
 from bitconv._alloc import keep_freed_memory
 from bitconv.errors import SourceError, UsageError
 from bitconv.sources import Checkpoint
+from bitconv.sources.safetensors import read_optional_json
 from bitconv.verify.reference import RefConfig, TensorCache, Weights, forward, mode_for
 from bitconv.verify.roundtrip import scale_storage, stored_scale
 
@@ -158,6 +159,8 @@ def tokens_from_file(path: str | Path) -> torch.Tensor:
             data = data.get("input_ids")
     except json.JSONDecodeError:
         data = [line.split() for line in text.splitlines() if line.strip()]
+    except RecursionError:
+        raise UsageError("token file: JSON nested too deeply", path=p) from None
     if isinstance(data, list) and data and not isinstance(data[0], list):
         data = [data]
     try:
@@ -175,9 +178,7 @@ def _sentencepiece(model: Path, text: str, folder: Path) -> list[int]:
         raise UsageError("--prompt with a tokenizer.model needs the sentencepiece package "
                          "(pip install sentencepiece), or pass --tokens FILE") from None
     sp = spm.SentencePieceProcessor(model_file=str(model))
-    cfg = {}
-    if (folder / "tokenizer_config.json").is_file():
-        cfg = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+    cfg = read_optional_json(folder / "tokenizer_config.json") or {}
     bos = [sp.bos_id()] if cfg.get("add_bos_token", True) and sp.bos_id() >= 0 else []
     return bos + list(sp.encode(text))
 
