@@ -243,8 +243,11 @@ def _ik_arch(src: Checkpoint, arch: str | None) -> GGUFArch:
     act = src.config.get("hidden_act")
     given = arch or _source_gguf_arch(src)
     garch = resolve_arch(src.config, given)
-    if given is None and act in IK_DEFAULT_ARCH and IK_ARCH_ACT.get(garch.name) not in (None, act):
-        garch = resolve_arch(src.config, IK_DEFAULT_ARCH[act])
+    if given is None and act in IK_DEFAULT_ARCH:  # the arch ik names for this activation, where the family has it
+        try:
+            garch = resolve_arch(src.config, IK_DEFAULT_ARCH[act])
+        except UsageError:
+            pass
     want = IK_ARCH_ACT.get(garch.name)
     if act is not None and want is not None and want != act:
         raise UsageError(f"{RUNTIME} runs GGUF arch {garch.name!r} with the {want} FFN graph, but this model uses "

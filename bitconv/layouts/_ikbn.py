@@ -89,8 +89,10 @@ def stored_scale(scale: float, dtype: np.dtype, ggml_type: str, tensor: str | No
     with np.errstate(over="ignore"):
         d = np.array([s], dtype=np.float32).astype(dtype)
     if not (np.isfinite(s) and s > 0 and np.isfinite(d[0]) and d[0] > 0):
-        raise LayoutError(f"{ggml_type} stores the row scale as {np.dtype(dtype).name}; scale {float(s)!r} has no "
-                          "positive finite value there", tensor=tensor)
+        kind = "fp16" if np.dtype(dtype).itemsize == 2 else "float32"
+        raise LayoutError(f"{ggml_type} stores the row scale as {kind}; scale {float(s)!r} has no positive finite "
+                          f"{kind} value", tensor=tensor, hint="the scale must lie in (6e-8, 65504]"
+                          if kind == "fp16" else None)
     return d
 
 
