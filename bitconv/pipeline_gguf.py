@@ -256,8 +256,8 @@ def _ik_arch(src: Checkpoint, arch: str | None) -> GGUFArch:
     return garch
 
 
-def _runtime_notes(plan: GGUFPlan) -> tuple[str, list[str]]:
-    """(where the file runs, warnings) from the runtime facts of the tensor types it holds."""
+def _runtime_notes(plan: GGUFPlan) -> tuple[str, list[str], list[str]]:
+    """(where the file runs, warnings, notes) from the runtime facts of the tensor types it holds."""
     types = {s.type_name for s in plan.steps if s.action == "pack"}
     warnings = []
     for s in plan.steps:
@@ -271,13 +271,11 @@ def _runtime_notes(plan: GGUFPlan) -> tuple[str, list[str]]:
         out.append(f"{len(warnings)} projection(s) have in_features < {IK_RUNTIME[s.type_name].min_in_features} "
                    f"(e.g. {s.tensor.name} {list(s.tensor.shape)}): {IK_RUNTIME[s.type_name].note}")
     ik = [IK_RUNTIME[t] for t in sorted(types) if t in IK_RUNTIME]
-    if plan.gguf_type in ("iq1_bn", "iq2_bn", "iq2_bn_r4"):
+    where, notes = "", [f.note for f in ik if not f.runs]
+    if GGUF_TARGETS[plan.gguf_type].runtime == RUNTIME:
         where = f"{RUNTIME} (tested at {RUNTIME_COMMIT}; CPU x86/ARM): llama-cli -m FILE" + \
             (" -rtr" if "IQ2_BN" in types else "")
-    else:
-        where = ""
-        out += [f.note for f in ik if not f.runs]
-    return where, out
+    return where, out, notes
 
 
 def plan_pack_gguf(src: Checkpoint, gguf_type: str, *, arch: str | None = None, embd_type: str | None = None,
@@ -305,9 +303,10 @@ def plan_pack_gguf(src: Checkpoint, gguf_type: str, *, arch: str | None = None, 
     kvs = build_kvs(profile, meta, _vocab(src, PROFILES[profile].vocab_style))
     plan = GGUFPlan(src, gguf_type, garch, profile, steps, kvs, layout, compute, kc)
     plan.extra = {"arch": garch.name, "profile": profile, "type": type_name, "embd_type": embd}
-    where, warnings = _runtime_notes(plan)
+    where, warnings, notes = _runtime_notes(plan)
     plan.extra.update({"runs_on": where} if where else {})
     plan.extra.update({"warnings": warnings} if warnings else {})
+    plan.extra.update({"notes": notes} if notes else {})
     if kc is not None:
         plan.extra["codegen"] = kc.codegen_params().__dict__
     return plan
@@ -446,8 +445,9 @@ def pack_gguf(src: str | Path | Checkpoint, out: str | Path, gguf_type: str, *, 
         kernel_config: TL1/TL2 tiling: a kernel_config.ini, a KernelConfig, or None to derive one from the shapes.
         tl2_type_id: 39 (bitnet.cpp before mid-2026) or 42 (current fork).
     Returns a Report; for TL types `extra["codegen"]` holds the codegen_tl*.py parameters of the config used;
-    `extra["runs_on"]` says where an ik_llama.cpp file runs and `extra["warnings"]` lists runtime combos that abort
-    or compute wrong (e.g. in_features < 512 for IQ1_BN / IQ2_BN).
+    `extra["runs_on"]` says where an ik_llama.cpp file runs, `extra["warnings"]` lists runtime combos that abort
+    (in_features < 512 for IQ1_BN / IQ2_BN), `extra["notes"]` runtimes that cannot run the type (ik_llama.cpp and
+    I2_S / TQ).
     Example:
         >>> pack_gguf("bitnet-bf16", "bitnet-i2_s.gguf", "i2_s")
     """

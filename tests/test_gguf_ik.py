@@ -345,8 +345,10 @@ def test_small_in_features_written_with_warning(models, tmp_path):
 
 def test_other_types_say_ik_cannot_run_them(models):
     src = open_source(models("1bitllm"))
-    assert "wrong logits" in " ".join(plan_pack_gguf(src, "i2_s").extra["warnings"])
-    assert "no type id 35" in " ".join(plan_pack_gguf(src, "tq2_0").extra["warnings"])
+    i2s = plan_pack_gguf(src, "i2_s").extra
+    assert "wrong logits" in " ".join(i2s["notes"]) and "warnings" not in i2s and "runs_on" not in i2s
+    assert "no type id 35" in " ".join(plan_pack_gguf(src, "tq2_0").extra["notes"])
+    assert "notes" not in plan_pack_gguf(src, "iq2_bn").extra
 
 
 def test_arch_rules_for_ik(models, tmp_path):

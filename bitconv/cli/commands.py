@@ -122,6 +122,8 @@ def _pack_gguf(src: Path, out: Path, gguf_type: str, opts: dict, overwrite: bool
     render.out.print(f"GGUF arch {rep.extra['arch']}, metadata as {rep.extra['profile']}")
     if rep.extra.get("runs_on"):
         render.out.print(f"runs on {rep.extra['runs_on']}")
+    for n in rep.extra.get("notes", []):
+        render.out.print(f"note: {n}")
     if "codegen" in rep.extra:
         _print_codegen(rep.extra)
 
