@@ -1,0 +1,110 @@
+"""Streaming paths (bounded memory) against the whole-tensor paths, byte for byte.
+
+Chunk sizes are shrunk with monkeypatch so that tiny models take the chunked code paths.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from bitconv import quant, torchsum
+from bitconv.errors import SourceError
+from bitconv.quant import ternarize, ternarize_blocks
+
+# awkward sizes: below/above one vector, the 4-vector row, the level steps (16, 32 rows), GRAIN and its halves
+SIZES = [(1, 1), (3, 5), (7, 9), (4, 33), (16, 129), (13, 1021), (128, 257), (3, 32768 // 3 + 1),
+         (2, 32769), (5, 13107), (97, 2049), (520, 1031)]
+
+
+def _reader(w: torch.Tensor):
+    flat = w.reshape(-1)
+    return lambda s, c: flat[s:s + c]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("n", [1, 7, 8, 31, 33, 127, 129, 4099, 32767, 32768, 32769, 65537, 98_303, 262_147,
+                               1_048_583])
+def test_replayed_sum_equals_torch(n, threads):
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        g = torch.Generator().manual_seed(n)
+        t = (torch.randn(n, generator=g) * 0.02).abs_()
+        arr = t.numpy()
+        got = torchsum.exact_sum(lambda s, c: arr[s:s + c], n, piece=1 << 12)
+        assert got is not None, "this torch build's reduction order was not reproduced"
+        assert got.tobytes() == t.sum().numpy().tobytes()
+    finally:
+        torch.set_num_threads(old)
+
+
+def test_replayed_sum_is_not_a_plain_sum():
+    """The replay reproduces torch's order, which differs from a sequential and from numpy's pairwise sum."""
+    g = torch.Generator().manual_seed(3)
+    t = (torch.rand(1_000_003, generator=g) * 10).float()
+    arr = t.numpy()
+    seq = np.cumsum(arr, dtype=np.float32)[-1]
+    assert seq.tobytes() != t.sum().numpy().tobytes()  # a naive order would not do
+    assert torchsum.exact_sum(lambda s, c: arr[s:s + c], arr.size).tobytes() == t.sum().numpy().tobytes()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("shape", SIZES)
+@pytest.mark.parametrize("block", [97, 4096, 1 << 20])
+def test_ternarize_blocks_equals_whole(shape, dtype, block):
+    g = torch.Generator().manual_seed(hash((shape, block)) % 1000)
+    w = (torch.randn(shape, generator=g) * 0.02).to(dtype)
+    if w.numel() > 4:  # exact threshold hits: values whose product with s lies on the 0.5 boundary
+        w.reshape(-1)[:3] = w.reshape(-1).abs().float().mean().to(dtype) / 2
+    whole = ternarize(w)
+    got = ternarize_blocks(_reader(w), tuple(shape), block=block)
+    assert got is not None
+    assert got.codes.dtype == np.int8 and got.codes.shape == tuple(shape)
+    assert np.array_equal(got.codes, whole.codes)
+    assert np.float32(got.scale).tobytes() == np.float32(whole.scale).tobytes()
+
+
+def test_ternarize_blocks_zero_and_nan():
+    z = torch.zeros(64, 300, dtype=torch.bfloat16)
+    got = ternarize_blocks(_reader(z), (64, 300), block=1000)
+    assert not got.codes.any() and got.scale == ternarize(z).scale
+    bad = torch.randn(64, 300).bfloat16()
+    bad[10, 17] = float("nan")
+    with pytest.raises(SourceError, match="NaN"):
+        ternarize_blocks(_reader(bad), (64, 300), name="x.weight", block=1000)
+
+
+def test_ternarize_blocks_catches_a_wrong_mean(monkeypatch):
+    """The comparison above can fail: a sum off by one ulp changes the scale bytes."""
+    g = torch.Generator().manual_seed(5)
+    w = (torch.randn(200, 700, generator=g) * 0.02).bfloat16()
+    real = torchsum.exact_sum
+    monkeypatch.setattr(torchsum, "exact_sum", lambda *a, **k: np.nextafter(real(*a, **k), np.float32(1)))
+    got = ternarize_blocks(_reader(w), (200, 700), block=4096)
+    assert np.float32(got.scale).tobytes() != np.float32(ternarize(w).scale).tobytes()
+
+
+def test_uncalibrated_build_falls_back(monkeypatch):
+    monkeypatch.setattr(torchsum, "exact_sum", lambda *a, **k: None)
+    w = torch.randn(8, 8).bfloat16()
+    assert ternarize_blocks(_reader(w), (8, 8)) is None
+
+
+def _files(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def test_pack_hf_streamed_equals_whole(models, tmp_path, monkeypatch):
+    from bitconv.pipeline import pack_hf, quantize
+
+    src = models("bitnet-2b4t")
+    pack_hf(src, tmp_path / "whole")
+    quantize(src, tmp_path / "whole-t")
+    monkeypatch.setattr(quant, "STREAM_MIN_ELEMS", 0)
+    monkeypatch.setattr(quant, "BLOCK_ELEMS", 1000)
+    pack_hf(src, tmp_path / "streamed")
+    quantize(src, tmp_path / "streamed-t")
+    assert _files(tmp_path / "streamed") == _files(tmp_path / "whole")
+    assert _files(tmp_path / "streamed-t") == _files(tmp_path / "whole-t")
