@@ -108,3 +108,24 @@ def test_pack_hf_streamed_equals_whole(models, tmp_path, monkeypatch):
     quantize(src, tmp_path / "streamed-t")
     assert _files(tmp_path / "streamed") == _files(tmp_path / "whole")
     assert _files(tmp_path / "streamed-t") == _files(tmp_path / "whole-t")
+
+
+def test_writer_queue_is_bounded_in_bytes():
+    import threading
+
+    from bitconv.sinks.background import BackgroundWriter
+
+    gate = threading.Event()
+    bw = BackgroundWriter(max_bytes=100)
+    bw.submit(gate.wait, 60)  # runs (blocked) on the writer thread
+    bw.submit(lambda: None, 40)
+    blocked = threading.Thread(target=bw.submit, args=(lambda: None, 10))
+    blocked.start()
+    blocked.join(0.2)
+    assert blocked.is_alive()  # 60 + 40 + 10 > 100: waits for room
+    gate.set()
+    blocked.join(5)
+    assert not blocked.is_alive()
+    bw.submit(lambda: None, 500)  # bigger than the bound: admitted alone
+    bw.finish()
+    assert bw.peak_pending == 500

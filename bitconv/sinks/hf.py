@@ -70,15 +70,15 @@ class HFSink:
     def files(self) -> list[Path]:
         return [w.path for w in self._writers]
 
-    def _do(self, job: Callable[[], object]) -> None:
+    def _do(self, job: Callable[[], object], nbytes: int = 0) -> None:
         if self._bg is None:
             job()
         else:
-            self._bg.submit(job)
+            self._bg.submit(job, nbytes)
 
     def write(self, name: str, data: np.ndarray) -> None:
         w = self._route[name]
-        self._do(lambda: w.write(name, data))
+        self._do(lambda: w.write(name, data), data.nbytes)
 
     def copy(self, name: str, src: TensorInfo) -> None:
         w = self._route[name]
