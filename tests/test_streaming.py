@@ -129,3 +129,55 @@ def test_writer_queue_is_bounded_in_bytes():
     bw.submit(lambda: None, 500)  # bigger than the bound: admitted alone
     bw.finish()
     assert bw.peak_pending == 500
+
+
+def _codes(shape, seed=0):
+    rng = np.random.default_rng(seed)
+    c = rng.integers(-1, 2, size=shape).astype(np.int8)
+    c[:2] = 0  # all-zero blocks (TQ stores d = 0 there)
+    return c
+
+
+@pytest.mark.parametrize("layout_name", ["hf-autobitlinear", "hf-bitlinear", "gguf-i2-s", "gguf-tq1-0",
+                                         "gguf-tq2-0"])
+def test_layout_packs_in_blocks_like_whole(layout_name, monkeypatch):
+    from bitconv.layouts import get_layout, gguf_i2s, gguf_tq, hf_packed
+    from bitconv.tensors import Ternary
+
+    t = Ternary(_codes((96, 512)), np.float32(0.0123))
+    lay = get_layout(layout_name)
+    whole = lay.pack(t)
+    monkeypatch.setattr(hf_packed, "PACK_BLOCK_BYTES", 1000)  # 2 packed rows per block (out/4 = 24 rows)
+    monkeypatch.setattr(gguf_i2s, "PACK_BLOCKS", 7)
+    monkeypatch.setattr(gguf_tq, "PACK_BLOCKS", 5)
+    blocked = lay.pack(t)
+    assert whole.keys() == blocked.keys()
+    for k in whole:
+        assert whole[k].tobytes() == blocked[k].tobytes(), k
+    assert np.array_equal(lay.unpack(blocked, (96, 512)).codes, t.codes)
+
+
+def test_gguf_passthrough_in_row_blocks(models, tmp_path, monkeypatch):
+    from bitconv import pipeline_gguf
+
+    src = models("bitnet-2b4t")
+    pipeline_gguf.pack_gguf(src, tmp_path / "whole.gguf", "tq2_0")
+    monkeypatch.setattr(pipeline_gguf, "CHUNK_BYTES", 1000)  # embeddings a few rows at a time
+    monkeypatch.setattr(quant, "STREAM_MIN_ELEMS", 0)
+    monkeypatch.setattr(quant, "BLOCK_ELEMS", 777)
+    pipeline_gguf.pack_gguf(src, tmp_path / "blocks.gguf", "tq2_0")
+    assert (tmp_path / "blocks.gguf").read_bytes() == (tmp_path / "whole.gguf").read_bytes()
+
+
+def test_hf_copy_in_bounded_blocks_without_copy_file_range(models, tmp_path, monkeypatch):
+    import os
+
+    from bitconv import safetensors_io
+    from bitconv.pipeline import pack_hf
+
+    src = models("bitnet-2b4t")
+    pack_hf(src, tmp_path / "kernel")
+    monkeypatch.setattr(safetensors_io, "_COPY_CHUNK", 999)
+    monkeypatch.delattr(os, "copy_file_range", raising=False)
+    pack_hf(src, tmp_path / "blocks")
+    assert _files(tmp_path / "blocks") == _files(tmp_path / "kernel")
