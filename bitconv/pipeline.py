@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -194,6 +194,17 @@ def execute(plan: Plan, out: str | Path, *, overwrite: bool = False,
                   plan.total_bytes, time.perf_counter() - t0)
 
 
+DEQUANT_BLOCK_ELEMS = 1 << 22
+
+
+def dequantized_blocks(t: Ternary) -> Iterator[np.ndarray]:
+    """bf16(codes * scale) as uint16 bits, a block of rows at a time (the same values as `dequantize(t)`)."""
+    codes = t.codes.reshape(t.codes.shape[0], -1)
+    step = max(1, DEQUANT_BLOCK_ELEMS // max(1, codes.shape[1]))
+    for a in range(0, codes.shape[0], step):
+        yield dtypes.to_numpy_storage(dequantize(Ternary(codes[a:a + step], t.scale)))
+
+
 def _run_step(step: Step, plan: Plan, sink: HFSink) -> None:
     t = step.tensor
     if step.action == "copy":
@@ -207,7 +218,7 @@ def _run_step(step: Step, plan: Plan, sink: HFSink) -> None:
     if step.action == "dequant":
         (name,) = step.outputs
         lifted = online_lift(tern) if plan.values == "online" else tern
-        sink.write(name, dtypes.to_numpy_storage(dequantize(lifted)))
+        sink.write_blocks(name, step.outputs[name].nbytes, dequantized_blocks(lifted))
         return
     fields = plan.layout.pack(tern)
     prefix = module_of(t.name)
