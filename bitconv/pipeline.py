@@ -30,7 +30,9 @@ from bitconv.sinks.hf import DEFAULT_MAX_SHARD_BYTES, HFSink
 from bitconv.sources import Checkpoint, ModelTensor, open_source
 from bitconv.tensors import FieldSpec, Ternary
 
-Progress = Callable[[int, int, str], None]  # (tensors done, tensors total, current name)
+# (done, total, current name): output bytes for quantize / pack / unpack (so a renderer can show bytes/s and an
+# ETA), tensors for the Nanotron converter
+Progress = Callable[[int, int, str], None]
 
 TERNARY_FORMAT_VERSION = 1
 
@@ -59,6 +61,14 @@ class Plan:
     @property
     def total_bytes(self) -> int:
         return sum(f.nbytes for s in self.steps for f in s.outputs.values())
+
+    @property
+    def peak_bytes(self) -> int:
+        """Planned peak memory (`bitconv.memory`)."""
+        from bitconv.memory import peak_estimate
+
+        return peak_estimate([(s.tensor, s.action, sum(f.nbytes for f in s.outputs.values())) for s in self.steps],
+                             self.compute)
 
 
 @dataclass
@@ -178,17 +188,19 @@ def execute(plan: Plan, out: str | Path, *, overwrite: bool = False,
     with guard as tmp:
         sink = HFSink(tmp, plan.entries, max_shard_bytes)
         try:
-            for i, step in enumerate(plan.steps):
+            done, total = 0, plan.total_bytes
+            for step in plan.steps:
                 if progress:
-                    progress(i, len(plan.steps), step.tensor.name)
+                    progress(done, total, step.tensor.name)
                 _run_step(step, plan, sink)
+                done += sum(f.nbytes for f in step.outputs.values())
             sink.close(plan.config, plan.source.aux_files, fsync=os.environ.get("BITCONV_FSYNC") == "1")
         except BaseException:
             sink.abort()
             raise
         files = [guard.out / f.name for f in sink.files]
     if progress:
-        progress(len(plan.steps), len(plan.steps), "")
+        progress(plan.total_bytes, plan.total_bytes, "")
     n_tern = sum(1 for s in plan.steps if s.action != "copy")
     return Report(guard.out, plan.target, plan.source.kind, files, n_tern, len(plan.steps) - n_tern,
                   plan.total_bytes, time.perf_counter() - t0)

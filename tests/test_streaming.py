@@ -193,3 +193,16 @@ def test_unpack_in_row_blocks_like_whole(models, tmp_path, monkeypatch, values):
     monkeypatch.setattr(pipeline, "DEQUANT_BLOCK_ELEMS", 100)  # a row or two per block
     pipeline.unpack_hf(tmp_path / "packed", tmp_path / "blocks", values=values)
     assert _files(tmp_path / "blocks") == _files(tmp_path / "whole")
+
+
+def test_planned_peak_counts_the_biggest_tensor(models, monkeypatch):
+    from bitconv import memory
+    from bitconv.pipeline import plan_pack_hf
+    from bitconv.sources import open_source
+
+    plan = plan_pack_hf(open_source(models("bitnet-2b4t")))
+    whole = plan.peak_bytes
+    big = max(s.tensor.numel for s in plan.steps if s.action == "pack")
+    assert whole >= memory.BASE_BYTES + big * (2 + 4 + 2 + 1)  # bf16 weight, |w| f32, signs, codes
+    monkeypatch.setattr(quant, "STREAM_MIN_ELEMS", 0)
+    assert plan.peak_bytes < whole + quant.BLOCK_ELEMS * 12
