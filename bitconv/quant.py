@@ -121,7 +121,7 @@ def _check_finite(m: torch.Tensor, name: str | None, shape: torch.Size) -> None:
 
 # Weights above STREAM_MIN_ELEMS elements are ternarized from BLOCK_ELEMS-element blocks in two passes, so the
 # float32 copy of a whole projection (940 MB for a 70B FFN matrix) is never made. Below it the one-pass path is faster.
-STREAM_MIN_ELEMS = 1 << 24
+STREAM_MIN_ELEMS = 1 << 25
 BLOCK_ELEMS = 1 << 22
 
 BlockReader = Callable[[int, int], torch.Tensor]  # (first element, count) -> 1-D float tensor, valid until next call

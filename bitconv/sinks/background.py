@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-MAX_PENDING_BYTES = 256 << 20
+MAX_PENDING_BYTES = 128 << 20
 
 
 class BackgroundWriter:
