@@ -458,13 +458,66 @@ def test_transformers_loads_converted_bitnet(hf_of):
 def test_to_hf_warnings(ntfx, tmp_path):
     rep = nc.to_hf(ntfx / "bitnet_tp2", tmp_path / "hf")
     text = " ".join(rep.extra["warnings"])
-    assert "o_proj and down_proj" in text and "TP=2" in text and "same scale for q, k and v" in text
-    assert rep.extra["scale_granularity"] == "fused" and rep.n_ternary == 14
+    assert "o_proj and down_proj" in text and "TP=2" in text
+    assert rep.extra["scale_granularity"] == "fused" and rep.extra["export"] == "release" and rep.n_ternary == 14
     cfg = json.loads((rep.out / "config.json").read_text())
     assert cfg["quantization_config"]["quantization_mode"] == "online" and cfg["rope_theta"] == 10000.0
-    assert nc.to_hf(ntfx / "llama_tp1", tmp_path / "l").extra["warnings"] == []
-    with pytest.raises(UsageError, match="applies to BitNet"):
+    llama = nc.to_hf(ntfx / "llama_tp1", tmp_path / "l")
+    assert llama.extra["warnings"] == [] and llama.extra["export"] is None
+    assert "bitconv" not in json.loads((llama.out / "config.json").read_text())
+    with pytest.raises(UsageError, match="apply to BitNet"):
         nc.to_hf(ntfx / "llama_tp1", tmp_path / "x", scale_granularity="fused")
+    with pytest.raises(UsageError, match="apply to BitNet"):
+        nc.to_hf(ntfx / "llama_tp1", tmp_path / "x", purpose="training")
+
+
+def test_export_named_by_purpose(ntfx, hf_of, tmp_path):
+    """--for release|training are --scale-granularity fused|per-projection; the choice is recorded and printed."""
+    for purpose, granularity in (("release", "fused"), ("training", "per-projection")):
+        rep = nc.to_hf(ntfx / "bitnet_tp1", tmp_path / purpose, purpose=purpose)
+        old = hf_of("bitnet_tp1", granularity)  # the older spelling
+        cfg = json.loads((rep.out / "config.json").read_text())
+        assert {p.name: p.read_bytes() for p in rep.out.iterdir()} == {p.name: p.read_bytes() for p in old.iterdir()}
+        block = cfg["bitconv"]
+        assert block["export"] == purpose and block["scale_granularity"] == granularity
+        assert block["source"] == "nanotron" and block["meaning"].startswith(purpose + ": ")
+        assert rep.extra["export_meaning"] == block["meaning"]
+        ck = open_source(rep.out)  # still read as a bf16 master
+        assert ck.kind == "bf16-master"
+    ref = load_file(str(ntfx / "bitnet_tp1.reference.safetensors"))
+    qkv = ref["model.decoder.0.pp_block.attn.qkv_proj.weight"]
+    train = open_source(tmp_path / "training").tensors["model.layers.0.self_attn.v_proj.weight"]
+    assert torch.equal(bits(load_torch(train.stored[0])), bits(qkv[48:]))  # training: nanotron's latents, unchanged
+    rel = open_source(tmp_path / "release").tensors["model.layers.0.self_attn.v_proj.weight"]
+    assert not torch.equal(bits(load_torch(rel.stored[0])), bits(qkv[48:]))  # release: lifted codes, not latents
+    with pytest.raises(UsageError, match="--for release and --scale-granularity per-projection disagree"):
+        nc.to_hf(ntfx / "bitnet_tp1", tmp_path / "x", purpose="release", scale_granularity="per-projection")
+    with pytest.raises(UsageError, match="--for must be one of release, training"):
+        nc.to_hf(ntfx / "bitnet_tp1", tmp_path / "x", purpose="publish")
+    r = run("convert", ntfx / "bitnet_tp1", "-o", tmp_path / "cli", "--to", "hf-bf16", "--for", "training")
+    assert r.exit_code == 0, r.output
+    assert "export --for training: the bf16 training latents exactly as nanotron stored them" in r.stdout
+    r = run("convert", ntfx / "bitnet_tp1", "-o", tmp_path / "cli2", "--to", "hf-bf16", "--json")
+    assert json.loads(r.stdout)["export"] == "release"
+    r = run("convert", ntfx / "bitnet_tp1", "-o", tmp_path / "x", "--to", "nanotron", "--for", "release")
+    assert r.exit_code == 2 and "--for applies to --to hf-bf16 only" in r.output
+
+
+def test_verify_with_nanotron_ref_expects_release(ntfx, tmp_path):
+    """verify --ref <Nanotron BitNet> quantizes with the fused scales: a release export packs to a match; a
+    training export packs per-projection codes, fails, and the failure names the export to verify against."""
+    verify = pytest.importorskip("bitconv.verify")
+    for purpose in ("release", "training"):
+        hf = nc.to_hf(ntfx / "bitnet_tp1", tmp_path / f"hf-{purpose}", purpose=purpose).out
+        packed = pipeline.pack_hf(hf, tmp_path / f"pk-{purpose}").out
+        rep = verify.verify(packed, ntfx / "bitnet_tp1", run_parity=False)
+        assert "quantized with fused scales (what `convert --for release` exports)" in rep.roundtrip.compute_note
+        if purpose == "release":
+            assert rep.ok, [f.message for f in rep.findings]
+        else:
+            assert not rep.ok
+            assert any("packed from a `--for training` export" in w for w in rep.roundtrip.warnings)
+            assert verify.verify(packed, hf, run_parity=False).ok  # against its own export it verifies
 
 
 # ------------------------------------------------------------------------------------------------------- bad shards

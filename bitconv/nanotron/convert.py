@@ -8,11 +8,12 @@ gate_up, pre-padded vocabulary, `config.yaml`, `model_config.json` and `checkpoi
 save. The output is written atomically.
 
 Fused scales (PR #180 quantizes the fused qkv and gate_up tensors with one absmean each):
-  * Nanotron -> HF, `scale_granularity="fused"` (default for BitNet): each of q, k, v (gate, up) is written as a
-    *lifted* bf16 weight: its fused codes times one magnitude, chosen so that per-projection absmean ternarization
-    (transformers' online `WeightQuant`, `bitconv pack`) gives exactly those codes and the fused scale. The HF
-    master then holds the ternary model, not the training latents. `per-projection` writes the latents unchanged
-    (exact, trainable), and every consumer then quantizes q, k, v separately.
+  * Nanotron -> HF, `purpose="release"` (alias `scale_granularity="fused"`, default for BitNet): each of q, k, v
+    (gate, up) is written as a *lifted* bf16 weight: its fused codes times one magnitude, chosen so that
+    per-projection absmean ternarization (transformers' online `WeightQuant`, `bitconv pack`) gives exactly those
+    codes and the fused scale. The HF master then holds the ternary model, not the training latents.
+    `purpose="training"` (alias `per-projection`) writes the latents unchanged (exact, trainable), and every
+    consumer then quantizes q, k, v separately. `HF_EXPORTS` (sources.nanotron) holds both descriptions.
   * ternary / packed -> Nanotron: the fused tensor is lifted from the codes (spec §3.3), so nanotron's own
     `weight_quant` reproduces the codes exactly; q/k/v (gate/up) with different scales get one nnz-weighted scale
     (reported: one fused tensor holds one scale).
@@ -42,7 +43,13 @@ from bitconv.quant import COMPUTE_MODES, ternarize
 from bitconv.safetensors_io import OutEntry, build_header
 from bitconv.sinks.hf import DEFAULT_MAX_SHARD_BYTES
 from bitconv.sources import Checkpoint, ModelTensor, open_source
-from bitconv.sources.nanotron import GRANULARITIES, NanotronCheckpoint, open_nanotron
+from bitconv.sources.nanotron import (
+    EXPORT_OF_GRANULARITY,
+    GRANULARITIES,
+    HF_EXPORTS,
+    NanotronCheckpoint,
+    open_nanotron,
+)
 from bitconv.sources.safetensors import load_torch
 from bitconv.tensors import FieldSpec, Ternary
 
@@ -521,32 +528,50 @@ def _conversion_warnings(b: _Builder, ck: Checkpoint, flavor: nt.Flavor) -> list
 # ------------------------------------------------------------------------------------------------------ to HF
 
 
-def to_hf(src: str | Path | NanotronCheckpoint, out: str | Path, *, scale_granularity: str | None = None,
-          vocab_size: int | None = None, compute: str = "float32", overwrite: bool = False,
-          max_shard_bytes: int | None = DEFAULT_MAX_SHARD_BYTES, progress: Progress | None = None) -> Report:
+def export_mode(purpose: str | None, scale_granularity: str | None) -> str | None:
+    """`--for release|training`, or its older spelling `--scale-granularity fused|per-projection`, as a granularity."""
+    if purpose is not None and purpose not in HF_EXPORTS:
+        raise UsageError(f"--for must be one of {', '.join(HF_EXPORTS)}, got {purpose!r}")
+    if scale_granularity is not None and scale_granularity not in GRANULARITIES:
+        raise UsageError(f"--scale-granularity must be one of {', '.join(GRANULARITIES)} (the older spelling of "
+                         f"--for {'|'.join(HF_EXPORTS)}), got {scale_granularity!r}")
+    if purpose is not None and scale_granularity is not None \
+            and HF_EXPORTS[purpose].granularity != scale_granularity:
+        raise UsageError(f"--for {purpose} and --scale-granularity {scale_granularity} disagree (--for {purpose} is "
+                         f"--scale-granularity {HF_EXPORTS[purpose].granularity})")
+    return HF_EXPORTS[purpose].granularity if purpose is not None else scale_granularity
+
+
+def to_hf(src: str | Path | NanotronCheckpoint, out: str | Path, *, purpose: str | None = None,
+          scale_granularity: str | None = None, vocab_size: int | None = None, compute: str = "float32",
+          overwrite: bool = False, max_shard_bytes: int | None = DEFAULT_MAX_SHARD_BYTES,
+          progress: Progress | None = None) -> Report:
     """Write a Nanotron checkpoint as an HF bf16 master (`LlamaForCausalLM`, bitnet online config for PR #180).
 
     Args:
-        scale_granularity: BitNet only. "fused" (default): q/k/v and gate/up are lifted from the fused-scale codes
-            (see the module docstring); "per-projection": the bf16 latents as trained.
+        purpose: BitNet only (`HF_EXPORTS`). "release" (default): q/k/v and gate/up are lifted from the fused-scale
+            codes (see the module docstring), the model as nanotron trained it; "training": the bf16 latents as
+            trained, to continue training elsewhere. Recorded in config.json's `bitconv` block and the report.
+        scale_granularity: the older spelling of `purpose`: "fused" (= release) or "per-projection" (= training).
         vocab_size: the HF vocabulary (padding rows dropped); see `open_nanotron`.
         compute: arithmetic of the fused ternarization: "float32" (canonical) or "bfloat16" (nanotron's own).
-    Returns a `Report` whose `extra["warnings"]` lists what LlamaForCausalLM cannot represent.
+    Returns a `Report` whose `extra["warnings"]` lists what LlamaForCausalLM cannot represent, and
+        `extra["export"]` / `extra["export_meaning"]` say which export was written.
     Example:
-        >>> to_hf("checkpoints/10000", "bitnet-hf-bf16")
+        >>> to_hf("checkpoints/10000", "bitnet-hf-bf16", purpose="release")
     """
     t0 = time.perf_counter()
     if compute not in COMPUTE_MODES:
         raise UsageError(f"--compute must be one of {', '.join(COMPUTE_MODES)}, got {compute!r}")
-    if scale_granularity is not None and scale_granularity not in GRANULARITIES:
-        raise UsageError(f"--scale-granularity must be one of {', '.join(GRANULARITIES)}, got {scale_granularity!r}")
-    if isinstance(src, NanotronCheckpoint) and scale_granularity not in (None, src.info.granularity):
-        src = open_nanotron(src.path, vocab_size=vocab_size or src.info.vocab, scale_granularity=scale_granularity)
-    ck = src if isinstance(src, NanotronCheckpoint) else _open_nanotron_src(src, vocab_size, scale_granularity)
-    if scale_granularity is not None and not ck.info.flavor.bitnet:
-        raise UsageError(f"--scale-granularity applies to BitNet (PR #180) checkpoints; this is a "
+    granularity = export_mode(purpose, scale_granularity)
+    if isinstance(src, NanotronCheckpoint) and granularity not in (None, src.info.granularity):
+        src = open_nanotron(src.path, vocab_size=vocab_size or src.info.vocab, scale_granularity=granularity)
+    ck = src if isinstance(src, NanotronCheckpoint) else _open_nanotron_src(src, vocab_size, granularity)
+    if granularity is not None and not ck.info.flavor.bitnet:
+        raise UsageError(f"--for / --scale-granularity apply to BitNet (PR #180) checkpoints; this is a "
                          f"{ck.info.flavor.name} checkpoint, written with its weights unchanged")
     lifted = ck.info.flavor.bitnet and ck.info.granularity == "fused"
+    export = EXPORT_OF_GRANULARITY[ck.info.granularity] if ck.info.flavor.bitnet else None
     tensors: dict[str, ModelTensor] = {}
     for name, t in ck.tensors.items():
         if t.is_ternary:
@@ -557,13 +582,20 @@ def to_hf(src: str | Path | NanotronCheckpoint, out: str | Path, *, scale_granul
             tensors[name] = t
     view = Checkpoint(ck.path, ck.kind, ck.config, tensors, ck.aux_files, ck.files)
     steps = [Step(t, {t.name: FieldSpec(t.shape, t.dtype)}, "copy") for t in tensors.values()]
-    rep = execute(Plan(view, "hf-bf16", steps, dict(ck.config)), out, overwrite=overwrite,
+    config = dict(ck.config)
+    if export is not None:
+        config["bitconv"] = {"format": "bf16-master", "source": "nanotron", "export": export.purpose,
+                             "scale_granularity": export.granularity, "holds": export.holds,
+                             "meaning": export.meaning}
+    rep = execute(Plan(view, "hf-bf16", steps, config), out, overwrite=overwrite,
                   max_shard_bytes=max_shard_bytes, progress=progress)
     rep.n_ternary = sum(1 for t in ck.tensors.values() if t.is_ternary)
     rep.n_passthrough = len(tensors) - rep.n_ternary
     rep.seconds = time.perf_counter() - t0
-    rep.extra = {"warnings": ck.warnings + _hf_warnings(ck, lifted), "scale_granularity":
-                 ck.info.granularity if ck.info.flavor.bitnet else None, "vocab_size": ck.info.vocab}
+    rep.extra = {"warnings": ck.warnings + _hf_warnings(ck, lifted),
+                 "export": export.purpose if export else None,
+                 "scale_granularity": export.granularity if export else None,
+                 "export_meaning": export.meaning if export else None, "vocab_size": ck.info.vocab}
     return rep
 
 
@@ -589,10 +621,4 @@ def _hf_warnings(ck: NanotronCheckpoint, lifted: bool) -> list[str]:
     if ck.info.tp > 1 and lifted:
         out.append(f"trained at TP={ck.info.tp}: nanotron quantized each rank's shard with its own scale; bitconv "
                    "uses one scale per fused tensor (TP=1 semantics)")
-    if lifted:
-        out.append("--scale-granularity fused: q/k/v and gate/up hold their fused-scale codes times one magnitude "
-                   "(same scale for q, k and v), not the training latents; pass per-projection to keep the latents")
-    else:
-        out.append("--scale-granularity per-projection: the latents are kept, and consumers quantize q, k, v (gate, "
-                   "up) separately, which differs from nanotron's fused scale")
     return out
