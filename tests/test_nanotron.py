@@ -289,6 +289,8 @@ def test_pp_without_parameters_refused(models, tmp_path):
     with pytest.raises(UsageError, match="--pp 2 leaves pp-rank 1 without parameters"):
         nc.to_nanotron(big, tmp_path / "b", pp=2, model="llama")
     assert nc.to_nanotron(big, tmp_path / "c", pp=2, model="bitnet").extra["pp_stages"]["lm_head"] == 1
+    with pytest.raises(UsageError, match=r"--pp 1000000000000 is more stages than the 5 parameter-holding"):
+        nc.to_nanotron(src, tmp_path / "e", pp=10**12)  # refused at once, no per-stage work
     with pytest.raises(UsageError, match="--pp must be >= 1"):
         nc.to_nanotron(src, tmp_path / "d", pp=0)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c"]

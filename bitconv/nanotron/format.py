@@ -263,6 +263,10 @@ def pp_stages(flavor: Flavor, dims: Dims, vocab: int, pp: int) -> dict[str, int]
     """
     if pp < 1:
         raise ValueError(f"--pp must be >= 1, got {pp}")
+    holders = dims.layers + 3  # embedding, decoder layers, final norm, lm_head: the blocks holding parameters
+    if pp > holders:
+        raise ValueError(f"--pp {pp} is more stages than the {holders} parameter-holding pipeline blocks of a "
+                         f"{dims.layers}-layer model: nanotron would leave a stage without parameters")
     out = _assign(flavor, dims, vocab, pp)
     empty = _empty_stages(out, pp)
     if empty:
