@@ -33,7 +33,7 @@ try:
 except ImportError:  # GGUF support not in this tree
     pack_gguf = None
 
-GGUF_TYPES = ("i2_s", "tl1", "tl2", "tq1_0", "tq2_0", "f16", "bf16", "f32")
+GGUF_TYPES = ("i2_s", "tl1", "tl2", "tq1_0", "tq2_0", "f16", "bf16", "f32", "iq1_bn", "iq2_bn", "iq2_bn_r4")
 HF_FORMATS = ("hf-autobitlinear", "hf-bitlinear", "bitconv-ternary")
 ARCHS = [("bitnet-2b4t", True), ("bitnet-2b4t", False), ("llama-bitnet", None), ("1bitllm", None)]
 needs_gguf = pytest.mark.skipif(pack_gguf is None, reason="GGUF writer not available")
