@@ -20,6 +20,8 @@ from bitconv import dtypes, pipeline
 from bitconv.cli import app
 from bitconv.layouts import get_layout
 from bitconv.naming import module_of
+from bitconv.nanotron import convert
+from bitconv.pipeline_gguf import pack_gguf
 from bitconv.quant import dequantize, ternarize
 from bitconv.sources import open_source
 from bitconv.tensors import Ternary
@@ -28,15 +30,9 @@ from bitconv.verify.check import check, find_checkpoints
 from bitconv.verify.parity import ParityMetrics, tokens_from_file, tokens_from_prompt
 from bitconv.verify.roundtrip import permute_qk, row_permutation, stored_scale
 
-try:
-    from bitconv.pipeline_gguf import pack_gguf
-except ImportError:  # GGUF support not in this tree
-    pack_gguf = None
-
 GGUF_TYPES = ("i2_s", "tl1", "tl2", "tq1_0", "tq2_0", "f16", "bf16", "f32")
 HF_FORMATS = ("hf-autobitlinear", "hf-bitlinear", "bitconv-ternary")
 ARCHS = [("bitnet-2b4t", True), ("bitnet-2b4t", False), ("llama-bitnet", None), ("1bitllm", None)]
-needs_gguf = pytest.mark.skipif(pack_gguf is None, reason="GGUF writer not available")
 
 runner = CliRunner()
 
@@ -76,16 +72,8 @@ def artifacts(models, tmp_path_factory):
 # ------------------------------------------------------------------------------------------------ round trips pass
 
 
-def _fmt_params():
-    out = []
-    for fmt in FORMATS:
-        marks = [needs_gguf] if fmt.startswith("gguf") else []
-        out.append(pytest.param(fmt, marks=marks))
-    return out
-
-
 @pytest.mark.parametrize("arch,tied", ARCHS)
-@pytest.mark.parametrize("fmt", _fmt_params())
+@pytest.mark.parametrize("fmt", FORMATS)
 def test_every_layout_round_trips_on_every_arch(artifacts, arch, tied, fmt):
     out, master = artifacts(arch, tied, fmt)
     rep = verify(out, master)
@@ -206,8 +194,7 @@ def mutated(artifacts, tmp_path: Path, fmt: str, mutation: Mutation, arch: str =
     return make(fmt, tmp_path / "mut-tern", tmp_path / "mut"), master, target
 
 
-MUT_FORMATS = [*HF_FORMATS, pytest.param("gguf-i2_s", marks=needs_gguf),
-               pytest.param("gguf-tq2_0", marks=needs_gguf), pytest.param("gguf-tl2", marks=needs_gguf)]
+MUT_FORMATS = [*HF_FORMATS, "gguf-i2_s", "gguf-tq2_0", "gguf-tl2"]
 
 
 def assert_fails_naming(rep, target: str, faults: tuple[str, ...]) -> None:
@@ -225,7 +212,6 @@ def test_mutation_fails_naming_tensor_and_fault(artifacts, tmp_path, fmt, what):
     assert_fails_naming(verify(out, master, run_parity=False), target, faults)
 
 
-@needs_gguf
 def test_llama_gguf_q_k_permutation_twice(artifacts, tmp_path):
     """Llama GGUFs permute q/k once on write; a source permuted twice more is still named."""
     out, master, target = mutated(artifacts, tmp_path, "gguf-i2_s", _qk_twice, "llama-bitnet", None)
@@ -430,7 +416,6 @@ def test_help_lists_verify_and_check():
 def test_nanotron_checkpoint_as_reference(models, tmp_path):
     """A Nanotron checkpoint (bf16 latents, ternarized on read) is a REF like a master: compute mode detected,
     parity runs online; its packed export passes and a mutated one fails."""
-    convert = pytest.importorskip("bitconv.nanotron.convert")
     convert.to_nanotron(models("llama-bitnet"), tmp_path / "nt")
     pipeline.pack_hf(tmp_path / "nt", tmp_path / "packed")
     rep = verify(tmp_path / "packed", tmp_path / "nt")
@@ -443,7 +428,6 @@ def test_nanotron_checkpoint_as_reference(models, tmp_path):
 def test_check_discovers_nanotron_checkpoint_as_master(models, tmp_path):
     """`bitconv check` on a training repo: the Nanotron checkpoint is the master its packed export is verified
     against; the checkpoint's model/ shards are not mistaken for checkpoints."""
-    convert = pytest.importorskip("bitconv.nanotron.convert")
     from bitconv.verify.check import check, find_checkpoints
 
     repo = tmp_path / "repo"
