@@ -110,10 +110,8 @@ def test_bad_target_and_options(models, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
-def test_shape_refused_names_tensor(tmp_path):
-    from bitconv import tiny
-
-    m = tiny.make_tiny(tmp_path / "m", "bitnet-2b4t", intermediate_size=770)
+def test_shape_refused_names_tensor(models, tmp_path):
+    m = models("bitnet-2b4t", intermediate_size=770)
     assert_one_line_error(run("pack", m, "-o", tmp_path / "p"), "gate_proj.weight", "[770, 256]", "% 4")
     assert not (tmp_path / "p").exists()
 

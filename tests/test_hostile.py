@@ -50,8 +50,9 @@ def no_debug(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def corpus_bases(tmp_path_factory: pytest.TempPathFactory) -> corpus._Bases:
+def corpus_bases(tmp_path_factory: pytest.TempPathFactory, models) -> corpus._Bases:
     corpus.BASES.root = tmp_path_factory.mktemp("corpus-bases")
+    corpus.BASES.tiny = models  # the bases' tiny masters come from the session's one factory
     return corpus.BASES
 
 

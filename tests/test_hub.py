@@ -55,13 +55,11 @@ def emu(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
 
 
 @pytest.fixture(scope="module")
-def packed(tmp_path_factory: pytest.TempPathFactory):
+def packed(tmp_path_factory: pytest.TempPathFactory, models):
     """Packed HF folders: "small" (default tiny) and "big" (untied, 12k vocab: model.safetensors > 10 MiB)."""
-    from bitconv import tiny
-
     base = tmp_path_factory.mktemp("hub-packed")
-    small = tiny.make_tiny(base / "small-src")
-    big = tiny.make_tiny(base / "big-src", tied=False, vocab_size=12288)
+    small = models()
+    big = models(tied=False, vocab_size=12288)
     return {"small-src": small, "small": pipeline.pack_hf(small, base / "small").out,
             "big": pipeline.pack_hf(big, base / "big").out}
 
