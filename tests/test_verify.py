@@ -405,7 +405,8 @@ def test_check_untied_without_lm_head_and_missing_path(models, tmp_path):
     save_file(st, m / "model.safetensors")
     rep = check(m, run_parity=False)
     assert any(f.fault == "tied" for f in rep.artifacts[0].findings) and rep.exit_code == 1
-    assert cli("check", tmp_path / "nothing").exit_code == 2
+    r = cli("check", tmp_path / "nothing")
+    assert r.exit_code == 2 and r.stderr == f"error: {tmp_path / 'nothing'}: no such file or folder\n", r.output
 
 
 def test_help_lists_verify_and_check():
