@@ -199,7 +199,8 @@ def test_upload_creates_repo_with_lfs_multipart(emu, packed):
     assert card.data.base_model == "microsoft/big" and "model.safetensors" in card.text
     again = run("upload", big, "alice/big-packed", "--token", TOKEN, "--base-model", "microsoft/big")
     assert again.exit_code == 0, again.output  # an unchanged re-upload is a no-op commit
-    assert "uploaded 3 files" in again.stdout and f"{emu.url}/alice/big-packed" in again.stdout
+    n_files = len(list(big.iterdir())) + 1  # and the generated README.md
+    assert f"uploaded {n_files} files" in again.stdout and f"{emu.url}/alice/big-packed/commit/" in again.stdout
     assert emu.read_files("alice/big-packed")["model.safetensors"] == (big / "model.safetensors").read_bytes()
 
 
