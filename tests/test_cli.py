@@ -80,6 +80,7 @@ def test_layouts_lists_registry():
     assert r.exit_code == 0 and all(name in r.stdout for name in rows)
 
 
+@pytest.mark.slow
 def test_demo_passes(tmp_path):
     r = run("demo", "--keep", tmp_path / "demo", "--json")
     assert r.exit_code == 0, r.output

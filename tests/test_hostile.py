@@ -161,6 +161,7 @@ def _run_with_rusage(cmd: list[str], limit: int, stderr: Path, timeout: float = 
     return p.returncode, stderr.read_text(), usage.ru_maxrss * 1024
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case_id", ["st-huge-shape-consistent-offsets", "gguf-huge-dims"])
 def test_end_to_end_lying_header(case_id, tmp_path):
     """`python -m bitconv` as a user runs it: exit 2, one line, no traceback, bounded memory (1.5 GiB address

@@ -201,6 +201,7 @@ def test_hf_rejects_bit_pattern_11():
         unpack_codes(np.array([[0b11]], dtype=np.uint8), 4, tensor="x.weight")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("out_features", [4, 8, 12, 64, 132, 384, 836])
 def test_hf_pack_equals_transformers_pack_weights(out_features):
     bitnet = pytest.importorskip("transformers.integrations.bitnet")

@@ -72,8 +72,15 @@ def artifacts(models, tmp_path_factory):
 # ------------------------------------------------------------------------------------------------ round trips pass
 
 
-@pytest.mark.parametrize("arch,tied", ARCHS)
-@pytest.mark.parametrize("fmt", FORMATS)
+# the inner loop (`-m "not slow"`) keeps one arch per packed family; CI runs every (arch, format) pair
+FAST_ROUND_TRIPS = {("hf-autobitlinear", "bitnet-2b4t", True), ("hf-bitlinear", "llama-bitnet", None),
+                    ("bitconv-ternary", "1bitllm", None), ("gguf-i2_s", "bitnet-2b4t", False),
+                    ("gguf-tq2_0", "bitnet-2b4t", True)}
+ROUND_TRIPS = [pytest.param(fmt, arch, tied, marks=[] if (fmt, arch, tied) in FAST_ROUND_TRIPS else [pytest.mark.slow])
+               for arch, tied in ARCHS for fmt in FORMATS]
+
+
+@pytest.mark.parametrize("fmt,arch,tied", ROUND_TRIPS)
 def test_every_layout_round_trips_on_every_arch(artifacts, arch, tied, fmt):
     out, master = artifacts(arch, tied, fmt)
     rep = verify(out, master)
@@ -93,6 +100,7 @@ def test_bfloat16_compute_is_detected(artifacts, fmt):
     assert rep.parity.ref_mode == "online (bfloat16)"
 
 
+@pytest.mark.slow
 def test_golden_artifacts_verify(golden_hf):
     for name in ("packed-autobitlinear-offline", "packed-bitlinear"):
         rep = verify(golden_hf / name, golden_hf / "input")
@@ -218,6 +226,7 @@ def test_llama_gguf_q_k_permutation_twice(artifacts, tmp_path):
     assert_fails_naming(verify(out, master, run_parity=False), target, ("qk-permutation",))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("what", ["inverted scale", "rows shifted", "re-quantized ternary weights"])
 def test_mutations_also_break_logit_parity(artifacts, tmp_path, what):
     out, master, _ = mutated(artifacts, tmp_path, "hf-autobitlinear", MUTATIONS[what][0])
@@ -292,6 +301,7 @@ def test_tokens_from_prompt_and_file(models, tmp_path):
 # ------------------------------------------------------------------------------------------------ CLI
 
 
+@pytest.mark.slow
 def test_cli_verify_pass_writes_reports(artifacts, tmp_path):
     out, master = artifacts("bitnet-2b4t", False, "hf-bitlinear")
     summary = tmp_path / "summary.md"
@@ -318,6 +328,7 @@ def test_cli_verify_failure_exit_1_and_junit_failure(artifacts, tmp_path):
     assert [f.get("type") for f in fails] == ["scale-inverted"]
 
 
+@pytest.mark.slow
 def test_cli_verify_json_stdout_and_threshold_flags(artifacts):
     out, master = artifacts("llama-bitnet", None, "hf-autobitlinear")
     r = cli("verify", out, "--ref", master, "--json", "-", "--max-rel-dlogit", "0", "--min-top1", "0.5",
@@ -363,6 +374,7 @@ def _online(folder: Path) -> None:
     (folder / "config.json").write_text(json.dumps(cfg))
 
 
+@pytest.mark.slow
 def test_check_repo_folder_passes(artifacts, tmp_path):
     repo = _repo(artifacts, tmp_path / "repo")
     _online(repo / "bf16")
@@ -414,6 +426,7 @@ def test_help_lists_verify_and_check():
     assert r.exit_code == 0 and "verify" in r.output and "check" in r.output
 
 
+@pytest.mark.slow
 def test_nanotron_checkpoint_as_reference(models, tmp_path):
     """A Nanotron checkpoint (bf16 latents, ternarized on read) is a REF like a master: compute mode detected,
     parity runs online; its packed export passes and a mutated one fails."""

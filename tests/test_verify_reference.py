@@ -93,6 +93,7 @@ def variants(models, tmp_path_factory):
     return get
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch,tied", [("bitnet-2b4t", True), ("bitnet-2b4t", False), ("llama-bitnet", None)])
 @pytest.mark.parametrize("variant", ["online", "autobitlinear", "bitlinear"])
 def test_reference_equals_transformers(variants, arch, tied, variant):
@@ -102,11 +103,13 @@ def test_reference_equals_transformers(variants, arch, tied, variant):
     assert torch.equal(got, want), float((got - want).abs().max())
 
 
+@pytest.mark.slow
 def test_plain_master_equals_dense_transformers(variants):
     hf_dir, ref_dir, mode = variants("bitnet-2b4t", True, "plain")
     assert torch.equal(reference_logits(open_source(ref_dir), IDS, mode), _hf_logits(hf_dir, IDS))
 
 
+@pytest.mark.slow
 def test_1bitllm_graph_equals_transformers_bitnet_with_silu(models, tmp_path):
     """1bitLLM = BitNet's graph with silu and other sub-norm names: transformers' BitNet class runs it."""
     master = models("1bitllm")
@@ -168,6 +171,7 @@ def _has_cpu_flag(flag: str) -> bool:
 
 @pytest.mark.skipif(not _has_cpu_flag("avx512_bf16"), reason="the golden's GEMM kernel (AVX512-BF16) needs a CPU "
                     "with avx512_bf16; the 1-ulp bound above still runs")
+@pytest.mark.slow
 def test_reference_equals_golden_logits_on_the_recording_kernel(golden_hf):
     """With oneDNN held to the recording machine's kernel, every golden case is bit-identical (bound 0)."""
     script = ("import json, sys, torch\n"
