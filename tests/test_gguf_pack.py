@@ -130,8 +130,7 @@ def test_golden_files_decode_to_master_codes(ref):
 
 
 @pytest.mark.parametrize("gguf_type", list(GGUF_TARGETS))
-@pytest.mark.parametrize("arch", ["bitnet-2b4t", pytest.param("llama-bitnet", marks=pytest.mark.slow),
-                                  pytest.param("1bitllm", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("arch", ["bitnet-2b4t", "llama-bitnet", "1bitllm"])
 def test_round_trip_every_type(models, tmp_path, arch, gguf_type):
     m = models(arch)
     src = open_source(m)
@@ -170,7 +169,6 @@ def test_llama_rows_are_permuted_in_the_file(models, tmp_path):
         assert np.array_equal(stored, want) and (heads is None or not np.array_equal(stored, codes))
 
 
-@pytest.mark.slow
 def test_gguf_py_reads_and_dequantizes(models, tmp_path):
     """gguf-py's GGUFReader opens the upstream types; its dequantized weights equal codes * scale (fp16 bound)."""
     m = models("1bitllm")

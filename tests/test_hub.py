@@ -119,7 +119,6 @@ def test_scrub_removes_explicit_env_and_shaped_tokens(monkeypatch):
 # ------------------------------------------------------------------------------------------------ download
 
 
-@pytest.mark.slow
 def test_repo_id_src_downloads_only_what_it_needs_then_pack_and_push(emu, packed, tmp_path):
     _seed_source(emu, packed["small-src"])
     out = tmp_path / "out"
@@ -260,7 +259,6 @@ def test_upload_errors_are_one_line(emu, packed, tmp_path):
 # ------------------------------------------------------------------------------------------------ the token
 
 
-@pytest.mark.slow
 def test_token_never_appears_in_any_output(emu, packed, tmp_path, caplog, capfd, monkeypatch):
     caplog.set_level(logging.DEBUG)
     _seed_source(emu, packed["small-src"], "meta/gated", gated=True, granted=("alice",))

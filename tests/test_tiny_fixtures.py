@@ -92,7 +92,6 @@ def no_dynamo():
         yield
 
 
-@pytest.mark.slow
 def test_same_arguments_give_identical_bytes(fixtures_dir, tmp_path):
     for name, kwargs in VARIANTS.items():
         assert digests(make_tiny(tmp_path / name, **kwargs)) == digests(fixtures_dir / name), name
