@@ -119,6 +119,13 @@ class GGUFPlan:
         header, _ = build_header(self.kvs, self.entries)
         return len(header) + sum(pad(e.nbytes) for e in self.entries)
 
+    @property
+    def peak_bytes(self) -> int:
+        """Planned peak memory (`bitconv.memory`)."""
+        from bitconv.memory import peak_estimate
+
+        return peak_estimate([(s.tensor, s.action, s.entry.nbytes) for s in self.steps], self.compute)
+
     def rows(self) -> list[list]:
         """(GGUF name, action, HF shape, type, bytes) per tensor, for --dry-run."""
         return [[s.entry.name, s.action, list(s.tensor.shape), s.type_name, s.entry.nbytes] for s in self.steps]
@@ -313,10 +320,12 @@ def execute_gguf(plan: GGUFPlan, out: str | Path, *, overwrite: bool = False,
         with guard as tmp:
             writer = GGUFWriter(tmp, plan.kvs, plan.entries)
             try:
-                for i, step in enumerate(plan.steps):
+                done, total = 0, sum(s.entry.nbytes for s in plan.steps)
+                for step in plan.steps:
                     if progress:
-                        progress(i, len(plan.steps), step.tensor.name)
+                        progress(done, total, step.tensor.name)
                     writer.write(step.entry.name, _step_data(step, plan))
+                    done += step.entry.nbytes
                 writer.close(fsync=os.environ.get("BITCONV_FSYNC") == "1")
             except BaseException:
                 writer.abort()
@@ -334,7 +343,8 @@ def execute_gguf(plan: GGUFPlan, out: str | Path, *, overwrite: bool = False,
     finally:
         ini_tmp.unlink(missing_ok=True)
     if progress:
-        progress(len(plan.steps), len(plan.steps), "")
+        total = sum(s.entry.nbytes for s in plan.steps)
+        progress(total, total, "")
     n_tern = sum(1 for s in plan.steps if s.action != "convert")
     files = [guard.out] + ([ini] if ini is not None else [])
     extra = dict(plan.extra, **({"kernel_config": str(ini)} if ini is not None else {}))

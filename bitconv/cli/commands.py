@@ -133,12 +133,13 @@ def _print_gguf_plan(plan: object, as_json: bool) -> None:
     rows = plan.rows()
     if as_json:
         render.print_json({"target": f"gguf-{plan.gguf_type}", "source_kind": plan.source.kind,
-                           "total_bytes": plan.total_bytes, "gguf": plan.extra,
+                           "total_bytes": plan.total_bytes, "peak_memory_bytes": plan.peak_bytes, "gguf": plan.extra,
                            "tensors": [dict(zip(("name", "action", "shape", "type", "bytes"), r)) for r in rows]})
         return
     render.table(f"plan: {plan.source.kind} -> gguf {plan.gguf_type} (arch {plan.arch.name}, {plan.profile})",
                  ["tensor", "action", "shape", "type", "bytes"], rows)
-    render.out.print(f"total {render.human_bytes(plan.total_bytes)}; nothing written (--dry-run)")
+    render.out.print(f"total {render.human_bytes(plan.total_bytes)}, peak memory about "
+                     f"{render.human_bytes(plan.peak_bytes)}; nothing written (--dry-run)")
     if "codegen" in plan.extra:
         cg = plan.extra["codegen"]
         render.out.print(f"codegen: {cg['script']} --model {cg['model']} --BM {','.join(map(str, cg['BM']))} "
@@ -149,10 +150,12 @@ def _print_plan(plan: pipeline.Plan, as_json: bool) -> None:
     rows = [[n, s.action, list(f.shape), f.dtype, f.nbytes] for s in plan.steps for n, f in s.outputs.items()]
     if as_json:
         render.print_json({"target": plan.target, "source_kind": plan.source.kind, "total_bytes": plan.total_bytes,
+                           "peak_memory_bytes": plan.peak_bytes,
                            "tensors": [dict(zip(("name", "action", "shape", "dtype", "bytes"), r)) for r in rows]})
         return
     render.table(f"plan: {plan.source.kind} -> {plan.target}", ["tensor", "action", "shape", "dtype", "bytes"], rows)
-    render.out.print(f"total {render.human_bytes(plan.total_bytes)}; nothing written (--dry-run)")
+    render.out.print(f"total {render.human_bytes(plan.total_bytes)}, peak memory about "
+                     f"{render.human_bytes(plan.peak_bytes)}; nothing written (--dry-run)")
 
 
 @app.command()
