@@ -23,7 +23,7 @@ from bitconv.errors import UsageError
 from bitconv.layouts import Layout, get_layout
 from bitconv.layouts.hf_packed import HF_LAYOUTS
 from bitconv.naming import module_of
-from bitconv.output import AtomicOutput, check_free_space
+from bitconv.output import AtomicOutput, check_free_space, precheck
 from bitconv.quant import COMPUTE_MODES, dequantize
 from bitconv.safetensors_io import OutEntry
 from bitconv.sinks.hf import DEFAULT_MAX_SHARD_BYTES, HFSink
@@ -230,6 +230,7 @@ def quantize(src: str | Path, out: str | Path, *, compute: str = "float32", over
     Example:
         >>> quantize("bitnet-bf16", "bitnet-ternary")
     """
+    precheck(out, overwrite)
     return execute(plan_quantize(open_source(src), compute), out, overwrite=overwrite,
                    max_shard_bytes=max_shard_bytes, progress=progress)
 
@@ -238,6 +239,7 @@ def pack_hf(src: str | Path, out: str | Path, *, linear_class: str = "autobitlin
             overwrite: bool = False, max_shard_bytes: int | None = DEFAULT_MAX_SHARD_BYTES,
             progress: Progress | None = None) -> Report:
     """Write a transformers-loadable packed checkpoint. Already-ternary sources are never re-quantized."""
+    precheck(out, overwrite)
     return execute(plan_pack_hf(open_source(src), linear_class, compute), out, overwrite=overwrite,
                    max_shard_bytes=max_shard_bytes, progress=progress)
 
@@ -250,5 +252,6 @@ def unpack_hf(src: str | Path, out: str | Path, *, values: str = "online", overw
     transformers' online quantizer maps back to exactly these codes and this scale: the loaded model is the packed
     model. `values="dequantized"` writes plain `bf16(codes * scale)`; online mode then sees scale * p instead.
     """
+    precheck(out, overwrite)
     return execute(plan_unpack_hf(open_source(src), values), out, overwrite=overwrite,
                    max_shard_bytes=max_shard_bytes, progress=progress)

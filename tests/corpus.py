@@ -355,7 +355,7 @@ def _lying_shard(index: dict, src: Path) -> None:
 
 INDEXED = [
     Case("idx-names-missing-shard", _index(_missing_shard), ("but the file is missing", "model-0000"), INDEX),
-    Case("idx-shard-is-a-folder", _index(_shard_is_folder), ("but the file is missing",), INDEX),
+    Case("idx-shard-is-a-folder", _index(_shard_is_folder), ("is a folder, not a regular file",), ".safetensors"),
     Case("idx-lists-tensor-shard-lacks",
          _index(lambda i, s: i["weight_map"].update({"model.layers.7.mlp.up_proj.weight": i["weight_map"][Q]})),
          ("index lists 'model.layers.7.mlp.up_proj.weight'", "does not hold it"), "model-0000"),

@@ -464,7 +464,8 @@ def test_sigkill_mid_write_leaves_no_output(tmp_path):
             assert p.poll() is None, p.stderr.read().decode()
             assert time.monotonic() < deadline, "pack never reached its third tensor"
             time.sleep(0.02)
-        tmp = tmp_path / f"{TMP_PREFIX}packed"
+        tmp = Path(flag.read_text()).parent
+        assert tmp.name.startswith(f"{TMP_PREFIX}packed-{p.pid}-")  # unique per run: OUT, pid, random
         shards = sorted(tmp.glob("model-*-of-*.safetensors"))
         assert len(shards) >= 3 and Path(flag.read_text()).parent == tmp and not out.exists()
     finally:
@@ -473,7 +474,7 @@ def test_sigkill_mid_write_leaves_no_output(tmp_path):
         p.stderr.close()
     assert p.returncode == -signal.SIGKILL
     assert not out.exists()
-    assert sorted(x.name for x in tmp_path.iterdir() if x.name.startswith(TMP_PREFIX)) == [f"{TMP_PREFIX}packed"]
+    assert sorted(x.name for x in tmp_path.iterdir() if x.name.startswith(TMP_PREFIX)) == [tmp.name]
     r = runner.invoke(app, args, catch_exceptions=False)
     assert r.exit_code == 0, r.output
     assert not tmp.exists() and not leftovers(tmp_path)
@@ -551,7 +552,7 @@ def test_not_enough_space_refused_up_front(tmp_path, monkeypatch):
     before = snapshot(tmp_path)
     monkeypatch.setattr(output.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9 - 4096, 4096))
     r = runner.invoke(app, ["quantize", str(src), "-o", str(tmp_path / "out")])
-    assert_clean_failure(r, tmp_path, before, "not enough disk space", "MiB are free")
+    assert_clean_failure(r, tmp_path, before, "not enough disk space", "headroom", "KiB are free")
 
 
 def _nt_yaml(tmp_path: Path, old: str, new: str) -> Path:

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from bitconv import safeio
 from bitconv.errors import SourceError, UsageError
 from bitconv.ggml_types import UPSTREAM_MEANING, GGMLType
 from bitconv.gguf.kv import KV, SCALARS, ValueType
@@ -141,13 +142,13 @@ def _vtype(v: int, key: str, path: Path) -> ValueType:
         raise SourceError(f"corrupt GGUF: unknown metadata value type {v} for {key!r}", path=path) from None
 
 
-def read_gguf(path: str | Path, dialect: str = "auto") -> GGUFFile:
+def read_gguf(path: str | Path, dialect: str = "auto", *, user_named: bool = True) -> GGUFFile:
     """Parse and validate a GGUF file's header. Tensor data is read later with `GGUFFile.read`."""
     if dialect not in DIALECTS:
         raise UsageError(f"GGUF dialect must be one of {', '.join(DIALECTS)}, got {dialect!r}")
     p = Path(path)
     try:
-        with open(p, "rb") as f:
+        with safeio.opened(p, user_named=user_named) as f:
             size = os.fstat(f.fileno()).st_size
             if size < 24:
                 head = f.read(4)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -31,11 +30,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bitconv import dtypes
-from bitconv.errors import SourceError, UsageError
+from bitconv import dtypes, safeio
+from bitconv.errors import OutputError, SourceError, UsageError
 from bitconv.nanotron import format as nt
 from bitconv.nanotron import yamlish
-from bitconv.output import AtomicOutput, check_free_space
+from bitconv.output import AtomicOutput, check_free_space, precheck
 from bitconv.pipeline import Plan, Progress, Report, Step, execute
 from bitconv.quant import COMPUTE_MODES, ternarize
 from bitconv.safetensors_io import OutEntry, build_header
@@ -382,6 +381,7 @@ def to_nanotron(src: str | Path | Checkpoint, out: str | Path, *, tp: int = 1, m
         raise UsageError(f"version must be one of {', '.join(nt.KNOWN_VERSIONS)}, got {version!r}")
     if make_vocab_size_divisible_by < 1:
         raise UsageError("--make-vocab-size-divisible-by must be >= 1")
+    precheck(out, overwrite)
     ck = src if isinstance(src, Checkpoint) else open_source(src)
     name = model or _default_flavor(ck)
     if name not in nt.FLAVORS:
@@ -408,19 +408,24 @@ def to_nanotron(src: str | Path | Checkpoint, out: str | Path, *, tp: int = 1, m
     custom = {"bitconv": {"vocab_size": vocab, "source_kind": ck.kind, "hf_config": _hf_config_record(ck)}}
     guard = AtomicOutput(out, overwrite=overwrite, inputs=(ck.path,))
     total = sum(p.nbytes for p in params)
-    check_free_space(guard.out.parent, total)
+    # the shards, one filesystem block per file for headers and tails, the configs, and the side files copied along
+    side = sum(f.stat().st_size for f in ck.aux_files)
+    check_free_space(guard.out.parent, total + 4096 * len(params) * max(tp, 1) + (64 << 10) + side)
     tokenizer = str(guard.out.resolve()) if any(f.name.startswith("tokenizer") for f in ck.aux_files) else None
     files: list[Path] = []
     with guard as tmp:
         model_dir = tmp / "model"
-        for i, p in enumerate(params):
-            if progress:
-                progress(i, len(params), p.name)
-            tensor = p.make()
-            _check_shape(p, tensor)
-            files += write_param(model_dir, p.name, tensor, p.sharding, tp, version)
-        _write_configs(tmp, flavor, mc, tp, version, custom, str(guard.out.resolve()), make_vocab_size_divisible_by,
-                       tokenizer, ck.aux_files)
+        try:
+            for i, p in enumerate(params):
+                if progress:
+                    progress(i, len(params), p.name)
+                tensor = p.make()
+                _check_shape(p, tensor)
+                files += write_param(model_dir, p.name, tensor, p.sharding, tp, version)
+            _write_configs(tmp, flavor, mc, tp, version, custom, str(guard.out.resolve()),
+                           make_vocab_size_divisible_by, tokenizer, ck.aux_files)
+        except OSError as e:
+            raise OutputError(f"cannot write: {e.strerror or e}", path=e.filename or tmp) from None
     if progress:
         progress(len(params), len(params), "")
     warnings += _conversion_warnings(b, ck, flavor)
@@ -466,7 +471,7 @@ def _write_configs(tmp: Path, flavor: nt.Flavor, mc: dict, tp: int, version: str
     cfg = config_yaml_dict(flavor, mc, tp, init_path, multiple, tokenizer)
     (tmp / "config.yaml").write_text(yamlish.dump(cfg), encoding="utf-8")
     for f in aux:
-        shutil.copyfile(f, tmp / f.name)
+        safeio.copy_input(f, tmp / f.name)
     if os.environ.get("BITCONV_FSYNC") == "1":
         for p in tmp.rglob("*"):
             if p.is_file():
@@ -514,6 +519,7 @@ def to_hf(src: str | Path | NanotronCheckpoint, out: str | Path, *, scale_granul
         raise UsageError(f"--compute must be one of {', '.join(COMPUTE_MODES)}, got {compute!r}")
     if scale_granularity is not None and scale_granularity not in GRANULARITIES:
         raise UsageError(f"--scale-granularity must be one of {', '.join(GRANULARITIES)}, got {scale_granularity!r}")
+    precheck(out, overwrite)
     if isinstance(src, NanotronCheckpoint) and scale_granularity not in (None, src.info.granularity):
         src = open_nanotron(src.path, vocab_size=vocab_size or src.info.vocab, scale_granularity=scale_granularity)
     ck = src if isinstance(src, NanotronCheckpoint) else _open_nanotron_src(src, vocab_size, scale_granularity)
