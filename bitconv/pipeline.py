@@ -19,7 +19,7 @@ import numpy as np
 
 from bitconv import dtypes
 from bitconv._alloc import keep_freed_memory
-from bitconv.errors import UsageError
+from bitconv.errors import SourceError, UsageError
 from bitconv.layouts import Layout, get_layout
 from bitconv.layouts.hf_packed import HF_LAYOUTS
 from bitconv.naming import module_of
@@ -83,7 +83,21 @@ def _layout_steps(src: Checkpoint, layout: Layout) -> list[Step]:
             steps.append(Step(t, outs, "pack"))
         else:
             steps.append(Step(t, {t.name: FieldSpec(t.shape, t.dtype)}, "copy"))
+    _check_unique_outputs(steps, src)
     return steps
+
+
+def _check_unique_outputs(steps: list[Step], src: Checkpoint) -> None:
+    """Two source tensors that would write the same output tensor (e.g. a stored `q_proj.weight_scale` beside the
+    one packing makes) are refused before anything is written."""
+    seen: dict[str, str] = {}
+    for s in steps:
+        for name in s.outputs:
+            if name in seen:
+                raise SourceError(f"tensors {seen[name]!r} and {s.tensor.name!r} would both write output tensor "
+                                  f"{name!r}", path=src.path, hint="the checkpoint mixes master and quantized "
+                                  "tensors")
+            seen[name] = s.tensor.name
 
 
 def _check_compute(compute: str) -> None:

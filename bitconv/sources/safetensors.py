@@ -18,7 +18,7 @@ from bitconv.layouts.hf_packed import HF_LAYOUTS, unpack_codes
 from bitconv.quant import Workspace, ternarize
 from bitconv.safetensors_io import TensorInfo, read_array, read_header
 from bitconv.sources import Checkpoint, ModelTensor
-from bitconv.tensors import Ternary
+from bitconv.tensors import Ternary, checked_scale
 
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
@@ -204,6 +204,11 @@ def _check_dtype(info: TensorInfo, allowed: tuple[str, ...], what: str) -> None:
 def _logical_master(folder: Path, stored: dict[str, TensorInfo]) -> dict[str, ModelTensor]:
     out = {}
     for name, info in sorted(stored.items()):
+        if name.endswith(".weight_scale") and naming.is_ternary(name.removesuffix("_scale"), 2):
+            raise SourceError("a bf16 master stores a weight_scale for this projection: the checkpoint mixes master "
+                              "and quantized tensors", path=info.path, tensor=name,
+                              hint="a master holds only float projection weights; remove the scale or use the "
+                              "packed checkpoint it came from")
         if naming.is_ternary(name, len(info.shape)):
             _check_dtype(info, ("BF16", "F16", "F32"), "a master projection weight")
 
@@ -229,7 +234,8 @@ def _scale_info(stored: dict[str, TensorInfo], name: str, folder: Path) -> Tenso
 
 
 def _scalar(info: TensorInfo) -> np.float32:
-    return np.float32(load_torch(info).float().reshape(-1)[0].item())
+    """The one value of a stored weight_scale; NaN, ±Inf, 0 or negative is refused naming the tensor."""
+    return checked_scale(load_torch(info).float().reshape(-1)[0].item(), tensor=info.name, path=info.path)
 
 
 def _logical_packed(folder: Path, stored: dict[str, TensorInfo], inverted: bool) -> dict[str, ModelTensor]:
