@@ -300,3 +300,30 @@ def precheck(out: str | Path, overwrite: bool = False) -> None:
     check_parent(out)
     if os.path.lexists(out) and not overwrite:
         raise OutputError("already exists", path=out, hint="pass --overwrite to replace it")
+
+
+def check_report_path(path: Path, inputs: tuple[Path, ...] | list[Path]) -> None:
+    """A report file may not be an input: not an input file (by device and inode: links and hard links included),
+    not an input folder, not a file inside an input GGUF's place. Refused before anything is written."""
+    ident = _ident(path)
+    if ident is None:
+        return  # a new file aliases nothing
+    for src in inputs:
+        src = Path(src)
+        if _ident(src) == ident or (src.is_dir() and any(_ident(f) == ident for f in _input_files(src))):
+            raise OutputError(f"report path is an input file of {str(src)!r}; writing the report would destroy it",
+                              path=path, hint="choose another report path")
+    if os.path.isdir(path):
+        raise OutputError("report path is a folder", path=path)
+
+
+def write_report(path: Path, text: str, inputs: tuple[Path, ...] | list[Path] = ()) -> None:
+    """Write a report atomically: a unique temporary beside `path`, renamed over it when complete."""
+    check_report_path(path, inputs)
+    tmp = path.parent / f"{TMP_PREFIX}{path.name}-{os.getpid()}-{secrets.token_hex(4)}"
+    try:
+        with open(tmp, "x", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        _remove(tmp)

@@ -877,3 +877,20 @@ def check_unique() -> None:
 
 
 check_unique()
+
+
+# ------------------------------------------------------------------------------------------------------ config fuzz
+# 27 config.json keys x 16 values x 8 commands: every run ends in exit 0 or a one-line exit 2, never exit 3.
+
+CONFIG_FUZZ_KEYS = (
+    "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+    "vocab_size", "head_dim", "max_position_embeddings", "rms_norm_eps", "rope_theta", "hidden_act",
+    "tie_word_embeddings", "architectures", "model_type", "rope_scaling", "attention_bias", "mlp_bias",
+    "bos_token_id", "eos_token_id", "pad_token_id", "initializer_range", "torch_dtype", "quantization_config",
+    "use_cache", "pretraining_tp", "rope_parameters", "bitconv")
+CONFIG_FUZZ_VALUES = (None, "x", -1, 0, 1, 2**40, 1.5, float("nan"), float("inf"), True, [], [1, "a"], {},
+                      {"a": [1]}, "", -1e30)
+CONFIG_FUZZ_COMMANDS = (
+    INSPECT, ("check", "{src}"), PACK, ("pack", "{src}", "--to", "gguf", "--type", "i2_s", "-o", "{out}.gguf"),
+    ("pack", "{src}", "--to", "gguf", "--type", "tq2_0", "-o", "{out}.gguf"), QUANTIZE,
+    ("convert", "{src}", "--to", "nanotron", "-o", "{out}"), ("pack", "{src}", "--dry-run", "--json", "-o", "{out}"))
