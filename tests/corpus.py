@@ -428,8 +428,8 @@ CONFIGS = [
          CONFIG),
     Case("cfg-more-layers-than-weights", _cfg_set(num_hidden_layers=2),
          ("num_hidden_layers is 2 but tensor 'model.layers.1.self_attn.q_proj.weight' is missing",), CONFIG),
-    Case("cfg-architectures-not-a-list", _cfg_set(architectures=5), ("architectures is 5, not a non-empty list",), CONFIG,
-         INSPECT),
+    Case("cfg-architectures-not-a-list", _cfg_set(architectures=5), ("architectures is 5, not a non-empty list",),
+         CONFIG, INSPECT),
     Case("cfg-unknown-linear-class", _cfg(lambda c: c["quantization_config"].update(linear_class="foo"), "packed"),
          ("quantization_config.linear_class 'foo'",), CONFIG),
 ]
