@@ -26,6 +26,7 @@ from bitconv.errors import OutputError, SourceError
 from bitconv.validate import refuse_pickle, sniff_pickle
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # the limit the safetensors package enforces
+MAX_TENSORS = 1 << 18  # tensors per file (real checkpoints hold a few thousand at most)
 _COPY_CHUNK = 64 * 1024 * 1024
 _NO_COPY_RANGE = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF, errno.EPERM}
 
@@ -67,6 +68,10 @@ def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
             raw = f.read(n)
     except OSError as e:
         raise SourceError(f"cannot read: {e.strerror or e}", path=path) from None
+    entries = raw.count(b'"data_offsets"')
+    if entries > MAX_TENSORS:  # counted before parsing: each entry costs ~1 KiB of Python objects once parsed
+        raise SourceError(f"corrupt safetensors header: {entries} tensor entries; bitconv reads at most "
+                          f"{MAX_TENSORS} per file", path=path)
     try:
         header = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:

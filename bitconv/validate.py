@@ -12,6 +12,7 @@ unpickling runs code chosen by whoever wrote the file. bitconv reads safetensors
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -228,11 +229,18 @@ def pickled_in(folder: Path) -> list[Path]:
 
 def not_a_checkpoint(path: Path) -> SourceError:
     """The error for a SRC that is neither a folder nor a .gguf/.safetensors file (a pickle gets its own)."""
+    from bitconv import safeio
+
     try:
-        with open(path, "rb") as f:
-            what = sniff_pickle(f.read(8))
+        fd = safeio.open_input(path, user_named=True)  # a FIFO or device is refused here, never read (no hang)
+    except SourceError as e:
+        return e
+    try:
+        what = sniff_pickle(os.read(fd, 8))
     except OSError:
         what = None
+    finally:
+        os.close(fd)
     if what is not None or path.suffix.lower() in PICKLE_SUFFIXES:
         return refuse_pickle(path, what)
     return SourceError("not a checkpoint: expected a folder with config.json and *.safetensors, or a .gguf file",
