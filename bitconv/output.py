@@ -186,7 +186,7 @@ class AtomicOutput:
 
     def _clean_stale(self) -> None:
         """Remove temporaries of dead runs on this OUT (we hold the lock, so no live run is writing it)."""
-        for prefix in (TMP_PREFIX, OLD_PREFIX):
+        for prefix in (OLD_PREFIX, TMP_PREFIX):
             stem = f"{prefix}{self.out.name}-"
             try:
                 names = os.listdir(self.out.parent)
@@ -199,6 +199,13 @@ class AtomicOutput:
                 if len(rest) < 2 or not rest[-2].isdigit():
                     continue
                 if not _pid_alive(int(rest[-2])) or int(rest[-2]) == os.getpid():
+                    if prefix == OLD_PREFIX and not os.path.lexists(self.out):
+                        # killed between its two renames: the old OUT was aside and the new one not yet in
+                        try:
+                            os.rename(self.out.parent / name, self.out)
+                            continue
+                        except OSError:
+                            pass
                     _remove(self.out.parent / name)
             legacy = self.out.parent / f"{prefix}{self.out.name}"  # older bitconv's fixed name
             if os.path.lexists(legacy):

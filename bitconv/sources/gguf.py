@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import functools
+import os
 from pathlib import Path
 
 import numpy as np
@@ -113,7 +114,7 @@ def _layout(g: GGUFFile, tname: str) -> Layout:
 
 def _kernel_config_path(path: Path) -> Path:
     for cand in (path.with_name(f"{path.stem}.{_KERNEL_CONFIG}"), path.with_name(_KERNEL_CONFIG)):
-        if cand.is_file():
+        if os.path.lexists(cand):  # then read through safeio: a link out of the folder or a FIFO is refused
             return cand
     raise SourceError(f"TL1/TL2 tensors need the {_KERNEL_CONFIG} they were packed with, next to the file",
                       path=path, hint=f"copy it to {path.with_name(_KERNEL_CONFIG)}")

@@ -320,7 +320,8 @@ def _read_yaml(folder: Path, warnings: list[str]) -> dict:
     except RecursionError:
         raise SourceError("config.yaml is nested too deeply to be a nanotron config", path=path) from None
     except (yamlish.YamlError, UnicodeDecodeError) as e:
-        warnings.append(f"{path}: not read ({e}); using model_config.json")
+        why = str(e) if len(str(e)) <= 200 else str(e)[:200] + "..."
+        warnings.append(f"{path}: not read ({why}); using model_config.json")
         return {}
     return data if isinstance(data, dict) else {}
 
