@@ -284,13 +284,15 @@ def _remove(p: Path) -> None:
 
 
 def check_free_space(folder: Path, needed: int) -> None:
-    """Refuse up front when the output cannot fit: it needs `needed` bytes plus a headroom of 1 % + 4 MiB (for the
-    filesystem's own blocks); the message says both numbers."""
+    """Refuse up front when the output cannot fit: it needs `needed` bytes plus a headroom (1 % of the output, plus
+    4 MiB or 1 % of the filesystem, whichever is smaller, for the filesystem's own blocks); the message states the
+    output, the headroom and what is free, so a small filesystem is never refused with an unexplained gap."""
     probe = folder
     while not probe.exists():
         probe = probe.parent
-    free = shutil.disk_usage(probe).free
-    headroom = needed // 100 + (4 << 20)
+    usage = shutil.disk_usage(probe)
+    free = usage.free
+    headroom = needed // 100 + min(4 << 20, usage.total // 100)
     if needed + headroom > free:
         raise OutputError(f"not enough disk space: the output needs {_mib(needed)} (+ {_mib(headroom)} headroom), "
                           f"{_mib(free)} are free", path=folder, hint="free space or choose another -o")
