@@ -195,7 +195,7 @@ def test_end_to_end_lying_header(case_id, tmp_path):
 
 
 def test_all_zero_projection_is_accepted_as_documented(tmp_path):
-    """An all-zero projection is not refused: codes all 0 and scale 1e-5 (the absmean floor), see docs/refuses.md."""
+    """An all-zero projection is not refused: codes all 0 and scale 1e-5 (the absmean floor), see docs/refusals.md."""
     src = corpus.clone("st", tmp_path)
     corpus._values(corpus.Q, 0.0)(src / "model.safetensors")
     t = open_source(src).tensors[corpus.Q].ternary()
