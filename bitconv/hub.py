@@ -113,8 +113,20 @@ def use_token(token: str | None) -> None:
     _DEFAULT_TOKEN["token"] = token or None
 
 
+def check_token_shape(token: str | None, what: str = "--token") -> None:
+    """A token is printable ASCII without spaces; anything else (a control character, a newline, a non-ASCII
+    letter) is refused before any request, and the message never repeats it."""
+    if token is not None and not (token.isascii() and token.isprintable() and " " not in token):
+        raise UsageError(f"{what} holds a control, space or non-ASCII character; a Hugging Face token is printable "
+                         "ASCII (the value is not shown)")
+
+
 def _token(token: str | None) -> str | None:
-    return token or _DEFAULT_TOKEN["token"]
+    tok = token or _DEFAULT_TOKEN["token"]
+    check_token_shape(tok)
+    if tok is None:
+        check_token_shape(os.environ.get("HF_TOKEN") or None, "HF_TOKEN")
+    return tok
 
 
 def _saved_token() -> str | None:
@@ -130,7 +142,12 @@ def scrub(text: str, token: str | None = None) -> str:
     """`text` without any token this process knows (explicit, --token, HF_TOKEN, saved login) or `hf_...` token."""
     for secret in {token, _DEFAULT_TOKEN["token"], os.environ.get("HF_TOKEN"), _saved_token()}:
         if secret and len(secret) >= 4:
-            text = text.replace(secret, "***")
+            # the token as it is, and as reprs and escapes print it (an exception message may hold any of these)
+            forms = {secret, repr(secret)[1:-1], secret.encode("unicode_escape").decode("ascii"),
+                     repr(secret.encode("utf-8"))[2:-1], secret.strip()}
+            for form in sorted(forms, key=len, reverse=True):
+                if len(form) >= 4:
+                    text = text.replace(form, "***")
     return _TOKEN_SHAPE.sub("hf_***", text)
 
 

@@ -233,12 +233,12 @@ class KernelConfig:
         Path(path).write_text(self.to_ini(), encoding="utf-8", newline="\n")
 
     @classmethod
-    def from_ini(cls, path: str | Path, kind: str | None = None) -> KernelConfig:
+    def from_ini(cls, path: str | Path, kind: str | None = None, *, user_named: bool = False) -> KernelConfig:
+        """Read a kernel_config.ini (a regular file of at most 1 MiB, UTF-8; never written back)."""
+        from bitconv import safeio
+
         p = Path(path)
-        try:
-            text = p.read_text(encoding="utf-8")
-        except OSError as e:
-            raise LayoutError(f"cannot read kernel config: {e.strerror}", path=p) from None
+        text = safeio.read_text(p, safeio.CAP_SMALL, what="kernel config", user_named=user_named)
         return cls.from_ini_text(text, kind, path=p)
 
     @classmethod
@@ -247,7 +247,8 @@ class KernelConfig:
         try:
             cp.read_string(text)
         except configparser.Error as e:
-            raise LayoutError(f"not a kernel_config.ini: {e}", path=path) from None
+            first = " ".join(str(e).split())  # configparser's messages span several lines
+            raise LayoutError(f"not a kernel_config.ini: {first}", path=path) from None
         entries = []
         for sec in cp.sections():
             s = cp[sec]

@@ -32,6 +32,7 @@ Tensor order: HF names sorted (what convert-hf reads from a single safetensors f
 from __future__ import annotations
 
 import os
+import stat
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -63,7 +64,7 @@ from bitconv.gguf.writer import GGUFWriter, TensorEntry, build_header
 from bitconv.kernel_config import KernelConfig, derive
 from bitconv.layouts import Layout, get_layout
 from bitconv.layouts._ikbn import IK_ARCH_ACT, IK_DEFAULT_ARCH, IK_RUNTIME, RUNTIME, RUNTIME_COMMIT
-from bitconv.output import TMP_PREFIX, AtomicOutput, check_free_space
+from bitconv.output import AtomicOutput, check_free_space, precheck
 from bitconv.pipeline import Progress, Report
 from bitconv.quant import COMPUTE_MODES
 from bitconv.safetensors_io import TensorInfo, pread_exact
@@ -125,6 +126,7 @@ class GGUFPlan:
     compute: str = "float32"
     kernel_config: KernelConfig | None = None
     extra: dict = field(default_factory=dict)
+    kernel_config_path: Path | None = None  # the user's --kernel-config file, when one was given
 
     @property
     def entries(self) -> list[TensorEntry]:
@@ -164,7 +166,7 @@ def _kernel_config(kind: str, given: KernelConfig | str | Path | None, shapes: d
     if given is None:
         return derive(kind, shapes)
     if isinstance(given, (str, Path)):
-        return KernelConfig.from_ini(given, kind)
+        return KernelConfig.from_ini(given, kind, user_named=True)
     return given.with_kind(kind)
 
 
@@ -309,6 +311,8 @@ def plan_pack_gguf(src: Checkpoint, gguf_type: str, *, arch: str | None = None, 
                 sum(int(np.prod(s.tensor.shape)) for s in steps), target.quantized, _add_prefix_space(src))
     kvs = build_kvs(profile, meta, _vocab(src, PROFILES[profile].vocab_style))
     plan = GGUFPlan(src, gguf_type, garch, profile, steps, kvs, layout, compute, kc)
+    if isinstance(kernel_config, (str, Path)):
+        plan.kernel_config_path = Path(kernel_config)
     plan.extra = {"arch": garch.name, "profile": profile, "type": type_name, "embd_type": embd}
     where, warnings, notes = _runtime_notes(plan)
     plan.extra.update({"runs_on": where} if where else {})
@@ -391,37 +395,31 @@ def execute_gguf(plan: GGUFPlan, out: str | Path, *, overwrite: bool = False,
     guard = AtomicOutput(out, overwrite=overwrite, is_dir=False, inputs=(plan.source.path,))
     ini = _check_ini(plan, guard.out, overwrite)
     check_free_space(guard.out.parent, plan.total_bytes)
-    ini_tmp = guard.out.parent / f"{TMP_PREFIX}{guard.out.name}.{KERNEL_CONFIG_NAME}"
-    try:
-        with guard as tmp:
-            writer = GGUFWriter(tmp, plan.kvs, plan.entries)
+    ini_tmp = guard.side_file(ini) if ini is not None else None
+    with guard as tmp:
+        writer = GGUFWriter(tmp, plan.kvs, plan.entries)
+        try:
+            done, total = 0, sum(s.entry.nbytes for s in plan.steps)  # progress in output bytes
+            for step in plan.steps:
+                if progress:
+                    progress(done, total, step.tensor.name)
+                writer.write(step.entry.name, _step_data(step, plan))
+                done += step.entry.nbytes
+            writer.close(fsync=os.environ.get("BITCONV_FSYNC") == "1")
+        except BaseException:
+            writer.abort()
+            raise
+        if ini_tmp is not None:
             try:
-                done, total = 0, sum(s.entry.nbytes for s in plan.steps)
-                for step in plan.steps:
-                    if progress:
-                        progress(done, total, step.tensor.name)
-                    writer.write(step.entry.name, _step_data(step, plan))
-                    done += step.entry.nbytes
-                writer.close(fsync=os.environ.get("BITCONV_FSYNC") == "1")
-            except BaseException:
-                writer.abort()
-                raise
-            if ini is not None:
-                try:
-                    plan.kernel_config.write_ini(ini_tmp)
-                except OSError as e:
-                    raise OutputError(f"cannot write: {e.strerror or e}", path=ini) from None
-        if ini is not None:
-            try:
-                os.replace(ini_tmp, ini)
+                plan.kernel_config.write_ini(ini_tmp)
             except OSError as e:
                 raise OutputError(f"cannot write: {e.strerror or e}", path=ini) from None
-    finally:
-        ini_tmp.unlink(missing_ok=True)
     if progress:
         total = sum(s.entry.nbytes for s in plan.steps)
         progress(total, total, "")
     n_tern = sum(1 for s in plan.steps if s.action != "convert")
+    if ini is None and plan.kernel_config is not None:  # the user's --kernel-config, already in place
+        ini = guard.out.parent / KERNEL_CONFIG_NAME
     files = [guard.out] + ([ini] if ini is not None else [])
     extra = dict(plan.extra, **({"kernel_config": str(ini)} if ini is not None else {}))
     return Report(guard.out, f"gguf-{plan.gguf_type}", plan.source.kind, files, n_tern, len(plan.steps) - n_tern,
@@ -433,7 +431,21 @@ def _check_ini(plan: GGUFPlan, out: Path, overwrite: bool) -> Path | None:
     if plan.kernel_config is None:
         return None
     ini = out.parent / KERNEL_CONFIG_NAME
-    if ini.exists() and not overwrite and ini.read_text(encoding="utf-8") != plan.kernel_config.to_ini():
+    if not os.path.lexists(ini):
+        return ini
+    st = os.lstat(ini)
+    if not stat.S_ISREG(st.st_mode):
+        raise OutputError("exists and is not a regular file; the GGUF's kernel config cannot be written there",
+                          path=ini, hint="remove it or write the GGUF into another folder")
+    given = plan.kernel_config_path
+    if given is not None and os.path.samefile(given, ini):
+        return None  # the user's own --kernel-config, which the plan was tiled for: never rewritten
+    try:
+        with open(ini, "rb") as f:
+            same = f.read(len(plan.kernel_config.to_ini()) + 1) == plan.kernel_config.to_ini().encode()
+    except OSError as e:
+        raise OutputError(f"cannot read: {e.strerror or e}", path=ini) from None
+    if not same and not overwrite:
         raise OutputError("a different kernel config already exists next to the output", path=ini,
                           hint="pass --overwrite or write the GGUF into another folder")
     return ini
@@ -461,6 +473,7 @@ def pack_gguf(src: str | Path | Checkpoint, out: str | Path, gguf_type: str, *, 
     Example:
         >>> pack_gguf("bitnet-bf16", "bitnet-i2_s.gguf", "i2_s")
     """
+    precheck(out, overwrite)
     ck = src if isinstance(src, Checkpoint) else open_source(src)
     plan = plan_pack_gguf(ck, gguf_type, arch=arch, embd_type=embd_type, kernel_config=kernel_config,
                           tl2_type_id=tl2_type_id, compute=compute)

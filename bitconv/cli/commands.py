@@ -206,7 +206,7 @@ def _fmt(x: float | None, spec: str = ".4g") -> str:
 
 def _print_description(d: object, show_tensors: bool) -> None:
     o = render.out
-    o.print(f"[bold]{d.path}[/]", markup=True)
+    o.print(f"[bold]{render.esc(d.path)}[/]", markup=True)
     o.print(f"  kind          {d.kind} — {d.kind_description}")
     o.print(f"  layout        {d.layout or '-'}" + (f" (codes made in {d.compute})" if d.compute else ""))
     o.print(f"  architecture  {d.architecture} ({d.family})")

@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import functools
+import os
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +35,7 @@ from bitconv.quant import ternarize
 from bitconv.safetensors_io import TensorInfo
 from bitconv.sources import Checkpoint, ModelTensor
 from bitconv.sources.safetensors import with_file
-from bitconv.tensors import Ternary
+from bitconv.tensors import Ternary, checked_scale
 
 # GGML type -> ternary layout name
 PACKED = {"I2_S": "gguf-i2-s", "TL1": "gguf-tl1", "TL2": "gguf-tl2", "TL2_42": "gguf-tl2", "TQ1_0": "gguf-tq1-0",
@@ -115,7 +116,7 @@ def _layout(g: GGUFFile, tname: str) -> Layout:
 
 def _kernel_config_path(path: Path) -> Path:
     for cand in (path.with_name(f"{path.stem}.{_KERNEL_CONFIG}"), path.with_name(_KERNEL_CONFIG)):
-        if cand.is_file():
+        if os.path.lexists(cand):  # then read through safeio: a link out of the folder or a FIFO is refused
             return cand
     raise SourceError(f"TL1/TL2 tensors need the {_KERNEL_CONFIG} they were packed with, next to the file",
                       path=path, hint=f"copy it to {path.with_name(_KERNEL_CONFIG)}")
@@ -136,7 +137,10 @@ def _packed_loader(g: GGUFFile, t: GGUFTensor, layout: Layout, heads: int | None
             tern = layout.unpack({"data": g.read(t)}, t.shape)
         except LayoutError as e:
             raise SourceError(f"cannot decode {t.type.name} data: {e}", path=g.path, tensor=t.name) from None
-        return Ternary(_unpermute(g, t, np.asarray(tern.codes), heads), tern.scale)
+        codes = np.asarray(tern.codes)
+        scale = tern.scale if tern.scale == 0 and not codes.any() else \
+            checked_scale(tern.scale, tensor=t.name, path=g.path)  # an all-zero tensor may store 0
+        return Ternary(_unpermute(g, t, codes, heads), scale)
 
     return load
 
