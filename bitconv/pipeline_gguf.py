@@ -54,6 +54,7 @@ from bitconv.gguf.vocab import load_vocab, vocab_kvs
 from bitconv.gguf.writer import GGUFWriter, TensorEntry, build_header
 from bitconv.kernel_config import KernelConfig, derive
 from bitconv.layouts import Layout, get_layout
+from bitconv.layouts.runtimes import ACTIVATIONS, Verdict, default_activation, runs_somewhere, summary, where_it_runs
 from bitconv.output import TMP_PREFIX, AtomicOutput, check_free_space
 from bitconv.pipeline import Progress, Report
 from bitconv.quant import COMPUTE_MODES
@@ -108,6 +109,8 @@ class GGUFPlan:
     compute: str = "float32"
     kernel_config: KernelConfig | None = None
     extra: dict = field(default_factory=dict)
+    verdicts: list[Verdict] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def entries(self) -> list[TensorEntry]:
@@ -207,10 +210,30 @@ def _add_prefix_space(src: Checkpoint) -> bool | None:
     return v if isinstance(v, bool) else None
 
 
+def model_activation(config: dict) -> str:
+    """The FFN activation of a checkpoint: config hidden_act, else transformers' default for its class."""
+    act = config.get("hidden_act")
+    if act is None:
+        act = "relu2" if (config.get("architectures") or [""])[0] == "BitNetForCausalLM" else "silu"
+    return str(act)
+
+
+def runtime_verdicts(arch: str, type_name: str, activation: str, src: Checkpoint, kc: KernelConfig | None,
+                     file: str) -> list[Verdict]:
+    shapes = {t.name: (int(t.shape[0]), int(t.shape[1])) for t in src.ternary_tensors() if len(t.shape) == 2}
+    tiling = {e.shape: (e.BM, e.BK, e.bm) for e in kc.entries} if kc is not None else {}
+    return where_it_runs(arch, type_name, activation, shapes, tiling, file)
+
+
 def plan_pack_gguf(src: Checkpoint, gguf_type: str, *, arch: str | None = None, embd_type: str = "f16",
                    kernel_config: KernelConfig | str | Path | None = None, tl2_type_id: int = 39,
-                   compute: str = "float32") -> GGUFPlan:
-    """Validate every option and shape and size the whole file; raises before anything is read or written."""
+                   compute: str = "float32", force: bool = False, file: str = "MODEL.gguf") -> GGUFPlan:
+    """Validate every option and shape and size the whole file; raises before anything is read or written.
+
+    The file's runtimes are judged from the compatibility table (`bitconv.layouts.runtimes`): a combination that
+    runs correctly on no known runtime is refused (UsageError) unless `force`, which writes it with a warning in
+    `plan.warnings` and in the GGUF (`bitconv.warning`). `file` is the name the run commands use.
+    """
     gguf_type = _choice(gguf_type, GGUF_TARGETS, "--type")
     embd = EMBD_TYPES[_choice(embd_type, EMBD_TYPES, "--embd-type")]
     if compute not in COMPUTE_MODES:
@@ -226,14 +249,39 @@ def plan_pack_gguf(src: Checkpoint, gguf_type: str, *, arch: str | None = None, 
     steps = _steps(src, garch, target, layout, embd)
     profile = PROFILE_OF[(garch.name, target.tool)]
     type_name = layout.ggml_type if layout is not None else target.float_type
+    activation = model_activation(src.config)
+    verdicts = runtime_verdicts(garch.name, type_name, activation, src, kc, file)
+    runs_on, not_on = summary(verdicts)
+    warnings = []
+    if not runs_somewhere(verdicts):
+        what = (f"{gguf_type} with arch {garch.name} for a model with hidden_act {activation!r} runs correctly on no "
+                f"known runtime; {not_on}")
+        if not force:
+            raise UsageError(what, path=src.path, hint="choose another --type / --arch (docs/runtimes.md lists where "
+                             "each file runs), or pass --force to write it anyway with a warning")
+        warnings.append(f"FORCED (--force): {what}")
+    # the activation travels with the file when it is relu2, or when it is not what the arch's graph assumes
+    hidden = activation if activation in ACTIVATIONS and (activation == "relu2" or
+                                                          activation != default_activation(garch.name)) else None
     meta = Meta(garch.name, src.config, _model_name(src), FILE_TYPES[type_name],
-                sum(int(np.prod(s.tensor.shape)) for s in steps), gguf_type == "i2_s", _add_prefix_space(src))
+                sum(int(np.prod(s.tensor.shape)) for s in steps), gguf_type == "i2_s", _add_prefix_space(src),
+                hidden, warnings[0] if warnings else None)
     kvs = build_kvs(profile, meta, _vocab(src, PROFILES[profile].vocab_style))
-    plan = GGUFPlan(src, gguf_type, garch, profile, steps, kvs, layout, compute, kc)
-    plan.extra = {"arch": garch.name, "profile": profile, "type": type_name}
+    plan = GGUFPlan(src, gguf_type, garch, profile, steps, kvs, layout, compute, kc, verdicts=verdicts,
+                    warnings=warnings)
+    plan.extra = {"arch": garch.name, "profile": profile, "type": type_name, "activation": activation,
+                  "hidden_activation_kv": hidden, "runs_on": runs_on, "does_not_run_on": not_on,
+                  "runtimes": [verdict_dict(v) for v in verdicts], "warnings": warnings}
     if kc is not None:
-        plan.extra["codegen"] = kc.codegen_params().__dict__
+        cg = kc.codegen_params()
+        plan.extra["codegen"] = cg.__dict__
+        plan.extra["codegen_steps"] = cg.instructions(f"the {KERNEL_CONFIG_NAME} written next to {file}")
     return plan
+
+
+def verdict_dict(v: Verdict) -> dict:
+    return {"runtime": v.runtime.key, "name": v.runtime.name, "runs": v.runs, "why": v.why, "command": v.command,
+            "notes": list(v.notes), "checked": v.runtime.checked}
 
 
 # ------------------------------------------------------------------------------------------------ streaming
@@ -355,7 +403,8 @@ def _check_ini(plan: GGUFPlan, out: Path, overwrite: bool) -> Path | None:
 
 def pack_gguf(src: str | Path | Checkpoint, out: str | Path, gguf_type: str, *, arch: str | None = None,
               embd_type: str = "f16", kernel_config: KernelConfig | str | Path | None = None, tl2_type_id: int = 39,
-              compute: str = "float32", overwrite: bool = False, progress: Progress | None = None) -> Report:
+              compute: str = "float32", overwrite: bool = False, progress: Progress | None = None,
+              force: bool = False) -> Report:
     """Write SRC as one GGUF file of `gguf_type` (i2_s, tl1, tl2, tq1_0, tq2_0, f32, f16, bf16).
 
     Args:
@@ -365,11 +414,12 @@ def pack_gguf(src: str | Path | Checkpoint, out: str | Path, gguf_type: str, *, 
         embd_type: token_embd / output type: f16, f32, bf16 or q8_0.
         kernel_config: TL1/TL2 tiling: a kernel_config.ini, a KernelConfig, or None to derive one from the shapes.
         tl2_type_id: 39 (bitnet.cpp before mid-2026) or 42 (current fork).
+        force: write a combination that runs correctly on no known runtime (with a warning in the file).
     Returns a Report; for TL types `extra["codegen"]` holds the codegen_tl*.py parameters of the config used.
     Example:
         >>> pack_gguf("bitnet-bf16", "bitnet-i2_s.gguf", "i2_s")
     """
     ck = src if isinstance(src, Checkpoint) else open_source(src)
     plan = plan_pack_gguf(ck, gguf_type, arch=arch, embd_type=embd_type, kernel_config=kernel_config,
-                          tl2_type_id=tl2_type_id, compute=compute)
+                          tl2_type_id=tl2_type_id, compute=compute, force=force, file=Path(out).name)
     return execute_gguf(plan, out, overwrite=overwrite, progress=progress)
