@@ -271,17 +271,12 @@ def plan_pack_gguf(src: Checkpoint, gguf_type: str, *, arch: str | None = None, 
                     warnings=warnings)
     plan.extra = {"arch": garch.name, "profile": profile, "type": type_name, "activation": activation,
                   "hidden_activation_kv": hidden, "runs_on": runs_on, "does_not_run_on": not_on,
-                  "runtimes": [verdict_dict(v) for v in verdicts], "warnings": warnings}
+                  "runtimes": [v.to_dict() for v in verdicts], "warnings": warnings}
     if kc is not None:
         cg = kc.codegen_params()
         plan.extra["codegen"] = cg.__dict__
         plan.extra["codegen_steps"] = cg.instructions(f"the {KERNEL_CONFIG_NAME} written next to {file}")
     return plan
-
-
-def verdict_dict(v: Verdict) -> dict:
-    return {"runtime": v.runtime.key, "name": v.runtime.name, "runs": v.runs, "why": v.why, "command": v.command,
-            "notes": list(v.notes), "checked": v.runtime.checked}
 
 
 # ------------------------------------------------------------------------------------------------ streaming

@@ -103,11 +103,13 @@ class Runtime:
     command: str  # with {file}, {prompt} and {flags}
     constraints: tuple[Constraint, ...] = ()
     sources: Mapping[str, str] = field(default_factory=dict)  # fact -> file:line
+    flags_command: str = ""  # used instead of `command` when a RunNote adds flags (run_inference.py passes none)
 
     def run_command(self, file: str, gguf_type: str) -> str:
         flags = "".join(f" {c.flags}" for c in self.constraints
                         if isinstance(c, RunNote) and gguf_type in c.types and c.flags)
-        return self.command.format(file=file, prompt=PROMPT, flags=flags)
+        cmd = self.flags_command if (flags and self.flags_command) else self.command
+        return cmd.format(file=file, prompt=PROMPT, flags=flags)
 
 
 _TL_BATCH = RunNote(
@@ -125,7 +127,8 @@ _TL2_X86 = RunNote(frozenset({"TL2", "TL2_42"}), "TL2: x86 builds only (cmake -D
                    "microsoft/BitNet setup_env.py:32 (37c247c)")
 _I2S_X86_2026 = RunNote(
     frozenset({"I2_S"}), "I2_S: x86 builds (ARM builds since BitNet 112f853 expect 64-weight blocks and misread "
-    "the canonical layout)", "", "microsoft/BitNet src/ggml-bitnet-mad.cpp:11-15 (16da220); spec gguf-bitnet-cpp.md §2.3")
+    "the canonical layout)", "",
+    "microsoft/BitNet src/ggml-bitnet-mad.cpp:11-15 (16da220); spec gguf-bitnet-cpp.md §2.3")
 _BITNET_CPP_RUN = "python run_inference.py -m {file} -p \"{prompt}\" -n 32"
 _BITNET_CPP_CLI = "build/bin/llama-cli -m {file} -p \"{prompt}\" -n 32{flags}"
 _WRONG_UPSTREAM_IDS = {
@@ -165,6 +168,7 @@ RUNTIMES: tuple[Runtime, ...] = (
         {"archs": "src/llama.cpp:259 {LLM_ARCH_BITNET, \"bitnet\"} only (406a5036)",
          "bitnet graph: build_bitnet() LLM_FFN_SILU": "src/llama.cpp:15078, :15192 (406a5036)",
          "types": "ggml/src/ggml.c:736 TL1, :745 TL2, :1088 BF16, :1148 TQ1_0, :1160 TQ2_0, :1172 I2_S (406a5036)"},
+        _BITNET_CPP_CLI,
     ),
     Runtime(
         "bitnet.cpp@1876a3e", "bitnet.cpp 2026-01 (1876a3e)", "bitnet.cpp",
@@ -181,6 +185,7 @@ RUNTIMES: tuple[Runtime, ...] = (
          "bitnet-25/bitnet-b1.58 graph: build_bitnet_158() LLM_FFN_RELU_SQR": "src/llama.cpp:15389, :15501",
          "bitnet graph: build_bitnet() LLM_FFN_SILU": "src/llama.cpp:15239",
          "types": "ggml/src/ggml.c:736 TL1, :745 TL2, :1148 TQ1_0, :1160 TQ2_0, :1172 I2_S"},
+        _BITNET_CPP_CLI,
     ),
     Runtime(
         "bitnet.cpp@425fbbc", "bitnet.cpp 2026-07 (425fbbc)", "bitnet.cpp",
@@ -195,6 +200,7 @@ RUNTIMES: tuple[Runtime, ...] = (
         {"one bitnet graph for all archs: build_ffn(..., LLM_FFN_SILU)": "src/models/bitnet.cpp:133 (microsoft/BitNet"
          "#588, #602; fixes #603-#605 unmerged)",
          "types": "ggml/include/ggml.h TL2 = 42, MXFP4 = 39 (isHuangXin/bitnet_llama.cpp 0fc6abed)"},
+        _BITNET_CPP_CLI,
     ),
     Runtime(
         "ik_llama.cpp@8337e4cd", "ik_llama.cpp 8337e4cd", "ik_llama.cpp",
@@ -230,6 +236,10 @@ class Verdict:
     why: str  # the reason it does not run correctly ("" when it does)
     command: str | None  # how to run it there (None when it does not run correctly)
     notes: tuple[str, ...] = ()  # run/build notes that apply (-ub 1, ARM only)
+
+    def to_dict(self) -> dict:
+        return {"runtime": self.runtime.key, "name": self.runtime.name, "runs": self.runs, "why": self.why,
+                "command": self.command, "notes": list(self.notes), "checked": self.runtime.checked}
 
 
 def default_activation(arch: str) -> str:
