@@ -47,7 +47,9 @@ WHOLE_FILE = [
     ("gguf-tq", "tq2_0", {}, "gguf-tq/ggml-model-tq2_0.gguf"),
     ("gguf-i2s", "f32", {"embd_type": "f32"}, "gguf-i2s/ggml-model-f32.gguf"),  # bitnet.cpp converter
     ("gguf-tl", "tl1", {"kernel_config": GOLDEN / "gguf-tl/tl1/kernel_config.ini"}, "gguf-tl/tl1/ggml-model-tl1.gguf"),
-    ("gguf-tl", "tl2", {"kernel_config": GOLDEN / "gguf-tl/tl2/kernel_config.ini"}, "gguf-tl/tl2/ggml-model-tl2.gguf"),
+    # the bitnet.cpp converter's own TL2 file has K = 256 tilings its runtime's LUT buffer cannot hold: --force
+    ("gguf-tl", "tl2", {"kernel_config": GOLDEN / "gguf-tl/tl2/kernel_config.ini", "force": True},
+     "gguf-tl/tl2/ggml-model-tl2.gguf"),
 ]
 
 
@@ -55,6 +57,13 @@ WHOLE_FILE = [
 def test_golden_whole_file(tmp_path, case, gguf_type, opts, ref):
     out = tmp_path / "out" / "model.gguf"  # the input folder is named "input": general.name comes from it
     rep = pack_gguf(GOLDEN / case / "input", out, gguf_type, **opts)
+    if opts.get("force"):  # the warning KV is the only difference: the reference file without it is byte-equal
+        assert rep.extra["warnings"] and read_gguf(out).get("bitconv.warning") == rep.extra["warnings"][0]
+        opts = {k: v for k, v in opts.items() if k != "force"}
+        with pytest.raises(UsageError, match="runs correctly on no known runtime"):
+            pack_gguf(GOLDEN / case / "input", tmp_path / "refused" / "model.gguf", gguf_type, **opts)
+        assert not (tmp_path / "refused").exists() or not any((tmp_path / "refused").iterdir())
+        return
     assert out.read_bytes() == (GOLDEN / ref).read_bytes()
     if gguf_type.startswith("tl"):
         assert (out.parent / "kernel_config.ini").read_text() == opts["kernel_config"].read_text()
@@ -221,7 +230,9 @@ def test_arch_options_and_kv_sets(models, tmp_path):
 def test_tl2_type_id_42_and_derived_kernel_config(models, tmp_path):
     m = models("bitnet-2b4t")
     out = tmp_path / "tl2" / "m.gguf"
-    rep = pack_gguf(m, out, "tl2", tl2_type_id=42)
+    with pytest.raises(UsageError, match="runs correctly on no known runtime"):  # relu2: the 42-fork runs SiLU
+        pack_gguf(m, out, "tl2", tl2_type_id=42)
+    rep = pack_gguf(m, out, "tl2", tl2_type_id=42, force=True)
     g = read_gguf(out)
     assert {t.type.id for t in g.tensors.values() if t.name.endswith(("attn_q.weight", "ffn_down.weight"))} == {42}
     assert g.get("general.file_type") == 39
@@ -334,8 +345,8 @@ def test_existing_output_and_kernel_config(models, tmp_path):
     with pytest.raises(OutputError, match="already exists"):
         pack_gguf(m, out, "tl1")
     with pytest.raises(OutputError, match="a different kernel config"):
-        pack_gguf(m, tmp_path / "o" / "y.gguf", "tl2")
-    pack_gguf(m, out, "tl2", overwrite=True)
+        pack_gguf(m, tmp_path / "o" / "y.gguf", "tl2", force=True)  # K = 256: forced past the LUT-buffer refusal
+    pack_gguf(m, out, "tl2", overwrite=True, force=True)
     assert read_gguf(out).tensors["blk.0.attn_q.weight"].type.name == "TL2"
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["kernel_config.ini", "x.gguf"]
     assert not any(p.name.startswith(TMP_PREFIX) for p in (tmp_path / "o").iterdir())
