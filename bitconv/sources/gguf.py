@@ -25,12 +25,13 @@ import torch
 
 from bitconv import naming, validate
 from bitconv.errors import LayoutError, SourceError
-from bitconv.gguf.metadata import ARCHS, GGUFArch, hf_name, permute_heads, permute_rows
+from bitconv.gguf.metadata import ARCHS, GGUFArch, hf_name, permute_heads, permute_rows, read_arch
 from bitconv.gguf.quants import dequantize_q8_0
 from bitconv.gguf.reader import GGUFFile, GGUFTensor, read_gguf
 from bitconv.gguf.types import by_id
 from bitconv.kernel_config import KernelConfig
 from bitconv.layouts import Layout, get_layout
+from bitconv.layouts.runtimes import ACTIVATIONS, default_activation
 from bitconv.quant import ternarize
 from bitconv.safetensors_io import TensorInfo
 from bitconv.sources import Checkpoint, ModelTensor
@@ -54,9 +55,9 @@ def open_gguf(path: str | Path, dialect: str = "auto") -> Checkpoint:
     F32/F16/BF16) as a Checkpoint."""
     p = Path(path)
     g = read_gguf(p, dialect)
-    arch = ARCHS.get(g.arch)
-    if arch is None:
+    if g.arch not in ARCHS:
         raise SourceError(f"GGUF architecture {g.arch!r} is not one bitconv reads ({', '.join(ARCHS)})", path=p)
+    arch = read_arch(g.arch, file_activation(g))
     config = gguf_config(g, arch)
     layouts: dict[str, Layout] = {}
     tensors: dict[str, ModelTensor] = {}
@@ -70,6 +71,17 @@ def open_gguf(path: str | Path, dialect: str = "auto") -> Checkpoint:
     packed = sorted({lay.name for lay in layouts.values()})
     return Checkpoint(p, "gguf", config, tensors, [], [p], layout=packed[0] if len(packed) == 1 else
                       ("+".join(packed) or None))
+
+
+def file_activation(g: GGUFFile) -> str:
+    """The FFN activation a GGUF declares (`<arch>.hidden_activation`), else its arch's graph default."""
+    key = f"{g.arch}.hidden_activation"
+    act = g.get(key)
+    if act is None:
+        return default_activation(g.arch)
+    if act not in ACTIVATIONS:
+        raise SourceError(f"GGUF metadata {key} is {act!r}; bitconv reads {' or '.join(ACTIVATIONS)}", path=g.path)
+    return act
 
 
 def _tensor(g: GGUFFile, t: GGUFTensor, name: str, arch: GGUFArch, config: dict,
