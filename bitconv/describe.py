@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bitconv import naming
+from bitconv.core import naming
 from bitconv.sources import KINDS, Checkpoint, open_source
 
 

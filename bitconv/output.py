@@ -10,7 +10,7 @@ import os
 import shutil
 from pathlib import Path
 
-from bitconv.errors import OutputError
+from bitconv.core.errors import OutputError
 
 TMP_PREFIX = ".bitconv-tmp-"
 

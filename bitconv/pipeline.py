@@ -17,18 +17,18 @@ from pathlib import Path
 
 import numpy as np
 
-from bitconv import dtypes
-from bitconv._alloc import keep_freed_memory
-from bitconv.errors import UsageError
+from bitconv.core import dtypes
+from bitconv.core.alloc import keep_freed_memory
+from bitconv.core.errors import UsageError
+from bitconv.core.naming import module_of
+from bitconv.core.tensors import FieldSpec, Ternary
+from bitconv.formats.safetensors import OutEntry
 from bitconv.layouts import Layout, get_layout
-from bitconv.layouts.hf_packed import HF_LAYOUTS
-from bitconv.naming import module_of
+from bitconv.layouts.hf_packed import HF_LAYOUTS, bitnet_quant_config
 from bitconv.output import AtomicOutput, check_free_space
 from bitconv.quant import COMPUTE_MODES, dequantize
-from bitconv.safetensors_io import OutEntry
 from bitconv.sinks.hf import DEFAULT_MAX_SHARD_BYTES, HFSink
 from bitconv.sources import Checkpoint, ModelTensor, open_source
-from bitconv.tensors import FieldSpec, Ternary
 
 Progress = Callable[[int, int, str], None]  # (tensors done, tensors total, current name)
 
@@ -96,20 +96,6 @@ def _base_config(src: Checkpoint) -> dict:
     cfg.pop("bitconv", None)
     cfg.pop("auto_map", None)  # points at remote-code files that do not exist (spec hf-packed.md §3.3)
     return cfg
-
-
-def bitnet_quant_config(src_config: dict, linear_class: str, mode: str) -> dict:
-    """A `quantization_config` transformers loads without remote code; keeps `lm_head` out of conversion."""
-    qc: dict = {"quant_method": "bitnet", "linear_class": linear_class, "quantization_mode": mode}
-    old = src_config.get("quantization_config")
-    if isinstance(old, dict):
-        mtnc = old.get("modules_to_not_convert")
-        if isinstance(mtnc, list):  # an explicit list disables transformers' defaults (spec §3.2)
-            qc["modules_to_not_convert"] = mtnc if "lm_head" in mtnc else [*mtnc, "lm_head"]
-        for k in ("use_rms_norm", "rms_norm_eps"):
-            if k in old:
-                qc[k] = old[k]
-    return qc
 
 
 def _with_quant_config(cfg: dict, qc: dict) -> dict:

@@ -14,8 +14,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from bitconv.errors import SourceError
-from bitconv.tensors import Ternary
+from bitconv.core.errors import SourceError
+from bitconv.core.tensors import Ternary
 
 EPS = 1e-5
 COMPUTE_MODES = ("float32", "bfloat16")

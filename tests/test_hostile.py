@@ -31,7 +31,7 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from bitconv.cli import app
-from bitconv.errors import BitconvError
+from bitconv.core.errors import BitconvError
 from bitconv.output import TMP_PREFIX
 from bitconv.sources import open_source
 from tests import corpus
@@ -322,7 +322,7 @@ def test_fuzz_safetensors_header(fuzz_src, data):
 @fuzz("gguf-bytes")
 @given(data=st.data())
 def test_fuzz_gguf_bytes(fuzz_src, data):
-    from bitconv.gguf import read_gguf
+    from bitconv.formats.gguf import read_gguf
 
     path = fuzz_src["gguf-compact"]
     raw = path.read_bytes()
@@ -335,8 +335,8 @@ def test_fuzz_gguf_bytes(fuzz_src, data):
 @given(data=st.data())
 def test_fuzz_gguf_metadata(fuzz_src, data):
     """Structured mutations of the GGUF KVs: any KV replaced by a value of any type (the config is built from them)."""
-    from bitconv.gguf import KV, write_gguf
-    from bitconv.gguf.kv import ValueType
+    from bitconv.formats.gguf import KV, write_gguf
+    from bitconv.formats.gguf.kv import ValueType
 
     kvs, tensors = corpus.gguf_parts(corpus.BASES.get("gguf-compact"))
     if data.draw(st.booleans()):  # the same model as `llama` (q/k rows permuted by head count on load)
@@ -422,7 +422,7 @@ PAUSING_PACK = '''
 import sys, time
 from pathlib import Path
 
-from bitconv import safetensors_io
+from bitconv.formats import safetensors as safetensors_io
 
 flag, done = Path(sys.argv[1]), []
 
@@ -522,7 +522,7 @@ def test_disk_full_mid_write_multi_shard(tmp_path, monkeypatch):
 
 
 def test_disk_full_mid_write_gguf(tmp_path, monkeypatch):
-    from bitconv.gguf import writer
+    from bitconv.formats.gguf import writer
 
     src = corpus.clone("st", tmp_path)
     before = snapshot(tmp_path)

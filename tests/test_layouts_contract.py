@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from bitconv import dtypes
-from bitconv.errors import LayoutError
+from bitconv.core import dtypes
+from bitconv.core.errors import LayoutError
+from bitconv.core.tensors import Ternary
 from bitconv.layouts import get_layout, list_layouts
 from bitconv.layouts.hf_packed import pack_codes, unpack_codes
-from bitconv.tensors import Ternary
 
 # Storage precision of each layout's scale (relative). F32 scales are exact; BF16 keeps 8 significant bits.
 SCALE_REL_TOL = {"F32": 0.0, "BF16": 2.0**-8, "F16": 2.0**-11}

@@ -23,16 +23,16 @@ from typer.testing import CliRunner
 from bitconv import pipeline
 from bitconv.cli import app
 from bitconv.cli.convert import check_options
-from bitconv.errors import SourceError, UsageError
-from bitconv.nanotron import convert as nc
-from bitconv.nanotron import format as nt
-from bitconv.nanotron import yamlish
+from bitconv.core.errors import SourceError, UsageError
+from bitconv.formats.nanotron import format as nt
+from bitconv.formats.nanotron import yamlish
+from bitconv.formats.safetensors import read_header
 from bitconv.output import TMP_PREFIX
 from bitconv.quant import ternarize
-from bitconv.safetensors_io import read_header
+from bitconv.sinks import nanotron as nc
 from bitconv.sources import open_source
+from bitconv.sources.checkpoint import load_torch
 from bitconv.sources.nanotron import NanotronCheckpoint, open_nanotron
-from bitconv.sources.safetensors import load_torch
 
 TARBALL = Path(__file__).resolve().parent.parent / "fixtures" / "nanotron" / "tiny_nanotron_ckpts.tar.gz"
 NAMES = ("bitnet_tp1", "bitnet_tp2", "bitnet_pp2", "llama_tp1", "llama_tp2", "llama_tp2_tied", "llama_pp2_tied",

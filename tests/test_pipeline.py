@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from bitconv import pipeline, tiny
-from bitconv.errors import LayoutError, OutputError, UsageError
+from bitconv.core.errors import LayoutError, OutputError, UsageError
 from bitconv.output import TMP_PREFIX
 from bitconv.quant import dequantize, ternarize
 from bitconv.sources import open_source

@@ -16,13 +16,14 @@ import torch
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
-from bitconv import dtypes, pipeline
+from bitconv import pipeline
 from bitconv.cli import app
+from bitconv.core import dtypes
+from bitconv.core.naming import module_of
+from bitconv.core.tensors import Ternary
 from bitconv.layouts import get_layout
-from bitconv.naming import module_of
 from bitconv.quant import dequantize, ternarize
 from bitconv.sources import open_source
-from bitconv.tensors import Ternary
 from bitconv.verify import FAULTS, Thresholds, verify
 from bitconv.verify.check import check, find_checkpoints
 from bitconv.verify.parity import ParityMetrics, tokens_from_file, tokens_from_prompt
@@ -430,7 +431,7 @@ def test_help_lists_verify_and_check():
 def test_nanotron_checkpoint_as_reference(models, tmp_path):
     """A Nanotron checkpoint (bf16 latents, ternarized on read) is a REF like a master: compute mode detected,
     parity runs online; its packed export passes and a mutated one fails."""
-    convert = pytest.importorskip("bitconv.nanotron.convert")
+    convert = pytest.importorskip("bitconv.sinks.nanotron")
     convert.to_nanotron(models("llama-bitnet"), tmp_path / "nt")
     pipeline.pack_hf(tmp_path / "nt", tmp_path / "packed")
     rep = verify(tmp_path / "packed", tmp_path / "nt")
@@ -443,7 +444,7 @@ def test_nanotron_checkpoint_as_reference(models, tmp_path):
 def test_check_discovers_nanotron_checkpoint_as_master(models, tmp_path):
     """`bitconv check` on a training repo: the Nanotron checkpoint is the master its packed export is verified
     against; the checkpoint's model/ shards are not mistaken for checkpoints."""
-    convert = pytest.importorskip("bitconv.nanotron.convert")
+    convert = pytest.importorskip("bitconv.sinks.nanotron")
     from bitconv.verify.check import check, find_checkpoints
 
     repo = tmp_path / "repo"

@@ -9,8 +9,9 @@ from typing import Annotated
 
 import typer
 
-from bitconv.cli import app, handle_errors, render
-from bitconv.errors import UsageError
+from bitconv.cli import render
+from bitconv.cli.app import app, handle_errors
+from bitconv.core.errors import UsageError
 from bitconv.verify import Thresholds, VerifyReport, verify
 from bitconv.verify.check import CheckReport, check, check_markdown, check_suites
 from bitconv.verify.report import summary_lines, to_json, to_junit, verify_markdown, verify_suite

@@ -35,10 +35,10 @@ from typing import ClassVar
 
 import numpy as np
 
-from bitconv.errors import LayoutError
-from bitconv.layouts import Layout
+from bitconv.core.errors import LayoutError
+from bitconv.core.tensors import FieldSpec, Ternary
+from bitconv.layouts.registry import Layout
 from bitconv.quant import EPS
-from bitconv.tensors import FieldSpec, Ternary
 
 QK = 256  # weights per block
 _POW3 = np.array([81, 27, 9, 3, 1], dtype=np.uint16)

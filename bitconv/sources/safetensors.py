@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import mmap
 import os
 from collections.abc import Callable
@@ -12,43 +11,22 @@ from typing import TypeVar
 import numpy as np
 import torch
 
-from bitconv import dtypes, naming, validate
-from bitconv.errors import BitconvError, SourceError
+from bitconv.core import dtypes, naming
+from bitconv.core.errors import BitconvError, SourceError
+from bitconv.core.jsonio import read_json
+from bitconv.core.pickled import pickled_in, refuse_pickle
+from bitconv.core.tensors import Ternary
+from bitconv.formats.safetensors import TensorInfo, read_array, read_header
 from bitconv.layouts.hf_packed import HF_LAYOUTS, unpack_codes
 from bitconv.quant import Workspace, ternarize
-from bitconv.safetensors_io import TensorInfo, read_array, read_header
-from bitconv.sources import Checkpoint, ModelTensor
-from bitconv.tensors import Ternary
+from bitconv.sources import validate
+from bitconv.sources.checkpoint import Checkpoint, ModelTensor, load_torch
 
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
 T = TypeVar("T")
 
 _WS = Workspace()
-
-
-def read_json(path: Path, what: str) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise SourceError(f"{what} is missing", path=path) from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise SourceError(f"{what} is not valid JSON ({e})", path=path) from None
-    except RecursionError:  # hostile nesting ([[[[...), not a real config
-        raise SourceError(f"{what} is not valid JSON (nested too deeply)", path=path) from None
-    if not isinstance(data, dict):
-        raise SourceError(f"{what} is not a JSON object", path=path)
-    return data
-
-
-def read_optional_json(path: Path) -> dict | None:
-    """An optional JSON object beside the weights (None when absent); a broken one is a one-line SourceError."""
-    return read_json(path, path.name) if path.is_file() else None
-
-
-def load_torch(info: TensorInfo) -> torch.Tensor:
-    """A fresh torch tensor holding one stored tensor."""
-    return dtypes.from_numpy_storage(read_array(info), info.dtype).reshape(info.shape)
 
 
 def _load_scratch(info: TensorInfo) -> torch.Tensor:
@@ -96,9 +74,9 @@ def collect_stored(folder: Path) -> tuple[dict[str, TensorInfo], list[Path]]:
     if others:
         raise SourceError(f"{len(others)} .safetensors files but no {INDEX} to say how they fit together",
                           path=folder)
-    pickled = validate.pickled_in(folder)
+    pickled = pickled_in(folder)
     if pickled:
-        raise validate.refuse_pickle(pickled[0])
+        raise refuse_pickle(pickled[0])
     raise SourceError(f"no weights: neither {SINGLE} nor {INDEX}", path=folder)
 
 

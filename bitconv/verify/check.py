@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bitconv.errors import EXIT_OK, EXIT_VERIFY_FAILED, BitconvError, LayoutError, UsageError
+from bitconv.core.errors import EXIT_OK, EXIT_VERIFY_FAILED, BitconvError, LayoutError, UsageError
 from bitconv.layouts import get_layout
 from bitconv.output import TMP_PREFIX
 from bitconv.sources import Checkpoint, is_nanotron_dir, open_source

@@ -39,10 +39,10 @@ from pathlib import Path
 
 import torch
 
-from bitconv._alloc import keep_freed_memory
-from bitconv.errors import SourceError, UsageError
+from bitconv.core.alloc import keep_freed_memory
+from bitconv.core.errors import SourceError, UsageError
+from bitconv.core.jsonio import read_optional_json
 from bitconv.sources import Checkpoint
-from bitconv.sources.safetensors import read_optional_json
 from bitconv.verify.reference import RefConfig, TensorCache, Weights, forward, mode_for
 from bitconv.verify.roundtrip import scale_storage, stored_scale
 

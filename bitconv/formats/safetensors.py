@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from bitconv import dtypes
-from bitconv.errors import OutputError, SourceError
-from bitconv.validate import refuse_pickle, sniff_pickle
+from bitconv.core import dtypes
+from bitconv.core.errors import OutputError, SourceError
+from bitconv.core.pickled import refuse_pickle, sniff_pickle
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # the limit the safetensors package enforces
 _COPY_CHUNK = 64 * 1024 * 1024

@@ -31,19 +31,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bitconv import dtypes
-from bitconv.errors import SourceError, UsageError
-from bitconv.nanotron import format as nt
-from bitconv.nanotron import yamlish
+from bitconv.core import dtypes
+from bitconv.core.errors import SourceError, UsageError
+from bitconv.core.tensors import FieldSpec, Ternary
+from bitconv.formats.nanotron import format as nt
+from bitconv.formats.nanotron import yamlish
+from bitconv.formats.safetensors import OutEntry, build_header
 from bitconv.output import AtomicOutput, check_free_space
 from bitconv.pipeline import Plan, Progress, Report, Step, execute
 from bitconv.quant import COMPUTE_MODES, ternarize
-from bitconv.safetensors_io import OutEntry, build_header
 from bitconv.sinks.hf import DEFAULT_MAX_SHARD_BYTES
 from bitconv.sources import Checkpoint, ModelTensor, open_source
-from bitconv.sources.nanotron import GRANULARITIES, NanotronCheckpoint, open_nanotron
-from bitconv.sources.safetensors import load_torch
-from bitconv.tensors import FieldSpec, Ternary
+from bitconv.sources.checkpoint import load_torch
+from bitconv.sources.nanotron import GRANULARITIES, NanotronCheckpoint, is_nanotron_dir, open_nanotron
 
 TARGETS = ("hf-bf16", "nanotron")
 
@@ -547,8 +547,6 @@ def _lifted(ck: NanotronCheckpoint, name: str, compute: str, dtype: torch.dtype)
 
 
 def _open_nanotron_src(src: str | Path, vocab_size: int | None, granularity: str | None) -> NanotronCheckpoint:
-    from bitconv.sources.nanotron import is_nanotron_dir
-
     if not is_nanotron_dir(Path(src)):
         raise UsageError("--to hf-bf16 converts a Nanotron checkpoint (a folder with model/ and "
                          "checkpoint_metadata.json); for HF packed or ternary sources use `bitconv unpack`",

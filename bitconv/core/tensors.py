@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bitconv import dtypes
+from bitconv.core import dtypes
 
 
 @dataclass(frozen=True)

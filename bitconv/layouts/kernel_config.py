@@ -54,7 +54,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from bitconv.errors import LayoutError
+from bitconv.core.errors import LayoutError
 
 KINDS = ("tl1", "tl2")
 MAX_BK = 256  # int16 accumulation of one tile (see module docstring)
@@ -112,18 +112,6 @@ def _kind(kind: str) -> str:
     if k not in KINDS:
         raise LayoutError(f"unknown kernel kind {kind!r}; known: {', '.join(KINDS)}")
     return k
-
-
-def tl2_payload_nbytes(M: int, K: int) -> int:
-    """TL2 packed size NB of ggml_nbytes, before the 32-byte rounding (C integer arithmetic, left to right)."""
-    # ref: fork ggml/src/ggml.c ggml_nbytes (merge-dev l.3472-3494); spec gguf-bitnet-cpp.md §1.1
-    return _cdiv(_cdiv((K - 256) * M, 3) * 5, 8) + 256 * M // 2 * 4 // 8
-
-
-def _cdiv(a: int, b: int) -> int:
-    """C division (truncates toward zero)."""
-    q = abs(a) // b
-    return q if a >= 0 else -q
 
 
 def check_entry(kind: str, e: KernelEntry, tensor: str | None = None) -> None:
