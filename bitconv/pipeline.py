@@ -21,12 +21,12 @@ from bitconv.core import dtypes
 from bitconv.core.alloc import keep_freed_memory
 from bitconv.core.errors import UsageError
 from bitconv.core.naming import module_of
-from bitconv.core.tensors import FieldSpec, Ternary
+from bitconv.core.tensors import FieldSpec
 from bitconv.formats.safetensors import OutEntry
 from bitconv.layouts import Layout, get_layout
 from bitconv.layouts.hf_packed import HF_LAYOUTS, bitnet_quant_config
 from bitconv.output import AtomicOutput, check_free_space
-from bitconv.quant import COMPUTE_MODES, dequantize
+from bitconv.quant import COMPUTE_MODES, dequantize, online_lift
 from bitconv.sinks.hf import DEFAULT_MAX_SHARD_BYTES, HFSink
 from bitconv.sources import Checkpoint, ModelTensor, open_source
 
@@ -123,19 +123,6 @@ def plan_pack_hf(src: Checkpoint, linear_class: str = "autobitlinear", compute: 
 
 
 UNPACK_VALUES = ("online", "dequantized")
-
-
-def online_lift(t: Ternary) -> Ternary:
-    """Codes with the magnitude transformers' online WeightQuant turns back into `t`'s scale.
-
-    Online mode re-derives the scale as mean|W|. For W = codes * b that is p * b (p = fraction of non-zero codes),
-    while every non-zero W * s = ±1/p rounds back to ±1. Storing b = scale / p therefore gives back the same codes
-    and the same scale (to bf16 rounding): the unpacked model *is* the packed model when loaded online.
-    """
-    nnz = int(np.count_nonzero(t.codes))
-    if nnz == 0:
-        return t
-    return Ternary(t.codes, np.float32(np.float64(t.scale) * t.codes.size / nnz))
 
 
 def plan_unpack_hf(src: Checkpoint, values: str = "online") -> Plan:

@@ -39,7 +39,7 @@ from bitconv.formats.nanotron import yamlish
 from bitconv.formats.safetensors import OutEntry, build_header
 from bitconv.output import AtomicOutput, check_free_space
 from bitconv.pipeline import Plan, Progress, Report, Step, execute
-from bitconv.quant import COMPUTE_MODES, ternarize
+from bitconv.quant import COMPUTE_MODES, lift, ternarize
 from bitconv.sinks.hf import DEFAULT_MAX_SHARD_BYTES
 from bitconv.sources import Checkpoint, ModelTensor, open_source
 from bitconv.sources.checkpoint import load_torch
@@ -58,33 +58,6 @@ W_PR180_NORMALIZE = ("PR #180 normalizes the input of every BitLinear without we
 
 
 # ------------------------------------------------------------------------------------------------------ lifting
-
-
-def lift(codes: np.ndarray | torch.Tensor, scale: float) -> torch.Tensor:
-    """A bf16 weight whose absmean ternarization gives exactly `codes` and (to ~1e-7) magnitude `scale`.
-
-    Nonzeros get one of two adjacent bf16 magnitudes around `scale * n / nnz`, so that mean|W| == scale as closely
-    as float32 allows; each |W| / mean|W| >= 1 rounds to ±1 (in float32 and in bf16 arithmetic), zeros stay 0.
-    # ref: spec nanotron.md §3.3 (W_latent = W_tern / (s · mean|W_tern|)), in bitconv's magnitude convention
-    """
-    c = torch.as_tensor(np.asarray(codes)).to(torch.int8)
-    n, nnz = c.numel(), int(torch.count_nonzero(c))
-    if nnz == 0:
-        return torch.zeros(c.shape, dtype=torch.bfloat16)
-    target = float(scale) * n / nnz
-    lo = torch.tensor(target, dtype=torch.float32).to(torch.bfloat16)
-    if float(lo) > target:
-        lo = torch.nextafter(lo, torch.tensor(0.0, dtype=torch.bfloat16))
-    hi = torch.nextafter(lo, torch.tensor(float("inf"), dtype=torch.bfloat16))
-    step = float(hi) - float(lo)
-    k = min(max(round((target - float(lo)) * nnz / step), 0), nnz) if step > 0 else 0
-    mags = torch.full((nnz,), float(lo), dtype=torch.bfloat16)
-    mags[:k] = hi
-    out = torch.zeros(n, dtype=torch.bfloat16)
-    flat = c.reshape(-1)
-    idx = torch.nonzero(flat, as_tuple=True)[0]
-    out[idx] = mags * flat[idx].to(torch.bfloat16)
-    return out.reshape(c.shape)
 
 
 def fused_scale(parts: list[Ternary]) -> tuple[float, float]:

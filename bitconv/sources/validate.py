@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bitconv.core.errors import SourceError
-from bitconv.core.naming import TERNARY_PROJECTIONS
+from bitconv.core.naming import PROJECTION_SHAPES, TERNARY_PROJECTIONS
 
 if TYPE_CHECKING:
     from bitconv.sources.checkpoint import ModelTensor
@@ -31,15 +31,7 @@ _TOP_SHAPES: dict[str, tuple[str, ...]] = {
     "lm_head.weight": ("vocab_size", "hidden_size"),
     "model.norm.weight": ("hidden_size",),
 }
-_LAYER_SHAPES: dict[str, tuple[str, ...]] = {
-    "self_attn.q_proj.weight": ("q", "hidden_size"),
-    "self_attn.k_proj.weight": ("kv", "hidden_size"),
-    "self_attn.v_proj.weight": ("kv", "hidden_size"),
-    "self_attn.o_proj.weight": ("hidden_size", "q"),
-    "mlp.gate_proj.weight": ("intermediate_size", "hidden_size"),
-    "mlp.up_proj.weight": ("intermediate_size", "hidden_size"),
-    "mlp.down_proj.weight": ("hidden_size", "intermediate_size"),
-}
+_LAYER_SHAPES: dict[str, tuple[str, ...]] = {f"{m}.weight": dims for m, dims in PROJECTION_SHAPES.items()}
 _EXPLAIN = {"q": "num_attention_heads x head_dim", "kv": "num_key_value_heads x head_dim"}
 _PROJECTION_SUFFIXES = tuple(s for s in _LAYER_SHAPES if s.split(".")[1] in TERNARY_PROJECTIONS)
 _LAYER = re.compile(r"model\.layers\.(0|[1-9]\d*)\.(.+)")
