@@ -22,6 +22,7 @@ from bitconv import pipeline, pipeline_gguf, tiny
 from bitconv.describe import describe
 from bitconv.quant import ternarize
 from bitconv.sources import open_source
+from bitconv.verify import verify
 
 BF16_REL = 2.0**-8  # bf16 keeps 8 significant bits: one rounding is within 2^-8 relative
 FP16_REL = 2.0**-11  # TQ blocks store the scale as fp16
@@ -115,8 +116,6 @@ def run_demo(workdir: str | Path | None = None, arch: str = "bitnet-2b4t",
 
 def _verify_row(artifact: Path, master: Path) -> DemoRow:
     """`bitconv verify ARTIFACT --ref MASTER`: round trip + logit parity. (# issue 4)"""
-    from bitconv.verify import verify
-
     rep = verify(artifact, master)
     p = rep.parity.out_vs_ref
     msg = (f"round trip ok ({rep.roundtrip.compute}), logits top-1 {p.top1:.0%}, max |Δ| {p.rel_dlogit:.1%} of range"

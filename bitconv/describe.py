@@ -7,8 +7,13 @@ from pathlib import Path
 
 import numpy as np
 
-from bitconv import naming
+from bitconv.core import naming
+from bitconv.core.errors import BitconvError
+from bitconv.formats.gguf.metadata import WARNING_KEY, hf_name, read_arch
+from bitconv.layouts.kernel_config import KernelConfig
+from bitconv.layouts.runtimes import summary, where_it_runs
 from bitconv.sources import KINDS, Checkpoint, open_source
+from bitconv.sources.gguf import PACKED, _kernel_config_path, file_activation, gguf_header
 
 
 @dataclass
@@ -97,9 +102,6 @@ def gguf_runtimes(path: str | Path) -> dict:
     TL2 LUT-buffer check is reported as unverified). Returns runs_on / does_not_run_on lines, one verdict per
     runtime (with its run command), the codegen steps for TL files, and a --force warning stored in the file.
     """
-    from bitconv.gguf.metadata import WARNING_KEY, hf_name, read_arch
-    from bitconv.layouts.runtimes import summary, where_it_runs
-    from bitconv.sources.gguf import PACKED, file_activation, gguf_header
 
     p = Path(path)
     g = gguf_header(p)
@@ -127,9 +129,6 @@ def gguf_runtimes(path: str | Path) -> dict:
 
 
 def _kernel_config_near(path: Path, kind: str) -> object | None:
-    from bitconv.errors import BitconvError
-    from bitconv.kernel_config import KernelConfig
-    from bitconv.sources.gguf import _kernel_config_path
 
     try:
         return KernelConfig.from_ini(_kernel_config_path(path)).with_kind(kind)

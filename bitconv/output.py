@@ -23,7 +23,7 @@ import shutil
 import stat
 from pathlib import Path
 
-from bitconv.errors import OutputError
+from bitconv.core.errors import OutputError
 
 TMP_PREFIX = ".bitconv-tmp-"
 OLD_PREFIX = ".bitconv-old-"

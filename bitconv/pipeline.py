@@ -17,18 +17,19 @@ from pathlib import Path
 
 import numpy as np
 
-from bitconv import dtypes
-from bitconv._alloc import keep_freed_memory
-from bitconv.errors import SourceError, UsageError
+from bitconv.core import dtypes
+from bitconv.core.alloc import keep_freed_memory
+from bitconv.core.errors import SourceError, UsageError
+from bitconv.core.naming import module_of
+from bitconv.core.tensors import FieldSpec, Ternary
+from bitconv.formats.safetensors import OutEntry
 from bitconv.layouts import Layout, get_layout
-from bitconv.layouts.hf_packed import HF_LAYOUTS
-from bitconv.naming import module_of
+from bitconv.layouts.hf_packed import HF_LAYOUTS, bitnet_quant_config
+from bitconv.memory import peak_estimate
 from bitconv.output import AtomicOutput, check_free_space, precheck
-from bitconv.quant import COMPUTE_MODES, dequantize
-from bitconv.safetensors_io import OutEntry
+from bitconv.quant import COMPUTE_MODES, dequantize, online_lift
 from bitconv.sinks.hf import DEFAULT_MAX_SHARD_BYTES, HFSink
 from bitconv.sources import Checkpoint, ModelTensor, open_source
-from bitconv.tensors import FieldSpec, Ternary
 
 # (done, total, current name): output bytes for quantize / pack / unpack (so a renderer can show bytes/s and an
 # ETA), tensors for the Nanotron converter
@@ -65,7 +66,6 @@ class Plan:
     @property
     def peak_bytes(self) -> int:
         """Planned peak memory (`bitconv.memory`)."""
-        from bitconv.memory import peak_estimate
 
         return peak_estimate([(s.tensor, s.action, sum(f.nbytes for f in s.outputs.values())) for s in self.steps],
                              self.compute)
@@ -122,20 +122,6 @@ def _base_config(src: Checkpoint) -> dict:
     return cfg
 
 
-def bitnet_quant_config(src_config: dict, linear_class: str, mode: str) -> dict:
-    """A `quantization_config` transformers loads without remote code; keeps `lm_head` out of conversion."""
-    qc: dict = {"quant_method": "bitnet", "linear_class": linear_class, "quantization_mode": mode}
-    old = src_config.get("quantization_config")
-    if isinstance(old, dict):
-        mtnc = old.get("modules_to_not_convert")
-        if isinstance(mtnc, list):  # an explicit list disables transformers' defaults (spec §3.2)
-            qc["modules_to_not_convert"] = mtnc if "lm_head" in mtnc else [*mtnc, "lm_head"]
-        for k in ("use_rms_norm", "rms_norm_eps"):
-            if k in old:
-                qc[k] = old[k]
-    return qc
-
-
 def _with_quant_config(cfg: dict, qc: dict) -> dict:
     cfg["quantization_config"] = qc  # replaces in place (keeps key order) or appends
     return cfg
@@ -161,19 +147,6 @@ def plan_pack_hf(src: Checkpoint, linear_class: str = "autobitlinear", compute: 
 
 
 UNPACK_VALUES = ("online", "dequantized")
-
-
-def online_lift(t: Ternary) -> Ternary:
-    """Codes with the magnitude transformers' online WeightQuant turns back into `t`'s scale.
-
-    Online mode re-derives the scale as mean|W|. For W = codes * b that is p * b (p = fraction of non-zero codes),
-    while every non-zero W * s = ±1/p rounds back to ±1. Storing b = scale / p therefore gives back the same codes
-    and the same scale (to bf16 rounding): the unpacked model *is* the packed model when loaded online.
-    """
-    nnz = int(np.count_nonzero(t.codes))
-    if nnz == 0:
-        return t
-    return Ternary(t.codes, np.float32(np.float64(t.scale) * t.codes.size / nnz))
 
 
 def plan_unpack_hf(src: Checkpoint, values: str = "online") -> Plan:

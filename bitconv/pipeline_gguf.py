@@ -41,11 +41,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bitconv import dtypes
-from bitconv.errors import LayoutError, OutputError, UsageError
-from bitconv.ggml_types import FILE_TYPES, GGML_TYPES
-from bitconv.gguf.kv import KV
-from bitconv.gguf.metadata import (
+from bitconv.core import dtypes
+from bitconv.core.errors import LayoutError, OutputError, UsageError
+from bitconv.core.jsonio import read_optional_json
+from bitconv.core.tensors import Ternary
+from bitconv.formats.gguf.ggml_types import FILE_TYPES, GGML_TYPES
+from bitconv.formats.gguf.kv import KV
+from bitconv.formats.gguf.metadata import (
     PROFILE_OF,
     PROFILES,
     SKIPPED,
@@ -57,22 +59,22 @@ from bitconv.gguf.metadata import (
     permute_rows,
     resolve_arch,
 )
-from bitconv.gguf.quants import float_type_nbytes, to_float_type
-from bitconv.gguf.types import pad
-from bitconv.gguf.vocab import load_vocab, vocab_kvs
-from bitconv.gguf.writer import GGUFWriter, TensorEntry, build_header
-from bitconv.kernel_config import KernelConfig, derive
+from bitconv.formats.gguf.quants import float_type_nbytes, to_float_type
+from bitconv.formats.gguf.types import pad
+from bitconv.formats.gguf.vocab import load_vocab, vocab_kvs
+from bitconv.formats.gguf.writer import GGUFWriter, TensorEntry, build_header
+from bitconv.formats.safetensors import TensorInfo, pread_exact
 from bitconv.layouts import Layout, get_layout
 from bitconv.layouts._ikbn import IK_DEFAULT_ARCH, RUNTIME
+from bitconv.layouts.kernel_config import KernelConfig, derive
 from bitconv.layouts.runtimes import ACTIVATIONS, Verdict, default_activation, runs_somewhere, summary, where_it_runs
+from bitconv.memory import peak_estimate
 from bitconv.output import AtomicOutput, check_free_space, precheck
 from bitconv.pipeline import Progress, Report
 from bitconv.quant import COMPUTE_MODES
-from bitconv.safetensors_io import TensorInfo, pread_exact
 from bitconv.sources import Checkpoint, ModelTensor, open_source
+from bitconv.sources.checkpoint import load_torch
 from bitconv.sources.gguf import gguf_header
-from bitconv.sources.safetensors import read_optional_json
-from bitconv.tensors import Ternary
 
 
 @dataclass(frozen=True)
@@ -144,7 +146,6 @@ class GGUFPlan:
     @property
     def peak_bytes(self) -> int:
         """Planned peak memory (`bitconv.memory`)."""
-        from bitconv.memory import peak_estimate
 
         return peak_estimate([(s.tensor, s.action, s.entry.nbytes) for s in self.steps], self.compute)
 
@@ -353,8 +354,6 @@ def _ternary(step: GGUFStep, compute: str) -> Ternary:
 def _float_signs(t: ModelTensor) -> torch.Tensor | None:
     """The stored float weight behind a ternary tensor (master or float GGUF), whose signs the zeros keep."""
     if t.stored and t.stored[0].dtype in ("BF16", "F16", "F32") and tuple(t.stored[0].shape) == tuple(t.shape):
-        from bitconv.sources.safetensors import load_torch
-
         return load_torch(t.stored[0])
     return None
 

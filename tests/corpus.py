@@ -28,9 +28,9 @@ import numpy as np
 import torch
 
 from bitconv import tiny
-from bitconv.gguf import KV, TensorEntry, read_gguf, write_gguf
-from bitconv.gguf.kv import encode_string
-from bitconv.gguf.types import by_id, tensor_nbytes
+from bitconv.formats.gguf import KV, TensorEntry, read_gguf, write_gguf
+from bitconv.formats.gguf.kv import encode_string
+from bitconv.formats.gguf.types import by_id, tensor_nbytes
 
 Builder = Callable[[Path], Path]
 
@@ -138,7 +138,7 @@ def _llama(root: Path) -> Path:
 
 
 def _nt(root: Path) -> Path:
-    from bitconv.nanotron.convert import to_nanotron
+    from bitconv.sinks.nanotron import to_nanotron
 
     return to_nanotron(BASES.get("llama"), root / "nt", tp=2).out
 

@@ -19,17 +19,17 @@ from typer.testing import CliRunner
 
 from bitconv import pipeline
 from bitconv.cli import app
-from bitconv.errors import LayoutError, SourceError, UsageError
-from bitconv.gguf import read_gguf
-from bitconv.gguf.kv import KV
-from bitconv.gguf.types import by_id, pad
-from bitconv.gguf.writer import TensorEntry, build_header, write_gguf
+from bitconv.core.errors import LayoutError, SourceError, UsageError
+from bitconv.core.tensors import Ternary
+from bitconv.formats.gguf import read_gguf
+from bitconv.formats.gguf.kv import KV
+from bitconv.formats.gguf.types import by_id, pad
+from bitconv.formats.gguf.writer import TensorEntry, build_header, write_gguf
 from bitconv.layouts import get_layout, layout_class
 from bitconv.layouts.gguf_iq1bn import BYTE_OF_IDX, TRITS_OF_BYTE
 from bitconv.pipeline_gguf import _tensor_layout, pack_gguf, plan_pack_gguf
 from bitconv.quant import EPS
 from bitconv.sources import ModelTensor, open_source
-from bitconv.tensors import Ternary
 from bitconv.verify.reference import reference_logits
 from tests.conftest import GOLDEN
 
@@ -400,7 +400,7 @@ def sources(tmp_path_factory):
     out["hf-packed"] = base / "packed"
     pack_gguf(master, base / "i2s.gguf", "i2_s")
     out["gguf-i2_s"] = base / "i2s.gguf"
-    from bitconv.nanotron.convert import to_nanotron
+    from bitconv.sinks.nanotron import to_nanotron
 
     to_nanotron(out["llama"], base / "nt-tp2", tp=2)  # the shipped Nanotron fixtures have in_features 32 / 48
     out["nanotron"] = base / "nt-tp2"
@@ -460,7 +460,7 @@ def test_cli_verify_golden(tmp_path):
 
 @pytest.mark.parametrize("name, flags", [("ggml-model-iq2_bn.gguf", " -rtr"), ("ggml-model-iq1_bn.gguf", "")])
 def test_model_card_gives_the_ik_command(tmp_path, name, flags):
-    from bitconv.hub import plan_upload
+    from bitconv.publish.card import plan_upload
 
     art = tmp_path / name
     shutil.copyfile(GOLD / name, art)

@@ -14,10 +14,10 @@ from typer.testing import CliRunner
 
 from bitconv import pipeline
 from bitconv.cli import app
-from bitconv.errors import LayoutError, OutputError, SourceError, UsageError
-from bitconv.gguf import read_gguf
-from bitconv.gguf.metadata import gguf_name, permute_rows
-from bitconv.kernel_config import KernelConfig
+from bitconv.core.errors import LayoutError, OutputError, SourceError, UsageError
+from bitconv.formats.gguf import read_gguf
+from bitconv.formats.gguf.metadata import gguf_name, permute_rows
+from bitconv.layouts.kernel_config import KernelConfig
 from bitconv.output import TMP_PREFIX
 from bitconv.pipeline_gguf import GGUF_TARGETS, pack_gguf, plan_pack_gguf
 from bitconv.sources import open_source
@@ -387,7 +387,7 @@ def test_cli_pack_gguf_options(models, tmp_path):
 
 
 def pipeline_kernel(m: Path) -> KernelConfig:
-    from bitconv.kernel_config import derive
+    from bitconv.layouts.kernel_config import derive
 
     return derive("tl2", {t.name: tuple(t.shape) for t in open_source(m).ternary_tensors()})
 

@@ -31,7 +31,7 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from bitconv.cli import app
-from bitconv.errors import BitconvError
+from bitconv.core.errors import BitconvError
 from bitconv.output import TMP_PREFIX
 from bitconv.sources import open_source
 from tests import corpus
@@ -340,7 +340,7 @@ def test_fuzz_safetensors_header(fuzz_src, data):
 @fuzz("gguf-bytes")
 @given(data=st.data())
 def test_fuzz_gguf_bytes(fuzz_src, data):
-    from bitconv.gguf import read_gguf
+    from bitconv.formats.gguf import read_gguf
 
     path = fuzz_src["gguf-compact"]
     raw = path.read_bytes()
@@ -353,8 +353,8 @@ def test_fuzz_gguf_bytes(fuzz_src, data):
 @given(data=st.data())
 def test_fuzz_gguf_metadata(fuzz_src, data):
     """Structured mutations of the GGUF KVs: any KV replaced by a value of any type (the config is built from them)."""
-    from bitconv.gguf import KV, write_gguf
-    from bitconv.gguf.kv import ValueType
+    from bitconv.formats.gguf import KV, write_gguf
+    from bitconv.formats.gguf.kv import ValueType
 
     kvs, tensors = corpus.gguf_parts(corpus.BASES.get("gguf-compact"))
     if data.draw(st.booleans()):  # the same model as `llama` (q/k rows permuted by head count on load)
@@ -440,7 +440,7 @@ PAUSING_PACK = '''
 import sys, time
 from pathlib import Path
 
-from bitconv import safetensors_io
+from bitconv.formats import safetensors as safetensors_io
 
 flag, done = Path(sys.argv[1]), []
 
@@ -541,7 +541,7 @@ def test_disk_full_mid_write_multi_shard(tmp_path, monkeypatch):
 
 
 def test_disk_full_mid_write_gguf(tmp_path, monkeypatch):
-    from bitconv.gguf import writer
+    from bitconv.formats.gguf import writer
 
     src = corpus.clone("st", tmp_path)
     before = snapshot(tmp_path)
@@ -884,7 +884,7 @@ def test_token_of_any_shape_never_echoed(token, tmp_path):
 
 
 def test_scrub_removes_every_printed_form():
-    from bitconv.hub import scrub
+    from bitconv.sources.hub import scrub
 
     tok = "hf_abcd\x1befgh"
     for text in (f"bad header {tok!r}", f"bad header {tok.encode()!r}", f"bad {tok}"):
@@ -894,7 +894,7 @@ def test_scrub_removes_every_printed_form():
 def test_kernel_config_option_never_rewrites_the_users_ini(tmp_path):
     """--kernel-config naming the kernel_config.ini beside OUT (a hand-written one, same tiling, other text):
     the GGUF is written and the user's file is byte-for-byte unchanged."""
-    from bitconv.kernel_config import derive
+    from bitconv.layouts.kernel_config import derive
 
     src = corpus.clone("st", tmp_path)
     from bitconv.sources import open_source as _open
@@ -928,7 +928,7 @@ def test_free_space_message_on_a_small_filesystem(tmp_path, monkeypatch):
     """A small output on a small filesystem: the message states the output's size, the headroom and what is free
     (it once said '0.1 MiB needed, 10.0 MiB free' and refused)."""
     from bitconv import output
-    from bitconv.errors import OutputError
+    from bitconv.core.errors import OutputError
 
     monkeypatch.setattr(output.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10 << 20, 7 << 20, 3 << 20))
     output.check_free_space(tmp_path, 100 << 10)  # headroom scales with the filesystem: 100 KiB fits in 3 MiB

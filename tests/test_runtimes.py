@@ -9,10 +9,9 @@ import pytest
 from typer.testing import CliRunner
 
 from bitconv.cli import app
-from bitconv.errors import UsageError
-from bitconv.gguf import read_gguf
-from bitconv.hub import plan_upload
-from bitconv.kernel_config import KernelConfig, KernelEntry, derive, derive_entry
+from bitconv.core.errors import UsageError
+from bitconv.formats.gguf import read_gguf
+from bitconv.layouts.kernel_config import KernelConfig, KernelEntry, derive, derive_entry
 from bitconv.layouts.runtimes import (
     RUNTIMES,
     render_markdown,
@@ -22,6 +21,7 @@ from bitconv.layouts.runtimes import (
     where_it_runs,
 )
 from bitconv.pipeline_gguf import pack_gguf, plan_pack_gguf
+from bitconv.publish.card import plan_upload
 from bitconv.sources import open_source
 from bitconv.verify import verify
 from tests.conftest import ROOT

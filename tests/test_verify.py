@@ -16,15 +16,16 @@ import torch
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
-from bitconv import dtypes, pipeline
+from bitconv import pipeline
 from bitconv.cli import app
+from bitconv.core import dtypes
+from bitconv.core.naming import module_of
+from bitconv.core.tensors import Ternary
 from bitconv.layouts import get_layout
-from bitconv.naming import module_of
-from bitconv.nanotron import convert
 from bitconv.pipeline_gguf import pack_gguf
 from bitconv.quant import dequantize, ternarize
+from bitconv.sinks import nanotron as convert
 from bitconv.sources import open_source
-from bitconv.tensors import Ternary
 from bitconv.verify import FAULTS, Thresholds, verify
 from bitconv.verify.check import check, find_checkpoints
 from bitconv.verify.parity import ParityMetrics, tokens_from_file, tokens_from_prompt

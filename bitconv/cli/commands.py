@@ -8,7 +8,8 @@ from typing import Annotated
 import typer
 
 from bitconv import pipeline
-from bitconv.cli import (
+from bitconv.cli import render
+from bitconv.cli.app import (
     ComputeOpt,
     JsonOpt,
     OutOpt,
@@ -19,10 +20,9 @@ from bitconv.cli import (
     app,
     handle_errors,
     parse_size,
-    render,
 )
 from bitconv.cli.hub import PushOpt, TokenOpt, push_after_pack
-from bitconv.errors import UsageError
+from bitconv.core.errors import UsageError
 from bitconv.layouts import get_layout, list_layouts
 
 PACK_TARGETS = ("hf", "gguf")

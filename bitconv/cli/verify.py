@@ -9,8 +9,9 @@ from typing import Annotated
 
 import typer
 
-from bitconv.cli import app, handle_errors, render
-from bitconv.errors import UsageError
+from bitconv.cli import render
+from bitconv.cli.app import app, handle_errors
+from bitconv.core.errors import UsageError
 from bitconv.output import check_report_path, write_report
 from bitconv.verify import Thresholds, VerifyReport, verify
 from bitconv.verify.check import CheckReport, check, check_markdown, check_suites

@@ -9,7 +9,7 @@ constraints fails for the file's shapes and tiling. Loading is not enough: upstr
 |--------------|-------------------------------------------------------------------------------------------------|
 | `key`        | stable id (`llama.cpp@0c1e570`, `bitnet.cpp@37c247c`, ...)                                      |
 | `graphs`     | arch string -> the activation its graph computes (`silu`, `relu2`); archs absent are unknown     |
-| `types`      | GGML types it computes correctly (names as `bitconv.ggml_types`: TL2 = id 39, TL2_42 = id 42)    |
+| `types`      | GGML types it computes correctly (as `formats.gguf.ggml_types`: TL2 = id 39, TL2_42 = id 42)     |
 | `wrong`      | GGML type -> why a file of that type fails or computes garbage there                             |
 | `checked`    | how the facts were established (run on tiny models, or read from source only)                  |
 | `constraints`| shape/tiling rules (`MinInFeatures`, `Tl2LutBuffer`) and run notes (`RunNote`: `-ub 1`, ARM only) |

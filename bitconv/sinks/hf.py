@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from bitconv import safeio
-from bitconv.errors import OutputError
-from bitconv.safetensors_io import OutEntry, SafetensorsWriter, TensorInfo
+from bitconv.core import safeio
+from bitconv.core.errors import OutputError
+from bitconv.formats.safetensors import OutEntry, SafetensorsWriter, TensorInfo
 from bitconv.sinks.background import BackgroundWriter
 
 DEFAULT_MAX_SHARD_BYTES = 5 * 1000**3  # transformers' default "5GB"

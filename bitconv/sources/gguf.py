@@ -1,6 +1,6 @@
 """A GGUF file as a checkpoint: HF tensor names and shapes, ternary projections decoded, config rebuilt from the KVs.
 
-* Names: GGUF -> HF by architecture (`bitconv.gguf.metadata.hf_name`); the sub-norms get the family's spelling
+* Names: GGUF -> HF by architecture (`bitconv.formats.gguf.metadata.hf_name`); the sub-norms get the family's spelling
   (1bitLLM `inner_attn_ln` / `ffn_layernorm` for arch `bitnet`, `attn_sub_norm` / `ffn_sub_norm` for
   `bitnet-b1.58` / `bitnet-25`). For arch `llama` the q/k RoPE permutation is undone.
 * Ternary projections: I2_S, TL1, TL2, TQ1_0, TQ2_0, ik_llama.cpp's IQ1_BN, IQ2_BN, IQ2_BN_R4 through their layout's
@@ -23,20 +23,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bitconv import naming, validate
-from bitconv.errors import LayoutError, SourceError
-from bitconv.gguf.metadata import ARCHS, GGUFArch, hf_name, permute_heads, permute_rows, read_arch
-from bitconv.gguf.quants import dequantize_q8_0
-from bitconv.gguf.reader import GGUFFile, GGUFTensor, read_gguf
-from bitconv.gguf.types import by_id
-from bitconv.kernel_config import KernelConfig
+from bitconv.core import naming
+from bitconv.core.errors import LayoutError, SourceError
+from bitconv.core.tensors import Ternary, checked_scale
+from bitconv.formats.gguf.metadata import ARCHS, GGUFArch, hf_name, permute_heads, permute_rows, read_arch
+from bitconv.formats.gguf.quants import dequantize_q8_0
+from bitconv.formats.gguf.reader import GGUFFile, GGUFTensor, read_gguf
+from bitconv.formats.gguf.types import by_id
+from bitconv.formats.safetensors import TensorInfo
 from bitconv.layouts import Layout, get_layout
+from bitconv.layouts.kernel_config import KernelConfig
 from bitconv.layouts.runtimes import ACTIVATIONS, default_activation
 from bitconv.quant import ternarize
-from bitconv.safetensors_io import TensorInfo
-from bitconv.sources import Checkpoint, ModelTensor
+from bitconv.sources import validate
+from bitconv.sources.checkpoint import Checkpoint, ModelTensor
 from bitconv.sources.safetensors import with_file
-from bitconv.tensors import Ternary, checked_scale
 
 # GGML type -> ternary layout name
 PACKED = {"I2_S": "gguf-i2-s", "TL1": "gguf-tl1", "TL2": "gguf-tl2", "TL2_42": "gguf-tl2", "TQ1_0": "gguf-tq1-0",

@@ -24,15 +24,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bitconv import safeio
-from bitconv.errors import SourceError, UsageError
-from bitconv.nanotron import format as nt
-from bitconv.nanotron import yamlish
+from bitconv.core import dtypes, safeio
+from bitconv.core.errors import SourceError, UsageError
+from bitconv.core.jsonio import read_json
+from bitconv.core.tensors import Ternary
+from bitconv.formats.nanotron import format as nt
+from bitconv.formats.nanotron import yamlish
+from bitconv.formats.safetensors import TensorInfo, read_header
+from bitconv.layouts.hf_packed import bitnet_quant_config
 from bitconv.quant import ternarize
-from bitconv.safetensors_io import TensorInfo, read_header
-from bitconv.sources import Checkpoint, ModelTensor
-from bitconv.sources.safetensors import load_torch, read_json, side_files, with_file
-from bitconv.tensors import Ternary
+from bitconv.sources.checkpoint import Checkpoint, ModelTensor, load_torch
+from bitconv.sources.safetensors import side_files, with_file
 
 GRANULARITIES = ("fused", "per-projection")
 
@@ -103,8 +105,6 @@ class Param:
         """The global tensor (a fresh torch tensor)."""
         if not self.sharded:
             return load_torch(self.shards[0].info)
-        from bitconv import dtypes
-
         out = torch.empty(self.shape, dtype=dtypes.DTYPES[self.dtype].torch)
         for sh in self.shards:
             local = load_torch(sh.info)
@@ -579,8 +579,6 @@ def _passthrough(ck: NanotronCheckpoint, param: Param, name: str, rows: int | No
 
 
 def _ones(name: str, n: int, dtype: str) -> ModelTensor:
-    from bitconv import dtypes
-
     def loader() -> torch.Tensor:
         return torch.ones(n, dtype=dtypes.DTYPES[dtype].torch)
 
@@ -641,8 +639,6 @@ def _same_model(cfg: dict, info: NanotronInfo) -> bool:
 
 
 def _restore(cfg: dict) -> dict:
-    from bitconv.pipeline import bitnet_quant_config
-
     out = {k: v for k, v in cfg.items() if k != "bitconv"}
     qc = out.get("quantization_config")
     if isinstance(qc, dict) and qc.get("quant_method") == "bitnet":

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import mmap
 import os
 from collections.abc import Callable
@@ -12,42 +11,23 @@ from typing import TypeVar
 import numpy as np
 import torch
 
-from bitconv import dtypes, naming, quant, safeio, validate
-from bitconv.errors import BitconvError, SourceError
+from bitconv import quant
+from bitconv.core import dtypes, naming, safeio
+from bitconv.core.errors import BitconvError, SourceError
+from bitconv.core.jsonio import read_json
+from bitconv.core.pickled import pickled_in, refuse_pickle
+from bitconv.core.tensors import Ternary, checked_scale
+from bitconv.formats.safetensors import TensorInfo, pread_exact, read_array, read_header
 from bitconv.layouts.hf_packed import HF_LAYOUTS, unpack_codes
 from bitconv.quant import Workspace, ternarize, ternarize_blocks
-from bitconv.safetensors_io import TensorInfo, pread_exact, read_array, read_header
-from bitconv.sources import Checkpoint, ModelTensor
-from bitconv.tensors import Ternary, checked_scale
+from bitconv.sources import validate
+from bitconv.sources.checkpoint import Checkpoint, ModelTensor, load_torch
 
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
 T = TypeVar("T")
 
 _WS = Workspace()
-
-
-def read_json(path: Path, what: str, cap: int = safeio.CAP_CONFIG) -> dict:
-    """A JSON object read through `safeio` (regular file inside SRC, at most `cap` bytes)."""
-    text = safeio.read_text(path, cap, what=what)
-    try:
-        data = json.loads(text)
-    except (ValueError, json.JSONDecodeError) as e:
-        raise SourceError(f"{what} is not valid JSON ({e})", path=path) from None
-    except RecursionError:  # hostile nesting ([[[[...), not a real config
-        raise SourceError(f"{what} is not valid JSON (nested too deeply)", path=path) from None
-    if not isinstance(data, dict):
-        raise SourceError(f"{what} is not a JSON object", path=path)
-    return data
-
-
-def read_optional_json(path: Path) -> dict | None:
-    """An optional JSON object beside the weights (None when absent); a broken one is a one-line SourceError."""
-    if not safeio.exists_entry(path):
-        return None
-    cap = safeio.CAP_TOKENIZER if path.name.startswith(("tokenizer", "vocab", "added_tokens", "special_tokens")) \
-        else safeio.CAP_CONFIG
-    return read_json(path, path.name, cap)
 
 
 def side_files(folder: Path) -> list[Path]:
@@ -60,11 +40,6 @@ def side_files(folder: Path) -> list[Path]:
             safeio.check_input(f, cap=safeio.CAP_SIDE_FILE)
             out.append(f)
     return out
-
-
-def load_torch(info: TensorInfo) -> torch.Tensor:
-    """A fresh torch tensor holding one stored tensor."""
-    return dtypes.from_numpy_storage(read_array(info), info.dtype).reshape(info.shape)
 
 
 def _load_scratch(info: TensorInfo) -> torch.Tensor:
@@ -134,9 +109,9 @@ def collect_stored(folder: Path) -> tuple[dict[str, TensorInfo], list[Path]]:
     if others:
         raise SourceError(f"{len(others)} .safetensors files but no {INDEX} to say how they fit together",
                           path=folder)
-    pickled = validate.pickled_in(folder)
+    pickled = pickled_in(folder)
     if pickled:
-        raise validate.refuse_pickle(pickled[0])
+        raise refuse_pickle(pickled[0])
     raise SourceError(f"no weights: neither {SINGLE} nor {INDEX}", path=folder)
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from bitconv.errors import EXIT_OK, EXIT_VERIFY_FAILED, UsageError
+from bitconv.core.errors import EXIT_OK, EXIT_VERIFY_FAILED, UsageError
 from bitconv.sources import Checkpoint, open_source
 from bitconv.sources.nanotron import EXPORT_OF_GRANULARITY, NanotronCheckpoint
 from bitconv.verify.parity import (

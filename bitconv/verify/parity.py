@@ -39,10 +39,11 @@ from pathlib import Path
 
 import torch
 
-from bitconv._alloc import keep_freed_memory
-from bitconv.errors import SourceError, UsageError
+from bitconv.core import safeio
+from bitconv.core.alloc import keep_freed_memory
+from bitconv.core.errors import SourceError, UsageError
+from bitconv.core.jsonio import read_optional_json
 from bitconv.sources import Checkpoint
-from bitconv.sources.safetensors import read_optional_json
 from bitconv.verify.reference import RefConfig, TensorCache, Weights, forward, mode_for
 from bitconv.verify.roundtrip import scale_storage, stored_scale
 
@@ -154,8 +155,6 @@ def tokens_from_file(path: str | Path) -> torch.Tensor:
     """Token ids from FILE: JSON (`[[ids], ...]`, `[ids]` or `{"input_ids": ...}`) or text, one sequence of
     whitespace-separated ids per line. All sequences must have the same length; at most MAX_SEQS sequences of at
     most MAX_SEQ_LEN ids, each a non-negative integer (a float or a boolean is not an id)."""
-    from bitconv import safeio
-    from bitconv.errors import SourceError
 
     p = Path(path)
     try:

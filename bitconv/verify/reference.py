@@ -46,12 +46,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bitconv import dtypes
-from bitconv.errors import SourceError, UsageError
+from bitconv.core import dtypes
+from bitconv.core.errors import SourceError, UsageError
+from bitconv.core.tensors import Ternary
+from bitconv.formats.safetensors import TensorInfo
 from bitconv.quant import ternarize
-from bitconv.safetensors_io import TensorInfo
 from bitconv.sources import Checkpoint
-from bitconv.tensors import Ternary
 
 DTYPE = torch.bfloat16
 Q_EPS = 1e-5  # clamp of both quantizers' absmax / absmean

@@ -1,28 +1,26 @@
-"""Checks that a checkpoint's config agrees with its weights, and refusal of pickled weight files.
+"""Checks that a checkpoint's config agrees with its weights.
 
 `check_config` runs when a source is opened (HF folders and GGUF files), before anything is planned or written:
 config sizes must be positive integers, and every tensor whose shape the config fixes (embeddings, lm_head, final
 norm, the seven projections of every layer) must have that shape; layers must be exactly 0 .. num_hidden_layers-1,
 each with its seven projections. A mismatch would give an output no runtime loads, so it is refused in one line.
 
-Pickled weights (`pytorch_model.bin`, `.pt`, `.pth`, `.pkl`, `.ckpt`) are never opened with pickle or torch.load:
-unpickling runs code chosen by whoever wrote the file. bitconv reads safetensors and GGUF only.
+Pickled weight files are refused by `bitconv.core.pickled`.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bitconv.errors import SourceError
-from bitconv.naming import TERNARY_PROJECTIONS
+from bitconv.core.errors import SourceError
+from bitconv.core.naming import PROJECTION_SHAPES, TERNARY_PROJECTIONS
 
 if TYPE_CHECKING:
-    from bitconv.sources import ModelTensor
+    from bitconv.sources.checkpoint import ModelTensor
 
 # Config fields that size tensors: each, when present and not null, must be a positive integer.
 SIZE_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
@@ -34,15 +32,7 @@ _TOP_SHAPES: dict[str, tuple[str, ...]] = {
     "lm_head.weight": ("vocab_size", "hidden_size"),
     "model.norm.weight": ("hidden_size",),
 }
-_LAYER_SHAPES: dict[str, tuple[str, ...]] = {
-    "self_attn.q_proj.weight": ("q", "hidden_size"),
-    "self_attn.k_proj.weight": ("kv", "hidden_size"),
-    "self_attn.v_proj.weight": ("kv", "hidden_size"),
-    "self_attn.o_proj.weight": ("hidden_size", "q"),
-    "mlp.gate_proj.weight": ("intermediate_size", "hidden_size"),
-    "mlp.up_proj.weight": ("intermediate_size", "hidden_size"),
-    "mlp.down_proj.weight": ("hidden_size", "intermediate_size"),
-}
+_LAYER_SHAPES: dict[str, tuple[str, ...]] = {f"{m}.weight": dims for m, dims in PROJECTION_SHAPES.items()}
 _EXPLAIN = {"q": "num_attention_heads x head_dim", "kv": "num_key_value_heads x head_dim"}
 _PROJECTION_SUFFIXES = tuple(s for s in _LAYER_SHAPES if s.split(".")[1] in TERNARY_PROJECTIONS)
 _LAYER = re.compile(r"model\.layers\.(0|[1-9]\d*)\.(.+)")
@@ -195,53 +185,3 @@ def check_config(config: Mapping, tensors: Mapping[str, ModelTensor], where: Pat
             raise SourceError(f"{label} num_hidden_layers is {n} but tensor 'model.layers.{i}.{missing[0]}' is "
                               f"missing ({len(missing)} of the 7 projections of layer {i})", path=where,
                               hint="the checkpoint is incomplete")
-
-
-# ------------------------------------------------------------------------------------------------ pickled weights
-
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
-PICKLE_REFUSAL = ("pickled weights are never loaded (unpickling runs code from the file); bitconv reads safetensors "
-                  "and GGUF only")
-PICKLE_HINT = "convert the checkpoint to safetensors with tools you trust, then run bitconv on that"
-
-
-def sniff_pickle(head: bytes) -> str | None:
-    """What a file's first bytes say it is, when it is a pickle or a torch.save zip; None otherwise."""
-    if head[:4] == b"PK\x03\x04":
-        return "a zip archive (torch.save)"
-    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
-        return f"a pickle (protocol {head[1]})"
-    return None
-
-
-def refuse_pickle(path: Path, what: str | None = None) -> SourceError:
-    """The error for a pickled weight file (returned, for the caller to raise)."""
-    return SourceError(f"{what or 'a pickled file'}: {PICKLE_REFUSAL}", path=path, hint=PICKLE_HINT)
-
-
-def pickled_in(folder: Path) -> list[Path]:
-    """Pickled weight files in `folder` (by name), e.g. pytorch_model.bin."""
-    try:
-        return sorted(p for p in folder.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES and p.is_file())
-    except OSError:
-        return []
-
-
-def not_a_checkpoint(path: Path) -> SourceError:
-    """The error for a SRC that is neither a folder nor a .gguf/.safetensors file (a pickle gets its own)."""
-    from bitconv import safeio
-
-    try:
-        fd = safeio.open_input(path, user_named=True)  # a FIFO or device is refused here, never read (no hang)
-    except SourceError as e:
-        return e
-    try:
-        what = sniff_pickle(os.read(fd, 8))
-    except OSError:
-        what = None
-    finally:
-        os.close(fd)
-    if what is not None or path.suffix.lower() in PICKLE_SUFFIXES:
-        return refuse_pickle(path, what)
-    return SourceError("not a checkpoint: expected a folder with config.json and *.safetensors, or a .gguf file",
-                       path=path)

@@ -22,13 +22,13 @@ from typing import Any
 
 import numpy as np
 
-from bitconv import safeio
-from bitconv.errors import SourceError, UsageError
-from bitconv.ggml_types import UPSTREAM_MEANING, GGMLType
-from bitconv.gguf.kv import KV, SCALARS, ValueType
-from bitconv.gguf.types import ALIGNMENT, DIALECTS, FORK_ONLY_IDS, by_id, pad, tensor_nbytes
-from bitconv.gguf.writer import MAGIC
-from bitconv.safetensors_io import pread_exact
+from bitconv.core import safeio
+from bitconv.core.errors import SourceError, UsageError
+from bitconv.formats.gguf.ggml_types import UPSTREAM_MEANING, GGMLType
+from bitconv.formats.gguf.kv import KV, SCALARS, ValueType
+from bitconv.formats.gguf.types import ALIGNMENT, DIALECTS, FORK_ONLY_IDS, by_id, pad, tensor_nbytes
+from bitconv.formats.gguf.writer import MAGIC
+from bitconv.formats.safetensors import pread_exact
 
 VERSIONS = (2, 3)
 MAX_DIMS = 4  # GGML_MAX_DIMS

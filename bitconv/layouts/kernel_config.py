@@ -58,7 +58,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from bitconv.errors import LayoutError
+from bitconv.core import safeio
+from bitconv.core.errors import LayoutError
+from bitconv.layouts.runtimes import best_tl2_bk  # layouts/__init__ imports this module
 
 KINDS = ("tl1", "tl2")
 MAX_BK = 256  # int16 accumulation of one tile (see module docstring)
@@ -116,18 +118,6 @@ def _kind(kind: str) -> str:
     if k not in KINDS:
         raise LayoutError(f"unknown kernel kind {kind!r}; known: {', '.join(KINDS)}")
     return k
-
-
-def tl2_payload_nbytes(M: int, K: int) -> int:
-    """TL2 packed size NB of ggml_nbytes, before the 32-byte rounding (C integer arithmetic, left to right)."""
-    # ref: fork ggml/src/ggml.c ggml_nbytes (merge-dev l.3472-3494); spec gguf-bitnet-cpp.md §1.1
-    return _cdiv(_cdiv((K - 256) * M, 3) * 5, 8) + 256 * M // 2 * 4 // 8
-
-
-def _cdiv(a: int, b: int) -> int:
-    """C division (truncates toward zero)."""
-    q = abs(a) // b
-    return q if a >= 0 else -q
 
 
 def check_entry(kind: str, e: KernelEntry, tensor: str | None = None) -> None:
@@ -254,7 +244,6 @@ class KernelConfig:
     @classmethod
     def from_ini(cls, path: str | Path, kind: str | None = None, *, user_named: bool = False) -> KernelConfig:
         """Read a kernel_config.ini (a regular file of at most 1 MiB, UTF-8; never written back)."""
-        from bitconv import safeio
 
         p = Path(path)
         text = safeio.read_text(p, safeio.CAP_SMALL, what="kernel config", user_named=user_named)
@@ -318,7 +307,6 @@ def derive_entry(kind: str, M: int, K: int, tensor: str | None = None) -> Kernel
                               "negative below", tensor=tensor, shape=shape, hint="use gguf-tl1 or gguf-i2-s")
         # prefer a BK whose K % BK remainder bitnet.cpp's TL2 LUT work buffer holds (K = 256 has none: every legal
         # tiling leaves 64 columns, and where_it_runs then names the tensor, the tiling and the buffer's limit)
-        from bitconv.layouts.runtimes import best_tl2_bk  # layouts/__init__ imports this module
 
         BK = best_tl2_bk(K, _TL2_BK_CHOICES) or next((b for b in _TL2_BK_CHOICES if b <= K and (K % b) % 32 == 0),
                                                      None)

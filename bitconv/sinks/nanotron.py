@@ -32,25 +32,26 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bitconv import dtypes, safeio
-from bitconv.errors import OutputError, SourceError, UsageError
-from bitconv.nanotron import format as nt
-from bitconv.nanotron import yamlish
+from bitconv.core import dtypes, safeio
+from bitconv.core.errors import OutputError, SourceError, UsageError
+from bitconv.core.tensors import FieldSpec, Ternary
+from bitconv.formats.nanotron import format as nt
+from bitconv.formats.nanotron import yamlish
+from bitconv.formats.safetensors import OutEntry, build_header
 from bitconv.output import AtomicOutput, check_free_space, precheck
 from bitconv.pipeline import Plan, Progress, Report, Step, execute
-from bitconv.quant import COMPUTE_MODES, ternarize
-from bitconv.safetensors_io import OutEntry, build_header
+from bitconv.quant import COMPUTE_MODES, lift, ternarize
 from bitconv.sinks.hf import DEFAULT_MAX_SHARD_BYTES
 from bitconv.sources import Checkpoint, ModelTensor, open_source
+from bitconv.sources.checkpoint import load_torch
 from bitconv.sources.nanotron import (
     EXPORT_OF_GRANULARITY,
     GRANULARITIES,
     HF_EXPORTS,
     NanotronCheckpoint,
+    is_nanotron_dir,
     open_nanotron,
 )
-from bitconv.sources.safetensors import load_torch
-from bitconv.tensors import FieldSpec, Ternary
 
 TARGETS = ("hf-bf16", "nanotron")
 
@@ -65,33 +66,6 @@ W_PR180_NORMALIZE = ("PR #180 normalizes the input of every BitLinear without we
 
 
 # ------------------------------------------------------------------------------------------------------ lifting
-
-
-def lift(codes: np.ndarray | torch.Tensor, scale: float) -> torch.Tensor:
-    """A bf16 weight whose absmean ternarization gives exactly `codes` and (to ~1e-7) magnitude `scale`.
-
-    Nonzeros get one of two adjacent bf16 magnitudes around `scale * n / nnz`, so that mean|W| == scale as closely
-    as float32 allows; each |W| / mean|W| >= 1 rounds to ±1 (in float32 and in bf16 arithmetic), zeros stay 0.
-    # ref: spec nanotron.md §3.3 (W_latent = W_tern / (s · mean|W_tern|)), in bitconv's magnitude convention
-    """
-    c = torch.as_tensor(np.asarray(codes)).to(torch.int8)
-    n, nnz = c.numel(), int(torch.count_nonzero(c))
-    if nnz == 0:
-        return torch.zeros(c.shape, dtype=torch.bfloat16)
-    target = float(scale) * n / nnz
-    lo = torch.tensor(target, dtype=torch.float32).to(torch.bfloat16)
-    if float(lo) > target:
-        lo = torch.nextafter(lo, torch.tensor(0.0, dtype=torch.bfloat16))
-    hi = torch.nextafter(lo, torch.tensor(float("inf"), dtype=torch.bfloat16))
-    step = float(hi) - float(lo)
-    k = min(max(round((target - float(lo)) * nnz / step), 0), nnz) if step > 0 else 0
-    mags = torch.full((nnz,), float(lo), dtype=torch.bfloat16)
-    mags[:k] = hi
-    out = torch.zeros(n, dtype=torch.bfloat16)
-    flat = c.reshape(-1)
-    idx = torch.nonzero(flat, as_tuple=True)[0]
-    out[idx] = mags * flat[idx].to(torch.bfloat16)
-    return out.reshape(c.shape)
 
 
 def fused_scale(parts: list[Ternary]) -> tuple[float, float]:
@@ -611,8 +585,6 @@ def _lifted(ck: NanotronCheckpoint, name: str, compute: str, dtype: torch.dtype)
 
 
 def _open_nanotron_src(src: str | Path, vocab_size: int | None, granularity: str | None) -> NanotronCheckpoint:
-    from bitconv.sources.nanotron import is_nanotron_dir
-
     if not is_nanotron_dir(Path(src)):
         raise UsageError("--to hf-bf16 converts a Nanotron checkpoint (a folder with model/ and "
                          "checkpoint_metadata.json); for HF packed or ternary sources use `bitconv unpack`",

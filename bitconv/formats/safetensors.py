@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from bitconv import dtypes, safeio
-from bitconv.errors import OutputError, SourceError
-from bitconv.validate import refuse_pickle, sniff_pickle
+from bitconv.core import dtypes, safeio
+from bitconv.core.errors import OutputError, SourceError
+from bitconv.core.pickled import refuse_pickle, sniff_pickle
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # the limit the safetensors package enforces
 MAX_TENSORS = 1 << 18  # tensors per file (real checkpoints hold a few thousand at most)

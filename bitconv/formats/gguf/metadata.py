@@ -32,9 +32,9 @@ from typing import Any
 
 import numpy as np
 
-from bitconv.errors import LayoutError, UsageError
-from bitconv.ggml_types import GGUF_QUANTIZATION_VERSION
-from bitconv.gguf.kv import KV
+from bitconv.core.errors import LayoutError, UsageError
+from bitconv.formats.gguf.ggml_types import GGUF_QUANTIZATION_VERSION
+from bitconv.formats.gguf.kv import KV
 
 
 @dataclass(frozen=True)

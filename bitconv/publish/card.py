@@ -1,305 +1,35 @@
-"""Hugging Face Hub: a repo id as SRC, and `upload` of an artifact with a generated model card.
+"""The model card and upload plan for `bitconv upload`: what would be sent, computed without any network call.
 
-SRC (every command that takes one; a local path that exists always wins):
-    owner/name[@revision]                  config, tokenizer/generation files, README and the weight files the
-                                           index names (or `model.safetensors`); a repo holding only one .gguf
-                                           file resolves to that file
-    owner/name/sub/folder[@revision]       the same for a checkpoint kept in a subfolder of the repo
-    owner/name/path/file.gguf[@revision]   one GGUF file (`owner/name@revision/file.gguf` also works)
-Downloads go through huggingface_hub's cache (HF_HOME / HF_HUB_CACHE), token (explicit, else HF_TOKEN or the saved
-login) and offline mode (HF_HUB_OFFLINE=1 serves the cached snapshot), with its progress bars.
-
-`upload(artifact, repo_id)` publishes an output folder (or one .gguf file) with a generated README.md: YAML front
-matter (base_model, base_model_relation: quantized, library_name, tags, licence carried from the source) and a body
-with the format, bits per weight, file sizes, how to load it, and the verify summary when a report
+`plan_upload(artifact, repo_id)` lists an output folder's (or one .gguf file's) files and writes README.md: YAML
+front matter (base_model, base_model_relation: quantized, library_name, tags, licence carried from the source) and a
+body with the format, bits per weight, file sizes, how to load it, and the verify summary when a report
 (`bitconv-verify.json`, see `verify_report_for`) lies next to the artifact. A failed report is refused unless
-`force`. `dry_run` returns the plan without any network call.
-
-The token never appears in a message: every error from the Hub client is turned into one line and passed through
-`scrub`. huggingface_hub is imported lazily so that commands on local paths do not pay for it.
+`force`. The upload itself is `bitconv.publish.upload`.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bitconv import __version__, naming
-from bitconv.errors import EXIT_VERIFY_FAILED, BitconvError, SourceError, UsageError
+from bitconv import __version__
+from bitconv.core.errors import EXIT_VERIFY_FAILED, BitconvError, UsageError
+from bitconv.describe import describe, gguf_runtimes
+from bitconv.formats.gguf.reader import read_gguf
+from bitconv.sources.hub import HUB_URL, README, parse_ref
 
-INDEX = "model.safetensors.index.json"
-SINGLE = "model.safetensors"
-README = "README.md"
 VERIFY_REPORT = "bitconv-verify.json"
 LFS_THRESHOLD = 10 * 1024 * 1024  # the Hub stores files from 10 MB on through LFS/Xet
 _LFS_SUFFIXES = (".safetensors", ".gguf", ".bin", ".model", ".pt", ".pth", ".npy")
-_SMALL_FILES = (".gitattributes", "config.json", INDEX, README, *naming.AUX_FILES)
-_HUB_URL = "https://huggingface.co"
-
-
-class HubError(BitconvError):
-    """The Hub refused or failed a request (upload side); one line, token scrubbed."""
 
 
 class VerifyFailedError(BitconvError):
     """The artifact's verify report says it failed: not published without `force`."""
 
     exit_code = EXIT_VERIFY_FAILED
-
-
-# ------------------------------------------------------------------------------------------------ repo references
-
-_SEG = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9_])?"
-_REF = re.compile(rf"(?P<repo>{_SEG}/{_SEG})(?P<path>(?:/[^@\s\\]+)?)(?:@(?P<rev>[^\s\\]+))?")
-
-
-@dataclass(frozen=True)
-class RepoRef:
-    """`owner/name`, an optional revision and an optional path inside the repo (a .gguf file or a subfolder)."""
-
-    repo_id: str
-    revision: str | None = None
-    path: str | None = None
-
-    @property
-    def is_file(self) -> bool:
-        return bool(self.path and self.path.endswith(".gguf"))
-
-    def __str__(self) -> str:
-        return self.repo_id + (f"/{self.path}" if self.path else "") + (f"@{self.revision}" if self.revision else "")
-
-
-def parse_ref(text: str) -> RepoRef | None:
-    """The repo reference `text` spells, or None when it is not one (see the module docstring)."""
-    m = _REF.fullmatch(str(text))
-    if not m or "--" in m["repo"] or ".." in m["repo"]:
-        return None
-    path, rev = m["path"].strip("/") or None, m["rev"]
-    if rev and not path and "/" in rev and rev.endswith(".gguf"):
-        rev, path = rev.rsplit("/", 1)
-    if path and any(part in ("", ".", "..") for part in path.split("/")):
-        return None
-    return RepoRef(m["repo"], rev, path)
-
-
-def is_repo_ref(src: str | Path) -> bool:
-    """True when SRC is not an existing local path but reads as `owner/name[...][@revision]`."""
-    return not Path(src).exists() and parse_ref(str(src)) is not None
-
-
-def base_model_of(src: str | Path) -> str | None:
-    """The Hub repo a SRC comes from: its repo id, or the repo of a snapshot folder in the HF cache."""
-    if is_repo_ref(src):
-        return parse_ref(str(src)).repo_id  # type: ignore[union-attr]
-    m = re.search(r"models--([^/\\]+?)--([^/\\]+)[/\\]snapshots[/\\]", str(Path(src).resolve()))
-    return f"{m[1]}/{m[2]}" if m else None
-
-
-# ------------------------------------------------------------------------------------------------ token and errors
-
-_DEFAULT_TOKEN: dict[str, str | None] = {"token": None}
-_TOKEN_SHAPE = re.compile(r"hf_[A-Za-z0-9]{6,}")
-
-
-def use_token(token: str | None) -> None:
-    """Token for downloads made by `open_source` in this process (the CLI's `--token`); None: HF's default."""
-    _DEFAULT_TOKEN["token"] = token or None
-
-
-def check_token_shape(token: str | None, what: str = "--token") -> None:
-    """A token is printable ASCII without spaces; anything else (a control character, a newline, a non-ASCII
-    letter) is refused before any request, and the message never repeats it."""
-    if token is not None and not (token.isascii() and token.isprintable() and " " not in token):
-        raise UsageError(f"{what} holds a control, space or non-ASCII character; a Hugging Face token is printable "
-                         "ASCII (the value is not shown)")
-
-
-def _token(token: str | None) -> str | None:
-    tok = token or _DEFAULT_TOKEN["token"]
-    check_token_shape(tok)
-    if tok is None:
-        check_token_shape(os.environ.get("HF_TOKEN") or None, "HF_TOKEN")
-    return tok
-
-
-def _saved_token() -> str | None:
-    try:
-        from huggingface_hub import constants
-
-        return Path(constants.HF_TOKEN_PATH).read_text(encoding="utf-8").strip() or None
-    except (OSError, UnicodeDecodeError):
-        return None
-
-
-def scrub(text: str, token: str | None = None) -> str:
-    """`text` without any token this process knows (explicit, --token, HF_TOKEN, saved login) or `hf_...` token."""
-    for secret in {token, _DEFAULT_TOKEN["token"], os.environ.get("HF_TOKEN"), _saved_token()}:
-        if secret and len(secret) >= 4:
-            # the token as it is, and as reprs and escapes print it (an exception message may hold any of these)
-            forms = {secret, repr(secret)[1:-1], secret.encode("unicode_escape").decode("ascii"),
-                     repr(secret.encode("utf-8"))[2:-1], secret.strip()}
-            for form in sorted(forms, key=len, reverse=True):
-                if len(form) >= 4:
-                    text = text.replace(form, "***")
-    return _TOKEN_SHAPE.sub("hf_***", text)
-
-
-_STATUS_HINTS = {401: "the token is missing or invalid: set HF_TOKEN or pass --token",
-                 403: "the token lacks the permission for this", 404: "not found", 409: "conflict",
-                 412: "the branch moved during the upload: retry", 429: "rate limited: retry later"}
-
-
-def _detail(e: BaseException) -> str:
-    server = getattr(e, "server_message", None)
-    text = server or str(e) or type(e).__name__
-    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), type(e).__name__)
-    return line[:200]
-
-
-def _status(e: BaseException) -> str:
-    code = getattr(getattr(e, "response", None), "status_code", None)
-    return f"{code} ({_STATUS_HINTS.get(code, _detail(e))})" if code else _detail(e)
-
-
-def _download_rules() -> tuple[tuple[type[BaseException], str], ...]:
-    import httpx2
-    from huggingface_hub import errors as E
-
-    return (
-        (E.HFValidationError, "not a valid Hub repo id or revision ({detail})"),
-        (E.GatedRepoError, "gated repo: request access on the Hub, then use a token that has it (HF_TOKEN or "
-                           "--token)"),
-        (E.RepositoryNotFoundError, "no local file or folder of that name, and no such repo on the Hub (or it is "
-                                    "private and no token that can read it was given: HF_TOKEN or --token)"),
-        (E.RevisionNotFoundError, "no such revision (branch, tag or commit) on the Hub"),
-        (E.RemoteEntryNotFoundError, "file not found in the repo"),
-        (E.LocalEntryNotFoundError, "not in the local Hugging Face cache, and the Hub cannot be reached or "
-                                    "HF_HUB_OFFLINE is set ({detail})"),
-        (E.OfflineModeIsEnabled, "not in the local Hugging Face cache, and HF_HUB_OFFLINE is set"),
-        (E.HfHubHTTPError, "the Hub answered {status}"),
-        (httpx2.HTTPError, "cannot reach the Hub at {endpoint} ({detail})"),
-    )
-
-
-def _upload_rules() -> tuple[tuple[type[BaseException], str], ...]:
-    import httpx2
-    from huggingface_hub import errors as E
-
-    return (
-        (E.HFValidationError, "not a valid Hub repo id or revision ({detail})"),
-        (E.RepositoryNotFoundError, "the Hub refused access: no such repo, or the token cannot write to it "
-                                    "(set HF_TOKEN or pass --token)"),
-        (E.RevisionNotFoundError, "no such branch on the Hub"),
-        (E.HfHubHTTPError, "the Hub answered {status}"),
-        (httpx2.HTTPError, "cannot reach the Hub at {endpoint} ({detail})"),
-    )
-
-
-def _endpoint() -> str:
-    from huggingface_hub import constants
-
-    return constants.ENDPOINT
-
-
-@contextmanager
-def _hub_errors(make: type[BitconvError], subject: str, token: str | None,
-                rules: Callable[[], tuple[tuple[type[BaseException], str], ...]]) -> Iterator[None]:
-    """Turn the Hub client's exceptions into one scrubbed line of `make`; anything else passes through."""
-    try:
-        yield
-    except BitconvError:
-        raise
-    except Exception as e:
-        for cls, template in rules():
-            if isinstance(e, cls):
-                msg = template.format(status=_status(e), detail=_detail(e), endpoint=_endpoint())
-                raise make(scrub(f"{subject}: {msg}", token)) from None
-        raise
-
-
-# ------------------------------------------------------------------------------------------------ download (SRC)
-
-
-def resolve(src: str | Path, *, token: str | None = None) -> Path:
-    """Download what SRC (a repo reference) needs into the HF cache; return the local folder or .gguf file.
-
-    Raises `SourceError` (one line) for a missing or private repo, a gated repo without access, a missing revision
-    or file, a repo that holds no supported checkpoint, and a cache miss when offline.
-    """
-    ref = parse_ref(str(src))
-    if ref is None:
-        raise SourceError("neither an existing local path nor a Hub repo id (owner/name[@revision])", path=src)
-    tok = _token(token)
-    with _hub_errors(SourceError, str(ref), tok, _download_rules):
-        if ref.is_file:
-            return _existing(_snapshot(ref, [ref.path], tok) / ref.path, ref)  # type: ignore[list-item]
-        prefix = f"{ref.path}/" if ref.path else ""
-        root = _snapshot(ref, [prefix + f for f in _SMALL_FILES], tok) / prefix
-        weights, target = _select(ref, root, _listing(ref, root, prefix))
-        _snapshot(ref, [prefix + w for w in weights], tok)
-        return _existing(root / target, ref)
-
-
-def _snapshot(ref: RepoRef, patterns: list[str], token: str | None) -> Path:
-    from huggingface_hub import snapshot_download
-
-    return Path(snapshot_download(ref.repo_id, revision=ref.revision, allow_patterns=patterns, token=token))
-
-
-def _listing(ref: RepoRef, root: Path, prefix: str) -> set[str]:
-    """Files of the repo at the revision (from the tree listing the download cached), relative to `prefix`."""
-    from huggingface_hub import get_cached_repo_tree
-    from huggingface_hub.errors import CachedRepoTreeNotFoundError
-
-    try:
-        paths = [f.path for f in get_cached_repo_tree(ref.repo_id, revision=ref.revision)]
-    except CachedRepoTreeNotFoundError:  # an old cache without listing: what is on disk
-        paths = [prefix + p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()]
-    return {p[len(prefix):] for p in paths if p.startswith(prefix)}
-
-
-def _select(ref: RepoRef, root: Path, names: set[str]) -> tuple[list[str], str]:
-    """(weight files to fetch, what SRC resolves to relative to `root`) or a one-line reason it is unsupported."""
-    top = sorted(n for n in names if "/" not in n)
-    tensors = [n for n in top if n.endswith(".safetensors")]
-    if "config.json" in names and INDEX in names:
-        return _index_shards(root / INDEX, ref), "."
-    if "config.json" in names and (SINGLE in names or len(tensors) == 1):
-        return [SINGLE if SINGLE in names else tensors[0]], "."
-    ggufs = [n for n in top if n.endswith(".gguf")]
-    if len(ggufs) == 1:
-        return ggufs, ggufs[0]
-    if ggufs:
-        shown = ", ".join(ggufs[:4]) + (", ..." if len(ggufs) > 4 else "")
-        raise SourceError(f"{ref}: the repo holds {len(ggufs)} .gguf files ({shown}): name one as "
-                          f"{ref.repo_id}/FILE.gguf")
-    shown = ", ".join(top[:6]) + (", ..." if len(top) > 6 else "") if top else "no files"
-    raise SourceError(f"{ref}: not a supported checkpoint: no config.json with model.safetensors (or an index), "
-                      f"and no .gguf file (the repo holds: {shown})")
-
-
-def _index_shards(index: Path, ref: RepoRef) -> list[str]:
-    try:
-        wmap = json.loads(index.read_text(encoding="utf-8")).get("weight_map")
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError, RecursionError) as e:
-        raise SourceError(f"{ref}: {INDEX} is not valid JSON ({e})") from None
-    shards = sorted(set(wmap.values())) if isinstance(wmap, dict) else []
-    if not shards or not all(isinstance(s, str) and re.fullmatch(r"[^/\\]+\.safetensors", s) for s in shards):
-        raise SourceError(f"{ref}: {INDEX} has no weight_map naming .safetensors files in its folder")
-    return shards
-
-
-def _existing(path: Path, ref: RepoRef) -> Path:
-    if not path.exists():
-        raise SourceError(f"{ref}: {path.name} is not in the repo at this revision")
-    return path
 
 
 # ------------------------------------------------------------------------------------------------ upload plan
@@ -445,8 +175,6 @@ def _artifact_files(artifact: Path) -> list[tuple[str, Path]]:
 
 
 def _safetensors_part(folder: Path) -> _Part:
-    from bitconv.describe import describe
-
     d = describe(folder, stats=False)
     fmt, runtime = _KIND_FORMATS.get(d.kind, (d.kind_description, "transformers"))
     cfg = _config(folder)
@@ -465,8 +193,6 @@ def _config(folder: Path) -> dict:
 
 
 def _gguf_part(path: Path, rel: str) -> _Part:
-    from bitconv.gguf.reader import read_gguf
-
     g = read_gguf(path)
     numel: dict[str, int] = {}
     nbytes: dict[str, int] = {}
@@ -477,7 +203,6 @@ def _gguf_part(path: Path, rel: str) -> _Part:
     layout = max(tern, key=lambda k: numel[k]) if tern else max(numel, key=lambda k: numel[k], default="?")
     n_tern = sum(numel[k] for k in tern)
     total = sum(numel.values())
-    from bitconv.describe import gguf_runtimes
 
     meta = {"architecture": g.arch, "license": g.get("general.license"),
             "base_model_url": g.get("general.base_model.0.repo_url") or g.get("general.source.repo_url"),
@@ -511,14 +236,14 @@ def _front_matter(text: str) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def _cached_card(repo_id: str) -> str | None:
+def cached_card(repo_id: str) -> str | None:
     from huggingface_hub import try_to_load_from_cache
 
     hit = try_to_load_from_cache(repo_id, README)
     return Path(hit).read_text(encoding="utf-8", errors="replace") if isinstance(hit, str) else None
 
 
-def _fetch_card(repo_id: str, token: str | None) -> str | None:
+def fetch_card(repo_id: str, token: str | None) -> str | None:
     """The base model's card from the Hub, best effort (None on any failure: the licence is then left out)."""
     from huggingface_hub import hf_hub_download
 
@@ -544,7 +269,7 @@ def _metadata(parts: list[_Part], base: str | None, own: dict, base_card: dict, 
     lic = {k: src[k] for src in (base_card, from_parts, own) for k in _CARRIED if src.get(k)}  # later sources win
     link = lic.get("license_link")
     if isinstance(link, str) and base and "://" not in link and link not in names:
-        lic["license_link"] = f"{_HUB_URL}/{base}/blob/main/{link.lstrip('./')}"
+        lic["license_link"] = f"{HUB_URL}/{base}/blob/main/{link.lstrip('./')}"
     fmts = ["safetensors" if p.name == "." else "gguf" for p in parts]
     tags = ["bitnet", "1.58-bit", "ternary", *dict.fromkeys(fmts), *dict.fromkeys(p.layout.lower() for p in parts),
             "bitconv"]
@@ -605,7 +330,7 @@ def _card(repo_id: str, meta: dict, parts: list[_Part], files: list[PlannedFile]
 
     name = repo_id.rsplit("/", 1)[-1]
     base = meta.get("base_model")
-    origin = f" of [{base}]({_HUB_URL}/{base})" if base else ""
+    origin = f" of [{base}]({HUB_URL}/{base})" if base else ""
     lines = [f"# {name}", "", f"BitNet b1.58 ternary (1.58-bit) weights{origin}, converted with bitconv "
              f"{__version__}.", "", "## Format", "", "| part | format | layout | parameters | bits/weight | "
              "bits/ternary weight |", "|---|---|---|---|---|---|"]
@@ -652,7 +377,7 @@ def plan_upload(artifact: str | Path, repo_id: str, *, revision: str | None = No
     parts = _parts(a, local)
     own = _front_matter((a / README).read_text(encoding="utf-8", errors="replace")) if (a / README).is_file() else {}
     base = _base_model(base_model, own, parts)
-    card_text = base_card if base_card is not None else (_cached_card(base) if base else None)
+    card_text = base_card if base_card is not None else (cached_card(base) if base else None)
     meta = _metadata(parts, base, own, _front_matter(card_text) if card_text else {}, {r for r, _ in local})
     files = [PlannedFile(r, p.stat().st_size, _is_lfs(r, p.stat().st_size), p) for r, p in local]
     card = _card(ref.repo_id, meta, parts, files, verify)
@@ -682,59 +407,3 @@ def _runtime_warnings(parts: list[_Part]) -> list[str]:
 
 def _is_lfs(path_in_repo: str, size: int) -> bool:
     return size >= LFS_THRESHOLD or path_in_repo.endswith(_LFS_SUFFIXES)
-
-
-# ------------------------------------------------------------------------------------------------ upload
-
-
-def upload(artifact: str | Path, repo_id: str, revision: str | None = None, create_pr: bool = False,
-           private: bool = False, commit_message: str | None = None, dry_run: bool = False, force: bool = False,
-           token: str | None = None, *, base_model: str | None = None) -> UploadResult:
-    """Publish an artifact (output folder or .gguf file) to `repo_id` with a generated README.md.
-
-    Creates the repo if needed (private when asked), the branch `revision` if it does not exist, and commits with
-    `upload_folder` (large files through LFS); `create_pr` opens a pull request instead. Returns the commit or PR
-    URL. `dry_run` returns the plan with no network call. A failed verify report is refused unless `force`.
-    Example:
-        >>> upload("packed", "me/bitnet-2B-packed", create_pr=True).url
-    """
-    kw: dict[str, Any] = {"revision": revision, "create_pr": create_pr, "private": private,
-                          "commit_message": commit_message, "force": force, "base_model": base_model}
-    plan = plan_upload(artifact, repo_id, **kw)
-    if dry_run:
-        return UploadResult(plan, True)
-    tok = _token(token)
-    base = plan.metadata.get("base_model")
-    if base and "license" not in plan.metadata and _cached_card(base) is None:
-        card = _fetch_card(base, tok)
-        plan = plan_upload(artifact, repo_id, base_card=card, **kw) if card else plan
-    with _hub_errors(HubError, plan.repo_id, tok, _upload_rules):
-        return _push(plan, tok)
-
-
-def _push(plan: UploadPlan, token: str | None) -> UploadResult:
-    from huggingface_hub import HfApi
-
-    api = HfApi(token=token)
-    url = api.create_repo(plan.repo_id, private=plan.private or None, exist_ok=True)
-    repo_id = url.repo_id
-    branch = plan.revision
-    if branch and branch != "main" and not branch.startswith("refs/"):
-        api.create_branch(repo_id, branch=branch, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="bitconv-upload-") as tmp:
-        _stage(plan, Path(tmp))
-        info = api.upload_folder(repo_id=repo_id, folder_path=tmp, revision=branch,
-                                 create_pr=plan.create_pr or None, commit_message=plan.commit_message,
-                                 commit_description=f"Published with bitconv {__version__} (`bitconv upload`).")
-    return UploadResult(plan, False, info.pr_url or info.commit_url, info.oid, info.pr_url, str(url))
-
-
-def _stage(plan: UploadPlan, stage: Path) -> None:
-    """A folder of links to the artifact's files plus the generated README.md: the artifact is never modified."""
-    for f in plan.files:
-        dst = stage / f.path_in_repo
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        if f.local is None:
-            dst.write_text(plan.card, encoding="utf-8")
-        else:
-            dst.symlink_to(f.local.resolve())

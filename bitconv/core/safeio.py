@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from bitconv.errors import SourceError
+from bitconv.core.errors import SourceError
 
 MIB = 1 << 20
 # Caps on metadata reads (bytes). Real files are far smaller: a 128k-token tokenizer.json is ~9 MiB, a config.json

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bitconv import dtypes
+from bitconv.core import dtypes
+from bitconv.core.errors import SourceError
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,6 @@ def checked_scale(value: object, *, tensor: str | None = None, path: object | No
 
     A NaN, ±Inf, 0 or negative scale would make every dequantized weight NaN, zero or sign-flipped: no model any
     runtime loads. (A quantizer never writes one: absmean is floored at 1e-5.)"""
-    from bitconv.errors import SourceError
 
     s = np.float32(value)
     if not (np.isfinite(s) and s > 0):
