@@ -74,7 +74,7 @@ def convert(src: SrcArg, out: OutOpt, to: ToOpt, purpose: ForOpt = None, scale_g
     from bitconv.nanotron import convert as nc
 
     check_options(to, scale_granularity, tp, make_vocab_size_divisible_by, nanotron_model, pp, purpose)
-    with render.progress("convert", not json) as cb:
+    with render.progress("convert", not json, unit="bytes" if to == "hf-bf16" else "tensors") as cb:
         if to == "hf-bf16":
             rep = nc.to_hf(src, out, purpose=purpose, scale_granularity=scale_granularity, vocab_size=vocab_size,
                            compute=compute, overwrite=overwrite, max_shard_bytes=parse_size(max_shard_size),
