@@ -71,7 +71,8 @@ def test_ik_bn_types_need_512_in_features():
         "tensor 'model.layers.0.self_attn.q_proj.weight' has in_features 256 < 512")
     assert ok("bitnet-25", "IQ1_BN", "relu2", shapes={"x": (512, 512)}) == ["ik_llama.cpp@8337e4cd"]
     # IQ2_BN runs with -rtr (repacked to IQ2_BN_R4 at load: no input limit); IQ2_BN_R4 has none either
-    v = next(v for v in where_it_runs("bitnet-25", "IQ2_BN", "relu2", shapes) if v.runtime.key == "ik_llama.cpp@8337e4cd")
+    verdicts = where_it_runs("bitnet-25", "IQ2_BN", "relu2", shapes)
+    v = next(v for v in verdicts if v.runtime.key == "ik_llama.cpp@8337e4cd")
     assert v.runs and v.command.endswith("-rtr") and any("-rtr" in n for n in v.notes)
     assert ok("bitnet-25", "IQ2_BN_R4", "relu2", shapes=shapes) == ["ik_llama.cpp@8337e4cd"]
 
