@@ -206,9 +206,11 @@ def q8k(x: torch.Tensor) -> torch.Tensor:
     b = x.reshape(*x.shape[:-1], -1, GGML_BLOCK["Q8_K"])
     idx = b.abs().argmax(-1, keepdim=True)  # first maximal |x| (the C loop keeps the first on ties)
     mx = torch.gather(b, -1, idx)
-    iscale = torch.where(mx == 0, torch.zeros_like(mx), -127.0 / torch.where(mx == 0, torch.ones_like(mx), mx))
+    zero = mx == 0
+    # true divisions (a Python scalar / tensor is reciprocal-then-multiply in torch: another rounding)
+    iscale = torch.where(zero, 0.0, torch.div(torch.full_like(mx, -127.0), torch.where(zero, 1.0, mx)))
     q = torch.round(iscale * b).clamp(max=127)
-    d = torch.where(mx == 0, torch.zeros_like(mx), 1.0 / torch.where(mx == 0, torch.ones_like(mx), iscale))
+    d = torch.where(zero, 0.0, torch.div(torch.ones_like(mx), torch.where(zero, 1.0, iscale)))
     return (q * d).reshape(x.shape)
 
 
@@ -217,9 +219,9 @@ def q8_0(x: torch.Tensor) -> torch.Tensor:
     q = round(x / d) (the x86 quantize_row_q8_0: id = 127 / amax, round half even), value = q * d."""
     b = x.reshape(*x.shape[:-1], -1, GGML_BLOCK["Q8_0"])
     amax = b.abs().amax(-1, keepdim=True)
-    safe = torch.where(amax == 0, torch.ones_like(amax), amax)
-    q = torch.round(b * torch.where(amax == 0, torch.zeros_like(amax), 127.0 / safe))
-    d = (amax / 127.0).half().float()
+    zero = amax == 0
+    q = torch.round(b * torch.where(zero, 0.0, torch.div(torch.full_like(amax, 127.0), torch.where(zero, 1.0, amax))))
+    d = torch.div(amax, 127.0).half().float()
     return (q * d).reshape(x.shape)
 
 
