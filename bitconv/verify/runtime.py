@@ -14,14 +14,15 @@ Oracles, both on the parity tokens (each row one sequence, positions from 0, no 
 |             | CPU arithmetic (`reference.py` mode `ggml`: float32 activations,  |                         |
 |             | Q8_K inputs to TQ matmuls, fp16 inputs to F16 ones, ...)          |                         |
 
-A correct file matches the emulation to about 1e-3 of the logit range (what is left is float summation order and
-the rare int8 rounding flip it causes). The reference limit is the runtime's own approximation of BitNet arithmetic
-(Q8_K blocks instead of per-token absmax, float instead of bf16), measured on the tiny fixtures with margin.
+A correct file matches the emulation to about 1e-3 of the logit range: what is left is float summation order and
+the int8 rounding flips it causes (see `EMULATION_LIMIT`). The reference limit covers the runtime's own
+approximation of BitNet arithmetic (Q8_K blocks instead of per-token absmax, float32 instead of bf16), measured on
+the tiny fixtures with margin.
 
 When the emulation does not match, the runtime's logits are compared with alternative emulations, and each one
 that matches is named (`diagnosis`): the file's own weights (llama.cpp runs the file as written, but the file is
 not REF: the round trip names the tensors), the other FFN activation (e.g. llama.cpp's `bitnet` graph runs SiLU on
-a relu2 model), no activation quantization. A file llama.cpp cannot load fails with the runtime's own log lines.
+a relu2 model). A file llama.cpp cannot load fails with the runtime's own log lines.
 
 What llama.cpp can run at all is checked first (`LLAMA_CPP`): an architecture or GGML type it cannot load is bad
 input (exit 2, naming where the file runs instead), and so is a missing llama-cpp-python (exit 2, with the install
@@ -78,12 +79,16 @@ LLAMA_CPP = RuntimeFacts(
      "bitnet-b1.58": "bitnet.cpp, ik_llama.cpp", "bitnet-25": "bitnet.cpp, ik_llama.cpp"})
 RUNTIMES = {LLAMA_CPP.name: LLAMA_CPP}
 
-# Limits on max |Δlogit| / the oracle's logit range. Measured on the tiny fixtures (tests/test_runtime.py, numbers
-# in docs/runtime.md): a correct file is at most 0.8 % (TQ) / 1.9 % (F16/BF16/F32) from the reference and 1e-4 from
-# the emulation; a wrong activation is >= 10 %, an inverted or negated scale or permuted rows >= 20 %.
-REFERENCE_LIMIT = {"TQ1_0": 0.03, "TQ2_0": 0.03, "F16": 0.04, "BF16": 0.04, "F32": 0.04}
-EMULATION_LIMIT = 0.002
-DIAGNOSIS_LIMIT = 2 * EMULATION_LIMIT  # an alternative emulation this close explains the runtime's logits
+# Limits on max |Δlogit| / the oracle's logit range, over every position of the parity batch. Measured on the tiny
+# fixtures with llama-cpp-python 0.3.36 (numbers in docs/runtime.md): a correct file is at most 0.7 % (TQ) / 0.5 %
+# (F16/BF16/F32) from the reference and 0.3 % from the emulation. The emulation is exact up to float summation
+# order, but where that order moves an input across an int8 rounding boundary (a Q8_K "flip"), the flip moves
+# the logits by ~0.1-0.3 % of the range, and a flipped K/V row moves every later position. Faults are far above:
+# four permuted rows in one projection 3.6 %, a negated scale 24 %, a relu2 model run with SiLU 14 %, an inverted
+# scale 76 %.
+REFERENCE_LIMIT = {"TQ1_0": 0.02, "TQ2_0": 0.02, "F16": 0.02, "BF16": 0.02, "F32": 0.02}
+EMULATION_LIMIT = 0.01
+DIAGNOSIS_LIMIT = EMULATION_LIMIT  # an alternative emulation this close explains the runtime's logits
 
 
 @dataclass
@@ -206,7 +211,7 @@ class _Log:
 
     def __init__(self, llama_cpp) -> None:
         self.lib, self.lines = llama_cpp, []
-        self._cb = llama_cpp.ggml_log_callback(self._write)
+        self._cb = llama_cpp.llama_log_callback(self._write)
 
     def _write(self, level: int, text: bytes, user_data: object) -> None:
         self.lines.append(text.decode("utf-8", "replace") if text else "")
@@ -297,10 +302,6 @@ def runtime_check(out_ck: Checkpoint, ref_ck: Checkpoint, ids: torch.Tensor, run
                 lambda: forward(cfg, [emulation(out_ck, None, types)], ids)[0],
                 f"{facts.name} computes what the file holds, but the file's weights are not REF's (see the round "
                 "trip for the tensors)"),
-            "no activation quantization": (
-                lambda: forward(cfg, [emulation(ref_ck, as_stored, {n: "F32" for n in types})], ids)[0],
-                f"{facts.name} skipped the activation quantization of its matmuls: the emulation does not describe "
-                "this build"),
         }
         for act in sorted({"silu", "relu2"} - {cfg.act}):
             other = dataclasses.replace(cfg, act=act)
@@ -318,6 +319,10 @@ def runtime_check(out_ck: Checkpoint, ref_ck: Checkpoint, ids: torch.Tensor, run
                                      f"(max |Δlogit| {m.rel_dlogit:.3%} of range)")
         if not rep.diagnosis:
             rep.diagnosis.append("no known fault explains the difference (tried: " + ", ".join(alternatives) + ")")
+    elif not rep.reference.ok:
+        rep.diagnosis.append(f"{facts.name} computes this file as its arithmetic should (the emulation matches); "
+                             f"that arithmetic itself is {rep.emulation_vs_reference.rel_dlogit:.2%} of the range "
+                             "from the BitNet reference on this model")
     rep.seconds = time.perf_counter() - t0
     return rep
 
