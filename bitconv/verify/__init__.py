@@ -27,6 +27,7 @@ import torch
 
 from bitconv.errors import EXIT_OK, EXIT_VERIFY_FAILED, UsageError
 from bitconv.sources import Checkpoint, open_source
+from bitconv.sources.nanotron import EXPORT_OF_GRANULARITY, NanotronCheckpoint
 from bitconv.verify.parity import (
     ParityReport,
     Thresholds,
@@ -160,6 +161,21 @@ def _open(x: str | Path | Checkpoint) -> Checkpoint:
     return x if isinstance(x, Checkpoint) else open_source(x)
 
 
+def _nanotron_ref_note(rt: RoundTripReport, ref_ck: Checkpoint) -> None:
+    """A PR #180 BitNet REF is quantized as nanotron trains it (fused qkv / gate_up scales): say so, and on a
+    mismatch name the HF export that does not match it (`convert --for training`)."""
+    if not (isinstance(ref_ck, NanotronCheckpoint) and ref_ck.info.flavor.bitnet):
+        return
+    export = EXPORT_OF_GRANULARITY[ref_ck.info.granularity]
+    rt.compute_note += (f"; REF is a Nanotron BitNet checkpoint, quantized with {export.granularity} scales "
+                        f"(what `convert --for {export.purpose}` exports)")
+    if not rt.ok and export.purpose == "release":
+        rt.warnings.append("REF is a Nanotron BitNet checkpoint: its q/k/v and gate/up codes use nanotron's fused "
+                           "scales. OUT matches them when packed from `convert --for release` (or straight from the "
+                           "checkpoint); a model packed from a `--for training` export holds per-projection codes, "
+                           "so verify it against that export instead")
+
+
 def verify(out: str | Path | Checkpoint, ref: str | Path | Checkpoint, *, run_parity: bool = True,
            thresholds: Thresholds | None = None, tokens: torch.Tensor | None = None, prompt: str | None = None,
            tokens_file: str | Path | None = None, out_mode: str | None = None, bitlinear: str = "compiled",
@@ -187,6 +203,7 @@ def verify(out: str | Path | Checkpoint, ref: str | Path | Checkpoint, *, run_pa
         raise UsageError(f"REF's architecture {arch!r} has no reference forward ({', '.join(ARCHS)}); "
                          "pass --no-parity to check tensors only", path=ref_ck.path)
     rt = _roundtrip(out_ck, ref_ck, (lambda i, n, name: progress("roundtrip", i, n)) if progress else None)
+    _nanotron_ref_note(rt, ref_ck)
     par = None
     if run_parity:
         par = _parity(out_ck, ref_ck, ids, thresholds, token_source=source, out_mode=out_mode, bitlinear=bitlinear,
