@@ -290,3 +290,17 @@ def test_mutated_file_fails_in_llama_cpp(ggufs, tmp_path, what):
     assert any(d.startswith("llama.cpp computes what the file holds, but the file's weights are not REF's")
                for d in r.diagnosis), r.diagnosis
     assert any(f.check == "roundtrip" and f.subject == "model.layers.1.mlp.down_proj.weight" for f in rep.findings)
+
+
+def test_non_finite_runtime_logits_fail(ggufs):
+    out, master = ggufs("1bitllm", "tq2_0")
+    out_ck, ref_ck = open_source(out), open_source(master)
+    ids = default_tokens(512, 1, 8)
+
+    def nan_runner(path, i):
+        x = torch.zeros(i.shape[0], i.shape[1], 512)
+        x[0, 3, 7] = float("nan")
+        return x
+
+    rep = runtime_check(out_ck, ref_ck, ids, runner=nan_runner)
+    assert not rep.ok and "non-finite logits (1 values)" in rep.failures[0]

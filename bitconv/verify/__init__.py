@@ -86,9 +86,8 @@ class VerifyReport:
             out.append(Finding("runtime", None, "runtime-load", rt.message()))
         elif rt is not None:
             why = "; ".join(rt.diagnosis)
-            out += [Finding("runtime", None, f"runtime-{o.name}", o.message(rt.runtime) + (f"; diagnosis: {why}"
-                                                                                         if why else ""))
-                    for o in (rt.emulation, rt.reference) if not o.ok]
+            out += [Finding("runtime", None, "runtime", m + (f"; diagnosis: {why}" if why else ""))
+                    for m in rt.failures]
         return out
 
     @property

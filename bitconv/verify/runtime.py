@@ -299,6 +299,9 @@ def runtime_check(out_ck: Checkpoint, ref_ck: Checkpoint, ids: torch.Tensor, run
                ParityMetrics.between(emu, got), EMULATION_LIMIT),
         ParityMetrics.between(ref, emu))
     rep.failures = [o.message(facts.name) for o in (rep.emulation, rep.reference) if not o.ok]
+    if not bool(torch.isfinite(got).all()):  # NaN compares false against every limit: say it, never pass it
+        rep.failures.insert(0, f"{facts.name} returned non-finite logits ({int((~torch.isfinite(got)).sum())} "
+                               "values)")
     if not rep.emulation.ok:
         alternatives = {
             "the file's own weights": (
