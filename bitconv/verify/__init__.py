@@ -86,8 +86,8 @@ class VerifyReport:
             out.append(Finding("runtime", None, "runtime-load", rt.message()))
         elif rt is not None:
             why = "; ".join(rt.diagnosis)
-            out += [Finding("runtime", None, "runtime", m + (f"; diagnosis: {why}" if why else ""))
-                    for m in rt.failures]
+            out += [Finding("runtime", None, "runtime", m + (f"; diagnosis: {why}" if why and i == 0 else ""))
+                    for i, m in enumerate(rt.failures)]
         return out
 
     @property
