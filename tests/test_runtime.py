@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shutil
 import sys
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import numpy as np
@@ -27,12 +28,17 @@ from bitconv.verify.runtime import EMULATION_LIMIT, REFERENCE_LIMIT, check_runna
 
 try:
     import llama_cpp  # noqa: F401
-    HAVE_LLAMA_CPP = True
-except ImportError:
-    HAVE_LLAMA_CPP = False
+    IMPORT_ERROR = None
+except ImportError as e:
+    IMPORT_ERROR = e
+try:  # installed (as .ci/run does) but not importable is a failure below, never a skip
+    INSTALLED = bool(version("llama-cpp-python"))
+except PackageNotFoundError:
+    INSTALLED = False
 
-needs_llama_cpp = pytest.mark.skipif(not HAVE_LLAMA_CPP, reason="llama-cpp-python is not installed (pip install "
-                                     "'bitconv[llamacpp]'; .ci/run installs it, so these run in CI)")
+needs_llama_cpp = pytest.mark.skipif(IMPORT_ERROR is not None and not INSTALLED, reason="llama-cpp-python is not "
+                                     "installed (pip install 'bitconv[llamacpp]'; .ci/run installs it, so these run "
+                                     "in CI)")
 runner = CliRunner()
 
 # HF arch -> GGUF arch upstream llama.cpp loads for it (bitconv's default for both)
@@ -134,10 +140,16 @@ def test_missing_llama_cpp_python_exit_2_with_install_command(ggufs, monkeypatch
     assert "pip install 'bitconv[llamacpp]'" in r.output and "CMAKE_ARGS" in r.output
 
 
-def test_unknown_runtime_and_non_gguf_exit_2(ggufs, models):
+def test_unknown_runtime_non_gguf_and_bad_tokens_exit_2(ggufs, models, tmp_path):
     out, master = ggufs("1bitllm", "tq2_0")
     assert cli("verify", out, "--ref", master, "--runtime", "vllm").exit_code == 2
     assert cli("verify", master, "--ref", master, "--runtime", "llama.cpp").exit_code == 2
+    (tmp_path / "ids.txt").write_text("1 2 512\n")  # vocab is 512: id 512 would abort llama.cpp
+    with pytest.raises(UsageError, match="token ids must be"):
+        runtime_check(open_source(out), open_source(master), torch.tensor([[1, 2, 512]]),
+                      runner=lambda p, i: pytest.fail("ran the runtime on a bad id"))
+    r = cli("verify", out, "--ref", master, "--runtime", "llama.cpp", "--no-parity", "--tokens", tmp_path / "ids.txt")
+    assert r.exit_code == 2 and "token ids must be" in r.output
 
 
 def test_diagnosis_without_the_runtime(ggufs):
@@ -170,6 +182,11 @@ def test_diagnosis_without_the_runtime(ggufs):
 
 
 # ------------------------------------------------------------------------------------------------ real llama.cpp
+
+
+@needs_llama_cpp
+def test_installed_llama_cpp_python_imports():
+    assert IMPORT_ERROR is None, f"llama-cpp-python is installed but does not import: {IMPORT_ERROR}"
 
 
 def _runtime_table_row(rep) -> str:

@@ -270,10 +270,13 @@ def runtime_check(out_ck: Checkpoint, ref_ck: Checkpoint, ids: torch.Tensor, run
     `runner` replaces the runtime call (tests). Returns the runtime's refusal when it cannot load the file."""
     t0 = time.perf_counter()
     facts, arch, types = check_runnable(out_ck, runtime)
+    cfg = RefConfig.from_hf(ref_ck.config)
+    if ids.dim() != 2 or ids.numel() == 0 or int(ids.min()) < 0 or int(ids.max()) >= cfg.vocab:
+        raise UsageError(f"token ids must be a non-empty [batch, length] array in [0, {cfg.vocab}) (an id out of "
+                         "range aborts llama.cpp)")
     got = (runner or RUNNERS[facts.name])(out_ck.path, ids)
     if isinstance(got, LoadFailure):
         return got
-    cfg = RefConfig.from_hf(ref_ck.config)
     if got.shape[-1] != cfg.vocab:
         raise SourceError(f"{facts.name} returned {got.shape[-1]} logits per token, REF's vocabulary has "
                           f"{cfg.vocab}", path=out_ck.path)
