@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,18 +19,20 @@ import numpy as np
 
 from bitconv import dtypes
 from bitconv._alloc import keep_freed_memory
-from bitconv.errors import UsageError
+from bitconv.errors import SourceError, UsageError
 from bitconv.layouts import Layout, get_layout
 from bitconv.layouts.hf_packed import HF_LAYOUTS
 from bitconv.naming import module_of
-from bitconv.output import AtomicOutput, check_free_space
+from bitconv.output import AtomicOutput, check_free_space, precheck
 from bitconv.quant import COMPUTE_MODES, dequantize
 from bitconv.safetensors_io import OutEntry
 from bitconv.sinks.hf import DEFAULT_MAX_SHARD_BYTES, HFSink
 from bitconv.sources import Checkpoint, ModelTensor, open_source
 from bitconv.tensors import FieldSpec, Ternary
 
-Progress = Callable[[int, int, str], None]  # (tensors done, tensors total, current name)
+# (done, total, current name): output bytes for quantize / pack / unpack (so a renderer can show bytes/s and an
+# ETA), tensors for the Nanotron converter
+Progress = Callable[[int, int, str], None]
 
 TERNARY_FORMAT_VERSION = 1
 
@@ -60,6 +62,14 @@ class Plan:
     def total_bytes(self) -> int:
         return sum(f.nbytes for s in self.steps for f in s.outputs.values())
 
+    @property
+    def peak_bytes(self) -> int:
+        """Planned peak memory (`bitconv.memory`)."""
+        from bitconv.memory import peak_estimate
+
+        return peak_estimate([(s.tensor, s.action, sum(f.nbytes for f in s.outputs.values())) for s in self.steps],
+                             self.compute)
+
 
 @dataclass
 class Report:
@@ -83,7 +93,21 @@ def _layout_steps(src: Checkpoint, layout: Layout) -> list[Step]:
             steps.append(Step(t, outs, "pack"))
         else:
             steps.append(Step(t, {t.name: FieldSpec(t.shape, t.dtype)}, "copy"))
+    _check_unique_outputs(steps, src)
     return steps
+
+
+def _check_unique_outputs(steps: list[Step], src: Checkpoint) -> None:
+    """Two source tensors that would write the same output tensor (e.g. a stored `q_proj.weight_scale` beside the
+    one packing makes) are refused before anything is written."""
+    seen: dict[str, str] = {}
+    for s in steps:
+        for name in s.outputs:
+            if name in seen:
+                raise SourceError(f"tensors {seen[name]!r} and {s.tensor.name!r} would both write output tensor "
+                                  f"{name!r}", path=src.path, hint="the checkpoint mixes master and quantized "
+                                  "tensors")
+            seen[name] = s.tensor.name
 
 
 def _check_compute(compute: str) -> None:
@@ -178,20 +202,33 @@ def execute(plan: Plan, out: str | Path, *, overwrite: bool = False,
     with guard as tmp:
         sink = HFSink(tmp, plan.entries, max_shard_bytes)
         try:
-            for i, step in enumerate(plan.steps):
+            done, total = 0, plan.total_bytes
+            for step in plan.steps:
                 if progress:
-                    progress(i, len(plan.steps), step.tensor.name)
+                    progress(done, total, step.tensor.name)
                 _run_step(step, plan, sink)
+                done += sum(f.nbytes for f in step.outputs.values())
             sink.close(plan.config, plan.source.aux_files, fsync=os.environ.get("BITCONV_FSYNC") == "1")
         except BaseException:
             sink.abort()
             raise
         files = [guard.out / f.name for f in sink.files]
     if progress:
-        progress(len(plan.steps), len(plan.steps), "")
+        progress(plan.total_bytes, plan.total_bytes, "")
     n_tern = sum(1 for s in plan.steps if s.action != "copy")
     return Report(guard.out, plan.target, plan.source.kind, files, n_tern, len(plan.steps) - n_tern,
                   plan.total_bytes, time.perf_counter() - t0)
+
+
+DEQUANT_BLOCK_ELEMS = 1 << 22
+
+
+def dequantized_blocks(t: Ternary) -> Iterator[np.ndarray]:
+    """bf16(codes * scale) as uint16 bits, a block of rows at a time (the same values as `dequantize(t)`)."""
+    codes = t.codes.reshape(t.codes.shape[0], -1)
+    step = max(1, DEQUANT_BLOCK_ELEMS // max(1, codes.shape[1]))
+    for a in range(0, codes.shape[0], step):
+        yield dtypes.to_numpy_storage(dequantize(Ternary(codes[a:a + step], t.scale)))
 
 
 def _run_step(step: Step, plan: Plan, sink: HFSink) -> None:
@@ -207,7 +244,7 @@ def _run_step(step: Step, plan: Plan, sink: HFSink) -> None:
     if step.action == "dequant":
         (name,) = step.outputs
         lifted = online_lift(tern) if plan.values == "online" else tern
-        sink.write(name, dtypes.to_numpy_storage(dequantize(lifted)))
+        sink.write_blocks(name, step.outputs[name].nbytes, dequantized_blocks(lifted))
         return
     fields = plan.layout.pack(tern)
     prefix = module_of(t.name)
@@ -230,6 +267,7 @@ def quantize(src: str | Path, out: str | Path, *, compute: str = "float32", over
     Example:
         >>> quantize("bitnet-bf16", "bitnet-ternary")
     """
+    precheck(out, overwrite)
     return execute(plan_quantize(open_source(src), compute), out, overwrite=overwrite,
                    max_shard_bytes=max_shard_bytes, progress=progress)
 
@@ -238,6 +276,7 @@ def pack_hf(src: str | Path, out: str | Path, *, linear_class: str = "autobitlin
             overwrite: bool = False, max_shard_bytes: int | None = DEFAULT_MAX_SHARD_BYTES,
             progress: Progress | None = None) -> Report:
     """Write a transformers-loadable packed checkpoint. Already-ternary sources are never re-quantized."""
+    precheck(out, overwrite)
     return execute(plan_pack_hf(open_source(src), linear_class, compute), out, overwrite=overwrite,
                    max_shard_bytes=max_shard_bytes, progress=progress)
 
@@ -250,5 +289,6 @@ def unpack_hf(src: str | Path, out: str | Path, *, values: str = "online", overw
     transformers' online quantizer maps back to exactly these codes and this scale: the loaded model is the packed
     model. `values="dequantized"` writes plain `bf16(codes * scale)`; online mode then sees scale * p instead.
     """
+    precheck(out, overwrite)
     return execute(plan_unpack_hf(open_source(src), values), out, overwrite=overwrite,
                    max_shard_bytes=max_shard_bytes, progress=progress)

@@ -74,12 +74,15 @@ def convert(src: SrcArg, out: OutOpt, to: ToOpt, purpose: ForOpt = None, scale_g
     from bitconv.nanotron import convert as nc
 
     check_options(to, scale_granularity, tp, make_vocab_size_divisible_by, nanotron_model, pp, purpose)
-    with render.progress("convert", not json) as cb:
+    with render.progress("convert", not json, unit="bytes" if to == "hf-bf16" else "tensors") as cb:
         if to == "hf-bf16":
             rep = nc.to_hf(src, out, purpose=purpose, scale_granularity=scale_granularity, vocab_size=vocab_size,
                            compute=compute, overwrite=overwrite, max_shard_bytes=parse_size(max_shard_size),
                            progress=cb)
         else:
+            from bitconv.output import precheck
+
+            precheck(out, overwrite)  # before SRC is read
             source = _nanotron_source(src, vocab_size)
             rep = nc.to_nanotron(source, out, tp=tp, pp=pp,
                                  make_vocab_size_divisible_by=make_vocab_size_divisible_by, model=nanotron_model,
