@@ -41,7 +41,7 @@ def main() -> None:
             masters[arch] = tiny.make_tiny(work / arch, arch)
         out = work / f"{arch}-{gtype}.gguf"
         if not out.exists():
-            pack_gguf(masters[arch], out, gtype, arch=garch)
+            pack_gguf(masters[arch], out, gtype, arch=garch, force=garch == "bitnet" and arch == "bitnet-2b4t")
         out_ck, ref_ck = open_source(out), open_source(masters[arch])
         rep = runtime_check(out_ck, ref_ck, default_tokens(ref_ck.config["vocab_size"]))
         if isinstance(rep, LoadFailure):

@@ -24,8 +24,9 @@ that matches is named (`diagnosis`): the file's own weights (llama.cpp runs the 
 not REF: the round trip names the tensors), the other FFN activation (e.g. llama.cpp's `bitnet` graph runs SiLU on
 a relu2 model). A file llama.cpp cannot load fails with the runtime's own log lines.
 
-What llama.cpp can run at all is checked first (`LLAMA_CPP`): an architecture or GGML type it cannot load is bad
-input (exit 2, naming where the file runs instead), and so is a missing llama-cpp-python (exit 2, with the install
+What llama.cpp can run at all is checked first against the compatibility table (`bitconv.layouts.runtimes`,
+entry llama.cpp@0c1e570): an architecture or GGML type it cannot load is bad input (exit 2, naming where the file
+runs instead), and so is a missing llama-cpp-python (exit 2, with the install
 command). Nothing here passes without running the file.
 # ref: spec gguf-upstream.md §2.6 (bitnet graph), §3.2 (Q8_K activations), §4.3 (llama-cpp-python harness)
 """
@@ -45,6 +46,7 @@ import torch
 from bitconv.errors import BitconvError, SourceError, UsageError
 from bitconv.gguf.metadata import ARCHS as GGUF_ARCHS
 from bitconv.gguf.metadata import hf_name
+from bitconv.layouts.runtimes import BY_KEY, Runtime, default_activation, summary, where_it_runs
 from bitconv.naming import is_ternary
 from bitconv.sources import Checkpoint
 from bitconv.sources.gguf import gguf_header
@@ -59,24 +61,24 @@ INSTALL = ("pip install 'bitconv[llamacpp]' (builds llama.cpp from source, a few
 
 @dataclass(frozen=True)
 class RuntimeFacts:
-    """What one runtime loads: GGUF architecture strings and GGML types of the seven projections."""
+    """A runtime `--runtime` can run: its entry in the compatibility table and the Python binding that runs it."""
 
     name: str
-    package: str  # the Python binding that runs it
-    tested: str  # the version the facts and limits were measured with
-    archs: tuple[str, ...]
-    types: tuple[str, ...]
-    elsewhere: dict[str, str]  # type or arch it cannot run -> where it runs
+    package: str  # the Python binding
+    table: Runtime  # `bitconv.layouts.runtimes`: archs (graphs), GGML types, activations
+
+    @property
+    def archs(self) -> tuple[str, ...]:
+        return tuple(self.table.graphs)
+
+    @property
+    def types(self) -> tuple[str, ...]:
+        return tuple(sorted(self.table.types))
 
 
-# Upstream llama.cpp as vendored in llama-cpp-python 0.3.36 (llama.cpp 0c1e570). # ref: spec gguf-upstream.md §1.5
-# (ids 36-38 are removed types upstream: I2_S / TL1 / TL2 files are refused), §2.8 (no bitnet-b1.58 / bitnet-25
-# arch upstream), §2.10 (CPU computes TQ1_0 / TQ2_0).
-LLAMA_CPP = RuntimeFacts(
-    "llama.cpp", "llama-cpp-python", "llama-cpp-python 0.3.36 (llama.cpp 0c1e570)", ("bitnet", "llama"),
-    ("TQ1_0", "TQ2_0", "F16", "BF16", "F32"),
-    {"I2_S": "bitnet.cpp", "TL1": "bitnet.cpp (ARM)", "TL2": "bitnet.cpp", "TL2_42": "bitnet.cpp",
-     "bitnet-b1.58": "bitnet.cpp, ik_llama.cpp", "bitnet-25": "bitnet.cpp, ik_llama.cpp"})
+# llama-cpp-python 0.3.36 vendors llama.cpp 0c1e570: the table's entry for that commit. # ref: spec
+# gguf-upstream.md §0, §4
+LLAMA_CPP = RuntimeFacts("llama.cpp", "llama-cpp-python", BY_KEY["llama.cpp@0c1e570"])
 RUNTIMES = {LLAMA_CPP.name: LLAMA_CPP}
 
 # Limits on max |Δlogit| / the oracle's logit range, over every position of the parity batch. Measured on the tiny
@@ -175,25 +177,29 @@ def projection_types(types: dict[str, str]) -> list[str]:
 
 
 def check_runnable(out_ck: Checkpoint, runtime: str) -> tuple[RuntimeFacts, str, dict[str, str]]:
-    """Bad input (exit 2) unless `runtime` can load OUT's architecture and projection types."""
+    """Bad input (exit 2) unless `runtime` can load OUT's architecture and projection types; the message says where
+    the file runs instead (the compatibility table). A graph that loads but computes another activation is not
+    refused here: running it is what proves it (the emulation fails and the diagnosis names the activation)."""
     facts = runtime_facts(runtime)
     arch, types = gguf_types(out_ck)
-    bad = [t for t in projection_types(types) if t not in facts.types]
-    if bad:
-        where = sorted({facts.elsewhere[t] for t in bad if t in facts.elsewhere})
-        raise UsageError(f"{facts.name} cannot run GGML type {', '.join(bad)}; it runs "
-                         f"{', '.join(facts.types)}" + (f"; {', '.join(bad)} runs on: {', '.join(where)}" if where
-                                                        else ""), path=out_ck.path)
-    if arch not in facts.archs:
-        where = facts.elsewhere.get(arch)
-        raise UsageError(f"{facts.name} cannot load GGUF architecture {arch!r}; it loads {', '.join(facts.archs)}"
-                         + (f"; {arch!r} runs on: {where}" if where else ""), path=out_ck.path,
-                         hint="pack with --arch bitnet for llama.cpp, if the model's activation allows it")
+    act = out_ck.config.get("hidden_act") or default_activation(arch)
+    for t in projection_types(types):
+        if t not in facts.table.types or arch not in facts.table.graphs:
+            what = f"GGML type {t}" if t not in facts.table.types else f"GGUF architecture {arch!r}"
+            elsewhere = summary(where_it_runs(arch, t, act))[0]
+            raise UsageError(f"{facts.name} cannot run {what} ({_why(facts, arch, t)}); this file {elsewhere}",
+                             path=out_ck.path)
     unknown = ggml_supported(types)
     if unknown:
         raise UsageError(f"the {facts.name} emulation has no arithmetic for GGML type {', '.join(unknown)}",
                          path=out_ck.path)
     return facts, arch, types
+
+
+def _why(facts: RuntimeFacts, arch: str, gguf_type: str) -> str:
+    if arch not in facts.table.graphs:
+        return f"it loads {', '.join(facts.archs)}"
+    return facts.table.wrong.get(gguf_type, f"it computes {', '.join(facts.types)}")
 
 
 # ------------------------------------------------------------------------------------------------ llama.cpp
