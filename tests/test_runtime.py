@@ -286,7 +286,6 @@ def _invert_f16(data, t):
 
 MUTATIONS = {
     "tq2_0 inverted scale": ("tq2_0", _invert_tq2),
-    "tq2_0 negated scale": ("tq2_0", _negate_tq2),
     "tq2_0 permuted rows": ("tq2_0", _permute_rows),
     "tq1_0 permuted rows": ("tq1_0", _permute_rows),
     "f16 inverted scale": ("f16", _invert_f16),
@@ -322,3 +321,14 @@ def test_non_finite_runtime_logits_fail(ggufs):
 
     rep = runtime_check(out_ck, ref_ck, ids, runner=nan_runner)
     assert not rep.ok and "non-finite logits (1 values)" in rep.failures[0]
+
+
+def test_negated_tq_scale_is_refused_naming_the_tensor(ggufs, tmp_path):
+    """A negative block scale is no model any runtime should run: bitconv refuses to read the file (exit 2, the
+    tensor named) before llama.cpp is asked, so it never passes."""
+    out, master = ggufs("1bitllm", "tq2_0")
+    bad = tmp_path / "neg.gguf"
+    _mutate(out, bad, "blk.1.ffn_down.weight", _negate_tq2)
+    r = cli("verify", bad, "--ref", master, "--runtime", "llama.cpp")
+    assert r.exit_code == 2
+    assert "blk.1.ffn_down.weight" in r.output and "finite and > 0" in " ".join(r.output.split())
