@@ -94,12 +94,17 @@ def verify_command(
     min_top1: Top1Opt = _D.min_top1, min_top5: Top5Opt = _D.min_top5,
     bitlinear: Annotated[str, typer.Option("--bitlinear", help="BitLinear arithmetic to emulate: compiled "
                                            "(transformers' default) or eager (TORCHDYNAMO_DISABLE=1)")] = "compiled",
+    runtime: Annotated[str | None, typer.Option("--runtime", help="also run OUT (a .gguf) in this runtime and "
+                                                "judge its logits: llama.cpp (needs pip install "
+                                                "'bitconv[llamacpp]')", show_default=False)] = None,
 ) -> None:
-    """Prove OUT right against its bf16 master: tensor round trip, compute mode, logit parity. Exit 1 on a fault."""
+    """Prove OUT right against its bf16 master: tensor round trip, compute mode, logit parity, and with --runtime
+    the file run in a real runtime. Exit 1 on a fault."""
     th = _thresholds(max_rel_dlogit, max_dlogit, max_kl, min_top1, min_top5)
     with render.progress("verify", json != "-") as cb:
         rep = verify(out, ref, run_parity=parity, thresholds=th, prompt=prompt, tokens_file=tokens,
-                     bitlinear=bitlinear, progress=(lambda stage, i, n: cb(i, n, stage)) if cb else None)
+                     bitlinear=bitlinear, runtime=runtime,
+                     progress=(lambda stage, i, n: cb(i, n, stage)) if cb else None)
     _emit(rep, json, junit, [verify_suite(rep)], verify_markdown(rep), (out, ref, *((tokens,) if tokens else ())))
     if json != "-":
         _print_verify(rep)
