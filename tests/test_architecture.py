@@ -36,7 +36,8 @@ LAYERS: dict[str, int] = {
     "bitconv.verify": 5, "bitconv.describe": 5, "bitconv.publish": 5,
     "bitconv.cli": 6, "bitconv.__main__": 6, "bitconv._entry": 6, "bitconv.demo": 6, "bitconv.tiny": 6,
 }
-LAZY_OK = frozenset({"torch", "transformers", "gguf", "huggingface_hub", "httpx2", "sentencepiece", "tokenizers"})
+LAZY_OK = frozenset({"torch", "transformers", "gguf", "huggingface_hub", "httpx2", "sentencepiece", "tokenizers",
+                     "llama_cpp"})  # llama_cpp: the optional runtime extra, imported only by `verify --runtime`
 CLI_ONLY = frozenset({"typer", "rich", "click"})
 
 

@@ -17,8 +17,8 @@ import torch
 from typer.testing import CliRunner
 
 from bitconv.cli import app
-from bitconv.errors import UsageError
-from bitconv.gguf.reader import read_gguf
+from bitconv.core.errors import UsageError
+from bitconv.formats.gguf.reader import read_gguf
 from bitconv.pipeline_gguf import pack_gguf
 from bitconv.sources import open_source
 from bitconv.verify import verify

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import importlib.metadata
 import os
 import time
 from collections.abc import Callable
@@ -43,11 +44,11 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from bitconv.errors import BitconvError, SourceError, UsageError
-from bitconv.gguf.metadata import ARCHS as GGUF_ARCHS
-from bitconv.gguf.metadata import hf_name
+from bitconv.core.errors import BitconvError, SourceError, UsageError
+from bitconv.core.naming import is_ternary
+from bitconv.formats.gguf.metadata import ARCHS as GGUF_ARCHS
+from bitconv.formats.gguf.metadata import hf_name
 from bitconv.layouts.runtimes import BY_KEY, Runtime, default_activation, summary, where_it_runs
-from bitconv.naming import is_ternary
 from bitconv.sources import Checkpoint
 from bitconv.sources.gguf import gguf_header
 from bitconv.verify.parity import ParityMetrics
@@ -344,8 +345,7 @@ def runtime_check(out_ck: Checkpoint, ref_ck: Checkpoint, ids: torch.Tensor, run
 
 def _version(facts: RuntimeFacts) -> str:
     try:
-        from importlib.metadata import version
-        return f"{facts.package} {version(facts.package)}"
+        return f"{facts.package} {importlib.metadata.version(facts.package)}"
     except Exception:  # noqa: BLE001 - a version string is information only
         return facts.package
 
