@@ -160,7 +160,7 @@ class GGUFTL1(_GGUFTL, name="gguf-tl1", container="gguf"):
         a = idx.reshape(M // BM, BM // bm, bm // 16, 16, K // BK, BK // by, by // 4, 2)
         return self._finish([_nibbles(a.transpose(_TL1_PERM))], e, t.scale)
 
-    def unpack(self, fields: Mapping[str, np.ndarray], shape: tuple[int, ...]) -> Ternary:
+    def unpack(self, fields: Mapping[str, np.ndarray], shape: tuple[int, ...], tensor: str | None = None) -> Ternary:
         data, e = self._data(fields, shape)
         (M, K), BM, BK, bm = shape, e.BM, e.BK, e.bm
         by = 256 // bm
@@ -222,7 +222,7 @@ class GGUFTL2(_GGUFTL, name="gguf-tl2", container="gguf"):
             parts.append(_sig_tiles(_pair_index(codes[:, k3:]), BM, 16))
         return self._finish(parts, e, t.scale)
 
-    def unpack(self, fields: Mapping[str, np.ndarray], shape: tuple[int, ...]) -> Ternary:
+    def unpack(self, fields: Mapping[str, np.ndarray], shape: tuple[int, ...], tensor: str | None = None) -> Ternary:
         data, e = self._data(fields, shape)
         M, BM, BK = e.M, e.BM, e.BK
         k3, k2 = self._split(e)

@@ -98,7 +98,7 @@ class _GGUFTQ(Layout):
                 o[nonzero, -2:] = d16
         return {"data": out.reshape(-1)}
 
-    def unpack(self, fields: Mapping[str, np.ndarray], shape: tuple[int, ...]) -> Ternary:
+    def unpack(self, fields: Mapping[str, np.ndarray], shape: tuple[int, ...], tensor: str | None = None) -> Ternary:
         (nbytes,) = self.spec(shape)["data"].shape
         data = np.asarray(fields["data"], dtype=np.uint8).reshape(-1)
         if data.size != nbytes:

@@ -50,8 +50,9 @@ class Layout(ABC):
         """Stored fields (numpy storage dtypes; BF16 as uint16 bits). Keys and shapes equal `spec(t.shape)`."""
 
     @abstractmethod
-    def unpack(self, fields: Mapping[str, np.ndarray], shape: tuple[int, ...]) -> Ternary:
-        """The inverse of `pack`: codes and magnitude scale of a weight of logical `shape`."""
+    def unpack(self, fields: Mapping[str, np.ndarray], shape: tuple[int, ...], tensor: str | None = None) -> Ternary:
+        """The inverse of `pack`: codes and magnitude scale of a weight of logical `shape` (the one decoder of the
+        format: sources call it too). `tensor` names the weight in a `LayoutError` for data the format cannot hold."""
 
     def bits_per_weight(self, shape: tuple[int, ...]) -> float:
         n = int(np.prod(shape))
