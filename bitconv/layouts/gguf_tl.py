@@ -106,6 +106,7 @@ class _GGUFTL(Layout):
     """Shared by TL1/TL2: the kernel config, its lookup, and the scale slot."""
 
     kind: ClassVar[str]
+    needs_kernel_config = True
     ggml_type: ClassVar[str]
 
     def __init__(self, kernel_config: KernelConfig | str | Path | None = None) -> None:
@@ -175,6 +176,7 @@ class GGUFTL2(_GGUFTL, name="gguf-tl2", container="gguf"):
     kind = "tl2"
     ggml_type: ClassVar[str] = "TL2"
     TYPE_NAMES: ClassVar[dict[int, str]] = {39: "TL2", 42: "TL2_42"}
+    ggml_aliases: ClassVar[tuple[str, ...]] = ("TL2_42",)
 
     def __init__(self, kernel_config: KernelConfig | str | Path | None = None, type_id: int = 39) -> None:
         super().__init__(kernel_config)

@@ -60,6 +60,7 @@ def _fp16_d(scale: float, tensor: str | None) -> np.ndarray:
 class _GGUFTQ(Layout):
     ggml_type: ClassVar[str]
     scale_dtype = "F16"  # one fp16 d per 256-weight block
+    vec_dot_type = "Q8_K"  # llama.cpp quantizes a matmul's input to Q8_K for these weights (ggml type_traits)
     block_bytes: ClassVar[int]
 
     def spec(self, shape: tuple[int, ...], tensor: str | None = None) -> dict[str, FieldSpec]:
