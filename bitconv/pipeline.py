@@ -165,6 +165,9 @@ def plan_unpack_hf(src: Checkpoint, values: str = "online") -> Plan:
         else:
             steps.append(Step(t, {t.name: FieldSpec(t.shape, t.dtype)}, "copy"))
     cfg = _with_quant_config(_base_config(src), bitnet_quant_config(src.config, "autobitlinear", "online"))
+    # marks the folder as made from a ternary checkpoint: `check` verifies it as an artifact, never takes it for the
+    # master (transformers keeps unknown config keys as plain attributes)
+    cfg["bitconv"] = {"format": "unpacked", "values": values, "source_kind": src.kind}
     return Plan(src, "hf-bf16", steps, cfg, values=values)
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bitconv import dtypes
+from bitconv.errors import FormatError
 
 
 @dataclass(frozen=True)
@@ -40,3 +41,16 @@ class FieldSpec:
     @property
     def nbytes(self) -> int:
         return math.prod(self.shape) * dtypes.DTYPES[self.dtype].itemsize
+
+
+def checked_scale(scale: float, codes: np.ndarray | None = None, *, path: object | None = None,
+                  tensor: str | None = None, stored: str = "scale") -> np.float32:
+    """`scale` as a float32 magnitude, or a `FormatError` naming the tensor: a stored scale must be finite and
+    positive (zero only for a tensor whose codes are all zero). NaN, ±Inf, 0 or a negative value would write NaN or
+    sign-flipped weights into every layout."""
+    s = np.float32(scale)
+    ok = bool(np.isfinite(s)) and (s > 0 or (s == 0 and codes is not None and not np.any(codes)))
+    if not ok:
+        raise FormatError(f"{stored} is {float(s)!r}; a ternary tensor's scale must be finite and positive",
+                          path=path, tensor=tensor, hint="the checkpoint is corrupt; re-export it from its master")
+    return s

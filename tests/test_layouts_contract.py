@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from bitconv import dtypes
-from bitconv.errors import LayoutError
+from bitconv.errors import FormatError, LayoutError
 from bitconv.layouts import get_layout, list_layouts
 from bitconv.layouts.hf_packed import pack_codes, unpack_codes
 from bitconv.tensors import Ternary
@@ -111,7 +111,7 @@ def test_hf_scale_conventions():
 
 
 def test_hf_rejects_bit_pattern_11():
-    with pytest.raises(LayoutError, match="0b11"):
+    with pytest.raises(FormatError, match="0b11"):
         unpack_codes(np.array([[0b11]], dtype=np.uint8), 4, tensor="x.weight")
 
 

@@ -13,12 +13,12 @@ import numpy as np
 import torch
 
 from bitconv import dtypes, naming, validate
-from bitconv.errors import BitconvError, SourceError
+from bitconv.errors import BitconvError, FormatError, SourceError
 from bitconv.layouts.hf_packed import HF_LAYOUTS, unpack_codes
 from bitconv.quant import Workspace, ternarize
 from bitconv.safetensors_io import TensorInfo, read_array, read_header
 from bitconv.sources import Checkpoint, ModelTensor
-from bitconv.tensors import Ternary
+from bitconv.tensors import Ternary, checked_scale
 
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
@@ -227,8 +227,9 @@ def _logical_packed(folder: Path, stored: dict[str, TensorInfo], inverted: bool)
 
             def load(compute: str, info: TensorInfo = info, sinfo: TensorInfo = sinfo, n: int = shape[0]) -> Ternary:
                 codes = with_file(info.path, unpack_codes, _load_scratch(info).numpy(), n, tensor=info.name)
-                ws = _scalar(sinfo)
-                return Ternary(codes, np.float32(1.0) / ws if inverted else ws)
+                ws = checked_scale(_scalar(sinfo), codes, path=sinfo.path, tensor=sinfo.name,
+                                   stored="1/scale" if inverted else "weight_scale")
+                return Ternary(codes, np.float32(1.0) / ws if inverted and ws else ws)
 
             out[name] = ModelTensor(name, shape, "U8", [info, sinfo], load)
     for name, info in sorted(stored.items()):
@@ -248,9 +249,10 @@ def _logical_ternary(folder: Path, stored: dict[str, TensorInfo]) -> dict[str, M
             def load(compute: str, info: TensorInfo = info, sinfo: TensorInfo = sinfo) -> Ternary:
                 codes = read_array(info)
                 if codes.size and (codes.min() < -1 or codes.max() > 1):
-                    raise SourceError("codes outside {-1, 0, 1}", path=info.path, tensor=info.name,
+                    raise FormatError("codes outside {-1, 0, 1}", path=info.path, tensor=info.name,
                                       shape=info.shape)
-                return Ternary(codes, _scalar(sinfo))
+                return Ternary(codes, checked_scale(_scalar(sinfo), codes, path=sinfo.path, tensor=sinfo.name,
+                                                    stored="weight_scale"))
 
             out[name] = ModelTensor(name, info.shape, "I8", [info, sinfo], load)
     for name, info in sorted(stored.items()):
