@@ -152,7 +152,7 @@ def with_file(path: Path, fn: Callable[..., T], *args: object, **kwargs: object)
     except BitconvError as e:
         if e.path is not None:
             raise
-        raise SourceError(str(e), path=path) from None
+        raise type(e)(str(e), path=path) from None  # keeps the class: a content fault stays a FormatError
 
 
 def _open_dir(folder: Path) -> Checkpoint:

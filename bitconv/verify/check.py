@@ -69,11 +69,12 @@ class ArtifactCheck:
         """One of `STATUSES`: how far this checkpoint was checked, and the verdict."""
         if self.role == "master":
             return "master" if self.ok else "failed"
-        if not self.ok:
+        other = [f for f in self.findings if f.severity == "error" and f.fault != "unverified"]
+        if other or (self.verify is not None and not self.verify.ok):
             return "failed"
-        if self.verified:
-            return "verified"
-        return "unverified" if any(f.fault == "unverified" for f in self.findings) else "config-only"
+        if any(f.fault == "unverified" for f in self.findings):
+            return "unverified"
+        return "verified" if self.verified else "config-only"
 
     def to_dict(self) -> dict:
         return {"path": self.path, "role": self.role, "kind": self.kind, "layout": self.layout, "ok": self.ok,
