@@ -33,6 +33,8 @@ from pathlib import Path
 from bitconv.errors import EXIT_OK, EXIT_VERIFY_FAILED, BitconvError, LayoutError, UsageError
 from bitconv.layouts import get_layout
 from bitconv.output import TMP_PREFIX
+from bitconv.pipeline import UNPACKED_METADATA
+from bitconv.safetensors_io import read_header
 from bitconv.sources import Checkpoint, is_nanotron_dir, open_source
 from bitconv.verify import Finding, Thresholds, VerifyReport, verify
 from bitconv.verify.reference import RefConfig
@@ -296,9 +298,15 @@ def _signature(ck: Checkpoint) -> set[tuple[str, tuple[int, ...]]]:
 
 
 def is_derived(ck: Checkpoint) -> bool:
-    """A bf16 folder bitconv wrote from a ternary checkpoint (`unpack`): an artifact, never a master."""
-    meta = ck.config.get("bitconv")
-    return isinstance(meta, dict) and meta.get("format") == "unpacked"
+    """A bf16 folder bitconv wrote from a ternary checkpoint (`unpack` marks its safetensors metadata): an
+    artifact, never a master."""
+    if ck.kind != "bf16-master" or not ck.files or ck.files[0].suffix != ".safetensors":
+        return False
+    try:
+        _, meta = read_header(ck.files[0])
+    except BitconvError:
+        return False
+    return meta.get("bitconv") == UNPACKED_METADATA["bitconv"]
 
 
 def _is_master_candidate(ck: Checkpoint) -> bool:
