@@ -393,7 +393,11 @@ def _verify_summary(data: dict, verdict: bool | None) -> str:
 # artifact description --------------------------------------------------------------------------------------------
 
 _GGUF_RUNTIMES = {"I2_S": "bitnet.cpp", "TL1": "bitnet.cpp", "TL2": "bitnet.cpp", "TL2_42": "bitnet.cpp",
-                  "TQ1_0": "llama.cpp", "TQ2_0": "llama.cpp"}
+                  "TQ1_0": "llama.cpp", "TQ2_0": "llama.cpp", "IQ1_BN": "ik_llama.cpp", "IQ2_BN": "ik_llama.cpp",
+                  "IQ2_BN_R4": "ik_llama.cpp"}
+# extra llama-cli flags per GGUF layout: -rtr repacks IQ2_BN rows to IQ2_BN_R4 at load (faster CPU matmul, and no
+# in_features >= 512 limit); IQ1_BN has no repacked form and IQ2_BN_R4 is repacked already (spec gguf-ik-llama.md §6.4)
+_CLI_FLAGS = {"IQ2_BN": " -rtr"}
 _KIND_FORMATS = {  # kind -> (format, runtime of the how-to)
     "hf-packed": ("transformers packed BitNet checkpoint (safetensors, 4 ternary codes per byte)", "transformers"),
     "bitconv-ternary": ("bitconv ternary checkpoint (safetensors, int8 codes + float32 scales)", "bitconv"),
@@ -547,6 +551,10 @@ _HOWTO = {
                   "python run_inference.py -m models/{name}/{file} -p \"You are a helpful assistant\" -cnv\n```\n",
     "llama.cpp": "### llama.cpp\n\n```bash\nllama-cli --hf-repo {repo} --hf-file {file} -p \"The capital of France "
                  "is\"\n```\n",
+    "ik_llama.cpp": "### ik_llama.cpp\n\nThese {layout} files run in [ik_llama.cpp](https://github.com/ikawrakow/"
+                    "ik_llama.cpp) (not in upstream llama.cpp or bitnet.cpp).\n\n```bash\nhf download {repo} {file} "
+                    "--local-dir models/{name}\nllama-cli -m models/{name}/{file}{flags} -p \"The capital of France "
+                    "is\" -n 32\n```\n",
 }
 
 
@@ -577,7 +585,8 @@ def _card(repo_id: str, meta: dict, parts: list[_Part], files: list[PlannedFile]
               if f.local is not None]
     lines += ["", "## How to load", ""]
     for runtime, part in {p.runtime: p for p in parts}.items():
-        lines.append(_HOWTO[runtime].format(repo=repo_id, name=name, file=part.name))
+        lines.append(_HOWTO[runtime].format(repo=repo_id, name=name, file=part.name, layout=part.layout,
+                                            flags=_CLI_FLAGS.get(part.layout, "")))
     if verify is not None:
         state = {True: "passed", False: "FAILED", None: "no verdict"}[verify.passed]
         lines += ["## Verification", "", f"`bitconv verify` {state}: {verify.summary} (report: "

@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,7 +30,9 @@ from bitconv.sinks.hf import DEFAULT_MAX_SHARD_BYTES, HFSink
 from bitconv.sources import Checkpoint, ModelTensor, open_source
 from bitconv.tensors import FieldSpec, Ternary
 
-Progress = Callable[[int, int, str], None]  # (tensors done, tensors total, current name)
+# (done, total, current name): output bytes for quantize / pack / unpack (so a renderer can show bytes/s and an
+# ETA), tensors for the Nanotron converter
+Progress = Callable[[int, int, str], None]
 
 TERNARY_FORMAT_VERSION = 1
 
@@ -60,6 +62,14 @@ class Plan:
     @property
     def total_bytes(self) -> int:
         return sum(f.nbytes for s in self.steps for f in s.outputs.values())
+
+    @property
+    def peak_bytes(self) -> int:
+        """Planned peak memory (`bitconv.memory`)."""
+        from bitconv.memory import peak_estimate
+
+        return peak_estimate([(s.tensor, s.action, sum(f.nbytes for f in s.outputs.values())) for s in self.steps],
+                             self.compute)
 
 
 @dataclass
@@ -183,20 +193,33 @@ def execute(plan: Plan, out: str | Path, *, overwrite: bool = False,
     with guard as tmp:
         sink = HFSink(tmp, plan.entries, max_shard_bytes, plan.metadata)
         try:
-            for i, step in enumerate(plan.steps):
+            done, total = 0, plan.total_bytes
+            for step in plan.steps:
                 if progress:
-                    progress(i, len(plan.steps), step.tensor.name)
+                    progress(done, total, step.tensor.name)
                 _run_step(step, plan, sink)
+                done += sum(f.nbytes for f in step.outputs.values())
             sink.close(plan.config, plan.source.aux_files, fsync=os.environ.get("BITCONV_FSYNC") == "1")
         except BaseException:
             sink.abort()
             raise
         files = [guard.out / f.name for f in sink.files]
     if progress:
-        progress(len(plan.steps), len(plan.steps), "")
+        progress(plan.total_bytes, plan.total_bytes, "")
     n_tern = sum(1 for s in plan.steps if s.action != "copy")
     return Report(guard.out, plan.target, plan.source.kind, files, n_tern, len(plan.steps) - n_tern,
                   plan.total_bytes, time.perf_counter() - t0)
+
+
+DEQUANT_BLOCK_ELEMS = 1 << 22
+
+
+def dequantized_blocks(t: Ternary) -> Iterator[np.ndarray]:
+    """bf16(codes * scale) as uint16 bits, a block of rows at a time (the same values as `dequantize(t)`)."""
+    codes = t.codes.reshape(t.codes.shape[0], -1)
+    step = max(1, DEQUANT_BLOCK_ELEMS // max(1, codes.shape[1]))
+    for a in range(0, codes.shape[0], step):
+        yield dtypes.to_numpy_storage(dequantize(Ternary(codes[a:a + step], t.scale)))
 
 
 def _run_step(step: Step, plan: Plan, sink: HFSink) -> None:
@@ -212,7 +235,7 @@ def _run_step(step: Step, plan: Plan, sink: HFSink) -> None:
     if step.action == "dequant":
         (name,) = step.outputs
         lifted = online_lift(tern) if plan.values == "online" else tern
-        sink.write(name, dtypes.to_numpy_storage(dequantize(lifted)))
+        sink.write_blocks(name, step.outputs[name].nbytes, dequantized_blocks(lifted))
         return
     fields = plan.layout.pack(tern)
     prefix = module_of(t.name)

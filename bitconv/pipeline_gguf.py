@@ -13,8 +13,16 @@ the first byte is read or written; then tensors are packed one at a time and wri
 | f32    | F32 codes * scale                   | bitnet.cpp convert, f32                       | bitnet.cpp           |
 | f16    | F16 codes * scale                   | bitnet.cpp convert, f16                       | bitnet.cpp           |
 | bf16   | BF16 codes * scale                  | llama.cpp convert_hf_to_gguf, bf16            | upstream             |
+| iq1_bn | IQ1_BN (134), fp16 row scales   | ik llama-quantize of bitconv's i2_s, iq1_bn       | bitnet.cpp (+q. v.)  |
+| iq2_bn | IQ2_BN (135), f32 row scales    | ik llama-quantize of bitconv's i2_s, iq2_bn       | bitnet.cpp (+q. v.)  |
+| iq2_bn_r4 | IQ2_BN_R4 (335), 4-row groups | ik llama-quantize of bitconv's i2_s, iq2_bn_r4 | bitnet.cpp (+q. v.)  |
 
-Norms and other 1-D tensors are F32; `token_embd` / `output` take `embd_type` (f16 default; f32, bf16, q8_0).
+Norms and other 1-D tensors are F32; `token_embd` / `output` take `embd_type` (f16 default; f32, bf16, q8_0; q8_0
+by default for the ik_llama.cpp types, whose own Q6_K default cannot be reproduced outside ik's build).
+ik_llama.cpp types (docs/ik_llama.md): the default arch of a 2B4T (relu²) model is `bitnet-25`; an arch whose ik
+graph has another FFN activation than the model is refused (ik would run `bitnet` with SiLU); projections with
+in_features < 512 are written with a warning (ik's CPU matmul aborts on IQ1_BN / IQ2_BN there); for iq2_bn_r4 a
+projection whose out_features is not a multiple of 4 stays IQ2_BN, as llama-quantize keeps it.
 Ternary sources (HF packed, bitconv ternary, GGUF) are packed from their codes and scale, never re-quantized. The
 dequantized float types keep the sign of zero codes from a float source (the reference writes -0.0 for small
 negative weights), so bitconv's f32 file equals the converter's byte for byte.
@@ -33,7 +41,7 @@ import numpy as np
 import torch
 
 from bitconv import dtypes
-from bitconv.errors import OutputError, UsageError
+from bitconv.errors import LayoutError, OutputError, UsageError
 from bitconv.ggml_types import FILE_TYPES, GGML_TYPES
 from bitconv.gguf.kv import KV
 from bitconv.gguf.metadata import (
@@ -54,6 +62,7 @@ from bitconv.gguf.vocab import load_vocab, vocab_kvs
 from bitconv.gguf.writer import GGUFWriter, TensorEntry, build_header
 from bitconv.kernel_config import KernelConfig, derive
 from bitconv.layouts import Layout, get_layout
+from bitconv.layouts._ikbn import IK_ARCH_ACT, IK_DEFAULT_ARCH, IK_RUNTIME, RUNTIME, RUNTIME_COMMIT
 from bitconv.output import TMP_PREFIX, AtomicOutput, check_free_space
 from bitconv.pipeline import Progress, Report
 from bitconv.quant import COMPUTE_MODES
@@ -69,10 +78,13 @@ class Target:
     layout: str | None  # ternary layout for packed types
     float_type: str | None  # GGML float type for dequantized types
     tool: str  # which reference makes this type: "bitnet.cpp" or "upstream" (selects the KV set)
+    quantized: bool = False  # the file llama-quantize writes (it appends general.quantization_version)
+    embd: str = "f16"  # default --embd-type
+    runtime: str | None = None  # RUNTIME ("ik_llama.cpp"): its arch and CPU-limit rules apply
 
 
 GGUF_TARGETS: dict[str, Target] = {
-    "i2_s": Target("gguf-i2-s", None, "bitnet.cpp"),
+    "i2_s": Target("gguf-i2-s", None, "bitnet.cpp", quantized=True),
     "tl1": Target("gguf-tl1", None, "bitnet.cpp"),
     "tl2": Target("gguf-tl2", None, "bitnet.cpp"),
     "tq1_0": Target("gguf-tq1-0", None, "upstream"),
@@ -80,6 +92,10 @@ GGUF_TARGETS: dict[str, Target] = {
     "f32": Target(None, "F32", "bitnet.cpp"),
     "f16": Target(None, "F16", "bitnet.cpp"),
     "bf16": Target(None, "BF16", "upstream"),
+    # made like ik's llama-quantize from bitconv's (or bitnet.cpp's) i2_s: same KVs, file_type in place, q-version last
+    "iq1_bn": Target("gguf-iq1-bn", None, "bitnet.cpp", quantized=True, embd="q8_0", runtime=RUNTIME),
+    "iq2_bn": Target("gguf-iq2-bn", None, "bitnet.cpp", quantized=True, embd="q8_0", runtime=RUNTIME),
+    "iq2_bn_r4": Target("gguf-iq2-bn-r4", None, "bitnet.cpp", quantized=True, embd="q8_0", runtime=RUNTIME),
 }
 EMBD_TYPES = {"f16": "F16", "f32": "F32", "bf16": "BF16", "q8_0": "Q8_0"}
 EMBEDDINGS = ("token_embd.weight", "output.weight")
@@ -94,6 +110,7 @@ class GGUFStep:
     type_name: str
     action: str  # "pack" (ternary -> layout bytes), "dequant" (ternary -> codes*scale floats), "convert" (passthrough)
     permute: int | None = None  # llama q/k: heads to permute the rows over
+    layout: Layout | None = None  # the layout of a "pack" step (the plan's, or its fallback for this shape)
 
 
 @dataclass
@@ -118,6 +135,13 @@ class GGUFPlan:
         """The size of the GGUF file."""
         header, _ = build_header(self.kvs, self.entries)
         return len(header) + sum(pad(e.nbytes) for e in self.entries)
+
+    @property
+    def peak_bytes(self) -> int:
+        """Planned peak memory (`bitconv.memory`)."""
+        from bitconv.memory import peak_estimate
+
+        return peak_estimate([(s.tensor, s.action, s.entry.nbytes) for s in self.steps], self.compute)
 
     def rows(self) -> list[list]:
         """(GGUF name, action, HF shape, type, bytes) per tensor, for --dry-run."""
@@ -157,6 +181,18 @@ def _layout(target: Target, src: Checkpoint, kernel_config: KernelConfig | str |
     return get_layout(target.layout, kernel_config=kc, **params), kc
 
 
+def _tensor_layout(t: ModelTensor, layout: Layout | None) -> Layout | None:
+    """The plan's layout, or its declared fallback for a shape it cannot hold (IQ2_BN_R4 -> IQ2_BN)."""
+    fallback = getattr(layout, "fallback_layout", None)
+    if not t.is_ternary or layout is None or fallback is None:
+        return layout
+    try:
+        layout.spec(t.shape, tensor=t.name)
+    except LayoutError:
+        return get_layout(fallback)
+    return layout
+
+
 def _tensor_type(t: ModelTensor, gname: str, target: Target, layout: Layout | None, embd: str) -> str:
     if t.is_ternary:
         return layout.ggml_type if layout is not None else target.float_type
@@ -176,12 +212,13 @@ def _steps(src: Checkpoint, arch: GGUFArch, target: Target, layout: Layout | Non
             continue
         t = src.tensors[name]
         gname = gguf_name(name, t.shape)
-        type_name = _tensor_type(t, gname, target, layout, embd)
-        dims = layout.gguf_dims(t.shape) if (t.is_ternary and layout is not None) else tuple(reversed(t.shape))
-        entry = TensorEntry(gname, dims, GGML_TYPES[type_name].id, _nbytes(t, type_name, layout))
-        action = ("pack" if layout is not None else "dequant") if t.is_ternary else "convert"
+        lay = _tensor_layout(t, layout)
+        type_name = _tensor_type(t, gname, target, lay, embd)
+        dims = lay.gguf_dims(t.shape) if (t.is_ternary and lay is not None) else tuple(reversed(t.shape))
+        entry = TensorEntry(gname, dims, GGML_TYPES[type_name].id, _nbytes(t, type_name, lay))
+        action = ("pack" if lay is not None else "dequant") if t.is_ternary else "convert"
         heads = permute_heads(name, src.config) if (arch.permute_qk and t.is_ternary) else None
-        steps.append(GGUFStep(t, entry, type_name, action, heads))
+        steps.append(GGUFStep(t, entry, type_name, action, heads, lay if action == "pack" else None))
     if not arch.has_output and any(s.entry.name == "output.weight" for s in steps):
         raise UsageError(f"GGUF arch {arch.name!r} always ties the output to token_embd, but this checkpoint has an "
                          "untied lm_head.weight", path=src.path, hint="use --arch bitnet-b1.58")
@@ -207,12 +244,54 @@ def _add_prefix_space(src: Checkpoint) -> bool | None:
     return v if isinstance(v, bool) else None
 
 
-def plan_pack_gguf(src: Checkpoint, gguf_type: str, *, arch: str | None = None, embd_type: str = "f16",
+def _ik_arch(src: Checkpoint, arch: str | None) -> GGUFArch:
+    """The arch for an ik_llama.cpp file: its graph must have the model's FFN activation (SiLU for `bitnet`,
+    relu² for `bitnet-25` / `bitnet-b1.58`); a 2B4T model defaults to `bitnet-25`."""
+    act = src.config.get("hidden_act")
+    given = arch or _source_gguf_arch(src)
+    garch = resolve_arch(src.config, given)
+    if given is None and act in IK_DEFAULT_ARCH:  # the arch ik names for this activation, where the family has it
+        try:
+            garch = resolve_arch(src.config, IK_DEFAULT_ARCH[act])
+        except UsageError:
+            pass
+    want = IK_ARCH_ACT.get(garch.name)
+    if act is not None and want is not None and want != act:
+        raise UsageError(f"{RUNTIME} runs GGUF arch {garch.name!r} with the {want} FFN graph, but this model uses "
+                         f"{act}: the file would load and compute a different model", path=src.path,
+                         hint=f"use --arch {IK_DEFAULT_ARCH.get(act, 'bitnet-25')}")
+    return garch
+
+
+def _runtime_notes(plan: GGUFPlan) -> tuple[str, list[str], list[str]]:
+    """(where the file runs, warnings, notes) from the runtime facts of the tensor types it holds."""
+    types = {s.type_name for s in plan.steps if s.action == "pack"}
+    warnings = []
+    for s in plan.steps:
+        fact = IK_RUNTIME.get(s.type_name)
+        limit = fact.min_in_features if fact is not None else None
+        if s.action == "pack" and limit is not None and s.tensor.shape[1] < limit:
+            warnings.append(s)
+    out = []
+    if warnings:
+        s = warnings[0]
+        out.append(f"{len(warnings)} projection(s) have in_features < {IK_RUNTIME[s.type_name].min_in_features} "
+                   f"(e.g. {s.tensor.name} {list(s.tensor.shape)}): {IK_RUNTIME[s.type_name].note}")
+    ik = [IK_RUNTIME[t] for t in sorted(types) if t in IK_RUNTIME]
+    where, notes = "", [f.note for f in ik if not f.runs]
+    if GGUF_TARGETS[plan.gguf_type].runtime == RUNTIME:
+        where = f"{RUNTIME} (tested at {RUNTIME_COMMIT}; CPU x86/ARM): llama-cli -m FILE" + \
+            (" -rtr" if "IQ2_BN" in types else "")
+    return where, out, notes
+
+
+def plan_pack_gguf(src: Checkpoint, gguf_type: str, *, arch: str | None = None, embd_type: str | None = None,
                    kernel_config: KernelConfig | str | Path | None = None, tl2_type_id: int = 39,
                    compute: str = "float32") -> GGUFPlan:
     """Validate every option and shape and size the whole file; raises before anything is read or written."""
     gguf_type = _choice(gguf_type, GGUF_TARGETS, "--type")
-    embd = EMBD_TYPES[_choice(embd_type, EMBD_TYPES, "--embd-type")]
+    target = GGUF_TARGETS[gguf_type]
+    embd = EMBD_TYPES[_choice(embd_type or target.embd, EMBD_TYPES, "--embd-type")]
     if compute not in COMPUTE_MODES:
         raise UsageError(f"--compute must be one of {', '.join(COMPUTE_MODES)}, got {compute!r}")
     if tl2_type_id not in TL2_TYPE_IDS:
@@ -220,17 +299,21 @@ def plan_pack_gguf(src: Checkpoint, gguf_type: str, *, arch: str | None = None, 
                          f"got {tl2_type_id}")
     if kernel_config is not None and gguf_type not in ("tl1", "tl2"):
         raise UsageError(f"--kernel-config applies to --type tl1/tl2, not {gguf_type}")
-    target = GGUF_TARGETS[gguf_type]
-    garch = resolve_arch(src.config, arch or _source_gguf_arch(src))
+    garch = _ik_arch(src, arch) if target.runtime == RUNTIME else resolve_arch(src.config,
+                                                                                 arch or _source_gguf_arch(src))
     layout, kc = _layout(target, src, kernel_config, tl2_type_id)
     steps = _steps(src, garch, target, layout, embd)
     profile = PROFILE_OF[(garch.name, target.tool)]
     type_name = layout.ggml_type if layout is not None else target.float_type
     meta = Meta(garch.name, src.config, _model_name(src), FILE_TYPES[type_name],
-                sum(int(np.prod(s.tensor.shape)) for s in steps), gguf_type == "i2_s", _add_prefix_space(src))
+                sum(int(np.prod(s.tensor.shape)) for s in steps), target.quantized, _add_prefix_space(src))
     kvs = build_kvs(profile, meta, _vocab(src, PROFILES[profile].vocab_style))
     plan = GGUFPlan(src, gguf_type, garch, profile, steps, kvs, layout, compute, kc)
-    plan.extra = {"arch": garch.name, "profile": profile, "type": type_name}
+    plan.extra = {"arch": garch.name, "profile": profile, "type": type_name, "embd_type": embd}
+    where, warnings, notes = _runtime_notes(plan)
+    plan.extra.update({"runs_on": where} if where else {})
+    plan.extra.update({"warnings": warnings} if warnings else {})
+    plan.extra.update({"notes": notes} if notes else {})
     if kc is not None:
         plan.extra["codegen"] = kc.codegen_params().__dict__
     return plan
@@ -266,7 +349,7 @@ def _dequant(step: GGUFStep, compute: str) -> np.ndarray:
 
 def _step_data(step: GGUFStep, plan: GGUFPlan) -> np.ndarray | Iterator[np.ndarray]:
     if step.action == "pack":
-        return plan.layout.pack(_ternary(step, plan.compute))["data"]
+        return step.layout.pack(_ternary(step, plan.compute))["data"]
     if step.action == "dequant":
         return to_float_type(torch.from_numpy(_dequant(step, plan.compute)), step.type_name)
     parts = _converted_row_chunks(step)
@@ -313,10 +396,12 @@ def execute_gguf(plan: GGUFPlan, out: str | Path, *, overwrite: bool = False,
         with guard as tmp:
             writer = GGUFWriter(tmp, plan.kvs, plan.entries)
             try:
-                for i, step in enumerate(plan.steps):
+                done, total = 0, sum(s.entry.nbytes for s in plan.steps)
+                for step in plan.steps:
                     if progress:
-                        progress(i, len(plan.steps), step.tensor.name)
+                        progress(done, total, step.tensor.name)
                     writer.write(step.entry.name, _step_data(step, plan))
+                    done += step.entry.nbytes
                 writer.close(fsync=os.environ.get("BITCONV_FSYNC") == "1")
             except BaseException:
                 writer.abort()
@@ -334,7 +419,8 @@ def execute_gguf(plan: GGUFPlan, out: str | Path, *, overwrite: bool = False,
     finally:
         ini_tmp.unlink(missing_ok=True)
     if progress:
-        progress(len(plan.steps), len(plan.steps), "")
+        total = sum(s.entry.nbytes for s in plan.steps)
+        progress(total, total, "")
     n_tern = sum(1 for s in plan.steps if s.action != "convert")
     files = [guard.out] + ([ini] if ini is not None else [])
     extra = dict(plan.extra, **({"kernel_config": str(ini)} if ini is not None else {}))
@@ -354,18 +440,24 @@ def _check_ini(plan: GGUFPlan, out: Path, overwrite: bool) -> Path | None:
 
 
 def pack_gguf(src: str | Path | Checkpoint, out: str | Path, gguf_type: str, *, arch: str | None = None,
-              embd_type: str = "f16", kernel_config: KernelConfig | str | Path | None = None, tl2_type_id: int = 39,
+              embd_type: str | None = None, kernel_config: KernelConfig | str | Path | None = None,
+              tl2_type_id: int = 39,
               compute: str = "float32", overwrite: bool = False, progress: Progress | None = None) -> Report:
-    """Write SRC as one GGUF file of `gguf_type` (i2_s, tl1, tl2, tq1_0, tq2_0, f32, f16, bf16).
+    """Write SRC as one GGUF file of `gguf_type` (i2_s, tl1, tl2, tq1_0, tq2_0, f32, f16, bf16, and ik_llama.cpp's
+    iq1_bn, iq2_bn, iq2_bn_r4).
 
     Args:
         src: any ternary-capable checkpoint (bf16 master, bitconv ternary, HF packed, GGUF).
         out: the .gguf file; written atomically; refused if it exists unless `overwrite`.
-        arch: GGUF architecture; default by model family (bitnet-b1.58 / bitnet / llama).
-        embd_type: token_embd / output type: f16, f32, bf16 or q8_0.
+        arch: GGUF architecture; default by model family (bitnet-b1.58 / bitnet / llama; bitnet-25 instead of
+            bitnet-b1.58 for the ik_llama.cpp types).
+        embd_type: token_embd / output type: f16, f32, bf16 or q8_0; None: q8_0 for the ik_llama.cpp types, else f16.
         kernel_config: TL1/TL2 tiling: a kernel_config.ini, a KernelConfig, or None to derive one from the shapes.
         tl2_type_id: 39 (bitnet.cpp before mid-2026) or 42 (current fork).
-    Returns a Report; for TL types `extra["codegen"]` holds the codegen_tl*.py parameters of the config used.
+    Returns a Report; for TL types `extra["codegen"]` holds the codegen_tl*.py parameters of the config used;
+    `extra["runs_on"]` says where an ik_llama.cpp file runs, `extra["warnings"]` lists runtime combos that abort
+    (in_features < 512 for IQ1_BN / IQ2_BN), `extra["notes"]` runtimes that cannot run the type (ik_llama.cpp and
+    I2_S / TQ).
     Example:
         >>> pack_gguf("bitnet-bf16", "bitnet-i2_s.gguf", "i2_s")
     """

@@ -11,9 +11,12 @@ Canonical recipe (`../shared/spec/README.md` convention 2, transformers `WeightQ
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 
+from bitconv import torchsum
 from bitconv.errors import SourceError
 from bitconv.tensors import Ternary
 
@@ -114,6 +117,61 @@ def _check_finite(m: torch.Tensor, name: str | None, shape: torch.Size) -> None:
     if not torch.isfinite(m):
         raise SourceError("weight contains NaN or Inf values; it cannot be ternarized", tensor=name,
                           shape=tuple(shape), hint="check the checkpoint that produced it")
+
+
+# Weights above STREAM_MIN_ELEMS elements are ternarized from BLOCK_ELEMS-element blocks in two passes, so the
+# float32 copy of a whole projection (940 MB for a 70B FFN matrix) is never made. Below it the one-pass path is faster.
+STREAM_MIN_ELEMS = 1 << 25
+BLOCK_ELEMS = 1 << 22
+
+BlockReader = Callable[[int, int], torch.Tensor]  # (first element, count) -> 1-D float tensor, valid until next call
+
+
+def ternarize_blocks(read: BlockReader, shape: tuple[int, ...], *, name: str | None = None,
+                     block: int | None = None, ws: Workspace | None = None) -> Ternary | None:
+    """The float32 recipe of `ternarize`, reading the weight a block at a time in two passes: mean |w| first
+    (torch's float32 reduction order replayed exactly, `bitconv.torchsum`), codes second. Bit-identical to
+    `ternarize(whole)` (tests check it on awkward sizes); memory is the codes plus a few blocks.
+
+    Returns None when this torch build's reduction order cannot be replayed: the caller ternarizes the whole tensor.
+    """
+    block = block or BLOCK_ELEMS
+    ws = ws or _DEFAULT_WS
+    n = int(np.prod(shape))
+
+    def magnitudes(start: int, count: int) -> np.ndarray:
+        a = ws.get("blk_abs", count, torch.float32)
+        a.copy_(read(start, count))
+        return a.abs_().numpy()
+
+    total = torchsum.exact_sum(magnitudes, n, piece=block)
+    if total is None:
+        return None
+    m = torch.from_numpy(np.array(total, dtype=np.float32)).div_(n)  # torch's mean: sum, then div_ by the count
+    _check_finite(m, name, torch.Size(shape))
+    s = 1.0 / m.clamp(min=EPS)
+    codes = np.empty(n, dtype=np.int8)
+    tb = None
+    for start in range(0, n, block):
+        count = min(block, n - start)
+        w = read(start, count)
+        out = codes[start:start + count]
+        pos = ws.get("blk_pos", count, torch.bool).numpy()
+        neg = ws.get("blk_neg", count, torch.bool).numpy()
+        if w.dtype == torch.bfloat16:
+            if tb is None:
+                tb = int((_BF16_MAGNITUDES * s <= 0.5).sum()) - 1
+            bits = w.view(torch.int16).numpy()
+            np.greater(bits, tb, out=pos)
+            np.greater(bits.view(np.uint16), 0x8000 + tb, out=neg)
+        else:
+            x = ws.get("blk_w", count, torch.float32)
+            x.copy_(w)
+            x.mul_(s)
+            torch.gt(x, 0.5, out=torch.from_numpy(pos))
+            torch.lt(x, -0.5, out=torch.from_numpy(neg))
+        np.subtract(pos.view(np.int8), neg.view(np.int8), out=out)
+    return Ternary(codes.reshape(shape), np.float32((1.0 / s).item()))
 
 
 def dequantize(t: Ternary, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:

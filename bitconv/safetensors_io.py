@@ -227,6 +227,16 @@ class SafetensorsWriter:
         except OSError as e:
             raise OutputError(f"cannot write: {e.strerror or e}", path=self.path, tensor=name) from None
 
+    def reserve(self, name: str, nbytes: int) -> int:
+        """Claim `name` (to be written in parts with `write_at`); returns its byte offset in the file."""
+        return self._take(name, nbytes)
+
+    def write_at(self, offset: int, data: np.ndarray, name: str | None = None) -> None:
+        try:
+            _pwrite_all(self._fd, memoryview(np.ascontiguousarray(data).reshape(-1).view(np.uint8)), offset)
+        except OSError as e:
+            raise OutputError(f"cannot write: {e.strerror or e}", path=self.path, tensor=name) from None
+
     def copy_from(self, name: str, src: TensorInfo) -> None:
         """Copy a stored tensor's bytes verbatim from its source file (kernel-side where the OS allows)."""
         off = self._take(name, src.nbytes)

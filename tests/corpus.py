@@ -62,7 +62,15 @@ class _Bases:
 
     def __init__(self) -> None:
         self.root: Path | None = None
+        self.tiny: Callable[..., Path] | None = None  # the test session's shared factory (conftest `models`)
         self._built: dict[str, Path] = {}
+
+    def make_tiny(self, name: str, arch: str, **kw: object) -> Path:
+        """A tiny master: from the session's shared factory when there is one, else built under `root`."""
+        if self.tiny is not None:
+            return self.tiny(arch, **kw)
+        assert self.root is not None
+        return tiny.make_tiny(self.root / name, arch, **kw)
 
     def get(self, name: str) -> Path:
         if name not in self._built:
@@ -76,11 +84,11 @@ BASES = _Bases()
 
 
 def _st(root: Path) -> Path:
-    return tiny.make_tiny(root / "st", "bitnet-2b4t", **SMALL)
+    return BASES.make_tiny("st", "bitnet-2b4t", **SMALL)
 
 
 def _sharded(root: Path) -> Path:
-    return tiny.make_tiny(root / "sharded", "bitnet-2b4t", max_shard_bytes=20_000, **SMALL)
+    return BASES.make_tiny("sharded", "bitnet-2b4t", max_shard_bytes=20_000, **SMALL)
 
 
 def _packed(root: Path) -> Path:
@@ -96,8 +104,8 @@ def _ternary(root: Path) -> Path:
 
 
 def _m128(root: Path) -> Path:
-    return tiny.make_tiny(root / "m128", "bitnet-2b4t", hidden_size=128, intermediate_size=256, num_layers=1,
-                          vocab_size=320)
+    return BASES.make_tiny("m128", "bitnet-2b4t", hidden_size=128, intermediate_size=256, num_layers=1,
+                           vocab_size=320)
 
 
 def _gguf(root: Path) -> Path:
@@ -117,7 +125,7 @@ def _gguf_compact(root: Path) -> Path:
 
 
 def _llama(root: Path) -> Path:
-    return tiny.make_tiny(root / "llama", "llama-bitnet", **SMALL)
+    return BASES.make_tiny("llama", "llama-bitnet", **SMALL)
 
 
 def _nt(root: Path) -> Path:

@@ -25,7 +25,7 @@ from tests.conftest import GOLDEN
 
 FP16_REL, BF16_REL = 2.0**-11, 2.0**-8
 SCALE_REL = {"i2_s": 0.0, "tl1": 0.0, "tl2": 0.0, "f32": 0.0, "tq1_0": FP16_REL, "tq2_0": FP16_REL, "f16": FP16_REL,
-             "bf16": BF16_REL}
+             "bf16": BF16_REL, "iq1_bn": FP16_REL, "iq2_bn": 0.0, "iq2_bn_r4": 0.0}
 runner = CliRunner()
 
 

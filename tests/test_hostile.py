@@ -50,8 +50,9 @@ def no_debug(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def corpus_bases(tmp_path_factory: pytest.TempPathFactory) -> corpus._Bases:
+def corpus_bases(tmp_path_factory: pytest.TempPathFactory, models) -> corpus._Bases:
     corpus.BASES.root = tmp_path_factory.mktemp("corpus-bases")
+    corpus.BASES.tiny = models  # the bases' tiny masters come from the session's one factory
     return corpus.BASES
 
 
@@ -160,6 +161,7 @@ def _run_with_rusage(cmd: list[str], limit: int, stderr: Path, timeout: float = 
     return p.returncode, stderr.read_text(), usage.ru_maxrss * 1024
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case_id", ["st-huge-shape-consistent-offsets", "gguf-huge-dims"])
 def test_end_to_end_lying_header(case_id, tmp_path):
     """`python -m bitconv` as a user runs it: exit 2, one line, no traceback, bounded memory (1.5 GiB address

@@ -171,17 +171,20 @@ def test_vocab_padding_removed(ntfx, tmp_path):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_write_matches_nanotron(ntfx, tmp_path, name):
-    """From the reference tensors, the files nanotron wrote: same tree, metadata, bytes; configs byte-equal."""
+    """From the reference tensors, the files nanotron wrote: same tree (pp ranks from nanotron's own stage rule, the
+    version from the generation table), metadata, bytes; configs byte-equal."""
     fx = ntfx / name
     mc = json.loads((fx / "model_config.json").read_text())
     meta = json.loads((fx / "checkpoint_metadata.json").read_text())
+    cfg = yamlish.load((fx / "config.yaml").read_text())
     flavor, dims = nt.detect_flavor(mc), nt.dims_from_config(mc)
-    tp, version = meta["tp"], meta["version"]
+    tp, pp = meta["tp"], cfg["parallelism"]["pp"]
+    assert flavor.version == meta["version"] == {"bitnet": "1.4", "llama": "1.4", "head": "1.5"}[name.split("_")[0]]
+    stages = nt.pp_stages(flavor, dims, mc["vocab_size"], pp)
     theirs = model_files(fx)
     for pname, t in load_file(str(fx.parent / f"{name}.reference.safetensors")).items():
-        m = nt.SHARD_FILE.fullmatch(next(nc.param_dir(fx / "model", pname).glob("*.safetensors")).name)
-        pp = (int(m["pp"]), int(m["pp_size"])) if m["pp"] else (0, 1)  # stage placement as nanotron chose it
-        nc.write_param(tmp_path / "model", pname, t, dims.sharding(module_key(pname, flavor)), tp, version, pp)
+        nc.write_param(tmp_path / "model", pname, t, dims.sharding(module_key(pname, flavor)), tp, flavor.version,
+                       (stages[nt.block_of(pname)], pp))
     mine = model_files(tmp_path)
     assert sorted(mine) == sorted(theirs)
     for rel, path in theirs.items():
@@ -189,11 +192,108 @@ def test_write_matches_nanotron(ntfx, tmp_path, name):
         # equal headers (metadata key order is a Rust HashMap's in nanotron's files, so compare parsed), equal data
         assert h1 == h2 and n1 == n2 and d1 == d2, rel
     assert nc.model_config_json(flavor, mc) == (fx / "model_config.json").read_text()
-    assert nc.checkpoint_metadata_json(flavor, tp, version) == (fx / "checkpoint_metadata.json").read_text()
-    cfg = yamlish.load((fx / "config.yaml").read_text())
-    mine_cfg = nc.config_yaml_dict(flavor, mc, tp, "elsewhere", cfg["model"]["make_vocab_size_divisible_by"])
-    mine_cfg["parallelism"]["pp"] = cfg["parallelism"]["pp"]  # bitconv writes PP=1
+    assert nc.checkpoint_metadata_json(flavor, tp) == (fx / "checkpoint_metadata.json").read_text()
+    mine_cfg = nc.config_yaml_dict(flavor, mc, tp, "elsewhere", cfg["model"]["make_vocab_size_divisible_by"], pp=pp)
     assert strip_documented(mine_cfg) == strip_documented(cfg)
+
+
+def assert_same_checkpoint(mine: Path, theirs: Path) -> None:
+    """Same model/ tree, parsed headers and tensor bytes; configs equal but for the documented fields."""
+    a, b = model_files(mine), model_files(theirs)
+    assert sorted(a) == sorted(b)
+    for rel in b:
+        (h1, n1, d1), (h2, n2, d2) = header(a[rel]), header(b[rel])
+        assert h1 == h2 and n1 == n2 and d1 == d2, rel
+    assert (mine / "model_config.json").read_text() == (theirs / "model_config.json").read_text()
+    m1, m2 = (json.loads((d / "checkpoint_metadata.json").read_text()) for d in (mine, theirs))
+    m1.pop("custom_metas"), m2.pop("custom_metas")
+    assert m1 == m2
+    y1, y2 = (yamlish.load((d / "config.yaml").read_text()) for d in (mine, theirs))
+    assert strip_documented(y1) == strip_documented(y2)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_rewrite_at_own_layout_is_nanotrons(ntfx, tmp_path, name):
+    """A Nanotron checkpoint read and written back (its own TP, PP, version, RoPE order: the defaults) is the tree
+    nanotron wrote: PP2 fixtures included (layers, embedding on pp-rank 0; final norm and lm_head on pp-rank 1)."""
+    rep = nc.to_nanotron(ntfx / name, tmp_path / "nt")
+    assert_same_checkpoint(rep.out, ntfx / name)
+    pp = 2 if "pp2" in name else 1
+    assert rep.extra["pp"] == pp and rep.extra["checkpoint_version"] == ("1.5" if name.startswith("head") else "1.4")
+    if pp == 2:
+        assert rep.extra["pp_stages"] == {"token_position_embeddings": 0, "decoder.0": 0, "decoder.1": 0,
+                                          "final_layer_norm": 1, "lm_head": 1}
+
+
+# Layouts no fixture has, with the stages worked out by hand from nanotron's build_model (models/base.py): block
+# costs 4·H·d·h + 3·I·h per decoder layer, V·h for the lm_head (0 in PR #180 BitNet: its cost table keys a class
+# the lm_head is not built with); thresholds total·(r+1)/PP; the rank advances after a block exceeding its threshold.
+# h=64, H=4, d=16, I=96: layer cost c = 34816.
+PP_CASES = {
+    # TP4 x PP3, 3 layers, BitNet (lm_head 0): thresholds c, 2c, 3c
+    "tp4-pp3-bitnet": (4, 3, 3, 300, "bitnet", False, {"E": 0, "L": (0, 0, 1), "N": 2, "H": 2}),
+    # TP1 x PP2, 3 layers, HEAD llama, V=1024 (lm_head 65536): thresholds 84992, 169984 -> layer 2 stays on 0
+    "tp1-pp2-llama": (1, 2, 3, 1024, "llama", False, {"E": 0, "L": (0, 0, 0), "N": 1, "H": 1}),
+    # the same model as BitNet: thresholds 1.5c, 3c -> layer 2 moves to 1
+    "tp1-pp2-bitnet": (1, 2, 3, 1024, "bitnet", False, {"E": 0, "L": (0, 0, 1), "N": 1, "H": 1}),
+    # TP2 x PP4 on 2 layers (more stages than layers), PR #180-tree llama, tied, V=300 (lm_head 19200):
+    # thresholds 22208, 44416, 66624, 88832 -> every stage holds a parameter (the tied lm_head on 3)
+    "tp2-pp4-llama-tied": (2, 4, 2, 300, "llama-pr180", True, {"E": 0, "L": (0, 1), "N": 2, "H": 3}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(PP_CASES))
+def test_pp_layouts_read_back_bit_for_bit(models, tmp_path, case):
+    tp, pp, layers, vocab, flavor, tied, st = PP_CASES[case]
+    src = models("llama-bitnet", tied=tied, hidden_size=64, intermediate_size=96, num_layers=layers,
+                 num_kv_heads=4, vocab_size=vocab)
+    rep = nc.to_nanotron(src, tmp_path / "nt", tp=tp, pp=pp, model=flavor)
+    flat = nc.to_nanotron(src, tmp_path / "flat", tp=1, pp=1, model=flavor).out
+    expect = {"token_position_embeddings": st["E"], "final_layer_norm": st["N"], "lm_head": st["H"],
+              **{f"decoder.{i}": r for i, r in enumerate(st["L"])}}
+    assert rep.extra["pp_stages"] == expect
+    fl = nt.FLAVORS[flavor]
+    names = {p: f"pp-rank-{expect[nt.block_of(p)]}-of-{pp}_tp-rank-{{t}}-of-{tp}" for p in open_source(flat).params}
+    want = set()
+    for pname, suffix in names.items():
+        folder = "model/" + "/".join(pname.split(".")[:-1])
+        if pname.endswith("layernorm.weight") or pname == nt.FINAL_NORM:
+            want.add(f"{folder}/model_weight.safetensors")
+        else:
+            want |= {f"{folder}/model_weight_{suffix.format(t=t)}.safetensors" for t in range(tp)}
+    assert set(model_files(rep.out)) == want
+    assert (nt.LM_HEAD in names) == (not tied)
+    a, b = open_source(rep.out), open_source(flat)
+    assert a.info.tp == tp and a.info.pp == pp and set(a.params) == set(b.params)
+    for pname, p in b.params.items():
+        assert torch.equal(bits(a.params[pname].load()), bits(p.load())), pname
+    cfg = yamlish.load((rep.out / "config.yaml").read_text())
+    assert (cfg["parallelism"]["tp"], cfg["parallelism"]["pp"]) == (tp, pp)
+    meta = json.loads((rep.out / "checkpoint_metadata.json").read_text())
+    assert meta["tp"] == tp and "pp" not in meta and meta["version"] == fl.version
+    for path in rep.out.joinpath("model").rglob("*_tp-rank-*.safetensors"):
+        assert read_header(path)[1]["version"] == fl.version
+    # written back at its own layout: identical files
+    again = nc.to_nanotron(rep.out, tmp_path / "again").out
+    assert_same_checkpoint(again, rep.out)
+
+
+def test_pp_without_parameters_refused(models, tmp_path):
+    src = models("llama-bitnet", hidden_size=64, intermediate_size=96)
+    with pytest.raises(UsageError, match=r"--pp 5 leaves pp-rank 4 without parameters: .* the largest PP size under "
+                                         r"5 that gives every stage parameters is 4"):
+        nc.to_nanotron(src, tmp_path / "a", tp=2, pp=5, model="bitnet")
+    # a large lm_head pulls everything else onto stage 0: V·h = 262144 > 2 layers (69632), so PP2 leaves stage 1
+    # with the cast and loss blocks only (llama); BitNet's lm_head costs 0, so its PP2 is fine
+    big = models("llama-bitnet", hidden_size=64, intermediate_size=96, vocab_size=4096)
+    with pytest.raises(UsageError, match="--pp 2 leaves pp-rank 1 without parameters"):
+        nc.to_nanotron(big, tmp_path / "b", pp=2, model="llama")
+    assert nc.to_nanotron(big, tmp_path / "c", pp=2, model="bitnet").extra["pp_stages"]["lm_head"] == 1
+    with pytest.raises(UsageError, match=r"--pp 1000000000000 is more stages than the 5 parameter-holding"):
+        nc.to_nanotron(src, tmp_path / "e", pp=10**12)  # refused at once, no per-stage work
+    with pytest.raises(UsageError, match="--pp must be >= 1"):
+        nc.to_nanotron(src, tmp_path / "d", pp=0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c"]
 
 
 def test_to_nanotron_configs_differ_only_in_documented_fields(ntfx, hf_of, tmp_path):
@@ -360,13 +460,66 @@ def test_transformers_loads_converted_bitnet(hf_of):
 def test_to_hf_warnings(ntfx, tmp_path):
     rep = nc.to_hf(ntfx / "bitnet_tp2", tmp_path / "hf")
     text = " ".join(rep.extra["warnings"])
-    assert "o_proj and down_proj" in text and "TP=2" in text and "same scale for q, k and v" in text
-    assert rep.extra["scale_granularity"] == "fused" and rep.n_ternary == 14
+    assert "o_proj and down_proj" in text and "TP=2" in text
+    assert rep.extra["scale_granularity"] == "fused" and rep.extra["export"] == "release" and rep.n_ternary == 14
     cfg = json.loads((rep.out / "config.json").read_text())
     assert cfg["quantization_config"]["quantization_mode"] == "online" and cfg["rope_theta"] == 10000.0
-    assert nc.to_hf(ntfx / "llama_tp1", tmp_path / "l").extra["warnings"] == []
-    with pytest.raises(UsageError, match="applies to BitNet"):
+    llama = nc.to_hf(ntfx / "llama_tp1", tmp_path / "l")
+    assert llama.extra["warnings"] == [] and llama.extra["export"] is None
+    assert "bitconv" not in json.loads((llama.out / "config.json").read_text())
+    with pytest.raises(UsageError, match="apply to BitNet"):
         nc.to_hf(ntfx / "llama_tp1", tmp_path / "x", scale_granularity="fused")
+    with pytest.raises(UsageError, match="apply to BitNet"):
+        nc.to_hf(ntfx / "llama_tp1", tmp_path / "x", purpose="training")
+
+
+def test_export_named_by_purpose(ntfx, hf_of, tmp_path):
+    """--for release|training are --scale-granularity fused|per-projection; the choice is recorded and printed."""
+    for purpose, granularity in (("release", "fused"), ("training", "per-projection")):
+        rep = nc.to_hf(ntfx / "bitnet_tp1", tmp_path / purpose, purpose=purpose)
+        old = hf_of("bitnet_tp1", granularity)  # the older spelling
+        cfg = json.loads((rep.out / "config.json").read_text())
+        assert {p.name: p.read_bytes() for p in rep.out.iterdir()} == {p.name: p.read_bytes() for p in old.iterdir()}
+        block = cfg["bitconv"]
+        assert block["export"] == purpose and block["scale_granularity"] == granularity
+        assert block["source"] == "nanotron" and block["meaning"].startswith(purpose + ": ")
+        assert rep.extra["export_meaning"] == block["meaning"]
+        ck = open_source(rep.out)  # still read as a bf16 master
+        assert ck.kind == "bf16-master"
+    ref = load_file(str(ntfx / "bitnet_tp1.reference.safetensors"))
+    qkv = ref["model.decoder.0.pp_block.attn.qkv_proj.weight"]
+    train = open_source(tmp_path / "training").tensors["model.layers.0.self_attn.v_proj.weight"]
+    assert torch.equal(bits(load_torch(train.stored[0])), bits(qkv[48:]))  # training: nanotron's latents, unchanged
+    rel = open_source(tmp_path / "release").tensors["model.layers.0.self_attn.v_proj.weight"]
+    assert not torch.equal(bits(load_torch(rel.stored[0])), bits(qkv[48:]))  # release: lifted codes, not latents
+    with pytest.raises(UsageError, match="--for release and --scale-granularity per-projection disagree"):
+        nc.to_hf(ntfx / "bitnet_tp1", tmp_path / "x", purpose="release", scale_granularity="per-projection")
+    with pytest.raises(UsageError, match="--for must be one of release, training"):
+        nc.to_hf(ntfx / "bitnet_tp1", tmp_path / "x", purpose="publish")
+    r = run("convert", ntfx / "bitnet_tp1", "-o", tmp_path / "cli", "--to", "hf-bf16", "--for", "training")
+    assert r.exit_code == 0, r.output
+    assert "export --for training: the bf16 training latents exactly as nanotron stored them" in r.stdout
+    r = run("convert", ntfx / "bitnet_tp1", "-o", tmp_path / "cli2", "--to", "hf-bf16", "--json")
+    assert json.loads(r.stdout)["export"] == "release"
+    r = run("convert", ntfx / "bitnet_tp1", "-o", tmp_path / "x", "--to", "nanotron", "--for", "release")
+    assert r.exit_code == 2 and "--for applies to --to hf-bf16 only" in r.output
+
+
+def test_verify_with_nanotron_ref_expects_release(ntfx, tmp_path):
+    """verify --ref <Nanotron BitNet> quantizes with the fused scales: a release export packs to a match; a
+    training export packs per-projection codes, fails, and the failure names the export to verify against."""
+    verify = pytest.importorskip("bitconv.verify")
+    for purpose in ("release", "training"):
+        hf = nc.to_hf(ntfx / "bitnet_tp1", tmp_path / f"hf-{purpose}", purpose=purpose).out
+        packed = pipeline.pack_hf(hf, tmp_path / f"pk-{purpose}").out
+        rep = verify.verify(packed, ntfx / "bitnet_tp1", run_parity=False)
+        assert "quantized with fused scales (what `convert --for release` exports)" in rep.roundtrip.compute_note
+        if purpose == "release":
+            assert rep.ok, [f.message for f in rep.findings]
+        else:
+            assert not rep.ok
+            assert any("packed from a `--for training` export" in w for w in rep.roundtrip.warnings)
+            assert verify.verify(packed, hf, run_parity=False).ok  # against its own export it verifies
 
 
 # ------------------------------------------------------------------------------------------------------- bad shards
@@ -498,6 +651,13 @@ def test_cli_convert_both_ways(ntfx, tmp_path):
     assert r.exit_code == 0, r.output
     assert "wrote" in r.stdout and "nanotron-bitnet" in r.stdout
     assert len(list((tmp_path / "nt" / "model").rglob("*tp-rank-1-of-2.safetensors"))) == 10
+    r = run("convert", ntfx / "bitnet_pp2", "-o", tmp_path / "pp", "--to", "nanotron", "--json")  # own TP x PP
+    assert r.exit_code == 0 and json.loads(r.stdout)["pp"] == 2, r.output
+    assert [p.name for p in (tmp_path / "pp" / "model").rglob("*pp-rank-1-of-2*")] == [
+        "model_weight_pp-rank-1-of-2_tp-rank-0-of-1.safetensors"]  # lm_head
+    r = run("convert", ntfx / "bitnet_pp2", "-o", tmp_path / "pp5", "--to", "nanotron", "--pp", "5")
+    assert r.exit_code == 2 and "--pp 5 leaves pp-rank 4 without parameters" in r.output
+    assert r.output.count("\n") == 1 and not (tmp_path / "pp5").exists()
     r = run("convert", ntfx / "llama_tp2", "-o", tmp_path / "nt1", "--to", "nanotron", "--vocab-size", "60")
     assert r.exit_code == 0, r.output
     assert json.loads((tmp_path / "nt1" / "model_config.json").read_text())["vocab_size"] == 60
@@ -516,6 +676,8 @@ def test_cli_other_commands_take_nanotron(ntfx, tmp_path):
                           src.tensors["model.layers.1.mlp.gate_proj.weight"].ternary().codes)
     r = run("quantize", ntfx / "head_llama_tp2_tied", "-o", tmp_path / "q")
     assert r.exit_code == 0, r.output
+    q = open_source(tmp_path / "q")
+    assert q.kind == "bitconv-ternary" and sum(t.is_ternary for t in q.tensors.values()) > 0
 
 
 def test_cli_option_errors(ntfx, tmp_path):
@@ -523,12 +685,14 @@ def test_cli_option_errors(ntfx, tmp_path):
     assert r.exit_code == 2 and "not a convert target" in r.output
     r = run("convert", ntfx / "bitnet_tp1", "-o", tmp_path / "x", "--to", "hf-bf16", "--tp", "2")
     assert r.exit_code == 2 and "--tp apply to --to nanotron only" in r.output
+    r = run("convert", ntfx / "bitnet_tp1", "-o", tmp_path / "x", "--to", "hf-bf16", "--pp", "2")
+    assert r.exit_code == 2 and "--pp apply to --to nanotron only" in r.output
     r = run("convert", ntfx / "bitnet_tp1", "-o", tmp_path / "x", "--to", "hf-bf16", "--scale-granularity", "row")
     assert r.exit_code == 2 and "--scale-granularity must be one of fused, per-projection" in r.output
     with pytest.raises(UsageError, match="--scale-granularity applies to --to hf-bf16 only"):
         check_options("nanotron", "fused", 1, 1, None)
     r = run("convert", tmp_path, "-o", tmp_path / "x", "--to", "hf-bf16")
-    assert r.exit_code == 2
+    assert r.exit_code == 2 and "--to hf-bf16 converts a Nanotron checkpoint" in r.stderr, r.output
     assert not (tmp_path / "x").exists()
 
 

@@ -47,12 +47,15 @@ def pack(src: SrcArg, out: OutOpt,
                                                    "scale, microsoft 2B-4T) or bitlinear (1/scale)")]
          = "autobitlinear",
          gguf_type: Annotated[str | None, typer.Option("--type", help="GGUF: i2_s, tl1, tl2 (bitnet.cpp), tq1_0, "
-                                                       "tq2_0 (llama.cpp), or f32, f16, bf16 (codes * scale)")]
+                                                       "tq2_0 (llama.cpp), iq1_bn, iq2_bn, iq2_bn_r4 "
+                                                       "(ik_llama.cpp), or f32, f16, bf16 (codes * scale)")]
          = None,
          arch: Annotated[str | None, typer.Option("--arch", help="GGUF architecture: bitnet-b1.58 (default for "
-                                                  "BitNetForCausalLM), bitnet-25, bitnet, llama")] = None,
-         embd_type: Annotated[str, typer.Option("--embd-type", help="GGUF token_embd / output type: f16, f32, "
-                                                "bf16 or q8_0")] = "f16",
+                                                  "BitNetForCausalLM; bitnet-25 for the ik types), bitnet-25, "
+                                                  "bitnet, llama")] = None,
+         embd_type: Annotated[str | None, typer.Option("--embd-type", help="GGUF token_embd / output type: f16, "
+                                                       "f32, bf16 or q8_0 (default f16; q8_0 for the ik types)")]
+         = None,
          kernel_config: Annotated[Path | None, typer.Option("--kernel-config", help="GGUF TL1/TL2: the "
                                                             "kernel_config.ini to tile for (default: derived from "
                                                             "the model's shapes)")] = None,
@@ -83,14 +86,15 @@ def pack(src: SrcArg, out: OutOpt,
 
 def _gguf_type(gguf_type: str | None) -> str:
     if gguf_type is None:
-        raise UsageError("--to gguf needs --type: i2_s, tl1, tl2, tq1_0, tq2_0, f32, f16 or bf16")
+        raise UsageError("--to gguf needs --type: i2_s, tl1, tl2, tq1_0, tq2_0, iq1_bn, iq2_bn, iq2_bn_r4, f32, "
+                         "f16 or bf16")
     return gguf_type
 
 
-def _refuse_gguf_options(gguf_type: str | None, arch: str | None, embd_type: str, kernel_config: Path | None,
-                         tl2_type_id: int) -> None:
-    given = [n for n, v in (("--type", gguf_type), ("--arch", arch), ("--kernel-config", kernel_config))
-             if v is not None] + (["--embd-type"] if embd_type != "f16" else []) + \
+def _refuse_gguf_options(gguf_type: str | None, arch: str | None, embd_type: str | None,
+                         kernel_config: Path | None, tl2_type_id: int) -> None:
+    given = [n for n, v in (("--type", gguf_type), ("--arch", arch), ("--embd-type", embd_type),
+                            ("--kernel-config", kernel_config)) if v is not None] + \
         (["--tl2-type-id"] if tl2_type_id != 39 else [])
     if given:
         raise UsageError(f"{', '.join(given)}: only for --to gguf")
@@ -112,8 +116,14 @@ def _pack_gguf(src: Path, out: Path, gguf_type: str, opts: dict, overwrite: bool
                            "passthrough_tensors": rep.n_passthrough, "bytes": rep.bytes_written,
                            "seconds": round(rep.seconds, 3), "gguf": rep.extra})
         return
+    for w in rep.extra.get("warnings", []):
+        render.warning(w)
     _report(rep, False)
     render.out.print(f"GGUF arch {rep.extra['arch']}, metadata as {rep.extra['profile']}")
+    if rep.extra.get("runs_on"):
+        render.out.print(f"runs on {rep.extra['runs_on']}")
+    for n in rep.extra.get("notes", []):
+        render.out.print(f"note: {n}")
     if "codegen" in rep.extra:
         _print_codegen(rep.extra)
 
@@ -133,12 +143,15 @@ def _print_gguf_plan(plan: object, as_json: bool) -> None:
     rows = plan.rows()
     if as_json:
         render.print_json({"target": f"gguf-{plan.gguf_type}", "source_kind": plan.source.kind,
-                           "total_bytes": plan.total_bytes, "gguf": plan.extra,
+                           "total_bytes": plan.total_bytes, "peak_memory_bytes": plan.peak_bytes, "gguf": plan.extra,
                            "tensors": [dict(zip(("name", "action", "shape", "type", "bytes"), r)) for r in rows]})
         return
     render.table(f"plan: {plan.source.kind} -> gguf {plan.gguf_type} (arch {plan.arch.name}, {plan.profile})",
                  ["tensor", "action", "shape", "type", "bytes"], rows)
-    render.out.print(f"total {render.human_bytes(plan.total_bytes)}; nothing written (--dry-run)")
+    render.out.print(f"total {render.human_bytes(plan.total_bytes)}, peak memory about "
+                     f"{render.human_bytes(plan.peak_bytes)}; nothing written (--dry-run)")
+    for w in plan.extra.get("warnings", []):
+        render.warning(w)
     if "codegen" in plan.extra:
         cg = plan.extra["codegen"]
         render.out.print(f"codegen: {cg['script']} --model {cg['model']} --BM {','.join(map(str, cg['BM']))} "
@@ -149,10 +162,12 @@ def _print_plan(plan: pipeline.Plan, as_json: bool) -> None:
     rows = [[n, s.action, list(f.shape), f.dtype, f.nbytes] for s in plan.steps for n, f in s.outputs.items()]
     if as_json:
         render.print_json({"target": plan.target, "source_kind": plan.source.kind, "total_bytes": plan.total_bytes,
+                           "peak_memory_bytes": plan.peak_bytes,
                            "tensors": [dict(zip(("name", "action", "shape", "dtype", "bytes"), r)) for r in rows]})
         return
     render.table(f"plan: {plan.source.kind} -> {plan.target}", ["tensor", "action", "shape", "dtype", "bytes"], rows)
-    render.out.print(f"total {render.human_bytes(plan.total_bytes)}; nothing written (--dry-run)")
+    render.out.print(f"total {render.human_bytes(plan.total_bytes)}, peak memory about "
+                     f"{render.human_bytes(plan.peak_bytes)}; nothing written (--dry-run)")
 
 
 @app.command()

@@ -27,49 +27,63 @@ TARGETS = ("hf-bf16", "nanotron")
 
 ToOpt = Annotated[str, typer.Option("--to", help="hf-bf16 (Nanotron -> HF bf16 master) or nanotron (HF bf16 master, "
                                     "bitconv ternary, HF packed or Nanotron -> Nanotron)", show_default=False)]
-GranularityOpt = Annotated[str | None, typer.Option("--scale-granularity", help="hf-bf16 from a PR #180 BitNet "
-                                                    "checkpoint: fused (default: q/k/v and gate/up keep nanotron's "
-                                                    "one fused scale) or per-projection (the training latents)")]
+ForOpt = Annotated[str | None, typer.Option("--for", help="hf-bf16 from a PR #180 BitNet checkpoint: release "
+                                            "(default: the ternary model nanotron trained, q/k/v and gate/up with "
+                                            "its fused scales; what verify --ref <nanotron> expects) or training "
+                                            "(the bf16 training latents, to continue training elsewhere)",
+                                            show_default=False)]
+GranularityOpt = Annotated[str | None, typer.Option("--scale-granularity", help="older spelling of --for: fused "
+                                                    "(= release) or per-projection (= training)",
+                                                    show_default=False)]
 VocabOpt = Annotated[int | None, typer.Option("--vocab-size", help="Nanotron SRC: HF vocabulary size (drops the "
                                               "padding rows; default: recorded or from a tokenizer next to SRC)")]
-TpOpt = Annotated[int, typer.Option("--tp", help="nanotron: tensor-parallel size of the written shards")]
+TpOpt = Annotated[int | None, typer.Option("--tp", help="nanotron: tensor-parallel size of the written shards "
+                                           "(default: a Nanotron SRC's own, else 1)", show_default=False)]
+PpOpt = Annotated[int | None, typer.Option("--pp", help="nanotron: pipeline-parallel size; layers go to the stages "
+                                           "nanotron's build_model gives them (default: a Nanotron SRC's own, "
+                                           "else 1)", show_default=False)]
 MultipleOpt = Annotated[int, typer.Option("--make-vocab-size-divisible-by", help="nanotron: the training run's "
                                           "make_vocab_size_divisible_by (embedding rows are pre-padded to it x tp)")]
 ModelOpt = Annotated[str | None, typer.Option("--nanotron-model", help="nanotron: bitnet (PR #180; default for "
                                               "BitNet sources), llama (HEAD; default otherwise) or llama-pr180")]
 
 
-def check_options(to: str, scale_granularity: str | None, tp: int, multiple: int, model: str | None) -> None:
+def check_options(to: str, scale_granularity: str | None, tp: int | None, multiple: int, model: str | None,
+                  pp: int | None = None, purpose: str | None = None) -> None:
     """Refuse options that do not apply to the chosen target (pure; tested without a runner)."""
     if to not in TARGETS:
         raise UsageError(f"--to {to!r} is not a convert target; choose one of {', '.join(TARGETS)}")
     if to == "hf-bf16":
-        given = [n for n, on in (("--tp", tp != 1), ("--make-vocab-size-divisible-by", multiple != 1),
+        given = [n for n, on in (("--tp", tp is not None), ("--pp", pp is not None),
+                                 ("--make-vocab-size-divisible-by", multiple != 1),
                                  ("--nanotron-model", model is not None)) if on]
         if given:
             raise UsageError(f"{', '.join(given)} apply to --to nanotron only")
-    elif scale_granularity is not None:
-        raise UsageError("--scale-granularity applies to --to hf-bf16 only")
+    elif scale_granularity is not None or purpose is not None:
+        raise UsageError(f"{'--for' if purpose is not None else '--scale-granularity'} applies to --to hf-bf16 only")
 
 
 @app.command()
 @handle_errors
-def convert(src: SrcArg, out: OutOpt, to: ToOpt, scale_granularity: GranularityOpt = None,
-            vocab_size: VocabOpt = None, tp: TpOpt = 1, make_vocab_size_divisible_by: MultipleOpt = 1,
-            nanotron_model: ModelOpt = None, compute: ComputeOpt = "float32", overwrite: OverwriteOpt = False,
-            max_shard_size: ShardOpt = "5GB", json: JsonOpt = False) -> None:
+def convert(src: SrcArg, out: OutOpt, to: ToOpt, purpose: ForOpt = None, scale_granularity: GranularityOpt = None,
+            vocab_size: VocabOpt = None, tp: TpOpt = None, pp: PpOpt = None,
+            make_vocab_size_divisible_by: MultipleOpt = 1, nanotron_model: ModelOpt = None,
+            compute: ComputeOpt = "float32", overwrite: OverwriteOpt = False, max_shard_size: ShardOpt = "5GB",
+            json: JsonOpt = False) -> None:
     """Convert between Nanotron checkpoints (any TP/PP) and HF: --to hf-bf16 or --to nanotron."""
     from bitconv.nanotron import convert as nc
 
-    check_options(to, scale_granularity, tp, make_vocab_size_divisible_by, nanotron_model)
-    with render.progress("convert", not json) as cb:
+    check_options(to, scale_granularity, tp, make_vocab_size_divisible_by, nanotron_model, pp, purpose)
+    with render.progress("convert", not json, unit="bytes" if to == "hf-bf16" else "tensors") as cb:
         if to == "hf-bf16":
-            rep = nc.to_hf(src, out, scale_granularity=scale_granularity, vocab_size=vocab_size, compute=compute,
-                           overwrite=overwrite, max_shard_bytes=parse_size(max_shard_size), progress=cb)
+            rep = nc.to_hf(src, out, purpose=purpose, scale_granularity=scale_granularity, vocab_size=vocab_size,
+                           compute=compute, overwrite=overwrite, max_shard_bytes=parse_size(max_shard_size),
+                           progress=cb)
         else:
             source = _nanotron_source(src, vocab_size)
-            rep = nc.to_nanotron(source, out, tp=tp, make_vocab_size_divisible_by=make_vocab_size_divisible_by,
-                                 model=nanotron_model, compute=compute, overwrite=overwrite, progress=cb)
+            rep = nc.to_nanotron(source, out, tp=tp, pp=pp,
+                                 make_vocab_size_divisible_by=make_vocab_size_divisible_by, model=nanotron_model,
+                                 compute=compute, overwrite=overwrite, progress=cb)
     warnings = rep.extra.get("warnings", [])
     if json:
         render.print_json({"out": str(rep.out), "target": rep.target, "source_kind": rep.source_kind,
@@ -81,6 +95,8 @@ def convert(src: SrcArg, out: OutOpt, to: ToOpt, scale_granularity: GranularityO
     for w in warnings:
         render.warning(w)
     _report(rep, False)
+    if rep.extra.get("export_meaning"):
+        render.out.print(f"export --for {rep.extra['export_meaning']}", markup=False)
 
 
 def _nanotron_source(src: Path, vocab_size: int | None) -> Path | Checkpoint:

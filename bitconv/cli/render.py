@@ -9,7 +9,16 @@ from contextlib import contextmanager
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
 from rich.table import Table
 
 # Off a terminal (pipes, CI logs) rich would wrap tables at 80 columns; give them room instead.
@@ -49,12 +58,15 @@ def table(title: str, columns: list[str], rows: list[list[object]]) -> None:
 
 
 @contextmanager
-def progress(label: str, enabled: bool = True) -> Iterator[object]:
-    """Yields a callback (done, total, name) that drives a progress bar on stderr (terminals only)."""
+def progress(label: str, enabled: bool = True, unit: str = "bytes") -> Iterator[object]:
+    """Yields a callback (done, total, name) that drives a progress bar on stderr (terminals only). With
+    unit="bytes" it shows bytes written, bytes/s and the time left; otherwise counts."""
     if not (enabled and err.is_terminal):
         yield None
         return
-    cols = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+    counts = [DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn()] if unit == "bytes" else \
+        [MofNCompleteColumn()]
+    cols = [TextColumn("[bold]{task.description}"), BarColumn(), *counts, TimeElapsedColumn(),
             TextColumn("{task.fields[name]}")]
     with Progress(*cols, console=err, transient=True) as bar:
         task = bar.add_task(label, total=None, name="")

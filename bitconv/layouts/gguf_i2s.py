@@ -37,10 +37,18 @@ BLOCK_BYTES = 32
 SCALE_SLOT = 32  # float32 scale + 28 zero bytes
 
 
-def pack_i2s_codes(codes: np.ndarray) -> np.ndarray:
-    """int8 codes (n elements, n % 128 == 0) -> n/4 bytes in the canonical I2_S block layout."""
-    c = (np.ascontiguousarray(codes, dtype=np.int8).reshape(-1, 4, BLOCK_BYTES) + 1).view(np.uint8)
-    return ((c[:, 0] << 6) | (c[:, 1] << 4) | (c[:, 2] << 2) | c[:, 3]).reshape(-1)
+PACK_BLOCKS = 1 << 15  # 128-element blocks packed per step (4 MiB of codes): temporaries stay small
+
+
+def pack_i2s_codes(codes: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """int8 codes (n elements, n % 128 == 0) -> n/4 bytes in the canonical I2_S block layout (into `out`)."""
+    flat = np.ascontiguousarray(codes, dtype=np.int8).reshape(-1, 4, BLOCK_BYTES)
+    out = np.empty(flat.shape[0] * BLOCK_BYTES, dtype=np.uint8) if out is None else out
+    dst = out.reshape(-1, BLOCK_BYTES)
+    for a in range(0, flat.shape[0], PACK_BLOCKS):
+        c = (flat[a:a + PACK_BLOCKS] + 1).view(np.uint8)
+        np.bitwise_or((c[:, 0] << 6) | (c[:, 1] << 4), (c[:, 2] << 2) | c[:, 3], out=dst[a:a + PACK_BLOCKS])
+    return out
 
 
 def unpack_i2s_codes(packed: np.ndarray, tensor: str | None = None) -> np.ndarray:
@@ -81,8 +89,11 @@ class GGUFI2S(Layout, name="gguf-i2-s", container="gguf"):
         return tuple(reversed(shape))
 
     def pack(self, t: Ternary) -> dict[str, np.ndarray]:
-        self.spec(t.shape)
-        return {"data": np.concatenate([pack_i2s_codes(t.codes), scale_slot(t.scale)])}
+        (nbytes,) = self.spec(t.shape)["data"].shape
+        data = np.empty(nbytes, dtype=np.uint8)
+        pack_i2s_codes(t.codes, data[:nbytes - SCALE_SLOT])
+        data[nbytes - SCALE_SLOT:] = scale_slot(t.scale)
+        return {"data": data}
 
     def unpack(self, fields: Mapping[str, np.ndarray], shape: tuple[int, ...]) -> Ternary:
         (nbytes,) = self.spec(shape)["data"].shape

@@ -41,6 +41,7 @@ from bitconv.quant import EPS
 from bitconv.tensors import FieldSpec, Ternary
 
 QK = 256  # weights per block
+PACK_BLOCKS = 1 << 14  # 256-weight blocks packed per step (4 MiB of codes)
 _POW3 = np.array([81, 27, 9, 3, 1], dtype=np.uint16)
 _DEC3 = np.array([1, 3, 9, 27, 81], dtype=np.uint8)
 
@@ -84,12 +85,18 @@ class _GGUFTQ(Layout):
     def pack(self, t: Ternary) -> dict[str, np.ndarray]:
         self.spec(t.shape)
         codes = np.asarray(t.codes, dtype=np.int8).reshape(-1, QK)
-        q = (codes + 1).view(np.uint8)
-        nonzero = (codes != 0).any(axis=1)
-        d = np.zeros((codes.shape[0], 2), dtype=np.uint8)
-        if nonzero.any():
-            d[nonzero] = _fp16_d(t.scale, None)
-        return {"data": np.concatenate([self._encode(q), d], axis=1).reshape(-1)}
+        out = np.empty((codes.shape[0], self.block_bytes), dtype=np.uint8)
+        d16 = None
+        for a in range(0, codes.shape[0], PACK_BLOCKS):  # a block of rows at a time: temporaries stay small
+            c = codes[a:a + PACK_BLOCKS]
+            o = out[a:a + PACK_BLOCKS]
+            o[:, :-2] = self._encode((c + 1).view(np.uint8))
+            nonzero = (c != 0).any(axis=1)
+            o[:, -2:] = 0
+            if nonzero.any():
+                d16 = _fp16_d(t.scale, None) if d16 is None else d16
+                o[nonzero, -2:] = d16
+        return {"data": out.reshape(-1)}
 
     def unpack(self, fields: Mapping[str, np.ndarray], shape: tuple[int, ...]) -> Ternary:
         (nbytes,) = self.spec(shape)["data"].shape

@@ -35,14 +35,27 @@ def bf16_bits_to_f32(bits: np.ndarray) -> np.float32:
     return np.float32((np.asarray(bits, dtype=np.uint16).reshape(-1)[:1].astype(np.uint32) << 16).view(np.float32)[0])
 
 
+PACK_BLOCK_BYTES = 4 << 20  # packed bytes made per step: temporaries stay a few MB whatever the tensor's size
+
+
 def pack_codes(codes: np.ndarray) -> np.ndarray:
-    """int8 codes [out, in] (out % 4 == 0) -> uint8 [out/4, in] in transformers' blocked layout."""
-    u = torch.from_numpy(np.ascontiguousarray(codes)).view(torch.uint8) + 1  # code + 1: -1 (255) wraps to 0
-    r = u.shape[0] // VALUES_PER_BYTE
-    out = u[3 * r:] << 6
-    for i in (2, 1):
-        out |= u[i * r:(i + 1) * r] << (2 * i)
-    out |= u[:r]
+    """int8 codes [out, in] (out % 4 == 0) -> uint8 [out/4, in] in transformers' blocked layout.
+
+    Packed rows [a, b) take code rows [a, b), [R+a, R+b), [2R+a, 2R+b), [3R+a, 3R+b): made a block of rows at a time.
+    """
+    c = torch.from_numpy(np.ascontiguousarray(codes)).view(torch.uint8)
+    r = c.shape[0] // VALUES_PER_BYTE
+    out = torch.empty((r, *c.shape[1:]), dtype=torch.uint8)
+    row_bytes = max(1, out[:1].numel())
+    step = max(1, PACK_BLOCK_BYTES // row_bytes)
+    for a in range(0, r, step):
+        b = min(r, a + step)
+        o = out[a:b]
+        torch.add(c[3 * r + a:3 * r + b], 1, out=o)  # code + 1: -1 (255) wraps to 0
+        o <<= 6
+        for i in (2, 1):
+            o |= (c[i * r + a:i * r + b] + 1) << (2 * i)
+        o |= c[a:b] + 1
     return out.numpy()
 
 

@@ -1,17 +1,19 @@
 """Nanotron <-> HF conversion: `to_hf` (Nanotron -> HF bf16 master) and `to_nanotron` (any source -> Nanotron).
 
 `to_nanotron` writes what nanotron's own `save_weights` / `save_meta` / `Config.save_as_yaml` write (spec §1, §4):
-one safetensors file per parameter shard holding the tensor `data` with nanotron's metadata strings (version
-"1.4"), fused qkv and gate_up, pre-padded vocabulary, `config.yaml`, `model_config.json` and
-`checkpoint_metadata.json`. Its `custom_metas` records the HF config and vocabulary for the way back; nanotron
-ignores it and drops it at its next save. The output is written atomically.
+one safetensors file per parameter shard holding the tensor `data` with nanotron's metadata strings (the
+targeted generation's checkpoint version), at any TP x PP with nanotron's own layer-to-stage split, fused qkv and
+gate_up, pre-padded vocabulary, `config.yaml`, `model_config.json` and `checkpoint_metadata.json`. Its
+`custom_metas` records the HF config and vocabulary for the way back; nanotron ignores it and drops it at its next
+save. The output is written atomically.
 
 Fused scales (PR #180 quantizes the fused qkv and gate_up tensors with one absmean each):
-  * Nanotron -> HF, `scale_granularity="fused"` (default for BitNet): each of q, k, v (gate, up) is written as a
-    *lifted* bf16 weight: its fused codes times one magnitude, chosen so that per-projection absmean ternarization
-    (transformers' online `WeightQuant`, `bitconv pack`) gives exactly those codes and the fused scale. The HF
-    master then holds the ternary model, not the training latents. `per-projection` writes the latents unchanged
-    (exact, trainable), and every consumer then quantizes q, k, v separately.
+  * Nanotron -> HF, `purpose="release"` (alias `scale_granularity="fused"`, default for BitNet): each of q, k, v
+    (gate, up) is written as a *lifted* bf16 weight: its fused codes times one magnitude, chosen so that
+    per-projection absmean ternarization (transformers' online `WeightQuant`, `bitconv pack`) gives exactly those
+    codes and the fused scale. The HF master then holds the ternary model, not the training latents.
+    `purpose="training"` (alias `per-projection`) writes the latents unchanged (exact, trainable), and every
+    consumer then quantizes q, k, v separately. `HF_EXPORTS` (sources.nanotron) holds both descriptions.
   * ternary / packed -> Nanotron: the fused tensor is lifted from the codes (spec §3.3), so nanotron's own
     `weight_quant` reproduces the codes exactly; q/k/v (gate/up) with different scales get one nnz-weighted scale
     (reported: one fused tensor holds one scale).
@@ -41,7 +43,13 @@ from bitconv.quant import COMPUTE_MODES, ternarize
 from bitconv.safetensors_io import OutEntry, build_header
 from bitconv.sinks.hf import DEFAULT_MAX_SHARD_BYTES
 from bitconv.sources import Checkpoint, ModelTensor, open_source
-from bitconv.sources.nanotron import GRANULARITIES, NanotronCheckpoint, open_nanotron
+from bitconv.sources.nanotron import (
+    EXPORT_OF_GRANULARITY,
+    GRANULARITIES,
+    HF_EXPORTS,
+    NanotronCheckpoint,
+    open_nanotron,
+)
 from bitconv.sources.safetensors import load_torch
 from bitconv.tensors import FieldSpec, Ternary
 
@@ -123,8 +131,11 @@ def param_dir(model_dir: Path, name: str) -> Path:
 
 
 def write_param(model_dir: Path, name: str, tensor: torch.Tensor, sharding: nt.Sharding | None, tp: int,
-                version: str = nt.WRITE_VERSION, pp: tuple[int, int] = (0, 1)) -> list[Path]:
-    """Write one parameter as nanotron does: unsharded `model_weight.safetensors`, or one file per TP rank."""
+                version: str, pp: tuple[int, int] = (0, 1)) -> list[Path]:
+    """Write one parameter as nanotron does: unsharded `model_weight.safetensors`, or one file per TP rank.
+
+    `pp` is (the pp rank of the block holding the parameter, PP size): sharded file names carry it; unsharded ones
+    (RMSNorms) do not (HEAD serialize/utils.py `get_path`, L30-L57)."""
     folder, last = param_dir(model_dir, name), name.rsplit(".", 1)[1]
     if sharding is None:
         path = folder / nt.shard_file_name(last, None)
@@ -149,9 +160,12 @@ def model_config_json(flavor: nt.Flavor, mc: dict) -> str:
     return json.dumps({k: mc[k] for k in flavor.model_fields})
 
 
-def checkpoint_metadata_json(flavor: nt.Flavor, tp: int, version: str = nt.WRITE_VERSION,
+def checkpoint_metadata_json(flavor: nt.Flavor, tp: int, version: str | None = None,
                              custom_metas: dict | None = None) -> str:
-    """`checkpoint_metadata.json` of a fresh checkpoint (step 0, one "Empty" data stage) in the flavor's schema."""
+    """`checkpoint_metadata.json` of a fresh checkpoint (step 0, one "Empty" data stage) in the flavor's schema.
+
+    It has no pp field (HEAD serialize/metadata.py `CheckpointMetadata`); `version` defaults to the flavor's."""
+    version = version or flavor.version
     stage: dict = {"name": "Empty", "start_training_step": 1, "consumed_train_samples": 0}
     metas: dict = {"consumed_train_samples": 0, "last_train_step": 0, "last_stage_idx": 0, "data_stages": [stage]}
     meta: dict = {"version": version, "tp": tp, "dp": 1, "metas": metas, "custom_metas": custom_metas}
@@ -163,9 +177,10 @@ def checkpoint_metadata_json(flavor: nt.Flavor, tp: int, version: str = nt.WRITE
 
 
 def config_yaml_dict(flavor: nt.Flavor, mc: dict, tp: int, init_path: str, multiple: int = 1,
-                     tokenizer: str | None = None, project: str = "bitconv", run: str = "bitconv") -> dict:
+                     tokenizer: str | None = None, project: str = "bitconv", run: str = "bitconv",
+                     pp: int = 1) -> dict:
     """A minimal config.yaml nanotron parses (`general`, `parallelism`, `model`, `tokenizer`; spec §4.2-4.3)."""
-    parallelism = {"dp": 1, "expert_parallel_size": 1, "pp": 1, "pp_engine": "afab", "tp": tp,
+    parallelism = {"dp": 1, "expert_parallel_size": 1, "pp": pp, "pp_engine": "afab", "tp": tp,
                    "tp_linear_async_communication": False, "tp_mode": "ALL_REDUCE"}
     top = {"checkpoints": None, "data_stages": None, "lighteval": None, "logging": None, "optimizer": None,
            "profiler": None, "tokens": None,
@@ -357,19 +372,25 @@ def _check_source(ck: Checkpoint, flavor: nt.Flavor, tp: int) -> tuple[nt.Dims, 
     return dims, warnings
 
 
-def to_nanotron(src: str | Path | Checkpoint, out: str | Path, *, tp: int = 1, make_vocab_size_divisible_by: int = 1,
-                model: str | None = None, rope_interleaved: bool | None = None, compute: str = "float32",
-                version: str = nt.WRITE_VERSION, overwrite: bool = False,
+def to_nanotron(src: str | Path | Checkpoint, out: str | Path, *, tp: int | None = None, pp: int | None = None,
+                make_vocab_size_divisible_by: int = 1, model: str | None = None,
+                rope_interleaved: bool | None = None, compute: str = "float32", overwrite: bool = False,
                 progress: Progress | None = None) -> Report:
     """Write SRC (HF bf16 master, bitconv ternary, HF packed, or Nanotron) as a Nanotron checkpoint at OUT.
 
+    Every shard and checkpoint_metadata.json carry the checkpoint version of the targeted nanotron generation
+    (`nt.GENERATIONS`: 1.4 for the PR #180 tree's models, 1.5 for HEAD's llama).
+
     Args:
-        tp: TP size of the shards (nanotron reloads a checkpoint at any TP/PP; 1 is enough).
+        tp, pp: TP and PP sizes of the layout written (default: a Nanotron SRC's own, else 1; nanotron reloads a
+            checkpoint at any TP/PP). Decoder layers, embeddings, final norm and lm_head go to the pp ranks
+            nanotron's `build_model` gives them (`nt.pp_stages`); a PP size that leaves a stage empty is refused.
         make_vocab_size_divisible_by: the value the training run will use; rows are pre-padded with zeros to a
             multiple of it times `tp`, as nanotron's model builder pads the vocabulary.
         model: "bitnet" (PR #180 LlamaBitNetConfig; default for BitNet sources), "llama" (HEAD LlamaConfig; default
             otherwise) or "llama-pr180" (the Llama of the PR #180 tree).
-        rope_interleaved: HEAD "llama" only: write q/k rows interleaved (default False, as HEAD trains).
+        rope_interleaved: HEAD "llama" only: write q/k rows interleaved (default: a HEAD SRC's own, else False, as HEAD
+            trains).
         compute: arithmetic of the per-projection vs fused code comparison behind a bf16 master's warning.
     Returns a `Report` whose `extra["warnings"]` lists what the target cannot represent.
     Example:
@@ -378,17 +399,22 @@ def to_nanotron(src: str | Path | Checkpoint, out: str | Path, *, tp: int = 1, m
     t0 = time.perf_counter()
     if compute not in COMPUTE_MODES:
         raise UsageError(f"--compute must be one of {', '.join(COMPUTE_MODES)}, got {compute!r}")
-    if version not in nt.KNOWN_VERSIONS:
-        raise UsageError(f"version must be one of {', '.join(nt.KNOWN_VERSIONS)}, got {version!r}")
     if make_vocab_size_divisible_by < 1:
         raise UsageError("--make-vocab-size-divisible-by must be >= 1")
     ck = src if isinstance(src, Checkpoint) else open_source(src)
+    own = ck.info if isinstance(ck, NanotronCheckpoint) else None
+    tp = tp if tp is not None else (own.tp if own else 1)
+    pp = pp if pp is not None else (own.pp if own else 1)
+    if pp < 1:
+        raise UsageError(f"--pp must be >= 1, got {pp}")
     name = model or _default_flavor(ck)
     if name not in nt.FLAVORS:
         raise UsageError(f"--nanotron-model must be one of {', '.join(nt.FLAVORS)}, got {name!r}")
     flavor = nt.FLAVORS[name]
     if rope_interleaved is not None and not flavor.head:
         raise UsageError(f"rope_interleaved applies to the HEAD llama model; {name} is always interleaved")
+    if rope_interleaved is None and own and own.flavor.head and flavor.head:
+        rope_interleaved = own.interleaved  # a HEAD checkpoint written back keeps its RoPE order
     interleaved = bool(rope_interleaved) if flavor.head else True
     dims, warnings = _check_source(ck, flavor, tp)
     warnings = list(getattr(ck, "warnings", [])) + warnings
@@ -405,6 +431,11 @@ def to_nanotron(src: str | Path | Checkpoint, out: str | Path, *, tp: int = 1, m
             for norm in nt.LAYER_NORMS:
                 b.norm_dropped(f"model.layers.{i}.{norm}.weight")
     mc = nanotron_model_config(flavor, ck.config, dims, padded, tied, interleaved)
+    try:
+        stages = nt.pp_stages(flavor, dims, padded, pp)
+    except ValueError as e:
+        raise UsageError(str(e), path=ck.path) from None
+    version = flavor.version
     custom = {"bitconv": {"vocab_size": vocab, "source_kind": ck.kind, "hf_config": _hf_config_record(ck)}}
     guard = AtomicOutput(out, overwrite=overwrite, inputs=(ck.path,))
     total = sum(p.nbytes for p in params)
@@ -418,17 +449,19 @@ def to_nanotron(src: str | Path | Checkpoint, out: str | Path, *, tp: int = 1, m
                 progress(i, len(params), p.name)
             tensor = p.make()
             _check_shape(p, tensor)
-            files += write_param(model_dir, p.name, tensor, p.sharding, tp, version)
-        _write_configs(tmp, flavor, mc, tp, version, custom, str(guard.out.resolve()), make_vocab_size_divisible_by,
-                       tokenizer, ck.aux_files)
+            files += write_param(model_dir, p.name, tensor, p.sharding, tp, version,
+                                 (stages[nt.block_of(p.name)], pp))
+        _write_configs(tmp, flavor, mc, tp, pp, version, custom, str(guard.out.resolve()),
+                       make_vocab_size_divisible_by, tokenizer, ck.aux_files)
     if progress:
         progress(len(params), len(params), "")
     warnings += _conversion_warnings(b, ck, flavor)
     n_tern = sum(1 for p in params if p.name.endswith("_proj.weight"))
     return Report(guard.out, f"nanotron-{flavor.name}", ck.kind, [guard.out / f.relative_to(tmp) for f in files],
                   n_tern, len(params) - n_tern, total, time.perf_counter() - t0,
-                  {"warnings": warnings, "tp": tp, "vocab_size": vocab, "padded_vocab_size": padded,
-                   "model": flavor.name})
+                  {"warnings": warnings, "tp": tp, "pp": pp, "vocab_size": vocab, "padded_vocab_size": padded,
+                   "model": flavor.name, "checkpoint_version": version,
+                   "pp_stages": {b: r for b, r in stages.items() if b not in (nt.BLOCK_CAST, nt.BLOCK_LOSS)}})
 
 
 def _check_shape(p: NTParam, t: torch.Tensor) -> None:
@@ -458,12 +491,12 @@ def _hf_config_record(ck: Checkpoint) -> dict:
     return {k: v for k, v in ck.config.items() if k != "bitconv"}
 
 
-def _write_configs(tmp: Path, flavor: nt.Flavor, mc: dict, tp: int, version: str, custom: dict, init_path: str,
-                   multiple: int, tokenizer: str | None, aux: Iterable[Path]) -> None:
+def _write_configs(tmp: Path, flavor: nt.Flavor, mc: dict, tp: int, pp: int, version: str, custom: dict,
+                   init_path: str, multiple: int, tokenizer: str | None, aux: Iterable[Path]) -> None:
     (tmp / "model_config.json").write_text(model_config_json(flavor, mc), encoding="utf-8")
     (tmp / "checkpoint_metadata.json").write_text(checkpoint_metadata_json(flavor, tp, version, custom),
                                                   encoding="utf-8")
-    cfg = config_yaml_dict(flavor, mc, tp, init_path, multiple, tokenizer)
+    cfg = config_yaml_dict(flavor, mc, tp, init_path, multiple, tokenizer, pp=pp)
     (tmp / "config.yaml").write_text(yamlish.dump(cfg), encoding="utf-8")
     for f in aux:
         shutil.copyfile(f, tmp / f.name)
@@ -495,32 +528,50 @@ def _conversion_warnings(b: _Builder, ck: Checkpoint, flavor: nt.Flavor) -> list
 # ------------------------------------------------------------------------------------------------------ to HF
 
 
-def to_hf(src: str | Path | NanotronCheckpoint, out: str | Path, *, scale_granularity: str | None = None,
-          vocab_size: int | None = None, compute: str = "float32", overwrite: bool = False,
-          max_shard_bytes: int | None = DEFAULT_MAX_SHARD_BYTES, progress: Progress | None = None) -> Report:
+def export_mode(purpose: str | None, scale_granularity: str | None) -> str | None:
+    """`--for release|training`, or its older spelling `--scale-granularity fused|per-projection`, as a granularity."""
+    if purpose is not None and purpose not in HF_EXPORTS:
+        raise UsageError(f"--for must be one of {', '.join(HF_EXPORTS)}, got {purpose!r}")
+    if scale_granularity is not None and scale_granularity not in GRANULARITIES:
+        raise UsageError(f"--scale-granularity must be one of {', '.join(GRANULARITIES)} (the older spelling of "
+                         f"--for {'|'.join(HF_EXPORTS)}), got {scale_granularity!r}")
+    if purpose is not None and scale_granularity is not None \
+            and HF_EXPORTS[purpose].granularity != scale_granularity:
+        raise UsageError(f"--for {purpose} and --scale-granularity {scale_granularity} disagree (--for {purpose} is "
+                         f"--scale-granularity {HF_EXPORTS[purpose].granularity})")
+    return HF_EXPORTS[purpose].granularity if purpose is not None else scale_granularity
+
+
+def to_hf(src: str | Path | NanotronCheckpoint, out: str | Path, *, purpose: str | None = None,
+          scale_granularity: str | None = None, vocab_size: int | None = None, compute: str = "float32",
+          overwrite: bool = False, max_shard_bytes: int | None = DEFAULT_MAX_SHARD_BYTES,
+          progress: Progress | None = None) -> Report:
     """Write a Nanotron checkpoint as an HF bf16 master (`LlamaForCausalLM`, bitnet online config for PR #180).
 
     Args:
-        scale_granularity: BitNet only. "fused" (default): q/k/v and gate/up are lifted from the fused-scale codes
-            (see the module docstring); "per-projection": the bf16 latents as trained.
+        purpose: BitNet only (`HF_EXPORTS`). "release" (default): q/k/v and gate/up are lifted from the fused-scale
+            codes (see the module docstring), the model as nanotron trained it; "training": the bf16 latents as
+            trained, to continue training elsewhere. Recorded in config.json's `bitconv` block and the report.
+        scale_granularity: the older spelling of `purpose`: "fused" (= release) or "per-projection" (= training).
         vocab_size: the HF vocabulary (padding rows dropped); see `open_nanotron`.
         compute: arithmetic of the fused ternarization: "float32" (canonical) or "bfloat16" (nanotron's own).
-    Returns a `Report` whose `extra["warnings"]` lists what LlamaForCausalLM cannot represent.
+    Returns a `Report` whose `extra["warnings"]` lists what LlamaForCausalLM cannot represent, and
+        `extra["export"]` / `extra["export_meaning"]` say which export was written.
     Example:
-        >>> to_hf("checkpoints/10000", "bitnet-hf-bf16")
+        >>> to_hf("checkpoints/10000", "bitnet-hf-bf16", purpose="release")
     """
     t0 = time.perf_counter()
     if compute not in COMPUTE_MODES:
         raise UsageError(f"--compute must be one of {', '.join(COMPUTE_MODES)}, got {compute!r}")
-    if scale_granularity is not None and scale_granularity not in GRANULARITIES:
-        raise UsageError(f"--scale-granularity must be one of {', '.join(GRANULARITIES)}, got {scale_granularity!r}")
-    if isinstance(src, NanotronCheckpoint) and scale_granularity not in (None, src.info.granularity):
-        src = open_nanotron(src.path, vocab_size=vocab_size or src.info.vocab, scale_granularity=scale_granularity)
-    ck = src if isinstance(src, NanotronCheckpoint) else _open_nanotron_src(src, vocab_size, scale_granularity)
-    if scale_granularity is not None and not ck.info.flavor.bitnet:
-        raise UsageError(f"--scale-granularity applies to BitNet (PR #180) checkpoints; this is a "
+    granularity = export_mode(purpose, scale_granularity)
+    if isinstance(src, NanotronCheckpoint) and granularity not in (None, src.info.granularity):
+        src = open_nanotron(src.path, vocab_size=vocab_size or src.info.vocab, scale_granularity=granularity)
+    ck = src if isinstance(src, NanotronCheckpoint) else _open_nanotron_src(src, vocab_size, granularity)
+    if granularity is not None and not ck.info.flavor.bitnet:
+        raise UsageError(f"--for / --scale-granularity apply to BitNet (PR #180) checkpoints; this is a "
                          f"{ck.info.flavor.name} checkpoint, written with its weights unchanged")
     lifted = ck.info.flavor.bitnet and ck.info.granularity == "fused"
+    export = EXPORT_OF_GRANULARITY[ck.info.granularity] if ck.info.flavor.bitnet else None
     tensors: dict[str, ModelTensor] = {}
     for name, t in ck.tensors.items():
         if t.is_ternary:
@@ -531,13 +582,20 @@ def to_hf(src: str | Path | NanotronCheckpoint, out: str | Path, *, scale_granul
             tensors[name] = t
     view = Checkpoint(ck.path, ck.kind, ck.config, tensors, ck.aux_files, ck.files)
     steps = [Step(t, {t.name: FieldSpec(t.shape, t.dtype)}, "copy") for t in tensors.values()]
-    rep = execute(Plan(view, "hf-bf16", steps, dict(ck.config)), out, overwrite=overwrite,
+    config = dict(ck.config)
+    if export is not None:
+        config["bitconv"] = {"format": "bf16-master", "source": "nanotron", "export": export.purpose,
+                             "scale_granularity": export.granularity, "holds": export.holds,
+                             "meaning": export.meaning}
+    rep = execute(Plan(view, "hf-bf16", steps, config), out, overwrite=overwrite,
                   max_shard_bytes=max_shard_bytes, progress=progress)
     rep.n_ternary = sum(1 for t in ck.tensors.values() if t.is_ternary)
     rep.n_passthrough = len(tensors) - rep.n_ternary
     rep.seconds = time.perf_counter() - t0
-    rep.extra = {"warnings": ck.warnings + _hf_warnings(ck, lifted), "scale_granularity":
-                 ck.info.granularity if ck.info.flavor.bitnet else None, "vocab_size": ck.info.vocab}
+    rep.extra = {"warnings": ck.warnings + _hf_warnings(ck, lifted),
+                 "export": export.purpose if export else None,
+                 "scale_granularity": export.granularity if export else None,
+                 "export_meaning": export.meaning if export else None, "vocab_size": ck.info.vocab}
     return rep
 
 
@@ -563,10 +621,4 @@ def _hf_warnings(ck: NanotronCheckpoint, lifted: bool) -> list[str]:
     if ck.info.tp > 1 and lifted:
         out.append(f"trained at TP={ck.info.tp}: nanotron quantized each rank's shard with its own scale; bitconv "
                    "uses one scale per fused tensor (TP=1 semantics)")
-    if lifted:
-        out.append("--scale-granularity fused: q/k/v and gate/up hold their fused-scale codes times one magnitude "
-                   "(same scale for q, k and v), not the training latents; pass per-projection to keep the latents")
-    else:
-        out.append("--scale-granularity per-projection: the latents are kept, and consumers quantize q, k, v (gate, "
-                   "up) separately, which differs from nanotron's fused scale")
     return out

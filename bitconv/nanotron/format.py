@@ -15,7 +15,21 @@ import torch
 
 # --------------------------------------------------------------------------------------------------- versions, names
 
-WRITE_VERSION = "1.4"  # PR #180-era loaders reject 1.5 on a topology change; HEAD reads 1.4 (spec §1.8)
+@dataclass(frozen=True)
+class Generation:
+    """One nanotron source tree bitconv writes for: where it comes from and the checkpoint version it stamps."""
+
+    name: str
+    commit: str
+    version: str  # nanotron.constants.CHECKPOINT_VERSION of that tree: every shard's metadata and checkpoint_metadata
+
+
+# The one table of checkpoint versions written (spec §0): PR #180 (2239f41e, constants.py:L5 `Version("1.4")`; its
+# loader rejects 1.5 on a topology change, spec §1.8) and HEAD (2411b022, constants.py:L5 `Version("1.5")`).
+GENERATIONS = {
+    "pr180": Generation("pr180", "2239f41e04fa", "1.4"),
+    "head": Generation("head", "2411b022a75f", "1.5"),
+}
 KNOWN_VERSIONS = ("1.2", "1.3", "1.4", "1.5")
 LEGACY_VERSIONS = ("1.3",)  # `model_model_weight.safetensors_pp-…` file names (spec §1.2)
 
@@ -130,6 +144,16 @@ class Flavor:
     head: bool  # HEAD config schema (else PR #180 tree)
     discriminator: str
     model_fields: tuple[str, ...]  # model_config.json key order (dataclass declaration order)
+    lm_head_cost: bool  # whether nanotron's PP cost table counts the lm_head block (see `pp_stages`)
+
+    @property
+    def generation(self) -> Generation:
+        return GENERATIONS["head" if self.head else "pr180"]
+
+    @property
+    def version(self) -> str:
+        """The checkpoint version the targeted nanotron generation writes."""
+        return self.generation.version
 
 
 _PR180_FIELDS = ("bos_token_id", "eos_token_id", "hidden_act", "hidden_size", "initializer_range", "intermediate_size",
@@ -149,11 +173,11 @@ def _fields(disc: str) -> tuple[str, ...]:
 
 FLAVORS = {
     "bitnet": Flavor("bitnet", "PR #180 LlamaBitNetConfig (MLPBitNet, no per-layer norms, interleaved RoPE)",
-                     "MLPBitNet", False, True, False, "is_bitnet_config", _fields("is_bitnet_config")),
+                     "MLPBitNet", False, True, False, "is_bitnet_config", _fields("is_bitnet_config"), False),
     "llama-pr180": Flavor("llama-pr180", "LlamaConfig of the PR #180 tree (interleaved RoPE, no rope_theta)",
-                          "mlp", True, False, False, "is_llama_config", _fields("is_llama_config")),
+                          "mlp", True, False, False, "is_llama_config", _fields("is_llama_config"), True),
     "llama": Flavor("llama", "LlamaConfig of nanotron HEAD (rope_theta, rope_interleaved)", "mlp", True, False, True,
-                    "is_llama_config", _HEAD_FIELDS),
+                    "is_llama_config", _HEAD_FIELDS, True),
 }
 
 # Dataclass defaults of the model config fields (spec §4.1), used when the HF config lacks a key.
@@ -185,6 +209,90 @@ def padded_vocab(vocab: int, multiple: int, tp: int) -> int:
     """nanotron's `_vocab_size_with_padding`: round up to a multiple of make_vocab_size_divisible_by * tp."""
     m = multiple * tp
     return int(math.ceil(vocab / m) * m)
+
+
+# ------------------------------------------------------------------------------------------------- pipeline stages
+
+# nanotron's PipelineBlocks in `model.named_modules()` order (LlamaForTraining: LlamaModel's token_position_embeddings,
+# decoder.{i}, final_layer_norm, lm_head, cast_to_fp32, then its own loss; HEAD llama.py:L836-L901, L1044;
+# PR #180 llama_bitnet.py:L696-L753, L868), and the nanotron parameters each holds.
+BLOCK_EMBED, BLOCK_FINAL_NORM, BLOCK_LM_HEAD, BLOCK_CAST, BLOCK_LOSS = (
+    "token_position_embeddings", "final_layer_norm", "lm_head", "cast_to_fp32", "loss")
+BLOCK_OF_TOP = {EMBED: BLOCK_EMBED, FINAL_NORM: BLOCK_FINAL_NORM, LM_HEAD: BLOCK_LM_HEAD}
+
+
+def pipeline_blocks(layers: int) -> tuple[str, ...]:
+    return (BLOCK_EMBED, *(f"decoder.{i}" for i in range(layers)), BLOCK_FINAL_NORM, BLOCK_LM_HEAD, BLOCK_CAST,
+            BLOCK_LOSS)
+
+
+def block_of(name: str) -> str:
+    """The PipelineBlock holding a nanotron parameter (`model.decoder.3.pp_block.…` -> `decoder.3`)."""
+    if name in BLOCK_OF_TOP:
+        return BLOCK_OF_TOP[name]
+    parts = name.split(".")
+    if parts[:2] != ["model", "decoder"] or len(parts) < 3:
+        raise ValueError(f"{name!r} is not a nanotron Llama parameter")
+    return f"decoder.{parts[2]}"
+
+
+def block_costs(flavor: Flavor, dims: Dims, vocab: int) -> tuple[int, ...]:
+    """`get_block_compute_costs` per block, in `pipeline_blocks` order (blocks missing from its table cost 0).
+
+    Decoder layer: 4·H·d·h + 3·I·h. lm_head: V·h, keyed on TensorParallelColumnLinear (HEAD llama.py:L938-L950,
+    PR #180-tree llama.py:L789-L801). PR #180 BitNet keys it on TensorParallelColumnLinearBitNet
+    (llama_bitnet.py:L790-L802) while its lm_head is built as a plain TensorParallelColumnLinear (L734-L737), so
+    there the lm_head costs 0 (`Flavor.lm_head_cost`). `vocab` is the padded vocabulary (the model config's).
+    """
+    layer = 4 * dims.heads * dims.head_dim * dims.hidden + 3 * dims.intermediate * dims.hidden
+    head = vocab * dims.hidden if flavor.lm_head_cost else 0
+    return (0, *(layer,) * dims.layers, 0, head, 0, 0)
+
+
+def pp_stages(flavor: Flavor, dims: Dims, vocab: int, pp: int) -> dict[str, int]:
+    """The pp rank nanotron's `build_model` gives each PipelineBlock for a PP size (raises ValueError if refused).
+
+    # ref: nanotron models/base.py `build_model` (HEAD 2411b022 L187-L239, the split at L214-L235; PR #180 2239f41e
+    # L190-L237, the same code): thresholds[r] = total·(r+1)/pp over the cumulative block costs; walking the blocks
+    # in order, each block goes to the current rank, and the rank advances after a block whose cumulative cost
+    # exceeds the current threshold. Embeddings therefore always sit on rank 0, and the final norm and lm_head
+    # follow the last decoder layer.
+    A pp rank holding no parameter is refused: nanotron itself refuses it when it wraps the model in DDP
+    ("Can't use DDP because model in PP=… has no gradient", models/base.py `check_model_has_grad`, HEAD L335-L343,
+    PR #180 L311-L319), and such a stage would write no file to resume from.
+    """
+    if pp < 1:
+        raise ValueError(f"--pp must be >= 1, got {pp}")
+    holders = dims.layers + 3  # embedding, decoder layers, final norm, lm_head: the blocks holding parameters
+    if pp > holders:
+        raise ValueError(f"--pp {pp} is more stages than the {holders} parameter-holding pipeline blocks of a "
+                         f"{dims.layers}-layer model: nanotron would leave a stage without parameters")
+    out = _assign(flavor, dims, vocab, pp)
+    empty = _empty_stages(out, pp)
+    if empty:
+        most = max(n for n in range(1, pp) if not _empty_stages(_assign(flavor, dims, vocab, n), n))
+        raise ValueError(f"--pp {pp} leaves pp-rank {empty[0]} without parameters: nanotron's cost-balanced split "
+                         f"of {dims.layers} decoder layers gives it none, and nanotron refuses such a stage "
+                         f"(\"Consider increasing the number of layers of your model, or put a smaller PP size\"); "
+                         f"the largest PP size under {pp} that gives every stage parameters is {most}")
+    return out
+
+
+def _assign(flavor: Flavor, dims: Dims, vocab: int, pp: int) -> dict[str, int]:
+    blocks = pipeline_blocks(dims.layers)
+    cumulative = np.cumsum(np.array(block_costs(flavor, dims, vocab), dtype=np.int64))
+    thresholds = [cumulative[-1] * ((r + 1) / pp) for r in range(pp)]
+    rank, out = 0, {}
+    for block, cost in zip(blocks, cumulative):
+        out[block] = rank
+        if cost > thresholds[rank]:
+            rank += 1
+    return out
+
+
+def _empty_stages(stages: dict[str, int], pp: int) -> list[int]:
+    holding = {r for b, r in stages.items() if b not in (BLOCK_CAST, BLOCK_LOSS)}
+    return sorted(set(range(pp)) - holding)
 
 
 # --------------------------------------------------------------------------------------------------- slice strings

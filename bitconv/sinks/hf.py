@@ -70,15 +70,26 @@ class HFSink:
     def files(self) -> list[Path]:
         return [w.path for w in self._writers]
 
-    def _do(self, job: Callable[[], object]) -> None:
+    def _do(self, job: Callable[[], object], nbytes: int = 0) -> None:
         if self._bg is None:
             job()
         else:
-            self._bg.submit(job)
+            self._bg.submit(job, nbytes)
 
     def write(self, name: str, data: np.ndarray) -> None:
         w = self._route[name]
-        self._do(lambda: w.write(name, data))
+        self._do(lambda: w.write(name, data), data.nbytes)
+
+    def write_blocks(self, name: str, nbytes: int, blocks: Iterable[np.ndarray]) -> None:
+        """Write `name` as consecutive blocks (each queued on its own, so a huge tensor is never held whole)."""
+        w = self._route[name]
+        base = w.reserve(name, nbytes)
+        pos = 0
+        for blk in blocks:
+            self._do(lambda off=base + pos, blk=blk: w.write_at(off, blk, name), blk.nbytes)
+            pos += blk.nbytes
+        if pos != nbytes:
+            raise RuntimeError(f"writer state: {name!r} expects {nbytes} bytes, got {pos}")
 
     def copy(self, name: str, src: TensorInfo) -> None:
         w = self._route[name]

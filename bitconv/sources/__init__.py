@@ -23,7 +23,7 @@ KINDS = {
     "bf16-master": "bf16 master weights (HF layout)",
     "bitconv-ternary": "bitconv ternary checkpoint (int8 codes + float32 scales)",
     "hf-packed": "transformers packed BitNet checkpoint (uint8, 4 codes per byte)",
-    "gguf": "GGUF file (bitnet.cpp I2_S/TL1/TL2, llama.cpp TQ1_0/TQ2_0, or float)",
+    "gguf": "GGUF file (bitnet.cpp I2_S/TL1/TL2, llama.cpp TQ1_0/TQ2_0, ik_llama.cpp IQ1_BN/IQ2_BN, or float)",
     "nanotron": "Nanotron checkpoint folder (TP/PP shards of bf16 latent weights)",
 }
 

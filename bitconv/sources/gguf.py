@@ -3,7 +3,8 @@
 * Names: GGUF -> HF by architecture (`bitconv.gguf.metadata.hf_name`); the sub-norms get the family's spelling
   (1bitLLM `inner_attn_ln` / `ffn_layernorm` for arch `bitnet`, `attn_sub_norm` / `ffn_sub_norm` for
   `bitnet-b1.58` / `bitnet-25`). For arch `llama` the q/k RoPE permutation is undone.
-* Ternary projections: I2_S, TL1, TL2, TQ1_0, TQ2_0 through their layout's `unpack`; TL1/TL2 need the
+* Ternary projections: I2_S, TL1, TL2, TQ1_0, TQ2_0, ik_llama.cpp's IQ1_BN, IQ2_BN, IQ2_BN_R4 through their layout's
+  `unpack`; TL1/TL2 need the
   `kernel_config.ini` they were packed with, next to the file (`<name>.kernel_config.ini` or `kernel_config.ini`).
   F32/F16/BF16 projections (a converter's f32/f16 file) give codes = sign, scale = max|w| when the values are exactly
   ternary x scale, and are ternarized like a master otherwise.
@@ -37,7 +38,7 @@ from bitconv.tensors import Ternary
 
 # GGML type -> ternary layout name
 PACKED = {"I2_S": "gguf-i2-s", "TL1": "gguf-tl1", "TL2": "gguf-tl2", "TL2_42": "gguf-tl2", "TQ1_0": "gguf-tq1-0",
-          "TQ2_0": "gguf-tq2-0"}
+          "TQ2_0": "gguf-tq2-0", "IQ1_BN": "gguf-iq1-bn", "IQ2_BN": "gguf-iq2-bn", "IQ2_BN_R4": "gguf-iq2-bn-r4"}
 FLOATS = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("<u2")}
 _KERNEL_CONFIG = "kernel_config.ini"
 # `<arch>.*` KVs the config is built from, and what each must hold (a corrupt file can hold any value type).
@@ -48,7 +49,8 @@ _FLOAT_KVS = ("attention.layer_norm_rms_epsilon", "rope.freq_base")
 
 
 def open_gguf(path: str | Path, dialect: str = "auto") -> Checkpoint:
-    """Open a GGUF file (bitnet.cpp I2_S/TL1/TL2, upstream TQ1_0/TQ2_0, or F32/F16/BF16) as a Checkpoint."""
+    """Open a GGUF file (bitnet.cpp I2_S/TL1/TL2, upstream TQ1_0/TQ2_0, ik_llama.cpp IQ1_BN/IQ2_BN/IQ2_BN_R4, or
+    F32/F16/BF16) as a Checkpoint."""
     p = Path(path)
     g = read_gguf(p, dialect)
     arch = ARCHS.get(g.arch)

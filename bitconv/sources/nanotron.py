@@ -36,6 +36,34 @@ from bitconv.sources.safetensors import load_torch, read_json, with_file
 from bitconv.tensors import Ternary
 
 GRANULARITIES = ("fused", "per-projection")
+
+
+@dataclass(frozen=True)
+class HfExport:
+    """One of the two HF exports of a PR #180 BitNet checkpoint, named by what it is for."""
+
+    purpose: str  # `convert --for`
+    granularity: str  # the older spelling, `--scale-granularity`
+    holds: str
+    meaning: str
+
+
+# PR #180 quantizes the fused qkv tensor with one absmean scale and gate_up with another; HF has one per projection.
+HF_EXPORTS = {
+    "release": HfExport(
+        "release", "fused",
+        "the ternary model nanotron trained (fused-scale codes times one magnitude per fused tensor)",
+        "release: q/k/v and gate/up hold nanotron's fused-scale ternary codes times one magnitude, so HF's "
+        "per-projection quantization (transformers online, bitconv pack) gives exactly nanotron's codes and scales; "
+        "the training latents are not kept. For publishing, packing and running the model as trained; what "
+        "`bitconv verify --ref <nanotron checkpoint>` expects"),
+    "training": HfExport(
+        "training", "per-projection", "the bf16 training latents, unchanged",
+        "training: the bf16 training latents exactly as nanotron stored them, for continuing training elsewhere; "
+        "HF quantizes q, k, v (gate, up) one by one, so its codes and scales differ from nanotron's fused ones, and "
+        "a model packed from this export does not verify against the Nanotron checkpoint"),
+}
+EXPORT_OF_GRANULARITY = {e.granularity: e for e in HF_EXPORTS.values()}
 META_FILE = "checkpoint_metadata.json"
 MAX_SLICE_PAIRS = 2048  # per parameter; nanotron writes tp x (1 or 2 or 3 chunks)
 HF_BITNET_QC = {"quant_method": "bitnet", "linear_class": "autobitlinear", "quantization_mode": "online"}

@@ -12,11 +12,11 @@ from typing import TypeVar
 import numpy as np
 import torch
 
-from bitconv import dtypes, naming, validate
+from bitconv import dtypes, naming, quant, validate
 from bitconv.errors import BitconvError, FormatError, SourceError
 from bitconv.layouts.hf_packed import HF_LAYOUTS, unpack_codes
-from bitconv.quant import Workspace, ternarize
-from bitconv.safetensors_io import TensorInfo, read_array, read_header
+from bitconv.quant import Workspace, ternarize, ternarize_blocks
+from bitconv.safetensors_io import TensorInfo, pread_exact, read_array, read_header
 from bitconv.sources import Checkpoint, ModelTensor
 from bitconv.tensors import Ternary, checked_scale
 
@@ -61,6 +61,28 @@ def _load_scratch(info: TensorInfo) -> torch.Tensor:
     buf = _WS.get("raw", info.nbytes, torch.uint8).numpy()
     arr = read_array(info, out=buf)
     return dtypes.from_numpy_storage(arr, info.dtype).reshape(info.shape)
+
+
+def block_reader(info: TensorInfo) -> quant.BlockReader:
+    """Reads elements [start, start + count) of a stored float tensor into a reused buffer (valid until the next
+    call): the pages are copied from the page cache, never mapped, so a big tensor does not grow the RSS."""
+    d = dtypes.DTYPES[info.dtype]
+
+    def read(start: int, count: int) -> torch.Tensor:
+        buf = _WS.get("blk_raw", count * d.itemsize, torch.uint8).numpy()
+        pread_exact(info.path, info.offset + start * d.itemsize, memoryview(buf), info.name)
+        return dtypes.from_numpy_storage(buf.view(d.np_storage), info.dtype)
+
+    return read
+
+
+def ternarize_stored(info: TensorInfo, compute: str) -> Ternary:
+    """Ternarize a stored float weight: big ones a block at a time (`quant.ternarize_blocks`), others whole."""
+    if compute == "float32" and info.numel > quant.STREAM_MIN_ELEMS:
+        got = with_file(info.path, ternarize_blocks, block_reader(info), info.shape, name=info.name)
+        if got is not None:
+            return got
+    return with_file(info.path, ternarize, _load_scratch(info), compute, name=info.name)
 
 
 def _map(info: TensorInfo) -> np.ndarray | None:
@@ -192,7 +214,7 @@ def _logical_master(folder: Path, stored: dict[str, TensorInfo]) -> dict[str, Mo
             _check_dtype(info, ("BF16", "F16", "F32"), "a master projection weight")
 
             def load(compute: str, info: TensorInfo = info) -> Ternary:
-                return with_file(info.path, ternarize, _load_scratch(info), compute, name=info.name)
+                return ternarize_stored(info, compute)
 
             out[name] = ModelTensor(name, info.shape, info.dtype, [info], load)
         else:

@@ -28,6 +28,7 @@ import torch
 
 from bitconv.errors import EXIT_OK, EXIT_VERIFY_FAILED, FormatError, UsageError
 from bitconv.sources import Checkpoint, open_source
+from bitconv.sources.nanotron import EXPORT_OF_GRANULARITY, NanotronCheckpoint
 from bitconv.verify.parity import (
     ParityReport,
     Thresholds,
@@ -176,6 +177,19 @@ def _content_fault_report(out: str | Path, ref_ck: Checkpoint, e: FormatError, t
     rep = VerifyReport(str(out), str(ref_ck.path), "unreadable", None, ref_ck.kind, family, rt, None,
                        [Finding("container", e.tensor, "container", str(e))], time.perf_counter() - t0)
     return rep
+def _nanotron_ref_note(rt: RoundTripReport, ref_ck: Checkpoint) -> None:
+    """A PR #180 BitNet REF is quantized as nanotron trains it (fused qkv / gate_up scales): say so, and on a
+    mismatch name the HF export that does not match it (`convert --for training`)."""
+    if not (isinstance(ref_ck, NanotronCheckpoint) and ref_ck.info.flavor.bitnet):
+        return
+    export = EXPORT_OF_GRANULARITY[ref_ck.info.granularity]
+    rt.compute_note += (f"; REF is a Nanotron BitNet checkpoint, quantized with {export.granularity} scales "
+                        f"(what `convert --for {export.purpose}` exports)")
+    if not rt.ok and export.purpose == "release":
+        rt.warnings.append("REF is a Nanotron BitNet checkpoint: its q/k/v and gate/up codes use nanotron's fused "
+                           "scales. OUT matches them when packed from `convert --for release` (or straight from the "
+                           "checkpoint); a model packed from a `--for training` export holds per-projection codes, "
+                           "so verify it against that export instead")
 
 
 def verify(out: str | Path | Checkpoint, ref: str | Path | Checkpoint, *, run_parity: bool = True,
@@ -204,6 +218,7 @@ def verify(out: str | Path | Checkpoint, ref: str | Path | Checkpoint, *, run_pa
         raise UsageError(f"REF's architecture {arch!r} has no reference forward ({', '.join(ARCHS)}); "
                          "pass --no-parity to check tensors only", path=ref_ck.path)
     rt = _roundtrip(out_ck, ref_ck, (lambda i, n, name: progress("roundtrip", i, n)) if progress else None)
+    _nanotron_ref_note(rt, ref_ck)
     par = None
     if run_parity and any(t.fault == "content" for t in rt.failures):
         rt.warnings.append("logit parity skipped: OUT holds values no ternary format allows (see the content faults)")

@@ -1,0 +1,200 @@
+"""Benchmark: memory and speed at 2B4T, 8B and 70B shapes, with a naive torch packer side by side.
+
+    python benchmarks/bench_scale.py --size 2b4t|8b|70b [--routes hf,i2_s,tq2_0,tq1_0,tl1,tl2,quantize]
+                                     [--workdir DIR] [--keep] [--no-baseline] [--pattern]
+
+* 2b4t: hidden 2560 / ffn 6912 / 30 layers / vocab 128256, untied (2.7 B params, 5.5 GB bf16), random data.
+* 8b:   Llama-3-8B shapes, 4096 / 14336 / 32 layers / vocab 128256 (8.0 B params, 16 GB), random data generated
+        streaming (one tensor in memory at a time; values tiled from a 64 Mi-element random pool).
+* 70b:  Llama-3-70B shapes, 8192 / 28672 / 80 layers / vocab 128256 (70.6 B params, 141 GB): a sparse file whose
+        weights are holes (no disk space, no generation time). All-zero projections take bitconv's ordinary path
+        (mean |w| = 0 -> scale 1e-5, all codes 0; TQ blocks store d = 0); `--pattern` writes one random row into
+        every tensor (a few MB of real data) so the scales and codes are not all zero.
+
+Each route runs in a fresh process; wall time around it, peak RSS = the child's ru_maxrss (measured through a small
+launcher so the parent's own peak is not inherited), params/s = parameters / wall. Before each route, `--dry-run
+--json` gives bitconv's planned peak, printed next to the measured one. The baseline is the naive torch packer
+(transformers' recipe on whole tensors: load each shard whole, w.float().abs().mean(), pack, save at the end); it is
+skipped when it would need more than half of the available memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+SIZES = {  # hidden, ffn, layers, heads, kv heads, vocab, tied
+    "2b4t": (2560, 6912, 30, 20, 5, 128256, False),
+    "8b": (4096, 14336, 32, 32, 8, 128256, False),
+    "70b": (8192, 28672, 80, 64, 8, 128256, False),
+}
+SHARD_BYTES = 5 * 1000**3
+ROUTES = {
+    "hf": ["pack", "{src}", "--to", "hf", "-o", "{out}/hf", "--overwrite"],
+    "quantize": ["quantize", "{src}", "-o", "{out}/ternary", "--overwrite"],
+    **{t: ["pack", "{src}", "--to", "gguf", "--type", t, "-o", "{out}/" + t + ".gguf", "--overwrite"]
+       for t in ("i2_s", "tq2_0", "tq1_0", "tl1", "tl2")},
+}
+
+
+def shapes(size: str) -> dict[str, tuple[int, ...]]:
+    h, ff, n_layers, nh, nkv, v, tied = SIZES[size]
+    hd = h // nh
+    out: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (v, h), "model.norm.weight": (h,)}
+    if not tied:
+        out["lm_head.weight"] = (v, h)
+    for i in range(n_layers):
+        p = f"model.layers.{i}."
+        out.update({p + "input_layernorm.weight": (h,), p + "post_attention_layernorm.weight": (h,),
+                    p + "self_attn.q_proj.weight": (nh * hd, h), p + "self_attn.k_proj.weight": (nkv * hd, h),
+                    p + "self_attn.v_proj.weight": (nkv * hd, h), p + "self_attn.o_proj.weight": (h, nh * hd),
+                    p + "self_attn.attn_sub_norm.weight": (h,), p + "mlp.gate_proj.weight": (ff, h),
+                    p + "mlp.up_proj.weight": (ff, h), p + "mlp.down_proj.weight": (h, ff),
+                    p + "mlp.ffn_sub_norm.weight": (ff,)})
+    return out
+
+
+def config(size: str) -> dict:
+    h, ff, n_layers, nh, nkv, v, tied = SIZES[size]
+    return {"architectures": ["BitNetForCausalLM"], "model_type": "bitnet", "hidden_act": "relu2", "hidden_size": h,
+            "intermediate_size": ff, "num_hidden_layers": n_layers, "num_attention_heads": nh,
+            "num_key_value_heads": nkv, "vocab_size": v, "max_position_embeddings": 4096, "rms_norm_eps": 1e-5,
+            "rope_theta": 500000.0, "tie_word_embeddings": tied, "torch_dtype": "bfloat16"}
+
+
+def generate(folder: Path, size: str, sparse: bool, pattern: bool) -> None:
+    """Shards of <= 5 GB with an index; random values (tiled from a pool) or holes (sparse)."""
+    import numpy as np
+    import torch
+
+    from bitconv.safetensors_io import OutEntry, SafetensorsWriter
+    from bitconv.sinks.hf import assign_shards, shard_names, write_json
+
+    folder.mkdir(parents=True)
+    entries = [OutEntry(n, "BF16", s) for n, s in shapes(size).items()]
+    groups = assign_shards(entries, SHARD_BYTES)
+    names = shard_names(len(groups))
+    g = torch.Generator().manual_seed(2025)
+    pool = None if sparse else (torch.randn(1 << 26, generator=g) * 0.02).bfloat16().view(torch.int16).numpy()
+    wmap = {}
+    for fname, group in zip(names, groups):
+        w = SafetensorsWriter(folder / fname, group, {"format": "pt"})
+        for e in group:
+            wmap[e.name] = fname
+            off, nbytes = w._where[e.name]
+            if sparse:
+                w._take(e.name, nbytes)
+                if pattern:
+                    row = (torch.randn(e.shape[-1], generator=g) * 0.02).bfloat16().view(torch.int16).numpy()
+                    w.write_at(off, row)
+                continue
+            if len(e.shape) == 1:
+                w.write(e.name, (1 + 0.2 * torch.randn(e.shape, generator=g)).bfloat16().view(torch.int16).numpy())
+                continue
+            n = math.prod(e.shape)
+            base = w.reserve(e.name, nbytes)
+            start = int(torch.randint(0, pool.size, (1,), generator=g))
+            done = 0
+            while done < n:  # tile the pool from a random start: bounded memory, no 8 B randn calls
+                k = min(n - done, pool.size - start)
+                w.write_at(base + 2 * done, pool[start:start + k])
+                done += k
+                start = 0
+        if sparse:
+            os.truncate(w.path, w.size)
+            w._pending.clear()
+        w.close()
+    if len(groups) > 1:
+        total = sum(e.nbytes for e in entries)
+        write_json(folder / "model.safetensors.index.json",
+                   {"metadata": {"total_size": total}, "weight_map": dict(sorted(wmap.items()))})
+    (folder / "config.json").write_text(json.dumps(config(size), indent=2))
+    from bench_2b4t import _add_tokenizer
+
+    _add_tokenizer(folder)
+    del np
+
+
+def child_peak(argv: list[str], threads: int) -> tuple[float, float, float]:
+    """Run argv, return (wall s, cpu s, peak RSS MiB) of that child alone."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    code = ("import json,os,resource,subprocess,sys,time;t=time.perf_counter();"
+            "subprocess.run(json.loads(sys.argv[1]),check=True,stdout=subprocess.DEVNULL);"
+            "r=resource.getrusage(resource.RUSAGE_CHILDREN);"
+            "print(json.dumps([time.perf_counter()-t,r.ru_utime+r.ru_stime,r.ru_maxrss/1024]))")
+    out = subprocess.run([sys.executable, "-c", code, json.dumps(argv)], env=env, cwd=ROOT, check=True,
+                         capture_output=True, text=True).stdout
+    return tuple(json.loads(out.strip().splitlines()[-1]))
+
+
+def planned_peak(args: list[str]) -> float:
+    r = subprocess.run([sys.executable, "-m", "bitconv", *args, "--dry-run", "--json"], cwd=ROOT, check=True,
+                       capture_output=True, text=True)
+    return json.loads(r.stdout)["peak_memory_bytes"] / 2**20
+
+
+def mem_available() -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", choices=SIZES, default="2b4t")
+    ap.add_argument("--routes", default="hf,i2_s,tq2_0")
+    ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--no-baseline", action="store_true")
+    ap.add_argument("--pattern", action="store_true", help="70b: one random row per tensor instead of all holes")
+    ap.add_argument("--threads", type=int, default=2)
+    a = ap.parse_args()
+    work = a.workdir or Path(tempfile.mkdtemp(prefix=f"bitconv-bench-{a.size}-"))
+    sparse = a.size == "70b"
+    src = work / ("master-pattern" if a.pattern else "master")
+    n_params = sum(math.prod(s) for s in shapes(a.size).values())
+    try:
+        if not src.exists():
+            t0 = time.perf_counter()
+            generate(src, a.size, sparse, a.pattern)
+            print(f"generated {a.size} master ({n_params / 1e9:.2f} B params, "
+                  f"{'sparse' if sparse else 'random'}) in {time.perf_counter() - t0:.1f} s")
+        out = work / "out"
+        out.mkdir(exist_ok=True)
+        print(f"{'route':10s} {'wall s':>8s} {'cpu s':>8s} {'M params/s':>11s} {'peak MiB':>9s} {'planned MiB':>11s}")
+        for route in a.routes.split(","):
+            args = [x.format(src=src, out=out) for x in ROUTES[route]]
+            plan = planned_peak(args)
+            wall, cpu, rss = child_peak([sys.executable, "-m", "bitconv", *args], a.threads)
+            print(f"{route:10s} {wall:8.2f} {cpu:8.2f} {n_params / wall / 1e6:11.1f} {rss:9.1f} {plan:11.1f}",
+                  flush=True)
+            shutil.rmtree(out, ignore_errors=True)
+            out.mkdir()
+        if not a.no_baseline:
+            need = 2.6 * max(f.stat().st_size for f in src.glob("*.safetensors"))
+            if need > mem_available() / 2:
+                print(f"naive      skipped: needs about {need / 2**30:.1f} GiB, more than half of what is free")
+            else:
+                wall, cpu, rss = child_peak([sys.executable, str(ROOT / "benchmarks" / "naive_pack.py"), str(src),
+                                             str(out / "naive")], a.threads)
+                print(f"{'naive hf':10s} {wall:8.2f} {cpu:8.2f} {n_params / wall / 1e6:11.1f} {rss:9.1f}")
+    finally:
+        if not a.keep and a.workdir is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

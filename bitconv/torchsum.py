@@ -1,0 +1,207 @@
+"""torch's float32 `sum` of a contiguous CPU tensor, reproduced bit for bit while reading the data in pieces.
+
+The canonical ternarization takes `mean(|w|)` with torch's float32 reduction; a streaming converter must get the same
+float32 value without holding the whole float32 tensor. torch (ATen `cascade_sum`, SumKernel.cpp) adds in float32 in a
+fixed order, so the order can be replayed:
+
+1. Parallel split (`TensorIterator::parallel_reduce` -> two-pass reduction, OpenMP `parallel_for`): with T threads and
+   n >= GRAIN (32768) elements, chunk c = divup(n, t) elements per thread (t = min(T, divup(n, GRAIN))); each thread
+   sums its range into its own slot (starting from 0); the slots are then summed (0 + s0 + s1 + ...).
+2. Per range (`vectorized_inner_sum`, ranges of >= V elements): V-lane vectors (V = 8 on AVX2, 16 on AVX-512);
+   `row_sum` over the vectors as rows of 4 vectors (L = 4V lanes) with `multi_row_sum`: level step 2^P,
+   P = max(4, ceil_log2(rows) // 4); rows are added lane-wise in sequence into acc0; every 2^P rows acc0 goes into
+   acc1, every 2^2P into acc2, every 2^3P into acc3; after the last full block the remaining rows go into acc0, then
+   acc0 += acc1, += acc2, += acc3. The 0-3 vectors left over are added to lane group 0, then groups 1, 2, 3 are added
+   to group 0; the result starts from 0, takes the < V trailing scalars in order, then the V lanes in order.
+
+Every step is an IEEE float32 addition in a known order, so numpy replays it exactly. Which V this build uses is not
+exposed, so `calibrate()` checks each candidate against torch on probe sizes; `exact_sum` returns None when no
+candidate reproduces torch (the caller then falls back to the whole-tensor reduction: slower, never different).
+# ref: pytorch aten/src/ATen/native/cpu/SumKernel.cpp (cascade_sum, multi_row_sum, row_sum, vectorized_inner_sum);
+#      aten/src/ATen/TensorIteratorReduce.cpp (two_pass_reduction); ATen/ParallelOpenMP.h (invoke_parallel)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+GRAIN = 32768  # at::internal::GRAIN_SIZE
+LEVELS = 4
+ILP = 4
+
+Reader = Callable[[int, int], np.ndarray]  # (start, count) -> float32 array of that many elements
+
+
+def _ceil_log2(x: int) -> int:
+    return 1 if x <= 2 else int(x - 1).bit_length()
+
+
+def _seq_sum(x: np.ndarray) -> np.ndarray:
+    """Sum over axis 1 of [g, k, L] in sequence (x0 + x1 + ... each a float32 lane-wise add), -> [g, L]."""
+    acc = x[:, 0].copy()
+    for j in range(1, x.shape[1]):
+        np.add(acc, x[:, j], out=acc)
+    return acc
+
+
+class _MultiRowSum:
+    """multi_row_sum over `size` rows of L lanes, fed rows in order in pieces that are multiples of step^2 rows."""
+
+    def __init__(self, size: int, lanes: int) -> None:
+        self.size, self.lanes = size, lanes
+        self.p = max(4, _ceil_log2(size) // LEVELS)
+        self.step = 1 << self.p
+        self.acc2 = np.zeros(lanes, np.float32)
+        self.acc3 = np.zeros(lanes, np.float32)
+        self.groups = 0  # level-2 flushes done (complete step^2-row groups)
+        self.rows = 0
+
+    @property
+    def group_rows(self) -> int:
+        return self.step * self.step
+
+    def feed(self, rows: np.ndarray) -> None:
+        """A whole number of complete step^2-row groups: [k * step^2, L]."""
+        s = self.step
+        g = rows.shape[0] // (s * s)
+        b0 = _seq_sum(rows.reshape(g * s, s, self.lanes))  # level-0 block sums [g*s, L]
+        b1 = _seq_sum(b0.reshape(g, s, self.lanes))  # what acc1 holds at each step^2 boundary [g, L]
+        for i in range(g):
+            np.add(self.acc2, b1[i], out=self.acc2)
+            self.groups += 1
+            if self.groups % s == 0:
+                np.add(self.acc3, self.acc2, out=self.acc3)
+                self.acc2[:] = 0
+        self.rows += g * s * s
+
+    def finish(self, tail: np.ndarray) -> np.ndarray:
+        """The remaining < step^2 rows; returns the lane sums (acc0 after the final fold)."""
+        s = self.step
+        nb = tail.shape[0] // s
+        acc1 = np.zeros(self.lanes, np.float32)
+        if nb:
+            b0 = _seq_sum(tail[: nb * s].reshape(nb, s, self.lanes))
+            for i in range(nb):
+                np.add(acc1, b0[i], out=acc1)
+        acc0 = np.zeros(self.lanes, np.float32)
+        for r in tail[nb * s:]:
+            np.add(acc0, r, out=acc0)
+        self.rows += tail.shape[0]
+        assert self.rows == self.size, (self.rows, self.size)
+        for a in (acc1, self.acc2, self.acc3):
+            np.add(acc0, a, out=acc0)
+        return acc0
+
+
+def _range_sum(read: Reader, start: int, count: int, v: int, piece: int) -> np.float32:
+    """`vectorized_inner_sum` + `row_sum` over elements [start, start + count) (count >= v)."""
+    nvec = count // v
+    size_ilp = nvec // ILP
+    lanes = ILP * v
+    mrs = _MultiRowSum(size_ilp, lanes)
+    gr = mrs.group_rows
+    rows_per_piece = max(1, piece // (lanes * gr)) * gr
+    done = 0  # rows fed
+    while size_ilp - done >= gr:
+        k = min(rows_per_piece, (size_ilp - done) // gr * gr)
+        mrs.feed(read(start + done * lanes, k * lanes).reshape(k, lanes))
+        done += k
+    rest = size_ilp - done
+    acc = mrs.finish(read(start + done * lanes, rest * lanes).reshape(rest, lanes))
+    groups = acc.reshape(ILP, v)
+    part = groups[0].copy()
+    left = nvec - size_ilp * ILP  # 0..3 vectors
+    if left:
+        extra = read(start + size_ilp * lanes, left * v).reshape(left, v)
+        for r in extra:
+            np.add(part, r, out=part)
+    for k in range(1, ILP):
+        np.add(part, groups[k], out=part)
+    final = np.float32(0)
+    ntail = count - nvec * v
+    if ntail:
+        for x in read(start + nvec * v, ntail):
+            final = np.float32(final + x)
+    for x in part:
+        final = np.float32(final + x)
+    return final
+
+
+def _scalar_range_sum(vals: np.ndarray) -> np.float32:
+    """`scalar_inner_sum` for a range shorter than one vector (row_sum with 4 scalar accumulators)."""
+    n = vals.shape[0]
+    size_ilp = n // ILP
+    acc = np.zeros(ILP, np.float32)
+    if size_ilp:
+        mrs = _MultiRowSum(size_ilp, ILP)
+        acc = mrs.finish(vals[: size_ilp * ILP].reshape(size_ilp, ILP).astype(np.float32))  # size_ilp < 16 rows
+    p0 = acc[0]
+    for x in vals[size_ilp * ILP:]:
+        p0 = np.float32(p0 + x)
+    for k in range(1, ILP):
+        p0 = np.float32(p0 + acc[k])
+    return p0
+
+
+def replay_sum(read: Reader, n: int, v: int, threads: int, piece: int = 1 << 22) -> np.float32:
+    """torch's float32 sum of n elements given by `read`, for V = v lanes and `threads` intra-op threads."""
+    if n == 0:
+        return np.float32(0)
+    if n < GRAIN or threads == 1:
+        bounds = [(0, n)]
+    else:
+        t = min(threads, -(-n // GRAIN))
+        c = -(-n // t)
+        bounds = [(b, min(n, b + c)) for b in range(0, n, c)]
+    slots = []
+    for b, e in bounds:
+        cnt = e - b
+        s = _range_sum(read, b, cnt, v, piece) if cnt >= v else _scalar_range_sum(read(b, cnt))
+        slots.append(np.float32(np.float32(0) + s))
+    if len(bounds) == 1:
+        return slots[0]
+    # the final reduce over `threads` slots (unused slots hold 0) is itself a scalar cascade_sum
+    buf = np.zeros(threads, np.float32)
+    buf[: len(slots)] = slots
+    return _scalar_range_sum(buf)
+
+
+_LANES: dict[int, int | None] = {}  # threads -> the V that reproduces torch here (None: none does)
+CANDIDATE_LANES = (16, 8, 4, 32)
+PROBE_SIZES = (7, 33, 4099, GRAIN - 1, GRAIN + 5, 3 * GRAIN + 17, 1_000_003)
+
+
+def calibrate(threads: int | None = None) -> int | None:
+    """The lane count V that makes `replay_sum` equal torch's float32 sum on every probe, or None."""
+    threads = threads or torch.get_num_threads()
+    if threads in _LANES:
+        return _LANES[threads]
+    g = torch.Generator().manual_seed(15)
+    probes = [torch.randn(n, generator=g).abs_() * 0.02 for n in PROBE_SIZES]
+    found = None
+    for v in CANDIDATE_LANES:
+        ok = True
+        for p in probes:
+            arr = p.numpy()
+            got = replay_sum(lambda s, c, arr=arr: arr[s:s + c], arr.size, v, threads, piece=1 << 16)
+            if got.tobytes() != p.sum().numpy().tobytes():
+                ok = False
+                break
+        if ok:
+            found = v
+            break
+    _LANES[threads] = found
+    return found
+
+
+def exact_sum(read: Reader, n: int, piece: int = 1 << 22) -> np.float32 | None:
+    """torch's float32 sum (at the current thread count) of n float32 elements from `read`, or None if this torch
+    build's reduction order could not be reproduced (see `calibrate`)."""
+    threads = torch.get_num_threads()
+    v = calibrate(threads)
+    if v is None:
+        return None
+    return replay_sum(read, n, v, threads, piece)

@@ -1,0 +1,208 @@
+"""Streaming paths (bounded memory) against the whole-tensor paths, byte for byte.
+
+Chunk sizes are shrunk with monkeypatch so that tiny models take the chunked code paths.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from bitconv import quant, torchsum
+from bitconv.errors import SourceError
+from bitconv.quant import ternarize, ternarize_blocks
+
+# awkward sizes: below/above one vector, the 4-vector row, the level steps (16, 32 rows), GRAIN and its halves
+SIZES = [(1, 1), (3, 5), (7, 9), (4, 33), (16, 129), (13, 1021), (128, 257), (3, 32768 // 3 + 1),
+         (2, 32769), (5, 13107), (97, 2049), (520, 1031)]
+
+
+def _reader(w: torch.Tensor):
+    flat = w.reshape(-1)
+    return lambda s, c: flat[s:s + c]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("n", [1, 7, 8, 31, 33, 127, 129, 4099, 32767, 32768, 32769, 65537, 98_303, 262_147,
+                               1_048_583])
+def test_replayed_sum_equals_torch(n, threads):
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        g = torch.Generator().manual_seed(n)
+        t = (torch.randn(n, generator=g) * 0.02).abs_()
+        arr = t.numpy()
+        got = torchsum.exact_sum(lambda s, c: arr[s:s + c], n, piece=1 << 12)
+        assert got is not None, "this torch build's reduction order was not reproduced"
+        assert got.tobytes() == t.sum().numpy().tobytes()
+    finally:
+        torch.set_num_threads(old)
+
+
+def test_replayed_sum_is_not_a_plain_sum():
+    """The replay reproduces torch's order, which differs from a sequential and from numpy's pairwise sum."""
+    g = torch.Generator().manual_seed(3)
+    t = (torch.rand(1_000_003, generator=g) * 10).float()
+    arr = t.numpy()
+    seq = np.cumsum(arr, dtype=np.float32)[-1]
+    assert seq.tobytes() != t.sum().numpy().tobytes()  # a naive order would not do
+    assert torchsum.exact_sum(lambda s, c: arr[s:s + c], arr.size).tobytes() == t.sum().numpy().tobytes()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("shape", SIZES)
+@pytest.mark.parametrize("block", [97, 4096, 1 << 20])
+def test_ternarize_blocks_equals_whole(shape, dtype, block):
+    g = torch.Generator().manual_seed(hash((shape, block)) % 1000)
+    w = (torch.randn(shape, generator=g) * 0.02).to(dtype)
+    if w.numel() > 4:  # exact threshold hits: values whose product with s lies on the 0.5 boundary
+        w.reshape(-1)[:3] = w.reshape(-1).abs().float().mean().to(dtype) / 2
+    whole = ternarize(w)
+    got = ternarize_blocks(_reader(w), tuple(shape), block=block)
+    assert got is not None
+    assert got.codes.dtype == np.int8 and got.codes.shape == tuple(shape)
+    assert np.array_equal(got.codes, whole.codes)
+    assert np.float32(got.scale).tobytes() == np.float32(whole.scale).tobytes()
+
+
+def test_ternarize_blocks_zero_and_nan():
+    z = torch.zeros(64, 300, dtype=torch.bfloat16)
+    got = ternarize_blocks(_reader(z), (64, 300), block=1000)
+    assert not got.codes.any() and got.scale == ternarize(z).scale
+    bad = torch.randn(64, 300).bfloat16()
+    bad[10, 17] = float("nan")
+    with pytest.raises(SourceError, match="NaN"):
+        ternarize_blocks(_reader(bad), (64, 300), name="x.weight", block=1000)
+
+
+def test_ternarize_blocks_catches_a_wrong_mean(monkeypatch):
+    """The comparison above can fail: a sum off by one ulp changes the scale bytes."""
+    g = torch.Generator().manual_seed(5)
+    w = (torch.randn(200, 700, generator=g) * 0.02).bfloat16()
+    real = torchsum.exact_sum
+    monkeypatch.setattr(torchsum, "exact_sum", lambda *a, **k: np.nextafter(real(*a, **k), np.float32(1)))
+    got = ternarize_blocks(_reader(w), (200, 700), block=4096)
+    assert np.float32(got.scale).tobytes() != np.float32(ternarize(w).scale).tobytes()
+
+
+def test_uncalibrated_build_falls_back(monkeypatch):
+    monkeypatch.setattr(torchsum, "exact_sum", lambda *a, **k: None)
+    w = torch.randn(8, 8).bfloat16()
+    assert ternarize_blocks(_reader(w), (8, 8)) is None
+
+
+def _files(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def test_pack_hf_streamed_equals_whole(models, tmp_path, monkeypatch):
+    from bitconv.pipeline import pack_hf, quantize
+
+    src = models("bitnet-2b4t")
+    pack_hf(src, tmp_path / "whole")
+    quantize(src, tmp_path / "whole-t")
+    monkeypatch.setattr(quant, "STREAM_MIN_ELEMS", 0)
+    monkeypatch.setattr(quant, "BLOCK_ELEMS", 1000)
+    pack_hf(src, tmp_path / "streamed")
+    quantize(src, tmp_path / "streamed-t")
+    assert _files(tmp_path / "streamed") == _files(tmp_path / "whole")
+    assert _files(tmp_path / "streamed-t") == _files(tmp_path / "whole-t")
+
+
+def test_writer_queue_is_bounded_in_bytes():
+    import threading
+
+    from bitconv.sinks.background import BackgroundWriter
+
+    gate = threading.Event()
+    bw = BackgroundWriter(max_bytes=100)
+    bw.submit(gate.wait, 60)  # runs (blocked) on the writer thread
+    bw.submit(lambda: None, 40)
+    blocked = threading.Thread(target=bw.submit, args=(lambda: None, 10))
+    blocked.start()
+    blocked.join(0.2)
+    assert blocked.is_alive()  # 60 + 40 + 10 > 100: waits for room
+    gate.set()
+    blocked.join(5)
+    assert not blocked.is_alive()
+    bw.submit(lambda: None, 500)  # bigger than the bound: admitted alone
+    bw.finish()
+    assert bw.peak_pending == 500
+
+
+def _codes(shape, seed=0):
+    rng = np.random.default_rng(seed)
+    c = rng.integers(-1, 2, size=shape).astype(np.int8)
+    c[:2] = 0  # all-zero blocks (TQ stores d = 0 there)
+    return c
+
+
+@pytest.mark.parametrize("layout_name", ["hf-autobitlinear", "hf-bitlinear", "gguf-i2-s", "gguf-tq1-0",
+                                         "gguf-tq2-0"])
+def test_layout_packs_in_blocks_like_whole(layout_name, monkeypatch):
+    from bitconv.layouts import get_layout, gguf_i2s, gguf_tq, hf_packed
+    from bitconv.tensors import Ternary
+
+    t = Ternary(_codes((96, 512)), np.float32(0.0123))
+    lay = get_layout(layout_name)
+    whole = lay.pack(t)
+    monkeypatch.setattr(hf_packed, "PACK_BLOCK_BYTES", 1000)  # 2 packed rows per block (out/4 = 24 rows)
+    monkeypatch.setattr(gguf_i2s, "PACK_BLOCKS", 7)
+    monkeypatch.setattr(gguf_tq, "PACK_BLOCKS", 5)
+    blocked = lay.pack(t)
+    assert whole.keys() == blocked.keys()
+    for k in whole:
+        assert whole[k].tobytes() == blocked[k].tobytes(), k
+    assert np.array_equal(lay.unpack(blocked, (96, 512)).codes, t.codes)
+
+
+def test_gguf_passthrough_in_row_blocks(models, tmp_path, monkeypatch):
+    from bitconv import pipeline_gguf
+
+    src = models("bitnet-2b4t")
+    pipeline_gguf.pack_gguf(src, tmp_path / "whole.gguf", "tq2_0")
+    monkeypatch.setattr(pipeline_gguf, "CHUNK_BYTES", 1000)  # embeddings a few rows at a time
+    monkeypatch.setattr(quant, "STREAM_MIN_ELEMS", 0)
+    monkeypatch.setattr(quant, "BLOCK_ELEMS", 777)
+    pipeline_gguf.pack_gguf(src, tmp_path / "blocks.gguf", "tq2_0")
+    assert (tmp_path / "blocks.gguf").read_bytes() == (tmp_path / "whole.gguf").read_bytes()
+
+
+def test_hf_copy_in_bounded_blocks_without_copy_file_range(models, tmp_path, monkeypatch):
+    import os
+
+    from bitconv import safetensors_io
+    from bitconv.pipeline import pack_hf
+
+    src = models("bitnet-2b4t")
+    pack_hf(src, tmp_path / "kernel")
+    monkeypatch.setattr(safetensors_io, "_COPY_CHUNK", 999)
+    monkeypatch.delattr(os, "copy_file_range", raising=False)
+    pack_hf(src, tmp_path / "blocks")
+    assert _files(tmp_path / "blocks") == _files(tmp_path / "kernel")
+
+
+@pytest.mark.parametrize("values", ["online", "dequantized"])
+def test_unpack_in_row_blocks_like_whole(models, tmp_path, monkeypatch, values):
+    from bitconv import pipeline
+
+    src = models("bitnet-2b4t")
+    pipeline.pack_hf(src, tmp_path / "packed")
+    pipeline.unpack_hf(tmp_path / "packed", tmp_path / "whole", values=values)
+    monkeypatch.setattr(pipeline, "DEQUANT_BLOCK_ELEMS", 100)  # a row or two per block
+    pipeline.unpack_hf(tmp_path / "packed", tmp_path / "blocks", values=values)
+    assert _files(tmp_path / "blocks") == _files(tmp_path / "whole")
+
+
+def test_planned_peak_counts_the_biggest_tensor(models, monkeypatch):
+    from bitconv import memory
+    from bitconv.pipeline import plan_pack_hf
+    from bitconv.sources import open_source
+
+    plan = plan_pack_hf(open_source(models("bitnet-2b4t")))
+    whole = plan.peak_bytes
+    big = max(s.tensor.numel for s in plan.steps if s.action == "pack")
+    assert whole >= memory.BASE_BYTES + big * (2 + 4 + 2 + 1)  # bf16 weight, |w| f32, signs, codes
+    monkeypatch.setattr(quant, "STREAM_MIN_ELEMS", 0)
+    assert plan.peak_bytes < whole + quant.BLOCK_ELEMS * 12
