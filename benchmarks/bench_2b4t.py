@@ -55,7 +55,7 @@ def generate(folder: Path) -> int:
     """Stream a synthetic master to folder/model.safetensors, one tensor in memory at a time."""
     import torch
 
-    from bitconv.safetensors_io import OutEntry, SafetensorsWriter
+    from bitconv.formats.safetensors import OutEntry, SafetensorsWriter
 
     folder.mkdir(parents=True)
     shapes = tensor_shapes()

@@ -79,7 +79,7 @@ def generate(folder: Path, size: str, sparse: bool, pattern: bool) -> None:
     import numpy as np
     import torch
 
-    from bitconv.safetensors_io import OutEntry, SafetensorsWriter
+    from bitconv.formats.safetensors import OutEntry, SafetensorsWriter
     from bitconv.sinks.hf import assign_shards, shard_names, write_json
 
     folder.mkdir(parents=True)

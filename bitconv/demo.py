@@ -22,6 +22,7 @@ from bitconv import pipeline, pipeline_gguf, tiny
 from bitconv.describe import describe
 from bitconv.quant import ternarize
 from bitconv.sources import open_source
+from bitconv.verify import verify
 
 BF16_REL = 2.0**-8  # bf16 keeps 8 significant bits: one rounding is within 2^-8 relative
 FP16_REL = 2.0**-11  # TQ blocks store the scale as fp16
@@ -80,7 +81,7 @@ def run_demo(workdir: str | Path | None = None, arch: str = "bitnet-2b4t",
     w = Path(workdir)
     say = on_step or (lambda s: None)
     say("building a tiny bf16 master")
-    master = tiny.make_tiny(w / "master", arch)
+    master = tiny.make_tiny(w / "master", arch, hidden_size=512)  # K = 512: a TL2 tiling bitnet.cpp runs
     tern, auto, bitl, repacked, unpacked = (w / n for n in (
         "ternary", "hf-autobitlinear", "hf-bitlinear", "hf-repacked", "hf-bf16"))
     steps: list[tuple[str, Path, Callable[[], object], Callable[[], tuple[bool, str]]]] = [
@@ -115,8 +116,6 @@ def run_demo(workdir: str | Path | None = None, arch: str = "bitnet-2b4t",
 
 def _verify_row(artifact: Path, master: Path) -> DemoRow:
     """`bitconv verify ARTIFACT --ref MASTER`: round trip + logit parity. (# issue 4)"""
-    from bitconv.verify import verify
-
     rep = verify(artifact, master)
     p = rep.parity.out_vs_ref
     msg = (f"round trip ok ({rep.roundtrip.compute}), logits top-1 {p.top1:.0%}, max |Δ| {p.rel_dlogit:.1%} of range"

@@ -17,7 +17,8 @@ Working set of one tensor of n elements (e = item size of its stored float dtype
 
 from __future__ import annotations
 
-from bitconv import dtypes, quant
+from bitconv import quant
+from bitconv.core import dtypes
 from bitconv.sinks.background import MAX_PENDING_BYTES
 
 BASE_BYTES = 330 << 20  # python + torch + numpy + bitconv imported (measured: 300-340 MiB on Linux x86-64)

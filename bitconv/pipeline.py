@@ -17,18 +17,19 @@ from pathlib import Path
 
 import numpy as np
 
-from bitconv import dtypes
-from bitconv._alloc import keep_freed_memory
-from bitconv.errors import UsageError
+from bitconv.core import dtypes
+from bitconv.core.alloc import keep_freed_memory
+from bitconv.core.errors import SourceError, UsageError
+from bitconv.core.naming import module_of
+from bitconv.core.tensors import FieldSpec, Ternary
+from bitconv.formats.safetensors import OutEntry
 from bitconv.layouts import Layout, get_layout
-from bitconv.layouts.hf_packed import HF_LAYOUTS
-from bitconv.naming import module_of
-from bitconv.output import AtomicOutput, check_free_space
-from bitconv.quant import COMPUTE_MODES, dequantize
-from bitconv.safetensors_io import OutEntry
+from bitconv.layouts.hf_packed import HF_LAYOUTS, bitnet_quant_config
+from bitconv.memory import peak_estimate
+from bitconv.output import AtomicOutput, check_free_space, precheck
+from bitconv.quant import COMPUTE_MODES, dequantize, online_lift
 from bitconv.sinks.hf import DEFAULT_MAX_SHARD_BYTES, HFSink
 from bitconv.sources import Checkpoint, ModelTensor, open_source
-from bitconv.tensors import FieldSpec, Ternary
 
 # (done, total, current name): output bytes for quantize / pack / unpack (so a renderer can show bytes/s and an
 # ETA), tensors for the Nanotron converter
@@ -66,7 +67,6 @@ class Plan:
     @property
     def peak_bytes(self) -> int:
         """Planned peak memory (`bitconv.memory`)."""
-        from bitconv.memory import peak_estimate
 
         return peak_estimate([(s.tensor, s.action, sum(f.nbytes for f in s.outputs.values())) for s in self.steps],
                              self.compute)
@@ -94,7 +94,21 @@ def _layout_steps(src: Checkpoint, layout: Layout) -> list[Step]:
             steps.append(Step(t, outs, "pack"))
         else:
             steps.append(Step(t, {t.name: FieldSpec(t.shape, t.dtype)}, "copy"))
+    _check_unique_outputs(steps, src)
     return steps
+
+
+def _check_unique_outputs(steps: list[Step], src: Checkpoint) -> None:
+    """Two source tensors that would write the same output tensor (e.g. a stored `q_proj.weight_scale` beside the
+    one packing makes) are refused before anything is written."""
+    seen: dict[str, str] = {}
+    for s in steps:
+        for name in s.outputs:
+            if name in seen:
+                raise SourceError(f"tensors {seen[name]!r} and {s.tensor.name!r} would both write output tensor "
+                                  f"{name!r}", path=src.path, hint="the checkpoint mixes master and quantized "
+                                  "tensors")
+            seen[name] = s.tensor.name
 
 
 def _check_compute(compute: str) -> None:
@@ -107,20 +121,6 @@ def _base_config(src: Checkpoint) -> dict:
     cfg.pop("bitconv", None)
     cfg.pop("auto_map", None)  # points at remote-code files that do not exist (spec hf-packed.md §3.3)
     return cfg
-
-
-def bitnet_quant_config(src_config: dict, linear_class: str, mode: str) -> dict:
-    """A `quantization_config` transformers loads without remote code; keeps `lm_head` out of conversion."""
-    qc: dict = {"quant_method": "bitnet", "linear_class": linear_class, "quantization_mode": mode}
-    old = src_config.get("quantization_config")
-    if isinstance(old, dict):
-        mtnc = old.get("modules_to_not_convert")
-        if isinstance(mtnc, list):  # an explicit list disables transformers' defaults (spec §3.2)
-            qc["modules_to_not_convert"] = mtnc if "lm_head" in mtnc else [*mtnc, "lm_head"]
-        for k in ("use_rms_norm", "rms_norm_eps"):
-            if k in old:
-                qc[k] = old[k]
-    return qc
 
 
 def _with_quant_config(cfg: dict, qc: dict) -> dict:
@@ -152,19 +152,6 @@ UNPACK_VALUES = ("online", "dequantized")
 # artifact and never takes it for the master. (config.json stays what transformers writes; loaders ignore extra
 # metadata keys.)
 UNPACKED_METADATA = {"format": "pt", "bitconv": "unpacked"}
-
-
-def online_lift(t: Ternary) -> Ternary:
-    """Codes with the magnitude transformers' online WeightQuant turns back into `t`'s scale.
-
-    Online mode re-derives the scale as mean|W|. For W = codes * b that is p * b (p = fraction of non-zero codes),
-    while every non-zero W * s = ±1/p rounds back to ±1. Storing b = scale / p therefore gives back the same codes
-    and the same scale (to bf16 rounding): the unpacked model *is* the packed model when loaded online.
-    """
-    nnz = int(np.count_nonzero(t.codes))
-    if nnz == 0:
-        return t
-    return Ternary(t.codes, np.float32(np.float64(t.scale) * t.codes.size / nnz))
 
 
 def plan_unpack_hf(src: Checkpoint, values: str = "online") -> Plan:
@@ -258,6 +245,7 @@ def quantize(src: str | Path, out: str | Path, *, compute: str = "float32", over
     Example:
         >>> quantize("bitnet-bf16", "bitnet-ternary")
     """
+    precheck(out, overwrite)
     return execute(plan_quantize(open_source(src), compute), out, overwrite=overwrite,
                    max_shard_bytes=max_shard_bytes, progress=progress)
 
@@ -266,6 +254,7 @@ def pack_hf(src: str | Path, out: str | Path, *, linear_class: str = "autobitlin
             overwrite: bool = False, max_shard_bytes: int | None = DEFAULT_MAX_SHARD_BYTES,
             progress: Progress | None = None) -> Report:
     """Write a transformers-loadable packed checkpoint. Already-ternary sources are never re-quantized."""
+    precheck(out, overwrite)
     return execute(plan_pack_hf(open_source(src), linear_class, compute), out, overwrite=overwrite,
                    max_shard_bytes=max_shard_bytes, progress=progress)
 
@@ -278,5 +267,6 @@ def unpack_hf(src: str | Path, out: str | Path, *, values: str = "online", overw
     transformers' online quantizer maps back to exactly these codes and this scale: the loaded model is the packed
     model. `values="dequantized"` writes plain `bf16(codes * scale)`; online mode then sees scale * p instead.
     """
+    precheck(out, overwrite)
     return execute(plan_unpack_hf(open_source(src), values), out, overwrite=overwrite,
                    max_shard_bytes=max_shard_bytes, progress=progress)

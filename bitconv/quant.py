@@ -17,8 +17,8 @@ import numpy as np
 import torch
 
 from bitconv import torchsum
-from bitconv.errors import SourceError
-from bitconv.tensors import Ternary
+from bitconv.core.errors import SourceError
+from bitconv.core.tensors import Ternary
 
 EPS = 1e-5
 COMPUTE_MODES = ("float32", "bfloat16")
@@ -177,3 +177,56 @@ def ternarize_blocks(read: BlockReader, shape: tuple[int, ...], *, name: str | N
 def dequantize(t: Ternary, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
     """codes * scale, computed in float32 and rounded once to `dtype`."""
     return (torch.from_numpy(t.codes).to(torch.float32) * float(t.scale)).to(dtype)
+
+
+# ------------------------------------------------------------------------------------------------------ lifting
+# The inverse direction: a float weight that ternarizes back to given codes and magnitude scale. Both forms put the
+# non-zeros at `lift_magnitude`: online_lift as a Ternary of that one magnitude (`unpack --values online`), lift as
+# bf16 weights split between the two bf16 neighbours of it (Nanotron latents, where mean|W| must match closely).
+
+
+def lift_magnitude(codes: np.ndarray | torch.Tensor, scale: float) -> float | None:
+    """b = scale * n / nnz: online WeightQuant re-derives mean|W| = b * nnz / n = scale and every ±b * (1/scale)
+    rounds back to ±1. None when every code is zero."""
+    a = np.asarray(codes)
+    nnz = int(np.count_nonzero(a))
+    return None if nnz == 0 else float(scale) * a.size / nnz
+
+
+def online_lift(t: Ternary) -> Ternary:
+    """Codes with the magnitude transformers' online WeightQuant turns back into `t`'s scale.
+
+    Online mode re-derives the scale as mean|W|. For W = codes * b that is p * b (p = fraction of non-zero codes),
+    while every non-zero W * s = ±1/p rounds back to ±1. Storing b = scale / p therefore gives back the same codes
+    and the same scale (to bf16 rounding): the unpacked model *is* the packed model when loaded online.
+    """
+    b = lift_magnitude(t.codes, t.scale)
+    return t if b is None else Ternary(t.codes, np.float32(b))
+
+
+def lift(codes: np.ndarray | torch.Tensor, scale: float) -> torch.Tensor:
+    """A bf16 weight whose absmean ternarization gives exactly `codes` and (to ~1e-7) magnitude `scale`.
+
+    Nonzeros get one of two adjacent bf16 magnitudes around `lift_magnitude` (scale * n / nnz), so that mean|W| ==
+    scale as closely as float32 allows; each |W| / mean|W| >= 1 rounds to ±1 (in float32 and in bf16 arithmetic),
+    zeros stay 0.
+    # ref: spec nanotron.md §3.3 (W_latent = W_tern / (s · mean|W_tern|)), in bitconv's magnitude convention
+    """
+    c = torch.as_tensor(np.asarray(codes)).to(torch.int8)
+    target = lift_magnitude(c, scale)
+    if target is None:
+        return torch.zeros(c.shape, dtype=torch.bfloat16)
+    n, nnz = c.numel(), int(torch.count_nonzero(c))
+    lo = torch.tensor(target, dtype=torch.float32).to(torch.bfloat16)
+    if float(lo) > target:
+        lo = torch.nextafter(lo, torch.tensor(0.0, dtype=torch.bfloat16))
+    hi = torch.nextafter(lo, torch.tensor(float("inf"), dtype=torch.bfloat16))
+    step = float(hi) - float(lo)
+    k = min(max(round((target - float(lo)) * nnz / step), 0), nnz) if step > 0 else 0
+    mags = torch.full((nnz,), float(lo), dtype=torch.bfloat16)
+    mags[:k] = hi
+    out = torch.zeros(n, dtype=torch.bfloat16)
+    flat = c.reshape(-1)
+    idx = torch.nonzero(flat, as_tuple=True)[0]
+    out[idx] = mags * flat[idx].to(torch.bfloat16)
+    return out.reshape(c.shape)

@@ -10,8 +10,9 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
-from bitconv.cli import app, parse_size
-from bitconv.errors import UsageError
+from bitconv.cli import app
+from bitconv.cli.app import parse_size
+from bitconv.core.errors import UsageError
 from bitconv.layouts import list_layouts
 from bitconv.sources import open_source
 

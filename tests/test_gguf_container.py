@@ -10,12 +10,12 @@ import gguf
 import numpy as np
 import pytest
 
-from bitconv.errors import LayoutError, SourceError, UsageError
-from bitconv.gguf import KV, TensorEntry, ValueType, build_header, read_gguf, write_gguf
-from bitconv.gguf.metadata import ARCHS, gguf_name, hf_name, permute_rows, resolve_arch, size_label, title
-from bitconv.gguf.quants import dequantize_q8_0, quantize_q8_0
-from bitconv.gguf.types import by_id, tensor_nbytes
-from bitconv.gguf.vocab import load_vocab, vocab_kvs
+from bitconv.core.errors import LayoutError, SourceError, UsageError
+from bitconv.formats.gguf import KV, TensorEntry, ValueType, build_header, read_gguf, write_gguf
+from bitconv.formats.gguf.metadata import ARCHS, gguf_name, hf_name, permute_rows, resolve_arch, size_label, title
+from bitconv.formats.gguf.quants import dequantize_q8_0, quantize_q8_0
+from bitconv.formats.gguf.types import by_id, tensor_nbytes
+from bitconv.formats.gguf.vocab import load_vocab, vocab_kvs
 from tests.conftest import GOLDEN
 
 GOLDEN_FILES = sorted(str(p.relative_to(GOLDEN)) for p in GOLDEN.glob("gguf-*/**/*.gguf"))
@@ -114,7 +114,7 @@ def test_gguf_py_reads_our_upstream_types(tmp_path):
 
 
 def test_writer_state_errors(tmp_path):
-    from bitconv.gguf import GGUFWriter
+    from bitconv.formats.gguf import GGUFWriter
 
     w = GGUFWriter(tmp_path / "w.gguf", [], [TensorEntry("a", (4,), 0, 16), TensorEntry("b", (4,), 0, 16)])
     with pytest.raises(RuntimeError, match="expected 'a'"):

@@ -18,9 +18,12 @@ import numpy as np
 import pytest
 from safetensors.torch import load_file
 
-from bitconv.errors import LayoutError, UsageError
-from bitconv.ggml_types import GGML_TYPES
-from bitconv.kernel_config import (
+from bitconv.core.errors import LayoutError, UsageError
+from bitconv.core.tensors import Ternary
+from bitconv.formats.gguf.ggml_types import GGML_TYPES
+from bitconv.layouts import get_layout
+from bitconv.layouts.gguf_i2s import pack_i2s_codes
+from bitconv.layouts.kernel_config import (
     PRESET_SHAPES,
     KernelConfig,
     KernelEntry,
@@ -29,10 +32,7 @@ from bitconv.kernel_config import (
     derive,
     derive_entry,
 )
-from bitconv.layouts import get_layout
-from bitconv.layouts.gguf_i2s import pack_i2s_codes
 from bitconv.quant import EPS, ternarize
-from bitconv.tensors import Ternary
 
 GOLDEN = Path(__file__).resolve().parent.parent / "fixtures" / "golden"
 GGUF_LAYOUTS = ["gguf-i2-s", "gguf-tl1", "gguf-tl2", "gguf-tq1-0", "gguf-tq2-0"]
@@ -329,7 +329,7 @@ def test_to_ini_equals_codegen_output(kind):
                              "--bm", ",".join(map(str, sms))]
 
 
-# setup_env.py gen_code() arguments, written out independently of bitconv.kernel_config's table
+# setup_env.py gen_code() arguments, written out independently of bitconv.layouts.kernel_config's table
 SETUP_ENV = {
     ("tl1", "bitnet_b1_58-large"): ["256,128,256", "128,64,128", "32,64,32"],
     ("tl1", "bitnet_b1_58-3B"): ["160,320,320", "64,128,64", "32,64,32"],

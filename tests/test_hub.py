@@ -15,9 +15,10 @@ import pytest
 from huggingface_hub import ModelCard, constants
 from typer.testing import CliRunner
 
-from bitconv import hub, pipeline
+from bitconv import pipeline
 from bitconv.cli import app
-from bitconv.sources import open_source
+from bitconv.publish import card
+from bitconv.sources import hub, open_source
 from tests.hubemu import MIB, HubEmulator
 
 TOKEN = "hf_bitconvEmulatorSecret0123456789"  # alice's
@@ -124,7 +125,7 @@ def test_repo_id_src_downloads_only_what_it_needs_then_pack_and_push(emu, packed
     out = tmp_path / "out"
     r = run("pack", "microsoft/tiny-bitnet", "-o", out, "--push-to-hub", "alice/tiny-packed", "--token", TOKEN)
     assert r.exit_code == 0, r.output
-    assert "/alice/tiny-packed/commit/" in r.stdout and hub._token(None) is None  # --token ends with the command
+    assert "/alice/tiny-packed/commit/" in r.stdout and hub.token_or_default(None) is None  # --token: one command
     fetched = {q["path"].split("/resolve/")[1].split("/", 1)[1] for q in emu.requests if "/resolve/" in q["path"]}
     assert "pytorch_model.bin" not in fetched and {"config.json", "model.safetensors", "README.md"} <= fetched
     files = emu.read_files("alice/tiny-packed")
@@ -236,7 +237,7 @@ def test_failed_verify_is_refused_unless_forced(emu, packed, copy_dir):
     art = copy_dir(packed["small"], "art")
     report = {"ok": False, "exit_code": 1, "findings": [{"check": "roundtrip", "severity": "error",
                                                          "message": "q_proj.weight: inverted scale"}]}
-    (art / hub.VERIFY_REPORT).write_text(json.dumps(report))
+    (art / card.VERIFY_REPORT).write_text(json.dumps(report))
     before = emu.request_count
     err = _one_line_error(run("upload", art, "alice/bad", "--token", TOKEN), "refusing", "--force",
                           "inverted scale")
@@ -244,7 +245,7 @@ def test_failed_verify_is_refused_unless_forced(emu, packed, copy_dir):
     r = run("upload", art, "alice/bad", "--token", TOKEN, "--force")
     assert r.exit_code == 0, r.output
     files = emu.read_files("alice/bad")
-    assert hub.VERIFY_REPORT in files and "FAILED" in files["README.md"].decode()
+    assert card.VERIFY_REPORT in files and "FAILED" in files["README.md"].decode()
 
 
 def test_upload_errors_are_one_line(emu, packed, tmp_path):

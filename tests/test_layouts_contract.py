@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from bitconv import dtypes
-from bitconv.errors import FormatError, LayoutError
+from bitconv.core import dtypes
+from bitconv.core.errors import FormatError, LayoutError
+from bitconv.core.tensors import Ternary
 from bitconv.layouts import get_layout, list_layouts
 from bitconv.layouts.hf_packed import pack_codes, unpack_codes
-from bitconv.tensors import Ternary
 
 # Storage precision of each layout's scale (relative). F32 scales are exact; BF16 keeps 8 significant bits.
 SCALE_REL_TOL = {"F32": 0.0, "BF16": 2.0**-8, "F16": 2.0**-11}
@@ -98,7 +98,7 @@ def test_refused_shapes_raise_layout_error_naming_the_rule(name, shape, rule):
 def test_tl_kernel_config_without_the_shape_is_refused(name):
     """A given kernel_config.ini is the tiling the runtime was built with: a shape it lacks is refused, not
     derived."""
-    from bitconv.kernel_config import derive
+    from bitconv.layouts.kernel_config import derive
 
     lay = get_layout(name, kernel_config=derive(name.removeprefix("gguf-"), [(64, 256)]))
     assert lay.spec((64, 256))

@@ -23,16 +23,16 @@ from typer.testing import CliRunner
 from bitconv import pipeline
 from bitconv.cli import app
 from bitconv.cli.convert import check_options
-from bitconv.errors import SourceError, UsageError
-from bitconv.nanotron import convert as nc
-from bitconv.nanotron import format as nt
-from bitconv.nanotron import yamlish
+from bitconv.core.errors import OutputError, SourceError, UsageError
+from bitconv.formats.nanotron import format as nt
+from bitconv.formats.nanotron import yamlish
+from bitconv.formats.safetensors import read_header
 from bitconv.output import TMP_PREFIX
-from bitconv.quant import ternarize
-from bitconv.safetensors_io import read_header
+from bitconv.quant import lift, ternarize
+from bitconv.sinks import nanotron as nc
 from bitconv.sources import open_source
+from bitconv.sources.checkpoint import load_torch
 from bitconv.sources.nanotron import NanotronCheckpoint, open_nanotron
-from bitconv.sources.safetensors import load_torch
 
 TARBALL = Path(__file__).resolve().parent.parent / "fixtures" / "nanotron" / "tiny_nanotron_ckpts.tar.gz"
 NAMES = ("bitnet_tp1", "bitnet_tp2", "bitnet_pp2", "llama_tp1", "llama_tp2", "llama_tp2_tied", "llama_pp2_tied",
@@ -438,13 +438,13 @@ def test_lift_reproduces_codes_and_scale():
     g = torch.Generator().manual_seed(3)
     for shape, scale in (((64, 48), 0.0123), ((7, 5), 3.5), ((256, 33), 1e-3)):
         codes = torch.randint(-1, 2, shape, generator=g).to(torch.int8).numpy()
-        w = nc.lift(codes, scale)
+        w = lift(codes, scale)
         assert w.dtype == torch.bfloat16
         for compute in ("float32", "bfloat16"):
             t = ternarize(w, compute)
             assert np.array_equal(t.codes, codes)
         assert abs(ternarize(w).scale - scale) / scale < 2e-5
-    assert not nc.lift(np.zeros((4, 4), np.int8), 0.5).any()
+    assert not lift(np.zeros((4, 4), np.int8), 0.5).any()
 
 
 @pytest.mark.slow
@@ -608,7 +608,7 @@ def test_failed_convert_leaves_nothing(ntfx, broken, tmp_path, monkeypatch):
     for to in ("hf-bf16", "nanotron"):
         r = runner.invoke(app, ["convert", str(src), "-o", str(out_dir / to), "--to", to])
         assert r.exit_code == 2 and "missing rank" in r.output and r.output.count("\n") == 1
-    # a failure in the middle of writing: the temporary folder is removed, OUT never appears
+    # a failure in the middle of writing: one OutputError line, the temporary folder is removed, OUT never appears
     calls = []
 
     def failing(*a, **kw):
@@ -619,7 +619,7 @@ def test_failed_convert_leaves_nothing(ntfx, broken, tmp_path, monkeypatch):
 
     real = nc.write_param
     monkeypatch.setattr(nc, "write_param", failing)
-    with pytest.raises(OSError, match="disk on fire"):
+    with pytest.raises(OutputError, match="cannot write: disk on fire"):
         nc.to_nanotron(ntfx / "llama_tp1", out_dir / "mid")
     assert list(out_dir.iterdir()) == [] and not any(p.name.startswith(TMP_PREFIX) for p in out_dir.iterdir())
 

@@ -10,9 +10,9 @@ import torch
 from safetensors.torch import load_file
 
 from bitconv import pipeline
-from bitconv.errors import LayoutError, OutputError, UsageError
+from bitconv.core.errors import LayoutError, OutputError, UsageError
 from bitconv.output import TMP_PREFIX
-from bitconv.quant import dequantize, ternarize
+from bitconv.quant import dequantize, online_lift, ternarize
 from bitconv.sources import open_source
 
 from .conftest import tree_hash
@@ -88,7 +88,7 @@ def test_unpack_values(models, tmp_path, values):
         if values == "dequantized":
             assert torch.equal(got, dequantize(tern))  # exactly bf16(codes * scale)
         else:
-            assert torch.equal(got, dequantize(pipeline.online_lift(tern)))
+            assert torch.equal(got, dequantize(online_lift(tern)))
             # transformers' online WeightQuant gives back the same codes and the scale within one bf16 rounding
             again = ternarize(got)
             np.testing.assert_array_equal(again.codes, tern.codes)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from bitconv.errors import SourceError
+from bitconv.core.errors import SourceError
 from bitconv.quant import ternarize
 
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from bitconv import pipeline
-from bitconv.errors import SourceError
-from bitconv.safetensors_io import read_header
+from bitconv.core.errors import SourceError
+from bitconv.formats.safetensors import read_header
 from bitconv.sources import open_source
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from bitconv import quant, torchsum
-from bitconv.errors import SourceError
+from bitconv.core.errors import SourceError
 from bitconv.quant import ternarize, ternarize_blocks
 
 # awkward sizes: below/above one vector, the 4-vector row, the level steps (16, 32 rows), GRAIN and its halves
@@ -141,8 +141,8 @@ def _codes(shape, seed=0):
 @pytest.mark.parametrize("layout_name", ["hf-autobitlinear", "hf-bitlinear", "gguf-i2-s", "gguf-tq1-0",
                                          "gguf-tq2-0"])
 def test_layout_packs_in_blocks_like_whole(layout_name, monkeypatch):
+    from bitconv.core.tensors import Ternary
     from bitconv.layouts import get_layout, gguf_i2s, gguf_tq, hf_packed
-    from bitconv.tensors import Ternary
 
     t = Ternary(_codes((96, 512)), np.float32(0.0123))
     lay = get_layout(layout_name)
@@ -172,7 +172,7 @@ def test_gguf_passthrough_in_row_blocks(models, tmp_path, monkeypatch):
 def test_hf_copy_in_bounded_blocks_without_copy_file_range(models, tmp_path, monkeypatch):
     import os
 
-    from bitconv import safetensors_io
+    from bitconv.formats import safetensors as safetensors_io
     from bitconv.pipeline import pack_hf
 
     src = models("bitnet-2b4t")

@@ -23,13 +23,13 @@ from typer.testing import CliRunner
 
 from bitconv import pipeline
 from bitconv.cli import app
-from bitconv.errors import FormatError, SourceError, UsageError
-from bitconv.gguf.kv import KV, ValueType, encode_string
-from bitconv.gguf.reader import read_gguf
-from bitconv.gguf.types import pad
-from bitconv.gguf.writer import MAGIC
+from bitconv.core.errors import FormatError, SourceError, UsageError
+from bitconv.formats.gguf.kv import KV, ValueType, encode_string
+from bitconv.formats.gguf.reader import read_gguf
+from bitconv.formats.gguf.types import pad
+from bitconv.formats.gguf.writer import MAGIC
+from bitconv.formats.safetensors import read_header
 from bitconv.pipeline_gguf import pack_gguf
-from bitconv.safetensors_io import read_header
 from bitconv.sources import open_source
 from bitconv.verify import Thresholds, verify
 from bitconv.verify.check import check
@@ -189,7 +189,7 @@ def test_verify_against_itself_is_refused(repo, tmp_path):
 
 
 def _poke_packed(folder: Path, value: int) -> str:
-    from bitconv.safetensors_io import read_header as rh
+    from bitconv.formats.safetensors import read_header as rh
 
     infos, _ = rh(folder / "model.safetensors")
     name = next(n for n, t in infos.items() if t.dtype == "U8")
@@ -234,8 +234,8 @@ def test_bad_stored_scale_is_a_verification_failure(repo, tmp_path, value):
         f.write(np.array([value], dtype="<f4").tobytes())
     rep = verify(bad, repo / "master", run_parity=False)
     assert rep.exit_code == 1
-    assert any(f.fault == "content" and "finite and positive" in f.message for f in rep.findings)
-    with pytest.raises(FormatError, match="finite and positive"):
+    assert any(f.fault == "content" and "finite and > 0" in f.message for f in rep.findings)
+    with pytest.raises(FormatError, match="finite and > 0"):
         pipeline.pack_hf(bad, tmp_path / "o")
 
 

@@ -38,7 +38,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from bitconv import pipeline
-from bitconv.errors import UsageError
+from bitconv.core.errors import UsageError
 from bitconv.sources import open_source
 from bitconv.verify.reference import RefConfig, Weights, forward, reference_logits
 

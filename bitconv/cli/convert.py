@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from bitconv.cli import (
+from bitconv.cli import render
+from bitconv.cli.app import (
     ComputeOpt,
     JsonOpt,
     OutOpt,
@@ -18,9 +19,8 @@ from bitconv.cli import (
     app,
     handle_errors,
     parse_size,
-    render,
 )
-from bitconv.errors import UsageError
+from bitconv.core.errors import UsageError
 from bitconv.sources import Checkpoint
 
 TARGETS = ("hf-bf16", "nanotron")
@@ -71,7 +71,7 @@ def convert(src: SrcArg, out: OutOpt, to: ToOpt, purpose: ForOpt = None, scale_g
             compute: ComputeOpt = "float32", overwrite: OverwriteOpt = False, max_shard_size: ShardOpt = "5GB",
             json: JsonOpt = False) -> None:
     """Convert between Nanotron checkpoints (any TP/PP) and HF: --to hf-bf16 or --to nanotron."""
-    from bitconv.nanotron import convert as nc
+    from bitconv.sinks import nanotron as nc
 
     check_options(to, scale_granularity, tp, make_vocab_size_divisible_by, nanotron_model, pp, purpose)
     with render.progress("convert", not json, unit="bytes" if to == "hf-bf16" else "tensors") as cb:
@@ -80,6 +80,9 @@ def convert(src: SrcArg, out: OutOpt, to: ToOpt, purpose: ForOpt = None, scale_g
                            compute=compute, overwrite=overwrite, max_shard_bytes=parse_size(max_shard_size),
                            progress=cb)
         else:
+            from bitconv.output import precheck
+
+            precheck(out, overwrite)  # before SRC is read
             source = _nanotron_source(src, vocab_size)
             rep = nc.to_nanotron(source, out, tp=tp, pp=pp,
                                  make_vocab_size_divisible_by=make_vocab_size_divisible_by, model=nanotron_model,

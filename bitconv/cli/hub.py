@@ -1,4 +1,4 @@
-"""`bitconv upload` and the `--push-to-hub` / `--token` options of `bitconv pack`: parse, call bitconv.hub, render."""
+"""`bitconv upload` and `bitconv pack`'s `--push-to-hub` / `--token` options: parse, call bitconv.publish, render."""
 
 from __future__ import annotations
 
@@ -7,8 +7,11 @@ from typing import Annotated
 
 import typer
 
-from bitconv import hub
-from bitconv.cli import JsonOpt, app, handle_errors, render
+from bitconv.cli import render
+from bitconv.cli.app import JsonOpt, app, handle_errors
+from bitconv.publish.card import UploadResult
+from bitconv.publish.upload import upload as publish
+from bitconv.sources import hub
 
 
 def _register_token(ctx: typer.Context, value: str | None) -> str | None:
@@ -45,12 +48,12 @@ def upload(out: Annotated[Path, typer.Argument(help="artifact: an output folder 
                                                "failed")] = False,
            token: TokenOpt = None, json: JsonOpt = False) -> None:
     """Publish OUT to the Hub with a generated model card (README.md); prints the commit or PR URL."""
-    res = hub.upload(out, repo_id, revision=revision, create_pr=create_pr, private=private,
-                     commit_message=commit_message, dry_run=dry_run, force=force, token=token, base_model=base_model)
+    res = publish(out, repo_id, revision=revision, create_pr=create_pr, private=private,
+                  commit_message=commit_message, dry_run=dry_run, force=force, token=token, base_model=base_model)
     print_result(res, json)
 
 
-def print_result(res: hub.UploadResult, as_json: bool) -> None:
+def print_result(res: UploadResult, as_json: bool) -> None:
     """The plan (files, warnings, and the card on a dry run), then the URL."""
     if as_json:
         render.print_json(res.to_dict())
@@ -80,7 +83,7 @@ def push_after_pack(out: Path, repo_id: str | None, src: Path, token: str | None
     if dry_run:
         render.warning(f"--dry-run: nothing packed, so nothing pushed to {repo_id}")
         return
-    res = hub.upload(out, repo_id, token=token, base_model=hub.base_model_of(src))
+    res = publish(out, repo_id, token=token, base_model=hub.base_model_of(src))
     if as_json:
         typer.echo(f"pushed to {res.url}", err=True)
         return

@@ -9,8 +9,10 @@ from typing import Annotated
 
 import typer
 
-from bitconv.cli import app, handle_errors, render
-from bitconv.errors import UsageError
+from bitconv.cli import render
+from bitconv.cli.app import app, handle_errors
+from bitconv.core.errors import UsageError
+from bitconv.output import check_report_path, write_report
 from bitconv.verify import Thresholds, VerifyReport, verify
 from bitconv.verify.check import CheckReport, check, check_markdown, check_suites
 from bitconv.verify.report import summary_lines, to_json, to_junit, verify_markdown, verify_suite
@@ -47,22 +49,30 @@ def _thresholds(max_rel: float | None, max_abs: float | None, max_kl: float | No
     return Thresholds(**given, given=frozenset(given))
 
 
-def _write(path: str | Path, text: str, append: bool = False) -> None:
+def _write(path: str | Path, text: str, append: bool = False, inputs: tuple[Path, ...] = ()) -> None:
+    """A report file: never one of the inputs (compared by device and inode), written atomically (a temporary
+    beside it, renamed into place); `append` (the CI step summary) appends."""
     try:
-        with open(path, "a" if append else "w", encoding="utf-8") as f:
-            f.write(text)
+        if append:
+            with open(path, "a", encoding="utf-8") as f:
+                f.write(text)
+            return
+        write_report(Path(path), text, inputs)
     except OSError as e:
         raise UsageError(f"cannot write report: {e.strerror or e}", path=path) from None
 
 
 def _emit(report: VerifyReport | CheckReport, json_file: str | None, junit: Path | None, suites: list,
-          markdown: str) -> None:
+          markdown: str, inputs: tuple[Path, ...] = ()) -> None:
+    for p in (json_file if json_file != "-" else None, junit):
+        if p:
+            check_report_path(Path(p), inputs)  # before any report is written
     if json_file == "-":
         render.print_json(report.to_dict())
     elif json_file:
-        _write(json_file, to_json(report))
+        _write(json_file, to_json(report), inputs=inputs)
     if junit:
-        _write(junit, to_junit(suites))
+        _write(junit, to_junit(suites), inputs=inputs)
     summary = os.environ.get("GITHUB_STEP_SUMMARY")
     if summary:
         _write(summary, markdown + "\n", append=True)
@@ -96,14 +106,18 @@ def verify_command(
     min_top1: Top1Opt = None, min_top5: Top5Opt = None, strict: StrictOpt = False,
     bitlinear: Annotated[str, typer.Option("--bitlinear", help="BitLinear arithmetic to emulate: compiled "
                                            "(transformers' default) or eager (TORCHDYNAMO_DISABLE=1)")] = "compiled",
+    runtime: Annotated[str | None, typer.Option("--runtime", help="also run OUT (a .gguf) in this runtime and "
+                                                "judge its logits: llama.cpp (needs pip install "
+                                                "'bitconv[llamacpp]')", show_default=False)] = None,
 ) -> None:
-    """Prove OUT right against its bf16 master: tensor round trip, compute mode, logit parity. Exit 1 on a fault."""
+    """Prove OUT right against its bf16 master: tensor round trip, compute mode, logit parity, and with --runtime
+    the file run in a real runtime. Exit 1 on a fault."""
     th = _thresholds(max_rel_dlogit, max_dlogit, max_kl, min_top1, min_top5)
     with render.progress("verify", json != "-") as cb:
         rep = verify(out, ref, run_parity=parity, thresholds=th, prompt=prompt, tokens_file=tokens,
-                     bitlinear=bitlinear, progress=(lambda stage, i, n: cb(i, n, stage)) if cb else None,
-                     strict=strict)
-    _emit(rep, json, junit, [verify_suite(rep)], verify_markdown(rep))
+                     bitlinear=bitlinear, runtime=runtime, strict=strict,
+                     progress=(lambda stage, i, n: cb(i, n, stage)) if cb else None)
+    _emit(rep, json, junit, [verify_suite(rep)], verify_markdown(rep), (out, ref, *((tokens,) if tokens else ())))
     if json != "-":
         _print_verify(rep)
     raise typer.Exit(rep.exit_code)
@@ -154,7 +168,7 @@ def check_command(
     say = None if json == "-" else (lambda p: render.err.print(f"· verifying {p}"))
     rep = check(path, ref=ref, config_only=config_only, run_parity=parity, thresholds=th, strict=strict,
                 on_item=say)
-    _emit(rep, json, junit, check_suites(rep), check_markdown(rep))
+    _emit(rep, json, junit, check_suites(rep), check_markdown(rep), (path, *((ref,) if ref else ())))
     if json != "-":
         _print_check(rep)
     raise typer.Exit(rep.exit_code)

@@ -33,10 +33,10 @@ from typing import ClassVar
 
 import numpy as np
 
-from bitconv.errors import FormatError, LayoutError
-from bitconv.layouts import Layout
+from bitconv.core.errors import FormatError, LayoutError
+from bitconv.core.tensors import FieldSpec, Ternary
+from bitconv.layouts.registry import Layout
 from bitconv.quant import EPS
-from bitconv.tensors import FieldSpec, Ternary
 
 QK = 64  # weights per block (QK_IQ1BN)
 RUNTIME = "ik_llama.cpp"

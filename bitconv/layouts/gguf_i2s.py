@@ -28,9 +28,9 @@ from typing import ClassVar
 
 import numpy as np
 
-from bitconv.errors import FormatError, LayoutError
-from bitconv.layouts import Layout
-from bitconv.tensors import FieldSpec, Ternary, checked_scale
+from bitconv.core.errors import FormatError, LayoutError
+from bitconv.core.tensors import FieldSpec, Ternary, checked_scale
+from bitconv.layouts.registry import Layout
 
 BLOCK = 128  # elements per block
 BLOCK_BYTES = 32

@@ -26,7 +26,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from bitconv.errors import FormatError
+from bitconv.core.errors import FormatError
 from bitconv.layouts._ikbn import QK, IKBNLayout
 
 _SHIFTS = np.array([0, 2, 4, 6], dtype=np.uint8).reshape(1, 4, 1)

@@ -27,9 +27,9 @@ from typing import ClassVar
 
 import numpy as np
 
-from bitconv.errors import FormatError, LayoutError
+from bitconv.core.errors import FormatError, LayoutError
+from bitconv.core.tensors import FieldSpec, Ternary
 from bitconv.layouts._ikbn import QK, IKBNLayout, check_in_features, row_trits, ternary_from_rows
-from bitconv.tensors import FieldSpec, Ternary
 
 R = 4  # rows per group
 _SHIFTS = np.array([0, 2, 4, 6], dtype=np.uint8).reshape(1, 1, 1, 1, 4, 1)

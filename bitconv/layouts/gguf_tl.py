@@ -1,7 +1,7 @@
 """bitnet.cpp's TL1 (ARM) and TL2 (x86) GGUF tensor data: LUT-kernel tile order + a hidden float32 scale slot.
 
 Both layouts store the ternary weight t [M, K] (M = out_features = ne1, K = in_features = ne0) in the order the
-kernel compiled for (M, K) reads it, tiled by (BM, BK, bm) from a `KernelConfig` (`bitconv.kernel_config`).
+kernel compiled for (M, K) reads it, tiled by (BM, BK, bm) from a `KernelConfig` (`bitconv.layouts.kernel_config`).
 
 | field  | shape                | dtype | meaning                                                                  |
 |--------|----------------------|-------|--------------------------------------------------------------------------|
@@ -43,11 +43,12 @@ from typing import ClassVar
 
 import numpy as np
 
-from bitconv.errors import LayoutError, UsageError
-from bitconv.kernel_config import KernelConfig, KernelEntry, derive_entry, tl2_payload_nbytes
-from bitconv.layouts import Layout
+from bitconv.core.errors import LayoutError, UsageError
+from bitconv.core.tensors import FieldSpec, Ternary, checked_scale
+from bitconv.formats.gguf.types import tl2_payload_nbytes
 from bitconv.layouts.gguf_i2s import SCALE_SLOT, read_scale, scale_slot
-from bitconv.tensors import FieldSpec, Ternary, checked_scale
+from bitconv.layouts.kernel_config import KernelConfig, KernelEntry, derive_entry
+from bitconv.layouts.registry import Layout
 
 SIG = np.array([0, 2, 1, 3])  # row-group swizzle inside each 32-row TL2 group (its own inverse)
 _TL1_PERM = (0, 4, 1, 5, 2, 6, 3, 7)

@@ -35,10 +35,10 @@ from typing import ClassVar
 
 import numpy as np
 
-from bitconv.errors import LayoutError
-from bitconv.layouts import Layout
+from bitconv.core.errors import LayoutError
+from bitconv.core.tensors import FieldSpec, Ternary
+from bitconv.layouts.registry import Layout
 from bitconv.quant import EPS
-from bitconv.tensors import FieldSpec, Ternary
 
 QK = 256  # weights per block
 PACK_BLOCKS = 1 << 14  # 256-weight blocks packed per step (4 MiB of codes)

@@ -19,9 +19,9 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
-from bitconv.errors import FormatError, LayoutError
-from bitconv.layouts import Layout
-from bitconv.tensors import FieldSpec, Ternary
+from bitconv.core.errors import FormatError, LayoutError
+from bitconv.core.tensors import FieldSpec, Ternary
+from bitconv.layouts.registry import Layout
 
 VALUES_PER_BYTE = 4
 
@@ -111,3 +111,17 @@ class HFBitLinear(_HFPacked, name="hf-bitlinear", container="hf"):
 
 
 HF_LAYOUTS = {"autobitlinear": "hf-autobitlinear", "bitlinear": "hf-bitlinear"}
+
+
+def bitnet_quant_config(src_config: dict, linear_class: str, mode: str) -> dict:
+    """A `quantization_config` transformers loads without remote code; keeps `lm_head` out of conversion."""
+    qc: dict = {"quant_method": "bitnet", "linear_class": linear_class, "quantization_mode": mode}
+    old = src_config.get("quantization_config")
+    if isinstance(old, dict):
+        mtnc = old.get("modules_to_not_convert")
+        if isinstance(mtnc, list):  # an explicit list disables transformers' defaults (spec §3.2)
+            qc["modules_to_not_convert"] = mtnc if "lm_head" in mtnc else [*mtnc, "lm_head"]
+        for k in ("use_rms_norm", "rms_norm_eps"):
+            if k in old:
+                qc[k] = old[k]
+    return qc

@@ -14,8 +14,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from bitconv.layouts import Layout
-from bitconv.tensors import FieldSpec, Ternary
+from bitconv.core.tensors import FieldSpec, Ternary
+from bitconv.layouts.registry import Layout
 
 
 class TernaryInt8(Layout, name="bitconv-ternary", container="hf"):

@@ -1,117 +1,47 @@
 """Lazy tensor sources: a checkpoint as name -> loader, one tensor resident at a time.
 
-`open_source(path)` sniffs what `path` is and returns a `Checkpoint`. Every kind exposes the same logical view:
-HF tensor names with logical shapes; ternary projections give a `Ternary` (quantized on the fly from a master,
-decoded from packed/ternary storage), everything else is passed through byte for byte.
+`open_source(path)` sniffs what `path` is and returns a `Checkpoint` (`bitconv.sources.checkpoint`):
+
+    bitconv.sources.safetensors   HF-layout folders (bf16 master, bitconv ternary, HF packed)
+    bitconv.sources.gguf          .gguf files
+    bitconv.sources.nanotron      Nanotron checkpoint folders
+    bitconv.sources.hub           a Hub repo id as SRC (downloaded into the HF cache)
+    bitconv.sources.validate      config.json vs weights checks, run when a source is opened
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
+import os
 from pathlib import Path
 
-import numpy as np
-import torch
+from bitconv.core import safeio
+from bitconv.core.errors import SourceError
+from bitconv.core.pickled import not_a_checkpoint
+from bitconv.sources import hub
+from bitconv.sources.checkpoint import KINDS, Checkpoint, ModelTensor, is_nanotron_dir
+from bitconv.sources.gguf import open_gguf
+from bitconv.sources.nanotron import open_nanotron
+from bitconv.sources.safetensors import open_safetensors_dir
 
-from bitconv.errors import SourceError
-from bitconv.safetensors_io import TensorInfo
-from bitconv.tensors import Ternary
-
-# What a checkpoint is; `inspect` prints these ids.
-KINDS = {
-    "bf16-master": "bf16 master weights (HF layout)",
-    "bitconv-ternary": "bitconv ternary checkpoint (int8 codes + float32 scales)",
-    "hf-packed": "transformers packed BitNet checkpoint (uint8, 4 codes per byte)",
-    "gguf": "GGUF file (bitnet.cpp I2_S/TL1/TL2, llama.cpp TQ1_0/TQ2_0, ik_llama.cpp IQ1_BN/IQ2_BN, or float)",
-    "nanotron": "Nanotron checkpoint folder (TP/PP shards of bf16 latent weights)",
-}
-
-
-@dataclass
-class ModelTensor:
-    """One logical tensor of a model. Exactly one of `ternary_loader` / `stored` describes its data.
-
-    A passthrough tensor that is not a plain stored tensor (e.g. GGUF Q8_0) has a `loader` giving it as a fresh
-    torch tensor of `dtype`; `stored` then only accounts for its bytes.
-    """
-
-    name: str
-    shape: tuple[int, ...]
-    dtype: str  # stored dtype (passthrough) or storage dtype of the ternary data ("BF16" master, "U8", "I8")
-    stored: list[TensorInfo] = field(default_factory=list)  # the stored tensors behind it
-    ternary_loader: Callable[[str], Ternary] | None = None
-    loader: Callable[[], torch.Tensor] | None = None
-
-    @property
-    def is_ternary(self) -> bool:
-        return self.ternary_loader is not None
-
-    def ternary(self, compute: str = "float32") -> Ternary:
-        assert self.ternary_loader is not None, self.name
-        return self.ternary_loader(compute)
-
-    @property
-    def numel(self) -> int:
-        return int(np.prod(self.shape))
-
-    @property
-    def stored_bytes(self) -> int:
-        return sum(t.nbytes for t in self.stored)
-
-
-@dataclass
-class Checkpoint:
-    """An opened checkpoint: config, logical tensors, and the side files (tokenizer, ...) that travel with it."""
-
-    path: Path
-    kind: str
-    config: dict
-    tensors: dict[str, ModelTensor]
-    aux_files: list[Path]
-    files: list[Path]  # weight files
-    layout: str | None = None  # the packed layout of ternary tensors, e.g. "hf-autobitlinear"
-    compute: str | None = None  # how stored codes were made, when known
-
-    def ternary_tensors(self) -> list[ModelTensor]:
-        return [t for t in self.tensors.values() if t.is_ternary]
-
-    def load_passthrough(self, name: str) -> torch.Tensor:
-        from bitconv.sources.safetensors import load_torch
-
-        t = self.tensors[name]
-        return t.loader() if t.loader is not None else load_torch(t.stored[0])
-
-
-def is_nanotron_dir(p: Path) -> bool:
-    """A Nanotron checkpoint: a model/ tree of TP/PP shards beside its metadata."""
-    metadata = ("checkpoint_metadata.json", "model_config.json")
-    return (p / "model").is_dir() and any((p / m).is_file() for m in metadata)
+__all__ = ["KINDS", "Checkpoint", "ModelTensor", "is_nanotron_dir", "open_source"]
 
 
 def open_source(path: str | Path) -> Checkpoint:
     """Open SRC: a folder holding an HF-layout checkpoint (bf16 master, bitconv ternary or HF packed), or a .gguf."""
     p = Path(path)
     if not p.exists():
-        from bitconv import hub  # not a local path: a Hub repo id (owner/name[@revision]) is downloaded
-
+        # not a local path: a Hub repo id (owner/name[@revision]) is downloaded
         if not hub.is_repo_ref(p):
             raise SourceError("no such file or folder", path=p)
         p = hub.resolve(str(p))
+    elif p.is_symlink() and not safeio.link_allowed(p):
+        p = Path(os.path.realpath(p))  # SRC itself may be a link the user made: read what it names
     if p.is_file() and p.suffix.lower() == ".gguf":
-        from bitconv.sources.gguf import open_gguf
-
         return open_gguf(p)
-    from bitconv.sources.safetensors import open_safetensors_dir
-
     if p.is_file() and p.suffix == ".safetensors":
         p = p.parent
     if is_nanotron_dir(p):
-        from bitconv.sources.nanotron import open_nanotron
-
         return open_nanotron(p)
     if p.is_dir():
         return open_safetensors_dir(p)
-    from bitconv.validate import not_a_checkpoint  # a pickle (.bin, .pt, .pkl) is refused, never unpickled
-
-    raise not_a_checkpoint(p)
+    raise not_a_checkpoint(p)  # a pickle (.bin, .pt, .pkl) is refused, never unpickled

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import mmap
 import os
 from collections.abc import Callable
@@ -12,13 +11,17 @@ from typing import TypeVar
 import numpy as np
 import torch
 
-from bitconv import dtypes, naming, quant, validate
-from bitconv.errors import BitconvError, FormatError, SourceError
+from bitconv import quant
+from bitconv.core import dtypes, naming, safeio
+from bitconv.core.errors import BitconvError, FormatError, SourceError
+from bitconv.core.jsonio import read_json
+from bitconv.core.pickled import pickled_in, refuse_pickle
+from bitconv.core.tensors import Ternary, checked_scale
+from bitconv.formats.safetensors import TensorInfo, pread_exact, read_array, read_header
 from bitconv.layouts.hf_packed import HF_LAYOUTS, unpack_codes
 from bitconv.quant import Workspace, ternarize, ternarize_blocks
-from bitconv.safetensors_io import TensorInfo, pread_exact, read_array, read_header
-from bitconv.sources import Checkpoint, ModelTensor
-from bitconv.tensors import Ternary, checked_scale
+from bitconv.sources import validate
+from bitconv.sources.checkpoint import Checkpoint, ModelTensor, load_torch
 
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
@@ -27,28 +30,16 @@ T = TypeVar("T")
 _WS = Workspace()
 
 
-def read_json(path: Path, what: str) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise SourceError(f"{what} is missing", path=path) from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise SourceError(f"{what} is not valid JSON ({e})", path=path) from None
-    except RecursionError:  # hostile nesting ([[[[...), not a real config
-        raise SourceError(f"{what} is not valid JSON (nested too deeply)", path=path) from None
-    if not isinstance(data, dict):
-        raise SourceError(f"{what} is not a JSON object", path=path)
-    return data
-
-
-def read_optional_json(path: Path) -> dict | None:
-    """An optional JSON object beside the weights (None when absent); a broken one is a one-line SourceError."""
-    return read_json(path, path.name) if path.is_file() else None
-
-
-def load_torch(info: TensorInfo) -> torch.Tensor:
-    """A fresh torch tensor holding one stored tensor."""
-    return dtypes.from_numpy_storage(read_array(info), info.dtype).reshape(info.shape)
+def side_files(folder: Path) -> list[Path]:
+    """The side files (tokenizer, licence, ...) beside the weights, each checked now: a link out of SRC, a FIFO or
+    a device is refused before any work (they would be copied into OUT, and uploaded)."""
+    out = []
+    for name in naming.AUX_FILES:
+        f = folder / name
+        if safeio.exists_entry(f):
+            safeio.check_input(f, cap=safeio.CAP_SIDE_FILE)
+            out.append(f)
+    return out
 
 
 def _load_scratch(info: TensorInfo) -> torch.Tensor:
@@ -92,7 +83,7 @@ def _map(info: TensorInfo) -> np.ndarray | None:
         return None
     start = info.offset - info.offset % mmap.ALLOCATIONGRANULARITY
     try:
-        with open(info.path, "rb") as f:
+        with safeio.opened(info.path) as f:
             if os.fstat(f.fileno()).st_size < info.offset + info.nbytes:  # shrunk since its header was read
                 raise SourceError("file ended while reading tensor data: truncated file", path=info.path,
                                   tensor=info.name)
@@ -106,9 +97,9 @@ def _map(info: TensorInfo) -> np.ndarray | None:
 def collect_stored(folder: Path) -> tuple[dict[str, TensorInfo], list[Path]]:
     """Every stored tensor of the folder, cross-checked against the index when there is one."""
     index_path, single = folder / INDEX, folder / SINGLE
-    if index_path.exists():
+    if safeio.exists_entry(index_path):
         return _collect_indexed(folder, index_path)
-    if single.exists():
+    if safeio.exists_entry(single):
         infos, _ = read_header(single)
         return infos, [single]
     others = sorted(folder.glob("*.safetensors"))
@@ -118,14 +109,14 @@ def collect_stored(folder: Path) -> tuple[dict[str, TensorInfo], list[Path]]:
     if others:
         raise SourceError(f"{len(others)} .safetensors files but no {INDEX} to say how they fit together",
                           path=folder)
-    pickled = validate.pickled_in(folder)
+    pickled = pickled_in(folder)
     if pickled:
-        raise validate.refuse_pickle(pickled[0])
+        raise refuse_pickle(pickled[0])
     raise SourceError(f"no weights: neither {SINGLE} nor {INDEX}", path=folder)
 
 
 def _collect_indexed(folder: Path, index_path: Path) -> tuple[dict[str, TensorInfo], list[Path]]:
-    index = read_json(index_path, "index")
+    index = read_json(index_path, "index", safeio.CAP_INDEX)
     wmap = index.get("weight_map")
     if not isinstance(wmap, dict) or not wmap:
         raise SourceError("index has no weight_map", path=index_path)
@@ -139,7 +130,7 @@ def _collect_indexed(folder: Path, index_path: Path) -> tuple[dict[str, TensorIn
     files = []
     for shard, names in sorted(shards.items()):
         spath = folder / shard
-        if not spath.is_file():
+        if not safeio.exists_entry(spath):
             raise SourceError(f"index names shard {shard!r} ({len(names)} tensors) but the file is missing",
                               path=index_path, hint="download the missing shard")
         got, _ = read_header(spath)
@@ -180,7 +171,7 @@ def with_file(path: Path, fn: Callable[..., T], *args: object, **kwargs: object)
 def _open_dir(folder: Path) -> Checkpoint:
     config = read_json(folder / "config.json", "config.json")
     stored, files = collect_stored(folder)
-    aux = [folder / f for f in naming.AUX_FILES if (folder / f).is_file()]
+    aux = side_files(folder)
     bitconv_meta = config.get("bitconv") if isinstance(config.get("bitconv"), dict) else None
     if bitconv_meta and bitconv_meta.get("format") == "ternary":
         tensors = _logical_ternary(folder, stored)
@@ -210,6 +201,11 @@ def _check_dtype(info: TensorInfo, allowed: tuple[str, ...], what: str) -> None:
 def _logical_master(folder: Path, stored: dict[str, TensorInfo]) -> dict[str, ModelTensor]:
     out = {}
     for name, info in sorted(stored.items()):
+        if name.endswith(".weight_scale") and naming.is_ternary(name.removesuffix("_scale"), 2):
+            raise SourceError("a bf16 master stores a weight_scale for this projection: the checkpoint mixes master "
+                              "and quantized tensors", path=info.path, tensor=name,
+                              hint="a master holds only float projection weights; remove the scale or use the "
+                              "packed checkpoint it came from")
         if naming.is_ternary(name, len(info.shape)):
             _check_dtype(info, ("BF16", "F16", "F32"), "a master projection weight")
 
@@ -235,7 +231,8 @@ def _scale_info(stored: dict[str, TensorInfo], name: str, folder: Path) -> Tenso
 
 
 def _scalar(info: TensorInfo) -> np.float32:
-    return np.float32(load_torch(info).float().reshape(-1)[0].item())
+    """The one value of a stored weight_scale; NaN, ±Inf, 0 or negative is refused naming the tensor."""
+    return checked_scale(load_torch(info).float().reshape(-1)[0].item(), tensor=info.name, path=info.path)
 
 
 def _logical_packed(folder: Path, stored: dict[str, TensorInfo], inverted: bool) -> dict[str, ModelTensor]:
@@ -249,9 +246,8 @@ def _logical_packed(folder: Path, stored: dict[str, TensorInfo], inverted: bool)
 
             def load(compute: str, info: TensorInfo = info, sinfo: TensorInfo = sinfo, n: int = shape[0]) -> Ternary:
                 codes = with_file(info.path, unpack_codes, _load_scratch(info).numpy(), n, tensor=info.name)
-                ws = checked_scale(_scalar(sinfo), codes, path=sinfo.path, tensor=sinfo.name,
-                                   stored="1/scale" if inverted else "weight_scale")
-                return Ternary(codes, np.float32(1.0) / ws if inverted and ws else ws)
+                ws = _scalar(sinfo)  # finite and > 0, or a FormatError naming the scale tensor
+                return Ternary(codes, np.float32(1.0) / ws if inverted else ws)
 
             out[name] = ModelTensor(name, shape, "U8", [info, sinfo], load)
     for name, info in sorted(stored.items()):
@@ -273,8 +269,7 @@ def _logical_ternary(folder: Path, stored: dict[str, TensorInfo]) -> dict[str, M
                 if codes.size and (codes.min() < -1 or codes.max() > 1):
                     raise FormatError("codes outside {-1, 0, 1}", path=info.path, tensor=info.name,
                                       shape=info.shape)
-                return Ternary(codes, checked_scale(_scalar(sinfo), codes, path=sinfo.path, tensor=sinfo.name,
-                                                    stored="weight_scale"))
+                return Ternary(codes, _scalar(sinfo))
 
             out[name] = ModelTensor(name, info.shape, "I8", [info, sinfo], load)
     for name, info in sorted(stored.items()):

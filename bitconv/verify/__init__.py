@@ -4,6 +4,8 @@ Three checks, each a library module returning a report dataclass:
     config      OUT's config.json describes REF's model (sizes, activation, norm eps, RoPE theta)
     roundtrip   every tensor of OUT against a fresh ternarization of REF (`bitconv.verify.roundtrip`)
     parity      logits of REF (online), OUT and the plain master on a fixed batch (`bitconv.verify.parity`)
+    runtime     (`runtime="llama.cpp"`, GGUF only) OUT run in the real runtime on the same batch, against the
+                BitNet reference and an emulation of the runtime's arithmetic (`bitconv.verify.runtime`)
 
 `VerifyReport.findings` lists every fault in one line that names the tensor and the fault; `exit_code` is 0 when
 nothing failed, 1 otherwise. A content fault in OUT (a container its real loader refuses, a code outside {-1, 0, 1},
@@ -26,10 +28,12 @@ from pathlib import Path
 
 import torch
 
-from bitconv.errors import EXIT_OK, EXIT_VERIFY_FAILED, FormatError, UsageError
+from bitconv.core.errors import EXIT_OK, EXIT_VERIFY_FAILED, FormatError, UsageError
 from bitconv.sources import Checkpoint, open_source
 from bitconv.sources.nanotron import EXPORT_OF_GRANULARITY, NanotronCheckpoint
 from bitconv.verify.parity import (
+    MAX_SEQ_LEN,
+    MAX_SEQS,
     ParityReport,
     Thresholds,
     default_tokens,
@@ -42,6 +46,7 @@ from bitconv.verify.parity import (
 from bitconv.verify.reference import ARCHS, RefConfig
 from bitconv.verify.roundtrip import FAULTS, RoundTripReport
 from bitconv.verify.roundtrip import roundtrip as _roundtrip
+from bitconv.verify.runtime import LoadFailure, RuntimeReport, check_runnable, import_llama_cpp, runtime_check
 
 __all__ = ["Finding", "Thresholds", "VerifyReport", "verify", "check_config", "FAULTS"]
 
@@ -72,6 +77,7 @@ class VerifyReport:
     parity: ParityReport | None = None
     config: list[Finding] = field(default_factory=list)
     seconds: float = 0.0
+    runtime: RuntimeReport | LoadFailure | None = None
 
     @property
     def findings(self) -> list[Finding]:
@@ -80,6 +86,13 @@ class VerifyReport:
         out += [Finding("roundtrip", None, "warning", w, "warning") for w in self.roundtrip.warnings]
         if self.parity is not None:
             out += [Finding("parity", None, "logit-parity", f"OUT vs REF: {m}") for m in self.parity.failures]
+        rt = self.runtime
+        if isinstance(rt, LoadFailure):
+            out.append(Finding("runtime", None, "runtime-load", rt.message()))
+        elif rt is not None:
+            why = "; ".join(rt.diagnosis)
+            out += [Finding("runtime", None, "runtime", m + (f"; diagnosis: {why}" if why and i == 0 else ""))
+                    for i, m in enumerate(rt.failures)]
         return out
 
     @property
@@ -99,7 +112,10 @@ class VerifyReport:
                 "out_kind": self.out_kind, "out_layout": self.out_layout, "ref_kind": self.ref_kind,
                 "family": self.family, "seconds": round(self.seconds, 3),
                 "findings": [f.to_dict() for f in self.findings], "roundtrip": self.roundtrip.to_dict(),
-                "parity": self.parity.to_dict() if self.parity else None}
+                "parity": self.parity.to_dict() if self.parity else None,
+                "runtime": None if self.runtime is None else ({"loaded": False, "log": self.runtime.log}
+                                                              if isinstance(self.runtime, LoadFailure) else
+                                                              self.runtime.to_dict())}
 
 
 # ------------------------------------------------------------------------------------------------ config
@@ -137,9 +153,19 @@ def _tokens(ref_ck: Checkpoint, out_ck: Checkpoint, tokens: torch.Tensor | None,
     if len(given) > 1:
         raise UsageError("give at most one of --prompt and --tokens")
     if tokens is not None:
+        if not isinstance(tokens, torch.Tensor) or tokens.dtype in (torch.bool,) or tokens.is_floating_point() \
+                or tokens.is_complex() or tokens.dim() not in (1, 2):
+            raise UsageError("tokens must be a 1-D or 2-D integer tensor of token ids")
+        tokens = tokens.reshape(-1, tokens.shape[-1]) if tokens.dim() == 1 else tokens
+        if tokens.shape[0] > MAX_SEQS or tokens.shape[1] > MAX_SEQ_LEN:
+            raise UsageError(f"tokens of shape {list(tokens.shape)}: parity takes at most {MAX_SEQS} sequences of at "
+                             f"most {MAX_SEQ_LEN} ids")
         return tokens, "given"
     if prompt is not None:
-        return tokens_from_prompt(prompt, ref_ck, out_ck), "prompt"
+        ids = tokens_from_prompt(prompt, ref_ck, out_ck)
+        if ids.shape[-1] > MAX_SEQ_LEN:
+            raise UsageError(f"--prompt gives {ids.shape[-1]} tokens; parity takes at most {MAX_SEQ_LEN}")
+        return ids, "prompt"
     if tokens_file is not None:
         return tokens_from_file(tokens_file), f"file {tokens_file}"
     return default_tokens(RefConfig.from_hf(ref_ck.config).vocab), "default"
@@ -195,7 +221,8 @@ def _nanotron_ref_note(rt: RoundTripReport, ref_ck: Checkpoint) -> None:
 def verify(out: str | Path | Checkpoint, ref: str | Path | Checkpoint, *, run_parity: bool = True,
            thresholds: Thresholds | None = None, tokens: torch.Tensor | None = None, prompt: str | None = None,
            tokens_file: str | Path | None = None, out_mode: str | None = None, bitlinear: str = "compiled",
-           progress: Callable[[str, int, int], None] | None = None, strict: bool = False) -> VerifyReport:
+           runtime: str | None = None, progress: Callable[[str, int, int], None] | None = None,
+           strict: bool = False) -> VerifyReport:
     """Verify OUT (any checkpoint bitconv reads: HF packed, bitconv ternary, GGUF, ...) against REF (its bf16
     master). Args:
         run_parity: also run the logit comparison (the slow part: three forward passes, layer by layer).
@@ -203,6 +230,9 @@ def verify(out: str | Path | Checkpoint, ref: str | Path | Checkpoint, *, run_pa
         tokens / prompt / tokens_file: the batch for parity (default: 2 x 64 fixed random ids).
         out_mode: how OUT's ternary weights are applied (default from its layout; see `reference.LINEARS`).
         bitlinear: "compiled" (transformers' default) or "eager" arithmetic for linear_class bitlinear.
+        runtime: also run OUT (a GGUF) in this runtime ("llama.cpp") on the parity tokens and judge its logits
+            (`bitconv.verify.runtime`). A runtime that cannot load OUT's type or architecture, or is not installed,
+            is bad input (UsageError) raised before anything runs.
         strict: apply the parity limits as given, without widening them to the floor model.
     """
     t0 = time.perf_counter()
@@ -212,9 +242,12 @@ def verify(out: str | Path | Checkpoint, ref: str | Path | Checkpoint, *, run_pa
     except FormatError as e:
         return _content_fault_report(out, ref_ck, e, t0)
     refuse_self_reference(out_ck, ref_ck)
-    ids, source = _tokens(ref_ck, out_ck, tokens, prompt, tokens_file) if run_parity else (None, "")
+    if runtime is not None:
+        check_runnable(out_ck, runtime)
+        import_llama_cpp()
+    ids, source = _tokens(ref_ck, out_ck, tokens, prompt, tokens_file) if run_parity or runtime else (None, "")
     arch = (ref_ck.config.get("architectures") or ["?"])[0]
-    if run_parity and arch not in ARCHS:
+    if (run_parity or runtime) and arch not in ARCHS:
         raise UsageError(f"REF's architecture {arch!r} has no reference forward ({', '.join(ARCHS)}); "
                          "pass --no-parity to check tensors only", path=ref_ck.path)
     rt = _roundtrip(out_ck, ref_ck, (lambda i, n, name: progress("roundtrip", i, n)) if progress else None)
@@ -226,6 +259,10 @@ def verify(out: str | Path | Checkpoint, ref: str | Path | Checkpoint, *, run_pa
         par = _parity(out_ck, ref_ck, ids, thresholds, token_source=source, out_mode=out_mode, bitlinear=bitlinear,
                      ref_compute=rt.compute or "float32",
                      progress=(lambda i, n: progress("parity", i, n)) if progress else None, strict=strict)
+    run = None
+    if runtime is not None:
+        run = runtime_check(out_ck, ref_ck, ids, runtime, ref_compute=rt.compute or "float32",
+                            progress=(lambda i, n: progress("runtime", i, n)) if progress else None)
     family = ARCHS[arch].family if arch in ARCHS else "unknown"
     return VerifyReport(str(out_ck.path), str(ref_ck.path), out_ck.kind, out_ck.layout, ref_ck.kind, family, rt, par,
-                        check_config(out_ck.config, ref_ck.config), time.perf_counter() - t0)
+                        check_config(out_ck.config, ref_ck.config), time.perf_counter() - t0, run)

@@ -30,11 +30,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bitconv.errors import EXIT_OK, EXIT_VERIFY_FAILED, BitconvError, LayoutError, UsageError
+from bitconv.core.errors import EXIT_OK, EXIT_VERIFY_FAILED, BitconvError, LayoutError, UsageError
+from bitconv.core.naming import PROJECTION_SHAPES
+from bitconv.formats.safetensors import read_header
 from bitconv.layouts import get_layout
 from bitconv.output import TMP_PREFIX
 from bitconv.pipeline import UNPACKED_METADATA
-from bitconv.safetensors_io import read_header
 from bitconv.sources import Checkpoint, is_nanotron_dir, open_source
 from bitconv.verify import Finding, Thresholds, VerifyReport, verify
 from bitconv.verify.reference import RefConfig
@@ -222,12 +223,10 @@ def _rule_not_convert(ck: Checkpoint) -> list[Finding]:
 
 
 def _expected_shapes(cfg: RefConfig, config: dict) -> dict[str, tuple[int, int]]:
-    h, q, kv, inter = cfg.hidden, cfg.n_heads * cfg.head_dim, cfg.n_kv * cfg.head_dim, config.get("intermediate_size")
-    table = {"self_attn.q_proj": (q, h), "self_attn.k_proj": (kv, h), "self_attn.v_proj": (kv, h),
-             "self_attn.o_proj": (h, q)}
-    if inter:
-        table.update({"mlp.gate_proj": (inter, h), "mlp.up_proj": (inter, h), "mlp.down_proj": (h, inter)})
-    return table
+    sizes = {"hidden_size": cfg.hidden, "q": cfg.n_heads * cfg.head_dim, "kv": cfg.n_kv * cfg.head_dim,
+             "intermediate_size": config.get("intermediate_size")}
+    return {m: (sizes[o], sizes[i]) for m, (o, i) in PROJECTION_SHAPES.items()
+            if sizes["intermediate_size"] or "intermediate_size" not in (o, i)}
 
 
 def _rule_shapes(ck: Checkpoint) -> list[Finding]:

@@ -46,12 +46,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bitconv import dtypes
-from bitconv.errors import SourceError, UsageError
+from bitconv.core import dtypes
+from bitconv.core.errors import SourceError, UsageError
+from bitconv.core.tensors import Ternary
+from bitconv.formats.safetensors import TensorInfo
 from bitconv.quant import ternarize
-from bitconv.safetensors_io import TensorInfo
 from bitconv.sources import Checkpoint
-from bitconv.tensors import Ternary
 
 DTYPE = torch.bfloat16
 Q_EPS = 1e-5  # clamp of both quantizers' absmax / absmean
@@ -189,6 +189,62 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return weight * h.to(x.dtype)
 
 
+# ------------------------------------------------------------------------------------------------ ggml (llama.cpp CPU)
+# The arithmetic of llama.cpp's CPU backend, for `verify --runtime`: activations stay float32 between ops, and each
+# matmul first converts its input to the weight type's `vec_dot_type` (ggml-cpu.c `type_traits_cpu`, # ref: spec
+# gguf-upstream.md §3.2): TQ1_0/TQ2_0 -> Q8_K (int8, one float32 scale per 256 inputs), Q8_0 -> Q8_0 (int8, one fp16
+# scale per 32), F16 -> fp16, BF16 -> bf16, F32 -> itself. Weights are what the file stores: TQ blocks hold the
+# codes and fp16(scale) (`Weights.scale_fn`), float types the rounded values.
+
+GGML_BLOCK = {"Q8_K": 256, "Q8_0": 32}
+
+
+def q8k(x: torch.Tensor) -> torch.Tensor:
+    """`x` (float32, last dim a multiple of 256) through ggml's Q8_K and back: per 256-block, `max` is the first
+    element of largest |x|, iscale = -127/max, q = min(127, round_half_even(iscale * x)), value = q * (1/iscale)
+    (ggml-quants.c quantize_row_q8_K_ref, which the x86 build calls too)."""
+    b = x.reshape(*x.shape[:-1], -1, GGML_BLOCK["Q8_K"])
+    idx = b.abs().argmax(-1, keepdim=True)  # first maximal |x| (the C loop keeps the first on ties)
+    mx = torch.gather(b, -1, idx)
+    zero = mx == 0
+    # true divisions (a Python scalar / tensor is reciprocal-then-multiply in torch: another rounding)
+    iscale = torch.where(zero, 0.0, torch.div(torch.full_like(mx, -127.0), torch.where(zero, 1.0, mx)))
+    q = torch.round(iscale * b).clamp(max=127)
+    d = torch.where(zero, 0.0, torch.div(torch.ones_like(mx), torch.where(zero, 1.0, iscale)))
+    return (q * d).reshape(x.shape)
+
+
+def q8_0(x: torch.Tensor) -> torch.Tensor:
+    """`x` (float32, last dim a multiple of 32) through ggml's Q8_0 and back: per 32-block d = fp16(amax / 127),
+    q = round(x / d) (the x86 quantize_row_q8_0: id = 127 / amax, round half even), value = q * d."""
+    b = x.reshape(*x.shape[:-1], -1, GGML_BLOCK["Q8_0"])
+    amax = b.abs().amax(-1, keepdim=True)
+    zero = amax == 0
+    q = torch.round(b * torch.where(zero, 0.0, torch.div(torch.full_like(amax, 127.0), torch.where(zero, 1.0, amax))))
+    d = torch.div(amax, 127.0).half().float()
+    return (q * d).reshape(x.shape)
+
+
+def _as(dtype: torch.dtype) -> Callable[[torch.Tensor], torch.Tensor]:
+    return lambda x: x.to(dtype).float()
+
+
+# a matmul's input, converted as the weight type's vec_dot_type converts it
+GGML_ACT: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "F32": lambda x: x, "F16": _as(torch.float16), "BF16": _as(torch.bfloat16), "Q8_0": q8_0,
+    "TQ1_0": q8k, "TQ2_0": q8k,
+}
+# a float tensor's values as the file stores them (REF's passthrough tensors emulated in OUT's storage)
+GGML_STORE: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "F32": lambda x: x.float(), "F16": _as(torch.float16), "BF16": _as(torch.bfloat16), "Q8_0": q8_0,
+}
+
+
+def ggml_supported(types: dict[str, str]) -> list[str]:
+    """The GGML types in `types` (tensor -> type) the emulation does not know (empty when it can run them all)."""
+    return sorted({t for t in types.values() if t not in GGML_ACT})
+
+
 # ------------------------------------------------------------------------------------------------ weights
 
 
@@ -198,15 +254,21 @@ class TensorCache:
 
     def __init__(self, ck: Checkpoint) -> None:
         self.ck = ck
-        self._t: dict[str, torch.Tensor] = {}
+        self._raw: dict[str, torch.Tensor] = {}
+        self._t: dict[tuple[str, torch.dtype], torch.Tensor] = {}
         self._tern: dict[tuple[str, str], Ternary] = {}
 
-    def get(self, name: str) -> torch.Tensor:
-        if name not in self._t:
-            if name not in self.ck.tensors:
-                raise SourceError("tensor needed by the forward pass is missing", path=self.ck.path, tensor=name)
-            self._t[name] = self.ck.load_passthrough(name).to(DTYPE)
-        return self._t[name]
+    def get(self, name: str, dtype: torch.dtype = DTYPE) -> torch.Tensor:
+        """A passthrough tensor cast to `dtype` (bf16, as transformers holds it; float32 for a runtime emulation)."""
+        key = (name, dtype)
+        if key not in self._t:
+            if name not in self._raw:
+                if name not in self.ck.tensors:
+                    raise SourceError("tensor needed by the forward pass is missing", path=self.ck.path,
+                                      tensor=name)
+                self._raw[name] = self.ck.load_passthrough(name)
+            self._t[key] = self._raw[name].to(dtype)
+        return self._t[key]
 
     def ternary(self, name: str, compute: str) -> Ternary:
         """Decoded (ternary checkpoint) or ternarized (master, as transformers sees it: cast to bf16 first)
@@ -219,6 +281,7 @@ class TensorCache:
         return self._tern[key]
 
     def clear(self) -> None:
+        self._raw.clear()
         self._t.clear()
         self._tern.clear()
 
@@ -319,9 +382,17 @@ def _lin_decoded(w: Weights, name: str) -> Linear:
     return lambda x: (F.linear(act_quant(x), q).float() * s).to(x.dtype)
 
 
+def _lin_ggml(w: Weights, name: str) -> Linear:
+    gtype = w.ggml_type(name)
+    q, scale = _codes(w, name)
+    weight = q.float() * _scale_tensor(scale, torch.float32)  # codes * stored scale: exact in every float type
+    act = GGML_ACT[gtype]
+    return lambda x: F.linear(act(x.float()), weight)
+
+
 LINEARS: dict[str, Callable[[Weights, str], Linear]] = {
     "plain": _lin_plain, "online": _lin_online, "autobitlinear": _lin_autobitlinear, "bitlinear": _lin_bitlinear,
-    "decoded": _lin_decoded,
+    "decoded": _lin_decoded, "ggml": _lin_ggml,
 }
 
 # Checkpoint kinds whose ternary tensors are ternarized from float latents when read (not stored as codes), and
@@ -344,11 +415,14 @@ class Weights:
     """One model variant: a checkpoint, how its projections are applied, and the layer cache it reads through.
 
     `compute` is the ternarization arithmetic for a master (default: the checkpoint's declared one, else float32);
-    `scale_fn` maps each magnitude scale to the value a format stores (to run a master as a packed format would)."""
+    `scale_fn` maps each magnitude scale to the value a format stores (to run a master as a packed format would).
+    Mode `ggml` runs llama.cpp's CPU arithmetic in float32: `ggml` maps each HF tensor name to the GGML type a GGUF
+    file stores it in (projections, embeddings, lm_head, norms), which fixes how the tensor is rounded and how its
+    matmul's input is quantized (`GGML_ACT`, `GGML_STORE`)."""
 
     def __init__(self, ck: Checkpoint, mode: str | None = None, cache: TensorCache | None = None,
                  bitlinear: str = "compiled", linear_norm_eps: float | None = None, compute: str | None = None,
-                 scale_fn: Callable[[float], float] | None = None) -> None:
+                 scale_fn: Callable[[float], float] | None = None, ggml: dict[str, str] | None = None) -> None:
         mode = mode or mode_for(ck)
         if mode not in LINEARS:
             raise UsageError(f"linear mode must be one of {', '.join(LINEARS)}, got {mode!r}")
@@ -360,12 +434,44 @@ class Weights:
         compute = compute or (ck.compute if ck.compute in WEIGHT_QUANT else "float32")
         if compute not in WEIGHT_QUANT:
             raise UsageError(f"compute must be one of {', '.join(WEIGHT_QUANT)}, got {compute!r}")
+        if (mode == "ggml") != (ggml is not None):
+            raise UsageError("linear mode 'ggml' and a tensor -> GGML type map go together")
         self.ck, self.mode, self.bitlinear, self.compute, self.scale_fn = ck, mode, bitlinear, compute, scale_fn
         self.cache = cache or TensorCache(ck)
         self.linear_norm_eps = linear_norm_eps
+        self.ggml = ggml
+        self.dtype = torch.float32 if ggml is not None else DTYPE
+
+    def ggml_type(self, name: str) -> str:
+        assert self.ggml is not None
+        gtype = self.ggml.get(name)
+        if gtype not in GGML_ACT:
+            raise UsageError(f"the llama.cpp emulation has no arithmetic for GGML type {gtype!r}", tensor=name)
+        return gtype
+
+    def _stored(self, name: str, t: torch.Tensor) -> torch.Tensor:
+        """A passthrough tensor in this model's dtype, rounded as the emulated file stores it."""
+        if self.ggml is None:
+            return t.to(DTYPE)
+        return GGML_STORE.get(self.ggml.get(name, "F32"), GGML_STORE["F32"])(t.float())
 
     def norm(self, name: str) -> torch.Tensor:
-        return self.cache.get(name + ".weight")
+        if self.ggml is None:
+            return self.cache.get(name + ".weight")
+        return self._stored(name + ".weight", self.cache.get(name + ".weight", torch.float32))
+
+    def embed(self, ids: list[int]) -> torch.Tensor:
+        """Embedding rows of `ids` (a row lookup: no matmul rounding)."""
+        name = "model.embed_tokens.weight"
+        return self._stored(name, read_rows(self.ck, name, ids, dtype=None))
+
+    def head(self, h: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """float32 logits of the normed hidden state `h` against a chunk of lm_head `rows` (stored dtype)."""
+        name = self.lm_head_name()
+        w = self._stored(name, rows)
+        if self.ggml is not None:
+            h = GGML_ACT[self.ggml_type(name)](h.float())
+        return F.linear(h, w).float()
 
     def linear(self, module: str) -> Linear:
         fn = LINEARS[self.mode](self, module + ".weight")
@@ -381,12 +487,12 @@ class Weights:
 # ------------------------------------------------------------------------------------------------ forward
 
 
-def rope(cfg: RefConfig, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos, sin [1, n, head_dim] in bf16, computed as transformers' default rotary embedding does."""
+def rope(cfg: RefConfig, n: int, dtype: torch.dtype = DTYPE) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin [1, n, head_dim] in `dtype` (bf16), computed as transformers' default rotary embedding does."""
     inv_freq = 1.0 / (cfg.theta ** (torch.arange(0, cfg.head_dim, 2, dtype=torch.float) / cfg.head_dim))
     freqs = torch.arange(n).unsqueeze(0)[..., None].float() * inv_freq
     emb = torch.cat((freqs, freqs), dim=-1)
-    return (emb.cos() * 1.0).to(DTYPE), (emb.sin() * 1.0).to(DTYPE)
+    return (emb.cos() * 1.0).to(dtype), (emb.sin() * 1.0).to(dtype)
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -401,10 +507,10 @@ def _repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
     return x[:, :, None, :, :].expand(b, kv, n_rep, t, d).reshape(b, kv * n_rep, t, d)
 
 
-def causal_mask(batch: int, n: int) -> torch.Tensor:
-    """transformers' eager mask: 0 where attended, finfo(bf16).min above the diagonal, [batch, 1, n, n]."""
+def causal_mask(batch: int, n: int, dtype: torch.dtype = DTYPE) -> torch.Tensor:
+    """transformers' eager mask: 0 where attended, finfo(dtype).min above the diagonal, [batch, 1, n, n]."""
     allowed = torch.ones(n, n, dtype=torch.bool).tril()
-    mask = torch.where(allowed, torch.tensor(0.0, dtype=DTYPE), torch.finfo(DTYPE).min)
+    mask = torch.where(allowed, torch.tensor(0.0, dtype=dtype), torch.finfo(dtype).min)
     return mask[None, None].expand(batch, 1, n, n)
 
 
@@ -451,9 +557,9 @@ def _logits(cfg: RefConfig, models: Sequence[Weights], hs: list[torch.Tensor]) -
         ck = models[idx[0]].ck
         n = ck.tensors[name].shape[0]
         for a in range(0, n, LM_HEAD_CHUNK):
-            w = read_rows(ck, name, range(a, min(a + LM_HEAD_CHUNK, n)))
+            w = read_rows(ck, name, range(a, min(a + LM_HEAD_CHUNK, n)), dtype=None)
             for j in idx:
-                parts[j].append(F.linear(normed[j], w).float())
+                parts[j].append(models[j].head(normed[j], w))
     return [torch.cat(p, dim=-1) for p in parts]
 
 
@@ -465,13 +571,12 @@ def forward(cfg: RefConfig, models: Sequence[Weights], ids: torch.Tensor,
     if int(ids.min()) < 0 or int(ids.max()) >= cfg.vocab:
         raise UsageError(f"token ids must lie in [0, {cfg.vocab}), got [{int(ids.min())}, {int(ids.max())}]")
     b, n = ids.shape
-    cos, sin = rope(cfg, n)
-    pos = (cos, sin, causal_mask(b, n))
+    pos = {dt: (*rope(cfg, n, dt), causal_mask(b, n, dt)) for dt in {m.dtype for m in models}}
     flat = ids.reshape(-1).tolist()
     with torch.no_grad():
-        hs = [read_rows(m.ck, "model.embed_tokens.weight", flat).view(b, n, -1) for m in models]
+        hs = [m.embed(flat).view(b, n, -1) for m in models]
         for i in range(cfg.n_layers):
-            hs = [decoder_layer(cfg, m, i, h, pos) for m, h in zip(models, hs)]
+            hs = [decoder_layer(cfg, m, i, h, pos[m.dtype]) for m, h in zip(models, hs)]
             for m in models:
                 m.cache.clear()
             if progress:

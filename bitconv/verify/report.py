@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from bitconv.verify import VerifyReport
 from bitconv.verify.parity import ParityMetrics
+from bitconv.verify.runtime import LoadFailure
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,17 @@ def summary_lines(rep: VerifyReport) -> list[tuple[str, str]]:
             rows.append(("OUT vs plain bf16 (info)", _metrics(p.out_vs_plain)))
         if p.ref_vs_plain is not None:
             rows.append(("REF vs plain bf16 (info)", _metrics(p.ref_vs_plain)))
+    r = rep.runtime
+    if isinstance(r, LoadFailure):
+        rows.append((f"{r.runtime} run", r.message()))
+    elif r is not None:
+        head = f"{r.version}, arch {r.arch}, {'/'.join(r.types)}"
+        rows.append((f"{r.runtime} vs emulation", f"{_metrics(r.emulation.metrics)} (limit {r.emulation.limit:.2%}; "
+                                                  f"{head})"))
+        rows.append((f"{r.runtime} vs reference", f"{_metrics(r.reference.metrics)} (limit "
+                                                  f"{r.reference.limit:.2%})"))
+        rows.append(("emulation vs reference (info)", _metrics(r.emulation_vs_reference)))
+        rows += [("runtime diagnosis", d) for d in r.diagnosis]
     return rows
 
 
@@ -76,6 +88,11 @@ def verify_suite(rep: VerifyReport) -> Suite:
         p = rep.parity
         fail = ("logit-parity", "; ".join(p.failures)) if p.failures else None
         cases.append(Case("bitconv.verify.parity", "logits OUT vs REF", fail, p.seconds))
+    if rep.runtime is not None:
+        errs = [f for f in rep.findings if f.check == "runtime"]
+        fail = (errs[0].fault, "; ".join(f.message for f in errs)) if errs else None
+        cases.append(Case("bitconv.verify.runtime", f"{rep.runtime.runtime} logits", fail,
+                          getattr(rep.runtime, "seconds", 0.0)))
     out = "\n".join(f"{k}: {v}" for k, v in summary_lines(rep))
     return Suite(f"verify {rep.out} against {rep.ref}", cases, rep.seconds, out)
 

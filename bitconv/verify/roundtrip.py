@@ -23,13 +23,13 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from bitconv import dtypes
-from bitconv._alloc import keep_freed_memory
-from bitconv.errors import BitconvError
+from bitconv.core import dtypes
+from bitconv.core.alloc import keep_freed_memory
+from bitconv.core.errors import BitconvError
+from bitconv.core.tensors import Ternary
 from bitconv.layouts import layout_class
 from bitconv.quant import COMPUTE_MODES
 from bitconv.sources import Checkpoint, ModelTensor
-from bitconv.tensors import Ternary
 from bitconv.verify.reference import LATENT_KINDS, plain_info, read_raw_rows, read_rows
 
 # one unit in the last place, relative (the largest spacing over a binade): the scale tolerance

@@ -1,8 +1,8 @@
 """Every GGML tensor type a GGUF file may hold: id -> name, block geometry, and the byte size of a tensor.
 
-`bitconv.ggml_types` lists the types bitconv writes; this module adds the upstream types it only has to *size*
-(so any upstream GGUF can be parsed and bounds-checked), and resolves the ids on which upstream ggml and bitnet.cpp's
-fork disagree (36-39, 42) by a dialect:
+`bitconv.formats.gguf.ggml_types` lists the types bitconv writes; this module adds the upstream types it only has to
+*size* (so any upstream GGUF can be parsed and bounds-checked), and resolves the ids on which upstream ggml and
+bitnet.cpp's fork disagree (36-39, 42) by a dialect:
 
 | id | "bitnet.cpp" (fork)      | "upstream"             |
 |----|--------------------------|------------------------|
@@ -24,8 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-from bitconv.ggml_types import GGML_TYPES, GGMLType
-from bitconv.kernel_config import tl2_payload_nbytes
+from bitconv.formats.gguf.ggml_types import GGML_TYPES, GGMLType
 
 DIALECTS = ("auto", "bitnet.cpp", "upstream")
 ALIGNMENT = 32  # GGUF default (general.alignment)
@@ -103,3 +102,15 @@ def tensor_nbytes(t: GGMLType, dims: tuple[int, ...]) -> int | None:
     if dims[0] % t.block_size:
         return None
     return math.prod(dims) // t.block_size * t.type_size
+
+
+def tl2_payload_nbytes(M: int, K: int) -> int:
+    """TL2 packed size NB of ggml_nbytes, before the 32-byte rounding (C integer arithmetic, left to right)."""
+    # ref: fork ggml/src/ggml.c ggml_nbytes (merge-dev l.3472-3494); spec gguf-bitnet-cpp.md §1.1
+    return _cdiv(_cdiv((K - 256) * M, 3) * 5, 8) + 256 * M // 2 * 4 // 8
+
+
+def _cdiv(a: int, b: int) -> int:
+    """C division (truncates toward zero)."""
+    q = abs(a) // b
+    return q if a >= 0 else -q

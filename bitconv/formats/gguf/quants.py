@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from bitconv.errors import LayoutError
+from bitconv.core.errors import LayoutError
 
 Q8_0_BLOCK = 32
 

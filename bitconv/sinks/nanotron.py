@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -33,25 +32,26 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bitconv import dtypes
-from bitconv.errors import SourceError, UsageError
-from bitconv.nanotron import format as nt
-from bitconv.nanotron import yamlish
-from bitconv.output import AtomicOutput, check_free_space
+from bitconv.core import dtypes, safeio
+from bitconv.core.errors import OutputError, SourceError, UsageError
+from bitconv.core.tensors import FieldSpec, Ternary
+from bitconv.formats.nanotron import format as nt
+from bitconv.formats.nanotron import yamlish
+from bitconv.formats.safetensors import OutEntry, build_header
+from bitconv.output import AtomicOutput, check_free_space, precheck
 from bitconv.pipeline import Plan, Progress, Report, Step, execute
-from bitconv.quant import COMPUTE_MODES, ternarize
-from bitconv.safetensors_io import OutEntry, build_header
+from bitconv.quant import COMPUTE_MODES, lift, ternarize
 from bitconv.sinks.hf import DEFAULT_MAX_SHARD_BYTES
 from bitconv.sources import Checkpoint, ModelTensor, open_source
+from bitconv.sources.checkpoint import load_torch
 from bitconv.sources.nanotron import (
     EXPORT_OF_GRANULARITY,
     GRANULARITIES,
     HF_EXPORTS,
     NanotronCheckpoint,
+    is_nanotron_dir,
     open_nanotron,
 )
-from bitconv.sources.safetensors import load_torch
-from bitconv.tensors import FieldSpec, Ternary
 
 TARGETS = ("hf-bf16", "nanotron")
 
@@ -66,33 +66,6 @@ W_PR180_NORMALIZE = ("PR #180 normalizes the input of every BitLinear without we
 
 
 # ------------------------------------------------------------------------------------------------------ lifting
-
-
-def lift(codes: np.ndarray | torch.Tensor, scale: float) -> torch.Tensor:
-    """A bf16 weight whose absmean ternarization gives exactly `codes` and (to ~1e-7) magnitude `scale`.
-
-    Nonzeros get one of two adjacent bf16 magnitudes around `scale * n / nnz`, so that mean|W| == scale as closely
-    as float32 allows; each |W| / mean|W| >= 1 rounds to ±1 (in float32 and in bf16 arithmetic), zeros stay 0.
-    # ref: spec nanotron.md §3.3 (W_latent = W_tern / (s · mean|W_tern|)), in bitconv's magnitude convention
-    """
-    c = torch.as_tensor(np.asarray(codes)).to(torch.int8)
-    n, nnz = c.numel(), int(torch.count_nonzero(c))
-    if nnz == 0:
-        return torch.zeros(c.shape, dtype=torch.bfloat16)
-    target = float(scale) * n / nnz
-    lo = torch.tensor(target, dtype=torch.float32).to(torch.bfloat16)
-    if float(lo) > target:
-        lo = torch.nextafter(lo, torch.tensor(0.0, dtype=torch.bfloat16))
-    hi = torch.nextafter(lo, torch.tensor(float("inf"), dtype=torch.bfloat16))
-    step = float(hi) - float(lo)
-    k = min(max(round((target - float(lo)) * nnz / step), 0), nnz) if step > 0 else 0
-    mags = torch.full((nnz,), float(lo), dtype=torch.bfloat16)
-    mags[:k] = hi
-    out = torch.zeros(n, dtype=torch.bfloat16)
-    flat = c.reshape(-1)
-    idx = torch.nonzero(flat, as_tuple=True)[0]
-    out[idx] = mags * flat[idx].to(torch.bfloat16)
-    return out.reshape(c.shape)
 
 
 def fused_scale(parts: list[Ternary]) -> tuple[float, float]:
@@ -401,6 +374,7 @@ def to_nanotron(src: str | Path | Checkpoint, out: str | Path, *, tp: int | None
         raise UsageError(f"--compute must be one of {', '.join(COMPUTE_MODES)}, got {compute!r}")
     if make_vocab_size_divisible_by < 1:
         raise UsageError("--make-vocab-size-divisible-by must be >= 1")
+    precheck(out, overwrite)
     ck = src if isinstance(src, Checkpoint) else open_source(src)
     own = ck.info if isinstance(ck, NanotronCheckpoint) else None
     tp = tp if tp is not None else (own.tp if own else 1)
@@ -439,20 +413,25 @@ def to_nanotron(src: str | Path | Checkpoint, out: str | Path, *, tp: int | None
     custom = {"bitconv": {"vocab_size": vocab, "source_kind": ck.kind, "hf_config": _hf_config_record(ck)}}
     guard = AtomicOutput(out, overwrite=overwrite, inputs=(ck.path,))
     total = sum(p.nbytes for p in params)
-    check_free_space(guard.out.parent, total)
+    # the shards, one filesystem block per file for headers and tails, the configs, and the side files copied along
+    side = sum(f.stat().st_size for f in ck.aux_files)
+    check_free_space(guard.out.parent, total + 4096 * len(params) * max(tp, 1) + (64 << 10) + side)
     tokenizer = str(guard.out.resolve()) if any(f.name.startswith("tokenizer") for f in ck.aux_files) else None
     files: list[Path] = []
     with guard as tmp:
         model_dir = tmp / "model"
-        for i, p in enumerate(params):
-            if progress:
-                progress(i, len(params), p.name)
-            tensor = p.make()
-            _check_shape(p, tensor)
-            files += write_param(model_dir, p.name, tensor, p.sharding, tp, version,
-                                 (stages[nt.block_of(p.name)], pp))
-        _write_configs(tmp, flavor, mc, tp, pp, version, custom, str(guard.out.resolve()),
-                       make_vocab_size_divisible_by, tokenizer, ck.aux_files)
+        try:
+            for i, p in enumerate(params):
+                if progress:
+                    progress(i, len(params), p.name)
+                tensor = p.make()
+                _check_shape(p, tensor)
+                files += write_param(model_dir, p.name, tensor, p.sharding, tp, version,
+                                     (stages[nt.block_of(p.name)], pp))
+            _write_configs(tmp, flavor, mc, tp, pp, version, custom, str(guard.out.resolve()),
+                           make_vocab_size_divisible_by, tokenizer, ck.aux_files)
+        except OSError as e:
+            raise OutputError(f"cannot write: {e.strerror or e}", path=e.filename or tmp) from None
     if progress:
         progress(len(params), len(params), "")
     warnings += _conversion_warnings(b, ck, flavor)
@@ -499,7 +478,7 @@ def _write_configs(tmp: Path, flavor: nt.Flavor, mc: dict, tp: int, pp: int, ver
     cfg = config_yaml_dict(flavor, mc, tp, init_path, multiple, tokenizer, pp=pp)
     (tmp / "config.yaml").write_text(yamlish.dump(cfg), encoding="utf-8")
     for f in aux:
-        shutil.copyfile(f, tmp / f.name)
+        safeio.copy_input(f, tmp / f.name)
     if os.environ.get("BITCONV_FSYNC") == "1":
         for p in tmp.rglob("*"):
             if p.is_file():
@@ -563,6 +542,7 @@ def to_hf(src: str | Path | NanotronCheckpoint, out: str | Path, *, purpose: str
     t0 = time.perf_counter()
     if compute not in COMPUTE_MODES:
         raise UsageError(f"--compute must be one of {', '.join(COMPUTE_MODES)}, got {compute!r}")
+    precheck(out, overwrite)
     granularity = export_mode(purpose, scale_granularity)
     if isinstance(src, NanotronCheckpoint) and granularity not in (None, src.info.granularity):
         src = open_nanotron(src.path, vocab_size=vocab_size or src.info.vocab, scale_granularity=granularity)
@@ -605,8 +585,6 @@ def _lifted(ck: NanotronCheckpoint, name: str, compute: str, dtype: torch.dtype)
 
 
 def _open_nanotron_src(src: str | Path, vocab_size: int | None, granularity: str | None) -> NanotronCheckpoint:
-    from bitconv.sources.nanotron import is_nanotron_dir
-
     if not is_nanotron_dir(Path(src)):
         raise UsageError("--to hf-bf16 converts a Nanotron checkpoint (a folder with model/ and "
                          "checkpoint_metadata.json); for HF packed or ternary sources use `bitconv unpack`",

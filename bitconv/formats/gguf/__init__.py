@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from bitconv.gguf.kv import KV, ValueType
-from bitconv.gguf.reader import GGUFFile, GGUFTensor, read_gguf
-from bitconv.gguf.writer import GGUFWriter, TensorEntry, build_header, write_gguf
+from bitconv.formats.gguf.kv import KV, ValueType
+from bitconv.formats.gguf.reader import GGUFFile, GGUFTensor, read_gguf
+from bitconv.formats.gguf.writer import GGUFWriter, TensorEntry, build_header, write_gguf
 
 __all__ = ["KV", "ValueType", "GGUFFile", "GGUFTensor", "read_gguf", "GGUFWriter", "TensorEntry", "build_header",
            "write_gguf"]

@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bitconv.errors import SourceError
-from bitconv.gguf.kv import KV, ValueType
-from bitconv.sources.safetensors import read_optional_json
+from bitconv.core.errors import SourceError
+from bitconv.core.jsonio import read_optional_json
+from bitconv.formats.gguf.kv import KV, ValueType
 
 # gguf TokenType
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from bitconv.errors import OutputError
-from bitconv.gguf.kv import KV, encode_string
-from bitconv.gguf.types import ALIGNMENT, pad
+from bitconv.core.errors import OutputError
+from bitconv.formats.gguf.kv import KV, encode_string
+from bitconv.formats.gguf.types import ALIGNMENT, pad
 
 MAGIC = b"GGUF"
 VERSION = 3

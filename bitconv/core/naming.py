@@ -7,6 +7,19 @@ from __future__ import annotations
 TERNARY_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 _SUFFIXES = tuple(f".{p}.weight" for p in TERNARY_PROJECTIONS)
 
+# [out_features, in_features] of each projection module of a layer, in config sizes: "q" = num_attention_heads x
+# head_dim rows, "kv" = num_key_value_heads x head_dim rows. The one table of projection shapes (config checks use
+# it when a source is opened, `bitconv check` when it audits a checkpoint).
+PROJECTION_SHAPES: dict[str, tuple[str, str]] = {
+    "self_attn.q_proj": ("q", "hidden_size"),
+    "self_attn.k_proj": ("kv", "hidden_size"),
+    "self_attn.v_proj": ("kv", "hidden_size"),
+    "self_attn.o_proj": ("hidden_size", "q"),
+    "mlp.gate_proj": ("intermediate_size", "hidden_size"),
+    "mlp.up_proj": ("intermediate_size", "hidden_size"),
+    "mlp.down_proj": ("hidden_size", "intermediate_size"),
+}
+
 # Files copied next to the weights of every HF-layout output (tokenizer, generation settings, licence).
 AUX_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
              "added_tokens.json", "vocab.json", "merges.txt", "chat_template.jinja", "chat_template.json",

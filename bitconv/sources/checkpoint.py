@@ -1,0 +1,92 @@
+"""What every source returns: a `Checkpoint` of logical `ModelTensor`s (name -> loader, one tensor resident at a time).
+
+Every kind exposes the same logical view: HF tensor names with logical shapes; ternary projections give a `Ternary`
+(quantized on the fly from a master, decoded from packed/ternary storage), everything else is passed through byte for
+byte.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bitconv.core import dtypes
+from bitconv.core.tensors import Ternary
+from bitconv.formats.safetensors import TensorInfo, read_array
+
+# What a checkpoint is; `inspect` prints these ids.
+KINDS = {
+    "bf16-master": "bf16 master weights (HF layout)",
+    "bitconv-ternary": "bitconv ternary checkpoint (int8 codes + float32 scales)",
+    "hf-packed": "transformers packed BitNet checkpoint (uint8, 4 codes per byte)",
+    "gguf": "GGUF file (bitnet.cpp I2_S/TL1/TL2, llama.cpp TQ1_0/TQ2_0, ik_llama.cpp IQ1_BN/IQ2_BN, or float)",
+    "nanotron": "Nanotron checkpoint folder (TP/PP shards of bf16 latent weights)",
+}
+
+
+@dataclass
+class ModelTensor:
+    """One logical tensor of a model. Exactly one of `ternary_loader` / `stored` describes its data.
+
+    A passthrough tensor that is not a plain stored tensor (e.g. GGUF Q8_0) has a `loader` giving it as a fresh
+    torch tensor of `dtype`; `stored` then only accounts for its bytes.
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str  # stored dtype (passthrough) or storage dtype of the ternary data ("BF16" master, "U8", "I8")
+    stored: list[TensorInfo] = field(default_factory=list)  # the stored tensors behind it
+    ternary_loader: Callable[[str], Ternary] | None = None
+    loader: Callable[[], torch.Tensor] | None = None
+
+    @property
+    def is_ternary(self) -> bool:
+        return self.ternary_loader is not None
+
+    def ternary(self, compute: str = "float32") -> Ternary:
+        assert self.ternary_loader is not None, self.name
+        return self.ternary_loader(compute)
+
+    @property
+    def numel(self) -> int:
+        return int(np.prod(self.shape))
+
+    @property
+    def stored_bytes(self) -> int:
+        return sum(t.nbytes for t in self.stored)
+
+
+@dataclass
+class Checkpoint:
+    """An opened checkpoint: config, logical tensors, and the side files (tokenizer, ...) that travel with it."""
+
+    path: Path
+    kind: str
+    config: dict
+    tensors: dict[str, ModelTensor]
+    aux_files: list[Path]
+    files: list[Path]  # weight files
+    layout: str | None = None  # the packed layout of ternary tensors, e.g. "hf-autobitlinear"
+    compute: str | None = None  # how stored codes were made, when known
+
+    def ternary_tensors(self) -> list[ModelTensor]:
+        return [t for t in self.tensors.values() if t.is_ternary]
+
+    def load_passthrough(self, name: str) -> torch.Tensor:
+        t = self.tensors[name]
+        return t.loader() if t.loader is not None else load_torch(t.stored[0])
+
+
+def is_nanotron_dir(p: Path) -> bool:
+    """A Nanotron checkpoint: a model/ tree of TP/PP shards beside its metadata."""
+    metadata = ("checkpoint_metadata.json", "model_config.json")
+    return (p / "model").is_dir() and any((p / m).is_file() for m in metadata)
+
+
+def load_torch(info: TensorInfo) -> torch.Tensor:
+    """A fresh torch tensor holding one stored tensor."""
+    return dtypes.from_numpy_storage(read_array(info), info.dtype).reshape(info.shape)
