@@ -54,6 +54,7 @@ class Plan:
     layout: Layout | None = None
     compute: str = "float32"
     values: str = "online"  # unpack: "online" (lifted so online WeightQuant gives back the scale) or "dequantized"
+    metadata: dict[str, str] | None = None  # safetensors `__metadata__` (None: transformers' {"format": "pt"})
 
     @property
     def entries(self) -> list[OutEntry]:
@@ -147,6 +148,10 @@ def plan_pack_hf(src: Checkpoint, linear_class: str = "autobitlinear", compute: 
 
 
 UNPACK_VALUES = ("online", "dequantized")
+# `unpack` marks its safetensors files as made from a ternary checkpoint, so `check` verifies such a folder as an
+# artifact and never takes it for the master. (config.json stays what transformers writes; loaders ignore extra
+# metadata keys.)
+UNPACKED_METADATA = {"format": "pt", "bitconv": "unpacked"}
 
 
 def plan_unpack_hf(src: Checkpoint, values: str = "online") -> Plan:
@@ -162,7 +167,7 @@ def plan_unpack_hf(src: Checkpoint, values: str = "online") -> Plan:
         else:
             steps.append(Step(t, {t.name: FieldSpec(t.shape, t.dtype)}, "copy"))
     cfg = _with_quant_config(_base_config(src), bitnet_quant_config(src.config, "autobitlinear", "online"))
-    return Plan(src, "hf-bf16", steps, cfg, values=values)
+    return Plan(src, "hf-bf16", steps, cfg, values=values, metadata=UNPACKED_METADATA)
 
 
 def execute(plan: Plan, out: str | Path, *, overwrite: bool = False,
@@ -173,7 +178,7 @@ def execute(plan: Plan, out: str | Path, *, overwrite: bool = False,
     guard = AtomicOutput(out, overwrite=overwrite, inputs=(plan.source.path,))
     check_free_space(guard.out.parent, plan.total_bytes)
     with guard as tmp:
-        sink = HFSink(tmp, plan.entries, max_shard_bytes)
+        sink = HFSink(tmp, plan.entries, max_shard_bytes, plan.metadata)
         try:
             done, total = 0, plan.total_bytes
             for step in plan.steps:

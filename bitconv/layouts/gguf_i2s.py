@@ -28,8 +28,8 @@ from typing import ClassVar
 
 import numpy as np
 
-from bitconv.core.errors import LayoutError
-from bitconv.core.tensors import FieldSpec, Ternary
+from bitconv.core.errors import FormatError, LayoutError
+from bitconv.core.tensors import FieldSpec, Ternary, checked_scale
 from bitconv.layouts.registry import Layout
 
 BLOCK = 128  # elements per block
@@ -52,11 +52,11 @@ def pack_i2s_codes(codes: np.ndarray, out: np.ndarray | None = None) -> np.ndarr
 
 
 def unpack_i2s_codes(packed: np.ndarray, tensor: str | None = None) -> np.ndarray:
-    """n/4 canonical I2_S bytes -> int8 codes (flat). The unused code 0b11 raises LayoutError."""
+    """n/4 canonical I2_S bytes -> int8 codes (flat). The unused code 0b11 raises FormatError."""
     b = np.asarray(packed, dtype=np.uint8).reshape(-1, 1, BLOCK_BYTES)
     c = (b >> np.array([6, 4, 2, 0], dtype=np.uint8).reshape(1, 4, 1)) & 3
     if bool((c == 3).any()):
-        raise LayoutError("I2_S data holds the code 0b11, which is not a ternary value", tensor=tensor,
+        raise FormatError("I2_S data holds the code 0b11, which is not a ternary value", tensor=tensor,
                           hint="the file is corrupt or uses another I2_S byte order")
     return (c.astype(np.int8) - 1).reshape(-1)
 
@@ -101,4 +101,5 @@ class GGUFI2S(Layout, name="gguf-i2-s", container="gguf"):
         if data.size != nbytes:
             raise LayoutError(f"I2_S data is {data.size} bytes, expected {nbytes}", shape=tuple(shape))
         n4 = nbytes - SCALE_SLOT
-        return Ternary(unpack_i2s_codes(data[:n4]).reshape(shape), read_scale(data, n4))
+        codes = unpack_i2s_codes(data[:n4]).reshape(shape)
+        return Ternary(codes, checked_scale(read_scale(data, n4), codes, stored="I2_S scale"))

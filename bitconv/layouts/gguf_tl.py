@@ -44,7 +44,7 @@ from typing import ClassVar
 import numpy as np
 
 from bitconv.core.errors import LayoutError, UsageError
-from bitconv.core.tensors import FieldSpec, Ternary
+from bitconv.core.tensors import FieldSpec, Ternary, checked_scale
 from bitconv.formats.gguf.types import tl2_payload_nbytes
 from bitconv.layouts.gguf_i2s import SCALE_SLOT, read_scale, scale_slot
 from bitconv.layouts.kernel_config import KernelConfig, KernelEntry, derive_entry
@@ -167,7 +167,8 @@ class GGUFTL1(_GGUFTL, name="gguf-tl1", container="gguf"):
         n = self.payload_nbytes(e)
         a = _split_nibbles(data[:n]).reshape(M // BM, K // BK, BM // bm, BK // by, bm // 16, by // 4, 16, 2)
         idx = a.transpose(_inverse(_TL1_PERM)).reshape(M, K // 2)
-        return Ternary(_pair_codes(idx, None), read_scale(data, _pad32(n)))
+        codes = _pair_codes(idx, None)
+        return Ternary(codes, checked_scale(read_scale(data, _pad32(n)), codes, stored="TL1 scale"))
 
 
 class GGUFTL2(_GGUFTL, name="gguf-tl2", container="gguf"):
@@ -240,4 +241,5 @@ class GGUFTL2(_GGUFTL, name="gguf-tl2", container="gguf"):
         if k2:
             idx = _sig_untiles(data[n1 + n2:n1 + n2 + n3], M, k2 // 2, BM, 16)
             codes[:, k3:] = _pair_codes(idx, None)
-        return Ternary(codes, read_scale(data, _pad32(self.payload_nbytes(e))))
+        return Ternary(codes, checked_scale(read_scale(data, _pad32(self.payload_nbytes(e))), codes,
+                                            stored="TL2 scale"))

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
-from bitconv.core.errors import LayoutError
+from bitconv.core.errors import FormatError, LayoutError
 from bitconv.core.tensors import FieldSpec, Ternary
 from bitconv.layouts.registry import Layout
 
@@ -64,10 +64,10 @@ _LUT = ((np.arange(256, dtype=np.uint8)[:, None] >> np.array([0, 2, 4, 6], dtype
 
 
 def unpack_codes(packed: np.ndarray, out_features: int, tensor: str | None = None) -> np.ndarray:
-    """uint8 [out/4, in] -> int8 codes [out, in]. A 0b11 pair (not a ternary code) raises LayoutError."""
+    """uint8 [out/4, in] -> int8 codes [out, in]. A 0b11 pair (not a ternary code) raises FormatError."""
     p = np.ascontiguousarray(packed, dtype=np.uint8)
     if bool(np.any(p & (p >> 1) & 0x55)):  # both bits of some pair set
-        raise LayoutError("packed weight holds the bit pair 0b11, which is not a ternary code", tensor=tensor,
+        raise FormatError("packed weight holds the bit pair 0b11, which is not a ternary code", tensor=tensor,
                           shape=tuple(packed.shape), hint="the file is corrupt or not an HF packed checkpoint")
     codes = np.empty((VALUES_PER_BYTE, *p.shape), dtype=np.int8)
     for i in range(VALUES_PER_BYTE):  # one table lookup per row block (~2.5x faster than shift and mask)

@@ -13,7 +13,7 @@ import torch
 
 from bitconv import quant
 from bitconv.core import dtypes, naming, safeio
-from bitconv.core.errors import BitconvError, SourceError
+from bitconv.core.errors import BitconvError, FormatError, SourceError
 from bitconv.core.jsonio import read_json
 from bitconv.core.pickled import pickled_in, refuse_pickle
 from bitconv.core.tensors import Ternary, checked_scale
@@ -165,7 +165,7 @@ def with_file(path: Path, fn: Callable[..., T], *args: object, **kwargs: object)
     except BitconvError as e:
         if e.path is not None:
             raise
-        raise SourceError(str(e), path=path) from None
+        raise type(e)(str(e), path=path) from None  # keeps the class: a content fault stays a FormatError
 
 
 def _open_dir(folder: Path) -> Checkpoint:
@@ -246,7 +246,7 @@ def _logical_packed(folder: Path, stored: dict[str, TensorInfo], inverted: bool)
 
             def load(compute: str, info: TensorInfo = info, sinfo: TensorInfo = sinfo, n: int = shape[0]) -> Ternary:
                 codes = with_file(info.path, unpack_codes, _load_scratch(info).numpy(), n, tensor=info.name)
-                ws = _scalar(sinfo)
+                ws = _scalar(sinfo)  # finite and > 0, or a FormatError naming the scale tensor
                 return Ternary(codes, np.float32(1.0) / ws if inverted else ws)
 
             out[name] = ModelTensor(name, shape, "U8", [info, sinfo], load)
@@ -267,7 +267,7 @@ def _logical_ternary(folder: Path, stored: dict[str, TensorInfo]) -> dict[str, M
             def load(compute: str, info: TensorInfo = info, sinfo: TensorInfo = sinfo) -> Ternary:
                 codes = read_array(info)
                 if codes.size and (codes.min() < -1 or codes.max() > 1):
-                    raise SourceError("codes outside {-1, 0, 1}", path=info.path, tensor=info.name,
+                    raise FormatError("codes outside {-1, 0, 1}", path=info.path, tensor=info.name,
                                       shape=info.shape)
                 return Ternary(codes, _scalar(sinfo))
 

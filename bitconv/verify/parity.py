@@ -52,13 +52,39 @@ DEFAULT_BATCH, DEFAULT_LENGTH, DEFAULT_SEED = 2, 64, 20250101
 
 @dataclass
 class Thresholds:
-    """Limits of OUT vs REF. `max_dlogit` is absolute and off by default (logit scales vary between models)."""
+    """Limits of OUT vs REF. `max_dlogit` is absolute and off by default (logit scales vary between models).
+
+    `given` names the limits the user set (the rest are defaults); reports say which is which."""
 
     max_rel_dlogit: float = 0.05
     max_dlogit: float | None = None
     max_kl: float = 0.01
     min_top1: float = 0.85
     min_top5: float = 0.85
+    given: frozenset[str] = frozenset()
+
+
+LIMIT_NAMES = ("max_rel_dlogit", "max_dlogit", "max_kl", "min_top1", "min_top5")
+
+
+@dataclass
+class Limit:
+    """One parity limit as applied: the value asked for, the value used, and where the used value came from."""
+
+    name: str
+    requested: float | None  # given by the user, or the default
+    applied: float | None
+    source: str  # "given", "default", "floor-widened" or "off"
+    widened_by: float | None = None  # applied - requested, when the floor widened it
+
+    @property
+    def note(self) -> str:
+        if self.source == "off":
+            return f"{self.name}: off"
+        text = f"{self.name} {self.applied:.4g}"
+        if self.source == "floor-widened":
+            text += f" (asked {self.requested:.4g}, widened by {abs(self.widened_by or 0):.3g} to the floor model)"
+        return text + ("" if self.source == "floor-widened" else f" ({self.source})")
 
 
 @dataclass
@@ -110,7 +136,22 @@ def _limits(th: Thresholds, floor: ParityMetrics | None) -> Thresholds:
         max_rel_dlogit=max(th.max_rel_dlogit, floor.rel_dlogit * f + a),
         max_dlogit=None if th.max_dlogit is None else max(th.max_dlogit, floor.max_dlogit * f),
         max_kl=max(th.max_kl, floor.mean_kl * fk + ak),
-        min_top1=min(th.min_top1, floor.top1 - top), min_top5=min(th.min_top5, floor.top5 - top))
+        min_top1=min(th.min_top1, floor.top1 - top), min_top5=min(th.min_top5, floor.top5 - top), given=th.given)
+
+
+def effective_limits(th: Thresholds, floor: ParityMetrics | None) -> list[Limit]:
+    """Every limit as applied, with its provenance: given or default, and by how much the floor widened it."""
+    applied = _limits(th, floor)
+    out = []
+    for name in LIMIT_NAMES:
+        want, used = getattr(th, name), getattr(applied, name)
+        if want is None:
+            out.append(Limit(name, None, None, "off"))
+        elif used != want:
+            out.append(Limit(name, want, used, "floor-widened", used - want))
+        else:
+            out.append(Limit(name, want, used, "given" if name in th.given else "default"))
+    return out
 
 
 @dataclass
@@ -119,21 +160,31 @@ class ParityReport:
     token_source: str
     ref_mode: str
     out_mode: str
-    thresholds: Thresholds
+    thresholds: Thresholds  # as requested (given or default)
     out_vs_ref: ParityMetrics
     floor_vs_ref: ParityMetrics | None = None  # REF's own codes in OUT's arithmetic: what a correct OUT gives
     out_vs_floor: ParityMetrics | None = None  # 0 when OUT computes exactly what REF's codes and scales give
     out_vs_plain: ParityMetrics | None = None  # information: against the dense bf16 master
     ref_vs_plain: ParityMetrics | None = None  # information: what ternarization itself costs
     failures: list[str] = field(default_factory=list)
+    limits: list[Limit] = field(default_factory=list)  # as applied, with provenance
+    strict: bool = False  # True: limits were not widened to the floor
     seconds: float = 0.0
 
     @property
     def ok(self) -> bool:
         return not self.failures
 
+    @property
+    def widened(self) -> list[Limit]:
+        return [lim for lim in self.limits if lim.source == "floor-widened"]
+
     def to_dict(self) -> dict:
         d = asdict(self)
+        d["thresholds"] = {k: getattr(self.thresholds, k) for k in LIMIT_NAMES}
+        d["thresholds_given"] = sorted(self.thresholds.given)
+        d["effective_thresholds"] = {lim.name: lim.applied for lim in self.limits}
+        d["limits"] = [asdict(lim) for lim in self.limits]
         d["ok"] = self.ok
         return d
 
@@ -239,13 +290,14 @@ def _check_compatible(out_cfg: RefConfig, ref_cfg: RefConfig, out_ck: Checkpoint
 
 def parity(out_ck: Checkpoint, ref_ck: Checkpoint, ids: torch.Tensor, thresholds: Thresholds | None = None, *,
            token_source: str = "default", out_mode: str | None = None, bitlinear: str = "compiled",
-           ref_compute: str = "float32", progress: Callable[[int, int], None] | None = None) -> ParityReport:
+           ref_compute: str = "float32", progress: Callable[[int, int], None] | None = None,
+           strict: bool = False) -> ParityReport:
     """Run REF (online), OUT, the floor model (REF's codes and scales applied in OUT's arithmetic) and the plain
     master (when REF is one) on `ids`, layer by layer in lockstep, and compare.
 
     `ref_compute` is the arithmetic REF is ternarized with: "float32" (transformers' WeightQuant), or "bfloat16"
     for an artifact whose codes the round trip found were made the onebitllms way (that model, not another one,
-    is what OUT must reproduce)."""
+    is what OUT must reproduce). `strict` applies the limits as given, without widening them to the floor."""
     t0 = time.perf_counter()
     keep_freed_memory()  # streaming same-sized tensors: reuse freed pages instead of faulting new ones
     th = thresholds or Thresholds()
@@ -271,6 +323,8 @@ def parity(out_ck: Checkpoint, ref_ck: Checkpoint, ids: torch.Tensor, thresholds
     if len(logits) == 4:
         rep.out_vs_plain = ParityMetrics.between(logits[3], out)
         rep.ref_vs_plain = ParityMetrics.between(logits[3], ref)
-    rep.failures = rep.out_vs_ref.failures(th, rep.floor_vs_ref)
+    floor = None if strict else rep.floor_vs_ref
+    rep.failures = rep.out_vs_ref.failures(th, floor)
+    rep.limits, rep.strict = effective_limits(th, floor), strict
     rep.seconds = time.perf_counter() - t0
     return rep

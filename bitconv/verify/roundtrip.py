@@ -25,6 +25,7 @@ import torch
 
 from bitconv.core import dtypes
 from bitconv.core.alloc import keep_freed_memory
+from bitconv.core.errors import BitconvError
 from bitconv.core.tensors import Ternary
 from bitconv.layouts import layout_class
 from bitconv.quant import COMPUTE_MODES
@@ -57,6 +58,7 @@ FAULTS = {
     "passthrough": "values differ",
     "sub-norm": "sub-norm weight differs",
     "tied": "lm_head tying differs",
+    "content": "not a valid stored tensor",
 }
 
 SUB_NORMS = ("attn_sub_norm", "ffn_sub_norm", "inner_attn_ln", "ffn_layernorm")
@@ -317,7 +319,10 @@ def check_ternary(r: ModelTensor, o: ModelTensor, layout: str | None, tracker: _
     check = TensorCheck(r.name, "ternary", True, shape=list(r.shape))
     if tuple(o.shape) != tuple(r.shape):
         return _fail(check, "shape", f"OUT {list(o.shape)} vs REF {list(r.shape)}")
-    out = o.ternary("float32")
+    try:
+        out = o.ternary("float32")
+    except BitconvError as e:  # a non-ternary code or a bad scale in OUT: what verify exists to find
+        return _fail(check, "content", e.args[0] if e.args else str(e))
     storage = scale_storage(layout, o)
     first, scale_fault = None, None
     for mode in tracker.candidates():
