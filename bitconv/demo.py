@@ -80,7 +80,7 @@ def run_demo(workdir: str | Path | None = None, arch: str = "bitnet-2b4t",
     w = Path(workdir)
     say = on_step or (lambda s: None)
     say("building a tiny bf16 master")
-    master = tiny.make_tiny(w / "master", arch)
+    master = tiny.make_tiny(w / "master", arch, hidden_size=512)  # K = 512: a TL2 tiling bitnet.cpp runs
     tern, auto, bitl, repacked, unpacked = (w / n for n in (
         "ternary", "hf-autobitlinear", "hf-bitlinear", "hf-repacked", "hf-bf16"))
     steps: list[tuple[str, Path, Callable[[], object], Callable[[], tuple[bool, str]]]] = [

@@ -32,6 +32,7 @@ Tensor order: HF names sorted (what convert-hf reads from a single safetensors f
 from __future__ import annotations
 
 import os
+import stat
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -62,8 +63,9 @@ from bitconv.gguf.vocab import load_vocab, vocab_kvs
 from bitconv.gguf.writer import GGUFWriter, TensorEntry, build_header
 from bitconv.kernel_config import KernelConfig, derive
 from bitconv.layouts import Layout, get_layout
-from bitconv.layouts._ikbn import IK_ARCH_ACT, IK_DEFAULT_ARCH, IK_RUNTIME, RUNTIME, RUNTIME_COMMIT
-from bitconv.output import TMP_PREFIX, AtomicOutput, check_free_space
+from bitconv.layouts._ikbn import IK_DEFAULT_ARCH, RUNTIME
+from bitconv.layouts.runtimes import ACTIVATIONS, Verdict, default_activation, runs_somewhere, summary, where_it_runs
+from bitconv.output import AtomicOutput, check_free_space, precheck
 from bitconv.pipeline import Progress, Report
 from bitconv.quant import COMPUTE_MODES
 from bitconv.safetensors_io import TensorInfo, pread_exact
@@ -125,6 +127,9 @@ class GGUFPlan:
     compute: str = "float32"
     kernel_config: KernelConfig | None = None
     extra: dict = field(default_factory=dict)
+    kernel_config_path: Path | None = None  # the user's --kernel-config file, when one was given
+    verdicts: list[Verdict] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def entries(self) -> list[TensorEntry]:
@@ -164,7 +169,7 @@ def _kernel_config(kind: str, given: KernelConfig | str | Path | None, shapes: d
     if given is None:
         return derive(kind, shapes)
     if isinstance(given, (str, Path)):
-        return KernelConfig.from_ini(given, kind)
+        return KernelConfig.from_ini(given, kind, user_named=True)
     return given.with_kind(kind)
 
 
@@ -245,8 +250,8 @@ def _add_prefix_space(src: Checkpoint) -> bool | None:
 
 
 def _ik_arch(src: Checkpoint, arch: str | None) -> GGUFArch:
-    """The arch for an ik_llama.cpp file: its graph must have the model's FFN activation (SiLU for `bitnet`,
-    relu² for `bitnet-25` / `bitnet-b1.58`); a 2B4T model defaults to `bitnet-25`."""
+    """The arch for an ik_llama.cpp file: by default the one whose ik graph has the model's FFN activation (a 2B4T
+    model is written as `bitnet-25`); an explicit `--arch` is kept and judged by the runtime table like any other."""
     act = src.config.get("hidden_act")
     given = arch or _source_gguf_arch(src)
     garch = resolve_arch(src.config, given)
@@ -255,40 +260,33 @@ def _ik_arch(src: Checkpoint, arch: str | None) -> GGUFArch:
             garch = resolve_arch(src.config, IK_DEFAULT_ARCH[act])
         except UsageError:
             pass
-    want = IK_ARCH_ACT.get(garch.name)
-    if act is not None and want is not None and want != act:
-        raise UsageError(f"{RUNTIME} runs GGUF arch {garch.name!r} with the {want} FFN graph, but this model uses "
-                         f"{act}: the file would load and compute a different model", path=src.path,
-                         hint=f"use --arch {IK_DEFAULT_ARCH.get(act, 'bitnet-25')}")
     return garch
 
 
-def _runtime_notes(plan: GGUFPlan) -> tuple[str, list[str], list[str]]:
-    """(where the file runs, warnings, notes) from the runtime facts of the tensor types it holds."""
-    types = {s.type_name for s in plan.steps if s.action == "pack"}
-    warnings = []
-    for s in plan.steps:
-        fact = IK_RUNTIME.get(s.type_name)
-        limit = fact.min_in_features if fact is not None else None
-        if s.action == "pack" and limit is not None and s.tensor.shape[1] < limit:
-            warnings.append(s)
-    out = []
-    if warnings:
-        s = warnings[0]
-        out.append(f"{len(warnings)} projection(s) have in_features < {IK_RUNTIME[s.type_name].min_in_features} "
-                   f"(e.g. {s.tensor.name} {list(s.tensor.shape)}): {IK_RUNTIME[s.type_name].note}")
-    ik = [IK_RUNTIME[t] for t in sorted(types) if t in IK_RUNTIME]
-    where, notes = "", [f.note for f in ik if not f.runs]
-    if GGUF_TARGETS[plan.gguf_type].runtime == RUNTIME:
-        where = f"{RUNTIME} (tested at {RUNTIME_COMMIT}; CPU x86/ARM): llama-cli -m FILE" + \
-            (" -rtr" if "IQ2_BN" in types else "")
-    return where, out, notes
+def model_activation(config: dict) -> str:
+    """The FFN activation of a checkpoint: config hidden_act, else transformers' default for its class."""
+    act = config.get("hidden_act")
+    if act is None:
+        act = "relu2" if (config.get("architectures") or [""])[0] == "BitNetForCausalLM" else "silu"
+    return str(act)
+
+
+def runtime_verdicts(arch: str, type_name: str, activation: str, src: Checkpoint, kc: KernelConfig | None,
+                     file: str) -> list[Verdict]:
+    shapes = {t.name: (int(t.shape[0]), int(t.shape[1])) for t in src.ternary_tensors() if len(t.shape) == 2}
+    tiling = {e.shape: (e.BM, e.BK, e.bm) for e in kc.entries} if kc is not None else {}
+    return where_it_runs(arch, type_name, activation, shapes, tiling, file)
 
 
 def plan_pack_gguf(src: Checkpoint, gguf_type: str, *, arch: str | None = None, embd_type: str | None = None,
                    kernel_config: KernelConfig | str | Path | None = None, tl2_type_id: int = 39,
-                   compute: str = "float32") -> GGUFPlan:
-    """Validate every option and shape and size the whole file; raises before anything is read or written."""
+                   compute: str = "float32", force: bool = False, file: str = "MODEL.gguf") -> GGUFPlan:
+    """Validate every option and shape and size the whole file; raises before anything is read or written.
+
+    The file's runtimes are judged from the compatibility table (`bitconv.layouts.runtimes`): a combination that
+    runs correctly on no known runtime is refused (UsageError) unless `force`, which writes it with a warning in
+    `plan.warnings` and in the GGUF (`bitconv.warning`). `file` is the name the run commands use.
+    """
     gguf_type = _choice(gguf_type, GGUF_TARGETS, "--type")
     target = GGUF_TARGETS[gguf_type]
     embd = EMBD_TYPES[_choice(embd_type or target.embd, EMBD_TYPES, "--embd-type")]
@@ -305,17 +303,40 @@ def plan_pack_gguf(src: Checkpoint, gguf_type: str, *, arch: str | None = None, 
     steps = _steps(src, garch, target, layout, embd)
     profile = PROFILE_OF[(garch.name, target.tool)]
     type_name = layout.ggml_type if layout is not None else target.float_type
+    activation = model_activation(src.config)
+    verdicts = runtime_verdicts(garch.name, type_name, activation, src, kc, file)
+    runs_on, not_on = summary(verdicts)
+    warnings = []
+    if not runs_somewhere(verdicts) and any(v.shape_limited for v in verdicts):
+        # the file is right and loads, but a CPU kernel's size limit aborts it (ik's IQ1_BN below 512 inputs):
+        # written, with the runtime's warning (tiny test models; real models are far above the limit)
+        warnings.append(f"{gguf_type}: the file is correct, but " + "; ".join(
+            f"{v.runtime.name}: {v.why}" for v in verdicts if v.shape_limited))
+    elif not runs_somewhere(verdicts):
+        what = (f"{gguf_type} with arch {garch.name} for a model with hidden_act {activation!r} runs correctly on no "
+                f"known runtime; {not_on}")
+        if not force:
+            raise UsageError(what, path=src.path, hint="choose another --type / --arch (docs/runtimes.md lists where "
+                             "each file runs), or pass --force to write it anyway with a warning")
+        warnings.append(f"FORCED (--force): {what}")
+    # the activation travels with the file when it is relu2, or when it is not what the arch's graph assumes
+    hidden = activation if activation in ACTIVATIONS and (activation == "relu2" or
+                                                          activation != default_activation(garch.name)) else None
     meta = Meta(garch.name, src.config, _model_name(src), FILE_TYPES[type_name],
-                sum(int(np.prod(s.tensor.shape)) for s in steps), target.quantized, _add_prefix_space(src))
+                sum(int(np.prod(s.tensor.shape)) for s in steps), target.quantized, _add_prefix_space(src),
+                hidden, warnings[0] if warnings and warnings[0].startswith("FORCED") else None)
     kvs = build_kvs(profile, meta, _vocab(src, PROFILES[profile].vocab_style))
-    plan = GGUFPlan(src, gguf_type, garch, profile, steps, kvs, layout, compute, kc)
-    plan.extra = {"arch": garch.name, "profile": profile, "type": type_name, "embd_type": embd}
-    where, warnings, notes = _runtime_notes(plan)
-    plan.extra.update({"runs_on": where} if where else {})
-    plan.extra.update({"warnings": warnings} if warnings else {})
-    plan.extra.update({"notes": notes} if notes else {})
+    plan = GGUFPlan(src, gguf_type, garch, profile, steps, kvs, layout, compute, kc, verdicts=verdicts,
+                    warnings=warnings)
+    if isinstance(kernel_config, (str, Path)):
+        plan.kernel_config_path = Path(kernel_config)
+    plan.extra = {"arch": garch.name, "profile": profile, "type": type_name, "embd_type": embd,
+                  "activation": activation, "hidden_activation_kv": hidden, "runs_on": runs_on,
+                  "does_not_run_on": not_on, "runtimes": [v.to_dict() for v in verdicts], "warnings": warnings}
     if kc is not None:
-        plan.extra["codegen"] = kc.codegen_params().__dict__
+        cg = kc.codegen_params()
+        plan.extra["codegen"] = cg.__dict__
+        plan.extra["codegen_steps"] = cg.instructions(f"the {KERNEL_CONFIG_NAME} written next to {file}")
     return plan
 
 
@@ -391,37 +412,31 @@ def execute_gguf(plan: GGUFPlan, out: str | Path, *, overwrite: bool = False,
     guard = AtomicOutput(out, overwrite=overwrite, is_dir=False, inputs=(plan.source.path,))
     ini = _check_ini(plan, guard.out, overwrite)
     check_free_space(guard.out.parent, plan.total_bytes)
-    ini_tmp = guard.out.parent / f"{TMP_PREFIX}{guard.out.name}.{KERNEL_CONFIG_NAME}"
-    try:
-        with guard as tmp:
-            writer = GGUFWriter(tmp, plan.kvs, plan.entries)
+    ini_tmp = guard.side_file(ini) if ini is not None else None
+    with guard as tmp:
+        writer = GGUFWriter(tmp, plan.kvs, plan.entries)
+        try:
+            done, total = 0, sum(s.entry.nbytes for s in plan.steps)  # progress in output bytes
+            for step in plan.steps:
+                if progress:
+                    progress(done, total, step.tensor.name)
+                writer.write(step.entry.name, _step_data(step, plan))
+                done += step.entry.nbytes
+            writer.close(fsync=os.environ.get("BITCONV_FSYNC") == "1")
+        except BaseException:
+            writer.abort()
+            raise
+        if ini_tmp is not None:
             try:
-                done, total = 0, sum(s.entry.nbytes for s in plan.steps)
-                for step in plan.steps:
-                    if progress:
-                        progress(done, total, step.tensor.name)
-                    writer.write(step.entry.name, _step_data(step, plan))
-                    done += step.entry.nbytes
-                writer.close(fsync=os.environ.get("BITCONV_FSYNC") == "1")
-            except BaseException:
-                writer.abort()
-                raise
-            if ini is not None:
-                try:
-                    plan.kernel_config.write_ini(ini_tmp)
-                except OSError as e:
-                    raise OutputError(f"cannot write: {e.strerror or e}", path=ini) from None
-        if ini is not None:
-            try:
-                os.replace(ini_tmp, ini)
+                plan.kernel_config.write_ini(ini_tmp)
             except OSError as e:
                 raise OutputError(f"cannot write: {e.strerror or e}", path=ini) from None
-    finally:
-        ini_tmp.unlink(missing_ok=True)
     if progress:
         total = sum(s.entry.nbytes for s in plan.steps)
         progress(total, total, "")
     n_tern = sum(1 for s in plan.steps if s.action != "convert")
+    if ini is None and plan.kernel_config is not None:  # the user's --kernel-config, already in place
+        ini = guard.out.parent / KERNEL_CONFIG_NAME
     files = [guard.out] + ([ini] if ini is not None else [])
     extra = dict(plan.extra, **({"kernel_config": str(ini)} if ini is not None else {}))
     return Report(guard.out, f"gguf-{plan.gguf_type}", plan.source.kind, files, n_tern, len(plan.steps) - n_tern,
@@ -433,7 +448,21 @@ def _check_ini(plan: GGUFPlan, out: Path, overwrite: bool) -> Path | None:
     if plan.kernel_config is None:
         return None
     ini = out.parent / KERNEL_CONFIG_NAME
-    if ini.exists() and not overwrite and ini.read_text(encoding="utf-8") != plan.kernel_config.to_ini():
+    if not os.path.lexists(ini):
+        return ini
+    st = os.lstat(ini)
+    if not stat.S_ISREG(st.st_mode):
+        raise OutputError("exists and is not a regular file; the GGUF's kernel config cannot be written there",
+                          path=ini, hint="remove it or write the GGUF into another folder")
+    given = plan.kernel_config_path
+    if given is not None and os.path.samefile(given, ini):
+        return None  # the user's own --kernel-config, which the plan was tiled for: never rewritten
+    try:
+        with open(ini, "rb") as f:
+            same = f.read(len(plan.kernel_config.to_ini()) + 1) == plan.kernel_config.to_ini().encode()
+    except OSError as e:
+        raise OutputError(f"cannot read: {e.strerror or e}", path=ini) from None
+    if not same and not overwrite:
         raise OutputError("a different kernel config already exists next to the output", path=ini,
                           hint="pass --overwrite or write the GGUF into another folder")
     return ini
@@ -441,8 +470,8 @@ def _check_ini(plan: GGUFPlan, out: Path, overwrite: bool) -> Path | None:
 
 def pack_gguf(src: str | Path | Checkpoint, out: str | Path, gguf_type: str, *, arch: str | None = None,
               embd_type: str | None = None, kernel_config: KernelConfig | str | Path | None = None,
-              tl2_type_id: int = 39,
-              compute: str = "float32", overwrite: bool = False, progress: Progress | None = None) -> Report:
+              tl2_type_id: int = 39, compute: str = "float32", overwrite: bool = False,
+              progress: Progress | None = None, force: bool = False) -> Report:
     """Write SRC as one GGUF file of `gguf_type` (i2_s, tl1, tl2, tq1_0, tq2_0, f32, f16, bf16, and ik_llama.cpp's
     iq1_bn, iq2_bn, iq2_bn_r4).
 
@@ -454,14 +483,14 @@ def pack_gguf(src: str | Path | Checkpoint, out: str | Path, gguf_type: str, *, 
         embd_type: token_embd / output type: f16, f32, bf16 or q8_0; None: q8_0 for the ik_llama.cpp types, else f16.
         kernel_config: TL1/TL2 tiling: a kernel_config.ini, a KernelConfig, or None to derive one from the shapes.
         tl2_type_id: 39 (bitnet.cpp before mid-2026) or 42 (current fork).
+        force: write a combination that runs correctly on no known runtime (with a warning in the file).
     Returns a Report; for TL types `extra["codegen"]` holds the codegen_tl*.py parameters of the config used;
-    `extra["runs_on"]` says where an ik_llama.cpp file runs, `extra["warnings"]` lists runtime combos that abort
-    (in_features < 512 for IQ1_BN / IQ2_BN), `extra["notes"]` runtimes that cannot run the type (ik_llama.cpp and
-    I2_S / TQ).
+    `extra["runtimes"]` the verdict of every known runtime (bitconv.layouts.runtimes).
     Example:
         >>> pack_gguf("bitnet-bf16", "bitnet-i2_s.gguf", "i2_s")
     """
+    precheck(out, overwrite)
     ck = src if isinstance(src, Checkpoint) else open_source(src)
     plan = plan_pack_gguf(ck, gguf_type, arch=arch, embd_type=embd_type, kernel_config=kernel_config,
-                          tl2_type_id=tl2_type_id, compute=compute)
+                          tl2_type_id=tl2_type_id, compute=compute, force=force, file=Path(out).name)
     return execute_gguf(plan, out, overwrite=overwrite, progress=progress)

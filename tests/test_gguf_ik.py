@@ -106,9 +106,10 @@ def test_golden_whole_file(tmp_path, gguf_type, embd):
     out = tmp_path / "o" / "model.gguf"
     rep = pack_gguf(GOLD / "input", out, gguf_type, embd_type=embd)
     assert out.read_bytes() == (GOLD / f"ggml-model-{gguf_type}.gguf").read_bytes()
-    assert rep.extra["arch"] == "bitnet" and rep.extra["embd_type"] == "Q8_0" and "warnings" not in rep.extra
-    assert rep.extra["runs_on"].startswith("ik_llama.cpp") and rep.extra["runs_on"].endswith(
-        " -rtr" if gguf_type == "iq2_bn" else "-m FILE")
+    assert rep.extra["arch"] == "bitnet" and rep.extra["embd_type"] == "Q8_0" and rep.extra["warnings"] == []
+    assert rep.extra["runs_on"] == "runs on: ik_llama.cpp 8337e4cd"
+    cmd = next(v["command"] for v in rep.extra["runtimes"] if v["runs"])
+    assert cmd.startswith("llama-cli -m model.gguf") and cmd.endswith(" -rtr" if gguf_type == "iq2_bn" else "-n 32")
 
 
 def _r4_expectation() -> bytes:
@@ -334,21 +335,27 @@ def test_small_in_features_written_with_warning(models, tmp_path):
         out = tmp_path / f"{gguf_type}.gguf"
         rep = pack_gguf(m, out, gguf_type)
         assert out.is_file()
-        warn = " ".join(rep.extra.get("warnings", []))
-        if gguf_type == "iq2_bn_r4":
-            assert warn == ""
-        else:
-            assert "in_features < 512" in warn and "GGML_ASSERT" in warn and "iq2_bn_r4" in warn
+        warn = " ".join(rep.extra["warnings"])
+        ik = next(v for v in rep.extra["runtimes"] if v["name"].startswith("ik_llama.cpp"))
+        if gguf_type == "iq1_bn":  # written (the file is right), with the runtime's abort named
+            assert "in_features 256 < 512" in warn and "first matmul aborts" in warn and not ik["runs"]
+        else:  # IQ2_BN runs with -rtr (repacked at load), IQ2_BN_R4 has no limit
+            assert warn == "" and ik["runs"]
+    assert "-rtr" in next(v for v in pack_gguf(m, tmp_path / "r.gguf", "iq2_bn").extra["runtimes"]
+                          if v["name"].startswith("ik_llama.cpp"))["command"]
     big = plan_pack_gguf(open_source(GOLD / "input"), "iq1_bn")
-    assert "warnings" not in big.extra
+    assert big.extra["warnings"] == []
+
+
+def _ik(extra: dict) -> dict:
+    return next(v for v in extra["runtimes"] if v["name"].startswith("ik_llama.cpp"))
 
 
 def test_other_types_say_ik_cannot_run_them(models):
     src = open_source(models("1bitllm"))
-    i2s = plan_pack_gguf(src, "i2_s").extra
-    assert "wrong logits" in " ".join(i2s["notes"]) and "warnings" not in i2s and "runs_on" not in i2s
-    assert "no type id 35" in " ".join(plan_pack_gguf(src, "tq2_0").extra["notes"])
-    assert "notes" not in plan_pack_gguf(src, "iq2_bn").extra
+    assert "wrong logits" in _ik(plan_pack_gguf(src, "i2_s").extra)["why"]
+    assert "no type 35" in _ik(plan_pack_gguf(src, "tq2_0").extra)["why"]
+    assert _ik(plan_pack_gguf(src, "iq2_bn").extra)["runs"]
 
 
 def test_arch_rules_for_ik(models, tmp_path):
@@ -356,14 +363,14 @@ def test_arch_rules_for_ik(models, tmp_path):
     assert plan_pack_gguf(b2, "iq2_bn").arch.name == "bitnet-25"  # default for a relu² model
     assert plan_pack_gguf(b2, "iq2_bn", arch="bitnet-b1.58").arch.name == "bitnet-b1.58"  # same graph in ik
     assert plan_pack_gguf(b2, "i2_s").arch.name == "bitnet-b1.58"  # other types keep their default
-    with pytest.raises(UsageError) as e:
+    with pytest.raises(UsageError) as e:  # ik's `bitnet` graph is SiLU: runs nowhere correctly
         pack_gguf(b2, tmp_path / "o" / "x.gguf", "iq2_bn", arch="bitnet")
     msg = str(e.value)
-    assert "silu FFN graph" in msg and "relu2" in msg and "--arch bitnet-25" in msg and "\n" not in msg
+    assert "computes silu, the model needs relu2" in msg and "--force" in msg and "\n" not in msg
     assert not (tmp_path / "o").exists()
     one = open_source(models("1bitllm"))
     assert plan_pack_gguf(one, "iq1_bn").arch.name == "bitnet"
-    with pytest.raises(UsageError, match=r"\(use --arch bitnet\)$"):
+    with pytest.raises(UsageError, match="computes relu2, the model needs silu"):
         plan_pack_gguf(one, "iq1_bn", arch="bitnet-25")
 
 
@@ -430,8 +437,7 @@ def test_cli_pack_inspect_unpack(models, tmp_path):
     out = tmp_path / "m.gguf"
     r = runner.invoke(app, ["pack", str(m), "--to", "gguf", "--type", "iq2_bn", "-o", str(out)])
     assert r.exit_code == 0, r.output
-    assert "warning:" in r.output and "in_features < 512" in r.output
-    assert "runs on ik_llama.cpp" in r.output and "-rtr" in r.output
+    assert "runs on: ik_llama.cpp" in r.output and "-rtr" in r.output
     r = runner.invoke(app, ["inspect", str(out), "--no-tensors"])
     assert r.exit_code == 0 and "gguf-iq2-bn" in r.output
     r = runner.invoke(app, ["unpack", str(out), "-o", str(tmp_path / "bf16")])
@@ -443,7 +449,7 @@ def test_cli_pack_inspect_unpack(models, tmp_path):
 def test_cli_arch_refusal_exit_2(models, tmp_path):
     r = runner.invoke(app, ["pack", str(models("bitnet-2b4t")), "--to", "gguf", "--type", "iq1_bn", "--arch",
                             "bitnet", "-o", str(tmp_path / "x.gguf")])
-    assert r.exit_code == 2 and "--arch bitnet-25" in r.output
+    assert r.exit_code == 2 and "needs relu2" in r.output and "--force" in r.output
 
 
 @pytest.mark.slow
@@ -459,4 +465,5 @@ def test_model_card_gives_the_ik_command(tmp_path, name, flags):
     art = tmp_path / name
     shutil.copyfile(GOLD / name, art)
     card = plan_upload(art, "me/tiny-ik", base_model="microsoft/x", base_card="").card
-    assert f"llama-cli -m models/tiny-ik/{name}{flags} -p" in card and "ik_llama.cpp" in card
+    assert f"llama-cli -m {name} -p" in card and "ik_llama.cpp" in card
+    assert (f"-n 32{flags}" in card) if flags else ("-rtr" not in card)

@@ -25,6 +25,8 @@ HF_RULES = [((5, 8), r"out_features % 4 == 0 \(got 5\)"), ((37, 64), r"out_featu
 TQ_RULES = [((64, 128), r"in_features % 256 == 0 \(got 128\)"), ((32, 700), r"in_features % 256 == 0 \(got 700\)"),
             ((256, 8), r"in_features % 256 == 0 \(got 8\)")]
 TL_M_RULE = [((40, 256), r"M % 32 == 0 \(got M=40\)"), ((836, 512), r"M % 32 == 0 \(got M=836\)")]
+IKBN_RULES = [((64, 100), r"in_features % 64 == 0 \(got 100\)"), ((4, 32), r"in_features % 64 == 0 \(got 32\)"),
+              ((8, 1000), r"in_features % 64 == 0 \(got 1000\)")]
 REFUSED: dict[str, list[tuple[tuple[int, ...], str]]] = {
     "bitconv-ternary": NOT_2D,
     "hf-autobitlinear": NOT_2D + HF_RULES,
@@ -38,6 +40,10 @@ REFUSED: dict[str, list[tuple[tuple[int, ...], str]]] = {
                                       ((32, 8), r"K % 16 == 0 \(got K=8\)")],
     "gguf-tl2": NOT_2D + TL_M_RULE + [((64, 128), r"K >= 256 \(got K=128\)"),
                                       ((64, 688), r"TL2 needs a BK .* none exists for K=688")],
+    "gguf-iq1-bn": NOT_2D + IKBN_RULES,
+    "gguf-iq2-bn": NOT_2D + IKBN_RULES,
+    "gguf-iq2-bn-r4": NOT_2D + IKBN_RULES + [((6, 64), r"out_features % 4 == 0 \(got 6\)"),
+                                             ((130, 128), r"out_features % 4 == 0 \(got 130\)")],
 }
 REFUSED_ROWS = [(n, shape, rule) for n, rows in REFUSED.items() for shape, rule in rows]
 
@@ -145,14 +151,19 @@ def test_hf_scale_conventions():
 # byte offsets as the layout docstrings and the spec give them. I2_S and TL1/TL2 end in a 32-byte slot (4 scale
 # bytes, 28 zeros); TQ blocks end in their fp16 d; the HF layouts and bitconv-ternary have a `weight_scale` field.
 STORED_SCALE_AT = {
-    "bitconv-ternary": lambda f: [f["weight_scale"].view(np.uint8)],
-    "hf-autobitlinear": lambda f: [f["weight_scale"].view(np.uint8)],
-    "hf-bitlinear": lambda f: [f["weight_scale"].view(np.uint8)],
-    "gguf-i2-s": lambda f: [f["data"][-32:-28]],
-    "gguf-tl1": lambda f: [f["data"][-32:-28]],
-    "gguf-tl2": lambda f: [f["data"][-32:-28]],
-    "gguf-tq1-0": lambda f: list(f["data"].reshape(-1, 54)[:, 52:54]),
-    "gguf-tq2-0": lambda f: list(f["data"].reshape(-1, 66)[:, 64:66]),
+    "bitconv-ternary": lambda f, s: [f["weight_scale"].view(np.uint8)],
+    "hf-autobitlinear": lambda f, s: [f["weight_scale"].view(np.uint8)],
+    "hf-bitlinear": lambda f, s: [f["weight_scale"].view(np.uint8)],
+    "gguf-i2-s": lambda f, s: [f["data"][-32:-28]],
+    "gguf-tl1": lambda f, s: [f["data"][-32:-28]],
+    "gguf-tl2": lambda f, s: [f["data"][-32:-28]],
+    "gguf-tq1-0": lambda f, s: list(f["data"].reshape(-1, 54)[:, 52:54]),
+    "gguf-tq2-0": lambda f, s: list(f["data"].reshape(-1, 66)[:, 64:66]),
+    # ik_llama.cpp rows of shape s = (M, K): IQ1_BN fp16 + 13 bytes per 64 weights; IQ2_BN float32 + K/4 bytes;
+    # IQ2_BN_R4 groups of 4 rows start with their 4 float32 scales
+    "gguf-iq1-bn": lambda f, s: list(f["data"].reshape(s[0], 2 + 13 * s[1] // 64)[:, 0:2]),
+    "gguf-iq2-bn": lambda f, s: list(f["data"].reshape(s[0], 4 + s[1] // 4)[:, 0:4]),
+    "gguf-iq2-bn-r4": lambda f, s: list(f["data"].reshape(s[0] // 4, 4 * (4 + s[1] // 4))[:, 0:16].reshape(-1, 4)),
 }
 SCALE_SLOT_ZEROS = {"gguf-i2-s", "gguf-tl1", "gguf-tl2"}  # the 28 bytes after the float32 scale
 
@@ -187,7 +198,7 @@ def test_declared_scale_dtype_and_inversion_are_what_is_written(name):
     shape = next(s for n, s in LEGAL_PAIRS if n == name and s[1] >= 256)
     codes = np.ones(shape, dtype=np.int8)  # no all-zero TQ block (those store d = 0)
     fields = lay.pack(Ternary(codes, scale))
-    stored = STORED_SCALE_AT[name](fields)
+    stored = STORED_SCALE_AT[name](fields, shape)
     width = {"F32": 4, "BF16": 2, "F16": 2}[lay.scale_dtype]
     assert stored and all(r.size == width for r in stored)
     for raw in stored:

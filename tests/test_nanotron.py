@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 from bitconv import pipeline
 from bitconv.cli import app
 from bitconv.cli.convert import check_options
-from bitconv.errors import SourceError, UsageError
+from bitconv.errors import OutputError, SourceError, UsageError
 from bitconv.nanotron import convert as nc
 from bitconv.nanotron import format as nt
 from bitconv.nanotron import yamlish
@@ -619,7 +619,7 @@ def test_failed_convert_leaves_nothing(ntfx, broken, tmp_path, monkeypatch):
 
     real = nc.write_param
     monkeypatch.setattr(nc, "write_param", failing)
-    with pytest.raises(OSError, match="disk on fire"):
+    with pytest.raises(OutputError, match="disk on fire"):
         nc.to_nanotron(ntfx / "llama_tp1", out_dir / "mid")
     assert list(out_dir.iterdir()) == [] and not any(p.name.startswith(TMP_PREFIX) for p in out_dir.iterdir())
 

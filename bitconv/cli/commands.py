@@ -63,16 +63,18 @@ def pack(src: SrcArg, out: OutOpt,
                                                   "mid-2026) or 42 (current fork)")] = 39,
          compute: ComputeOpt = "float32", overwrite: OverwriteOpt = False, max_shard_size: ShardOpt = "5GB",
          dry_run: Annotated[bool, typer.Option("--dry-run", help="print the plan, write nothing")] = False,
+         force: Annotated[bool, typer.Option("--force", help="GGUF: write a file that runs correctly on no known "
+                                             "runtime (docs/runtimes.md), with a warning in the file")] = False,
          json: JsonOpt = False, push_to_hub: PushOpt = None, token: TokenOpt = None) -> None:
     """Pack SRC into a deployable layout (HF folder or one GGUF file). Ternary sources are never re-quantized."""
     if to not in PACK_TARGETS:
         raise UsageError(f"--to {to!r} is not a known target; choose one of {', '.join(PACK_TARGETS)}")
     gguf_opts = {"arch": arch, "embd_type": embd_type, "kernel_config": kernel_config, "tl2_type_id": tl2_type_id,
-                 "compute": compute}
+                 "compute": compute, "force": force}
     if to == "gguf":
         _pack_gguf(src, out, _gguf_type(gguf_type), gguf_opts, overwrite, dry_run, json)
         return push_after_pack(out, push_to_hub, src, token, dry_run, json)
-    _refuse_gguf_options(gguf_type, arch, embd_type, kernel_config, tl2_type_id)
+    _refuse_gguf_options(gguf_type, arch, embd_type, kernel_config, tl2_type_id, force)
     if dry_run:
         plan = pipeline.plan_pack_hf(pipeline.open_source(src), linear_class, compute)
         _print_plan(plan, json)
@@ -92,10 +94,10 @@ def _gguf_type(gguf_type: str | None) -> str:
 
 
 def _refuse_gguf_options(gguf_type: str | None, arch: str | None, embd_type: str | None,
-                         kernel_config: Path | None, tl2_type_id: int) -> None:
+                         kernel_config: Path | None, tl2_type_id: int, force: bool) -> None:
     given = [n for n, v in (("--type", gguf_type), ("--arch", arch), ("--embd-type", embd_type),
                             ("--kernel-config", kernel_config)) if v is not None] + \
-        (["--tl2-type-id"] if tl2_type_id != 39 else [])
+        (["--tl2-type-id"] if tl2_type_id != 39 else []) + (["--force"] if force else [])
     if given:
         raise UsageError(f"{', '.join(given)}: only for --to gguf")
 
@@ -105,7 +107,7 @@ def _pack_gguf(src: Path, out: Path, gguf_type: str, opts: dict, overwrite: bool
     from bitconv import pipeline_gguf
 
     if dry_run:
-        plan = pipeline_gguf.plan_pack_gguf(pipeline.open_source(src), gguf_type, **opts)
+        plan = pipeline_gguf.plan_pack_gguf(pipeline.open_source(src), gguf_type, file=out.name, **opts)
         _print_gguf_plan(plan, as_json)
         return
     with render.progress("pack", not as_json) as cb:
@@ -115,28 +117,32 @@ def _pack_gguf(src: Path, out: Path, gguf_type: str, opts: dict, overwrite: bool
                            "files": [str(f) for f in rep.files], "ternary_tensors": rep.n_ternary,
                            "passthrough_tensors": rep.n_passthrough, "bytes": rep.bytes_written,
                            "seconds": round(rep.seconds, 3), "gguf": rep.extra})
+        for w in rep.extra["warnings"]:
+            render.warning(w)
         return
     for w in rep.extra.get("warnings", []):
         render.warning(w)
     _report(rep, False)
     render.out.print(f"GGUF arch {rep.extra['arch']}, metadata as {rep.extra['profile']}")
-    if rep.extra.get("runs_on"):
-        render.out.print(f"runs on {rep.extra['runs_on']}")
-    for n in rep.extra.get("notes", []):
-        render.out.print(f"note: {n}")
-    if "codegen" in rep.extra:
-        _print_codegen(rep.extra)
+    if "kernel_config" in rep.extra:
+        render.out.print(f"kernel config: {rep.extra['kernel_config']}")
+    _print_runtimes(rep.extra)
 
 
-def _print_codegen(extra: dict) -> None:
-    cg = extra["codegen"]
-    j = lambda xs: ",".join(str(x) for x in xs)  # noqa: E731
-    render.out.print(f"kernel config: {extra['kernel_config']}")
-    render.out.print(f"build bitnet.cpp with: python {cg['script']} --model {cg['model']} --BM {j(cg['BM'])} "
-                     f"--BK {j(cg['BK'])} --bm {j(cg['bm'])}")
-    if not cg["preset"]:
-        shapes = ", ".join(f"[{m}, {k}]" for m, k in cg["shapes"])
-        render.out.print(f"  (first add \"{cg['model']}\": [{shapes}] to ModelShapeDict in {cg['script']})")
+def _print_runtimes(extra: dict) -> None:
+    """Where the file runs (from the compatibility table), how to run it, how to build the TL kernels, warnings."""
+    o = render.out
+    o.print(extra["runs_on"])
+    o.print(extra["does_not_run_on"])
+    for v in extra["runtimes"]:
+        if v["runs"]:
+            o.print(f"  {v['name']}: {v['command']}" + "".join(f"\n    note: {n}" for n in v["notes"]))
+    if "codegen_steps" in extra:
+        o.print("build bitnet.cpp with kernels for this file (in the bitnet.cpp checkout):")
+        for i, step in enumerate(extra["codegen_steps"], 1):
+            o.print(f"  {i}. {step}")
+    for w in extra["warnings"]:
+        render.warning(w)
 
 
 def _print_gguf_plan(plan: object, as_json: bool) -> None:
@@ -150,12 +156,7 @@ def _print_gguf_plan(plan: object, as_json: bool) -> None:
                  ["tensor", "action", "shape", "type", "bytes"], rows)
     render.out.print(f"total {render.human_bytes(plan.total_bytes)}, peak memory about "
                      f"{render.human_bytes(plan.peak_bytes)}; nothing written (--dry-run)")
-    for w in plan.extra.get("warnings", []):
-        render.warning(w)
-    if "codegen" in plan.extra:
-        cg = plan.extra["codegen"]
-        render.out.print(f"codegen: {cg['script']} --model {cg['model']} --BM {','.join(map(str, cg['BM']))} "
-                         f"--BK {','.join(map(str, cg['BK']))} --bm {','.join(map(str, cg['bm']))}")
+    _print_runtimes(plan.extra)
 
 
 def _print_plan(plan: pipeline.Plan, as_json: bool) -> None:
@@ -206,7 +207,7 @@ def _fmt(x: float | None, spec: str = ".4g") -> str:
 
 def _print_description(d: object, show_tensors: bool) -> None:
     o = render.out
-    o.print(f"[bold]{d.path}[/]", markup=True)
+    o.print(f"[bold]{render.esc(d.path)}[/]", markup=True)
     o.print(f"  kind          {d.kind} — {d.kind_description}")
     o.print(f"  layout        {d.layout or '-'}" + (f" (codes made in {d.compute})" if d.compute else ""))
     o.print(f"  architecture  {d.architecture} ({d.family})")
@@ -219,6 +220,18 @@ def _print_description(d: object, show_tensors: bool) -> None:
         s = d.scale_stats
         o.print(f"  scales        n={s['count']} min={s['min']:.4g} median={s['median']:.4g} max={s['max']:.4g}")
         o.print(f"  zero codes    {d.zero_fraction:.2%}")
+    if d.runtimes is not None:
+        r = d.runtimes
+        o.print(f"  runtimes      arch {r['arch']}, activation {r['activation']}, projections {r['type']}")
+        render.table(f"where it runs ({r['runs_on']})", ["runtime", "runs correctly", "why not / how to run"],
+                     [[v["name"], "yes" if v["runs"] else "no",
+                       v["why"] or v["command"] + "".join(f"; {n}" for n in v["notes"])] for v in r["runtimes"]])
+        for n in r["notes"]:
+            o.print(f"  note: {n}")
+        for i, step in enumerate(r["codegen_steps"], 1):
+            o.print(f"  build step {i}: {step}")
+        if r["warning"]:
+            render.warning(f"this file says: {r['warning']}")
     if show_tensors:
         rows = [[t.name, t.shape, t.dtype, t.layout, t.bytes, _fmt(t.scale), _fmt(t.zero_fraction, ".3f")]
                 for t in d.tensors]

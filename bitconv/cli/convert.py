@@ -80,6 +80,9 @@ def convert(src: SrcArg, out: OutOpt, to: ToOpt, purpose: ForOpt = None, scale_g
                            compute=compute, overwrite=overwrite, max_shard_bytes=parse_size(max_shard_size),
                            progress=cb)
         else:
+            from bitconv.output import precheck
+
+            precheck(out, overwrite)  # before SRC is read
             source = _nanotron_source(src, vocab_size)
             rep = nc.to_nanotron(source, out, tp=tp, pp=pp,
                                  make_vocab_size_divisible_by=make_vocab_size_divisible_by, model=nanotron_model,

@@ -11,6 +11,7 @@ import typer
 
 from bitconv.cli import app, handle_errors, render
 from bitconv.errors import UsageError
+from bitconv.output import check_report_path, write_report
 from bitconv.verify import Thresholds, VerifyReport, verify
 from bitconv.verify.check import CheckReport, check, check_markdown, check_suites
 from bitconv.verify.report import summary_lines, to_json, to_junit, verify_markdown, verify_suite
@@ -38,22 +39,30 @@ def _thresholds(max_rel: float, max_abs: float | None, max_kl: float, top1: floa
     return Thresholds(max_rel_dlogit=max_rel, max_dlogit=max_abs, max_kl=max_kl, min_top1=top1, min_top5=top5)
 
 
-def _write(path: str | Path, text: str, append: bool = False) -> None:
+def _write(path: str | Path, text: str, append: bool = False, inputs: tuple[Path, ...] = ()) -> None:
+    """A report file: never one of the inputs (compared by device and inode), written atomically (a temporary
+    beside it, renamed into place); `append` (the CI step summary) appends."""
     try:
-        with open(path, "a" if append else "w", encoding="utf-8") as f:
-            f.write(text)
+        if append:
+            with open(path, "a", encoding="utf-8") as f:
+                f.write(text)
+            return
+        write_report(Path(path), text, inputs)
     except OSError as e:
         raise UsageError(f"cannot write report: {e.strerror or e}", path=path) from None
 
 
 def _emit(report: VerifyReport | CheckReport, json_file: str | None, junit: Path | None, suites: list,
-          markdown: str) -> None:
+          markdown: str, inputs: tuple[Path, ...] = ()) -> None:
+    for p in (json_file if json_file != "-" else None, junit):
+        if p:
+            check_report_path(Path(p), inputs)  # before any report is written
     if json_file == "-":
         render.print_json(report.to_dict())
     elif json_file:
-        _write(json_file, to_json(report))
+        _write(json_file, to_json(report), inputs=inputs)
     if junit:
-        _write(junit, to_junit(suites))
+        _write(junit, to_junit(suites), inputs=inputs)
     summary = os.environ.get("GITHUB_STEP_SUMMARY")
     if summary:
         _write(summary, markdown + "\n", append=True)
@@ -90,7 +99,7 @@ def verify_command(
     with render.progress("verify", json != "-") as cb:
         rep = verify(out, ref, run_parity=parity, thresholds=th, prompt=prompt, tokens_file=tokens,
                      bitlinear=bitlinear, progress=(lambda stage, i, n: cb(i, n, stage)) if cb else None)
-    _emit(rep, json, junit, [verify_suite(rep)], verify_markdown(rep))
+    _emit(rep, json, junit, [verify_suite(rep)], verify_markdown(rep), (out, ref, *((tokens,) if tokens else ())))
     if json != "-":
         _print_verify(rep)
     raise typer.Exit(rep.exit_code)
@@ -132,7 +141,7 @@ def check_command(
     th = _thresholds(max_rel_dlogit, max_dlogit, max_kl, min_top1, min_top5)
     say = None if json == "-" else (lambda p: render.err.print(f"· verifying {p}"))
     rep = check(path, run_parity=parity, thresholds=th, on_item=say)
-    _emit(rep, json, junit, check_suites(rep), check_markdown(rep))
+    _emit(rep, json, junit, check_suites(rep), check_markdown(rep), (path,))
     if json != "-":
         _print_check(rep)
     raise typer.Exit(rep.exit_code)

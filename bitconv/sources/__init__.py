@@ -7,6 +7,7 @@ decoded from packed/ternary storage), everything else is passed through byte for
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bitconv import safeio
 from bitconv.errors import SourceError
 from bitconv.safetensors_io import TensorInfo
 from bitconv.tensors import Ternary
@@ -98,6 +100,8 @@ def open_source(path: str | Path) -> Checkpoint:
         if not hub.is_repo_ref(p):
             raise SourceError("no such file or folder", path=p)
         p = hub.resolve(str(p))
+    elif p.is_symlink() and not safeio.link_allowed(p):
+        p = Path(os.path.realpath(p))  # SRC itself may be a link the user made: read what it names
     if p.is_file() and p.suffix.lower() == ".gguf":
         from bitconv.sources.gguf import open_gguf
 
