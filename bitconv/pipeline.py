@@ -12,6 +12,7 @@ import copy
 import os
 import time
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from bitconv.output import AtomicOutput, check_free_space, precheck
 from bitconv.quant import COMPUTE_MODES, dequantize
 from bitconv.safetensors_io import OutEntry
 from bitconv.sinks.hf import DEFAULT_MAX_SHARD_BYTES, HFSink
+from bitconv.sinks.prefetch import ordered
 from bitconv.sources import Checkpoint, ModelTensor, open_source
 from bitconv.tensors import FieldSpec, Ternary
 
@@ -194,7 +196,8 @@ def plan_unpack_hf(src: Checkpoint, values: str = "online") -> Plan:
 
 def execute(plan: Plan, out: str | Path, *, overwrite: bool = False,
             max_shard_bytes: int | None = DEFAULT_MAX_SHARD_BYTES, progress: Progress | None = None) -> Report:
-    """Stream the plan into OUT (atomically). One source tensor is resident at a time."""
+    """Stream the plan into OUT (atomically). Up to two source tensors are computed at once
+    (`bitconv.sinks.prefetch`), in a bounded working set; they are written in plan order."""
     t0 = time.perf_counter()
     keep_freed_memory()
     guard = AtomicOutput(out, overwrite=overwrite, inputs=(plan.source.path,))
@@ -203,11 +206,13 @@ def execute(plan: Plan, out: str | Path, *, overwrite: bool = False,
         sink = HFSink(tmp, plan.entries, max_shard_bytes)
         try:
             done, total = 0, plan.total_bytes
-            for step in plan.steps:
-                if progress:
-                    progress(done, total, step.tensor.name)
-                _run_step(step, plan, sink)
-                done += sum(f.nbytes for f in step.outputs.values())
+            with closing(ordered(lambda st: _compute_step(st, plan), plan.steps, cost=_step_cost(plan))) as results:
+                for step, result in zip(plan.steps, results):
+                    if progress:
+                        progress(done, total, step.tensor.name)
+                    _write_step(step, plan, sink, result)
+                    del result
+                    done += sum(f.nbytes for f in step.outputs.values())
             sink.close(plan.config, plan.source.aux_files, fsync=os.environ.get("BITCONV_FSYNC") == "1")
         except BaseException:
             sink.abort()
@@ -231,7 +236,23 @@ def dequantized_blocks(t: Ternary) -> Iterator[np.ndarray]:
         yield dtypes.to_numpy_storage(dequantize(Ternary(codes[a:a + step], t.scale)))
 
 
-def _run_step(step: Step, plan: Plan, sink: HFSink) -> None:
+def _step_cost(plan: Plan) -> Callable[[Step], int]:
+    from bitconv.memory import step_bytes
+
+    return lambda s: step_bytes(s.tensor, s.action, sum(f.nbytes for f in s.outputs.values()), plan.compute)
+
+
+def _compute_step(step: Step, plan: Plan) -> Ternary | dict[str, np.ndarray] | None:
+    """The part of a step that runs on a worker thread: codes (dequant) or packed fields (pack), fresh arrays."""
+    if step.action == "copy":
+        return None
+    tern = step.tensor.ternary(plan.compute)
+    if step.action == "dequant":
+        return online_lift(tern) if plan.values == "online" else tern
+    return plan.layout.pack(tern)
+
+
+def _write_step(step: Step, plan: Plan, sink: HFSink, result: Ternary | dict[str, np.ndarray] | None) -> None:
     t = step.tensor
     if step.action == "copy":
         (name,) = step.outputs
@@ -240,15 +261,12 @@ def _run_step(step: Step, plan: Plan, sink: HFSink) -> None:
         else:
             sink.copy(name, t.stored[0])
         return
-    tern = t.ternary(plan.compute)
     if step.action == "dequant":
         (name,) = step.outputs
-        lifted = online_lift(tern) if plan.values == "online" else tern
-        sink.write_blocks(name, step.outputs[name].nbytes, dequantized_blocks(lifted))
+        sink.write_blocks(name, step.outputs[name].nbytes, dequantized_blocks(result))
         return
-    fields = plan.layout.pack(tern)
     prefix = module_of(t.name)
-    for k, arr in fields.items():
+    for k, arr in result.items():
         spec = step.outputs[f"{prefix}.{k}"]
         sink.write(f"{prefix}.{k}", np.asarray(arr).reshape(spec.shape))
 

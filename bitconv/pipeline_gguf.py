@@ -35,6 +35,7 @@ import os
 import stat
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -69,6 +70,7 @@ from bitconv.output import AtomicOutput, check_free_space, precheck
 from bitconv.pipeline import Progress, Report
 from bitconv.quant import COMPUTE_MODES
 from bitconv.safetensors_io import TensorInfo, pread_exact
+from bitconv.sinks.prefetch import ordered
 from bitconv.sources import Checkpoint, ModelTensor, open_source
 from bitconv.sources.gguf import gguf_header
 from bitconv.sources.safetensors import read_optional_json
@@ -368,6 +370,17 @@ def _dequant(step: GGUFStep, compute: str) -> np.ndarray:
     return permute_rows(vals, step.permute) if step.permute is not None else vals
 
 
+def _packed(step: GGUFStep, plan: GGUFPlan) -> np.ndarray | None:
+    """A "pack" step's bytes, computed on a worker thread (fresh arrays); None for the steps done while writing."""
+    return _step_data(step, plan) if step.action == "pack" else None
+
+
+def _step_cost(plan: GGUFPlan):  # noqa: ANN202
+    from bitconv.memory import step_bytes
+
+    return lambda s: step_bytes(s.tensor, s.action, s.entry.nbytes, plan.compute) if s.action == "pack" else 0
+
+
 def _step_data(step: GGUFStep, plan: GGUFPlan) -> np.ndarray | Iterator[np.ndarray]:
     if step.action == "pack":
         return step.layout.pack(_ternary(step, plan.compute))["data"]
@@ -417,11 +430,13 @@ def execute_gguf(plan: GGUFPlan, out: str | Path, *, overwrite: bool = False,
         writer = GGUFWriter(tmp, plan.kvs, plan.entries)
         try:
             done, total = 0, sum(s.entry.nbytes for s in plan.steps)  # progress in output bytes
-            for step in plan.steps:
-                if progress:
-                    progress(done, total, step.tensor.name)
-                writer.write(step.entry.name, _step_data(step, plan))
-                done += step.entry.nbytes
+            with closing(ordered(lambda st: _packed(st, plan), plan.steps, cost=_step_cost(plan))) as packed:
+                for step, data in zip(plan.steps, packed):
+                    if progress:
+                        progress(done, total, step.tensor.name)
+                    writer.write(step.entry.name, data if data is not None else _step_data(step, plan))
+                    del data
+                    done += step.entry.nbytes
             writer.close(fsync=os.environ.get("BITCONV_FSYNC") == "1")
         except BaseException:
             writer.abort()
