@@ -352,40 +352,65 @@ def _ternary(step: GGUFStep, compute: str) -> Ternary:
     return Ternary(permute_rows(np.asarray(tern.codes), step.permute), tern.scale)
 
 
-def _float_signs(t: ModelTensor) -> torch.Tensor | None:
-    """The stored float weight behind a ternary tensor (master or float GGUF), whose signs the zeros keep."""
-    if t.stored and t.stored[0].dtype in ("BF16", "F16", "F32") and tuple(t.stored[0].shape) == tuple(t.shape):
-        from bitconv.sources.safetensors import load_torch
-
-        return load_torch(t.stored[0])
-    return None
+DEQUANT_BLOCK_ELEMS = 1 << 22  # dequantized float types are made this many elements (whole rows) at a time
 
 
-def _dequant(step: GGUFStep, compute: str) -> np.ndarray:
-    """codes * scale as float32, zeros signed like the float source (the converters' t / (1/scale) keeps -0.0)."""
-    tern = step.tensor.ternary(compute)
-    vals = np.abs(np.asarray(tern.codes, dtype=np.float32)) * np.float32(tern.scale)
-    signs = _float_signs(step.tensor)
-    vals = np.copysign(vals, signs.float().numpy() if signs is not None else tern.codes.astype(np.float32))
-    return permute_rows(vals, step.permute) if step.permute is not None else vals
+def _sign_rows(t: ModelTensor):  # noqa: ANN202
+    """Rows [r0, r1) of the stored float weight behind a ternary tensor (master or float GGUF), as float32, whose
+    signs the zeros keep; None when there is none (packed / ternary sources)."""
+    info = t.stored[0] if t.stored else None
+    if not (isinstance(info, TensorInfo) and info.dtype in ("BF16", "F16", "F32")
+            and tuple(info.shape) == tuple(t.shape)):
+        return None
+    from bitconv.sources.safetensors import block_reader
+
+    read, k = block_reader(info), int(np.prod(t.shape[1:]))
+    return lambda r0, r1: read(r0 * k, (r1 - r0) * k).float().numpy().reshape(r1 - r0, -1)
 
 
-def _packed(step: GGUFStep, plan: GGUFPlan) -> np.ndarray | None:
-    """A "pack" step's bytes, computed on a worker thread (fresh arrays); None for the steps done while writing."""
-    return _step_data(step, plan) if step.action == "pack" else None
+def _dequant_chunks(step: GGUFStep, tern: Ternary) -> Iterator[np.ndarray]:
+    """codes * scale in the step's float type, a block of rows at a time (`tern`: the step's codes, rows already
+    permuted), zeros signed like the float source (the converters' t / (1/scale) keeps -0.0). The same bytes as
+    converting the whole tensor: every step is elementwise, and a permuted block holds whole heads."""
+    codes = np.asarray(tern.codes).reshape(tern.codes.shape[0], -1)
+    m, k = codes.shape
+    unit = m // step.permute if step.permute else 1  # rows of one head: the q/k permutation stays inside a head
+    rows = max(unit, DEQUANT_BLOCK_ELEMS // max(1, k) // unit * unit)
+    signs = _sign_rows(step.tensor)
+    scale = np.float32(tern.scale)
+    for a in range(0, m, rows):
+        b = min(m, a + rows)
+        vals = codes[a:b].astype(np.float32)
+        np.abs(vals, out=vals)
+        np.multiply(vals, scale, out=vals)
+        if signs is not None:
+            sg = signs(a, b)
+            np.copysign(vals, permute_rows(sg, (b - a) // unit) if step.permute else sg, out=vals)
+        else:
+            np.copysign(vals, codes[a:b], out=vals)
+        yield to_float_type(torch.from_numpy(vals.reshape(b - a, *tern.codes.shape[1:])), step.type_name)
+
+
+def _prepare(step: GGUFStep, plan: GGUFPlan) -> np.ndarray | Ternary | None:
+    """The part of a step that runs on a worker thread (fresh arrays): a "pack" step's bytes, a "dequant" step's
+    codes; None for pass-through tensors, converted in blocks while they are written."""
+    if step.action == "pack":
+        return _step_data(step, plan)
+    return _ternary(step, plan.compute) if step.action == "dequant" else None
 
 
 def _step_cost(plan: GGUFPlan):  # noqa: ANN202
     from bitconv.memory import step_bytes
 
-    return lambda s: step_bytes(s.tensor, s.action, s.entry.nbytes, plan.compute) if s.action == "pack" else 0
+    return lambda s: 0 if s.action == "convert" else step_bytes(s.tensor, s.action, s.entry.nbytes, plan.compute)
 
 
-def _step_data(step: GGUFStep, plan: GGUFPlan) -> np.ndarray | Iterator[np.ndarray]:
+def _step_data(step: GGUFStep, plan: GGUFPlan, prepared: np.ndarray | Ternary | None = None) \
+        -> np.ndarray | Iterator[np.ndarray]:
     if step.action == "pack":
-        return step.layout.pack(_ternary(step, plan.compute))["data"]
+        return prepared if prepared is not None else step.layout.pack(_ternary(step, plan.compute))["data"]
     if step.action == "dequant":
-        return to_float_type(torch.from_numpy(_dequant(step, plan.compute)), step.type_name)
+        return _dequant_chunks(step, prepared if prepared is not None else _ternary(step, plan.compute))
     parts = _converted_row_chunks(step)
     if parts is not None:
         return parts
@@ -430,12 +455,12 @@ def execute_gguf(plan: GGUFPlan, out: str | Path, *, overwrite: bool = False,
         writer = GGUFWriter(tmp, plan.kvs, plan.entries)
         try:
             done, total = 0, sum(s.entry.nbytes for s in plan.steps)  # progress in output bytes
-            with closing(ordered(lambda st: _packed(st, plan), plan.steps, cost=_step_cost(plan))) as packed:
-                for step, data in zip(plan.steps, packed):
+            with closing(ordered(lambda st: _prepare(st, plan), plan.steps, cost=_step_cost(plan))) as prepared:
+                for step, ready in zip(plan.steps, prepared):
                     if progress:
                         progress(done, total, step.tensor.name)
-                    writer.write(step.entry.name, data if data is not None else _step_data(step, plan))
-                    del data
+                    writer.write(step.entry.name, _step_data(step, plan, ready))
+                    del ready
                     done += step.entry.nbytes
             writer.close(fsync=os.environ.get("BITCONV_FSYNC") == "1")
         except BaseException:

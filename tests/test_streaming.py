@@ -206,3 +206,58 @@ def test_planned_peak_counts_the_biggest_tensor(models, monkeypatch):
     assert whole >= memory.BASE_BYTES + big * (2 + 4 + 2 + 1)  # bf16 weight, |w| f32, signs, codes
     monkeypatch.setattr(quant, "STREAM_MIN_ELEMS", 0)
     assert plan.peak_bytes < whole + quant.BLOCK_ELEMS * 12
+
+
+@pytest.mark.parametrize("gguf_type", ["f32", "f16", "bf16"])
+@pytest.mark.parametrize("arch", ["bitnet-2b4t", "llama-bitnet"])  # llama: q/k rows permuted per head
+def test_gguf_float_types_in_row_blocks_like_whole(models, tmp_path, monkeypatch, gguf_type, arch):
+    from bitconv import pipeline_gguf
+
+    src = models(arch)
+    monkeypatch.setattr(pipeline_gguf, "DEQUANT_BLOCK_ELEMS", 1 << 40)  # one block: the whole tensor
+    pipeline_gguf.pack_gguf(src, tmp_path / "whole.gguf", gguf_type, force=True)
+    monkeypatch.setattr(pipeline_gguf, "DEQUANT_BLOCK_ELEMS", 100)  # a head (or a row) per block
+    pipeline_gguf.pack_gguf(src, tmp_path / "blocks.gguf", gguf_type, force=True)
+    assert (tmp_path / "blocks.gguf").read_bytes() == (tmp_path / "whole.gguf").read_bytes()
+
+
+@pytest.mark.parametrize("name", ["gguf-tl1", "gguf-tl2"])
+@pytest.mark.parametrize("shape", [(256, 1024), (96, 320), (640, 2560)])
+def test_tl_packs_in_row_chunks_like_whole(name, shape, monkeypatch):
+    from bitconv.layouts import get_layout, gguf_tl
+    from bitconv.tensors import Ternary
+
+    t = Ternary(_codes(shape, seed=shape[0]), np.float32(0.0123))
+    lay = get_layout(name)
+    monkeypatch.setattr(gguf_tl, "PACK_ROW_CODES", 1 << 40)
+    whole = lay.pack(t)["data"]
+    monkeypatch.setattr(gguf_tl, "PACK_ROW_CODES", 1)  # one BM-row tile per chunk
+    chunked = lay.pack(t)["data"]
+    assert chunked.tobytes() == whole.tobytes()
+    assert np.array_equal(lay.unpack({"data": chunked}, shape).codes, t.codes)
+
+
+def _q8_0_reference(x: np.ndarray) -> np.ndarray:
+    """ggml's quantize_row_q8_0_ref on whole float32 blocks (the formula, no slicing or transposing)."""
+    b = x.reshape(-1, 32).astype(np.float32)
+    d = np.abs(b).max(axis=1, keepdims=True) / np.float32(127)
+    with np.errstate(divide="ignore"):
+        inv = np.where(d == 0, np.float32(0), np.float32(1) / d).astype(np.float32)
+    q = np.floor(np.abs(b) * inv + np.float32(0.5)) * np.where(b < 0, -1, 1)
+    return np.concatenate([d.astype(np.float16).view(np.uint8), q.astype(np.int8).view(np.uint8)], axis=1)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("slice_blocks", [1, 7, 2048])
+def test_q8_0_slices_equal_the_reference(dtype, slice_blocks, monkeypatch):
+    from bitconv.gguf import quants
+
+    monkeypatch.setattr(quants, "_Q8_0_SLICE", slice_blocks)
+    g = torch.Generator().manual_seed(5)
+    x = (torch.randn(37, 96, generator=g) * 0.02).to(dtype)
+    x[0, :32] = 0  # d = 0 block
+    x[1, :32] = -0.0
+    x[2, :32] = torch.arange(32) - 16.0  # exact halves after scaling: ties round away from zero
+    x[3, 5] = 1e-6
+    got = quants.to_float_type(x, "Q8_0")
+    assert got.tobytes() == _q8_0_reference(x.float().numpy()).tobytes()
