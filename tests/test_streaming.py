@@ -219,6 +219,24 @@ def test_gguf_float_types_in_row_blocks_like_whole(models, tmp_path, monkeypatch
     monkeypatch.setattr(pipeline_gguf, "DEQUANT_BLOCK_ELEMS", 100)  # a head (or a row) per block
     pipeline_gguf.pack_gguf(src, tmp_path / "blocks.gguf", gguf_type, force=True)
     assert (tmp_path / "blocks.gguf").read_bytes() == (tmp_path / "whole.gguf").read_bytes()
+    if gguf_type == "f32":  # and the values are the converters': permute(copysign(|codes| * scale, W)), not just
+        import gguf  # self-consistent
+
+        from bitconv.gguf.metadata import gguf_name, permute_heads, permute_rows
+        from bitconv.sources import open_source
+        from bitconv.sources.safetensors import load_torch
+
+        ck = open_source(src)
+        tensors = {t.name: t for t in gguf.GGUFReader(tmp_path / "blocks.gguf").tensors}
+        for name in ("model.layers.0.self_attn.q_proj.weight", "model.layers.0.self_attn.k_proj.weight"):
+            t = ck.tensors[name]
+            tern = t.ternary("float32")
+            w = load_torch(t.stored[0]).float().numpy()
+            want = np.copysign(np.abs(tern.codes.astype(np.float32)) * tern.scale, w)
+            heads = permute_heads(name, ck.config) if arch == "llama-bitnet" else None
+            want = permute_rows(want, heads) if heads else want
+            got = np.asarray(tensors[gguf_name(name, t.shape)].data).reshape(want.shape)
+            assert got.tobytes() == want.tobytes(), name
 
 
 @pytest.mark.parametrize("name", ["gguf-tl1", "gguf-tl2"])
