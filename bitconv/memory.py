@@ -1,8 +1,9 @@
 """Planned peak memory of a conversion, from its plan alone (what `--dry-run` prints and the benchmark checks).
 
-The streaming pipeline holds, at any moment: the interpreter with torch and numpy loaded (BASE_BYTES), the working set
-of the one tensor being converted (below), and the finished outputs waiting in the writer's queue (bounded in bytes:
-`sinks.background.MAX_PENDING_BYTES`, or one larger output alone).
+The streaming pipeline holds, at any moment: the interpreter with torch and numpy loaded (BASE_BYTES), the working sets
+of the tensors being converted (below; up to two at once on worker threads, `sinks.prefetch`, while their sum stays
+within `prefetch.MAX_INFLIGHT_BYTES`), a pass-through tensor's blocks on the writing thread, and the finished outputs
+waiting in the writer's queue (bounded in bytes: `sinks.background.MAX_PENDING_BYTES`, or one larger output alone).
 
 Working set of one tensor of n elements (e = item size of its stored float dtype):
 | action                         | bytes                                                                  |
@@ -30,7 +31,7 @@ def ternary_bytes(numel: int, stored_dtype: str, stored_bytes: int, compute: str
     if stored_dtype in ("U8", "I8"):  # decoded from stored codes
         return numel + stored_bytes
     e = dtypes.DTYPES[stored_dtype].itemsize if stored_dtype in dtypes.DTYPES else 2
-    if compute == "float32" and numel > quant.STREAM_MIN_ELEMS:
+    if numel > quant.STREAM_MIN_ELEMS:  # two block passes (either compute mode)
         return numel + quant.BLOCK_ELEMS * (e + 10)
     whole = numel * (e + 4 + 2 + 1)
     return whole + (4 * numel if stored_dtype != "BF16" or compute != "float32" else 0)
@@ -49,10 +50,24 @@ def step_bytes(tensor, action: str, out_bytes: int, compute: str = "float32") ->
 
 
 def peak_estimate(rows: list[tuple[object, str, int]], compute: str = "float32") -> int:
-    """Peak RSS in bytes for steps given as (tensor, action, output bytes)."""
+    """Peak RSS in bytes for steps given as (tensor, action, output bytes), in plan order.
+
+    Worker threads compute up to `prefetch.default_workers()` consecutive ternary steps at once while their planned
+    working sets sum to at most `prefetch.MAX_INFLIGHT_BYTES` (one alone otherwise); pass-through steps run on the
+    writing thread meanwhile; finished outputs wait in the writer's byte-bounded queue."""
+    from bitconv.sinks import prefetch
+
     if not rows:
         return BASE_BYTES
-    work = max(step_bytes(t, a, n, compute) for t, a, n in rows)
+    costs = [step_bytes(t, a, n, compute) for t, a, n in rows]
+    tern = [c for c, (t, a, n) in zip(costs, rows) if a not in ("copy", "convert")]
+    workers = prefetch.default_workers()
+    work = max(tern, default=0)
+    for i in range(len(tern)):  # the consecutive groups the prefetcher admits together
+        group = tern[i:i + workers]
+        if len(group) > 1 and sum(group) <= prefetch.MAX_INFLIGHT_BYTES:
+            work = max(work, sum(group))
+    main = max((c for c, (t, a, n) in zip(costs, rows) if a in ("copy", "convert")), default=0)
     queued = min(MAX_PENDING_BYTES, sum(n for t, a, n in rows if a != "copy" and a != "convert"))
     biggest = max((n for t, a, n in rows if a not in ("copy", "convert")), default=0)
-    return BASE_BYTES + work + max(queued, min(biggest, work))
+    return BASE_BYTES + work + main + max(queued, min(biggest, work))

@@ -139,20 +139,29 @@ BlockReader = Callable[[int, int], torch.Tensor]  # (first element, count) -> 1-
 
 
 def ternarize_blocks(read: BlockReader, shape: tuple[int, ...], *, name: str | None = None,
-                     block: int | None = None, ws: Workspace | None = None) -> Ternary | None:
-    """The float32 recipe of `ternarize`, reading the weight a block at a time in two passes: mean |w| first
-    (torch's float32 reduction order replayed exactly, `bitconv.torchsum`), codes second. Bit-identical to
-    `ternarize(whole)` (tests check it on awkward sizes); memory is the codes plus a few blocks.
+                     block: int | None = None, ws: Workspace | None = None, compute: str = "float32") \
+        -> Ternary | None:
+    """The recipe of `ternarize`, reading the weight a block at a time in two passes: mean |w| first (torch's
+    float32 reduction order replayed exactly, `bitconv.torchsum`), codes second. Bit-identical to
+    `ternarize(whole, compute)` (tests check it on awkward sizes); memory is the codes plus a few blocks.
 
     Returns None when this torch build's reduction order cannot be replayed: the caller ternarizes the whole tensor.
     """
+    if compute == "bfloat16":
+        return _ternarize_blocks_bf16(read, shape, name, block or BLOCK_ELEMS, ws or _DEFAULT_WS)
     block = block or BLOCK_ELEMS
     ws = ws or _DEFAULT_WS
     n = int(np.prod(shape))
 
     def magnitudes(start: int, count: int) -> np.ndarray:
         a = ws.get("blk_abs", count, torch.float32)
-        a.copy_(read(start, count))
+        w = read(start, count)
+        if w.dtype == torch.bfloat16:  # exact: the bits moved up, sign cleared (numpy: no torch thread pool)
+            mag = a.numpy().view(np.uint32)
+            np.bitwise_and(w.view(torch.int16).numpy().view(np.uint16), 0x7FFF, out=mag, dtype=np.uint32)
+            np.left_shift(mag, 16, out=mag)
+            return a.numpy()
+        a.copy_(w)
         return a.abs_().numpy()
 
     total = torchsum.exact_sum(magnitudes, n, piece=block)
@@ -183,6 +192,54 @@ def ternarize_blocks(read: BlockReader, shape: tuple[int, ...], *, name: str | N
             torch.lt(x, -0.5, out=torch.from_numpy(neg))
         np.subtract(pos.view(np.int8), neg.view(np.int8), out=out)
     return Ternary(codes.reshape(shape), np.float32((1.0 / s).item()))
+
+
+_BF16_MEAN_OK: list[bool] = []
+
+
+def _bf16_mean_replayable() -> bool:
+    """Whether this torch build's bf16 `mean` is bf16(float32 sum / n) with the float32 sum in the order
+    `torchsum` replays (true since torch 2.1: CPU half-type means go through a float32 sum); checked once on probes."""
+    if not _BF16_MEAN_OK:
+        g = torch.Generator().manual_seed(16)
+        ok = True
+        for n in torchsum.PROBE_SIZES:
+            w = (torch.randn(n, generator=g) * 0.02).bfloat16()
+            a = w.abs().float().numpy()
+            tot = torchsum.exact_sum(lambda s, c, a=a: a[s:s + c], n, piece=1 << 16)
+            if tot is None or torch.from_numpy(np.array(tot, dtype=np.float32)).div_(n).to(torch.bfloat16) \
+                    .view(torch.int16).item() != w.abs().mean().view(torch.int16).item():
+                ok = False
+                break
+        _BF16_MEAN_OK.append(ok)
+    return _BF16_MEAN_OK[0]
+
+
+def _ternarize_blocks_bf16(read: BlockReader, shape: tuple[int, ...], name: str | None, block: int,
+                           ws: Workspace) -> Ternary | None:
+    """`compute="bfloat16"` (onebitllms) in two block passes: m = bf16(float32 sum of |bf16(w)| / n), exactly torch's
+    bf16 mean; then codes = clamp(round(bf16(w) * s), -1, 1) block by block (elementwise, so blocks change nothing)."""
+    if not _bf16_mean_replayable():
+        return None
+    n = int(np.prod(shape))
+
+    def magnitudes(start: int, count: int) -> np.ndarray:
+        a = ws.get("blk_abs", count, torch.float32)
+        a.copy_(read(start, count).to(torch.bfloat16).abs())
+        return a.numpy()
+
+    total = torchsum.exact_sum(magnitudes, n, piece=block)
+    if total is None:
+        return None
+    m = torch.from_numpy(np.array(total, dtype=np.float32)).div_(n).to(torch.bfloat16)
+    _check_finite(m, name, torch.Size(shape))
+    s = 1.0 / m.clamp(min=EPS)
+    codes = np.empty(n, dtype=np.int8)
+    for start in range(0, n, block):
+        count = min(block, n - start)
+        w16 = read(start, count).to(torch.bfloat16)
+        codes[start:start + count] = (w16 * s).round().clamp(-1, 1).to(torch.int8).numpy()
+    return Ternary(codes.reshape(shape), np.float32(1.0) / np.float32(s.float().item()))
 
 
 def dequantize(t: Ternary, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:

@@ -50,16 +50,17 @@ def test_replayed_sum_is_not_a_plain_sum():
     assert torchsum.exact_sum(lambda s, c: arr[s:s + c], arr.size).tobytes() == t.sum().numpy().tobytes()
 
 
+@pytest.mark.parametrize("compute", ["float32", "bfloat16"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 @pytest.mark.parametrize("shape", SIZES)
 @pytest.mark.parametrize("block", [97, 4096, 1 << 20])
-def test_ternarize_blocks_equals_whole(shape, dtype, block):
+def test_ternarize_blocks_equals_whole(shape, dtype, block, compute):
     g = torch.Generator().manual_seed(hash((shape, block)) % 1000)
     w = (torch.randn(shape, generator=g) * 0.02).to(dtype)
     if w.numel() > 4:  # exact threshold hits: values whose product with s lies on the 0.5 boundary
         w.reshape(-1)[:3] = w.reshape(-1).abs().float().mean().to(dtype) / 2
-    whole = ternarize(w)
-    got = ternarize_blocks(_reader(w), tuple(shape), block=block)
+    whole = ternarize(w, compute)
+    got = ternarize_blocks(_reader(w), tuple(shape), block=block, compute=compute)
     assert got is not None
     assert got.codes.dtype == np.int8 and got.codes.shape == tuple(shape)
     assert np.array_equal(got.codes, whole.codes)
@@ -96,16 +97,17 @@ def _files(folder):
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
 
 
-def test_pack_hf_streamed_equals_whole(models, tmp_path, monkeypatch):
+@pytest.mark.parametrize("compute", ["float32", "bfloat16"])
+def test_pack_hf_streamed_equals_whole(models, tmp_path, monkeypatch, compute):
     from bitconv.pipeline import pack_hf, quantize
 
     src = models("bitnet-2b4t")
-    pack_hf(src, tmp_path / "whole")
-    quantize(src, tmp_path / "whole-t")
+    pack_hf(src, tmp_path / "whole", compute=compute)
+    quantize(src, tmp_path / "whole-t", compute=compute)
     monkeypatch.setattr(quant, "STREAM_MIN_ELEMS", 0)
     monkeypatch.setattr(quant, "BLOCK_ELEMS", 1000)
-    pack_hf(src, tmp_path / "streamed")
-    quantize(src, tmp_path / "streamed-t")
+    pack_hf(src, tmp_path / "streamed", compute=compute)
+    quantize(src, tmp_path / "streamed-t", compute=compute)
     assert _files(tmp_path / "streamed") == _files(tmp_path / "whole")
     assert _files(tmp_path / "streamed-t") == _files(tmp_path / "whole-t")
 
@@ -198,13 +200,22 @@ def test_unpack_in_row_blocks_like_whole(models, tmp_path, monkeypatch, values):
 def test_planned_peak_counts_the_biggest_tensor(models, monkeypatch):
     from bitconv import memory
     from bitconv.pipeline import plan_pack_hf
+    from bitconv.sinks import prefetch
     from bitconv.sources import open_source
 
     plan = plan_pack_hf(open_source(models("bitnet-2b4t")))
+    monkeypatch.setattr(prefetch, "default_workers", lambda: 1)
     whole = plan.peak_bytes
     big = max(s.tensor.numel for s in plan.steps if s.action == "pack")
     assert whole >= memory.BASE_BYTES + big * (2 + 4 + 2 + 1)  # bf16 weight, |w| f32, signs, codes
+    monkeypatch.setattr(prefetch, "default_workers", lambda: 2)  # two tensors at once: both working sets
+    two = plan.peak_bytes
+    assert whole + big * (2 + 4 + 2 + 1) <= two <= whole + prefetch.MAX_INFLIGHT_BYTES
     monkeypatch.setattr(quant, "STREAM_MIN_ELEMS", 0)
+    monkeypatch.setattr(prefetch, "default_workers", lambda: 1)
+    assert plan.peak_bytes < whole + quant.BLOCK_ELEMS * 12
+    monkeypatch.setattr(prefetch, "MAX_INFLIGHT_BYTES", quant.BLOCK_ELEMS * 12)  # no room for two block passes
+    monkeypatch.setattr(prefetch, "default_workers", lambda: 2)
     assert plan.peak_bytes < whole + quant.BLOCK_ELEMS * 12
 
 
