@@ -206,7 +206,9 @@ def execute(plan: Plan, out: str | Path, *, overwrite: bool = False,
         sink = HFSink(tmp, plan.entries, max_shard_bytes)
         try:
             done, total = 0, plan.total_bytes
-            with closing(ordered(lambda st: _compute_step(st, plan), plan.steps, cost=_step_cost(plan))) as results:
+            computed = ordered(lambda st: _compute_step(st, plan), plan.steps, cost=_step_cost(plan),
+                               size=_result_bytes)
+            with closing(computed) as results:
                 for step, result in zip(plan.steps, results):
                     if progress:
                         progress(done, total, step.tensor.name)
@@ -240,6 +242,13 @@ def _step_cost(plan: Plan) -> Callable[[Step], int]:
     from bitconv.memory import step_bytes
 
     return lambda s: step_bytes(s.tensor, s.action, sum(f.nbytes for f in s.outputs.values()), plan.compute)
+
+
+def _result_bytes(step: Step) -> int:
+    """What `_compute_step` returns: packed fields, or int8 codes (dequant)."""
+    if step.action == "copy":
+        return 0
+    return step.tensor.numel if step.action == "dequant" else sum(f.nbytes for f in step.outputs.values())
 
 
 def _compute_step(step: Step, plan: Plan) -> Ternary | dict[str, np.ndarray] | None:

@@ -70,6 +70,7 @@ from bitconv.output import AtomicOutput, check_free_space, precheck
 from bitconv.pipeline import Progress, Report
 from bitconv.quant import COMPUTE_MODES
 from bitconv.safetensors_io import TensorInfo, pread_exact
+from bitconv.sinks.background import BackgroundWriter
 from bitconv.sinks.prefetch import ordered
 from bitconv.sources import Checkpoint, ModelTensor, open_source
 from bitconv.sources.gguf import gguf_header
@@ -399,6 +400,11 @@ def _prepare(step: GGUFStep, plan: GGUFPlan) -> np.ndarray | Ternary | None:
     return _ternary(step, plan.compute) if step.action == "dequant" else None
 
 
+def _result_bytes(step: GGUFStep) -> int:
+    """What `_prepare` returns: packed bytes, or int8 codes (dequant)."""
+    return {"pack": step.entry.nbytes, "dequant": step.tensor.numel}.get(step.action, 0)
+
+
 def _step_cost(plan: GGUFPlan):  # noqa: ANN202
     from bitconv.memory import step_bytes
 
@@ -438,9 +444,21 @@ def _converted_row_chunks(step: GGUFStep) -> Iterator[np.ndarray] | None:
             buf = raw[: n * row_bytes]
             pread_exact(info.path, info.offset + r0 * row_bytes, memoryview(buf), info.name)
             block = dtypes.from_numpy_storage(buf.view(dtypes.DTYPES[info.dtype].np_storage), info.dtype)
-            yield to_float_type(block.reshape(n, info.shape[1]), step.type_name)
+            out = to_float_type(block.reshape(n, info.shape[1]), step.type_name)
+            # the block is written later, on the writer thread, while `raw` is refilled: never hand out a view of it
+            yield out.copy() if np.shares_memory(out, raw) else out
 
     return chunks()
+
+
+def _queue_tensor(bg: BackgroundWriter, writer: GGUFWriter, name: str,
+                  data: np.ndarray | Iterator[np.ndarray]) -> None:
+    """Queue one tensor's writes: each part (a converted row block, or the whole packed tensor) as its own job,
+    so the queue's byte bound holds and the next block is converted while this one is written."""
+    bg.submit(lambda: writer.begin(name))
+    for part in ([data] if isinstance(data, np.ndarray) else data):
+        bg.submit(lambda p=part: writer.write_part(p), part.nbytes)
+    bg.submit(writer.end)
 
 
 def execute_gguf(plan: GGUFPlan, out: str | Path, *, overwrite: bool = False,
@@ -453,17 +471,21 @@ def execute_gguf(plan: GGUFPlan, out: str | Path, *, overwrite: bool = False,
     ini_tmp = guard.side_file(ini) if ini is not None else None
     with guard as tmp:
         writer = GGUFWriter(tmp, plan.kvs, plan.entries)
+        bg = BackgroundWriter()  # the file is written on its own thread, in order, while this one converts
         try:
             done, total = 0, sum(s.entry.nbytes for s in plan.steps)  # progress in output bytes
-            with closing(ordered(lambda st: _prepare(st, plan), plan.steps, cost=_step_cost(plan))) as prepared:
+            with closing(ordered(lambda st: _prepare(st, plan), plan.steps, cost=_step_cost(plan),
+                                 size=_result_bytes)) as prepared:
                 for step, ready in zip(plan.steps, prepared):
                     if progress:
                         progress(done, total, step.tensor.name)
-                    writer.write(step.entry.name, _step_data(step, plan, ready))
+                    _queue_tensor(bg, writer, step.entry.name, _step_data(step, plan, ready))
                     del ready
                     done += step.entry.nbytes
+            bg.finish()
             writer.close(fsync=os.environ.get("BITCONV_FSYNC") == "1")
         except BaseException:
+            bg.cancel()
             writer.abort()
             raise
         if ini_tmp is not None:

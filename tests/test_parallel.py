@@ -42,6 +42,25 @@ def test_ordered_bounds_items_in_flight_and_by_cost():
     assert peak[0] == 1
 
 
+def test_ordered_runs_ahead_within_the_held_bytes():
+    started = []
+
+    def work(i):
+        started.append(i)
+        return i
+
+    gen = ordered(work, range(40), workers=2, size=lambda i: 10, max_held=35)
+    assert next(gen) == 0  # the consumer now holds item 0 and does not come back for a while
+    time.sleep(0.1)
+    assert sorted(started) == [0, 1, 2, 3]  # 1, 2, 3 computed ahead (30 bytes held), 4 would exceed 35
+    assert list(gen) == list(range(1, 40))
+    gen2 = ordered(work, range(100), workers=2)  # no sizes: bounded by MAX_AHEAD items
+    next(gen2)
+    time.sleep(0.1)
+    assert len(started) - 44 <= prefetch.MAX_AHEAD + 1
+    gen2.close()
+
+
 def test_ordered_raises_in_turn_and_stops():
     started = []
 
@@ -56,7 +75,7 @@ def test_ordered_raises_in_turn_and_stops():
         for r in ordered(work, range(50), workers=2):
             got.append(r)
     assert got == [0, 1, 2]  # the earlier results came first
-    assert max(started) <= 5  # nothing far ahead was started
+    assert max(started) <= 3 + prefetch.MAX_AHEAD  # nothing far ahead was started
 
 
 def test_ordered_closed_early_waits_for_running_items():
@@ -72,7 +91,7 @@ def test_ordered_closed_early_waits_for_running_items():
     gen.close()
     n = len(done)
     time.sleep(0.05)
-    assert len(done) == n <= 3  # no worker still running after close()
+    assert len(done) == n <= 2 + prefetch.MAX_AHEAD  # no worker still running after close()
 
 
 def _files(folder):

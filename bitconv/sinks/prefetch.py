@@ -1,29 +1,36 @@
 """Use both cores: compute the next tensors on worker threads while the current one is handed to the sink.
 
 `ordered(fn, items)` yields `fn(item)` for every item, in the items' order, computing up to `workers` items at once on
-a small thread pool (numpy and torch release the GIL in their kernels, so two tensors really are computed in
-parallel). Memory stays bounded: at most `workers` items are being computed while the caller holds the one yielded
-last, and a next item is admitted beside running ones only while their summed `cost` (planned bytes) stays within
-`max_cost` (alone, an item always runs). Results are identical to the sequential `map(fn, items)`: every item is
-computed by the same function on its own data; only when it runs changes. `fn` must not return buffers it reuses
-for a later item (worker threads have their own scratch buffers: `bitconv.quant.Workspace` is per thread).
+worker threads (numpy and torch release the GIL in their kernels, so two tensors really are computed in parallel).
+Workers start items in order and may run ahead of the consumer (which meanwhile converts or copies a pass-through
+tensor, say), within two byte budgets that keep memory bounded:
+
+* the working sets (`cost`, planned bytes) of the items being computed sum to at most `max_cost` (alone, an item
+  always runs);
+* the results computed but not yet taken by the consumer (`size`, bytes) sum to at most `max_held`, and at most
+  MAX_AHEAD items are started ahead of the consumer (the next one in order is always allowed).
+
+Results are identical to the sequential `map(fn, items)`: every item is computed by the same function on its own
+data; only when it runs changes. `fn` must not return buffers it reuses for a later item (worker threads have their
+own scratch buffers: `bitconv.quant.Workspace` is per thread).
 
 An exception from `fn` is raised when its item's turn comes (earlier items are still yielded first); closing the
-generator early cancels the items not started and waits for the running ones.
+generator early stops the workers (the items they are computing finish first).
 """
 
 from __future__ import annotations
 
-import collections
 import os
+import threading
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
 
 MAX_INFLIGHT_BYTES = 448 << 20  # planned working sets of the items computed at once (see bitconv.memory)
+MAX_HELD_BYTES = 96 << 20  # finished results waiting for the consumer
+MAX_AHEAD = 32  # items started and not yet taken
 
 
 def default_workers() -> int:
@@ -39,8 +46,31 @@ def default_workers() -> int:
     return max(1, min(2, cores))
 
 
+class _Ahead:
+    """Shared state of the workers and the consumer (all fields guarded by `cv`)."""
+
+    def __init__(self, n: int, cost: list[int], size: list[int], max_cost: int, max_held: int) -> None:
+        self.n, self.cost, self.size, self.max_cost, self.max_held = n, cost, size, max_cost, max_held
+        self.cv = threading.Condition()
+        self.next = 0  # next item to start
+        self.taken = 0  # items handed to the consumer
+        self.running = 0  # summed cost of the items being computed
+        self.held = 0  # summed size of the items started and not yet taken
+        self.done: dict[int, tuple[bool, object]] = {}
+        self.closed = False
+
+    def may_start(self) -> bool:
+        j = self.next
+        if j >= self.n:
+            return False
+        if self.running and self.running + self.cost[j] > self.max_cost:
+            return False
+        return j == self.taken or (j - self.taken < MAX_AHEAD and self.held + self.size[j] <= self.max_held)
+
+
 def ordered(fn: Callable[[T], R], items: Iterable[T], *, workers: int | None = None,
-            cost: Callable[[T], int] | None = None, max_cost: int | None = None) -> Iterator[R]:
+            cost: Callable[[T], int] | None = None, size: Callable[[T], int] | None = None,
+            max_cost: int | None = None, max_held: int | None = None) -> Iterator[R]:
     """`fn(item)` for each item, in order, up to `workers` computed at once (1: in the calling thread)."""
     items = list(items)
     workers = default_workers() if workers is None else workers
@@ -48,28 +78,50 @@ def ordered(fn: Callable[[T], R], items: Iterable[T], *, workers: int | None = N
         for it in items:
             yield fn(it)
         return
-    cost = cost or (lambda _: 0)
-    max_cost = MAX_INFLIGHT_BYTES if max_cost is None else max_cost
-    pool = ThreadPoolExecutor(workers, thread_name_prefix="bitconv-compute")
-    pending: collections.deque[tuple[Future, int]] = collections.deque()
-    nxt, inflight = 0, 0
-    try:
-        for _ in range(len(items)):
-            while nxt < len(items) and len(pending) < workers:
-                c = cost(items[nxt])
-                if pending and inflight + c > max_cost:
-                    break
-                pending.append((pool.submit(fn, items[nxt]), c))
-                inflight += c
-                nxt += 1
-            fut, c = pending.popleft()
+    st = _Ahead(len(items), [cost(x) if cost else 0 for x in items], [size(x) if size else 0 for x in items],
+                MAX_INFLIGHT_BYTES if max_cost is None else max_cost, MAX_HELD_BYTES if max_held is None else max_held)
+
+    def work() -> None:
+        while True:
+            with st.cv:
+                while not st.closed and not st.may_start() and st.next < st.n:
+                    st.cv.wait()
+                if st.closed or st.next >= st.n:
+                    return
+                j = st.next
+                st.next += 1
+                st.running += st.cost[j]
+                st.held += st.size[j]
             try:
-                result = fut.result()
-            finally:
-                inflight -= c
-            yield result
-            del result  # the caller has handed it on; do not keep it alive while waiting for the next one
+                out = (True, fn(items[j]))
+            except BaseException as e:  # handed to the consumer in this item's turn
+                out = (False, e)
+            with st.cv:
+                st.done[j] = out
+                st.running -= st.cost[j]
+                st.cv.notify_all()
+            if not out[0]:
+                return
+
+    threads = [threading.Thread(target=work, name=f"bitconv-compute-{k}", daemon=True) for k in range(workers)]
+    for t in threads:
+        t.start()
+    try:
+        for i in range(len(items)):
+            with st.cv:
+                while i not in st.done:
+                    st.cv.wait()
+                ok, value = st.done.pop(i)
+                st.taken = i + 1
+                st.held -= st.size[i]
+                st.cv.notify_all()
+            if not ok:
+                raise value  # type: ignore[misc]
+            yield value  # type: ignore[misc]
+            del value  # the caller has handed it on; do not keep it alive while waiting for the next one
     finally:
-        for fut, _ in pending:
-            fut.cancel()
-        pool.shutdown(wait=True)
+        with st.cv:
+            st.closed = True
+            st.cv.notify_all()
+        for t in threads:
+            t.join()
