@@ -2,8 +2,9 @@
 
 The streaming pipeline holds, at any moment: the interpreter with torch and numpy loaded (BASE_BYTES), the working sets
 of the tensors being converted (below; up to two at once on worker threads, `sinks.prefetch`, while their sum stays
-within `prefetch.MAX_INFLIGHT_BYTES`), a pass-through tensor's blocks on the writing thread, and the finished outputs
-waiting in the writer's queue (bounded in bytes: `sinks.background.MAX_PENDING_BYTES`, or one larger output alone).
+within `prefetch.MAX_INFLIGHT_BYTES`), results computed ahead (`prefetch.MAX_HELD_BYTES`), a pass-through tensor's
+blocks on the writing thread, and the finished outputs waiting in the writer's queue (bounded in bytes:
+`sinks.background.MAX_PENDING_BYTES`, or one larger output alone).
 
 Working set of one tensor of n elements (e = item size of its stored float dtype):
 | action                         | bytes                                                                  |
@@ -70,4 +71,6 @@ def peak_estimate(rows: list[tuple[object, str, int]], compute: str = "float32")
     main = max((c for c, (t, a, n) in zip(costs, rows) if a in ("copy", "convert")), default=0)
     queued = min(MAX_PENDING_BYTES, sum(n for t, a, n in rows if a != "copy" and a != "convert"))
     biggest = max((n for t, a, n in rows if a not in ("copy", "convert")), default=0)
-    return BASE_BYTES + work + main + max(queued, min(biggest, work))
+    held = min(prefetch.MAX_HELD_BYTES, sum(n for t, a, n in rows if a not in ("copy", "convert"))) \
+        if workers > 1 else 0  # results computed ahead, waiting for the writing thread
+    return BASE_BYTES + work + main + held + max(queued, min(biggest, work))

@@ -451,6 +451,9 @@ def _converted_row_chunks(step: GGUFStep) -> Iterator[np.ndarray] | None:
     return chunks()
 
 
+WRITE_QUEUE_BYTES = 64 << 20  # converted blocks and packed tensors waiting to be written
+
+
 def _queue_tensor(bg: BackgroundWriter, writer: GGUFWriter, name: str,
                   data: np.ndarray | Iterator[np.ndarray]) -> None:
     """Queue one tensor's writes: each part (a converted row block, or the whole packed tensor) as its own job,
@@ -471,7 +474,8 @@ def execute_gguf(plan: GGUFPlan, out: str | Path, *, overwrite: bool = False,
     ini_tmp = guard.side_file(ini) if ini is not None else None
     with guard as tmp:
         writer = GGUFWriter(tmp, plan.kvs, plan.entries)
-        bg = BackgroundWriter()  # the file is written on its own thread, in order, while this one converts
+        bg = BackgroundWriter(WRITE_QUEUE_BYTES)  # the file is written on its own thread, in order, while this one
+        # converts the next block
         try:
             done, total = 0, sum(s.entry.nbytes for s in plan.steps)  # progress in output bytes
             with closing(ordered(lambda st: _prepare(st, plan), plan.steps, cost=_step_cost(plan),

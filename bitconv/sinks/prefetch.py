@@ -29,7 +29,7 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 MAX_INFLIGHT_BYTES = 448 << 20  # planned working sets of the items computed at once (see bitconv.memory)
-MAX_HELD_BYTES = 96 << 20  # finished results waiting for the consumer
+MAX_HELD_BYTES = 64 << 20  # finished results waiting for the consumer
 MAX_AHEAD = 32  # items started and not yet taken
 
 
