@@ -144,8 +144,11 @@ def child_peak(argv: list[str], threads: int) -> tuple[float, float, float]:
 
 
 def planned_peak(args: list[str]) -> float:
-    r = subprocess.run([sys.executable, "-m", "bitconv", *args, "--dry-run", "--json"], cwd=ROOT, check=True,
+    """bitconv's planned peak (MiB) from `--dry-run --json`; nan for a command without a dry run."""
+    r = subprocess.run([sys.executable, "-m", "bitconv", *args, "--dry-run", "--json"], cwd=ROOT,
                        capture_output=True, text=True)
+    if r.returncode:
+        return float("nan")
     return json.loads(r.stdout)["peak_memory_bytes"] / 2**20
 
 
