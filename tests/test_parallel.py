@@ -144,3 +144,20 @@ def test_workspace_buffers_are_per_thread():
     t.join()
     assert main.data_ptr() != other[0].data_ptr()
     assert ws.get("x", 5, torch.float32).data_ptr() == main.data_ptr()  # reused on its own thread
+
+
+def test_ternarize_on_a_worker_thread_uses_the_same_reduction_order():
+    """The scale depends on torch's float32 reduction, split over its intra-op threads; a worker thread must reduce
+    exactly like the main thread (sizes above torch's GRAIN, so the split happens)."""
+    import numpy as np
+    import torch
+
+    from bitconv.quant import ternarize
+
+    g = torch.Generator().manual_seed(7)
+    ws = [(torch.randn(n, generator=g) * 0.02).bfloat16().reshape(-1, 1) for n in (32769, 98_317, 1_000_003)]
+    ws += [w.float() for w in ws]
+    main = [ternarize(w) for w in ws]
+    got = list(ordered(ternarize, ws, workers=2))
+    for a, b in zip(main, got):
+        assert np.array_equal(a.codes, b.codes) and np.float32(a.scale).tobytes() == np.float32(b.scale).tobytes()
