@@ -71,6 +71,11 @@ def peak_estimate(rows: list[tuple[object, str, int]], compute: str = "float32")
     main = max((c for c, (t, a, n) in zip(costs, rows) if a in ("copy", "convert")), default=0)
     queued = min(MAX_PENDING_BYTES, sum(n for t, a, n in rows if a != "copy" and a != "convert"))
     biggest = max((n for t, a, n in rows if a not in ("copy", "convert")), default=0)
+    # scratch buffers are kept per worker thread: after a whole-tensor ternarization (|w| f32, two sign masks) they
+    # stay while the thread streams the big ones
+    whole = [t.numel for t, a, n in rows if a not in ("copy", "convert") and t.numel <= quant.STREAM_MIN_ELEMS]
+    if any(t.numel > quant.STREAM_MIN_ELEMS for t, a, n in rows if a not in ("copy", "convert")):
+        work += min(workers, 2) * 6 * max(whole, default=0)
     held = min(prefetch.MAX_HELD_BYTES, sum(n for t, a, n in rows if a not in ("copy", "convert"))) \
         if workers > 1 else 0  # results computed ahead, waiting for the writing thread
     return BASE_BYTES + work + main + held + max(queued, min(biggest, work))
