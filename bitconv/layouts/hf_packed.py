@@ -64,19 +64,24 @@ def pack_codes(codes: np.ndarray) -> np.ndarray:
     return out
 
 
-# byte -> its four codes, low bit pair first: _LUT[b, i] = ((b >> 2i) & 3) - 1 (a 0b11 pair is rejected first)
-_LUT = ((np.arange(256, dtype=np.uint8)[:, None] >> np.array([0, 2, 4, 6], dtype=np.uint8)) & 3).astype(np.int8) - 1
 
 
 def unpack_codes(packed: np.ndarray, out_features: int, tensor: str | None = None) -> np.ndarray:
-    """uint8 [out/4, in] -> int8 codes [out, in]. A 0b11 pair (not a ternary code) raises LayoutError."""
+    """uint8 [out/4, in] -> int8 codes [out, in]: code of pair i = ((byte >> 2i) & 3) - 1, low pair first.
+    A 0b11 pair (not a ternary code) raises LayoutError."""
     p = np.ascontiguousarray(packed, dtype=np.uint8)
     if bool(np.any(p & (p >> 1) & 0x55)):  # both bits of some pair set
         raise LayoutError("packed weight holds the bit pair 0b11, which is not a ternary code", tensor=tensor,
                           shape=tuple(packed.shape), hint="the file is corrupt or not an HF packed checkpoint")
     codes = np.empty((VALUES_PER_BYTE, *p.shape), dtype=np.int8)
-    for i in range(VALUES_PER_BYTE):  # one table lookup per row block (~2.5x faster than shift and mask)
-        np.take(_LUT[:, i], p, out=codes[i])
+    flat, cu = p.reshape(-1), codes.reshape(VALUES_PER_BYTE, -1).view(np.uint8)
+    for a in range(0, flat.size, PACK_BLOCK_BYTES):  # cache-sized slices: three in-place uint8 passes per pair
+        src = flat[a:a + PACK_BLOCK_BYTES]
+        for i in range(VALUES_PER_BYTE):
+            o = cu[i, a:a + PACK_BLOCK_BYTES]
+            np.right_shift(src, 2 * i, out=o)
+            np.bitwise_and(o, 3, out=o)
+            np.subtract(o, 1, out=o)  # 0 -> 255 (= -1 as int8)
     return codes.reshape(VALUES_PER_BYTE * p.shape[0], *p.shape[1:])[:out_features]
 
 
