@@ -290,3 +290,22 @@ def test_q8_0_slices_equal_the_reference(dtype, slice_blocks, monkeypatch):
     x[3, 5] = 1e-6
     got = quants.to_float_type(x, "Q8_0")
     assert got.tobytes() == _q8_0_reference(x.float().numpy()).tobytes()
+
+
+@pytest.mark.parametrize("elems", [1, 7, 1 << 40])
+def test_parity_metrics_in_token_chunks_equal_whole(elems, monkeypatch):
+    """verify's logit comparison a few tokens at a time (bounded float64 temporaries): the very same numbers as the
+    whole-tensor formulas."""
+    from bitconv.verify import parity
+
+    g = torch.Generator().manual_seed(4)
+    a = torch.randn(2, 9, 301, generator=g) * 3
+    b = a + torch.randn(2, 9, 301, generator=g) * 0.2
+    la, lb = torch.log_softmax(a.double(), -1), torch.log_softmax(b.double(), -1)
+    ta, tb = a.topk(5, -1).indices, b.topk(5, -1).indices
+    want = (float((a - b).abs().max()), float((la.exp() * (la - lb)).sum(-1).mean()),
+            float((a.argmax(-1) == b.argmax(-1)).float().mean()),
+            float(((ta[..., :, None] == tb[..., None, :]).any(-1).float().sum(-1) / 5).mean()))
+    monkeypatch.setattr(parity, "BETWEEN_ELEMS", elems)
+    m = parity.ParityMetrics.between(a, b)
+    assert (m.max_dlogit, m.mean_kl, m.top1, m.top5) == want
