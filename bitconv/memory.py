@@ -14,7 +14,7 @@ Working set of one tensor of n elements (e = item size of its stored float dtype
 | decode stored codes            | n (codes) + the packed bytes                                           |
 | pack into a layout             | + the packed output (+ a few MB of block temporaries)                  |
 | dequantize (unpack, GGUF float)| + n * 4 (GGUF float types; unpack writes row blocks)                   |
-| copy / passthrough             | 0 (kernel copy) or 2 blocks of 64 MB (GGUF conversion), or the tensor  |
+| copy / passthrough             | 0 (kernel copy) or 2 blocks of 8 MB (GGUF conversion), or the tensor   |
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from bitconv.sinks.background import MAX_PENDING_BYTES
 
 BASE_BYTES = 330 << 20  # python + torch + numpy + bitconv imported (measured: 300-340 MiB on Linux x86-64)
 BLOCK_TEMP_BYTES = 32 << 20  # layout packers' and readers' per-block temporaries
-GGUF_CHUNK_BYTES = 64 << 20
+GGUF_CHUNK_BYTES = 8 << 20
 
 
 def ternary_bytes(numel: int, stored_dtype: str, stored_bytes: int, compute: str = "float32") -> int:

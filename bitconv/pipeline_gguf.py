@@ -423,7 +423,8 @@ def _step_data(step: GGUFStep, plan: GGUFPlan, prepared: np.ndarray | Ternary | 
     return to_float_type(plan.source.load_passthrough(step.tensor.name), step.type_name)
 
 
-CHUNK_BYTES = 64 << 20  # passthrough tensors above this are converted a block of rows at a time
+CHUNK_BYTES = 8 << 20  # passthrough tensors above this are converted a block of rows at a time (blocks of this size
+# are reused from the heap by malloc; 64 MiB ones were fresh mappings, whose page faults cost 2-4 s at 2B4T)
 
 
 def _converted_row_chunks(step: GGUFStep) -> Iterator[np.ndarray] | None:
