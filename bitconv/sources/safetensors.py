@@ -69,8 +69,8 @@ def block_reader(info: TensorInfo) -> quant.BlockReader:
 
 def ternarize_stored(info: TensorInfo, compute: str) -> Ternary:
     """Ternarize a stored float weight: big ones a block at a time (`quant.ternarize_blocks`), others whole."""
-    if compute == "float32" and info.numel > quant.STREAM_MIN_ELEMS:
-        got = with_file(info.path, ternarize_blocks, block_reader(info), info.shape, name=info.name)
+    if info.numel > quant.STREAM_MIN_ELEMS:
+        got = with_file(info.path, ternarize_blocks, block_reader(info), info.shape, name=info.name, compute=compute)
         if got is not None:
             return got
     return with_file(info.path, ternarize, _load_scratch(info), compute, name=info.name)

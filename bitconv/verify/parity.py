@@ -98,15 +98,24 @@ class ParityMetrics:
     @classmethod
     def between(cls, a: torch.Tensor, b: torch.Tensor) -> ParityMetrics:
         """Metrics of `b` against `a` (float32 logits [B, T, V])."""
-        d = float((a - b).abs().max())
         span = float(a.max() - a.min()) or 1.0
-        la, lb = torch.log_softmax(a.double(), -1), torch.log_softmax(b.double(), -1)
-        kl = float((la.exp() * (la - lb)).sum(-1).mean())
-        top1 = float((a.argmax(-1) == b.argmax(-1)).float().mean())
         k = min(5, a.shape[-1])
-        ta, tb = a.topk(k, -1).indices, b.topk(k, -1).indices
-        overlap = (ta[..., :, None] == tb[..., None, :]).any(-1).float().sum(-1) / k
-        return cls(d, d / span, max(kl, 0.0), top1, float(overlap.mean()))
+        rows_a, rows_b = a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1])
+        d = 0.0
+        kl_t = torch.empty(rows_a.shape[0], dtype=torch.float64)  # per-token values, reduced once at the end
+        hit = torch.empty(rows_a.shape[0], dtype=torch.float32)
+        overlap = torch.empty(rows_a.shape[0], dtype=torch.float32)
+        step = max(1, BETWEEN_ELEMS // max(1, a.shape[-1]))
+        for r in range(0, rows_a.shape[0], step):  # a few tokens at a time: the float64 temporaries stay small
+            x, y = rows_a[r:r + step], rows_b[r:r + step]
+            d = max(d, float((x - y).abs().max()))
+            la, lb = torch.log_softmax(x.double(), -1), torch.log_softmax(y.double(), -1)
+            kl_t[r:r + step] = (la.exp() * (la - lb)).sum(-1)
+            hit[r:r + step] = (x.argmax(-1) == y.argmax(-1)).float()
+            ta, tb = x.topk(k, -1).indices, y.topk(k, -1).indices
+            overlap[r:r + step] = (ta[..., :, None] == tb[..., None, :]).any(-1).float().sum(-1) / k
+        kl = float(kl_t.mean())
+        return cls(d, d / span, max(kl, 0.0), float(hit.mean()), float(overlap.mean()))
 
     def failures(self, th: Thresholds, floor: ParityMetrics | None = None) -> list[str]:
         """Limits broken. With `floor` (what a correct OUT gives against REF), each limit is widened to the floor
@@ -122,6 +131,9 @@ class ParityMetrics:
             (self.top5 < lim.min_top5, f"top-5 overlap {self.top5:.2%} < {lim.min_top5:.1%}"),
         ]
         return [msg for bad, msg in rules if bad]
+
+
+BETWEEN_ELEMS = 1 << 21  # logits compared per step (16 tokens of a 128 K vocabulary: 16 MB per float64 temporary)
 
 
 # Slack over the floor: (factor, addend) for upper limits, addend only for lower limits.
