@@ -1,6 +1,7 @@
 """Benchmark: memory and speed at 2B4T, 8B and 70B shapes, with a naive torch packer side by side.
 
-    python benchmarks/bench_scale.py --size 2b4t|8b|70b [--routes hf,i2_s,tq2_0,tq1_0,tl1,tl2,quantize]
+    python benchmarks/bench_scale.py --size 2b4t|8b|70b [--routes hf,i2_s,tq2_0,tq1_0,tl1,tl2,iq2_bn,iq1_bn,f16,
+                                                               quantize,roundtrip,parity]
                                      [--workdir DIR] [--keep] [--no-baseline] [--pattern]
 
 * 2b4t: hidden 2560 / ffn 6912 / 30 layers / vocab 128256, untied (2.7 B params, 5.5 GB bf16), random data.
@@ -11,11 +12,13 @@
         (mean |w| = 0 -> scale 1e-5, all codes 0; TQ blocks store d = 0); `--pattern` writes one random row into
         every tensor (a few MB of real data) so the scales and codes are not all zero.
 
-Each route runs in a fresh process; wall time around it, peak RSS = the child's ru_maxrss (measured through a small
-launcher so the parent's own peak is not inherited), params/s = parameters / wall. Before each route, `--dry-run
---json` gives bitconv's planned peak, printed next to the measured one. The baseline is the naive torch packer
-(transformers' recipe on whole tensors: load each shard whole, w.float().abs().mean(), pack, save at the end); it is
-skipped when it would need more than half of the available memory.
+`roundtrip` and `parity` time `bitconv verify` of the `hf` route's output against the master (`--no-parity`, and
+the full verify with parity on its default 2 x 64 tokens); list them after `hf`. Each route runs in a fresh process;
+wall time around it, CPU time (user + sys), peak RSS = the child's ru_maxrss (measured through a small launcher so
+the parent's own peak is not inherited), params/s = parameters / wall, and the 1-minute load average before it.
+Before each route, `--dry-run --json` gives bitconv's planned peak, printed next to the measured one. The baseline
+is the naive torch packer (transformers' recipe on whole tensors: load each shard whole, w.float().abs().mean(),
+pack, save at the end); it is skipped when it would need more than half of the available memory.
 """
 
 from __future__ import annotations
@@ -45,8 +48,9 @@ ROUTES = {
     "hf": ["pack", "{src}", "--to", "hf", "-o", "{out}/hf", "--overwrite"],
     "quantize": ["quantize", "{src}", "-o", "{out}/ternary", "--overwrite"],
     **{t: ["pack", "{src}", "--to", "gguf", "--type", t, "-o", "{out}/" + t + ".gguf", "--overwrite"]
-       for t in ("i2_s", "tq2_0", "tq1_0", "tl1", "tl2")},
+       for t in ("i2_s", "tq2_0", "tq1_0", "tl1", "tl2", "iq2_bn", "iq1_bn", "f16")},
 }
+VERIFY = {"roundtrip": "--no-parity", "parity": ""}  # verify the `hf` route's output against the master
 
 
 def shapes(size: str) -> dict[str, tuple[int, ...]]:
@@ -140,8 +144,11 @@ def child_peak(argv: list[str], threads: int) -> tuple[float, float, float]:
 
 
 def planned_peak(args: list[str]) -> float:
-    r = subprocess.run([sys.executable, "-m", "bitconv", *args, "--dry-run", "--json"], cwd=ROOT, check=True,
+    """bitconv's planned peak (MiB) from `--dry-run --json`; nan for a command without a dry run."""
+    r = subprocess.run([sys.executable, "-m", "bitconv", *args, "--dry-run", "--json"], cwd=ROOT,
                        capture_output=True, text=True)
+    if r.returncode:
+        return float("nan")
     return json.loads(r.stdout)["peak_memory_bytes"] / 2**20
 
 
@@ -174,15 +181,25 @@ def main() -> None:
                   f"{'sparse' if sparse else 'random'}) in {time.perf_counter() - t0:.1f} s")
         out = work / "out"
         out.mkdir(exist_ok=True)
-        print(f"{'route':10s} {'wall s':>8s} {'cpu s':>8s} {'M params/s':>11s} {'peak MiB':>9s} {'planned MiB':>11s}")
+        hf_wall = hf_cpu = None
+        print(f"{'route':10s} {'wall s':>8s} {'cpu s':>8s} {'M params/s':>11s} {'peak MiB':>9s} {'planned MiB':>11s} "
+              f"{'load':>5s}")
         for route in a.routes.split(","):
-            args = [x.format(src=src, out=out) for x in ROUTES[route]]
-            plan = planned_peak(args)
+            if route in VERIFY:  # checks the `hf` route's output (run `hf` first), no plan to compare with
+                args = ["verify", str(out / "hf"), "--ref", str(src), *VERIFY[route].split()]
+                plan = float("nan")
+            else:
+                args = [x.format(src=src, out=out) for x in ROUTES[route]]
+                plan = planned_peak(args)
+            load = os.getloadavg()[0]  # other jobs on the machine: walls are only comparable at similar loads
             wall, cpu, rss = child_peak([sys.executable, "-m", "bitconv", *args], a.threads)
-            print(f"{route:10s} {wall:8.2f} {cpu:8.2f} {n_params / wall / 1e6:11.1f} {rss:9.1f} {plan:11.1f}",
-                  flush=True)
-            shutil.rmtree(out, ignore_errors=True)
-            out.mkdir()
+            print(f"{route:10s} {wall:8.2f} {cpu:8.2f} {n_params / wall / 1e6:11.1f} {rss:9.1f} {plan:11.1f} "
+                  f"{load:5.1f}", flush=True)
+            if route == "hf":
+                hf_wall, hf_cpu = wall, cpu
+            for f in out.iterdir():  # keep the HF output for the verify routes
+                if f.name != "hf":
+                    shutil.rmtree(f) if f.is_dir() else f.unlink()
         if not a.no_baseline:
             need = 2.6 * max(f.stat().st_size for f in src.glob("*.safetensors"))
             if need > mem_available() / 2:
@@ -191,6 +208,8 @@ def main() -> None:
                 wall, cpu, rss = child_peak([sys.executable, str(ROOT / "benchmarks" / "naive_pack.py"), str(src),
                                              str(out / "naive")], a.threads)
                 print(f"{'naive hf':10s} {wall:8.2f} {cpu:8.2f} {n_params / wall / 1e6:11.1f} {rss:9.1f}")
+                if hf_wall is not None:
+                    print(f"naive / bitconv `pack --to hf`: {wall / hf_wall:.1f}x wall, {cpu / hf_cpu:.1f}x CPU")
     finally:
         if not a.keep and a.workdir is None:
             shutil.rmtree(work, ignore_errors=True)

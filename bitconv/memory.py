@@ -1,7 +1,9 @@
 """Planned peak memory of a conversion, from its plan alone (what `--dry-run` prints and the benchmark checks).
 
-The streaming pipeline holds, at any moment: the interpreter with torch and numpy loaded (BASE_BYTES), the working set
-of the one tensor being converted (below), and the finished outputs waiting in the writer's queue (bounded in bytes:
+The streaming pipeline holds, at any moment: the interpreter with torch and numpy loaded (BASE_BYTES), the working sets
+of the tensors being converted (below; up to two at once on worker threads, `sinks.prefetch`, while their sum stays
+within `prefetch.MAX_INFLIGHT_BYTES`), results computed ahead (`prefetch.MAX_HELD_BYTES`), a pass-through tensor's
+blocks on the writing thread, and the finished outputs waiting in the writer's queue (bounded in bytes:
 `sinks.background.MAX_PENDING_BYTES`, or one larger output alone).
 
 Working set of one tensor of n elements (e = item size of its stored float dtype):
@@ -12,18 +14,19 @@ Working set of one tensor of n elements (e = item size of its stored float dtype
 | decode stored codes            | n (codes) + the packed bytes                                           |
 | pack into a layout             | + the packed output (+ a few MB of block temporaries)                  |
 | dequantize (unpack, GGUF float)| + n * 4 (GGUF float types; unpack writes row blocks)                   |
-| copy / passthrough             | 0 (kernel copy) or 2 blocks of 64 MB (GGUF conversion), or the tensor  |
+| copy / passthrough             | 0 (kernel copy) or 2 blocks of 8 MB (GGUF conversion), or the tensor   |
 """
 
 from __future__ import annotations
 
 from bitconv import quant
 from bitconv.core import dtypes
+from bitconv.sinks import prefetch
 from bitconv.sinks.background import MAX_PENDING_BYTES
 
 BASE_BYTES = 330 << 20  # python + torch + numpy + bitconv imported (measured: 300-340 MiB on Linux x86-64)
 BLOCK_TEMP_BYTES = 32 << 20  # layout packers' and readers' per-block temporaries
-GGUF_CHUNK_BYTES = 64 << 20
+GGUF_CHUNK_BYTES = 8 << 20
 
 
 def ternary_bytes(numel: int, stored_dtype: str, stored_bytes: int, compute: str = "float32") -> int:
@@ -31,7 +34,7 @@ def ternary_bytes(numel: int, stored_dtype: str, stored_bytes: int, compute: str
     if stored_dtype in ("U8", "I8"):  # decoded from stored codes
         return numel + stored_bytes
     e = dtypes.DTYPES[stored_dtype].itemsize if stored_dtype in dtypes.DTYPES else 2
-    if compute == "float32" and numel > quant.STREAM_MIN_ELEMS:
+    if numel > quant.STREAM_MIN_ELEMS:  # two block passes (either compute mode)
         return numel + quant.BLOCK_ELEMS * (e + 10)
     whole = numel * (e + 4 + 2 + 1)
     return whole + (4 * numel if stored_dtype != "BF16" or compute != "float32" else 0)
@@ -50,10 +53,30 @@ def step_bytes(tensor, action: str, out_bytes: int, compute: str = "float32") ->
 
 
 def peak_estimate(rows: list[tuple[object, str, int]], compute: str = "float32") -> int:
-    """Peak RSS in bytes for steps given as (tensor, action, output bytes)."""
+    """Peak RSS in bytes for steps given as (tensor, action, output bytes), in plan order.
+
+    Worker threads compute up to `prefetch.default_workers()` consecutive ternary steps at once while their planned
+    working sets sum to at most `prefetch.MAX_INFLIGHT_BYTES` (one alone otherwise); pass-through steps run on the
+    writing thread meanwhile; finished outputs wait in the writer's byte-bounded queue."""
+
     if not rows:
         return BASE_BYTES
-    work = max(step_bytes(t, a, n, compute) for t, a, n in rows)
+    costs = [step_bytes(t, a, n, compute) for t, a, n in rows]
+    tern = [c for c, (t, a, n) in zip(costs, rows) if a not in ("copy", "convert")]
+    workers = prefetch.default_workers()
+    work = max(tern, default=0)
+    for i in range(len(tern)):  # the consecutive groups the prefetcher admits together
+        group = tern[i:i + workers]
+        if len(group) > 1 and sum(group) <= prefetch.MAX_INFLIGHT_BYTES:
+            work = max(work, sum(group))
+    main = max((c for c, (t, a, n) in zip(costs, rows) if a in ("copy", "convert")), default=0)
     queued = min(MAX_PENDING_BYTES, sum(n for t, a, n in rows if a != "copy" and a != "convert"))
     biggest = max((n for t, a, n in rows if a not in ("copy", "convert")), default=0)
-    return BASE_BYTES + work + max(queued, min(biggest, work))
+    # scratch buffers are kept per worker thread: after a whole-tensor ternarization (|w| f32, two sign masks) they
+    # stay while the thread streams the big ones
+    whole = [t.numel for t, a, n in rows if a not in ("copy", "convert") and t.numel <= quant.STREAM_MIN_ELEMS]
+    if any(t.numel > quant.STREAM_MIN_ELEMS for t, a, n in rows if a not in ("copy", "convert")):
+        work += min(workers, 2) * 6 * max(whole, default=0)
+    held = min(prefetch.MAX_HELD_BYTES, sum(n for t, a, n in rows if a not in ("copy", "convert"))) \
+        if workers > 1 else 0  # results computed ahead, waiting for the writing thread
+    return BASE_BYTES + work + main + held + max(queued, min(biggest, work))

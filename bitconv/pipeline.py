@@ -12,6 +12,7 @@ import copy
 import os
 import time
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,10 +26,11 @@ from bitconv.core.tensors import FieldSpec, Ternary
 from bitconv.formats.safetensors import OutEntry
 from bitconv.layouts import Layout, get_layout
 from bitconv.layouts.hf_packed import HF_LAYOUTS, bitnet_quant_config
-from bitconv.memory import peak_estimate
+from bitconv.memory import peak_estimate, step_bytes
 from bitconv.output import AtomicOutput, check_free_space, precheck
 from bitconv.quant import COMPUTE_MODES, dequantize, online_lift
 from bitconv.sinks.hf import DEFAULT_MAX_SHARD_BYTES, HFSink
+from bitconv.sinks.prefetch import ordered
 from bitconv.sources import Checkpoint, ModelTensor, open_source
 
 # (done, total, current name): output bytes for quantize / pack / unpack (so a renderer can show bytes/s and an
@@ -54,6 +56,7 @@ class Plan:
     layout: Layout | None = None
     compute: str = "float32"
     values: str = "online"  # unpack: "online" (lifted so online WeightQuant gives back the scale) or "dequantized"
+    metadata: dict[str, str] | None = None  # safetensors `__metadata__` (None: transformers' {"format": "pt"})
 
     @property
     def entries(self) -> list[OutEntry]:
@@ -147,6 +150,10 @@ def plan_pack_hf(src: Checkpoint, linear_class: str = "autobitlinear", compute: 
 
 
 UNPACK_VALUES = ("online", "dequantized")
+# `unpack` marks its safetensors files as made from a ternary checkpoint, so `check` verifies such a folder as an
+# artifact and never takes it for the master. (config.json stays what transformers writes; loaders ignore extra
+# metadata keys.)
+UNPACKED_METADATA = {"format": "pt", "bitconv": "unpacked"}
 
 
 def plan_unpack_hf(src: Checkpoint, values: str = "online") -> Plan:
@@ -162,25 +169,30 @@ def plan_unpack_hf(src: Checkpoint, values: str = "online") -> Plan:
         else:
             steps.append(Step(t, {t.name: FieldSpec(t.shape, t.dtype)}, "copy"))
     cfg = _with_quant_config(_base_config(src), bitnet_quant_config(src.config, "autobitlinear", "online"))
-    return Plan(src, "hf-bf16", steps, cfg, values=values)
+    return Plan(src, "hf-bf16", steps, cfg, values=values, metadata=UNPACKED_METADATA)
 
 
 def execute(plan: Plan, out: str | Path, *, overwrite: bool = False,
             max_shard_bytes: int | None = DEFAULT_MAX_SHARD_BYTES, progress: Progress | None = None) -> Report:
-    """Stream the plan into OUT (atomically). One source tensor is resident at a time."""
+    """Stream the plan into OUT (atomically). Up to two source tensors are computed at once
+    (`bitconv.sinks.prefetch`), in a bounded working set; they are written in plan order."""
     t0 = time.perf_counter()
     keep_freed_memory()
     guard = AtomicOutput(out, overwrite=overwrite, inputs=(plan.source.path,))
     check_free_space(guard.out.parent, plan.total_bytes)
     with guard as tmp:
-        sink = HFSink(tmp, plan.entries, max_shard_bytes)
+        sink = HFSink(tmp, plan.entries, max_shard_bytes, plan.metadata)
         try:
             done, total = 0, plan.total_bytes
-            for step in plan.steps:
-                if progress:
-                    progress(done, total, step.tensor.name)
-                _run_step(step, plan, sink)
-                done += sum(f.nbytes for f in step.outputs.values())
+            computed = ordered(lambda st: _compute_step(st, plan), plan.steps, cost=_step_cost(plan),
+                               size=_result_bytes)
+            with closing(computed) as results:
+                for step, result in zip(plan.steps, results):
+                    if progress:
+                        progress(done, total, step.tensor.name)
+                    _write_step(step, plan, sink, result)
+                    del result
+                    done += sum(f.nbytes for f in step.outputs.values())
             sink.close(plan.config, plan.source.aux_files, fsync=os.environ.get("BITCONV_FSYNC") == "1")
         except BaseException:
             sink.abort()
@@ -204,7 +216,29 @@ def dequantized_blocks(t: Ternary) -> Iterator[np.ndarray]:
         yield dtypes.to_numpy_storage(dequantize(Ternary(codes[a:a + step], t.scale)))
 
 
-def _run_step(step: Step, plan: Plan, sink: HFSink) -> None:
+def _step_cost(plan: Plan) -> Callable[[Step], int]:
+
+    return lambda s: step_bytes(s.tensor, s.action, sum(f.nbytes for f in s.outputs.values()), plan.compute)
+
+
+def _result_bytes(step: Step) -> int:
+    """What `_compute_step` returns: packed fields, or int8 codes (dequant)."""
+    if step.action == "copy":
+        return 0
+    return step.tensor.numel if step.action == "dequant" else sum(f.nbytes for f in step.outputs.values())
+
+
+def _compute_step(step: Step, plan: Plan) -> Ternary | dict[str, np.ndarray] | None:
+    """The part of a step that runs on a worker thread: codes (dequant) or packed fields (pack), fresh arrays."""
+    if step.action == "copy":
+        return None
+    tern = step.tensor.ternary(plan.compute)
+    if step.action == "dequant":
+        return online_lift(tern) if plan.values == "online" else tern
+    return plan.layout.pack(tern)
+
+
+def _write_step(step: Step, plan: Plan, sink: HFSink, result: Ternary | dict[str, np.ndarray] | None) -> None:
     t = step.tensor
     if step.action == "copy":
         (name,) = step.outputs
@@ -213,15 +247,12 @@ def _run_step(step: Step, plan: Plan, sink: HFSink) -> None:
         else:
             sink.copy(name, t.stored[0])
         return
-    tern = t.ternary(plan.compute)
     if step.action == "dequant":
         (name,) = step.outputs
-        lifted = online_lift(tern) if plan.values == "online" else tern
-        sink.write_blocks(name, step.outputs[name].nbytes, dequantized_blocks(lifted))
+        sink.write_blocks(name, step.outputs[name].nbytes, dequantized_blocks(result))
         return
-    fields = plan.layout.pack(tern)
     prefix = module_of(t.name)
-    for k, arr in fields.items():
+    for k, arr in result.items():
         spec = step.outputs[f"{prefix}.{k}"]
         sink.write(f"{prefix}.{k}", np.asarray(arr).reshape(spec.shape))
 

@@ -35,6 +35,7 @@ import os
 import stat
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -68,13 +69,15 @@ from bitconv.layouts import Layout, get_layout
 from bitconv.layouts._ikbn import IK_DEFAULT_ARCH, RUNTIME
 from bitconv.layouts.kernel_config import KernelConfig, derive
 from bitconv.layouts.runtimes import ACTIVATIONS, Verdict, default_activation, runs_somewhere, summary, where_it_runs
-from bitconv.memory import peak_estimate
+from bitconv.memory import peak_estimate, step_bytes
 from bitconv.output import AtomicOutput, check_free_space, precheck
 from bitconv.pipeline import Progress, Report
 from bitconv.quant import COMPUTE_MODES
+from bitconv.sinks.background import BackgroundWriter
+from bitconv.sinks.prefetch import ordered
 from bitconv.sources import Checkpoint, ModelTensor, open_source
-from bitconv.sources.checkpoint import load_torch
 from bitconv.sources.gguf import gguf_header
+from bitconv.sources.safetensors import block_reader
 
 
 @dataclass(frozen=True)
@@ -351,34 +354,76 @@ def _ternary(step: GGUFStep, compute: str) -> Ternary:
     return Ternary(permute_rows(np.asarray(tern.codes), step.permute), tern.scale)
 
 
-def _float_signs(t: ModelTensor) -> torch.Tensor | None:
-    """The stored float weight behind a ternary tensor (master or float GGUF), whose signs the zeros keep."""
-    if t.stored and t.stored[0].dtype in ("BF16", "F16", "F32") and tuple(t.stored[0].shape) == tuple(t.shape):
-        return load_torch(t.stored[0])
-    return None
+DEQUANT_BLOCK_ELEMS = 1 << 22  # dequantized float types are made this many elements (whole rows) at a time
 
 
-def _dequant(step: GGUFStep, compute: str) -> np.ndarray:
-    """codes * scale as float32, zeros signed like the float source (the converters' t / (1/scale) keeps -0.0)."""
-    tern = step.tensor.ternary(compute)
-    vals = np.abs(np.asarray(tern.codes, dtype=np.float32)) * np.float32(tern.scale)
-    signs = _float_signs(step.tensor)
-    vals = np.copysign(vals, signs.float().numpy() if signs is not None else tern.codes.astype(np.float32))
-    return permute_rows(vals, step.permute) if step.permute is not None else vals
+def _sign_rows(t: ModelTensor):  # noqa: ANN202
+    """Rows [r0, r1) of the stored float weight behind a ternary tensor (master or float GGUF), as float32, whose
+    signs the zeros keep; None when there is none (packed / ternary sources)."""
+    info = t.stored[0] if t.stored else None
+    if not (isinstance(info, TensorInfo) and info.dtype in ("BF16", "F16", "F32")
+            and tuple(info.shape) == tuple(t.shape)):
+        return None
+
+    read, k = block_reader(info), int(np.prod(t.shape[1:]))
+    return lambda r0, r1: read(r0 * k, (r1 - r0) * k).float().numpy().reshape(r1 - r0, -1)
 
 
-def _step_data(step: GGUFStep, plan: GGUFPlan) -> np.ndarray | Iterator[np.ndarray]:
+def _dequant_chunks(step: GGUFStep, tern: Ternary) -> Iterator[np.ndarray]:
+    """codes * scale in the step's float type, a block of rows at a time (`tern`: the step's codes, rows already
+    permuted), zeros signed like the float source (the converters' t / (1/scale) keeps -0.0). The same bytes as
+    converting the whole tensor: every step is elementwise, and a permuted block holds whole heads."""
+    codes = np.asarray(tern.codes).reshape(tern.codes.shape[0], -1)
+    m, k = codes.shape
+    unit = m // step.permute if step.permute else 1  # rows of one head: the q/k permutation stays inside a head
+    rows = max(unit, DEQUANT_BLOCK_ELEMS // max(1, k) // unit * unit)
+    signs = _sign_rows(step.tensor)
+    scale = np.float32(tern.scale)
+    for a in range(0, m, rows):
+        b = min(m, a + rows)
+        vals = codes[a:b].astype(np.float32)
+        np.abs(vals, out=vals)
+        np.multiply(vals, scale, out=vals)
+        if signs is not None:
+            sg = signs(a, b)
+            np.copysign(vals, permute_rows(sg, (b - a) // unit) if step.permute else sg, out=vals)
+        else:
+            np.copysign(vals, codes[a:b], out=vals)
+        yield to_float_type(torch.from_numpy(vals.reshape(b - a, *tern.codes.shape[1:])), step.type_name)
+
+
+def _prepare(step: GGUFStep, plan: GGUFPlan) -> np.ndarray | Ternary | None:
+    """The part of a step that runs on a worker thread (fresh arrays): a "pack" step's bytes, a "dequant" step's
+    codes; None for pass-through tensors, converted in blocks while they are written."""
     if step.action == "pack":
-        return step.layout.pack(_ternary(step, plan.compute))["data"]
+        return _step_data(step, plan)
+    return _ternary(step, plan.compute) if step.action == "dequant" else None
+
+
+def _result_bytes(step: GGUFStep) -> int:
+    """What `_prepare` returns: packed bytes, or int8 codes (dequant)."""
+    return {"pack": step.entry.nbytes, "dequant": step.tensor.numel}.get(step.action, 0)
+
+
+def _step_cost(plan: GGUFPlan):  # noqa: ANN202
+
+    return lambda s: 0 if s.action == "convert" else step_bytes(s.tensor, s.action, s.entry.nbytes, plan.compute)
+
+
+def _step_data(step: GGUFStep, plan: GGUFPlan, prepared: np.ndarray | Ternary | None = None) \
+        -> np.ndarray | Iterator[np.ndarray]:
+    if step.action == "pack":
+        return prepared if prepared is not None else step.layout.pack(_ternary(step, plan.compute))["data"]
     if step.action == "dequant":
-        return to_float_type(torch.from_numpy(_dequant(step, plan.compute)), step.type_name)
+        return _dequant_chunks(step, prepared if prepared is not None else _ternary(step, plan.compute))
     parts = _converted_row_chunks(step)
     if parts is not None:
         return parts
     return to_float_type(plan.source.load_passthrough(step.tensor.name), step.type_name)
 
 
-CHUNK_BYTES = 64 << 20  # passthrough tensors above this are converted a block of rows at a time
+CHUNK_BYTES = 8 << 20  # passthrough tensors above this are converted a block of rows at a time (blocks of this size
+# are reused from the heap by malloc; 64 MiB ones were fresh mappings, whose page faults cost 2-4 s at 2B4T)
 
 
 def _converted_row_chunks(step: GGUFStep) -> Iterator[np.ndarray] | None:
@@ -399,9 +444,24 @@ def _converted_row_chunks(step: GGUFStep) -> Iterator[np.ndarray] | None:
             buf = raw[: n * row_bytes]
             pread_exact(info.path, info.offset + r0 * row_bytes, memoryview(buf), info.name)
             block = dtypes.from_numpy_storage(buf.view(dtypes.DTYPES[info.dtype].np_storage), info.dtype)
-            yield to_float_type(block.reshape(n, info.shape[1]), step.type_name)
+            out = to_float_type(block.reshape(n, info.shape[1]), step.type_name)
+            # the block is written later, on the writer thread, while `raw` is refilled: never hand out a view of it
+            yield out.copy() if np.shares_memory(out, raw) else out
 
     return chunks()
+
+
+WRITE_QUEUE_BYTES = 64 << 20  # converted blocks and packed tensors waiting to be written
+
+
+def _queue_tensor(bg: BackgroundWriter, writer: GGUFWriter, name: str,
+                  data: np.ndarray | Iterator[np.ndarray]) -> None:
+    """Queue one tensor's writes: each part (a converted row block, or the whole packed tensor) as its own job,
+    so the queue's byte bound holds and the next block is converted while this one is written."""
+    bg.submit(lambda: writer.begin(name))
+    for part in ([data] if isinstance(data, np.ndarray) else data):
+        bg.submit(lambda p=part: writer.write_part(p), part.nbytes)
+    bg.submit(writer.end)
 
 
 def execute_gguf(plan: GGUFPlan, out: str | Path, *, overwrite: bool = False,
@@ -414,15 +474,22 @@ def execute_gguf(plan: GGUFPlan, out: str | Path, *, overwrite: bool = False,
     ini_tmp = guard.side_file(ini) if ini is not None else None
     with guard as tmp:
         writer = GGUFWriter(tmp, plan.kvs, plan.entries)
+        bg = BackgroundWriter(WRITE_QUEUE_BYTES)  # the file is written on its own thread, in order, while this one
+        # converts the next block
         try:
             done, total = 0, sum(s.entry.nbytes for s in plan.steps)  # progress in output bytes
-            for step in plan.steps:
-                if progress:
-                    progress(done, total, step.tensor.name)
-                writer.write(step.entry.name, _step_data(step, plan))
-                done += step.entry.nbytes
+            with closing(ordered(lambda st: _prepare(st, plan), plan.steps, cost=_step_cost(plan),
+                                 size=_result_bytes)) as prepared:
+                for step, ready in zip(plan.steps, prepared):
+                    if progress:
+                        progress(done, total, step.tensor.name)
+                    _queue_tensor(bg, writer, step.entry.name, _step_data(step, plan, ready))
+                    del ready
+                    done += step.entry.nbytes
+            bg.finish()
             writer.close(fsync=os.environ.get("BITCONV_FSYNC") == "1")
         except BaseException:
+            bg.cancel()
             writer.abort()
             raise
         if ini_tmp is not None:

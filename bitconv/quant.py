@@ -11,6 +11,7 @@ Canonical recipe (`../shared/spec/README.md` convention 2, transformers `WeightQ
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 
 import numpy as np
@@ -25,16 +26,22 @@ COMPUTE_MODES = ("float32", "bfloat16")
 
 
 class Workspace:
-    """Reusable scratch buffers, so streaming many tensors does not pay page faults for fresh allocations."""
+    """Reusable scratch buffers, so streaming many tensors does not pay page faults for fresh allocations.
+
+    Buffers are per thread (`bitconv.sinks.prefetch` computes two tensors at once on worker threads); a thread's
+    buffers are freed when it ends.
+    """
 
     def __init__(self) -> None:
-        self._bufs: dict[tuple[str, torch.dtype], torch.Tensor] = {}
+        self._local = threading.local()
 
     def get(self, key: str, numel: int, dtype: torch.dtype) -> torch.Tensor:
-        buf = self._bufs.get((key, dtype))
+        bufs = self._local.__dict__.setdefault("bufs", {})
+        buf = bufs.get((key, dtype))
         if buf is None or buf.numel() < numel:
+            bufs.pop((key, dtype), None)  # free the old one first: peak is the new size, not old + new
             buf = torch.empty(numel, dtype=dtype)
-            self._bufs[(key, dtype)] = buf
+            bufs[(key, dtype)] = buf
         return buf[:numel]
 
 
@@ -87,13 +94,17 @@ def _ternarize_bf16_input(w: torch.Tensor, name: str | None, ws: Workspace) -> T
     """
     n = w.numel()
     a = ws.get("abs", n, torch.float32).view(w.shape)
-    a.copy_(w)
-    a.abs_()
+    bits = w.view(torch.int16).numpy()
+    # |w| as float32 straight from the bits (bf16 -> f32 is exact: the 16 bits moved up), in numpy on this thread:
+    # the same values as `w.float().abs()`, without torch's intra-op threads competing with the other worker
+    mag = a.numpy().view(np.uint32)
+    np.bitwise_and(bits.view(np.uint16), 0x7FFF, out=mag, dtype=np.uint32)
+    np.left_shift(mag, 16, out=mag)
     m = a.mean()  # the same kernel and order as `w.float().abs().mean()`
     _check_finite(m, name, w.shape)
     s = 1.0 / m.clamp(min=EPS)
     tb = int((_BF16_MAGNITUDES * s <= 0.5).sum()) - 1  # products are monotone: a prefix of the table
-    bits = w.view(torch.int16).numpy()  # numpy's int16 compares are 2-3x faster than torch's on CPU
+    # numpy's int16 compares are 2-3x faster than torch's on CPU
     pos = ws.get("pos", n, torch.bool).view(w.shape).numpy()
     neg = ws.get("neg", n, torch.bool).view(w.shape).numpy()
     np.greater(bits, tb, out=pos)  # positive and above the threshold (negative patterns are < 0 as int16)
@@ -128,20 +139,29 @@ BlockReader = Callable[[int, int], torch.Tensor]  # (first element, count) -> 1-
 
 
 def ternarize_blocks(read: BlockReader, shape: tuple[int, ...], *, name: str | None = None,
-                     block: int | None = None, ws: Workspace | None = None) -> Ternary | None:
-    """The float32 recipe of `ternarize`, reading the weight a block at a time in two passes: mean |w| first
-    (torch's float32 reduction order replayed exactly, `bitconv.torchsum`), codes second. Bit-identical to
-    `ternarize(whole)` (tests check it on awkward sizes); memory is the codes plus a few blocks.
+                     block: int | None = None, ws: Workspace | None = None, compute: str = "float32") \
+        -> Ternary | None:
+    """The recipe of `ternarize`, reading the weight a block at a time in two passes: mean |w| first (torch's
+    float32 reduction order replayed exactly, `bitconv.torchsum`), codes second. Bit-identical to
+    `ternarize(whole, compute)` (tests check it on awkward sizes); memory is the codes plus a few blocks.
 
     Returns None when this torch build's reduction order cannot be replayed: the caller ternarizes the whole tensor.
     """
+    if compute == "bfloat16":
+        return _ternarize_blocks_bf16(read, shape, name, block or BLOCK_ELEMS, ws or _DEFAULT_WS)
     block = block or BLOCK_ELEMS
     ws = ws or _DEFAULT_WS
     n = int(np.prod(shape))
 
     def magnitudes(start: int, count: int) -> np.ndarray:
         a = ws.get("blk_abs", count, torch.float32)
-        a.copy_(read(start, count))
+        w = read(start, count)
+        if w.dtype == torch.bfloat16:  # exact: the bits moved up, sign cleared (numpy: no torch thread pool)
+            mag = a.numpy().view(np.uint32)
+            np.bitwise_and(w.view(torch.int16).numpy().view(np.uint16), 0x7FFF, out=mag, dtype=np.uint32)
+            np.left_shift(mag, 16, out=mag)
+            return a.numpy()
+        a.copy_(w)
         return a.abs_().numpy()
 
     total = torchsum.exact_sum(magnitudes, n, piece=block)
@@ -172,6 +192,54 @@ def ternarize_blocks(read: BlockReader, shape: tuple[int, ...], *, name: str | N
             torch.lt(x, -0.5, out=torch.from_numpy(neg))
         np.subtract(pos.view(np.int8), neg.view(np.int8), out=out)
     return Ternary(codes.reshape(shape), np.float32((1.0 / s).item()))
+
+
+_BF16_MEAN_OK: list[bool] = []
+
+
+def _bf16_mean_replayable() -> bool:
+    """Whether this torch build's bf16 `mean` is bf16(float32 sum / n) with the float32 sum in the order
+    `torchsum` replays (true since torch 2.1: CPU half-type means go through a float32 sum); checked once on probes."""
+    if not _BF16_MEAN_OK:
+        g = torch.Generator().manual_seed(16)
+        ok = True
+        for n in torchsum.PROBE_SIZES:
+            w = (torch.randn(n, generator=g) * 0.02).bfloat16()
+            a = w.abs().float().numpy()
+            tot = torchsum.exact_sum(lambda s, c, a=a: a[s:s + c], n, piece=1 << 16)
+            if tot is None or torch.from_numpy(np.array(tot, dtype=np.float32)).div_(n).to(torch.bfloat16) \
+                    .view(torch.int16).item() != w.abs().mean().view(torch.int16).item():
+                ok = False
+                break
+        _BF16_MEAN_OK.append(ok)
+    return _BF16_MEAN_OK[0]
+
+
+def _ternarize_blocks_bf16(read: BlockReader, shape: tuple[int, ...], name: str | None, block: int,
+                           ws: Workspace) -> Ternary | None:
+    """`compute="bfloat16"` (onebitllms) in two block passes: m = bf16(float32 sum of |bf16(w)| / n), exactly torch's
+    bf16 mean; then codes = clamp(round(bf16(w) * s), -1, 1) block by block (elementwise, so blocks change nothing)."""
+    if not _bf16_mean_replayable():
+        return None
+    n = int(np.prod(shape))
+
+    def magnitudes(start: int, count: int) -> np.ndarray:
+        a = ws.get("blk_abs", count, torch.float32)
+        a.copy_(read(start, count).to(torch.bfloat16).abs())
+        return a.numpy()
+
+    total = torchsum.exact_sum(magnitudes, n, piece=block)
+    if total is None:
+        return None
+    m = torch.from_numpy(np.array(total, dtype=np.float32)).div_(n).to(torch.bfloat16)
+    _check_finite(m, name, torch.Size(shape))
+    s = 1.0 / m.clamp(min=EPS)
+    codes = np.empty(n, dtype=np.int8)
+    for start in range(0, n, block):
+        count = min(block, n - start)
+        w16 = read(start, count).to(torch.bfloat16)
+        codes[start:start + count] = (w16 * s).round().clamp(-1, 1).to(torch.int8).numpy()
+    return Ternary(codes.reshape(shape), np.float32(1.0) / np.float32(s.float().item()))
 
 
 def dequantize(t: Ternary, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:

@@ -224,6 +224,18 @@ def st_head(mutate: Callable[[dict], object], base: str = "st") -> Builder:
     return st_file(lambda p: st_rewrite(p, mutate), base)
 
 
+def st_drop(name: str) -> Callable[[Path], None]:
+    """Remove one tensor, header entry and bytes: the file stays a valid (contiguous) safetensors container."""
+    def drop(path: Path) -> None:
+        header, data = st_header(path)
+        a, b = header.pop(name)["data_offsets"]
+        for k, e in header.items():
+            if k != "__metadata__" and e["data_offsets"][0] >= b:
+                e["data_offsets"] = [e["data_offsets"][0] - (b - a), e["data_offsets"][1] - (b - a)]
+        st_write(path, header, data[:a] + data[b:])
+    return drop
+
+
 def _set(name: str, **fields: object) -> Callable[[dict], None]:
     return lambda h: h[name].update(fields)
 
@@ -475,7 +487,7 @@ WEIGHTS = [
                                                               "found I16"), "model.safetensors"),
     Case("w-packed-code-0b11", _packed_weight(0xFF), ("bit pair 0b11",), "model.safetensors"),
     Case("w-packed-missing-scale",
-         st_head(lambda h: h.pop("model.layers.0.mlp.down_proj.weight_scale"), "packed"),
+         st_file(st_drop("model.layers.0.mlp.down_proj.weight_scale"), "packed"),
          ("has no 'model.layers.0.mlp.down_proj.weight_scale'",), "model.safetensors"),
     Case("w-ternary-code-5", st_file(_ternary_codes, "ternary"), ("codes outside {-1, 0, 1}",), "model.safetensors"),
 ]
@@ -730,9 +742,9 @@ GGUF = [
          _gguf_bytes(lambda b: _patch(b, ti_pos(b, GK) - len(GK), GQ.encode())),
          ("tensor name appears twice", GQ), "model.gguf"),
     Case("gguf-alignment-7", _gguf(lambda k: [*k, KV.u32("general.alignment", 7)]),
-         ("general.alignment 7 is not a positive multiple of 8",), "model.gguf"),
+         ("general.alignment 7 is not a power of two",), "model.gguf"),
     Case("gguf-alignment-string", _gguf(lambda k: [*k, KV.string("general.alignment", "32")]),
-         ("general.alignment '32'",), "model.gguf"),
+         ("general.alignment is stored as STRING; ggml's loader requires UINT32",), "model.gguf"),
     Case("gguf-id39-sized-as-mxfp4", _gguf(_as_llama, _projections_as(39, "upstream")),
          ("type MXFP4", "type id 39 is TL2 in bitnet.cpp's fork"), "model.gguf"),
     Case("gguf-id39-sized-as-tl2", _gguf(_as_llama, _projections_as(39, "bitnet.cpp")),

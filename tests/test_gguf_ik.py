@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from bitconv import pipeline
 from bitconv.cli import app
-from bitconv.core.errors import LayoutError, SourceError, UsageError
+from bitconv.core.errors import FormatError, LayoutError, SourceError, UsageError
 from bitconv.core.tensors import Ternary
 from bitconv.formats.gguf import read_gguf
 from bitconv.formats.gguf.kv import KV
@@ -316,11 +316,11 @@ def test_unpack_refuses_mixed_row_scales_and_bad_codes():
     lay = get_layout("gguf-iq2-bn")
     data = lay.pack(_random((4, 64), 1))["data"].reshape(4, -1).copy()
     data[2, :4] = np.array([0.75], "<f4").view(np.uint8)
-    with pytest.raises(LayoutError, match="2 different scales"):
+    with pytest.raises(FormatError, match="2 different scales"):
         lay.unpack({"data": data.reshape(-1)}, (4, 64))
     data = lay.pack(_random((4, 64), 1))["data"].reshape(4, -1).copy()
     data[0, 4] = 0xFF
-    with pytest.raises(LayoutError, match="2-bit value 3"):
+    with pytest.raises(FormatError, match="2-bit value 3"):
         lay.unpack({"data": data.reshape(-1)}, (4, 64))
     with pytest.raises(LayoutError, match="fp16"):
         get_layout("gguf-iq1-bn").pack(Ternary(np.ones((1, 64), np.int8), np.float32(1e6)))

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from bitconv.core import dtypes
-from bitconv.core.errors import LayoutError
+from bitconv.core.errors import FormatError, LayoutError
 from bitconv.core.tensors import Ternary
 from bitconv.layouts import get_layout, list_layouts
 from bitconv.layouts.hf_packed import pack_codes, unpack_codes
@@ -208,7 +208,7 @@ def test_declared_scale_dtype_and_inversion_are_what_is_written(name):
 
 
 def test_hf_rejects_bit_pattern_11():
-    with pytest.raises(LayoutError, match="0b11"):
+    with pytest.raises(FormatError, match="0b11"):
         unpack_codes(np.array([[0b11]], dtype=np.uint8), 4, tensor="x.weight")
 
 

@@ -157,18 +157,19 @@ def test_output_inside_input_refused(models, tmp_path, copy_dir):
         pipeline.pack_hf(src, src, overwrite=True)
 
 
+@pytest.mark.parametrize("where", ["_write_step", "_compute_step"])  # the writing thread, a worker thread
 @pytest.mark.parametrize("exc", [RuntimeError("disk on fire"), KeyboardInterrupt()])
-def test_failure_midway_leaves_nothing(models, tmp_path, monkeypatch, exc):
+def test_failure_midway_leaves_nothing(models, tmp_path, monkeypatch, exc, where):
     calls = {"n": 0}
-    real = pipeline._run_step
+    real = getattr(pipeline, where)
 
-    def flaky(step, plan, sink):
+    def flaky(step, *a):
         calls["n"] += 1
         if calls["n"] == 10:
             raise exc
-        real(step, plan, sink)
+        return real(step, *a)
 
-    monkeypatch.setattr(pipeline, "_run_step", flaky)
+    monkeypatch.setattr(pipeline, where, flaky)
     with pytest.raises(type(exc)):
         pipeline.pack_hf(models(), tmp_path / "out", max_shard_bytes=100_000)
     assert list(tmp_path.iterdir()) == []
@@ -178,7 +179,7 @@ def test_failure_during_overwrite_keeps_old_output(models, tmp_path, monkeypatch
     out = tmp_path / "out"
     pipeline.pack_hf(models(), out)
     before = tree_hash(out)
-    monkeypatch.setattr(pipeline, "_run_step", lambda *a: (_ for _ in ()).throw(RuntimeError("boom")))
+    monkeypatch.setattr(pipeline, "_write_step", lambda *a: (_ for _ in ()).throw(RuntimeError("boom")))
     with pytest.raises(RuntimeError):
         pipeline.pack_hf(models(), out, overwrite=True)
     assert tree_hash(out) == before

@@ -324,11 +324,11 @@ def test_non_finite_runtime_logits_fail(ggufs):
 
 
 def test_negated_tq_scale_is_refused_naming_the_tensor(ggufs, tmp_path):
-    """A negative block scale is no model any runtime should run: bitconv refuses to read the file (exit 2, the
-    tensor named) before llama.cpp is asked, so it never passes."""
+    """A negative block scale is no model any runtime should run: a content fault of OUT, so verify fails (exit 1,
+    the tensor named) without asking llama.cpp; it never passes."""
     out, master = ggufs("1bitllm", "tq2_0")
     bad = tmp_path / "neg.gguf"
     _mutate(out, bad, "blk.1.ffn_down.weight", _negate_tq2)
     r = cli("verify", bad, "--ref", master, "--runtime", "llama.cpp")
-    assert r.exit_code == 2
+    assert r.exit_code == 1
     assert "blk.1.ffn_down.weight" in r.output and "finite and > 0" in " ".join(r.output.split())

@@ -50,16 +50,17 @@ def test_replayed_sum_is_not_a_plain_sum():
     assert torchsum.exact_sum(lambda s, c: arr[s:s + c], arr.size).tobytes() == t.sum().numpy().tobytes()
 
 
+@pytest.mark.parametrize("compute", ["float32", "bfloat16"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 @pytest.mark.parametrize("shape", SIZES)
 @pytest.mark.parametrize("block", [97, 4096, 1 << 20])
-def test_ternarize_blocks_equals_whole(shape, dtype, block):
+def test_ternarize_blocks_equals_whole(shape, dtype, block, compute):
     g = torch.Generator().manual_seed(hash((shape, block)) % 1000)
     w = (torch.randn(shape, generator=g) * 0.02).to(dtype)
     if w.numel() > 4:  # exact threshold hits: values whose product with s lies on the 0.5 boundary
         w.reshape(-1)[:3] = w.reshape(-1).abs().float().mean().to(dtype) / 2
-    whole = ternarize(w)
-    got = ternarize_blocks(_reader(w), tuple(shape), block=block)
+    whole = ternarize(w, compute)
+    got = ternarize_blocks(_reader(w), tuple(shape), block=block, compute=compute)
     assert got is not None
     assert got.codes.dtype == np.int8 and got.codes.shape == tuple(shape)
     assert np.array_equal(got.codes, whole.codes)
@@ -96,16 +97,17 @@ def _files(folder):
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
 
 
-def test_pack_hf_streamed_equals_whole(models, tmp_path, monkeypatch):
+@pytest.mark.parametrize("compute", ["float32", "bfloat16"])
+def test_pack_hf_streamed_equals_whole(models, tmp_path, monkeypatch, compute):
     from bitconv.pipeline import pack_hf, quantize
 
     src = models("bitnet-2b4t")
-    pack_hf(src, tmp_path / "whole")
-    quantize(src, tmp_path / "whole-t")
+    pack_hf(src, tmp_path / "whole", compute=compute)
+    quantize(src, tmp_path / "whole-t", compute=compute)
     monkeypatch.setattr(quant, "STREAM_MIN_ELEMS", 0)
     monkeypatch.setattr(quant, "BLOCK_ELEMS", 1000)
-    pack_hf(src, tmp_path / "streamed")
-    quantize(src, tmp_path / "streamed-t")
+    pack_hf(src, tmp_path / "streamed", compute=compute)
+    quantize(src, tmp_path / "streamed-t", compute=compute)
     assert _files(tmp_path / "streamed") == _files(tmp_path / "whole")
     assert _files(tmp_path / "streamed-t") == _files(tmp_path / "whole-t")
 
@@ -198,11 +200,112 @@ def test_unpack_in_row_blocks_like_whole(models, tmp_path, monkeypatch, values):
 def test_planned_peak_counts_the_biggest_tensor(models, monkeypatch):
     from bitconv import memory
     from bitconv.pipeline import plan_pack_hf
+    from bitconv.sinks import prefetch
     from bitconv.sources import open_source
 
     plan = plan_pack_hf(open_source(models("bitnet-2b4t")))
+    monkeypatch.setattr(prefetch, "default_workers", lambda: 1)
     whole = plan.peak_bytes
     big = max(s.tensor.numel for s in plan.steps if s.action == "pack")
     assert whole >= memory.BASE_BYTES + big * (2 + 4 + 2 + 1)  # bf16 weight, |w| f32, signs, codes
+    monkeypatch.setattr(prefetch, "default_workers", lambda: 2)  # two tensors at once: both working sets
+    two = plan.peak_bytes
+    assert whole + big * (2 + 4 + 2 + 1) <= two <= whole + prefetch.MAX_INFLIGHT_BYTES
     monkeypatch.setattr(quant, "STREAM_MIN_ELEMS", 0)
+    monkeypatch.setattr(prefetch, "default_workers", lambda: 1)
     assert plan.peak_bytes < whole + quant.BLOCK_ELEMS * 12
+    monkeypatch.setattr(prefetch, "MAX_INFLIGHT_BYTES", quant.BLOCK_ELEMS * 12)  # no room for two block passes
+    monkeypatch.setattr(prefetch, "default_workers", lambda: 2)
+    assert plan.peak_bytes < whole + quant.BLOCK_ELEMS * 12
+
+
+@pytest.mark.parametrize("gguf_type", ["f32", "f16", "bf16"])
+@pytest.mark.parametrize("arch", ["bitnet-2b4t", "llama-bitnet"])  # llama: q/k rows permuted per head
+def test_gguf_float_types_in_row_blocks_like_whole(models, tmp_path, monkeypatch, gguf_type, arch):
+    from bitconv import pipeline_gguf
+
+    src = models(arch)
+    monkeypatch.setattr(pipeline_gguf, "DEQUANT_BLOCK_ELEMS", 1 << 40)  # one block: the whole tensor
+    pipeline_gguf.pack_gguf(src, tmp_path / "whole.gguf", gguf_type, force=True)
+    monkeypatch.setattr(pipeline_gguf, "DEQUANT_BLOCK_ELEMS", 100)  # a head (or a row) per block
+    pipeline_gguf.pack_gguf(src, tmp_path / "blocks.gguf", gguf_type, force=True)
+    assert (tmp_path / "blocks.gguf").read_bytes() == (tmp_path / "whole.gguf").read_bytes()
+    if gguf_type == "f32":  # and the values are the converters': permute(copysign(|codes| * scale, W)), not just
+        import gguf  # self-consistent
+
+        from bitconv.formats.gguf.metadata import gguf_name, permute_heads, permute_rows
+        from bitconv.sources import open_source
+        from bitconv.sources.safetensors import load_torch
+
+        ck = open_source(src)
+        tensors = {t.name: t for t in gguf.GGUFReader(tmp_path / "blocks.gguf").tensors}
+        for name in ("model.layers.0.self_attn.q_proj.weight", "model.layers.0.self_attn.k_proj.weight"):
+            t = ck.tensors[name]
+            tern = t.ternary("float32")
+            w = load_torch(t.stored[0]).float().numpy()
+            want = np.copysign(np.abs(tern.codes.astype(np.float32)) * tern.scale, w)
+            heads = permute_heads(name, ck.config) if arch == "llama-bitnet" else None
+            want = permute_rows(want, heads) if heads else want
+            got = np.asarray(tensors[gguf_name(name, t.shape)].data).reshape(want.shape)
+            assert got.tobytes() == want.tobytes(), name
+
+
+@pytest.mark.parametrize("name", ["gguf-tl1", "gguf-tl2"])
+@pytest.mark.parametrize("shape", [(256, 1024), (96, 320), (640, 2560)])
+def test_tl_packs_in_row_chunks_like_whole(name, shape, monkeypatch):
+    from bitconv.core.tensors import Ternary
+    from bitconv.layouts import get_layout, gguf_tl
+
+    t = Ternary(_codes(shape, seed=shape[0]), np.float32(0.0123))
+    lay = get_layout(name)
+    monkeypatch.setattr(gguf_tl, "PACK_ROW_CODES", 1 << 40)
+    whole = lay.pack(t)["data"]
+    monkeypatch.setattr(gguf_tl, "PACK_ROW_CODES", 1)  # one BM-row tile per chunk
+    chunked = lay.pack(t)["data"]
+    assert chunked.tobytes() == whole.tobytes()
+    assert np.array_equal(lay.unpack({"data": chunked}, shape).codes, t.codes)
+
+
+def _q8_0_reference(x: np.ndarray) -> np.ndarray:
+    """ggml's quantize_row_q8_0_ref on whole float32 blocks (the formula, no slicing or transposing)."""
+    b = x.reshape(-1, 32).astype(np.float32)
+    d = np.abs(b).max(axis=1, keepdims=True) / np.float32(127)
+    with np.errstate(divide="ignore"):
+        inv = np.where(d == 0, np.float32(0), np.float32(1) / d).astype(np.float32)
+    q = np.floor(np.abs(b) * inv + np.float32(0.5)) * np.where(b < 0, -1, 1)
+    return np.concatenate([d.astype(np.float16).view(np.uint8), q.astype(np.int8).view(np.uint8)], axis=1)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("slice_blocks", [1, 7, 2048])
+def test_q8_0_slices_equal_the_reference(dtype, slice_blocks, monkeypatch):
+    from bitconv.formats.gguf import quants
+
+    monkeypatch.setattr(quants, "_Q8_0_SLICE", slice_blocks)
+    g = torch.Generator().manual_seed(5)
+    x = (torch.randn(37, 96, generator=g) * 0.02).to(dtype)
+    x[0, :32] = 0  # d = 0 block
+    x[1, :32] = -0.0
+    x[2, :32] = torch.arange(32) - 16.0  # exact halves after scaling: ties round away from zero
+    x[3, 5] = 1e-6
+    got = quants.to_float_type(x, "Q8_0")
+    assert got.tobytes() == _q8_0_reference(x.float().numpy()).tobytes()
+
+
+@pytest.mark.parametrize("elems", [1, 7, 1 << 40])
+def test_parity_metrics_in_token_chunks_equal_whole(elems, monkeypatch):
+    """verify's logit comparison a few tokens at a time (bounded float64 temporaries): the very same numbers as the
+    whole-tensor formulas."""
+    from bitconv.verify import parity
+
+    g = torch.Generator().manual_seed(4)
+    a = torch.randn(2, 9, 301, generator=g) * 3
+    b = a + torch.randn(2, 9, 301, generator=g) * 0.2
+    la, lb = torch.log_softmax(a.double(), -1), torch.log_softmax(b.double(), -1)
+    ta, tb = a.topk(5, -1).indices, b.topk(5, -1).indices
+    want = (float((a - b).abs().max()), float((la.exp() * (la - lb)).sum(-1).mean()),
+            float((a.argmax(-1) == b.argmax(-1)).float().mean()),
+            float(((ta[..., :, None] == tb[..., None, :]).any(-1).float().sum(-1) / 5).mean()))
+    monkeypatch.setattr(parity, "BETWEEN_ELEMS", elems)
+    m = parity.ParityMetrics.between(a, b)
+    assert (m.max_dlogit, m.mean_kl, m.top1, m.top5) == want

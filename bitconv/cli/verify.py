@@ -25,19 +25,28 @@ JsonFileOpt = Annotated[str | None, typer.Option("--json", help="write the JSON 
 JunitOpt = Annotated[Path | None, typer.Option("--junit", help="write a JUnit XML report to FILE",
                                                show_default=False)]
 ParityOpt = Annotated[bool, typer.Option("--parity/--no-parity", help="also compare logits (three forward passes)")]
-MaxRelOpt = Annotated[float, typer.Option("--max-rel-dlogit", help="limit of max |Δlogit| / REF's logit range")]
+MaxRelOpt = Annotated[float | None, typer.Option("--max-rel-dlogit", help=f"limit of max |Δlogit| / REF's logit "
+                                                 f"range [default: {_D.max_rel_dlogit}]", show_default=False)]
 MaxAbsOpt = Annotated[float | None, typer.Option("--max-dlogit", help="limit of max |Δlogit| (absolute; off by "
                                                  "default)", show_default=False)]
-MaxKlOpt = Annotated[float, typer.Option("--max-kl", help="limit of the mean KL(REF || OUT) per position")]
-Top1Opt = Annotated[float, typer.Option("--min-top1", help="least top-1 agreement with REF (0..1)")]
-Top5Opt = Annotated[float, typer.Option("--min-top5", help="least mean top-5 overlap with REF (0..1)")]
+MaxKlOpt = Annotated[float | None, typer.Option("--max-kl", help=f"limit of the mean KL(REF || OUT) per position "
+                                                f"[default: {_D.max_kl}]", show_default=False)]
+Top1Opt = Annotated[float | None, typer.Option("--min-top1", help=f"least top-1 agreement with REF (0..1) "
+                                               f"[default: {_D.min_top1}]", show_default=False)]
+Top5Opt = Annotated[float | None, typer.Option("--min-top5", help=f"least mean top-5 overlap with REF (0..1) "
+                                               f"[default: {_D.min_top5}]", show_default=False)]
+StrictOpt = Annotated[bool, typer.Option("--strict", help="apply the parity limits as given: never widen them to "
+                                         "the floor model (what REF's own codes give in OUT's arithmetic)")]
 
 
-def _thresholds(max_rel: float, max_abs: float | None, max_kl: float, top1: float, top5: float) -> Thresholds:
+def _thresholds(max_rel: float | None, max_abs: float | None, max_kl: float | None, top1: float | None,
+                top5: float | None) -> Thresholds:
     for name, v in (("--min-top1", top1), ("--min-top5", top5)):
-        if not 0.0 <= v <= 1.0:
+        if v is not None and not 0.0 <= v <= 1.0:
             raise UsageError(f"{name} must lie in [0, 1], got {v}")
-    return Thresholds(max_rel_dlogit=max_rel, max_dlogit=max_abs, max_kl=max_kl, min_top1=top1, min_top5=top5)
+    given = {"max_rel_dlogit": max_rel, "max_dlogit": max_abs, "max_kl": max_kl, "min_top1": top1, "min_top5": top5}
+    given = {k: v for k, v in given.items() if v is not None}
+    return Thresholds(**given, given=frozenset(given))
 
 
 def _write(path: str | Path, text: str, append: bool = False, inputs: tuple[Path, ...] = ()) -> None:
@@ -75,6 +84,9 @@ def _print_verify(rep: VerifyReport) -> None:
     if rep.findings:
         render.table("findings", ["severity", "check", "fault", "message"],
                      [[f.severity, f.check, f.fault, f.message] for f in rep.findings])
+    if rep.parity is not None and rep.parity.widened:
+        render.out.print("parity limits widened to the floor model (pass --strict to apply them as given): "
+                         + "; ".join(lim.note for lim in rep.parity.widened))
     render.out.print(f"{'PASS' if rep.ok else 'FAIL'}: {len(rep.errors)} error(s) in {rep.seconds:.1f} s")
 
 
@@ -90,8 +102,8 @@ def verify_command(
     tokens: Annotated[Path | None, typer.Option("--tokens", help="parity on the token ids in FILE (JSON or one "
                                                 "sequence per line)", show_default=False)] = None,
     parity: ParityOpt = True,
-    max_rel_dlogit: MaxRelOpt = _D.max_rel_dlogit, max_dlogit: MaxAbsOpt = None, max_kl: MaxKlOpt = _D.max_kl,
-    min_top1: Top1Opt = _D.min_top1, min_top5: Top5Opt = _D.min_top5,
+    max_rel_dlogit: MaxRelOpt = None, max_dlogit: MaxAbsOpt = None, max_kl: MaxKlOpt = None,
+    min_top1: Top1Opt = None, min_top5: Top5Opt = None, strict: StrictOpt = False,
     bitlinear: Annotated[str, typer.Option("--bitlinear", help="BitLinear arithmetic to emulate: compiled "
                                            "(transformers' default) or eager (TORCHDYNAMO_DISABLE=1)")] = "compiled",
     runtime: Annotated[str | None, typer.Option("--runtime", help="also run OUT (a .gguf) in this runtime and "
@@ -103,7 +115,7 @@ def verify_command(
     th = _thresholds(max_rel_dlogit, max_dlogit, max_kl, min_top1, min_top5)
     with render.progress("verify", json != "-") as cb:
         rep = verify(out, ref, run_parity=parity, thresholds=th, prompt=prompt, tokens_file=tokens,
-                     bitlinear=bitlinear, runtime=runtime,
+                     bitlinear=bitlinear, runtime=runtime, strict=strict,
                      progress=(lambda stage, i, n: cb(i, n, stage)) if cb else None)
     _emit(rep, json, junit, [verify_suite(rep)], verify_markdown(rep), (out, ref, *((tokens,) if tokens else ())))
     if json != "-":
@@ -124,30 +136,39 @@ def _print_check(rep: CheckReport) -> None:
         errs = [f.message for f in a.findings if f.severity == "error"]
         errs += [f.message for f in a.verify.errors] if a.verify else []
         warns = [f.message for f in a.findings if f.severity == "warning"]
-        verdict = _ok_note(a.verify) if a.ok else f"FAILED: {errs[0]}" + (f" (+{len(errs) - 1} more)"
-                                                                        if len(errs) > 1 else "")
-        rows.append([a.path, a.role, a.kind or "-", a.layout or "-", verdict + "".join(f"; warning: {w}"
-                                                                                    for w in warns)])
-    render.table(f"bitconv check {rep.path}", ["checkpoint", "role", "kind", "layout", "result"], rows)
+        if a.ok:
+            verdict = _ok_note(a.verify) if a.status == "verified" else a.status
+        else:
+            verdict = f"FAILED: {errs[0]}" + (f" (+{len(errs) - 1} more)" if len(errs) > 1 else "")
+        rows.append([a.path, a.role, a.kind or "-", a.layout or "-", a.master or "-",
+                     verdict + "".join(f"; warning: {w}" for w in warns)])
+    render.table(f"bitconv check {rep.path}", ["checkpoint", "role", "kind", "layout", "master", "result"], rows)
     for a in rep.artifacts:
         if a.verify is not None and not a.verify.ok:
             _print_verify(a.verify)
-    render.out.print(f"{'PASS' if rep.ok else 'FAIL'}: {len(rep.artifacts)} checkpoint(s) in {rep.seconds:.1f} s")
+    render.out.print(f"{'PASS' if rep.ok else 'FAIL'}: {rep.summary}, {rep.seconds:.1f} s")
 
 
 @app.command("check")
 @handle_errors
 def check_command(
     path: Annotated[Path, typer.Argument(help="model repository folder (or one checkpoint)", show_default=False)],
+    ref: Annotated[str | None, typer.Option("--ref", help="the master every artifact is verified against: a folder, "
+                                            "a file or a Hub repo id (default: the one master under PATH)",
+                                            show_default=False)] = None,
+    config_only: Annotated[bool, typer.Option("--config-only", help="check configs only; artifacts are not "
+                                              "verified (and not failed for it)")] = False,
     json: JsonFileOpt = None, junit: JunitOpt = None, parity: ParityOpt = True,
-    max_rel_dlogit: MaxRelOpt = _D.max_rel_dlogit, max_dlogit: MaxAbsOpt = None, max_kl: MaxKlOpt = _D.max_kl,
-    min_top1: Top1Opt = _D.min_top1, min_top5: Top5Opt = _D.min_top5,
+    max_rel_dlogit: MaxRelOpt = None, max_dlogit: MaxAbsOpt = None, max_kl: MaxKlOpt = None,
+    min_top1: Top1Opt = None, min_top5: Top5Opt = None, strict: StrictOpt = False,
 ) -> None:
-    """CI for a model repo: every checkpoint's config, and every artifact verified against the bf16 master."""
+    """CI for a model repo: every checkpoint's config, and every artifact verified against one named master.
+    Exit 0 only when every artifact was verified and passed; 1 when one failed or could not be verified."""
     th = _thresholds(max_rel_dlogit, max_dlogit, max_kl, min_top1, min_top5)
     say = None if json == "-" else (lambda p: render.err.print(f"· verifying {p}"))
-    rep = check(path, run_parity=parity, thresholds=th, on_item=say)
-    _emit(rep, json, junit, check_suites(rep), check_markdown(rep), (path,))
+    rep = check(path, ref=ref, config_only=config_only, run_parity=parity, thresholds=th, strict=strict,
+                on_item=say)
+    _emit(rep, json, junit, check_suites(rep), check_markdown(rep), (path, *((ref,) if ref else ())))
     if json != "-":
         _print_check(rep)
     raise typer.Exit(rep.exit_code)

@@ -34,6 +34,15 @@ class SourceError(BitconvError):
     """An input checkpoint is missing, corrupt, truncated or inconsistent."""
 
 
+class FormatError(SourceError):
+    """A file's content breaks its format's rules: what the real loader refuses (safetensors, ggml's gguf.cpp), or
+    values no ternary format holds (a code outside {-1, 0, 1}, a non-finite or non-positive scale).
+
+    As the input of a conversion it is bad input (exit 2). As the OUT of `verify` / `check` it is what verification
+    exists to find: a verification failure (exit 1) naming the file and tensor.
+    """
+
+
 class LayoutError(BitconvError):
     """A tensor's shape cannot be held by the requested layout, or the layout name is unknown."""
 

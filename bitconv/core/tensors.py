@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bitconv.core import dtypes
-from bitconv.core.errors import SourceError
+from bitconv.core.errors import FormatError
 
 
 @dataclass(frozen=True)
@@ -43,14 +43,17 @@ class FieldSpec:
         return math.prod(self.shape) * dtypes.DTYPES[self.dtype].itemsize
 
 
-def checked_scale(value: object, *, tensor: str | None = None, path: object | None = None) -> np.float32:
-    """A stored per-tensor scale as float32, refused (SourceError naming the tensor) unless finite and > 0.
+def checked_scale(value: object, codes: np.ndarray | None = None, *, tensor: str | None = None,
+                  path: object | None = None, stored: str = "weight scale") -> np.float32:
+    """A stored per-tensor scale as float32, or a `FormatError` naming the tensor unless finite and > 0 (0 only for
+    a tensor whose `codes` are given and all zero).
 
     A NaN, ±Inf, 0 or negative scale would make every dequantized weight NaN, zero or sign-flipped: no model any
-    runtime loads. (A quantizer never writes one: absmean is floored at 1e-5.)"""
+    runtime loads. (A quantizer never writes one: absmean is floored at 1e-5.) As SRC this is bad input (exit 2); as
+    the OUT of `verify` a verification failure (exit 1)."""
 
     s = np.float32(value)
-    if not (np.isfinite(s) and s > 0):
-        raise SourceError(f"weight scale is {float(s)!r}; a scale must be finite and > 0", path=path, tensor=tensor,
+    if not (np.isfinite(s) and (s > 0 or (s == 0 and codes is not None and not np.any(codes)))):
+        raise FormatError(f"{stored} is {float(s)!r}; a scale must be finite and > 0", path=path, tensor=tensor,
                           hint="the checkpoint is corrupt (NaN/Inf/0/negative weight_scale)")
     return s

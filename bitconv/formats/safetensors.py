@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from bitconv.core import dtypes, safeio
-from bitconv.core.errors import OutputError, SourceError
+from bitconv.core.errors import FormatError, OutputError, SourceError
 from bitconv.core.pickled import refuse_pickle, sniff_pickle
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # the limit the safetensors package enforces
@@ -56,14 +56,14 @@ def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
         with os.fdopen(fd, "rb") as f:
             head = f.read(8)
             if len(head) < 8:
-                raise SourceError(f"truncated safetensors file ({size} bytes, the 8-byte header length is missing)",
+                raise FormatError(f"truncated safetensors file ({size} bytes, the 8-byte header length is missing)",
                                   path=path)
             (n,) = struct.unpack("<Q", head)
             if n > MAX_HEADER_BYTES or 8 + n > size:
                 pickled = sniff_pickle(head)
                 if pickled is not None:  # never unpickled: said so instead of "corrupt header"
                     raise refuse_pickle(path, pickled)
-                raise SourceError(f"corrupt safetensors header: declares {n} header bytes but the file has {size}",
+                raise FormatError(f"corrupt safetensors header: declares {n} header bytes but the file has {size}",
                                   path=path, hint="the file is truncated or not safetensors; download it again")
             raw = f.read(n)
     except OSError as e:
@@ -75,48 +75,59 @@ def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
     try:
         header = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise SourceError(f"corrupt safetensors header: not valid JSON ({e})", path=path) from None
+        raise FormatError(f"corrupt safetensors header: not valid JSON ({e})", path=path) from None
     except RecursionError:  # [[[[... nested deeper than the interpreter's stack
-        raise SourceError("corrupt safetensors header: JSON nested too deeply", path=path) from None
+        raise FormatError("corrupt safetensors header: JSON nested too deeply", path=path) from None
     if not isinstance(header, dict):
-        raise SourceError("corrupt safetensors header: not a JSON object", path=path)
+        raise FormatError("corrupt safetensors header: not a JSON object", path=path)
     meta = header.pop("__metadata__", None) or {}
     if not isinstance(meta, dict):
-        raise SourceError("corrupt safetensors header: __metadata__ is not an object", path=path)
+        raise FormatError("corrupt safetensors header: __metadata__ is not an object", path=path)
     data_start = 8 + n
     infos = {name: _entry(path, name, e, data_start, size) for name, e in header.items()}
-    _check_no_overlap(path, infos.values())
+    _check_contiguous(path, infos.values(), data_start, size)
     return infos, {str(k): str(v) for k, v in meta.items()}
 
 
 def _entry(path: Path, name: str, e: object, data_start: int, size: int) -> TensorInfo:
     if not isinstance(e, dict):
-        raise SourceError("corrupt safetensors header: entry is not an object", path=path, tensor=name)
+        raise FormatError("corrupt safetensors header: entry is not an object", path=path, tensor=name)
     dt, shape, offs = e.get("dtype"), e.get("shape"), e.get("data_offsets")
     if not isinstance(dt, str) or dt not in dtypes.DTYPES:  # a list or object is unhashable: not a dtype
-        raise SourceError(f"unknown dtype {dt!r}; bitconv reads {', '.join(dtypes.DTYPES)}", path=path, tensor=name)
+        raise FormatError(f"unknown dtype {dt!r}; bitconv reads {', '.join(dtypes.DTYPES)}", path=path, tensor=name)
     if not (isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)):
-        raise SourceError(f"corrupt safetensors header: bad shape {shape!r}", path=path, tensor=name)
+        raise FormatError(f"corrupt safetensors header: bad shape {shape!r}", path=path, tensor=name)
     if not (isinstance(offs, list) and len(offs) == 2 and all(type(o) is int for o in offs)
             and 0 <= offs[0] <= offs[1]):
-        raise SourceError(f"corrupt safetensors header: bad data_offsets {offs!r}", path=path, tensor=name)
+        raise FormatError(f"corrupt safetensors header: bad data_offsets {offs!r}", path=path, tensor=name)
     nbytes = math.prod(shape) * dtypes.DTYPES[dt].itemsize
     if offs[1] - offs[0] != nbytes:
-        raise SourceError(f"data_offsets span {offs[1] - offs[0]} bytes but {dt} {shape} needs {nbytes}",
+        raise FormatError(f"data_offsets span {offs[1] - offs[0]} bytes but {dt} {shape} needs {nbytes}",
                           path=path, tensor=name)
     if data_start + offs[1] > size:
-        raise SourceError(f"data ends at byte {data_start + offs[1]} but the file has {size}: truncated file",
+        raise FormatError(f"data ends at byte {data_start + offs[1]} but the file has {size}: truncated file",
                           path=path, tensor=name, hint="download it again")
     return TensorInfo(name, dt, tuple(shape), path, data_start + offs[0], nbytes)
 
 
-def _check_no_overlap(path: Path, infos: Iterable[TensorInfo]) -> None:
-    end, prev = -1, None
+def _check_contiguous(path: Path, infos: Iterable[TensorInfo], data_start: int, size: int) -> None:
+    """The safetensors library's rule: sorted by offset, the tensors tile the data region exactly, from its first
+    byte to the end of the file: no overlap, no gap, no trailing bytes.
+    # ref: safetensors/src/tensor.rs `Metadata::validate` (InvalidOffset; MetadataIncompleteBuffer)
+    """
+    end, prev = data_start, None
     for t in sorted(infos, key=lambda t: (t.offset, t.nbytes)):
-        if t.nbytes and t.offset < end:
-            raise SourceError(f"corrupt safetensors header: data of {t.name!r} overlaps {prev!r}", path=path)
-        if t.nbytes:
-            end, prev = t.offset + t.nbytes, t.name
+        if t.offset < end:
+            raise FormatError(f"corrupt safetensors header: data of {t.name!r} overlaps {prev!r}", path=path)
+        if t.offset > end:
+            raise FormatError(f"{t.offset - end} unused bytes before the data of {t.name!r} (at byte {end}): the "
+                              "safetensors library refuses files with gaps between tensors", path=path,
+                              hint="rewrite the file with safetensors.save_file")
+        end, prev = t.offset + t.nbytes, t.name
+    if end != size:
+        raise FormatError(f"{size - end} trailing bytes after the last tensor's data (data ends at byte {end}, the "
+                          f"file has {size}): the safetensors library refuses such files", path=path,
+                          hint="the file was appended to or written by a broken tool; rewrite it")
 
 
 def pread_exact(path: Path, offset: int, buf: memoryview, tensor: str | None = None) -> None:

@@ -33,7 +33,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from bitconv.core.errors import LayoutError
+from bitconv.core.errors import FormatError, LayoutError
 from bitconv.core.tensors import FieldSpec, Ternary
 from bitconv.layouts.registry import Layout
 from bitconv.quant import EPS
@@ -114,12 +114,12 @@ def ternary_from_rows(trits: np.ndarray, d: np.ndarray, shape: tuple[int, ...], 
     """Codes and the one tensor scale from trits [M, K] and row scales [M]; rows with d = 0 decode to 0."""
     d = d.astype(np.float32)
     if not bool(np.isfinite(d).all()) or bool((d < 0).any()):
-        raise LayoutError(f"{ggml_type} row scales hold a negative or non-finite value; the file is corrupt",
+        raise FormatError(f"{ggml_type} row scales hold a negative or non-finite value; the file is corrupt",
                           shape=tuple(shape))
     live = d != 0
     ds = np.unique(d[live])
     if ds.size > 1:
-        raise LayoutError(f"{ggml_type} rows carry {ds.size} different scales (e.g. {float(ds[0])!r}, "
+        raise FormatError(f"{ggml_type} rows carry {ds.size} different scales (e.g. {float(ds[0])!r}, "
                           f"{float(ds[-1])!r}); this is not a ternary tensor with one scale", shape=tuple(shape),
                           hint="it was quantized from non-ternary weights (or by ik's converter with .scale tensors)")
     codes = trits.view(np.int8) - np.int8(1)

@@ -26,7 +26,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from bitconv.core.errors import LayoutError
+from bitconv.core.errors import FormatError
 from bitconv.layouts._ikbn import QK, IKBNLayout
 
 _SHIFTS = np.array([0, 2, 4, 6], dtype=np.uint8).reshape(1, 4, 1)
@@ -39,10 +39,10 @@ def encode_iq2bn_blocks(trits: np.ndarray) -> np.ndarray:
 
 
 def decode_iq2bn_blocks(qs: np.ndarray) -> np.ndarray:
-    """[n, 16] -> trits uint8 [n, 64]; the unused 2-bit value 3 raises LayoutError."""
+    """[n, 16] -> trits uint8 [n, 64]; the unused 2-bit value 3 raises FormatError."""
     t = (qs.reshape(-1, 1, 16) >> _SHIFTS) & 3
     if bool((t == 3).any()):
-        raise LayoutError("IQ2_BN data holds the 2-bit value 3, which is not a trit",
+        raise FormatError("IQ2_BN data holds the 2-bit value 3, which is not a trit",
                           hint="the file is corrupt or not IQ2_BN")
     return t.reshape(-1, QK)
 

@@ -27,7 +27,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from bitconv.core.errors import LayoutError
+from bitconv.core.errors import FormatError, LayoutError
 from bitconv.core.tensors import FieldSpec, Ternary
 from bitconv.layouts._ikbn import QK, IKBNLayout, check_in_features, row_trits, ternary_from_rows
 
@@ -75,7 +75,7 @@ class GGUFIQ2BNR4(IKBNLayout, name="gguf-iq2-bn-r4", container="gguf"):
         q = groups[:, R * 4:].reshape(m // R, nb, 4, R, 1, 4)  # [group, block, l, row k, 1, i]
         t = (q >> _SHIFTS) & 3  # [group, block, l, row k, bit slot, i]
         if bool((t == 3).any()):
-            raise LayoutError("IQ2_BN_R4 data holds the 2-bit value 3, which is not a trit", shape=tuple(shape),
+            raise FormatError("IQ2_BN_R4 data holds the 2-bit value 3, which is not a trit", shape=tuple(shape),
                               hint="the file is corrupt or not IQ2_BN_R4")
         trits = np.ascontiguousarray(t.transpose(0, 3, 1, 2, 4, 5)).reshape(m, k)
         return ternary_from_rows(trits, d, shape, self.ggml_type)

@@ -44,7 +44,7 @@ from typing import ClassVar
 import numpy as np
 
 from bitconv.core.errors import LayoutError, UsageError
-from bitconv.core.tensors import FieldSpec, Ternary
+from bitconv.core.tensors import FieldSpec, Ternary, checked_scale
 from bitconv.formats.gguf.types import tl2_payload_nbytes
 from bitconv.layouts.gguf_i2s import SCALE_SLOT, read_scale, scale_slot
 from bitconv.layouts.kernel_config import KernelConfig, KernelEntry, derive_entry
@@ -74,8 +74,22 @@ def _split_nibbles(b: np.ndarray) -> np.ndarray:
 
 
 def _pair_index(t: np.ndarray) -> np.ndarray:
-    """codes [M, 2P] -> idx = 3*t[:, 2p] + t[:, 2p+1] + 4, uint8 [M, P]."""
-    return (3 * t[:, 0::2] + t[:, 1::2] + 4).astype(np.uint8)
+    """codes [M, 2P] -> idx = 3*t[:, 2p] + t[:, 2p+1] + 4, uint8 [M, P] (computed mod 256 on the codes' bytes:
+    exact, the true value lies in 0..8)."""
+    u = np.ascontiguousarray(t, dtype=np.int8).view(np.uint8)
+    idx = np.multiply(u[:, 0::2], 3)
+    np.add(idx, u[:, 1::2], out=idx)
+    np.add(idx, 4, out=idx)
+    return idx
+
+
+PACK_ROW_CODES = 1 << 21  # codes per row chunk when packing (tile rows come whole): temporaries stay a few MB
+
+
+def _chunk_rows(K: int, BM: int) -> int:
+    """Rows per packing chunk: whole BM-row tiles (the tile loops run tm outermost, so each chunk's bytes are one
+    contiguous range of every part), about PACK_ROW_CODES codes."""
+    return BM * max(1, PACK_ROW_CODES // max(1, BM * K))
 
 
 def _pair_codes(idx: np.ndarray, tensor: str | None) -> np.ndarray:
@@ -88,6 +102,27 @@ def _pair_codes(idx: np.ndarray, tensor: str | None) -> np.ndarray:
     out[:, 1::2] = idx % 3
     out -= 1
     return out
+
+
+# byte -> its 8 bits spread to the even bit positions of a uint16 (bit k -> bit 2k)
+_SPREAD = np.zeros(256, dtype=np.uint16)
+for _k in range(8):
+    _SPREAD |= ((np.arange(256, dtype=np.uint16) >> _k) & 1) << (2 * _k)
+
+
+def _sign_words(neg: np.ndarray, BM: int, BK: int) -> np.ndarray:
+    """Sign bits [R, K3/3] (R % BM == 0) -> TL2's uint16 LE sign words in tile order (tm, tk, sm, c, j); bit 15-i
+    of a word is the sign of row 32sm + 16*(i%2) + j, triplet 8c + i//2 of the tile.
+
+    The 8 triplets of each (row, c) are contiguous, so they are packed into one byte first (flat packbits, MSB =
+    triplet 0); a word interleaves the bytes of its two row halves (bits of half 0 at the odd positions 15, 13, ..).
+    """
+    R, t = neg.shape
+    b = np.packbits(np.ascontiguousarray(neg).reshape(-1), bitorder="big")
+    b = b.reshape(R // BM, BM // 32, 2, 16, t // (BK // 3), BK // 24)  # tm, sm, half, j, tk, c
+    w = _SPREAD[b[:, :, 0]] << 1
+    w |= _SPREAD[b[:, :, 1]]  # tm, sm, j, tk, c
+    return np.ascontiguousarray(w.transpose(0, 3, 1, 4, 2)).astype("<u2", copy=False).reshape(-1)
 
 
 def _sig_tiles(vals: np.ndarray, BM: int, per_tile: int) -> np.ndarray:
@@ -131,10 +166,12 @@ class _GGUFTL(Layout):
     def gguf_dims(self, shape: tuple[int, ...]) -> tuple[int, ...]:
         return tuple(reversed(shape))
 
-    def _finish(self, parts: list[np.ndarray], e: KernelEntry, scale: float) -> dict[str, np.ndarray]:
-        used = sum(p.size for p in parts)
-        pad = _pad32(self.payload_nbytes(e)) - used
-        return {"data": np.concatenate([*parts, np.zeros(pad, dtype=np.uint8), scale_slot(scale)])}
+    def _output(self, e: KernelEntry, scale: float) -> np.ndarray:
+        """The field's bytes, zeroed, with the scale slot in place; the packers fill the content a chunk at a time."""
+        pos = _pad32(self.payload_nbytes(e))
+        out = np.zeros(pos + SCALE_SLOT, dtype=np.uint8)
+        out[pos:] = scale_slot(scale)
+        return out
 
     def _data(self, fields: Mapping[str, np.ndarray], shape: tuple[int, ...]) -> tuple[np.ndarray, KernelEntry]:
         e = self.entry(shape)
@@ -157,9 +194,15 @@ class GGUFTL1(_GGUFTL, name="gguf-tl1", container="gguf"):
         e = self.entry(t.shape)
         (M, K), BM, BK, bm = t.shape, e.BM, e.BK, e.bm
         by = 256 // bm
-        idx = _pair_index(np.asarray(t.codes, dtype=np.int8))
-        a = idx.reshape(M // BM, BM // bm, bm // 16, 16, K // BK, BK // by, by // 4, 2)
-        return self._finish([_nibbles(a.transpose(_TL1_PERM))], e, t.scale)
+        codes = np.asarray(t.codes, dtype=np.int8)
+        out = self._output(e, t.scale)
+        step = _chunk_rows(K, BM)
+        for r0 in range(0, M, step):
+            r1 = min(M, r0 + step)
+            idx = _pair_index(codes[r0:r1])
+            a = idx.reshape((r1 - r0) // BM, BM // bm, bm // 16, 16, K // BK, BK // by, by // 4, 2)
+            out[r0 * K // 4:r1 * K // 4] = _nibbles(a.transpose(_TL1_PERM))
+        return {"data": out}
 
     def unpack(self, fields: Mapping[str, np.ndarray], shape: tuple[int, ...], tensor: str | None = None) -> Ternary:
         data, e = self._data(fields, shape)
@@ -168,7 +211,8 @@ class GGUFTL1(_GGUFTL, name="gguf-tl1", container="gguf"):
         n = self.payload_nbytes(e)
         a = _split_nibbles(data[:n]).reshape(M // BM, K // BK, BM // bm, BK // by, bm // 16, by // 4, 16, 2)
         idx = a.transpose(_inverse(_TL1_PERM)).reshape(M, K // 2)
-        return Ternary(_pair_codes(idx, None), read_scale(data, _pad32(n)))
+        codes = _pair_codes(idx, None)
+        return Ternary(codes, checked_scale(read_scale(data, _pad32(n)), codes, stored="TL1 scale"))
 
 
 class GGUFTL2(_GGUFTL, name="gguf-tl2", container="gguf"):
@@ -214,15 +258,20 @@ class GGUFTL2(_GGUFTL, name="gguf-tl2", container="gguf"):
         M, BM, BK = e.M, e.BM, e.BK
         k3, k2 = self._split(e)
         codes = np.asarray(t.codes, dtype=np.int8)
-        trip = codes[:, :k3].reshape(M, k3 // 3, 3)
-        v = 9 * trip[..., 0] + 3 * trip[..., 1] + trip[..., 2]
-        parts = [_sig_tiles(np.abs(v).astype(np.uint8), BM, BK // 3)]
-        sign = (v < 0).reshape(M // BM, BM // 32, 2, 16, k3 // BK, BK // 24, 8).transpose(_SIGN_PERM)
-        words = np.packbits(sign.reshape(-1, 16), axis=-1, bitorder="big")  # [hi, lo] of each word
-        parts.append(words[:, ::-1].reshape(-1))  # uint16 little-endian
-        if k2:
-            parts.append(_sig_tiles(_pair_index(codes[:, k3:]), BM, 16))
-        return self._finish(parts, e, t.scale)
+        n1, n2, _ = self._content_nbytes(e, None)
+        out = self._output(e, t.scale)
+        step = _chunk_rows(e.K, BM)
+        for r0 in range(0, M, step):  # each part's bytes for rows [r0, r1) are one contiguous range
+            r1 = min(M, r0 + step)
+            R = r1 - r0
+            c = codes[r0:r1]
+            trip = c[:, :k3].reshape(R, k3 // 3, 3)
+            v = 9 * trip[..., 0] + 3 * trip[..., 1] + trip[..., 2]
+            out[r0 * k3 // 6:r1 * k3 // 6] = _sig_tiles(np.abs(v).astype(np.uint8), BM, BK // 3)
+            out[n1 + r0 * k3 // 24:n1 + r1 * k3 // 24] = _sign_words(v < 0, BM, BK).view(np.uint8)
+            if k2:
+                out[n1 + n2 + r0 * k2 // 4:n1 + n2 + r1 * k2 // 4] = _sig_tiles(_pair_index(c[:, k3:]), BM, 16)
+        return {"data": out}
 
     def unpack(self, fields: Mapping[str, np.ndarray], shape: tuple[int, ...], tensor: str | None = None) -> Ternary:
         data, e = self._data(fields, shape)
@@ -242,4 +291,5 @@ class GGUFTL2(_GGUFTL, name="gguf-tl2", container="gguf"):
         if k2:
             idx = _sig_untiles(data[n1 + n2:n1 + n2 + n3], M, k2 // 2, BM, 16)
             codes[:, k3:] = _pair_codes(idx, None)
-        return Ternary(codes, read_scale(data, _pad32(self.payload_nbytes(e))))
+        return Ternary(codes, checked_scale(read_scale(data, _pad32(self.payload_nbytes(e))), codes,
+                                            stored="TL2 scale"))

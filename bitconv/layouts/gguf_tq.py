@@ -41,9 +41,10 @@ from bitconv.layouts.registry import Layout
 from bitconv.quant import EPS
 
 QK = 256  # weights per block
-PACK_BLOCKS = 1 << 14  # 256-weight blocks packed per step (4 MiB of codes)
+PACK_BLOCKS = 2048  # 256-weight blocks packed per step (512 KiB of codes: the chunk stays in cache)
 _POW3 = np.array([81, 27, 9, 3, 1], dtype=np.uint16)
 _DEC3 = np.array([1, 3, 9, 27, 81], dtype=np.uint8)
+_TQ1_BYTE = ((np.arange(256, dtype=np.uint32) * 256 + 242) // 243).astype(np.uint8)  # v (0..242) -> stored byte
 
 
 def _fp16_d(scale: float, tensor: str | None) -> np.ndarray:
@@ -75,29 +76,52 @@ class _GGUFTQ(Layout):
     def gguf_dims(self, shape: tuple[int, ...]) -> tuple[int, ...]:
         return tuple(reversed(shape))
 
-    def _encode(self, q: np.ndarray) -> np.ndarray:
-        """trits q = t + 1, uint8 [n_blocks, 256] -> [n_blocks, block_bytes - 2]."""
-        raise NotImplementedError
-
     def _decode(self, qs: np.ndarray) -> np.ndarray:
         """[n_blocks, block_bytes - 2] -> trits uint8 [n_blocks, 256]."""
         raise NotImplementedError
 
     def pack(self, t: Ternary) -> dict[str, np.ndarray]:
+        """A few thousand blocks at a time, each chunk transposed to word-major order ([32, blocks] of uint64: word
+        j holds elements 8j..8j+7 of every block), so every arithmetic pass runs over long contiguous rows and the
+        base-3 / 2-bit sums are done eight trits per uint64 operation (no byte ever overflows: values stay <= 242)."""
         self.spec(t.shape)
-        codes = np.asarray(t.codes, dtype=np.int8).reshape(-1, QK)
-        out = np.empty((codes.shape[0], self.block_bytes), dtype=np.uint8)
-        d16 = None
-        for a in range(0, codes.shape[0], PACK_BLOCKS):  # a block of rows at a time: temporaries stay small
-            c = codes[a:a + PACK_BLOCKS]
-            o = out[a:a + PACK_BLOCKS]
-            o[:, :-2] = self._encode((c + 1).view(np.uint8))
-            nonzero = (c != 0).any(axis=1)
-            o[:, -2:] = 0
-            if nonzero.any():
-                d16 = _fp16_d(t.scale, None) if d16 is None else d16
-                o[nonzero, -2:] = d16
+        codes = np.ascontiguousarray(t.codes, dtype=np.int8).reshape(-1, QK)
+        n = codes.shape[0]
+        out = np.empty((n, self.block_bytes), dtype=np.uint8)
+        words = codes.view(np.uint64)  # [n, 32]
+        b = min(PACK_BLOCKS, n)
+        ctb = np.empty((QK // 8, b), dtype=np.uint64)
+        res = np.empty((b, (self.block_bytes - 2 + 7) // 8), dtype=np.uint64)
+        nonzero = np.empty(n, dtype=bool)
+        for a in range(0, n, PACK_BLOCKS):  # a chunk of blocks at a time: temporaries stay cache-sized
+            m = min(PACK_BLOCKS, n - a)
+            ct = ctb[:, :m]
+            np.copyto(ct, words[a:a + m].T)
+            np.not_equal(np.bitwise_or.reduce(ct, axis=0), 0, out=nonzero[a:a + m])  # a block with a non-zero code
+            q8 = ct.view(np.uint8)
+            np.add(q8, 1, out=q8)  # trits q = t + 1 (bytewise: no carries)
+            r = res[:m]
+            np.copyto(r, self._encode_words(ct).T)
+            self._finish_into(r.view(np.uint8)[:, :self.block_bytes - 2], out[a:a + m, :-2])
+        out[:, -2:] = 0
+        if nonzero.any():
+            out[nonzero, -2:] = _fp16_d(t.scale, None)
         return {"data": out.reshape(-1)}
+
+    def _encode_words(self, ct: np.ndarray) -> np.ndarray:
+        """Trits in word-major order [32, m] (uint64, 8 trits each) -> the block payload words [k, m]."""
+        raise NotImplementedError
+
+    def _finish_into(self, v: np.ndarray, out: np.ndarray) -> None:
+        out[...] = v
+
+    def _encode(self, q: np.ndarray) -> np.ndarray:
+        """trits q = t + 1, uint8 [n_blocks, 256] -> [n_blocks, block_bytes - 2] (the same bytes as `pack`)."""
+        ct = np.ascontiguousarray(np.ascontiguousarray(q, dtype=np.uint8).view(np.uint64).T)
+        v = np.ascontiguousarray(self._encode_words(ct).T).view(np.uint8)[:, :self.block_bytes - 2]
+        out = np.empty((q.shape[0], self.block_bytes - 2), dtype=np.uint8)
+        self._finish_into(v, out)
+        return out
 
     def unpack(self, fields: Mapping[str, np.ndarray], shape: tuple[int, ...], tensor: str | None = None) -> Ternary:
         (nbytes,) = self.spec(shape)["data"].shape
@@ -123,14 +147,32 @@ class GGUFTQ10(_GGUFTQ, name="gguf-tq1-0", container="gguf"):
     ggml_type: ClassVar[str] = "TQ1_0"
     block_bytes: ClassVar[int] = 54
 
-    def _encode(self, q: np.ndarray) -> np.ndarray:
-        n = q.shape[0]
-        w = q.astype(np.uint16)
-        qs0 = (w[:, :160].reshape(n, 5, 32) * _POW3.reshape(1, 5, 1)).sum(axis=1, dtype=np.uint16)
-        qs1 = (w[:, 160:240].reshape(n, 5, 16) * _POW3.reshape(1, 5, 1)).sum(axis=1, dtype=np.uint16)
-        qh = (w[:, 240:].reshape(n, 4, 4) * _POW3[:4].reshape(1, 4, 1)).sum(axis=1, dtype=np.uint16)
-        v = np.concatenate([qs0, qs1, qh], axis=1)
-        return ((v * 256 + 242) // 243).astype(np.uint8)
+    def _encode_words(self, ct: np.ndarray) -> np.ndarray:
+        """v = sum_n q_n * 3^(4-n) by Horner's rule, eight bytes per uint64 op (every partial value <= 242, so no
+        byte carries into the next): words 0..3 <- elements 0..159 (digit n = words 4n..4n+3), words 4..5 <- 160..239
+        (digit n = words 20+2n, 21+2n), word 6 (low half) <- 240..255 (digit n = 32-bit half n of words 30..31)."""
+        m = ct.shape[1]
+        v = np.empty((7, m), dtype=np.uint64)
+
+        def horner(digits: list[np.ndarray], dst: np.ndarray) -> None:
+            np.copyto(dst, digits[0])
+            for d in digits[1:]:
+                np.multiply(dst, 3, out=dst)
+                np.add(dst, d, out=dst)
+
+        horner([ct[4 * i:4 * i + 4] for i in range(5)], v[0:4])
+        horner([ct[20 + 2 * i:22 + 2 * i] for i in range(5)], v[4:6])
+        lo, hi = np.uint64(0xFFFFFFFF), np.uint64(32)
+        horner([ct[30] & lo, ct[30] >> hi, ct[31] & lo, ct[31] >> hi], v[6])
+        np.multiply(v[6], 3, out=v[6])  # the fifth trit slot of qh is 0
+        return v
+
+    def _finish_into(self, v: np.ndarray, out: np.ndarray) -> None:
+        """byte = (v*256 + 242) // 243, in uint16 (v*256 + 242 <= 62194)."""
+        t = np.left_shift(v, 8, dtype=np.uint16)
+        np.add(t, 242, out=t)
+        np.floor_divide(t, 243, out=t)
+        np.copyto(out, t, casting="unsafe")
 
     def _decode(self, qs: np.ndarray) -> np.ndarray:
         n = qs.shape[0]
@@ -147,9 +189,20 @@ class GGUFTQ20(_GGUFTQ, name="gguf-tq2-0", container="gguf"):
     ggml_type: ClassVar[str] = "TQ2_0"
     block_bytes: ClassVar[int] = 66
 
-    def _encode(self, q: np.ndarray) -> np.ndarray:
-        g = q.reshape(q.shape[0], 2, 4, 32)
-        return (g[:, :, 0] | (g[:, :, 1] << 2) | (g[:, :, 2] << 4) | (g[:, :, 3] << 6)).reshape(q.shape[0], 64)
+    def _encode_words(self, ct: np.ndarray) -> np.ndarray:
+        """byte = q_0 | q_1 << 2 | q_2 << 4 | q_3 << 6 over the four 32-element groups of each 128-element half:
+        half h, group i is words 16h + 4i .. +3; eight bytes per uint64 op (q <= 2, so q << 6 stays in its byte)."""
+        v = np.empty((8, ct.shape[1]), dtype=np.uint64)
+        t = np.empty((4, ct.shape[1]), dtype=np.uint64)
+        for h in (0, 1):
+            g = ct[16 * h:16 * h + 16]
+            o = v[4 * h:4 * h + 4]
+            np.left_shift(g[12:16], np.uint64(6), out=o)
+            for i in (2, 1):
+                np.left_shift(g[4 * i:4 * i + 4], np.uint64(2 * i), out=t)
+                np.bitwise_or(o, t, out=o)
+            np.bitwise_or(o, g[0:4], out=o)
+        return v
 
     def _decode(self, qs: np.ndarray) -> np.ndarray:
         g = (qs.reshape(-1, 2, 1, 32) >> np.array([0, 2, 4, 6], dtype=np.uint8).reshape(1, 1, 4, 1)) & 3

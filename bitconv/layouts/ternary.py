@@ -14,7 +14,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from bitconv.core.errors import LayoutError
+from bitconv.core.errors import FormatError
 from bitconv.core.tensors import FieldSpec, Ternary
 from bitconv.layouts.registry import Layout
 
@@ -34,5 +34,5 @@ class TernaryInt8(Layout, name="bitconv-ternary", container="hf"):
     def unpack(self, fields: Mapping[str, np.ndarray], shape: tuple[int, ...], tensor: str | None = None) -> Ternary:
         codes = np.asarray(fields["weight"], dtype=np.int8).reshape(shape)
         if codes.size and (codes.min() < -1 or codes.max() > 1):
-            raise LayoutError("codes outside {-1, 0, 1}", tensor=tensor, shape=tuple(shape))
+            raise FormatError("codes outside {-1, 0, 1}", tensor=tensor, shape=tuple(shape))
         return Ternary(codes, np.float32(np.asarray(fields["weight_scale"]).reshape(-1)[0]))

@@ -95,7 +95,7 @@ def write_shard_file(path: Path, tensor: torch.Tensor, metadata: dict[str, str])
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as f:
         f.write(shard_header(tensor, metadata))
-        f.write(dtypes.to_numpy_storage(tensor.contiguous()).tobytes())
+        f.write(np.ascontiguousarray(dtypes.to_numpy_storage(tensor.contiguous())).reshape(-1).view(np.uint8))
 
 
 def param_dir(model_dir: Path, name: str) -> Path:

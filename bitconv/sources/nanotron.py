@@ -17,6 +17,7 @@ layout can hold, so TP=1 semantics are used and a warning says so). `per-project
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -288,6 +289,7 @@ class NanotronCheckpoint(Checkpoint):
     params: dict[str, Param] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     _cache: dict = field(default_factory=dict, repr=False)
+    _lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
     _where: dict = field(default_factory=dict, repr=False)  # HF projection -> (param, row0, row1, HF module)
 
     def latent(self, hf_name: str) -> torch.Tensor:
@@ -303,13 +305,15 @@ class NanotronCheckpoint(Checkpoint):
                                               name=param.name))
 
     def _cached(self, key: tuple, make: Callable[[], object]) -> object:
-        """One entry per kind: consecutive q, k, v (gate, up) loads merge and quantize the fused tensor once."""
-        kind = key[0]
-        hit = self._cache.get(kind)
-        if hit is None or hit[0] != key:
-            hit = (key, make())
-            self._cache[kind] = hit
-        return hit[1]
+        """One entry per kind: consecutive q, k, v (gate, up) loads merge and quantize the fused tensor once (also
+        when two worker threads ask for q and k at once: the second waits for the first's fused tensor)."""
+        with self._lock:
+            kind = key[0]
+            hit = self._cache.get(kind)
+            if hit is None or hit[0] != key:
+                hit = (key, make())
+                self._cache[kind] = hit
+            return hit[1]
 
     def ternary_of(self, hf_name: str, compute: str) -> Ternary:
         """Codes and scale of a projection: over the fused tensor (fused granularity) or the projection alone."""

@@ -70,8 +70,8 @@ def block_reader(info: TensorInfo) -> quant.BlockReader:
 
 def ternarize_stored(info: TensorInfo, compute: str) -> Ternary:
     """Ternarize a stored float weight: big ones a block at a time (`quant.ternarize_blocks`), others whole."""
-    if compute == "float32" and info.numel > quant.STREAM_MIN_ELEMS:
-        got = with_file(info.path, ternarize_blocks, block_reader(info), info.shape, name=info.name)
+    if info.numel > quant.STREAM_MIN_ELEMS:
+        got = with_file(info.path, ternarize_blocks, block_reader(info), info.shape, name=info.name, compute=compute)
         if got is not None:
             return got
     return with_file(info.path, ternarize, _load_scratch(info), compute, name=info.name)
@@ -166,7 +166,7 @@ def with_file(path: Path, fn: Callable[..., T], *args: object, **kwargs: object)
     except BitconvError as e:
         if e.path is not None:
             raise
-        raise SourceError(str(e), path=path) from None
+        raise type(e)(str(e), path=path) from None  # keeps the class: a content fault stays a FormatError
 
 
 def _open_dir(folder: Path) -> Checkpoint:

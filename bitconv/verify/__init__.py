@@ -8,7 +8,9 @@ Three checks, each a library module returning a report dataclass:
                 BitNet reference and an emulation of the runtime's arithmetic (`bitconv.verify.runtime`)
 
 `VerifyReport.findings` lists every fault in one line that names the tensor and the fault; `exit_code` is 0 when
-nothing failed, 1 otherwise. Bad input (unreadable files, unknown architecture, bad token file) raises a
+nothing failed, 1 otherwise. A content fault in OUT (a container its real loader refuses, a code outside {-1, 0, 1},
+a non-finite or non-positive scale) is a finding like any other: finding those is verify's job. What keeps verify
+from running at all (REF unreadable, an unknown architecture, a bad token file, OUT and REF the same file) raises a
 `BitconvError` (exit code 2) instead.
 
 Example:
@@ -18,6 +20,7 @@ Example:
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -25,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from bitconv.core.errors import EXIT_OK, EXIT_VERIFY_FAILED, UsageError
+from bitconv.core.errors import EXIT_OK, EXIT_VERIFY_FAILED, FormatError, UsageError
 from bitconv.sources import Checkpoint, open_source
 from bitconv.sources.nanotron import EXPORT_OF_GRANULARITY, NanotronCheckpoint
 from bitconv.verify.parity import (
@@ -172,6 +175,34 @@ def _open(x: str | Path | Checkpoint) -> Checkpoint:
     return x if isinstance(x, Checkpoint) else open_source(x)
 
 
+def _inodes(paths: list[Path]) -> set[tuple[int, int]]:
+    out = set()
+    for p in paths:
+        try:
+            st = os.stat(p)
+        except OSError:
+            continue
+        out.add((st.st_dev, st.st_ino))
+    return out
+
+
+def refuse_self_reference(out_ck: Checkpoint, ref_ck: Checkpoint) -> None:
+    """OUT and REF must be different checkpoints: the same path, or weight files shared by inode (hard links, bind
+    mounts, symlinks), would compare a file with itself and prove nothing."""
+    if _inodes([out_ck.path]) & _inodes([ref_ck.path]) or _inodes(list(out_ck.files)) & _inodes(list(ref_ck.files)):
+        raise UsageError("OUT and REF are the same checkpoint (same file or folder on disk): comparing a file with "
+                         "itself proves nothing", path=out_ck.path,
+                         hint="pass the bf16 master OUT was made from as --ref")
+
+
+def _content_fault_report(out: str | Path, ref_ck: Checkpoint, e: FormatError, t0: float) -> VerifyReport:
+    """OUT exists but breaks its format (what its loader refuses): a verification failure naming the fault."""
+    rt = RoundTripReport("unreadable", None, ref_ck.kind, None, "", "")
+    arch = (ref_ck.config.get("architectures") or ["?"])[0]
+    family = ARCHS[arch].family if arch in ARCHS else "unknown"
+    rep = VerifyReport(str(out), str(ref_ck.path), "unreadable", None, ref_ck.kind, family, rt, None,
+                       [Finding("container", e.tensor, "container", str(e))], time.perf_counter() - t0)
+    return rep
 def _nanotron_ref_note(rt: RoundTripReport, ref_ck: Checkpoint) -> None:
     """A PR #180 BitNet REF is quantized as nanotron trains it (fused qkv / gate_up scales): say so, and on a
     mismatch name the HF export that does not match it (`convert --for training`)."""
@@ -190,8 +221,8 @@ def _nanotron_ref_note(rt: RoundTripReport, ref_ck: Checkpoint) -> None:
 def verify(out: str | Path | Checkpoint, ref: str | Path | Checkpoint, *, run_parity: bool = True,
            thresholds: Thresholds | None = None, tokens: torch.Tensor | None = None, prompt: str | None = None,
            tokens_file: str | Path | None = None, out_mode: str | None = None, bitlinear: str = "compiled",
-           runtime: str | None = None,
-           progress: Callable[[str, int, int], None] | None = None) -> VerifyReport:
+           runtime: str | None = None, progress: Callable[[str, int, int], None] | None = None,
+           strict: bool = False) -> VerifyReport:
     """Verify OUT (any checkpoint bitconv reads: HF packed, bitconv ternary, GGUF, ...) against REF (its bf16
     master). Args:
         run_parity: also run the logit comparison (the slow part: three forward passes, layer by layer).
@@ -202,9 +233,15 @@ def verify(out: str | Path | Checkpoint, ref: str | Path | Checkpoint, *, run_pa
         runtime: also run OUT (a GGUF) in this runtime ("llama.cpp") on the parity tokens and judge its logits
             (`bitconv.verify.runtime`). A runtime that cannot load OUT's type or architecture, or is not installed,
             is bad input (UsageError) raised before anything runs.
+        strict: apply the parity limits as given, without widening them to the floor model.
     """
     t0 = time.perf_counter()
-    out_ck, ref_ck = _open(out), _open(ref)
+    ref_ck = _open(ref)
+    try:
+        out_ck = _open(out)
+    except FormatError as e:
+        return _content_fault_report(out, ref_ck, e, t0)
+    refuse_self_reference(out_ck, ref_ck)
     if runtime is not None:
         check_runnable(out_ck, runtime)
         import_llama_cpp()
@@ -216,12 +253,16 @@ def verify(out: str | Path | Checkpoint, ref: str | Path | Checkpoint, *, run_pa
     rt = _roundtrip(out_ck, ref_ck, (lambda i, n, name: progress("roundtrip", i, n)) if progress else None)
     _nanotron_ref_note(rt, ref_ck)
     par = None
-    if run_parity:
+    if run_parity and any(t.fault == "content" for t in rt.failures):
+        rt.warnings.append("logit parity skipped: OUT holds values no ternary format allows (see the content faults)")
+    elif run_parity:
         par = _parity(out_ck, ref_ck, ids, thresholds, token_source=source, out_mode=out_mode, bitlinear=bitlinear,
                      ref_compute=rt.compute or "float32",
-                     progress=(lambda i, n: progress("parity", i, n)) if progress else None)
+                     progress=(lambda i, n: progress("parity", i, n)) if progress else None, strict=strict)
     run = None
-    if runtime is not None:
+    if runtime is not None and any(t.fault == "content" for t in rt.failures):
+        rt.warnings.append(f"{runtime} run skipped: OUT holds values no ternary format allows (see content faults)")
+    elif runtime is not None:
         run = runtime_check(out_ck, ref_ck, ids, runtime, ref_compute=rt.compute or "float32",
                             progress=(lambda i, n: progress("runtime", i, n)) if progress else None)
     family = ARCHS[arch].family if arch in ARCHS else "unknown"

@@ -1,5 +1,12 @@
-"""`bitconv check PATH`: CI for a model repository. Finds every checkpoint under PATH (bf16 master, HF packed,
-bitconv ternary folders, .gguf files), checks each config, and verifies every artifact against the master.
+"""`bitconv check PATH [--ref MASTER]`: CI for a model repository. Finds every checkpoint under PATH (bf16 master,
+HF packed, bitconv ternary folders, Nanotron checkpoints, .gguf files), checks each config, and verifies every
+artifact against one named master.
+
+The master is `--ref` (a folder, a file or a Hub repo id) or else the one master found under PATH (a bf16 master or a
+Nanotron checkpoint that bitconv did not derive: `unpack` output is an artifact). Several candidates without `--ref`
+are refused (exit 2), naming them. Every artifact ends verified (passed), failed, or unverified (no master with its
+tensors); an unverified artifact fails the check unless `config_only` asks for the config rules alone. Exit 0 means
+every artifact was verified against the master and passed.
 
 Config rules (`CONFIG_RULES`, HF folders), each a real way a published repo breaks:
 
@@ -25,8 +32,10 @@ from pathlib import Path
 
 from bitconv.core.errors import EXIT_OK, EXIT_VERIFY_FAILED, BitconvError, LayoutError, UsageError
 from bitconv.core.naming import PROJECTION_SHAPES
+from bitconv.formats.safetensors import read_header
 from bitconv.layouts import get_layout
 from bitconv.output import TMP_PREFIX
+from bitconv.pipeline import UNPACKED_METADATA
 from bitconv.sources import Checkpoint, is_nanotron_dir, open_source
 from bitconv.verify import Finding, Thresholds, VerifyReport, verify
 from bitconv.verify.reference import RefConfig
@@ -40,6 +49,9 @@ SKIP_DIRS = {".git", ".venv", "node_modules", "__pycache__", ".cache"}
 DEPLOY_LAYOUTS = ("hf-autobitlinear", "gguf-i2-s", "gguf-tq2-0")
 
 
+STATUSES = ("master", "verified", "failed", "unverified", "config-only")
+
+
 @dataclass
 class ArtifactCheck:
     path: str
@@ -48,14 +60,28 @@ class ArtifactCheck:
     layout: str | None = None
     findings: list[Finding] = field(default_factory=list)
     verify: VerifyReport | None = None
+    master: str | None = None  # what this artifact was verified against
+    verified: bool = False  # a verification against `master` ran
 
     @property
     def ok(self) -> bool:
         return all(f.severity != "error" for f in self.findings) and (self.verify is None or self.verify.ok)
 
+    @property
+    def status(self) -> str:
+        """One of `STATUSES`: how far this checkpoint was checked, and the verdict."""
+        if self.role == "master":
+            return "master" if self.ok else "failed"
+        other = [f for f in self.findings if f.severity == "error" and f.fault != "unverified"]
+        if other or (self.verify is not None and not self.verify.ok):
+            return "failed"
+        if any(f.fault == "unverified" for f in self.findings):
+            return "unverified"
+        return "verified" if self.verified else "config-only"
+
     def to_dict(self) -> dict:
         return {"path": self.path, "role": self.role, "kind": self.kind, "layout": self.layout, "ok": self.ok,
-                "findings": [f.to_dict() for f in self.findings],
+                "status": self.status, "master": self.master, "findings": [f.to_dict() for f in self.findings],
                 "verify": self.verify.to_dict() if self.verify else None}
 
 
@@ -65,6 +91,15 @@ class CheckReport:
     master: str | None
     artifacts: list[ArtifactCheck]
     seconds: float = 0.0
+    master_source: str | None = None  # "--ref" or "found under PATH"; None without a master
+    config_only: bool = False
+
+    def count(self, status: str) -> int:
+        return sum(a.status == status for a in self.artifacts)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return {s: self.count(s) for s in ("verified", "failed", "unverified", "config-only")}
 
     @property
     def ok(self) -> bool:
@@ -74,9 +109,19 @@ class CheckReport:
     def exit_code(self) -> int:
         return EXIT_OK if self.ok else EXIT_VERIFY_FAILED
 
+    @property
+    def summary(self) -> str:
+        c = self.counts
+        text = f"{c['verified']} verified, {c['failed']} failed, {c['unverified']} unverified"
+        if self.config_only:
+            text += f", {c['config-only']} checked for config only (--config-only: nothing was verified)"
+        return text + (f" against master {self.master}" if self.master else " (no master)")
+
     def to_dict(self) -> dict:
         return {"path": self.path, "ok": self.ok, "exit_code": self.exit_code, "master": self.master,
-                "seconds": round(self.seconds, 3), "artifacts": [a.to_dict() for a in self.artifacts]}
+                "master_source": self.master_source, "config_only": self.config_only, "counts": self.counts,
+                "summary": self.summary, "seconds": round(self.seconds, 3),
+                "artifacts": [a.to_dict() for a in self.artifacts]}
 
 
 # ------------------------------------------------------------------------------------------------ discovery
@@ -251,9 +296,28 @@ def _signature(ck: Checkpoint) -> set[tuple[str, tuple[int, ...]]]:
     return {(t.name, tuple(t.shape)) for t in ck.ternary_tensors()}
 
 
-def _master_for(ck: Checkpoint, masters: list[Checkpoint]) -> Checkpoint | None:
-    sig = _signature(ck)
-    return next((m for m in masters if _signature(m) == sig), None)
+def is_derived(ck: Checkpoint) -> bool:
+    """A bf16 folder bitconv wrote from a ternary checkpoint (`unpack` marks its safetensors metadata): an
+    artifact, never a master."""
+    if ck.kind != "bf16-master" or not ck.files or ck.files[0].suffix != ".safetensors":
+        return False
+    try:
+        _, meta = read_header(ck.files[0])
+    except BitconvError:
+        return False
+    return meta.get("bitconv") == UNPACKED_METADATA["bitconv"]
+
+
+def _is_master_candidate(ck: Checkpoint) -> bool:
+    return ck.kind in MASTER_KINDS and not is_derived(ck)
+
+
+def _same_place(a: Path, b: Path) -> bool:
+    try:
+        sa, sb = os.stat(a), os.stat(b)
+    except OSError:
+        return False
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
 
 
 def _open_all(paths: list[Path]) -> tuple[list[ArtifactCheck], dict[str, Checkpoint]]:
@@ -264,36 +328,68 @@ def _open_all(paths: list[Path]) -> tuple[list[ArtifactCheck], dict[str, Checkpo
         except BitconvError as e:
             checks.append(ArtifactCheck(str(p), "unreadable", findings=[Finding("open", None, "unreadable", str(e))]))
             continue
-        role = "master" if ck.kind in MASTER_KINDS else "artifact"
-        checks.append(ArtifactCheck(str(p), role, ck.kind, ck.layout, check_checkpoint_config(ck)))
+        checks.append(ArtifactCheck(str(p), "artifact", ck.kind, ck.layout, check_checkpoint_config(ck)))
         opened[str(p)] = ck
     return checks, opened
 
 
-def check(path: str | Path, *, run_parity: bool = True, thresholds: Thresholds | None = None,
+def _choose_master(root: Path, ref: str | Path | None, opened: dict[str, Checkpoint]) \
+        -> tuple[Checkpoint | None, str | None]:
+    """(the master, where it came from). `ref` wins; else the single candidate under PATH; several: refused."""
+    if ref is not None:
+        ck = open_source(ref)
+        if ck.kind not in MASTER_KINDS:
+            raise UsageError(f"--ref must be a bf16 master or a Nanotron checkpoint, but it is a {ck.kind} checkpoint",
+                             path=ref, hint="point --ref at the -bf16 master the artifacts were made from")
+        return ck, "--ref"
+    candidates = [ck for ck in opened.values() if _is_master_candidate(ck)]
+    if len(candidates) > 1:
+        names = ", ".join(str(c.path) for c in candidates)
+        raise UsageError(f"{len(candidates)} candidate masters under PATH ({names}); check will not guess which one "
+                         "the artifacts were made from", path=root, hint="name it with --ref MASTER")
+    return (candidates[0], "found under PATH") if candidates else (None, None)
+
+
+def check(path: str | Path, *, ref: str | Path | None = None, config_only: bool = False, run_parity: bool = True,
+          thresholds: Thresholds | None = None, strict: bool = False,
           on_item: Callable[[str], None] | None = None) -> CheckReport:
-    """Check every checkpoint under PATH; verify each artifact against a master with the same tensors."""
+    """Check every checkpoint under PATH and verify each artifact against the master (`ref`, or the one master
+    found under PATH). Args:
+        ref: the master (folder, file or Hub repo id); required when PATH holds several candidate masters.
+        config_only: run the config rules only; artifacts are reported "config-only", not failed as unverified.
+        run_parity / thresholds / strict: as for `verify`.
+    Raises UsageError (exit 2) when no checkpoint is found or the master is ambiguous.
+    """
     t0 = time.perf_counter()
     paths = find_checkpoints(path)
     if not paths:
         raise UsageError("no checkpoint found (folders with config.json + *.safetensors, Nanotron checkpoints, or "
                          ".gguf files)", path=path)
     checks, opened = _open_all(paths)
-    masters = [ck for ck in opened.values() if ck.kind in MASTER_KINDS]
+    master, source = _choose_master(Path(path), ref, opened)
     for a in checks:
         ck = opened.get(a.path)
-        if ck is None or a.role == "master":
+        if ck is not None and master is not None and _same_place(ck.path, master.path):
+            a.role = "master"
             continue
-        master = _master_for(ck, masters)
+        if ck is None or config_only:
+            continue
         if master is None:
-            a.findings.append(Finding("verify", None, "no-master", "no bf16 master with the same tensors in the "
-                                      "folder: checked the config only", "warning"))
+            a.findings.append(Finding("verify", None, "unverified", "no master to verify against: none found under "
+                                      "PATH (pass --ref MASTER, or --config-only to check the config alone)"))
+            continue
+        if _signature(ck) != _signature(master):
+            n = len(_signature(ck) ^ _signature(master))
+            a.findings.append(Finding("verify", None, "unverified", f"the master {master.path} does not hold this "
+                                      f"artifact's ternary tensors ({n} names or shapes differ): not verified"))
             continue
         if on_item:
             on_item(a.path)
-        a.verify = verify(ck, master, run_parity=run_parity, thresholds=thresholds)
-    master = str(masters[0].path) if len(masters) == 1 else None
-    return CheckReport(str(path), master, checks, time.perf_counter() - t0)
+        a.master = str(master.path)
+        a.verify = verify(ck, master, run_parity=run_parity, thresholds=thresholds, strict=strict)
+        a.verified = True
+    return CheckReport(str(path), str(master.path) if master is not None else None, checks,
+                       time.perf_counter() - t0, source, config_only)
 
 
 # ------------------------------------------------------------------------------------------------ rendering
@@ -315,12 +411,13 @@ def check_suites(rep: CheckReport) -> list[Suite]:
 
 def check_markdown(rep: CheckReport) -> str:
     status = "✅ pass" if rep.ok else "❌ FAIL"
-    lines = [f"## bitconv check {status}: `{rep.path}`", "", "| checkpoint | role | kind | layout | result |",
-             "|---|---|---|---|---|"]
+    lines = [f"## bitconv check {status}: `{rep.path}`", "", rep.summary + ".", "",
+             "| checkpoint | role | kind | layout | master | result |", "|---|---|---|---|---|---|"]
     for a in rep.artifacts:
         errs = sum(f.severity == "error" for f in a.findings) + (len(a.verify.errors) if a.verify else 0)
-        verdict = "ok" if a.ok else f"{errs} error(s)"
-        lines.append(f"| `{a.path}` | {a.role} | {a.kind or '-'} | {a.layout or '-'} | {verdict} |")
+        verdict = a.status if a.ok else f"failed: {errs} error(s)"
+        lines.append(f"| `{a.path}` | {a.role} | {a.kind or '-'} | {a.layout or '-'} | "
+                     f"{f'`{a.master}`' if a.master else '-'} | {verdict} |")
     for a in rep.artifacts:
         notes = [f for f in a.findings if f.severity != "info"]
         if notes:

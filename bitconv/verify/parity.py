@@ -52,13 +52,39 @@ DEFAULT_BATCH, DEFAULT_LENGTH, DEFAULT_SEED = 2, 64, 20250101
 
 @dataclass
 class Thresholds:
-    """Limits of OUT vs REF. `max_dlogit` is absolute and off by default (logit scales vary between models)."""
+    """Limits of OUT vs REF. `max_dlogit` is absolute and off by default (logit scales vary between models).
+
+    `given` names the limits the user set (the rest are defaults); reports say which is which."""
 
     max_rel_dlogit: float = 0.05
     max_dlogit: float | None = None
     max_kl: float = 0.01
     min_top1: float = 0.85
     min_top5: float = 0.85
+    given: frozenset[str] = frozenset()
+
+
+LIMIT_NAMES = ("max_rel_dlogit", "max_dlogit", "max_kl", "min_top1", "min_top5")
+
+
+@dataclass
+class Limit:
+    """One parity limit as applied: the value asked for, the value used, and where the used value came from."""
+
+    name: str
+    requested: float | None  # given by the user, or the default
+    applied: float | None
+    source: str  # "given", "default", "floor-widened" or "off"
+    widened_by: float | None = None  # applied - requested, when the floor widened it
+
+    @property
+    def note(self) -> str:
+        if self.source == "off":
+            return f"{self.name}: off"
+        text = f"{self.name} {self.applied:.4g}"
+        if self.source == "floor-widened":
+            text += f" (asked {self.requested:.4g}, widened by {abs(self.widened_by or 0):.3g} to the floor model)"
+        return text + ("" if self.source == "floor-widened" else f" ({self.source})")
 
 
 @dataclass
@@ -72,15 +98,24 @@ class ParityMetrics:
     @classmethod
     def between(cls, a: torch.Tensor, b: torch.Tensor) -> ParityMetrics:
         """Metrics of `b` against `a` (float32 logits [B, T, V])."""
-        d = float((a - b).abs().max())
         span = float(a.max() - a.min()) or 1.0
-        la, lb = torch.log_softmax(a.double(), -1), torch.log_softmax(b.double(), -1)
-        kl = float((la.exp() * (la - lb)).sum(-1).mean())
-        top1 = float((a.argmax(-1) == b.argmax(-1)).float().mean())
         k = min(5, a.shape[-1])
-        ta, tb = a.topk(k, -1).indices, b.topk(k, -1).indices
-        overlap = (ta[..., :, None] == tb[..., None, :]).any(-1).float().sum(-1) / k
-        return cls(d, d / span, max(kl, 0.0), top1, float(overlap.mean()))
+        rows_a, rows_b = a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1])
+        d = 0.0
+        kl_t = torch.empty(rows_a.shape[0], dtype=torch.float64)  # per-token values, reduced once at the end
+        hit = torch.empty(rows_a.shape[0], dtype=torch.float32)
+        overlap = torch.empty(rows_a.shape[0], dtype=torch.float32)
+        step = max(1, BETWEEN_ELEMS // max(1, a.shape[-1]))
+        for r in range(0, rows_a.shape[0], step):  # a few tokens at a time: the float64 temporaries stay small
+            x, y = rows_a[r:r + step], rows_b[r:r + step]
+            d = max(d, float((x - y).abs().max()))
+            la, lb = torch.log_softmax(x.double(), -1), torch.log_softmax(y.double(), -1)
+            kl_t[r:r + step] = (la.exp() * (la - lb)).sum(-1)
+            hit[r:r + step] = (x.argmax(-1) == y.argmax(-1)).float()
+            ta, tb = x.topk(k, -1).indices, y.topk(k, -1).indices
+            overlap[r:r + step] = (ta[..., :, None] == tb[..., None, :]).any(-1).float().sum(-1) / k
+        kl = float(kl_t.mean())
+        return cls(d, d / span, max(kl, 0.0), float(hit.mean()), float(overlap.mean()))
 
     def failures(self, th: Thresholds, floor: ParityMetrics | None = None) -> list[str]:
         """Limits broken. With `floor` (what a correct OUT gives against REF), each limit is widened to the floor
@@ -98,6 +133,9 @@ class ParityMetrics:
         return [msg for bad, msg in rules if bad]
 
 
+BETWEEN_ELEMS = 1 << 21  # logits compared per step (16 tokens of a 128 K vocabulary: 16 MB per float64 temporary)
+
+
 # Slack over the floor: (factor, addend) for upper limits, addend only for lower limits.
 FLOOR_SLACK = {"dlogit": (1.25, 0.005), "kl": (1.25, 1e-4), "top": 0.05}
 
@@ -110,7 +148,22 @@ def _limits(th: Thresholds, floor: ParityMetrics | None) -> Thresholds:
         max_rel_dlogit=max(th.max_rel_dlogit, floor.rel_dlogit * f + a),
         max_dlogit=None if th.max_dlogit is None else max(th.max_dlogit, floor.max_dlogit * f),
         max_kl=max(th.max_kl, floor.mean_kl * fk + ak),
-        min_top1=min(th.min_top1, floor.top1 - top), min_top5=min(th.min_top5, floor.top5 - top))
+        min_top1=min(th.min_top1, floor.top1 - top), min_top5=min(th.min_top5, floor.top5 - top), given=th.given)
+
+
+def effective_limits(th: Thresholds, floor: ParityMetrics | None) -> list[Limit]:
+    """Every limit as applied, with its provenance: given or default, and by how much the floor widened it."""
+    applied = _limits(th, floor)
+    out = []
+    for name in LIMIT_NAMES:
+        want, used = getattr(th, name), getattr(applied, name)
+        if want is None:
+            out.append(Limit(name, None, None, "off"))
+        elif used != want:
+            out.append(Limit(name, want, used, "floor-widened", used - want))
+        else:
+            out.append(Limit(name, want, used, "given" if name in th.given else "default"))
+    return out
 
 
 @dataclass
@@ -119,21 +172,31 @@ class ParityReport:
     token_source: str
     ref_mode: str
     out_mode: str
-    thresholds: Thresholds
+    thresholds: Thresholds  # as requested (given or default)
     out_vs_ref: ParityMetrics
     floor_vs_ref: ParityMetrics | None = None  # REF's own codes in OUT's arithmetic: what a correct OUT gives
     out_vs_floor: ParityMetrics | None = None  # 0 when OUT computes exactly what REF's codes and scales give
     out_vs_plain: ParityMetrics | None = None  # information: against the dense bf16 master
     ref_vs_plain: ParityMetrics | None = None  # information: what ternarization itself costs
     failures: list[str] = field(default_factory=list)
+    limits: list[Limit] = field(default_factory=list)  # as applied, with provenance
+    strict: bool = False  # True: limits were not widened to the floor
     seconds: float = 0.0
 
     @property
     def ok(self) -> bool:
         return not self.failures
 
+    @property
+    def widened(self) -> list[Limit]:
+        return [lim for lim in self.limits if lim.source == "floor-widened"]
+
     def to_dict(self) -> dict:
         d = asdict(self)
+        d["thresholds"] = {k: getattr(self.thresholds, k) for k in LIMIT_NAMES}
+        d["thresholds_given"] = sorted(self.thresholds.given)
+        d["effective_thresholds"] = {lim.name: lim.applied for lim in self.limits}
+        d["limits"] = [asdict(lim) for lim in self.limits]
         d["ok"] = self.ok
         return d
 
@@ -239,13 +302,14 @@ def _check_compatible(out_cfg: RefConfig, ref_cfg: RefConfig, out_ck: Checkpoint
 
 def parity(out_ck: Checkpoint, ref_ck: Checkpoint, ids: torch.Tensor, thresholds: Thresholds | None = None, *,
            token_source: str = "default", out_mode: str | None = None, bitlinear: str = "compiled",
-           ref_compute: str = "float32", progress: Callable[[int, int], None] | None = None) -> ParityReport:
+           ref_compute: str = "float32", progress: Callable[[int, int], None] | None = None,
+           strict: bool = False) -> ParityReport:
     """Run REF (online), OUT, the floor model (REF's codes and scales applied in OUT's arithmetic) and the plain
     master (when REF is one) on `ids`, layer by layer in lockstep, and compare.
 
     `ref_compute` is the arithmetic REF is ternarized with: "float32" (transformers' WeightQuant), or "bfloat16"
     for an artifact whose codes the round trip found were made the onebitllms way (that model, not another one,
-    is what OUT must reproduce)."""
+    is what OUT must reproduce). `strict` applies the limits as given, without widening them to the floor."""
     t0 = time.perf_counter()
     keep_freed_memory()  # streaming same-sized tensors: reuse freed pages instead of faulting new ones
     th = thresholds or Thresholds()
@@ -271,6 +335,8 @@ def parity(out_ck: Checkpoint, ref_ck: Checkpoint, ids: torch.Tensor, thresholds
     if len(logits) == 4:
         rep.out_vs_plain = ParityMetrics.between(logits[3], out)
         rep.ref_vs_plain = ParityMetrics.between(logits[3], ref)
-    rep.failures = rep.out_vs_ref.failures(th, rep.floor_vs_ref)
+    floor = None if strict else rep.floor_vs_ref
+    rep.failures = rep.out_vs_ref.failures(th, floor)
+    rep.limits, rep.strict = effective_limits(th, floor), strict
     rep.seconds = time.perf_counter() - t0
     return rep

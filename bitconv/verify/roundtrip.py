@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import closing
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -25,9 +26,12 @@ import torch
 
 from bitconv.core import dtypes
 from bitconv.core.alloc import keep_freed_memory
+from bitconv.core.errors import BitconvError
 from bitconv.core.tensors import Ternary
 from bitconv.layouts import layout_class
+from bitconv.memory import ternary_bytes
 from bitconv.quant import COMPUTE_MODES
+from bitconv.sinks.prefetch import ordered
 from bitconv.sources import Checkpoint, ModelTensor
 from bitconv.verify.reference import LATENT_KINDS, plain_info, read_raw_rows, read_rows
 
@@ -57,6 +61,7 @@ FAULTS = {
     "passthrough": "values differ",
     "sub-norm": "sub-norm weight differs",
     "tied": "lm_head tying differs",
+    "content": "not a valid stored tensor",
 }
 
 SUB_NORMS = ("attn_sub_norm", "ffn_sub_norm", "inner_attn_ln", "ffn_layernorm")
@@ -310,18 +315,41 @@ def _heads(name: str, config: dict) -> int | None:
     return None
 
 
+Decoded = tuple[Ternary, dict[str, Ternary]]  # OUT's codes, REF's codes per compute mode (computed ahead)
+
+
+def decode_pair(r: ModelTensor, o: ModelTensor, mode: str) -> Decoded | None:
+    """OUT's codes and REF's codes in `mode`: the costly half of `check_ternary`, run ahead on a worker thread."""
+    if not (r.is_ternary and o.is_ternary) or tuple(o.shape) != tuple(r.shape):
+        return None
+    try:
+        out = o.ternary("float32")
+    except BitconvError:  # a content fault of OUT: check_ternary decodes it again and reports it
+        return None
+    return out, {mode: r.ternary(mode)}
+
+
 def check_ternary(r: ModelTensor, o: ModelTensor, layout: str | None, tracker: _ComputeTracker,
-                  config: dict) -> TensorCheck:
+                  config: dict, decoded: Decoded | None = None) -> TensorCheck:
     """One ternary tensor: the first compute mode whose codes and scale both match wins; codes matching with a
-    wrong scale give the scale fault; codes matching no mode are diagnosed against the first mode tried."""
+    wrong scale give the scale fault; codes matching no mode are diagnosed against the first mode tried.
+    `decoded` (from `decode_pair`) saves decoding what was decoded ahead; other modes are computed here."""
     check = TensorCheck(r.name, "ternary", True, shape=list(r.shape))
     if tuple(o.shape) != tuple(r.shape):
         return _fail(check, "shape", f"OUT {list(o.shape)} vs REF {list(r.shape)}")
-    out = o.ternary("float32")
+    if decoded is not None:
+        out, refs = decoded
+    else:
+        try:
+            out = o.ternary("float32")
+        except BitconvError as e:  # a non-ternary code or a bad scale in OUT: what verify exists to find
+            return _fail(check, "content", e.args[0] if e.args else str(e))
+        refs = {}
     storage = scale_storage(layout, o)
     first, scale_fault = None, None
     for mode in tracker.candidates():
-        ref = r.ternary(mode)
+        ref = refs.pop(mode, None)
+        ref = ref if ref is not None else r.ternary(mode)
         first = first or ref
         if not np.array_equal(ref.codes, out.codes):
             continue
@@ -482,14 +510,28 @@ def roundtrip(out_ck: Checkpoint, ref_ck: Checkpoint,
     keep_freed_memory()  # streaming same-sized tensors: reuse freed pages instead of faulting new ones
     tracker = _ComputeTracker(out_ck.compute, ref_ck.kind in LATENT_KINDS)
     names, checks = _pairs(ref_ck, out_ck)
-    for i, name in enumerate(names):
-        if progress:
-            progress(i, len(names), name)
+
+    def ahead(name: str) -> Decoded | None:  # on a worker thread: both tensors' codes, in the mode tried first
         r, o = ref_ck.tensors[name], out_ck.tensors[name]
-        if r.is_ternary:
-            checks.append(check_ternary(r, o, out_ck.layout, tracker, ref_ck.config))
-        else:
-            checks.append(check_passthrough(ref_ck, out_ck, name))
+        return decode_pair(r, o, tracker.candidates()[0]) if r.is_ternary else None
+
+    def cost(name: str) -> int:
+        r = ref_ck.tensors[name]
+        return 0 if not r.is_ternary else ternary_bytes(r.numel, r.dtype, r.stored_bytes) + 2 * r.numel
+
+    def size(name: str) -> int:
+        return 2 * ref_ck.tensors[name].numel if ref_ck.tensors[name].is_ternary else 0
+
+    with closing(ordered(ahead, names, cost=cost, size=size)) as decoded:
+        for i, (name, pre) in enumerate(zip(names, decoded)):
+            if progress:
+                progress(i, len(names), name)
+            r, o = ref_ck.tensors[name], out_ck.tensors[name]
+            if r.is_ternary:
+                checks.append(check_ternary(r, o, out_ck.layout, tracker, ref_ck.config, pre))
+            else:
+                checks.append(check_passthrough(ref_ck, out_ck, name))
+            del pre
     _reconcile(checks, ref_ck, out_ck, tracker)
     checks += _tied(ref_ck, out_ck)
     storage = _storage_note(scale_storage(out_ck.layout, next(iter(out_ck.ternary_tensors()), None)))

@@ -38,38 +38,65 @@ def _bf16(x: torch.Tensor) -> np.ndarray:
     return x.to(torch.bfloat16).contiguous().view(torch.int16).numpy().view(np.uint16)
 
 
-def quantize_q8_0(x: np.ndarray) -> np.ndarray:
-    """float32 rows (last dim % 32 == 0) -> Q8_0 blocks as uint8. # ref: quantize_row_q8_0_ref
+def quantize_q8_0(x: np.ndarray | torch.Tensor) -> np.ndarray:
+    """float rows (last dim % 32 == 0; numpy float32 or any torch float dtype) -> Q8_0 blocks as uint8.
+    # ref: quantize_row_q8_0_ref
 
-    Works through the blocks a slice at a time with in-place arithmetic, so its temporaries stay a few MB whatever
-    the tensor size (a 128256 x 2560 embedding would otherwise need several float32 copies of itself).
+    A slice of blocks at a time, transposed to value-major order ([32, blocks] float32: the per-block max is 31
+    elementwise maxima over long rows instead of one short reduction per block), so every pass is vectorised and
+    the temporaries stay cache-sized whatever the tensor size. The arithmetic is the reference's, in float32:
+    d = max|x| / 127, id = d ? 1/d : 0, q = roundf(x * id) (half away from zero: floor(|x| * id + 0.5), sign of x).
     """
-    blocks = np.asarray(x, dtype=np.float32).reshape(-1, Q8_0_BLOCK)
-    out = np.empty((blocks.shape[0], 2 + Q8_0_BLOCK), dtype=np.uint8)
-    for b0 in range(0, blocks.shape[0], _Q8_0_SLICE):
-        _q8_0_slice(blocks[b0:b0 + _Q8_0_SLICE], out[b0:b0 + _Q8_0_SLICE])
+    if isinstance(x, torch.Tensor):
+        bf16 = x.dtype == torch.bfloat16
+        src = (x.contiguous().view(torch.int16).numpy().view(np.uint16) if bf16 else x.contiguous().numpy())
+    else:
+        bf16, src = False, np.asarray(x)
+    blocks = src.reshape(-1, Q8_0_BLOCK)
+    n = blocks.shape[0]
+    out = np.empty((n, 2 + Q8_0_BLOCK), dtype=np.uint8)
+    buf = _Q8Buffers(min(_Q8_0_SLICE, n))
+    for b0 in range(0, n, _Q8_0_SLICE):  # numpy only: no torch thread pool is woken for each small slice
+        m = min(_Q8_0_SLICE, n - b0)
+        if bf16:  # float32 bits = bf16 bits << 16 (exact), transposed on the way
+            np.left_shift(blocks[b0:b0 + m].T, 16, out=buf.x[:, :m].view(np.uint32), dtype=np.uint32)
+        else:
+            np.copyto(buf.x[:, :m], blocks[b0:b0 + m].T, casting="same_kind")
+        _q8_0_slice(buf, m, out[b0:b0 + m])
     return out.reshape(-1)
 
 
-_Q8_0_SLICE = 1 << 15  # blocks per slice (4 MiB of float32)
+_Q8_0_SLICE = 2048  # blocks per slice (256 KiB of float32: stays in cache)
 
 
-def _q8_0_slice(blocks: np.ndarray, out: np.ndarray) -> None:
-    a = np.abs(blocks)
-    d = a.max(axis=1, keepdims=True) / np.float32(127)
+class _Q8Buffers:
+    def __init__(self, s: int) -> None:
+        self.x = np.empty((Q8_0_BLOCK, s), dtype=np.float32)
+        self.a = np.empty((Q8_0_BLOCK, s), dtype=np.float32)
+        self.q = np.empty((Q8_0_BLOCK, s), dtype=np.int8)
+        self.d = np.empty(s, dtype=np.float32)
+        self.inv = np.empty(s, dtype=np.float32)
+
+
+def _q8_0_slice(buf: _Q8Buffers, m: int, out: np.ndarray) -> None:
+    x, a, q, d, inv = buf.x[:, :m], buf.a[:, :m], buf.q[:, :m], buf.d[:m], buf.inv[:m]
+    np.abs(x, out=a)
+    np.maximum.reduce(a, axis=0, out=d)
+    np.divide(d, np.float32(127), out=d)
     with np.errstate(divide="ignore"):
-        inv = np.where(d == 0, np.float32(0), np.float32(1) / d).astype(np.float32)
-    a *= inv  # |x * inv| == |x| * inv exactly
-    a += np.float32(0.5)
-    np.floor(a, out=a)  # roundf: half away from zero, applied to |v|; the sign goes back below
-    q = a.astype(np.int8)
-    np.negative(q, out=q, where=blocks < 0)
-    out[:, :2] = d.astype(np.float16).view(np.uint8)
-    out[:, 2:] = q.view(np.uint8)
+        np.divide(np.float32(1), d, out=inv)
+    inv[d == 0] = 0
+    np.multiply(a, inv, out=a)  # |x * id| == |x| * id exactly
+    np.add(a, np.float32(0.5), out=a)
+    np.floor(a, out=a)  # roundf: half away from zero, applied to |v|
+    np.copysign(a, x, out=a)  # the sign back (a zero stays zero as an int8)
+    np.copyto(q, a, casting="unsafe")
+    out[:, :2] = d.astype(np.float16).view(np.uint8).reshape(m, 2)
+    out[:, 2:] = q.T.view(np.uint8)
 
 
 def _q8_0(x: torch.Tensor) -> np.ndarray:
-    return quantize_q8_0(_f32(x))
+    return quantize_q8_0(x if x.dtype in (torch.bfloat16, torch.float16, torch.float32) else x.float())
 
 
 def dequantize_q8_0(data: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from bitconv.core import safeio
-from bitconv.core.errors import SourceError, UsageError
+from bitconv.core.errors import FormatError, SourceError, UsageError
 from bitconv.formats.gguf.ggml_types import UPSTREAM_MEANING, GGMLType
 from bitconv.formats.gguf.kv import KV, SCALARS, ValueType
 from bitconv.formats.gguf.types import ALIGNMENT, DIALECTS, FORK_ONLY_IDS, by_id, pad, tensor_nbytes
@@ -102,7 +102,7 @@ class _Cursor:
 
     def need(self, n: int, what: str) -> None:
         if n < 0 or self.pos + n > self.size:
-            raise SourceError(f"truncated GGUF: {what} at byte {self.pos} needs {n} bytes but the file has "
+            raise FormatError(f"truncated GGUF: {what} at byte {self.pos} needs {n} bytes but the file has "
                               f"{self.size}", path=self.path, hint="the file is incomplete; fetch or write it again")
 
     def scalar(self, vtype: ValueType, what: str) -> Any:
@@ -121,7 +121,7 @@ class _Cursor:
     def string(self, what: str) -> str:
         n = self.u64(what)
         if n > self.size - self.pos:
-            raise SourceError(f"truncated or corrupt GGUF: {what} at byte {self.pos} declares {n} bytes but only "
+            raise FormatError(f"truncated or corrupt GGUF: {what} at byte {self.pos} declares {n} bytes but only "
                               f"{self.size - self.pos} remain in the file", path=self.path)
         s = bytes(self.mm[self.pos:self.pos + n]).decode("utf-8", "surrogateescape")
         self.pos += n
@@ -136,7 +136,7 @@ class _Cursor:
         count = self.u64(f"array length of {key!r}")
         min_item = 8 if itype == ValueType.STRING else SCALARS.get(itype, ("", np.dtype("u1")))[1].itemsize
         if count * min_item > self.size - self.pos:
-            raise SourceError(f"truncated or corrupt GGUF: array {key!r} declares {count} items, more than the "
+            raise FormatError(f"truncated or corrupt GGUF: array {key!r} declares {count} items, more than the "
                               f"{self.size - self.pos} bytes left in the file hold", path=self.path)
         self.check_kv_cap(key, count * min_item)
         if itype == ValueType.STRING:
@@ -148,7 +148,7 @@ class _Cursor:
             self.check_kv_cap(key)
             return items, itype
         if itype == ValueType.ARRAY:
-            raise SourceError(f"nested arrays in {key!r} are not supported", path=self.path)
+            raise FormatError(f"nested arrays in {key!r} are not supported", path=self.path)
         dt = SCALARS[itype][1]
         arr = np.frombuffer(self.mm, dtype=dt, count=count, offset=self.pos).copy()
         self.pos += count * dt.itemsize
@@ -159,7 +159,7 @@ def _vtype(v: int, key: str, path: Path) -> ValueType:
     try:
         return ValueType(v)
     except ValueError:
-        raise SourceError(f"corrupt GGUF: unknown metadata value type {v} for {key!r}", path=path) from None
+        raise FormatError(f"corrupt GGUF: unknown metadata value type {v} for {key!r}", path=path) from None
 
 
 def read_gguf(path: str | Path, dialect: str = "auto", *, user_named: bool = True) -> GGUFFile:
@@ -173,8 +173,8 @@ def read_gguf(path: str | Path, dialect: str = "auto", *, user_named: bool = Tru
             if size < 24:
                 head = f.read(4)
                 if head[:4] != MAGIC[: len(head)] or not head:
-                    raise SourceError(f"not a GGUF file (starts with {head!r}, expected {MAGIC!r})", path=p)
-                raise SourceError(f"truncated GGUF: {size} bytes, shorter than the 24-byte header", path=p)
+                    raise FormatError(f"not a GGUF file (starts with {head!r}, expected {MAGIC!r})", path=p)
+                raise FormatError(f"truncated GGUF: {size} bytes, shorter than the 24-byte header", path=p)
             with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
                 return _parse(_Cursor(mm, p), p, dialect)
     except OSError as e:
@@ -184,16 +184,16 @@ def read_gguf(path: str | Path, dialect: str = "auto", *, user_named: bool = Tru
 def _parse(c: _Cursor, path: Path, dialect: str) -> GGUFFile:
     magic = bytes(c.mm[:4])
     if magic != MAGIC:
-        raise SourceError(f"not a GGUF file (starts with {magic!r}, expected {MAGIC!r})", path=path)
+        raise FormatError(f"not a GGUF file (starts with {magic!r}, expected {MAGIC!r})", path=path)
     c.pos = 4
     version = c.u32("version")
     if version not in VERSIONS:
         hint = "a big-endian GGUF?" if struct.unpack("<I", struct.pack(">I", version))[0] in VERSIONS else None
-        raise SourceError(f"GGUF version {version} is not supported (bitconv reads versions 2 and 3)", path=path,
+        raise FormatError(f"GGUF version {version} is not supported (bitconv reads versions 2 and 3)", path=path,
                           hint=hint)
     n_tensors, n_kv = c.u64("tensor count"), c.u64("metadata count")
     if n_tensors > c.size // 24 or n_kv > c.size // 12:
-        raise SourceError(f"corrupt GGUF: header declares {n_tensors} tensors and {n_kv} metadata pairs, more "
+        raise FormatError(f"corrupt GGUF: header declares {n_tensors} tensors and {n_kv} metadata pairs, more "
                           "than the file can hold", path=path)
     if n_tensors > MAX_TENSORS:
         raise SourceError(f"corrupt GGUF: header declares {n_tensors} tensors; bitconv reads at most {MAX_TENSORS}",
@@ -202,14 +202,17 @@ def _parse(c: _Cursor, path: Path, dialect: str) -> GGUFFile:
     c.kv_limit = c.pos + MAX_KV_BYTES
     for _ in range(n_kv):
         key = c.string("metadata key")
+        if not key:
+            raise FormatError("corrupt GGUF: a metadata key is empty (ggml's loader refuses it)", path=path)
+        if key in kvs:
+            raise FormatError(f"corrupt GGUF: metadata key {key!r} appears twice (ggml's loader refuses duplicate "
+                              "keys)", path=path, hint="rewrite the file; each key must be written once")
         vtype = _vtype(c.u32(f"type of {key!r}"), key, path)
         value, itype = c.value(vtype, key)
         c.check_kv_cap(key)
         kvs[key] = KV(key, vtype, value, itype)
     raw = [_tensor_info(c, path) for _ in range(n_tensors)]
-    align = kvs["general.alignment"].value if "general.alignment" in kvs else ALIGNMENT
-    if type(align) is not int or align <= 0 or align % 8:  # any value type may sit there in a corrupt file
-        raise SourceError(f"corrupt GGUF: general.alignment {align!r} is not a positive multiple of 8", path=path)
+    align = _alignment(kvs, path)
     data_start = pad(c.pos, align)
     arch = str(kvs["general.architecture"].value) if "general.architecture" in kvs else ""
     resolved = _resolve_dialect(dialect, arch, raw, data_start, c.size, align, path)
@@ -217,11 +220,32 @@ def _parse(c: _Cursor, path: Path, dialect: str) -> GGUFFile:
     return GGUFFile(path, version, align, data_start, c.size, resolved, kvs, tensors)
 
 
+def _alignment(kvs: dict[str, KV], path: Path) -> int:
+    """general.alignment as ggml reads it: a UINT32 holding a non-zero power of two (default 32).
+    # ref: ggml/src/gguf.cpp gguf_init_from_reader: "must be of type u32", "alignment %zu is not a power of 2"
+    """
+    kv = kvs.get("general.alignment")
+    if kv is None:
+        return ALIGNMENT
+    if kv.type != ValueType.UINT32:
+        raise FormatError(f"corrupt GGUF: general.alignment is stored as {kv.type.name}; ggml's loader requires "
+                          "UINT32", path=path)
+    if kv.value <= 0 or kv.value & (kv.value - 1):
+        raise FormatError(f"corrupt GGUF: general.alignment {kv.value} is not a power of two", path=path)
+    return int(kv.value)
+
+
+GGML_MAX_NAME = 64  # ggml.h: tensor names are at most 63 bytes
+
+
 def _tensor_info(c: _Cursor, path: Path) -> tuple[str, tuple[int, ...], int, int]:
     name = c.string("tensor name")
+    if len(name.encode("utf-8", "surrogateescape")) >= GGML_MAX_NAME:
+        raise FormatError(f"corrupt GGUF: tensor name of {len(name)} bytes (ggml allows {GGML_MAX_NAME - 1})",
+                          path=path, tensor=name[:80])
     n_dims = c.u32(f"dimension count of {name!r}")
     if n_dims > MAX_DIMS:
-        raise SourceError(f"corrupt GGUF: {n_dims} dimensions (ggml allows {MAX_DIMS})", path=path, tensor=name)
+        raise FormatError(f"corrupt GGUF: {n_dims} dimensions (ggml allows {MAX_DIMS})", path=path, tensor=name)
     dims = tuple(c.u64(f"dimensions of {name!r}") for _ in range(n_dims))
     return name, dims, c.u32(f"type of {name!r}"), c.u64(f"offset of {name!r}")
 
@@ -241,40 +265,44 @@ def _resolve_dialect(dialect: str, arch: str, raw: list, data_start: int, size: 
 def _fits(raw: list, dialect: str, data_start: int, size: int, align: int, path: Path) -> bool:
     try:
         _place(raw, dialect, data_start, size, align, path)
-    except SourceError:
+    except FormatError:
         return False
     return True
 
 
 def _place(raw: list, dialect: str, data_start: int, size: int, align: int, path: Path) -> dict[str, GGUFTensor]:
-    """Resolve types and byte sizes; check every tensor lies inside the file, aligned and without overlap."""
+    """Resolve types and byte sizes; check the data lies inside the file exactly where ggml's loader expects it:
+    in tensor-info order, each tensor padded to the alignment, no gaps or overlaps."""
     out: dict[str, GGUFTensor] = {}
+    expected = 0  # ref: ggml/src/gguf.cpp "tensor '%s' has offset %" PRIu64 ", expected %zu"
     for name, dims, type_id, rel in raw:
         t = by_id(type_id, dialect)
         if t is None:
             meaning = f" ({UPSTREAM_MEANING[type_id]} upstream)" if type_id in UPSTREAM_MEANING else ""
             hint = "a bitnet.cpp file? open it with the bitnet.cpp dialect" if dialect == "upstream" and meaning \
                 else None
-            raise SourceError(f"unknown GGML type id {type_id}{meaning} for the {dialect} dialect", path=path,
+            raise FormatError(f"unknown GGML type id {type_id}{meaning} for the {dialect} dialect", path=path,
                               tensor=name, hint=hint)
         nbytes = tensor_nbytes(t, dims)
         if nbytes is None:
-            raise SourceError(f"{t.name} needs ne0 % {t.block_size} == 0, dims are {list(dims)}", path=path,
+            raise FormatError(f"{t.name} needs ne0 % {t.block_size} == 0, dims are {list(dims)}", path=path,
                               tensor=name)
         if name in out:
-            raise SourceError("corrupt GGUF: tensor name appears twice", path=path, tensor=name)
+            raise FormatError("corrupt GGUF: tensor name appears twice (ggml's loader refuses duplicates)", path=path,
+                              tensor=name)
         if rel % align:
-            raise SourceError(f"corrupt GGUF: data offset {rel} is not a multiple of the alignment {align}",
+            raise FormatError(f"corrupt GGUF: data offset {rel} is not a multiple of the alignment {align}",
                               path=path, tensor=name)
         end = data_start + rel + nbytes
         if end > size:
-            raise SourceError(f"tensor data ends at byte {end} but the file has {size}: offset out of range or "
+            raise FormatError(f"tensor data ends at byte {end} but the file has {size}: offset out of range or "
                               "truncated file", path=path, tensor=name, hint="the file is incomplete or corrupt")
+        if rel != expected:
+            why = ("overlaps the previous tensor's data" if rel < expected else "is out of tensor-info order or "
+                   "follows a gap")
+            raise FormatError(f"corrupt GGUF: data offset {rel} {why}: ggml's loader expects {expected} (tensor data "
+                              f"follows the tensor infos in order, each padded to the alignment {align})", path=path,
+                              tensor=name, hint="ggml's loader refuses this file; rewrite it")
         out[name] = GGUFTensor(name, dims, t, data_start + rel, nbytes)
-    prev_end, prev = -1, None
-    for t in sorted(out.values(), key=lambda t: t.offset):
-        if t.nbytes and t.offset < prev_end:
-            raise SourceError(f"corrupt GGUF: data of {t.name!r} overlaps {prev!r}", path=path)
-        if t.nbytes:
-            prev_end, prev = t.offset + t.nbytes, t.name
+        expected = rel + pad(nbytes, align)
     return out

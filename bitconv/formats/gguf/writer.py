@@ -76,6 +76,7 @@ class GGUFWriter:
         self.offsets = [self.data_start + o for o in offsets]
         self.size = self.data_start + (offsets[-1] + pad(self.tensors[-1].nbytes, alignment) if self.tensors else 0)
         self._next = 0
+        self._done = 0
         try:
             self._f = open(self.path, "wb")  # noqa: SIM115 (closed by close/abort)
             self._f.write(header)
@@ -85,26 +86,41 @@ class GGUFWriter:
     def write(self, name: str, data: np.ndarray | bytes | Iterator[np.ndarray]) -> None:
         """Write the next tensor's bytes (exactly its planned size; an iterator of parts is concatenated), then its
         alignment padding."""
+        parts = [data] if isinstance(data, (np.ndarray, bytes, bytearray, memoryview)) else data
+        self.begin(name)
+        for part in parts:
+            self.write_part(part)
+        self.end()
+
+    def begin(self, name: str) -> None:
+        """Start the next tensor (`write_part` its bytes in order, then `end`)."""
         if self._next >= len(self.tensors):
             raise RuntimeError(f"writer state: {name!r} written after the last tensor ({self.path})")
         t = self.tensors[self._next]
         if name != t.name:
             raise RuntimeError(f"writer state: expected {t.name!r}, got {name!r}")
-        parts = [data] if isinstance(data, (np.ndarray, bytes, bytearray, memoryview)) else data
-        done = 0
+        self._done = 0
+
+    def write_part(self, part: np.ndarray | bytes | bytearray | memoryview) -> None:
+        t = self.tensors[self._next]
+        buf = memoryview(np.ascontiguousarray(part).reshape(-1).view(np.uint8)) \
+            if isinstance(part, np.ndarray) else memoryview(part)
+        self._done += buf.nbytes
+        if self._done > t.nbytes:
+            raise RuntimeError(f"writer state: {t.name!r} expects {t.nbytes} bytes, got more")
         try:
-            for part in parts:
-                buf = memoryview(np.ascontiguousarray(part).reshape(-1).view(np.uint8)) \
-                    if isinstance(part, np.ndarray) else memoryview(part)
-                done += buf.nbytes
-                if done > t.nbytes:
-                    break
-                self._f.write(buf)
-            if done != t.nbytes:
-                raise RuntimeError(f"writer state: {t.name!r} expects {t.nbytes} bytes, got {done}")
+            self._f.write(buf)
+        except OSError as e:
+            raise OutputError(f"cannot write: {e.strerror or e}", path=self.path, tensor=t.name) from None
+
+    def end(self) -> None:
+        t = self.tensors[self._next]
+        if self._done != t.nbytes:
+            raise RuntimeError(f"writer state: {t.name!r} expects {t.nbytes} bytes, got {self._done}")
+        try:
             self._f.write(bytes(pad(t.nbytes, self.alignment) - t.nbytes))
         except OSError as e:
-            raise OutputError(f"cannot write: {e.strerror or e}", path=self.path, tensor=name) from None
+            raise OutputError(f"cannot write: {e.strerror or e}", path=self.path, tensor=t.name) from None
         self._next += 1
 
     def close(self, fsync: bool = False) -> None:
