@@ -20,15 +20,17 @@ import numpy as np
 
 from bitconv import pipeline, pipeline_gguf, tiny
 from bitconv.describe import describe
+from bitconv.layouts import layout_class
 from bitconv.quant import ternarize
 from bitconv.sources import open_source
 from bitconv.verify import verify
 
 BF16_REL = 2.0**-8  # bf16 keeps 8 significant bits: one rounding is within 2^-8 relative
-FP16_REL = 2.0**-11  # TQ blocks store the scale as fp16
-# GGUF types the demo packs, and how exactly each stores the scale (I2_S / TL / IQ2_BN: float32, exact).
-GGUF_STEPS = {"i2_s": 0.0, "tl1": 0.0, "tl2": 0.0, "tq1_0": FP16_REL, "tq2_0": FP16_REL, "iq1_bn": FP16_REL,
-              "iq2_bn": 0.0, "iq2_bn_r4": 0.0}
+FP16_REL = 2.0**-11  # one fp16 rounding is within 2^-11 relative
+_SCALE_REL = {"F32": 0.0, "F16": FP16_REL}  # a stored scale's precision -> how exactly it comes back
+# GGUF types the demo packs (every packed --type), and how exactly each stores the scale (its layout's scale_dtype)
+GGUF_STEPS = {t: _SCALE_REL[layout_class(target.layout).scale_dtype]
+              for t, target in pipeline_gguf.GGUF_TARGETS.items() if target.layout}
 
 
 @dataclass

@@ -256,3 +256,41 @@ def test_checker_finds_typer_outside_cli_and_unlayered_modules(fake: Path):
 def test_checker_allows_only_heavy_lazy_imports(fake: Path):
     (fake / "sources/gguf.py").write_text("def f():\n    import json\n    import huggingface_hub\n")
     assert late_imports(fake) == ["bitconv/sources/gguf.py:2: bitconv.sources.gguf imports json inside a function"]
+
+
+# ------------------------------------------------------------------------------------------------ layout facts
+
+# The GGML type names of the packed ternary layouts. Only the layout files (and the GGUF container code, which sizes
+# and names the types it reads) may spell them; everything else derives its tables from the layout registry.
+GGML_TERNARY_NAMES = frozenset({"I2_S", "TL1", "TL2", "TL2_42", "TQ1_0", "TQ2_0", "IQ1_BN", "IQ2_BN", "IQ2_BN_R4"})
+FACT_HOMES = ("layouts/", "formats/gguf/")
+
+
+def ggml_names_outside_layouts(root: Path, names: frozenset[str] | set[str] = GGML_TERNARY_NAMES) -> list[str]:
+    """`path:line: 'NAME'` for every string constant naming a GGML ternary type outside the layout/container code
+    (docstrings and f-string prose included: a table written out as text is still a second home)."""
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root).as_posix()
+        if rel.startswith(FACT_HOMES):
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in names:
+                found.append(f"{rel}:{node.lineno}: {node.value!r}")
+    return found
+
+
+def test_ggml_type_names_live_only_in_layouts():
+    from bitconv.layouts import ggml_type_layouts
+
+    assert GGML_TERNARY_NAMES <= set(ggml_type_layouts())  # every name here is one a registered layout declares
+    assert ggml_names_outside_layouts(ROOT, GGML_TERNARY_NAMES | set(ggml_type_layouts())) == []
+
+
+def test_ggml_type_name_check_fails_on_a_table_outside_layouts(tmp_path):
+    pkg = tmp_path / "bitconv"
+    (pkg / "layouts").mkdir(parents=True)
+    (pkg / "layouts" / "x.py").write_text('T = "I2_S"\n')
+    (pkg / "demo.py").write_text('STEPS = {"gguf-i2-s": "I2_S"}\n')
+    assert ggml_names_outside_layouts(pkg) == ["demo.py:1: 'I2_S'"]

@@ -11,7 +11,9 @@ import pytest
 
 from bitconv import pipeline
 from bitconv.core.errors import SourceError
+from bitconv.core.tensors import Ternary
 from bitconv.formats.safetensors import read_header
+from bitconv.layouts import layout_class
 from bitconv.sources import open_source
 
 
@@ -24,6 +26,33 @@ def test_kinds_are_detected(models, tmp_path, golden_hf):
         ck = open_source(golden_hf / d)
         assert (ck.kind, ck.layout) == ("hf-packed", layout)
         assert ck.tensors["model.layers.0.mlp.gate_proj.weight"].shape == (384, 128)
+
+
+@pytest.mark.parametrize("folder", ["packed-bitlinear", "packed-autobitlinear-offline", None])
+def test_sources_decode_only_through_the_layout(folder, golden_hf, models, tmp_path, monkeypatch):
+    """Issue 10 item 2: a packed or ternary source has no decoder of its own; every load goes through its layout's
+    `unpack` (which owns the bitlinear 1/scale), so breaking the layout's decode breaks the source."""
+    if folder is None:
+        pipeline.quantize(models("bitnet-2b4t"), tmp_path / "t")
+        src = tmp_path / "t"
+    else:
+        src = golden_hf / folder
+    ck = open_source(src)
+    cls = layout_class(ck.layout)
+    name = "model.layers.0.mlp.gate_proj.weight"
+    good = ck.tensors[name].ternary("float32")
+    calls = []
+    real = cls.unpack
+
+    def spy(self, fields, shape, tensor=None):
+        calls.append(tensor)
+        t = real(self, fields, shape, tensor)
+        return Ternary(t.codes, np.float32(t.scale * 2))  # a broken decoder
+
+    monkeypatch.setattr(cls, "unpack", spy)
+    bad = open_source(src).tensors[name].ternary("float32")
+    assert calls == [name]
+    assert np.array_equal(bad.codes, good.codes) and bad.scale == np.float32(good.scale * 2)
 
 
 def test_sharded_source_gives_identical_output(models, tmp_path):

@@ -16,6 +16,13 @@ from bitconv.layouts import (  # noqa: F401
     hf_packed,
     ternary,
 )
-from bitconv.layouts.registry import Layout, get_layout, layout_class, list_layouts
+from bitconv.layouts.registry import (
+    Layout,
+    get_layout,
+    ggml_type_layouts,
+    layout_class,
+    layout_classes,
+    list_layouts,
+)
 
-__all__ = ["Layout", "get_layout", "layout_class", "list_layouts"]
+__all__ = ["Layout", "get_layout", "ggml_type_layouts", "layout_class", "layout_classes", "list_layouts"]

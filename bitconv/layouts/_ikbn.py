@@ -175,7 +175,7 @@ class IKBNLayout(Layout):
             raise LayoutError(f"{self.ggml_type} data is {data.size} bytes, expected {nbytes}", shape=tuple(shape))
         return data.reshape(shape[0], -1)
 
-    def unpack(self, fields: Mapping[str, np.ndarray], shape: tuple[int, ...]) -> Ternary:
+    def unpack(self, fields: Mapping[str, np.ndarray], shape: tuple[int, ...], tensor: str | None = None) -> Ternary:
         rows = self._rows(fields, shape)
         d = np.ascontiguousarray(rows[:, :self.row_meta]).view(self.row_dtype).reshape(-1)
         trits = self._decode(rows[:, self.row_meta:].reshape(-1, self.block_bytes))

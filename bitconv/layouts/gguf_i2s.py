@@ -107,7 +107,7 @@ class GGUFI2S(Layout, name="gguf-i2-s", container="gguf"):
         data[nbytes - SCALE_SLOT:] = scale_slot(t.scale)
         return {"data": data}
 
-    def unpack(self, fields: Mapping[str, np.ndarray], shape: tuple[int, ...]) -> Ternary:
+    def unpack(self, fields: Mapping[str, np.ndarray], shape: tuple[int, ...], tensor: str | None = None) -> Ternary:
         (nbytes,) = self.spec(shape)["data"].shape
         data = np.asarray(fields["data"], dtype=np.uint8).reshape(-1)
         if data.size != nbytes:

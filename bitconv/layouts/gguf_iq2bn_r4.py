@@ -67,7 +67,7 @@ class GGUFIQ2BNR4(IKBNLayout, name="gguf-iq2-bn-r4", container="gguf"):
         out[:, R * 4:] = q.transpose(0, 2, 3, 1, 4).reshape(m // R, nb * 64)
         return {"data": out.reshape(-1)}
 
-    def unpack(self, fields: Mapping[str, np.ndarray], shape: tuple[int, ...]) -> Ternary:
+    def unpack(self, fields: Mapping[str, np.ndarray], shape: tuple[int, ...], tensor: str | None = None) -> Ternary:
         m, k = shape
         nb = k // QK
         groups = self._rows(fields, shape).reshape(m // R, -1)

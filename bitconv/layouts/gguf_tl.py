@@ -141,6 +141,7 @@ class _GGUFTL(Layout):
     """Shared by TL1/TL2: the kernel config, its lookup, and the scale slot."""
 
     kind: ClassVar[str]
+    needs_kernel_config = True
     ggml_type: ClassVar[str]
 
     def __init__(self, kernel_config: KernelConfig | str | Path | None = None) -> None:
@@ -203,7 +204,7 @@ class GGUFTL1(_GGUFTL, name="gguf-tl1", container="gguf"):
             out[r0 * K // 4:r1 * K // 4] = _nibbles(a.transpose(_TL1_PERM))
         return {"data": out}
 
-    def unpack(self, fields: Mapping[str, np.ndarray], shape: tuple[int, ...]) -> Ternary:
+    def unpack(self, fields: Mapping[str, np.ndarray], shape: tuple[int, ...], tensor: str | None = None) -> Ternary:
         data, e = self._data(fields, shape)
         (M, K), BM, BK, bm = shape, e.BM, e.BK, e.bm
         by = 256 // bm
@@ -219,6 +220,7 @@ class GGUFTL2(_GGUFTL, name="gguf-tl2", container="gguf"):
     kind = "tl2"
     ggml_type: ClassVar[str] = "TL2"
     TYPE_NAMES: ClassVar[dict[int, str]] = {39: "TL2", 42: "TL2_42"}
+    ggml_aliases: ClassVar[tuple[str, ...]] = ("TL2_42",)
 
     def __init__(self, kernel_config: KernelConfig | str | Path | None = None, type_id: int = 39) -> None:
         super().__init__(kernel_config)
@@ -271,7 +273,7 @@ class GGUFTL2(_GGUFTL, name="gguf-tl2", container="gguf"):
                 out[n1 + n2 + r0 * k2 // 4:n1 + n2 + r1 * k2 // 4] = _sig_tiles(_pair_index(c[:, k3:]), BM, 16)
         return {"data": out}
 
-    def unpack(self, fields: Mapping[str, np.ndarray], shape: tuple[int, ...]) -> Ternary:
+    def unpack(self, fields: Mapping[str, np.ndarray], shape: tuple[int, ...], tensor: str | None = None) -> Ternary:
         data, e = self._data(fields, shape)
         M, BM, BK = e.M, e.BM, e.BK
         k3, k2 = self._split(e)

@@ -61,6 +61,7 @@ def _fp16_d(scale: float, tensor: str | None) -> np.ndarray:
 class _GGUFTQ(Layout):
     ggml_type: ClassVar[str]
     scale_dtype = "F16"  # one fp16 d per 256-weight block
+    vec_dot_type = "Q8_K"  # llama.cpp quantizes a matmul's input to Q8_K for these weights (ggml type_traits)
     block_bytes: ClassVar[int]
 
     def spec(self, shape: tuple[int, ...], tensor: str | None = None) -> dict[str, FieldSpec]:
@@ -122,7 +123,7 @@ class _GGUFTQ(Layout):
         self._finish_into(v, out)
         return out
 
-    def unpack(self, fields: Mapping[str, np.ndarray], shape: tuple[int, ...]) -> Ternary:
+    def unpack(self, fields: Mapping[str, np.ndarray], shape: tuple[int, ...], tensor: str | None = None) -> Ternary:
         (nbytes,) = self.spec(shape)["data"].shape
         data = np.asarray(fields["data"], dtype=np.uint8).reshape(-1)
         if data.size != nbytes:

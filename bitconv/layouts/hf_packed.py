@@ -85,6 +85,13 @@ def unpack_codes(packed: np.ndarray, out_features: int, tensor: str | None = Non
     return codes.reshape(VALUES_PER_BYTE * p.shape[0], *p.shape[1:])[:out_features]
 
 
+def _stored_scale(field: np.ndarray) -> np.float32:
+    """The stored `weight_scale` value: bf16 bits as `pack` writes them (uint16), or a float array as a reader
+    decoded it (a checkpoint may store BF16, F16 or F32)."""
+    a = np.asarray(field)
+    return bf16_bits_to_f32(a) if a.dtype == np.uint16 else np.float32(a.reshape(-1)[0])
+
+
 class _HFPacked(Layout):
     linear_class: str
     scale_dtype = "BF16"
@@ -103,9 +110,9 @@ class _HFPacked(Layout):
         stored = np.float32(1.0) / np.float32(t.scale) if self.scale_inverted else np.float32(t.scale)
         return {"weight": pack_codes(t.codes), "weight_scale": f32_to_bf16_bits(float(stored))}
 
-    def unpack(self, fields: Mapping[str, np.ndarray], shape: tuple[int, ...]) -> Ternary:
-        codes = unpack_codes(fields["weight"], shape[0])
-        ws = bf16_bits_to_f32(fields["weight_scale"])
+    def unpack(self, fields: Mapping[str, np.ndarray], shape: tuple[int, ...], tensor: str | None = None) -> Ternary:
+        codes = unpack_codes(fields["weight"], shape[0], tensor=tensor)
+        ws = _stored_scale(fields["weight_scale"])
         return Ternary(codes, np.float32(1.0) / ws if self.scale_inverted else ws)
 
 

@@ -30,6 +30,10 @@ class Layout(ABC):
     description: ClassVar[str] = ""
     scale_dtype: ClassVar[str] = "F32"  # how the per-tensor scale is stored (its precision)
     scale_inverted: ClassVar[bool] = False  # True where the format stores 1/scale (HF bitlinear)
+    ggml_type: ClassVar[str | None] = None  # the GGML tensor type a GGUF layout writes (None outside GGUF)
+    ggml_aliases: ClassVar[tuple[str, ...]] = ()  # further GGML type names the layout reads (TL2 under id 42)
+    needs_kernel_config: ClassVar[bool] = False  # built with the kernel_config.ini it was packed with (TL1/TL2)
+    vec_dot_type: ClassVar[str | None] = None  # the type upstream llama.cpp converts a matmul's input to, if it runs
 
     def __init_subclass__(cls, *, name: str | None = None, container: str | None = None, **kw: object) -> None:
         super().__init_subclass__(**kw)
@@ -50,8 +54,9 @@ class Layout(ABC):
         """Stored fields (numpy storage dtypes; BF16 as uint16 bits). Keys and shapes equal `spec(t.shape)`."""
 
     @abstractmethod
-    def unpack(self, fields: Mapping[str, np.ndarray], shape: tuple[int, ...]) -> Ternary:
-        """The inverse of `pack`: codes and magnitude scale of a weight of logical `shape`."""
+    def unpack(self, fields: Mapping[str, np.ndarray], shape: tuple[int, ...], tensor: str | None = None) -> Ternary:
+        """The inverse of `pack`: codes and magnitude scale of a weight of logical `shape` (the one decoder of the
+        format: sources call it too). `tensor` names the weight in a `LayoutError` for data the format cannot hold."""
 
     def bits_per_weight(self, shape: tuple[int, ...]) -> float:
         n = int(np.prod(shape))
@@ -78,4 +83,21 @@ def layout_class(name: str) -> type[Layout] | None:
 
 def list_layouts() -> list[str]:
     return sorted(_REGISTRY)
+
+
+def layout_classes() -> list[type[Layout]]:
+    """Every registered layout class, by name (the static facts of each: tables elsewhere are derived from these)."""
+    return [_REGISTRY[n] for n in sorted(_REGISTRY)]
+
+
+def ggml_type_layouts() -> dict[str, str]:
+    """GGML type name -> registered layout name, for every type a layout declares (`ggml_type`, `ggml_aliases`):
+    the table a GGUF reader decodes projections with, derived rather than written out per type."""
+    out: dict[str, str] = {}
+    for name in sorted(_REGISTRY):
+        cls = _REGISTRY[name]
+        for t in (cls.ggml_type, *cls.ggml_aliases):
+            if t is not None:
+                out.setdefault(t, name)
+    return out
 

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from bitconv.core.errors import FormatError
 from bitconv.core.tensors import FieldSpec, Ternary
 from bitconv.layouts.registry import Layout
 
@@ -30,6 +31,8 @@ class TernaryInt8(Layout, name="bitconv-ternary", container="hf"):
         return {"weight": np.ascontiguousarray(t.codes, dtype=np.int8),
                 "weight_scale": np.array([t.scale], dtype=np.float32)}
 
-    def unpack(self, fields: Mapping[str, np.ndarray], shape: tuple[int, ...]) -> Ternary:
+    def unpack(self, fields: Mapping[str, np.ndarray], shape: tuple[int, ...], tensor: str | None = None) -> Ternary:
         codes = np.asarray(fields["weight"], dtype=np.int8).reshape(shape)
+        if codes.size and (codes.min() < -1 or codes.max() > 1):
+            raise FormatError("codes outside {-1, 0, 1}", tensor=tensor, shape=tuple(shape))
         return Ternary(codes, np.float32(np.asarray(fields["weight_scale"]).reshape(-1)[0]))

@@ -19,6 +19,7 @@ from bitconv import __version__
 from bitconv.core.errors import EXIT_VERIFY_FAILED, BitconvError, UsageError
 from bitconv.describe import describe, gguf_runtimes
 from bitconv.formats.gguf.reader import read_gguf
+from bitconv.layouts import ggml_type_layouts
 from bitconv.sources.hub import HUB_URL, README, parse_ref
 
 VERIFY_REPORT = "bitconv-verify.json"
@@ -139,7 +140,7 @@ def _verify_summary(data: dict, verdict: bool | None) -> str:
 
 # artifact description --------------------------------------------------------------------------------------------
 
-_GGUF_TERNARY = ("I2_S", "TL1", "TL2", "TL2_42", "TQ1_0", "TQ2_0", "IQ1_BN", "IQ2_BN", "IQ2_BN_R4")
+_GGUF_TERNARY = tuple(ggml_type_layouts())  # every GGML type a registered layout writes or reads
 _KIND_FORMATS = {  # kind -> (format, runtime of the how-to)
     "hf-packed": ("transformers packed BitNet checkpoint (safetensors, 4 ternary codes per byte)", "transformers"),
     "bitconv-ternary": ("bitconv ternary checkpoint (safetensors, int8 codes + float32 scales)", "bitconv"),

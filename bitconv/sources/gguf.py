@@ -31,7 +31,7 @@ from bitconv.formats.gguf.quants import dequantize_q8_0
 from bitconv.formats.gguf.reader import GGUFFile, GGUFTensor, read_gguf
 from bitconv.formats.gguf.types import by_id
 from bitconv.formats.safetensors import TensorInfo
-from bitconv.layouts import Layout, get_layout
+from bitconv.layouts import Layout, get_layout, ggml_type_layouts, layout_class
 from bitconv.layouts.kernel_config import KernelConfig
 from bitconv.layouts.runtimes import ACTIVATIONS, default_activation
 from bitconv.quant import ternarize
@@ -39,9 +39,8 @@ from bitconv.sources import validate
 from bitconv.sources.checkpoint import Checkpoint, ModelTensor
 from bitconv.sources.safetensors import with_file
 
-# GGML type -> ternary layout name
-PACKED = {"I2_S": "gguf-i2-s", "TL1": "gguf-tl1", "TL2": "gguf-tl2", "TL2_42": "gguf-tl2", "TQ1_0": "gguf-tq1-0",
-          "TQ2_0": "gguf-tq2-0", "IQ1_BN": "gguf-iq1-bn", "IQ2_BN": "gguf-iq2-bn", "IQ2_BN_R4": "gguf-iq2-bn-r4"}
+# GGML type -> ternary layout name, from what each layout declares
+PACKED = ggml_type_layouts()
 FLOATS = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("<u2")}
 _KERNEL_CONFIG = "kernel_config.ini"
 # `<arch>.*` KVs the config is built from, and what each must hold (a corrupt file can hold any value type).
@@ -119,10 +118,11 @@ def _collision_hint(g: GGUFFile, t: GGUFTensor) -> str | None:
 
 def _layout(g: GGUFFile, tname: str) -> Layout:
     layout = PACKED[tname]
-    if not layout.startswith("gguf-tl"):
+    cls = layout_class(layout)
+    if not cls.needs_kernel_config:
         return get_layout(layout)
     params: dict = {"kernel_config": KernelConfig.from_ini(_kernel_config_path(g.path))}
-    if layout == "gguf-tl2":
+    if cls.ggml_aliases:  # one layout under several type ids (TL2: 39 or 42): built for the id the file uses
         params["type_id"] = next(t.type.id for t in g.tensors.values() if t.type.name == tname)
     return get_layout(layout, **params)
 

@@ -13,12 +13,13 @@ import torch
 
 from bitconv import quant
 from bitconv.core import dtypes, naming, safeio
-from bitconv.core.errors import BitconvError, FormatError, SourceError
+from bitconv.core.errors import BitconvError, SourceError
 from bitconv.core.jsonio import read_json
 from bitconv.core.pickled import pickled_in, refuse_pickle
 from bitconv.core.tensors import Ternary, checked_scale
 from bitconv.formats.safetensors import TensorInfo, pread_exact, read_array, read_header
-from bitconv.layouts.hf_packed import HF_LAYOUTS, unpack_codes
+from bitconv.layouts import Layout, get_layout
+from bitconv.layouts.hf_packed import HF_LAYOUTS
 from bitconv.quant import Workspace, ternarize, ternarize_blocks
 from bitconv.sources import validate
 from bitconv.sources.checkpoint import Checkpoint, ModelTensor, load_torch
@@ -187,7 +188,7 @@ def _open_dir(folder: Path) -> Checkpoint:
         if linear_class not in HF_LAYOUTS:
             raise SourceError(f"quantization_config.linear_class {linear_class!r} is not one of "
                               f"{sorted(HF_LAYOUTS)}", path=folder / "config.json")
-        tensors = _logical_packed(folder, stored, linear_class == "bitlinear")
+        tensors = _logical_packed(folder, stored, get_layout(HF_LAYOUTS[linear_class]))
         return Checkpoint(folder, "hf-packed", config, tensors, aux, files, layout=HF_LAYOUTS[linear_class])
     return Checkpoint(folder, "bf16-master", config, _logical_master(folder, stored), aux, files)
 
@@ -235,7 +236,15 @@ def _scalar(info: TensorInfo) -> np.float32:
     return checked_scale(load_torch(info).float().reshape(-1)[0].item(), tensor=info.name, path=info.path)
 
 
-def _logical_packed(folder: Path, stored: dict[str, TensorInfo], inverted: bool) -> dict[str, ModelTensor]:
+def _unpack(layout: Layout, info: TensorInfo, weight: np.ndarray, sinfo: TensorInfo,
+            shape: tuple[int, ...]) -> Ternary:
+    """Decode one stored weight through its layout's `unpack` (the format's one decoder; it owns the 1/scale of
+    `bitlinear` and refuses codes the format cannot hold). The scale is checked first (`checked_scale`)."""
+    fields = {"weight": weight, "weight_scale": np.array([_scalar(sinfo)], dtype=np.float32)}
+    return with_file(info.path, layout.unpack, fields, shape, tensor=info.name)
+
+
+def _logical_packed(folder: Path, stored: dict[str, TensorInfo], layout: Layout) -> dict[str, ModelTensor]:
     out, scales = {}, set()
     for name, info in sorted(stored.items()):
         if naming.is_ternary(name, len(info.shape)):
@@ -244,10 +253,9 @@ def _logical_packed(folder: Path, stored: dict[str, TensorInfo], inverted: bool)
             scales.add(sinfo.name)
             shape = (info.shape[0] * 4, info.shape[1])
 
-            def load(compute: str, info: TensorInfo = info, sinfo: TensorInfo = sinfo, n: int = shape[0]) -> Ternary:
-                codes = with_file(info.path, unpack_codes, _load_scratch(info).numpy(), n, tensor=info.name)
-                ws = _scalar(sinfo)  # finite and > 0, or a FormatError naming the scale tensor
-                return Ternary(codes, np.float32(1.0) / ws if inverted else ws)
+            def load(compute: str, info: TensorInfo = info, sinfo: TensorInfo = sinfo,
+                     shape: tuple[int, int] = shape) -> Ternary:
+                return _unpack(layout, info, _load_scratch(info).numpy(), sinfo, shape)
 
             out[name] = ModelTensor(name, shape, "U8", [info, sinfo], load)
     for name, info in sorted(stored.items()):
@@ -257,7 +265,7 @@ def _logical_packed(folder: Path, stored: dict[str, TensorInfo], inverted: bool)
 
 
 def _logical_ternary(folder: Path, stored: dict[str, TensorInfo]) -> dict[str, ModelTensor]:
-    out, scales = {}, set()
+    out, scales, layout = {}, set(), get_layout("bitconv-ternary")
     for name, info in sorted(stored.items()):
         if naming.is_ternary(name, len(info.shape)):
             _check_dtype(info, ("I8",), "a bitconv ternary weight")
@@ -265,11 +273,7 @@ def _logical_ternary(folder: Path, stored: dict[str, TensorInfo]) -> dict[str, M
             scales.add(sinfo.name)
 
             def load(compute: str, info: TensorInfo = info, sinfo: TensorInfo = sinfo) -> Ternary:
-                codes = read_array(info)
-                if codes.size and (codes.min() < -1 or codes.max() > 1):
-                    raise FormatError("codes outside {-1, 0, 1}", path=info.path, tensor=info.name,
-                                      shape=info.shape)
-                return Ternary(codes, _scalar(sinfo))
+                return _unpack(layout, info, read_array(info), sinfo, info.shape)
 
             out[name] = ModelTensor(name, info.shape, "I8", [info, sinfo], load)
     for name, info in sorted(stored.items()):

@@ -50,6 +50,7 @@ from bitconv.core import dtypes
 from bitconv.core.errors import SourceError, UsageError
 from bitconv.core.tensors import Ternary
 from bitconv.formats.safetensors import TensorInfo
+from bitconv.layouts import layout_classes
 from bitconv.quant import ternarize
 from bitconv.sources import Checkpoint
 
@@ -232,7 +233,8 @@ def _as(dtype: torch.dtype) -> Callable[[torch.Tensor], torch.Tensor]:
 # a matmul's input, converted as the weight type's vec_dot_type converts it
 GGML_ACT: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "F32": lambda x: x, "F16": _as(torch.float16), "BF16": _as(torch.bfloat16), "Q8_0": q8_0,
-    "TQ1_0": q8k, "TQ2_0": q8k,
+    # a packed layout's entry comes from the `vec_dot_type` it declares
+    **{c.ggml_type: {"Q8_K": q8k}[c.vec_dot_type] for c in layout_classes() if c.ggml_type and c.vec_dot_type},
 }
 # a float tensor's values as the file stores them (REF's passthrough tensors emulated in OUT's storage)
 GGML_STORE: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {

@@ -52,7 +52,7 @@ from bitconv.layouts.runtimes import BY_KEY, Runtime, default_activation, summar
 from bitconv.sources import Checkpoint
 from bitconv.sources.gguf import gguf_header
 from bitconv.verify.parity import ParityMetrics
-from bitconv.verify.reference import RefConfig, TensorCache, Weights, forward, ggml_supported, mode_for
+from bitconv.verify.reference import GGML_ACT, RefConfig, TensorCache, Weights, forward, ggml_supported, mode_for
 from bitconv.verify.roundtrip import scale_storage, stored_scale
 
 INSTALL = ("pip install 'bitconv[llamacpp]' (builds llama.cpp from source, a few minutes; for a lean CPU build set "
@@ -89,7 +89,7 @@ RUNTIMES = {LLAMA_CPP.name: LLAMA_CPP}
 # the logits by ~0.1-0.3 % of the range, and a flipped K/V row moves every later position. Faults are far above:
 # four permuted rows in one projection 3.6 %, a negated scale 24 %, a relu2 model run with SiLU 14 %, an inverted
 # scale 76 %.
-REFERENCE_LIMIT = {"TQ1_0": 0.02, "TQ2_0": 0.02, "F16": 0.02, "BF16": 0.02, "F32": 0.02}
+REFERENCE_LIMIT = {t: 0.02 for t in GGML_ACT if t != "Q8_0"}  # every projection type the emulation runs
 EMULATION_LIMIT = 0.01
 # An alternative emulation explains the runtime's logits when it is within the emulation limit, or this many times
 # closer than the primary emulation (a faulty file can amplify the int8 rounding flips: an inverted TQ scale
