@@ -24,6 +24,7 @@ Tensor order: HF names sorted (what convert-hf reads from a single safetensors f
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -201,10 +202,18 @@ def _vocab(src: Checkpoint, style: str) -> list[KV]:
     return vocab_kvs(load_vocab(src.path, src.config, style), style)
 
 
-def _model_name(src: Checkpoint) -> str:
+_SNAPSHOT = re.compile(r"models--[^/\\]+?--([^/\\]+)[/\\]snapshots[/\\]")
+
+
+def model_name_of(src: Checkpoint, explicit: str | None = None) -> str:
+    """general.name: `explicit` (--model-name), a GGUF's own, the repo name of an HF-cache snapshot (never its
+    hash), else the folder's name."""
+    if explicit:
+        return explicit
     if src.kind == "gguf":
         return str(gguf_header(src.path).get("general.name", src.path.stem))
-    return src.path.name
+    m = _SNAPSHOT.search(str(src.path.resolve()) + "/")
+    return m[1] if m else src.path.name
 
 
 def _add_prefix_space(src: Checkpoint) -> bool | None:
@@ -216,7 +225,7 @@ def _add_prefix_space(src: Checkpoint) -> bool | None:
 
 def plan_pack_gguf(src: Checkpoint, gguf_type: str, *, arch: str | None = None, embd_type: str = "f16",
                    kernel_config: KernelConfig | str | Path | None = None, tl2_type_id: int = 39,
-                   compute: str = "float32") -> GGUFPlan:
+                   compute: str = "float32", model_name: str | None = None) -> GGUFPlan:
     """Validate every option and shape and size the whole file; raises before anything is read or written."""
     gguf_type = _choice(gguf_type, GGUF_TARGETS, "--type")
     embd = EMBD_TYPES[_choice(embd_type, EMBD_TYPES, "--embd-type")]
@@ -233,7 +242,7 @@ def plan_pack_gguf(src: Checkpoint, gguf_type: str, *, arch: str | None = None, 
     steps = _steps(src, garch, target, layout, embd)
     profile = PROFILE_OF[(garch.name, target.tool)]
     type_name = layout.ggml_type if layout is not None else target.float_type
-    meta = Meta(garch.name, src.config, _model_name(src), FILE_TYPES[type_name],
+    meta = Meta(garch.name, src.config, model_name_of(src, model_name), FILE_TYPES[type_name],
                 sum(int(np.prod(s.tensor.shape)) for s in steps), gguf_type == "i2_s", _add_prefix_space(src))
     kvs = build_kvs(profile, meta, _vocab(src, PROFILES[profile].vocab_style))
     plan = GGUFPlan(src, gguf_type, garch, profile, steps, kvs, layout, compute, kc)
@@ -365,7 +374,8 @@ def _check_ini(plan: GGUFPlan, out: Path, overwrite: bool) -> Path | None:
 
 def pack_gguf(src: str | Path | Checkpoint, out: str | Path, gguf_type: str, *, arch: str | None = None,
               embd_type: str = "f16", kernel_config: KernelConfig | str | Path | None = None, tl2_type_id: int = 39,
-              compute: str = "float32", overwrite: bool = False, progress: Progress | None = None) -> Report:
+              compute: str = "float32", overwrite: bool = False, progress: Progress | None = None,
+              model_name: str | None = None) -> Report:
     """Write SRC as one GGUF file of `gguf_type` (i2_s, tl1, tl2, tq1_0, tq2_0, f32, f16, bf16).
 
     Args:
@@ -375,11 +385,12 @@ def pack_gguf(src: str | Path | Checkpoint, out: str | Path, gguf_type: str, *, 
         embd_type: token_embd / output type: f16, f32, bf16 or q8_0.
         kernel_config: TL1/TL2 tiling: a kernel_config.ini, a KernelConfig, or None to derive one from the shapes.
         tl2_type_id: 39 (bitnet.cpp before mid-2026) or 42 (current fork).
+        model_name: general.name (default: the repo or folder name).
     Returns a Report; for TL types `extra["codegen"]` holds the codegen_tl*.py parameters of the config used.
     Example:
         >>> pack_gguf("bitnet-bf16", "bitnet-i2_s.gguf", "i2_s")
     """
     ck = src if isinstance(src, Checkpoint) else open_source(src)
     plan = plan_pack_gguf(ck, gguf_type, arch=arch, embd_type=embd_type, kernel_config=kernel_config,
-                          tl2_type_id=tl2_type_id, compute=compute)
+                          tl2_type_id=tl2_type_id, compute=compute, model_name=model_name)
     return execute_gguf(plan, out, overwrite=overwrite, progress=progress)

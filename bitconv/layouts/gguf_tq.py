@@ -37,7 +37,6 @@ import numpy as np
 
 from bitconv.errors import LayoutError
 from bitconv.layouts import Layout
-from bitconv.quant import EPS
 from bitconv.tensors import FieldSpec, Ternary
 
 QK = 256  # weights per block
@@ -113,6 +112,8 @@ class _GGUFTQ(Layout):
             raise LayoutError(f"{self.ggml_type} blocks carry {ds.size} different scales d (e.g. {float(ds[0])!r}, "
                               f"{float(ds[-1])!r}); this is not a ternary tensor with one scale", shape=tuple(shape),
                               hint="it was quantized from non-ternary weights")
+        from bitconv.quant import EPS  # quant imports torch: only when a tensor is decoded
+
         scale = np.float32(ds[0]) if ds.size else np.float32(EPS)
         return Ternary(codes.reshape(shape), scale)
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import numpy as np
-import torch
 
 from bitconv.errors import LayoutError
 from bitconv.layouts import Layout
@@ -28,6 +27,8 @@ VALUES_PER_BYTE = 4
 
 def f32_to_bf16_bits(x: float) -> np.ndarray:
     """[x] rounded to bfloat16 (nearest, ties to even) as raw uint16 bits, shape [1]."""
+    import torch  # imported on first use: listing layouts stays free of torch
+
     return torch.tensor([x], dtype=torch.float32).to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
 
 
@@ -43,6 +44,8 @@ def pack_codes(codes: np.ndarray) -> np.ndarray:
 
     Packed rows [a, b) take code rows [a, b), [R+a, R+b), [2R+a, 2R+b), [3R+a, 3R+b): made a block of rows at a time.
     """
+    import torch
+
     c = torch.from_numpy(np.ascontiguousarray(codes)).view(torch.uint8)
     r = c.shape[0] // VALUES_PER_BYTE
     out = torch.empty((r, *c.shape[1:]), dtype=torch.uint8)

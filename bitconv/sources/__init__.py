@@ -89,15 +89,29 @@ def is_nanotron_dir(p: Path) -> bool:
     return (p / "model").is_dir() and any((p / m).is_file() for m in metadata)
 
 
+def near_names(p: Path) -> str | None:
+    """'did you mean ...' for a missing path: the closest names in its parent folder (difflib), or None."""
+    import difflib
+
+    parent = p.expanduser().parent
+    try:
+        names = [c.name for c in parent.iterdir()] if parent.is_dir() else []
+    except OSError:
+        return None
+    close = difflib.get_close_matches(p.name, names, n=3, cutoff=0.6)
+    return "did you mean " + " or ".join(repr(str(parent / c) if str(parent) != "." else c) for c in close) + "?" \
+        if close else None
+
+
 def open_source(path: str | Path) -> Checkpoint:
     """Open SRC: a folder holding an HF-layout checkpoint (bf16 master, bitconv ternary or HF packed), or a .gguf."""
-    p = Path(path)
+    p = Path(path).expanduser()
     if not p.exists():
         from bitconv import hub  # not a local path: a Hub repo id (owner/name[@revision]) is downloaded
 
-        if not hub.is_repo_ref(p):
-            raise SourceError("no such file or folder", path=p)
-        p = hub.resolve(str(p))
+        if not hub.is_repo_ref(path):
+            raise SourceError("no such file or folder", path=p, hint=near_names(p))
+        p = hub.resolve(str(path))
     if p.is_file() and p.suffix.lower() == ".gguf":
         from bitconv.sources.gguf import open_gguf
 
@@ -110,6 +124,12 @@ def open_source(path: str | Path) -> Checkpoint:
         from bitconv.sources.nanotron import open_nanotron
 
         return open_nanotron(p)
+    if p.is_dir() and not (p / "config.json").exists():
+        ggufs = sorted(p.glob("*.gguf"))
+        if len(ggufs) == 1:  # a folder holding exactly one GGUF is that file, as a Hub repo holding one is
+            from bitconv.sources.gguf import open_gguf
+
+            return open_gguf(ggufs[0])
     if p.is_dir():
         return open_safetensors_dir(p)
     from bitconv.validate import not_a_checkpoint  # a pickle (.bin, .pt, .pkl) is refused, never unpickled
