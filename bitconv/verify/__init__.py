@@ -16,7 +16,9 @@ Example:
 
 from __future__ import annotations
 
+import sys
 import time
+import types
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -190,3 +192,16 @@ def verify(out: str | Path | Checkpoint, ref: str | Path | Checkpoint, *, run_pa
     family = ARCHS[arch].family if arch in ARCHS else "unknown"
     return VerifyReport(str(out_ck.path), str(ref_ck.path), out_ck.kind, out_ck.layout, ref_ck.kind, family, rt, par,
                         check_config(out_ck.config, ref_ck.config), time.perf_counter() - t0)
+
+
+class _CallableModule(types.ModuleType):
+    """`bitconv.verify` is both this package and the API function: `bitconv.verify(out, ref=...)` calls
+    `bitconv.api.verify` (the same as `bitconv verify OUT --ref REF`)."""
+
+    def __call__(self, out: str | Path, ref: str | Path, **kw: object) -> VerifyReport:
+        from bitconv import api
+
+        return api.verify(out, ref, **kw)  # type: ignore[arg-type]
+
+
+sys.modules[__name__].__class__ = _CallableModule
