@@ -36,7 +36,7 @@ class _Group(TyperGroup):
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode, **extra)
         try:
-            rv = super().main(args, prog_name, complete_var, False, **extra)
+            rv = super().main(args, "bitconv", complete_var, False, **extra)
         except click_exc.NoArgsIsHelpError as e:
             e.show()
             sys.exit(0)
@@ -141,12 +141,10 @@ def _report(report: Any, as_json: bool, command: str, **extra: Any) -> None:
 
 
 # register the commands on `app`, in the order --help lists them
-from bitconv.cli import (
-    commands,  # noqa: E402, F401
-    hub,  # noqa: E402, F401  (`upload`)
-)
-from bitconv.cli import convert as _convert  # noqa: E402, F401  (`convert`)
-from bitconv.cli import verify as _verify  # noqa: E402, F401  (`verify`, `check`)
+import bitconv.cli.commands  # noqa: E402, F401, I001
+import bitconv.cli.convert  # noqa: E402, F401  (`convert`)
+import bitconv.cli.verify  # noqa: E402, F401  (`verify`, `check`)
+import bitconv.cli.hub  # noqa: E402, F401  (`upload`)
 
 
 def main() -> None:
