@@ -10,7 +10,8 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
-from bitconv.cli import app, parse_size
+from bitconv.api import parse_size
+from bitconv.cli import app
 from bitconv.errors import UsageError
 
 runner = CliRunner()
@@ -32,10 +33,10 @@ def test_quantize_pack_unpack_inspect_json(models, tmp_path):
     r = run("quantize", m, "-o", tmp_path / "t", "--json")
     assert r.exit_code == 0, r.output
     rep = json.loads(r.stdout)
-    assert rep["target"] == "bitconv-ternary" and rep["ternary_tensors"] == 14
+    assert rep["layout"] == "bitconv-ternary" and rep["ternary_tensors"] == 14
     r = run("pack", tmp_path / "t", "--to", "hf", "-o", tmp_path / "p", "--linear-class", "bitlinear", "--json")
     assert r.exit_code == 0, r.output
-    assert json.loads(r.stdout)["target"] == "hf-bitlinear"
+    assert json.loads(r.stdout)["layout"] == "hf-bitlinear"
     r = run("unpack", tmp_path / "p", "-o", tmp_path / "u", "--json")
     assert r.exit_code == 0, r.output
     r = run("inspect", tmp_path / "p", "--json")
@@ -58,21 +59,22 @@ def test_pack_dry_run_writes_nothing(models, tmp_path):
     r = run("pack", models(), "-o", tmp_path / "p", "--dry-run", "--json")
     assert r.exit_code == 0
     plan = json.loads(r.stdout)
-    assert plan["target"] == "hf-autobitlinear" and plan["total_bytes"] > 0
+    assert plan["layout"] == "hf-autobitlinear" and plan["bytes"] > 0 and plan["dry_run"] is True
     assert not (tmp_path / "p").exists()
 
 
 def test_layouts_lists_registry():
     r = run("layouts", "--json")
-    names = {x["name"] for x in json.loads(r.stdout)}
+    names = {x["name"] for x in json.loads(r.stdout)["layouts"]}
     assert {"hf-autobitlinear", "hf-bitlinear", "bitconv-ternary"} <= names
 
 
 def test_demo_passes(tmp_path):
     r = run("demo", "--keep", tmp_path / "demo", "--json")
     assert r.exit_code == 0, r.output
-    rows = json.loads(r.stdout)
-    assert all(row["ok"] for row in rows)
+    doc = json.loads(r.stdout)
+    rows = doc["steps"]
+    assert doc["ok"] and all(row["ok"] for row in rows)
     assert {"quantize", "unpack", "inspect"} <= {row["step"] for row in rows}
 
 
@@ -103,7 +105,7 @@ def test_overwrite_flag(models, tmp_path):
 
 
 def test_bad_target_and_options(models, tmp_path):
-    assert_one_line_error(run("pack", models(), "--to", "onnx", "-o", tmp_path / "x"), "--to 'onnx'")
+    assert_one_line_error(run("pack", models(), "--to", "onnx", "-o", tmp_path / "x"), "--to must be one of hf, gguf, got 'onnx'")
     assert_one_line_error(run("pack", models(), "-o", tmp_path / "x", "--linear-class", "foo"), "--linear-class")
     assert_one_line_error(run("quantize", models(), "-o", tmp_path / "x", "--compute", "fp8"), "--compute")
     assert_one_line_error(run("pack", models(), "-o", tmp_path / "x", "--max-shard-size", "lots"), "lots")
