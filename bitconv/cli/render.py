@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,9 +22,19 @@ from rich.progress import (
 )
 from rich.table import Table
 
-# Off a terminal (pipes, CI logs) rich would wrap tables at 80 columns; give them room instead.
-out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
-err = Console(stderr=True, highlight=False, soft_wrap=True, width=None if sys.stderr.isatty() else 160)
+
+
+def _width(stream: object) -> int | None:
+    """COLUMNS when set (honoured on and off a terminal), the terminal's width, else 160 (pipes and CI logs, where
+    rich would wrap tables at 80 columns)."""
+    cols = os.environ.get("COLUMNS", "")
+    if cols.isdigit() and int(cols) > 0:
+        return int(cols)
+    return None if stream.isatty() else 160
+
+
+out = Console(highlight=False, soft_wrap=True, width=_width(sys.stdout))
+err = Console(stderr=True, highlight=False, soft_wrap=True, width=_width(sys.stderr))
 
 
 def error(message: str) -> None:
