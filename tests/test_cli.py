@@ -105,7 +105,8 @@ def test_overwrite_flag(models, tmp_path):
 
 
 def test_bad_target_and_options(models, tmp_path):
-    assert_one_line_error(run("pack", models(), "--to", "onnx", "-o", tmp_path / "x"), "--to must be one of hf, gguf, got 'onnx'")
+    assert_one_line_error(run("pack", models(), "--to", "onnx", "-o", tmp_path / "x"),
+                          "--to must be one of hf, gguf, got 'onnx'")
     assert_one_line_error(run("pack", models(), "-o", tmp_path / "x", "--linear-class", "foo"), "--linear-class")
     assert_one_line_error(run("quantize", models(), "-o", tmp_path / "x", "--compute", "fp8"), "--compute")
     assert_one_line_error(run("pack", models(), "-o", tmp_path / "x", "--max-shard-size", "lots"), "lots")

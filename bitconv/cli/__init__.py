@@ -1,8 +1,9 @@
 """The `bitconv` command line: parses, calls one `bitconv.api` function, renders the result. No decisions here.
 
-Conventions (docs/json.md, docs/formats.md): `-h` everywhere, `-V/--version`, shell completion, usage errors in one line (exit 2),
-`--json` on every command printing one document of the schema in docs/bitconv-report.schema.json, case-insensitive
-choices. Heavy libraries (torch, transformers, gguf, huggingface_hub) are imported inside the commands.
+Conventions (docs/json.md, docs/formats.md): `-h` everywhere, `-V/--version`, shell completion, usage errors in
+one line (exit 2), `--json` on every command printing one document of the schema in
+docs/bitconv-report.schema.json, case-insensitive choices.
+Heavy libraries (torch, transformers, gguf, huggingface_hub) are imported inside the commands.
 """
 
 from __future__ import annotations

@@ -23,7 +23,6 @@ from rich.progress import (
 from rich.table import Table
 
 
-
 def _width(stream: object) -> int | None:
     """COLUMNS when set (honoured on and off a terminal), the terminal's width, else 160 (pipes and CI logs, where
     rich would wrap tables at 80 columns)."""
