@@ -2,12 +2,13 @@
 
 Shapes of microsoft/bitnet-b1.58-2B-4T: hidden 2560, intermediate 6912, 30 layers, 20 heads, 5 kv heads,
 vocab 128256, untied here (2.7 B parameters, 5.5 GB of bf16). Targets on 2 cores (issue 2): pack --to hf <= 10 s wall
-and <= 1.5 GB peak RSS.
+and <= 1.5 GB peak RSS; issue 17: pack --to gguf iq2_bn <= 5 s, iq1_bn <= 7 s, <= 1 GB peak RSS.
 
-    python benchmarks/bench_2b4t.py [--workdir DIR] [--keep] [--runs N] [--threads 2]
+    python benchmarks/bench_2b4t.py [--workdir DIR] [--keep] [--runs N] [--threads 2] [--only iq2_bn,iq1_bn]
 
-Each command runs in a fresh subprocess (`python -m bitconv ...`); wall time is measured around it and peak RSS is
-the child's ru_maxrss. The page cache is warm after generation (the file was just written), as it is for a user
+Each command runs in a fresh subprocess (`python -m bitconv ...`); wall time is measured around it, CPU time is the
+child's user + system time (on a shared machine wall time includes waiting for a core), and peak RSS is the child's
+ru_maxrss. The page cache is warm after generation (the file was just written), as it is for a user
 converting a model they just downloaded; a cold-cache figure depends on the disk, not on bitconv.
 """
 
@@ -100,17 +101,18 @@ def warm_cache(*folders: Path) -> int:
     return n
 
 
-def timed(args: list[str], threads: int) -> tuple[float, float]:
+def timed(args: list[str], threads: int) -> tuple[float, float, float]:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-m", "bitconv", *args], check=True, env=env, cwd=ROOT,
                    stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - t0
-    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    if peak_kib < before:  # ru_maxrss of children is a running maximum; the first run dominates otherwise
-        peak_kib = before
-    return wall, peak_kib / 1024
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    # ru_maxrss of children is a running maximum; the first run dominates otherwise
+    peak_kib = max(after.ru_maxrss, before.ru_maxrss)
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return wall, peak_kib / 1024, cpu
 
 
 def main() -> None:
@@ -119,7 +121,10 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true")
     ap.add_argument("--runs", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--only", default=None, help="comma-separated labels to run (hf, quantize, i2_s, tq2_0, iq2_bn, "
+                    "iq1_bn); default all")
     a = ap.parse_args()
+    only = set(a.only.split(",")) if a.only else None
     work = a.workdir or Path(tempfile.mkdtemp(prefix="bitconv-bench-"))
     master = work / "master"
     try:
@@ -135,14 +140,16 @@ def main() -> None:
                             ("quantize", ["quantize", str(master), "-o", str(work / "ternary"), "--overwrite"]),
                             *((f"pack gguf {t}", ["pack", str(master), "--to", "gguf", "--type", t, "-o",
                                                   str(work / f"gguf-{t}" / "model.gguf"), "--overwrite"])
-                              for t in ("i2_s", "tq2_0"))):
+                              for t in ("i2_s", "tq2_0", "iq2_bn", "iq1_bn"))):
+            if only is not None and label.split()[-1] not in only:
+                continue
             for _ in range(a.runs):
                 warm_cache(master)
                 # each measurement in its own process tree so ru_maxrss is this command's peak
                 out = subprocess.run([sys.executable, __file__, "--measure", json.dumps(args), str(a.threads)],
                                      capture_output=True, text=True, check=True, cwd=ROOT).stdout
-                wall, rss = json.loads(out)
-                print(f"{label:14s} wall {wall:6.2f} s  {n_params / wall / 1e6:8.1f} M params/s  "
+                wall, rss, cpu = json.loads(out)
+                print(f"{label:14s} wall {wall:6.2f} s  cpu {cpu:6.2f} s  {n_params / wall / 1e6:8.1f} M params/s  "
                       f"peak RSS {rss:7.1f} MiB")
     finally:
         if not a.keep and a.workdir is None:

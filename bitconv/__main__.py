@@ -1,3 +1,3 @@
-from bitconv.cli import main
+from bitconv._entry import main
 
 main()

@@ -128,9 +128,10 @@ def quantize(src: str | Path, out: str | Path, *, compute: str = "float32", over
 
 
 def pack(src: str | Path, out: str | Path | None = None, *, to: str = "hf", linear_class: str = "autobitlinear",
-         type: str | None = None, arch: str | None = None, embd_type: str = "f16",
+         type: str | None = None, arch: str | None = None, embd_type: str | None = None,
          kernel_config: str | Path | None = None, tl2_type_id: int = 39, compute: str = "float32",
-         model_name: str | None = None, overwrite: bool = False, max_shard_size: str | int = DEFAULT_SHARD,
+         model_name: str | None = None, force: bool = False, overwrite: bool = False,
+         max_shard_size: str | int = DEFAULT_SHARD,
          dry_run: bool = False, token: str | None = None, revision: str | None = None,
          progress: Progress | None = None) -> Any:
     """Pack SRC into a deployable layout: `to="hf"` (a transformers folder) or `to="gguf"` (one .gguf file of
@@ -160,11 +161,11 @@ def pack(src: str | Path, out: str | Path | None = None, *, to: str = "hf", line
         if to == "gguf":
             return _pack_gguf(src, out, type, dict(arch=arch, embd_type=embd_type, kernel_config=kernel_config,
                                                    tl2_type_id=tl2_type_id, compute=compute,
-                                                   model_name=model_name), overwrite, dry_run, progress)
-        given = [n for n, v in (("--type", type), ("--arch", arch), ("--kernel-config", kernel_config),
-                                ("--model-name", model_name)) if v is not None]
-        given += (["--embd-type"] if embd_type.lower() != "f16" else []) + \
-            (["--tl2-type-id"] if tl2_type_id != 39 else [])
+                                                   model_name=model_name, force=force), overwrite, dry_run,
+                              progress)
+        given = [n for n, v in (("--type", type), ("--arch", arch), ("--embd-type", embd_type),
+                                ("--kernel-config", kernel_config), ("--model-name", model_name)) if v is not None]
+        given += (["--tl2-type-id"] if tl2_type_id != 39 else []) + (["--force"] if force else [])
         if given:
             raise UsageError(f"{', '.join(given)}: only for --to gguf")
         return _pack_hf(src, out, linear_class, compute, overwrite, max_shard_size, dry_run, progress)
@@ -183,6 +184,9 @@ def _pack_hf(src: str | Path, out: str | Path | None, linear_class: str, compute
         plan.out = dest
         return plan
     t0 = time.perf_counter()
+    from bitconv.output import precheck
+
+    precheck(dest, overwrite)  # before SRC is read
     ck = pipeline.open_source(src)
     plan = pipeline.plan_pack_hf(ck, linear_class, compute)
     rep = pipeline.execute(plan, dest, overwrite=overwrite,
@@ -204,15 +208,24 @@ def _pack_gguf(src: str | Path, out: str | Path | None, gguf_type: str | None, o
     if gguf_type is None:
         raise UsageError(f"--to gguf needs --type: {', '.join(pipeline_gguf.GGUF_TARGETS)}")
     gguf_type = choice(gguf_type, tuple(pipeline_gguf.GGUF_TARGETS), "--type")
-    opts = {**opts, "embd_type": str(opts["embd_type"]).lower(), "compute": str(opts["compute"]).lower(),
-            "arch": opts["arch"].lower() if opts["arch"] else None}
+    opts = {**opts, "embd_type": opts["embd_type"].lower() if opts["embd_type"] else None,
+            "compute": str(opts["compute"]).lower(), "arch": opts["arch"].lower() if opts["arch"] else None}
+    if out is not None and not dry_run:
+        from bitconv.output import precheck
+
+        if not (Path(out).expanduser().is_dir() or str(out).endswith(("/", "\\"))):
+            precheck(gguf_out_path(out, "model", gguf_type), overwrite)  # before SRC is read
     ck = pipeline.open_source(src)
-    plan = pipeline_gguf.plan_pack_gguf(ck, gguf_type, **opts)
     dest = gguf_out_path(out, pipeline_gguf.model_name_of(ck, opts["model_name"]), gguf_type) \
         if out is not None else None
+    plan = pipeline_gguf.plan_pack_gguf(ck, gguf_type, file=dest.name if dest is not None else "MODEL.gguf", **opts)
     if dry_run:
         plan.out = dest
         return plan
+    if dest is not None:
+        from bitconv.output import precheck
+
+        precheck(dest, overwrite)
     return pipeline_gguf.execute_gguf(plan, dest, overwrite=overwrite, progress=progress)
 
 
@@ -323,6 +336,10 @@ def convert(src: str | Path, out: str | Path, *, to: str, purpose: str | None = 
     _check_convert_options(to, scale_granularity, tp, make_vocab_size_divisible_by, nanotron_model, pp, purpose)
     compute = str(compute).lower()
     out = _hf_out(out, "convert")
+    if to == "nanotron":
+        from bitconv.output import precheck
+
+        precheck(out, overwrite)  # before SRC is read
     with hub_options(token, revision):
         if to == "hf-bf16":
             return nc.to_hf(src, out, purpose=purpose, scale_granularity=scale_granularity, vocab_size=vocab_size,

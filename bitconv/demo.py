@@ -1,9 +1,12 @@
 """`bitconv demo`: the main job end to end on a built-in tiny model, with a check of every artifact it makes.
 
 quantize -> pack (both linear classes, from the master and from the ternary checkpoint) -> re-pack between linear
-classes -> unpack -> pack --to gguf (I2_S, TL1, TL2, TQ1_0, TQ2_0, from the ternary checkpoint) -> inspect, then
-every artifact's ternary tensors are decoded and compared with the ternary checkpoint: codes must be identical and
-scales equal within the format's storage precision (float32 for I2_S/TL, fp16 for TQ, bf16 for HF).
+classes -> unpack -> pack --to gguf (I2_S, TL1, TL2, TQ1_0, TQ2_0, ik_llama.cpp's IQ1_BN, IQ2_BN, IQ2_BN_R4, from
+the ternary checkpoint) -> inspect, then every artifact's ternary tensors are decoded and compared with the ternary
+checkpoint: codes must be identical and scales equal within the format's storage precision (float32 for I2_S, TL
+and IQ2_BN; fp16 for TQ and IQ1_BN; bf16 for HF). The tiny model's in_features (256) are below the 512 that
+ik_llama.cpp's CPU matmul needs for IQ1_BN / IQ2_BN: those two files are checked here but would abort there
+(IQ2_BN_R4 runs).
 """
 
 from __future__ import annotations
@@ -22,8 +25,9 @@ from bitconv.sources import open_source
 
 BF16_REL = 2.0**-8  # bf16 keeps 8 significant bits: one rounding is within 2^-8 relative
 FP16_REL = 2.0**-11  # TQ blocks store the scale as fp16
-# GGUF types the demo packs, and how exactly each stores the scale (I2_S / TL: float32, exact).
-GGUF_STEPS = {"i2_s": 0.0, "tl1": 0.0, "tl2": 0.0, "tq1_0": FP16_REL, "tq2_0": FP16_REL}
+# GGUF types the demo packs, and how exactly each stores the scale (I2_S / TL / IQ2_BN: float32, exact).
+GGUF_STEPS = {"i2_s": 0.0, "tl1": 0.0, "tl2": 0.0, "tq1_0": FP16_REL, "tq2_0": FP16_REL, "iq1_bn": FP16_REL,
+              "iq2_bn": 0.0, "iq2_bn_r4": 0.0}
 
 
 @dataclass
@@ -76,7 +80,7 @@ def run_demo(workdir: str | Path | None = None, arch: str = "bitnet-2b4t",
     w = Path(workdir)
     say = on_step or (lambda s: None)
     say("building a tiny bf16 master")
-    master = tiny.make_tiny(w / "master", arch)
+    master = tiny.make_tiny(w / "master", arch, hidden_size=512)  # K = 512: a TL2 tiling bitnet.cpp runs
     tern, auto, bitl, repacked, unpacked = (w / n for n in (
         "ternary", "hf-autobitlinear", "hf-bitlinear", "hf-repacked", "hf-bf16"))
     steps: list[tuple[str, Path, Callable[[], object], Callable[[], tuple[bool, str]]]] = [

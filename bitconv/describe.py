@@ -42,6 +42,7 @@ class Description:
     compute: str | None
     quantization_config: dict | None
     tensors: list[TensorRow] = field(default_factory=list)
+    runtimes: dict | None = None  # GGUF only: where the file runs correctly (gguf_runtimes)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -84,7 +85,56 @@ def describe(src: str | Path | Checkpoint, *, stats: bool = True) -> Description
         ternary_bits_per_weight=(8 * tern_bytes / n_tern) if n_tern else None,
         scale_stats=_stats(scales) if scales else None,
         zero_fraction=(zeros / n_tern) if (stats and n_tern) else None,
-        compute=ck.compute, quantization_config=qc if isinstance(qc, dict) else None, tensors=rows)
+        compute=ck.compute, quantization_config=qc if isinstance(qc, dict) else None, tensors=rows,
+        runtimes=gguf_runtimes(ck.path) if ck.kind == "gguf" else None)
+
+
+def gguf_runtimes(path: str | Path) -> dict:
+    """Where a GGUF file runs correctly, from the compatibility table (`bitconv.layouts.runtimes`).
+
+    Judged on what the file says: its arch, the activation it declares (`<arch>.hidden_activation`, else the arch's
+    default), its projections' type and shapes, and for TL1/TL2 the kernel_config.ini next to it (without one the
+    TL2 LUT-buffer check is reported as unverified). Returns runs_on / does_not_run_on lines, one verdict per
+    runtime (with its run command), the codegen steps for TL files, and a --force warning stored in the file.
+    """
+    from bitconv.gguf.metadata import WARNING_KEY, hf_name, read_arch
+    from bitconv.layouts.runtimes import summary, where_it_runs
+    from bitconv.sources.gguf import PACKED, file_activation, gguf_header
+
+    p = Path(path)
+    g = gguf_header(p)
+    act = file_activation(g)
+    arch = read_arch(g.arch, act)
+    proj = [t for t in g.tensors.values() if (n := hf_name(t.name, arch)) and naming.is_ternary(n, len(t.shape))]
+    counts: dict[str, int] = {}
+    for t in proj:
+        counts[t.type.name] = counts.get(t.type.name, 0) + t.numel
+    type_name = max(counts, key=lambda k: counts[k]) if counts else "?"
+    shapes = {t.name: (int(t.shape[0]), int(t.shape[1])) for t in proj if len(t.shape) == 2}
+    tiling, steps, notes = {}, [], []
+    if type_name in PACKED and PACKED[type_name].startswith("gguf-tl"):
+        kc = _kernel_config_near(p, PACKED[type_name].removeprefix("gguf-"))
+        if kc is None:
+            notes.append("no kernel_config.ini next to the file: the TL2 LUT-buffer check is unverified")
+        else:
+            tiling = {e.shape: (e.BM, e.BK, e.bm) for e in kc.entries}
+            steps = kc.codegen_params().instructions()
+    verdicts = where_it_runs(g.arch, type_name, act, shapes, tiling, p.name)
+    runs_on, not_on = summary(verdicts)
+    return {"arch": g.arch, "activation": act, "type": type_name, "runs_on": runs_on, "does_not_run_on": not_on,
+            "runtimes": [v.to_dict() for v in verdicts], "codegen_steps": steps, "notes": notes,
+            "warning": g.get(WARNING_KEY)}
+
+
+def _kernel_config_near(path: Path, kind: str) -> object | None:
+    from bitconv.errors import BitconvError
+    from bitconv.kernel_config import KernelConfig
+    from bitconv.sources.gguf import _kernel_config_path
+
+    try:
+        return KernelConfig.from_ini(_kernel_config_path(path)).with_kind(kind)
+    except BitconvError:
+        return None
 
 
 def _rel(f: Path, root: Path) -> str:

@@ -148,8 +148,20 @@ def use_revision(revision: str | None) -> None:
     _DEFAULT_TOKEN["revision"] = revision or None
 
 
+def check_token_shape(token: str | None, what: str = "--token") -> None:
+    """A token is printable ASCII without spaces; anything else (a control character, a newline, a non-ASCII
+    letter) is refused before any request, and the message never repeats it."""
+    if token is not None and not (token.isascii() and token.isprintable() and " " not in token):
+        raise UsageError(f"{what} holds a control, space or non-ASCII character; a Hugging Face token is printable "
+                         "ASCII (the value is not shown)")
+
+
 def _token(token: str | None) -> str | None:
-    return token or _DEFAULT_TOKEN["token"]
+    tok = token or _DEFAULT_TOKEN["token"]
+    check_token_shape(tok)
+    if tok is None:
+        check_token_shape(os.environ.get("HF_TOKEN") or None, "HF_TOKEN")
+    return tok
 
 
 def _saved_token() -> str | None:
@@ -165,7 +177,12 @@ def scrub(text: str, token: str | None = None) -> str:
     """`text` without any token this process knows (explicit, --token, HF_TOKEN, saved login) or `hf_...` token."""
     for secret in {token, _DEFAULT_TOKEN["token"], os.environ.get("HF_TOKEN"), _saved_token()}:
         if secret and len(secret) >= 4:
-            text = text.replace(secret, "***")
+            # the token as it is, and as reprs and escapes print it (an exception message may hold any of these)
+            forms = {secret, repr(secret)[1:-1], secret.encode("unicode_escape").decode("ascii"),
+                     repr(secret.encode("utf-8"))[2:-1], secret.strip()}
+            for form in sorted(forms, key=len, reverse=True):
+                if len(form) >= 4:
+                    text = text.replace(form, "***")
     return _TOKEN_SHAPE.sub("hf_***", text)
 
 
@@ -429,8 +446,7 @@ def _verify_summary(data: dict, verdict: bool | None) -> str:
 
 # artifact description --------------------------------------------------------------------------------------------
 
-_GGUF_RUNTIMES = {"I2_S": "bitnet.cpp", "TL1": "bitnet.cpp", "TL2": "bitnet.cpp", "TL2_42": "bitnet.cpp",
-                  "TQ1_0": "llama.cpp", "TQ2_0": "llama.cpp"}
+_GGUF_TERNARY = ("I2_S", "TL1", "TL2", "TL2_42", "TQ1_0", "TQ2_0", "IQ1_BN", "IQ2_BN", "IQ2_BN_R4")
 _KIND_FORMATS = {  # kind -> (format, runtime of the how-to)
     "hf-packed": ("transformers packed BitNet checkpoint (safetensors, 4 ternary codes per byte)", "transformers"),
     "bitconv-ternary": ("bitconv ternary checkpoint (safetensors, int8 codes + float32 scales)", "bitconv"),
@@ -494,13 +510,16 @@ def _gguf_part(path: Path, rel: str) -> _Part:
     for t in g.tensors.values():
         numel[t.type.name] = numel.get(t.type.name, 0) + t.numel
         nbytes[t.type.name] = nbytes.get(t.type.name, 0) + t.nbytes
-    tern = [k for k in numel if k in _GGUF_RUNTIMES]
+    tern = [k for k in numel if k in _GGUF_TERNARY]
     layout = max(tern, key=lambda k: numel[k]) if tern else max(numel, key=lambda k: numel[k], default="?")
     n_tern = sum(numel[k] for k in tern)
     total = sum(numel.values())
+    from bitconv.describe import gguf_runtimes
+
     meta = {"architecture": g.arch, "license": g.get("general.license"),
-            "base_model_url": g.get("general.base_model.0.repo_url") or g.get("general.source.repo_url")}
-    return _Part(rel, f"GGUF {layout} ({g.dialect} dialect)", layout, _GGUF_RUNTIMES.get(layout, "llama.cpp"),
+            "base_model_url": g.get("general.base_model.0.repo_url") or g.get("general.source.repo_url"),
+            "runtimes": gguf_runtimes(path)}
+    return _Part(rel, f"GGUF {layout} ({g.dialect} dialect)", layout, "gguf",
                  [(rel, g.size)], total, 8 * g.size / max(total, 1),
                  (8 * sum(nbytes[k] for k in tern) / n_tern) if n_tern else None, meta)
 
@@ -580,11 +599,33 @@ _HOWTO = {
                     "BitNet support (`quantization_config.quant_method: bitnet`).\n",
     "bitconv": "### bitconv\n\nThis is bitconv's lossless ternary interchange format. Pack it for a runtime:\n\n"
                "```bash\nbitconv pack {repo} --to hf -o packed\n```\n",
-    "bitnet.cpp": "### bitnet.cpp\n\n```bash\nhf download {repo} {file} --local-dir models/{name}\n"
-                  "python run_inference.py -m models/{name}/{file} -p \"You are a helpful assistant\" -cnv\n```\n",
-    "llama.cpp": "### llama.cpp\n\n```bash\nllama-cli --hf-repo {repo} --hf-file {file} -p \"The capital of France "
-                 "is\"\n```\n",
 }
+
+
+def _gguf_howto(repo_id: str, part: _Part) -> list[str]:
+    """Only the runtimes where the file runs correctly (bitconv.layouts.runtimes), each with its command."""
+    rt = part.meta["runtimes"]
+    out = [f"### {part.name}", "", f"Arch `{rt['arch']}`, FFN activation `{rt['activation']}`, projections "
+           f"{rt['type']}. Where it runs was derived from bitconv's runtime table (docs/runtimes.md), not run here.",
+           ""]
+    if rt["warning"]:
+        out += [f"> **WARNING: {rt['warning']}**", ""]
+    ok = [v for v in rt["runtimes"] if v["runs"]]
+    if not ok:
+        out += [f"**This file runs correctly on no known runtime** ({rt['does_not_run_on']}).", ""]
+    for v in ok:
+        out += [f"#### {v['name']}", "", "```bash", f"hf download {repo_id} {part.name} --local-dir .",
+                v["command"], "```", "", *[f"- {n}" for n in v["notes"]], f"- checked: {v['checked']}", ""]
+    if rt["codegen_steps"]:
+        out += ["Build bitnet.cpp with kernels for this file's shapes (in the bitnet.cpp checkout; bitconv wrote the "
+                "`kernel_config.ini` next to the GGUF):", ""]
+        out += [f"{i}. `{s}`" for i, s in enumerate(rt["codegen_steps"], 1)] + [""]
+    for n in rt["notes"]:
+        out += [f"Note: {n}", ""]
+    bad = [v for v in rt["runtimes"] if not v["runs"]]
+    if bad and ok:
+        out += ["Does not run correctly on: " + "; ".join(f"{v['name']} ({v['why']})" for v in bad) + ".", ""]
+    return out
 
 
 def _fmt_bytes(n: float) -> str:
@@ -613,8 +654,11 @@ def _card(repo_id: str, meta: dict, parts: list[_Part], files: list[PlannedFile]
     lines += [f"| {f.path_in_repo} | {_fmt_bytes(f.size)} | {'LFS' if f.lfs else 'git'} |" for f in files
               if f.local is not None]
     lines += ["", "## How to load", ""]
-    for runtime, part in {p.runtime: p for p in parts}.items():
+    for runtime, part in {p.runtime: p for p in parts if p.runtime != "gguf"}.items():
         lines.append(_HOWTO[runtime].format(repo=repo_id, name=name, file=part.name))
+    for part in parts:
+        if part.runtime == "gguf":
+            lines += _gguf_howto(repo_id, part)
     if verify is not None:
         state = {True: "passed", False: "FAILED", None: "no verdict"}[verify.passed]
         lines += ["## Verification", "", f"`bitconv verify` {state}: {verify.summary} (report: "
@@ -652,7 +696,7 @@ def plan_upload(artifact: str | Path, repo_id: str, *, revision: str | None = No
     msg = commit_message or f"Upload {', '.join(p.layout for p in parts)} ternary weights (bitconv {__version__})"
     return UploadPlan(a, ref.repo_id, revision, create_pr, private, msg,
                       [*files, PlannedFile(README, len(card.encode()), False)], card, meta, verify,
-                      _warnings(base, meta, verify))
+                      _warnings(base, meta, verify) + _runtime_warnings(parts))
 
 
 def _warnings(base: str | None, meta: dict, verify: VerifySummary | None) -> list[str]:
@@ -661,6 +705,15 @@ def _warnings(base: str | None, meta: dict, verify: VerifySummary | None) -> lis
     if verify is not None and verify.passed is not True:
         forced = " (published anyway: --force)" if verify.passed is False else ""
         out.append(f"verify report {verify.report}: {verify.summary}{forced}")
+    return out
+
+
+def _runtime_warnings(parts: list[_Part]) -> list[str]:
+    out = []
+    for p in parts:
+        rt = p.meta.get("runtimes")
+        if rt and not any(v["runs"] for v in rt["runtimes"]):
+            out.append(f"{p.name} runs correctly on no known runtime ({rt['does_not_run_on']}); the card says so")
     return out
 
 

@@ -37,7 +37,11 @@ Rules a tiling must keep (`check_entry`), from the codegen asserts plus what the
    model's shape set *is* a preset's shape set, the entries come in the preset's order, so `to_ini()` is the file the
    codegen writes for that preset.
 2. Any other shape: bm = 32; BM = the largest multiple of 32 that divides M and is <= 256; BK = the first of
-   (128, 64, 32, 16) dividing K for TL1, or the first of (96, 192, 240, 216, ..., 24) that keeps the TL2 rules.
+   (128, 64, 32, 16) dividing K for TL1, or the first of (96, 192, 240, 216, ..., 24) that keeps the TL2 rules and
+   whose K % BK remainder fits bitnet.cpp's TL2 LUT work buffer (11 bytes per activation:
+   `bitconv.layouts.runtimes.Tl2LutBuffer`, 15 * (K % BK) <= K - K % BK + 36). Where no BK fits (K = 256: every
+   legal BK leaves 64 columns) the first legal one is kept and `pack` refuses the file before writing, naming the
+   tensor, the tiling and the limit (the bytes would be right, the runtime aborts).
 3. A shape no tiling can hold raises `LayoutError` naming the tensor, its shape and the rule.
 
 The 2B-4T shapes (2560x2560, 640x2560, 6912x2560, 2560x6912) have no preset (setup_env reuses the 3B arguments,
@@ -179,6 +183,21 @@ class CodegenParams:
         j = lambda xs: ",".join(str(x) for x in xs)  # noqa: E731
         return ["--model", self.model, "--BM", j(self.BM), "--BK", j(self.BK), "--bm", j(self.bm)]
 
+    def instructions(self, ini: str = "kernel_config.ini") -> list[str]:
+        """Every step to build bitnet.cpp with kernels for these shapes, in order, runnable as printed (in the
+        bitnet.cpp checkout). setup_env.py is not used: it reruns the codegen with its own presets."""
+        kind = "tl1" if self.script.endswith("tl1.py") else "tl2"
+        steps = []
+        if not self.preset:
+            shapes = ", ".join(f"[{m}, {k}]" for m, k in self.shapes)
+            steps.append(f"add \"{self.model}\": [{shapes}], to ModelShapeDict in {self.script} (codegen looks "
+                         f"the model up there: without it, KeyError: '{self.model}')")
+        steps.append(f"python {self.script} {' '.join(self.argv())}  (writes include/bitnet-lut-kernels.h and "
+                     f"include/kernel_config.ini, which must equal {ini})")
+        flag = "-DBITNET_ARM_TL1=ON" if kind == "tl1" else "-DBITNET_X86_TL2=ON"
+        steps.append(f"cmake -B build {flag} && cmake --build build --config Release")
+        return steps
+
 
 @dataclass(frozen=True)
 class KernelConfig:
@@ -233,12 +252,12 @@ class KernelConfig:
         Path(path).write_text(self.to_ini(), encoding="utf-8", newline="\n")
 
     @classmethod
-    def from_ini(cls, path: str | Path, kind: str | None = None) -> KernelConfig:
+    def from_ini(cls, path: str | Path, kind: str | None = None, *, user_named: bool = False) -> KernelConfig:
+        """Read a kernel_config.ini (a regular file of at most 1 MiB, UTF-8; never written back)."""
+        from bitconv import safeio
+
         p = Path(path)
-        try:
-            text = p.read_text(encoding="utf-8")
-        except OSError as e:
-            raise LayoutError(f"cannot read kernel config: {e.strerror}", path=p) from None
+        text = safeio.read_text(p, safeio.CAP_SMALL, what="kernel config", user_named=user_named)
         return cls.from_ini_text(text, kind, path=p)
 
     @classmethod
@@ -247,7 +266,8 @@ class KernelConfig:
         try:
             cp.read_string(text)
         except configparser.Error as e:
-            raise LayoutError(f"not a kernel_config.ini: {e}", path=path) from None
+            first = " ".join(str(e).split())  # configparser's messages span several lines
+            raise LayoutError(f"not a kernel_config.ini: {first}", path=path) from None
         entries = []
         for sec in cp.sections():
             s = cp[sec]
@@ -296,7 +316,12 @@ def derive_entry(kind: str, M: int, K: int, tensor: str | None = None) -> Kernel
         if K < TL2_MIN_K:
             raise LayoutError(f"TL2 needs in_features K >= {TL2_MIN_K} (got K={K}); the TL2 size formula goes "
                               "negative below", tensor=tensor, shape=shape, hint="use gguf-tl1 or gguf-i2-s")
-        BK = next((b for b in _TL2_BK_CHOICES if b <= K and (K % b) % 32 == 0), None)
+        # prefer a BK whose K % BK remainder bitnet.cpp's TL2 LUT work buffer holds (K = 256 has none: every legal
+        # tiling leaves 64 columns, and where_it_runs then names the tensor, the tiling and the buffer's limit)
+        from bitconv.layouts.runtimes import best_tl2_bk  # layouts/__init__ imports this module
+
+        BK = best_tl2_bk(K, _TL2_BK_CHOICES) or next((b for b in _TL2_BK_CHOICES if b <= K and (K % b) % 32 == 0),
+                                                     None)
         if BK is None:
             raise LayoutError(f"TL2 needs a BK (multiple of 24, <= 256) with (K % BK) % 32 == 0; none exists for "
                               f"K={K}", tensor=tensor, shape=shape, hint="use gguf-tl1 or gguf-i2-s")

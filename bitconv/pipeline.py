@@ -19,11 +19,11 @@ import numpy as np
 
 from bitconv import dtypes
 from bitconv._alloc import keep_freed_memory
-from bitconv.errors import UsageError
+from bitconv.errors import SourceError, UsageError
 from bitconv.layouts import Layout, get_layout
 from bitconv.layouts.hf_packed import HF_LAYOUTS
 from bitconv.naming import module_of
-from bitconv.output import AtomicOutput, check_free_space
+from bitconv.output import AtomicOutput, check_free_space, precheck
 from bitconv.quant import COMPUTE_MODES, dequantize
 from bitconv.safetensors_io import OutEntry
 from bitconv.sinks.hf import DEFAULT_MAX_SHARD_BYTES, HFSink
@@ -93,7 +93,21 @@ def _layout_steps(src: Checkpoint, layout: Layout) -> list[Step]:
             steps.append(Step(t, outs, "pack"))
         else:
             steps.append(Step(t, {t.name: FieldSpec(t.shape, t.dtype)}, "copy"))
+    _check_unique_outputs(steps, src)
     return steps
+
+
+def _check_unique_outputs(steps: list[Step], src: Checkpoint) -> None:
+    """Two source tensors that would write the same output tensor (e.g. a stored `q_proj.weight_scale` beside the
+    one packing makes) are refused before anything is written."""
+    seen: dict[str, str] = {}
+    for s in steps:
+        for name in s.outputs:
+            if name in seen:
+                raise SourceError(f"tensors {seen[name]!r} and {s.tensor.name!r} would both write output tensor "
+                                  f"{name!r}", path=src.path, hint="the checkpoint mixes master and quantized "
+                                  "tensors")
+            seen[name] = s.tensor.name
 
 
 def _check_compute(compute: str) -> None:
@@ -253,6 +267,7 @@ def quantize(src: str | Path, out: str | Path, *, compute: str = "float32", over
     Example:
         >>> quantize("bitnet-bf16", "bitnet-ternary")
     """
+    precheck(out, overwrite)
     return execute(plan_quantize(open_source(src), compute), out, overwrite=overwrite,
                    max_shard_bytes=max_shard_bytes, progress=progress)
 
@@ -261,6 +276,7 @@ def pack_hf(src: str | Path, out: str | Path, *, linear_class: str = "autobitlin
             overwrite: bool = False, max_shard_bytes: int | None = DEFAULT_MAX_SHARD_BYTES,
             progress: Progress | None = None) -> Report:
     """Write a transformers-loadable packed checkpoint. Already-ternary sources are never re-quantized."""
+    precheck(out, overwrite)
     return execute(plan_pack_hf(open_source(src), linear_class, compute), out, overwrite=overwrite,
                    max_shard_bytes=max_shard_bytes, progress=progress)
 
@@ -273,5 +289,6 @@ def unpack_hf(src: str | Path, out: str | Path, *, values: str = "online", overw
     transformers' online quantizer maps back to exactly these codes and this scale: the loaded model is the packed
     model. `values="dequantized"` writes plain `bf16(codes * scale)`; online mode then sees scale * p instead.
     """
+    precheck(out, overwrite)
     return execute(plan_unpack_hf(open_source(src), values), out, overwrite=overwrite,
                    max_shard_bytes=max_shard_bytes, progress=progress)

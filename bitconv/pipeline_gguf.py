@@ -13,8 +13,16 @@ the first byte is read or written; then tensors are packed one at a time and wri
 | f32    | F32 codes * scale                   | bitnet.cpp convert, f32                       | bitnet.cpp           |
 | f16    | F16 codes * scale                   | bitnet.cpp convert, f16                       | bitnet.cpp           |
 | bf16   | BF16 codes * scale                  | llama.cpp convert_hf_to_gguf, bf16            | upstream             |
+| iq1_bn | IQ1_BN (134), fp16 row scales   | ik llama-quantize of bitconv's i2_s, iq1_bn       | bitnet.cpp (+q. v.)  |
+| iq2_bn | IQ2_BN (135), f32 row scales    | ik llama-quantize of bitconv's i2_s, iq2_bn       | bitnet.cpp (+q. v.)  |
+| iq2_bn_r4 | IQ2_BN_R4 (335), 4-row groups | ik llama-quantize of bitconv's i2_s, iq2_bn_r4 | bitnet.cpp (+q. v.)  |
 
-Norms and other 1-D tensors are F32; `token_embd` / `output` take `embd_type` (f16 default; f32, bf16, q8_0).
+Norms and other 1-D tensors are F32; `token_embd` / `output` take `embd_type` (f16 default; f32, bf16, q8_0; q8_0
+by default for the ik_llama.cpp types, whose own Q6_K default cannot be reproduced outside ik's build).
+ik_llama.cpp types (docs/ik_llama.md): the default arch of a 2B4T (relu²) model is `bitnet-25`; an arch whose ik
+graph has another FFN activation than the model is refused (ik would run `bitnet` with SiLU); projections with
+in_features < 512 are written with a warning (ik's CPU matmul aborts on IQ1_BN / IQ2_BN there); for iq2_bn_r4 a
+projection whose out_features is not a multiple of 4 stays IQ2_BN, as llama-quantize keeps it.
 Ternary sources (HF packed, bitconv ternary, GGUF) are packed from their codes and scale, never re-quantized. The
 dequantized float types keep the sign of zero codes from a float source (the reference writes -0.0 for small
 negative weights), so bitconv's f32 file equals the converter's byte for byte.
@@ -25,6 +33,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -34,7 +43,7 @@ import numpy as np
 import torch
 
 from bitconv import dtypes
-from bitconv.errors import OutputError, UsageError
+from bitconv.errors import LayoutError, OutputError, UsageError
 from bitconv.ggml_types import FILE_TYPES, GGML_TYPES
 from bitconv.gguf.kv import KV
 from bitconv.gguf.metadata import (
@@ -55,7 +64,9 @@ from bitconv.gguf.vocab import load_vocab, vocab_kvs
 from bitconv.gguf.writer import GGUFWriter, TensorEntry, build_header
 from bitconv.kernel_config import KernelConfig, derive
 from bitconv.layouts import Layout, get_layout
-from bitconv.output import TMP_PREFIX, AtomicOutput, check_free_space
+from bitconv.layouts._ikbn import IK_DEFAULT_ARCH, RUNTIME
+from bitconv.layouts.runtimes import ACTIVATIONS, Verdict, default_activation, runs_somewhere, summary, where_it_runs
+from bitconv.output import AtomicOutput, check_free_space, precheck
 from bitconv.pipeline import Progress, Report
 from bitconv.quant import COMPUTE_MODES
 from bitconv.safetensors_io import TensorInfo, pread_exact
@@ -70,10 +81,13 @@ class Target:
     layout: str | None  # ternary layout for packed types
     float_type: str | None  # GGML float type for dequantized types
     tool: str  # which reference makes this type: "bitnet.cpp" or "upstream" (selects the KV set)
+    quantized: bool = False  # the file llama-quantize writes (it appends general.quantization_version)
+    embd: str = "f16"  # default --embd-type
+    runtime: str | None = None  # RUNTIME ("ik_llama.cpp"): its arch and CPU-limit rules apply
 
 
 GGUF_TARGETS: dict[str, Target] = {
-    "i2_s": Target("gguf-i2-s", None, "bitnet.cpp"),
+    "i2_s": Target("gguf-i2-s", None, "bitnet.cpp", quantized=True),
     "tl1": Target("gguf-tl1", None, "bitnet.cpp"),
     "tl2": Target("gguf-tl2", None, "bitnet.cpp"),
     "tq1_0": Target("gguf-tq1-0", None, "upstream"),
@@ -81,6 +95,10 @@ GGUF_TARGETS: dict[str, Target] = {
     "f32": Target(None, "F32", "bitnet.cpp"),
     "f16": Target(None, "F16", "bitnet.cpp"),
     "bf16": Target(None, "BF16", "upstream"),
+    # made like ik's llama-quantize from bitconv's (or bitnet.cpp's) i2_s: same KVs, file_type in place, q-version last
+    "iq1_bn": Target("gguf-iq1-bn", None, "bitnet.cpp", quantized=True, embd="q8_0", runtime=RUNTIME),
+    "iq2_bn": Target("gguf-iq2-bn", None, "bitnet.cpp", quantized=True, embd="q8_0", runtime=RUNTIME),
+    "iq2_bn_r4": Target("gguf-iq2-bn-r4", None, "bitnet.cpp", quantized=True, embd="q8_0", runtime=RUNTIME),
 }
 EMBD_TYPES = {"f16": "F16", "f32": "F32", "bf16": "BF16", "q8_0": "Q8_0"}
 EMBEDDINGS = ("token_embd.weight", "output.weight")
@@ -95,6 +113,7 @@ class GGUFStep:
     type_name: str
     action: str  # "pack" (ternary -> layout bytes), "dequant" (ternary -> codes*scale floats), "convert" (passthrough)
     permute: int | None = None  # llama q/k: heads to permute the rows over
+    layout: Layout | None = None  # the layout of a "pack" step (the plan's, or its fallback for this shape)
 
 
 @dataclass
@@ -109,6 +128,9 @@ class GGUFPlan:
     compute: str = "float32"
     kernel_config: KernelConfig | None = None
     extra: dict = field(default_factory=dict)
+    kernel_config_path: Path | None = None  # the user's --kernel-config file, when one was given
+    verdicts: list[Verdict] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def entries(self) -> list[TensorEntry]:
@@ -148,7 +170,7 @@ def _kernel_config(kind: str, given: KernelConfig | str | Path | None, shapes: d
     if given is None:
         return derive(kind, shapes)
     if isinstance(given, (str, Path)):
-        return KernelConfig.from_ini(given, kind)
+        return KernelConfig.from_ini(given, kind, user_named=True)
     return given.with_kind(kind)
 
 
@@ -163,6 +185,18 @@ def _layout(target: Target, src: Checkpoint, kernel_config: KernelConfig | str |
     kc = _kernel_config(kind, kernel_config, shapes)
     params = {"type_id": tl2_type_id} if kind == "tl2" else {}
     return get_layout(target.layout, kernel_config=kc, **params), kc
+
+
+def _tensor_layout(t: ModelTensor, layout: Layout | None) -> Layout | None:
+    """The plan's layout, or its declared fallback for a shape it cannot hold (IQ2_BN_R4 -> IQ2_BN)."""
+    fallback = getattr(layout, "fallback_layout", None)
+    if not t.is_ternary or layout is None or fallback is None:
+        return layout
+    try:
+        layout.spec(t.shape, tensor=t.name)
+    except LayoutError:
+        return get_layout(fallback)
+    return layout
 
 
 def _tensor_type(t: ModelTensor, gname: str, target: Target, layout: Layout | None, embd: str) -> str:
@@ -184,12 +218,13 @@ def _steps(src: Checkpoint, arch: GGUFArch, target: Target, layout: Layout | Non
             continue
         t = src.tensors[name]
         gname = gguf_name(name, t.shape)
-        type_name = _tensor_type(t, gname, target, layout, embd)
-        dims = layout.gguf_dims(t.shape) if (t.is_ternary and layout is not None) else tuple(reversed(t.shape))
-        entry = TensorEntry(gname, dims, GGML_TYPES[type_name].id, _nbytes(t, type_name, layout))
-        action = ("pack" if layout is not None else "dequant") if t.is_ternary else "convert"
+        lay = _tensor_layout(t, layout)
+        type_name = _tensor_type(t, gname, target, lay, embd)
+        dims = lay.gguf_dims(t.shape) if (t.is_ternary and lay is not None) else tuple(reversed(t.shape))
+        entry = TensorEntry(gname, dims, GGML_TYPES[type_name].id, _nbytes(t, type_name, lay))
+        action = ("pack" if lay is not None else "dequant") if t.is_ternary else "convert"
         heads = permute_heads(name, src.config) if (arch.permute_qk and t.is_ternary) else None
-        steps.append(GGUFStep(t, entry, type_name, action, heads))
+        steps.append(GGUFStep(t, entry, type_name, action, heads, lay if action == "pack" else None))
     if not arch.has_output and any(s.entry.name == "output.weight" for s in steps):
         raise UsageError(f"GGUF arch {arch.name!r} always ties the output to token_embd, but this checkpoint has an "
                          "untied lm_head.weight", path=src.path, hint="use --arch bitnet-b1.58")
@@ -223,12 +258,48 @@ def _add_prefix_space(src: Checkpoint) -> bool | None:
     return v if isinstance(v, bool) else None
 
 
-def plan_pack_gguf(src: Checkpoint, gguf_type: str, *, arch: str | None = None, embd_type: str = "f16",
+def _ik_arch(src: Checkpoint, arch: str | None) -> GGUFArch:
+    """The arch for an ik_llama.cpp file: by default the one whose ik graph has the model's FFN activation (a 2B4T
+    model is written as `bitnet-25`); an explicit `--arch` is kept and judged by the runtime table like any other."""
+    act = src.config.get("hidden_act")
+    given = arch or _source_gguf_arch(src)
+    garch = resolve_arch(src.config, given)
+    if given is None and act in IK_DEFAULT_ARCH:  # the arch ik names for this activation, where the family has it
+        try:
+            garch = resolve_arch(src.config, IK_DEFAULT_ARCH[act])
+        except UsageError:
+            pass
+    return garch
+
+
+def model_activation(config: dict) -> str:
+    """The FFN activation of a checkpoint: config hidden_act, else transformers' default for its class."""
+    act = config.get("hidden_act")
+    if act is None:
+        act = "relu2" if (config.get("architectures") or [""])[0] == "BitNetForCausalLM" else "silu"
+    return str(act)
+
+
+def runtime_verdicts(arch: str, type_name: str, activation: str, src: Checkpoint, kc: KernelConfig | None,
+                     file: str) -> list[Verdict]:
+    shapes = {t.name: (int(t.shape[0]), int(t.shape[1])) for t in src.ternary_tensors() if len(t.shape) == 2}
+    tiling = {e.shape: (e.BM, e.BK, e.bm) for e in kc.entries} if kc is not None else {}
+    return where_it_runs(arch, type_name, activation, shapes, tiling, file)
+
+
+def plan_pack_gguf(src: Checkpoint, gguf_type: str, *, arch: str | None = None, embd_type: str | None = None,
                    kernel_config: KernelConfig | str | Path | None = None, tl2_type_id: int = 39,
-                   compute: str = "float32", model_name: str | None = None) -> GGUFPlan:
-    """Validate every option and shape and size the whole file; raises before anything is read or written."""
+                   compute: str = "float32", force: bool = False, file: str = "MODEL.gguf",
+                   model_name: str | None = None) -> GGUFPlan:
+    """Validate every option and shape and size the whole file; raises before anything is read or written.
+
+    The file's runtimes are judged from the compatibility table (`bitconv.layouts.runtimes`): a combination that
+    runs correctly on no known runtime is refused (UsageError) unless `force`, which writes it with a warning in
+    `plan.warnings` and in the GGUF (`bitconv.warning`). `file` is the name the run commands use.
+    """
     gguf_type = _choice(gguf_type, GGUF_TARGETS, "--type")
-    embd = EMBD_TYPES[_choice(embd_type, EMBD_TYPES, "--embd-type")]
+    target = GGUF_TARGETS[gguf_type]
+    embd = EMBD_TYPES[_choice(embd_type or target.embd, EMBD_TYPES, "--embd-type")]
     if compute not in COMPUTE_MODES:
         raise UsageError(f"--compute must be one of {', '.join(COMPUTE_MODES)}, got {compute!r}")
     if tl2_type_id not in TL2_TYPE_IDS:
@@ -236,19 +307,46 @@ def plan_pack_gguf(src: Checkpoint, gguf_type: str, *, arch: str | None = None, 
                          f"got {tl2_type_id}")
     if kernel_config is not None and gguf_type not in ("tl1", "tl2"):
         raise UsageError(f"--kernel-config applies to --type tl1/tl2, not {gguf_type}")
-    target = GGUF_TARGETS[gguf_type]
-    garch = resolve_arch(src.config, arch or _source_gguf_arch(src))
+    garch = _ik_arch(src, arch) if target.runtime == RUNTIME else resolve_arch(src.config,
+                                                                                 arch or _source_gguf_arch(src))
     layout, kc = _layout(target, src, kernel_config, tl2_type_id)
     steps = _steps(src, garch, target, layout, embd)
     profile = PROFILE_OF[(garch.name, target.tool)]
     type_name = layout.ggml_type if layout is not None else target.float_type
+    activation = model_activation(src.config)
+    verdicts = runtime_verdicts(garch.name, type_name, activation, src, kc, file)
+    runs_on, not_on = summary(verdicts)
+    warnings = []
+    if not runs_somewhere(verdicts) and any(v.shape_limited for v in verdicts):
+        # the file is right and loads, but a CPU kernel's size limit aborts it (ik's IQ1_BN below 512 inputs):
+        # written, with the runtime's warning (tiny test models; real models are far above the limit)
+        warnings.append(f"{gguf_type}: the file is correct, but " + "; ".join(
+            f"{v.runtime.name}: {v.why}" for v in verdicts if v.shape_limited))
+    elif not runs_somewhere(verdicts):
+        what = (f"{gguf_type} with arch {garch.name} for a model with hidden_act {activation!r} runs correctly on no "
+                f"known runtime; {not_on}")
+        if not force:
+            raise UsageError(what, path=src.path, hint="choose another --type / --arch (docs/runtimes.md lists where "
+                             "each file runs), or pass --force to write it anyway with a warning")
+        warnings.append(f"FORCED (--force): {what}")
+    # the activation travels with the file when it is relu2, or when it is not what the arch's graph assumes
+    hidden = activation if activation in ACTIVATIONS and (activation == "relu2" or
+                                                          activation != default_activation(garch.name)) else None
     meta = Meta(garch.name, src.config, model_name_of(src, model_name), FILE_TYPES[type_name],
-                sum(int(np.prod(s.tensor.shape)) for s in steps), gguf_type == "i2_s", _add_prefix_space(src))
+                sum(int(np.prod(s.tensor.shape)) for s in steps), target.quantized, _add_prefix_space(src),
+                hidden, warnings[0] if warnings and warnings[0].startswith("FORCED") else None)
     kvs = build_kvs(profile, meta, _vocab(src, PROFILES[profile].vocab_style))
-    plan = GGUFPlan(src, gguf_type, garch, profile, steps, kvs, layout, compute, kc)
-    plan.extra = {"arch": garch.name, "profile": profile, "type": type_name}
+    plan = GGUFPlan(src, gguf_type, garch, profile, steps, kvs, layout, compute, kc, verdicts=verdicts,
+                    warnings=warnings)
+    if isinstance(kernel_config, (str, Path)):
+        plan.kernel_config_path = Path(kernel_config)
+    plan.extra = {"arch": garch.name, "profile": profile, "type": type_name, "embd_type": embd,
+                  "activation": activation, "hidden_activation_kv": hidden, "runs_on": runs_on,
+                  "does_not_run_on": not_on, "runtimes": [v.to_dict() for v in verdicts], "warnings": warnings}
     if kc is not None:
-        plan.extra["codegen"] = kc.codegen_params().__dict__
+        cg = kc.codegen_params()
+        plan.extra["codegen"] = cg.__dict__
+        plan.extra["codegen_steps"] = cg.instructions(f"the {KERNEL_CONFIG_NAME} written next to {file}")
     return plan
 
 
@@ -282,7 +380,7 @@ def _dequant(step: GGUFStep, compute: str) -> np.ndarray:
 
 def _step_data(step: GGUFStep, plan: GGUFPlan) -> np.ndarray | Iterator[np.ndarray]:
     if step.action == "pack":
-        return plan.layout.pack(_ternary(step, plan.compute))["data"]
+        return step.layout.pack(_ternary(step, plan.compute))["data"]
     if step.action == "dequant":
         return to_float_type(torch.from_numpy(_dequant(step, plan.compute)), step.type_name)
     parts = _converted_row_chunks(step)
@@ -324,37 +422,31 @@ def execute_gguf(plan: GGUFPlan, out: str | Path, *, overwrite: bool = False,
     guard = AtomicOutput(out, overwrite=overwrite, is_dir=False, inputs=(plan.source.path,))
     ini = _check_ini(plan, guard.out, overwrite)
     check_free_space(guard.out.parent, plan.total_bytes)
-    ini_tmp = guard.out.parent / f"{TMP_PREFIX}{guard.out.name}.{KERNEL_CONFIG_NAME}"
-    try:
-        with guard as tmp:
-            writer = GGUFWriter(tmp, plan.kvs, plan.entries)
+    ini_tmp = guard.side_file(ini) if ini is not None else None
+    with guard as tmp:
+        writer = GGUFWriter(tmp, plan.kvs, plan.entries)
+        try:
+            done, total = 0, sum(s.entry.nbytes for s in plan.steps)  # progress in output bytes
+            for step in plan.steps:
+                if progress:
+                    progress(done, total, step.tensor.name)
+                writer.write(step.entry.name, _step_data(step, plan))
+                done += step.entry.nbytes
+            writer.close(fsync=os.environ.get("BITCONV_FSYNC") == "1")
+        except BaseException:
+            writer.abort()
+            raise
+        if ini_tmp is not None:
             try:
-                done, total = 0, sum(s.entry.nbytes for s in plan.steps)
-                for step in plan.steps:
-                    if progress:
-                        progress(done, total, step.tensor.name)
-                    writer.write(step.entry.name, _step_data(step, plan))
-                    done += step.entry.nbytes
-                writer.close(fsync=os.environ.get("BITCONV_FSYNC") == "1")
-            except BaseException:
-                writer.abort()
-                raise
-            if ini is not None:
-                try:
-                    plan.kernel_config.write_ini(ini_tmp)
-                except OSError as e:
-                    raise OutputError(f"cannot write: {e.strerror or e}", path=ini) from None
-        if ini is not None:
-            try:
-                os.replace(ini_tmp, ini)
+                plan.kernel_config.write_ini(ini_tmp)
             except OSError as e:
                 raise OutputError(f"cannot write: {e.strerror or e}", path=ini) from None
-    finally:
-        ini_tmp.unlink(missing_ok=True)
     if progress:
         total = sum(s.entry.nbytes for s in plan.steps)
         progress(total, total, "")
     n_tern = sum(1 for s in plan.steps if s.action != "convert")
+    if ini is None and plan.kernel_config is not None:  # the user's --kernel-config, already in place
+        ini = guard.out.parent / KERNEL_CONFIG_NAME
     files = [guard.out] + ([ini] if ini is not None else [])
     extra = dict(plan.extra, **({"kernel_config": str(ini)} if ini is not None else {}))
     return Report(guard.out, f"gguf-{plan.gguf_type}", plan.source.kind, files, n_tern, len(plan.steps) - n_tern,
@@ -366,31 +458,52 @@ def _check_ini(plan: GGUFPlan, out: Path, overwrite: bool) -> Path | None:
     if plan.kernel_config is None:
         return None
     ini = out.parent / KERNEL_CONFIG_NAME
-    if ini.exists() and not overwrite and ini.read_text(encoding="utf-8") != plan.kernel_config.to_ini():
+    if not os.path.lexists(ini):
+        return ini
+    st = os.lstat(ini)
+    if not stat.S_ISREG(st.st_mode):
+        raise OutputError("exists and is not a regular file; the GGUF's kernel config cannot be written there",
+                          path=ini, hint="remove it or write the GGUF into another folder")
+    given = plan.kernel_config_path
+    if given is not None and os.path.samefile(given, ini):
+        return None  # the user's own --kernel-config, which the plan was tiled for: never rewritten
+    try:
+        with open(ini, "rb") as f:
+            same = f.read(len(plan.kernel_config.to_ini()) + 1) == plan.kernel_config.to_ini().encode()
+    except OSError as e:
+        raise OutputError(f"cannot read: {e.strerror or e}", path=ini) from None
+    if not same and not overwrite:
         raise OutputError("a different kernel config already exists next to the output", path=ini,
                           hint="pass --overwrite or write the GGUF into another folder")
     return ini
 
 
 def pack_gguf(src: str | Path | Checkpoint, out: str | Path, gguf_type: str, *, arch: str | None = None,
-              embd_type: str = "f16", kernel_config: KernelConfig | str | Path | None = None, tl2_type_id: int = 39,
-              compute: str = "float32", overwrite: bool = False, progress: Progress | None = None,
+              embd_type: str | None = None, kernel_config: KernelConfig | str | Path | None = None,
+              tl2_type_id: int = 39, compute: str = "float32", overwrite: bool = False,
+              progress: Progress | None = None, force: bool = False,
               model_name: str | None = None) -> Report:
-    """Write SRC as one GGUF file of `gguf_type` (i2_s, tl1, tl2, tq1_0, tq2_0, f32, f16, bf16).
+    """Write SRC as one GGUF file of `gguf_type` (i2_s, tl1, tl2, tq1_0, tq2_0, f32, f16, bf16, and ik_llama.cpp's
+    iq1_bn, iq2_bn, iq2_bn_r4).
 
     Args:
         src: any ternary-capable checkpoint (bf16 master, bitconv ternary, HF packed, GGUF).
         out: the .gguf file; written atomically; refused if it exists unless `overwrite`.
-        arch: GGUF architecture; default by model family (bitnet-b1.58 / bitnet / llama).
-        embd_type: token_embd / output type: f16, f32, bf16 or q8_0.
+        arch: GGUF architecture; default by model family (bitnet-b1.58 / bitnet / llama; bitnet-25 instead of
+            bitnet-b1.58 for the ik_llama.cpp types).
+        embd_type: token_embd / output type: f16, f32, bf16 or q8_0; None: q8_0 for the ik_llama.cpp types, else f16.
         kernel_config: TL1/TL2 tiling: a kernel_config.ini, a KernelConfig, or None to derive one from the shapes.
         tl2_type_id: 39 (bitnet.cpp before mid-2026) or 42 (current fork).
         model_name: general.name (default: the repo or folder name).
-    Returns a Report; for TL types `extra["codegen"]` holds the codegen_tl*.py parameters of the config used.
+        force: write a combination that runs correctly on no known runtime (with a warning in the file).
+    Returns a Report; for TL types `extra["codegen"]` holds the codegen_tl*.py parameters of the config used;
+    `extra["runtimes"]` the verdict of every known runtime (bitconv.layouts.runtimes).
     Example:
         >>> pack_gguf("bitnet-bf16", "bitnet-i2_s.gguf", "i2_s")
     """
+    precheck(out, overwrite)
     ck = src if isinstance(src, Checkpoint) else open_source(src)
     plan = plan_pack_gguf(ck, gguf_type, arch=arch, embd_type=embd_type, kernel_config=kernel_config,
-                          tl2_type_id=tl2_type_id, compute=compute, model_name=model_name)
+                          tl2_type_id=tl2_type_id, compute=compute, force=force, file=Path(out).name,
+                          model_name=model_name)
     return execute_gguf(plan, out, overwrite=overwrite, progress=progress)

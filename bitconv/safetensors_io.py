@@ -21,11 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
-from bitconv import dtypes
+from bitconv import dtypes, safeio
 from bitconv.errors import OutputError, SourceError
 from bitconv.validate import refuse_pickle, sniff_pickle
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # the limit the safetensors package enforces
+MAX_TENSORS = 1 << 18  # tensors per file (real checkpoints hold a few thousand at most)
 _COPY_CHUNK = 64 * 1024 * 1024
 _NO_COPY_RANGE = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF, errno.EPERM}
 
@@ -49,9 +50,10 @@ class TensorInfo:
 def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
     """Parse and validate a safetensors header. Returns (tensors by name, `__metadata__`)."""
     path = Path(path)
+    fd = safeio.open_input(path)
     try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
+        size = os.fstat(fd).st_size
+        with os.fdopen(fd, "rb") as f:
             head = f.read(8)
             if len(head) < 8:
                 raise SourceError(f"truncated safetensors file ({size} bytes, the 8-byte header length is missing)",
@@ -66,6 +68,10 @@ def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
             raw = f.read(n)
     except OSError as e:
         raise SourceError(f"cannot read: {e.strerror or e}", path=path) from None
+    entries = raw.count(b'"data_offsets"')
+    if entries > MAX_TENSORS:  # counted before parsing: each entry costs ~1 KiB of Python objects once parsed
+        raise SourceError(f"corrupt safetensors header: {entries} tensor entries; bitconv reads at most "
+                          f"{MAX_TENSORS} per file", path=path)
     try:
         header = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -115,10 +121,7 @@ def _check_no_overlap(path: Path, infos: Iterable[TensorInfo]) -> None:
 
 def pread_exact(path: Path, offset: int, buf: memoryview, tensor: str | None = None) -> None:
     """Fill `buf` with the file's bytes from `offset`; a short file or an OS error is a one-line SourceError."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError as e:
-        raise SourceError(f"cannot read: {e.strerror or e}", path=path) from None
+    fd = safeio.open_input(path)
     try:
         got = 0
         while got < len(buf):
@@ -230,7 +233,7 @@ class SafetensorsWriter:
         """Copy a stored tensor's bytes verbatim from its source file (kernel-side where the OS allows)."""
         off = self._take(name, src.nbytes)
         try:
-            fd_in = os.open(src.path, os.O_RDONLY)
+            fd_in = safeio.open_input(src.path)
             try:
                 _copy_range(fd_in, self._fd, src.offset, off, src.nbytes)
             finally:

@@ -40,3 +40,17 @@ class FieldSpec:
     @property
     def nbytes(self) -> int:
         return math.prod(self.shape) * dtypes.DTYPES[self.dtype].itemsize
+
+
+def checked_scale(value: object, *, tensor: str | None = None, path: object | None = None) -> np.float32:
+    """A stored per-tensor scale as float32, refused (SourceError naming the tensor) unless finite and > 0.
+
+    A NaN, ±Inf, 0 or negative scale would make every dequantized weight NaN, zero or sign-flipped: no model any
+    runtime loads. (A quantizer never writes one: absmean is floored at 1e-5.)"""
+    from bitconv.errors import SourceError
+
+    s = np.float32(value)
+    if not (np.isfinite(s) and s > 0):
+        raise SourceError(f"weight scale is {float(s)!r}; a scale must be finite and > 0", path=path, tensor=tensor,
+                          hint="the checkpoint is corrupt (NaN/Inf/0/negative weight_scale)")
+    return s

@@ -11,8 +11,10 @@ unpickling runs code chosen by whoever wrote the file. bitconv reads safetensors
 
 from __future__ import annotations
 
+import math
+import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -44,6 +46,83 @@ _LAYER_SHAPES: dict[str, tuple[str, ...]] = {
 _EXPLAIN = {"q": "num_attention_heads x head_dim", "kv": "num_key_value_heads x head_dim"}
 _PROJECTION_SUFFIXES = tuple(s for s in _LAYER_SHAPES if s.split(".")[1] in TERNARY_PROJECTIONS)
 _LAYER = re.compile(r"model\.layers\.(0|[1-9]\d*)\.(.+)")
+
+
+# ------------------------------------------------------------------------------------------------ config schema
+# One declared schema for the config.json keys bitconv (or a runtime it writes for) reads: key -> (rule, check).
+# Checked before any work; a value that breaks its rule is refused naming the key, the value and the rule.
+# Keys not listed are carried over untouched and never interpreted.
+
+def _is_int(v: object) -> bool:
+    return type(v) is int
+
+
+def _is_num(v: object) -> bool:
+    return type(v) in (int, float) and math.isfinite(v)
+
+
+_MAX = 1 << 31  # sizes, ids and lengths beyond this describe no model bitconv (or any runtime) can load
+_RULES: dict[str, tuple[str, Callable[[object], bool]]] = {
+    "positive": ("a positive integer below 2^31", lambda v: _is_int(v) and 0 < v < _MAX),
+    "positive?": ("null or a positive integer below 2^31", lambda v: v is None or (_is_int(v) and 0 < v < _MAX)),
+    "eps": ("a number with 0 < eps < 1", lambda v: _is_num(v) and 0 < v < 1),
+    "theta": ("a positive number", lambda v: _is_num(v) and v > 0),
+    "number": ("a finite number", lambda v: _is_num(v) and type(v) is not bool),
+    "bool": ("true or false", lambda v: type(v) is bool),
+    "str": ("a string", lambda v: isinstance(v, str)),
+    "str?": ("null or a string", lambda v: v is None or isinstance(v, str)),
+    "dict?": ("null or an object", lambda v: v is None or isinstance(v, dict)),
+    "names": ("a non-empty list of class names", lambda v: isinstance(v, list) and bool(v)
+              and all(isinstance(a, str) for a in v)),
+    "token?": ("null, a token id (0 <= id < 2^31) or a list of them",
+               lambda v: v is None or (_is_int(v) and 0 <= v < _MAX)
+               or (isinstance(v, list) and all(_is_int(i) and 0 <= i < _MAX for i in v))),
+    "strs?": ("null or a list of strings", lambda v: v is None or (isinstance(v, list)
+                                                                   and all(isinstance(i, str) for i in v))),
+}
+CONFIG_SCHEMA: dict[str, str] = {
+    "hidden_size": "positive", "intermediate_size": "positive", "num_hidden_layers": "positive",
+    "num_attention_heads": "positive", "num_key_value_heads": "positive?", "vocab_size": "positive",
+    "head_dim": "positive?", "max_position_embeddings": "positive?", "pretraining_tp": "positive?",
+    "rms_norm_eps": "eps", "rope_theta": "theta", "initializer_range": "number",
+    "hidden_act": "str", "model_type": "str", "torch_dtype": "str?", "dtype": "str?", "_name_or_path": "str?",
+    "license": "str?", "license_link": "str?",
+    "architectures": "names", "tie_word_embeddings": "bool", "attention_bias": "bool", "mlp_bias": "bool",
+    "use_cache": "bool", "rope_interleaved": "bool", "add_bos_token": "bool",
+    "bos_token_id": "token?", "eos_token_id": "token?", "pad_token_id": "token?",
+    "rope_scaling": "dict?", "rope_parameters": "dict?", "quantization_config": "dict?", "auto_map": "dict?",
+    "bitconv": "dict?",
+}
+QUANT_SCHEMA: dict[str, str] = {
+    "quant_method": "str", "linear_class": "str", "quantization_mode": "str", "modules_to_not_convert": "strs?",
+    "use_rms_norm": "bool", "rms_norm_eps": "eps",
+}
+# Keys every config of a model bitconv converts must hold (per family; an unknown family needs the same sizes).
+REQUIRED: dict[str, tuple[str, ...]] = {
+    "default": ("hidden_size", "num_hidden_layers", "num_attention_heads"),
+}
+
+
+def _short(v: object) -> str:
+    r = repr(v)
+    return r if len(r) <= 60 else r[:57] + "..."
+
+
+def check_schema(config: Mapping, where: Path, label: str = "config.json") -> None:
+    """Refuse (SourceError naming key, value and rule) a config whose values break `CONFIG_SCHEMA`."""
+    for key in REQUIRED["default"]:
+        if key not in config:
+            raise SourceError(f"{label} has no {key!r} (required: {', '.join(REQUIRED['default'])})", path=where)
+    for table, cfg, prefix in ((CONFIG_SCHEMA, config, ""),
+                               (QUANT_SCHEMA, config.get("quantization_config") or {}, "quantization_config.")):
+        for key, rule in table.items():
+            if key in cfg:
+                text, ok = _RULES[rule]
+                if not ok(cfg[key]):
+                    raise SourceError(f"{label} {prefix}{key} is {_short(cfg[key])}, not {text}", path=where)
+    heads, kv = config["num_attention_heads"], config.get("num_key_value_heads")
+    if kv is not None and kv > heads:
+        raise SourceError(f"{label} num_key_value_heads {kv} is more than num_attention_heads {heads}", path=where)
 
 
 def _sizes(config: Mapping, where: Path, label: str) -> dict[str, int]:
@@ -90,9 +169,7 @@ def check_config(config: Mapping, tensors: Mapping[str, ModelTensor], where: Pat
 
     `label` names the config in messages ("config.json", or "GGUF metadata" for a config rebuilt from KVs).
     """
-    arch = config.get("architectures")
-    if arch is not None and not (isinstance(arch, list) and all(isinstance(a, str) for a in arch)):
-        raise SourceError(f"{label} architectures is {arch!r}, not a list of class names", path=where)
+    check_schema(config, where, label)
     sizes = _sizes(config, where, label)
     layers: dict[int, set[str]] = {}
     for name, t in tensors.items():
@@ -152,11 +229,18 @@ def pickled_in(folder: Path) -> list[Path]:
 
 def not_a_checkpoint(path: Path) -> SourceError:
     """The error for a SRC that is neither a folder nor a .gguf/.safetensors file (a pickle gets its own)."""
+    from bitconv import safeio
+
     try:
-        with open(path, "rb") as f:
-            what = sniff_pickle(f.read(8))
+        fd = safeio.open_input(path, user_named=True)  # a FIFO or device is refused here, never read (no hang)
+    except SourceError as e:
+        return e
+    try:
+        what = sniff_pickle(os.read(fd, 8))
     except OSError:
         what = None
+    finally:
+        os.close(fd)
     if what is not None or path.suffix.lower() in PICKLE_SUFFIXES:
         return refuse_pickle(path, what)
     return SourceError("not a checkpoint: expected a folder with config.json and *.safetensors, or a .gguf file",

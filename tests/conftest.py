@@ -19,7 +19,9 @@ def golden_hf() -> Path:
 
 @pytest.fixture(scope="session")
 def models(tmp_path_factory: pytest.TempPathFactory):
-    """Tiny generated masters, built once per session: name -> folder."""
+    """The one factory for tiny generated checkpoints (`bitconv.tiny.make_tiny`): each parameter set is built once
+    per test run, `models(arch, tied=..., **make_tiny_kwargs) -> folder`. The folders are shared: a test that
+    modifies a model works on a copy (`copy_dir`, or `corpus.clone`)."""
     base = tmp_path_factory.mktemp("models")
     cache: dict[str, Path] = {}
 

@@ -15,6 +15,7 @@ Bases (tiny valid checkpoints) are built once per session under `BASES.root` and
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import shutil
 import struct
@@ -49,6 +50,7 @@ class Case:
     file: str  # the file (or folder) name the error line must name
     command: tuple[str, ...] = PACK
     lying: bool = False  # declares sizes far beyond the file: must not allocate them
+    out: Callable[[Path], Path] | None = None  # scratch folder -> OUT (default `tmp/out`), built after SRC
 
 
 # ------------------------------------------------------------------------------------------------------ bases
@@ -62,7 +64,15 @@ class _Bases:
 
     def __init__(self) -> None:
         self.root: Path | None = None
+        self.tiny: Callable[..., Path] | None = None  # the test session's shared factory (conftest `models`)
         self._built: dict[str, Path] = {}
+
+    def make_tiny(self, name: str, arch: str, **kw: object) -> Path:
+        """A tiny master: from the session's shared factory when there is one, else built under `root`."""
+        if self.tiny is not None:
+            return self.tiny(arch, **kw)
+        assert self.root is not None
+        return tiny.make_tiny(self.root / name, arch, **kw)
 
     def get(self, name: str) -> Path:
         if name not in self._built:
@@ -76,11 +86,11 @@ BASES = _Bases()
 
 
 def _st(root: Path) -> Path:
-    return tiny.make_tiny(root / "st", "bitnet-2b4t", **SMALL)
+    return BASES.make_tiny("st", "bitnet-2b4t", **SMALL)
 
 
 def _sharded(root: Path) -> Path:
-    return tiny.make_tiny(root / "sharded", "bitnet-2b4t", max_shard_bytes=20_000, **SMALL)
+    return BASES.make_tiny("sharded", "bitnet-2b4t", max_shard_bytes=20_000, **SMALL)
 
 
 def _packed(root: Path) -> Path:
@@ -96,8 +106,8 @@ def _ternary(root: Path) -> Path:
 
 
 def _m128(root: Path) -> Path:
-    return tiny.make_tiny(root / "m128", "bitnet-2b4t", hidden_size=128, intermediate_size=256, num_layers=1,
-                          vocab_size=320)
+    return BASES.make_tiny("m128", "bitnet-2b4t", hidden_size=128, intermediate_size=256, num_layers=1,
+                           vocab_size=320)
 
 
 def _gguf(root: Path) -> Path:
@@ -116,8 +126,15 @@ def _gguf_compact(root: Path) -> Path:
     return out
 
 
+def _tl1(root: Path) -> Path:
+    from bitconv.pipeline_gguf import pack_gguf
+
+    (root / "tl1").mkdir()
+    return pack_gguf(BASES.get("m128"), root / "tl1" / "model.gguf", "tl1").out
+
+
 def _llama(root: Path) -> Path:
-    return tiny.make_tiny(root / "llama", "llama-bitnet", **SMALL)
+    return BASES.make_tiny("llama", "llama-bitnet", **SMALL)
 
 
 def _nt(root: Path) -> Path:
@@ -128,7 +145,7 @@ def _nt(root: Path) -> Path:
 
 _BASE_BUILDERS: dict[str, Callable[[Path], Path]] = {
     "st": _st, "sharded": _sharded, "packed": _packed, "ternary": _ternary, "m128": _m128, "gguf": _gguf,
-    "gguf-compact": _gguf_compact, "llama": _llama, "nt": _nt,
+    "gguf-compact": _gguf_compact, "llama": _llama, "nt": _nt, "tl1": _tl1,
 }
 
 # (base, command) pairs that must succeed unmutated: the corpus errors come from the mutations, not the bases.
@@ -142,6 +159,8 @@ def clone(base: str, tmp: Path) -> Path:
     if src.is_file():
         dst = tmp / src.name
         shutil.copyfile(src, dst)
+        if (src.parent / "kernel_config.ini").is_file():  # a TL GGUF travels with its kernel config
+            shutil.copyfile(src.parent / "kernel_config.ini", tmp / "kernel_config.ini")
         return dst
     dst = tmp / "src"
     shutil.copytree(src, dst)
@@ -355,7 +374,7 @@ def _lying_shard(index: dict, src: Path) -> None:
 
 INDEXED = [
     Case("idx-names-missing-shard", _index(_missing_shard), ("but the file is missing", "model-0000"), INDEX),
-    Case("idx-shard-is-a-folder", _index(_shard_is_folder), ("but the file is missing",), INDEX),
+    Case("idx-shard-is-a-folder", _index(_shard_is_folder), ("is a folder, not a regular file",), ".safetensors"),
     Case("idx-lists-tensor-shard-lacks",
          _index(lambda i, s: i["weight_map"].update({"model.layers.7.mlp.up_proj.weight": i["weight_map"][Q]})),
          ("index lists 'model.layers.7.mlp.up_proj.weight'", "does not hold it"), "model-0000"),
@@ -428,8 +447,8 @@ CONFIGS = [
          CONFIG),
     Case("cfg-more-layers-than-weights", _cfg_set(num_hidden_layers=2),
          ("num_hidden_layers is 2 but tensor 'model.layers.1.self_attn.q_proj.weight' is missing",), CONFIG),
-    Case("cfg-architectures-not-a-list", _cfg_set(architectures=5), ("architectures is 5, not a list",), CONFIG,
-         INSPECT),
+    Case("cfg-architectures-not-a-list", _cfg_set(architectures=5), ("architectures is 5, not a non-empty list",),
+         CONFIG, INSPECT),
     Case("cfg-unknown-linear-class", _cfg(lambda c: c["quantization_config"].update(linear_class="foo"), "packed"),
          ("quantization_config.linear_class 'foo'",), CONFIG),
 ]
@@ -864,11 +883,272 @@ NANOTRON = [
          ("missing parameter 'model.final_layer_norm.pp_block.weight'",), "src/model", TO_HF),
 ]
 
-CASES: list[Case] = SAFETENSORS + INDEXED + CONFIGS + WEIGHTS + PICKLES + GGUF + NANOTRON
+# ------------------------------------------------------------------------------------------------ round two (issue 13)
+# Links out of SRC, special files, OUT aliasing SRC, bad scales, report paths, token files, ini files, configs.
+
+SECRET = "SECRET-THAT-MUST-NOT-LEAVE"
+
+
+def _secret(tmp: Path, name: str = "secret.txt", text: str = SECRET) -> Path:
+    """A file outside SRC (beside it in the scratch folder) that a hostile link points at."""
+    d = tmp / "elsewhere"
+    d.mkdir(exist_ok=True)
+    (d / name).write_text(text)
+    return d / name
+
+
+def _link(base: str, name: str, target: Callable[[Path], str | Path]) -> Builder:
+    """`base` with `name` replaced by a symbolic link to `target(tmp)`."""
+    def build(tmp: Path) -> Path:
+        src = clone(base, tmp)
+        folder = src if src.is_dir() else src.parent
+        (folder / name).unlink(missing_ok=True)
+        os.symlink(target(tmp), folder / name)
+        return src
+    return build
+
+
+def _moved_out(base: str, name: str) -> Callable[[Path], Path]:
+    """Moves SRC's `name` outside SRC and returns where it went (a real file of the checkpoint, linked back)."""
+    def target(tmp: Path) -> Path:
+        d = tmp / "elsewhere"
+        d.mkdir(exist_ok=True)
+        shutil.copyfile(BASES.get(base) / name, d / name)
+        return d / name
+    return target
+
+
+def _fifo(base: str, name: str) -> Builder:
+    def build(tmp: Path) -> Path:
+        src = clone(base, tmp)
+        folder = src if src.is_dir() else src.parent
+        (folder / name).unlink(missing_ok=True)
+        os.mkfifo(folder / name)
+        return src
+    return build
+
+
+def _sparse(base: str, name: str, size: int = 4 << 30) -> Builder:
+    def build(tmp: Path) -> Path:
+        src = clone(base, tmp)
+        with open(src / name, "r+b") as f:
+            f.truncate(size)  # sparse: no disk used
+        return src
+    return build
+
+
+def _fifo_gguf(tmp: Path) -> Path:
+    os.mkfifo(tmp / "model.gguf")
+    return tmp / "model.gguf"
+
+
+def _scale(value: float, base: str = "packed", name: str = "model.layers.0.mlp.down_proj.weight_scale") -> Builder:
+    """`name` (a one-value weight_scale) set to `value` in its stored dtype."""
+    def mutate(p: Path) -> None:
+        dtype = st_header(p)[0][name]["dtype"]
+        v = np.full(1, value, np.float32)
+        raw = {"F32": v, "F16": v.astype(np.float16), "BF16": (v.view(np.uint32) >> 16).astype(np.uint16)}[dtype]
+        st_put(p, name, raw.view(np.uint8))
+    return st_file(mutate, base)
+
+
+def _master_with_scale(p: Path) -> None:
+    header, data = st_header(p)
+    end = max(e["data_offsets"][1] for k, e in header.items() if k != "__metadata__")
+    header["model.layers.0.self_attn.q_proj.weight_scale"] = {"dtype": "F32", "shape": [1],
+                                                              "data_offsets": [end, end + 4]}
+    st_write(p, header, data[:end] + np.float32(1.0).tobytes())
+
+
+def _nt_broken(name: str, text: str) -> Builder:
+    """The Nanotron base with no recorded vocabulary (so side files decide), `name` replaced by `text`."""
+    def build(tmp: Path) -> Path:
+        src = clone("nt", tmp)
+        meta = json.loads((src / "checkpoint_metadata.json").read_text())
+        meta.pop("custom_metas", None)
+        (src / "checkpoint_metadata.json").write_text(json.dumps(meta))
+        (src / name).write_text(text)
+        return src
+    return build
+
+
+def _with_ref(tmp: Path) -> Path:
+    """OUT = a packed checkpoint (the SRC of verify) and REF = the master beside it at tmp/ref."""
+    shutil.copytree(BASES.get("st"), tmp / "ref")
+    return clone("packed", tmp)
+
+
+def _tokens_file(content: str) -> Builder:
+    def build(tmp: Path) -> Path:
+        src = _with_ref(tmp)
+        (tmp / "tokens.txt").write_text(content)
+        return src
+    return build
+
+
+def _ini_file(content: bytes) -> Builder:
+    def build(tmp: Path) -> Path:
+        src = clone("st", tmp)
+        (tmp / "my.ini").write_bytes(content)
+        return src
+    return build
+
+
+def _ini_beside_out(make: Callable[[Path], object]) -> Callable[[Path], Path]:
+    def out(tmp: Path) -> Path:
+        (tmp / "o").mkdir()
+        make(tmp / "o" / "kernel_config.ini")
+        return tmp / "o" / "model.gguf"
+    return out
+
+
+def _alias_link(rel: str) -> Callable[[Path], Path]:
+    """OUT reached through a link to SRC: `tmp/alias -> tmp/src`, OUT = tmp/alias/<rel>."""
+    def out(tmp: Path) -> Path:
+        os.symlink(tmp / "src", tmp / "alias")
+        return tmp / "alias" / rel if rel else tmp / "alias"
+    return out
+
+
+def _hardlink_gguf(tmp: Path) -> Path:
+    os.link(tmp / "model.gguf", tmp / "copy.gguf")
+    return tmp / "copy.gguf"
+
+
+def _dangling(tmp: Path) -> Path:
+    os.symlink(tmp / "nowhere" / "x", tmp / "dangling")
+    return tmp / "dangling"
+
+
+def _deep_yaml(tmp: Path) -> Path:
+    return _nt_broken("config.yaml", "".join(" " * i + "a:\n" for i in range(5000)) + " " * 5000 + "b: 1\n")(tmp)
+
+
+VERIFY = ("verify", "{src}", "--ref", "{tmp}/ref", "--no-parity")
+VERIFY_TOKENS = ("verify", "{src}", "--ref", "{tmp}/ref", "--tokens", "{tmp}/tokens.txt")
+PACK_TL1 = ("pack", "{src}", "--to", "gguf", "--type", "tl1", "-o", "{out}")
+OVERWRITE = ("pack", "{src}", "-o", "{out}", "--overwrite")
+SIDE = "side-effects: a link out of SRC is never read"
+
+ROUND_TWO = [
+    # 1. links out of SRC: side files, config, index, weights (never read, never copied, never uploaded)
+    Case("link-license-to-environ", _link("st", "LICENSE", lambda t: "/proc/self/environ"),
+         ("symbolic link", "outside the checkpoint folder"), "LICENSE"),
+    Case("link-tokenizer-outside", _link("st", "tokenizer.json", _secret), ("symbolic link",), "tokenizer.json",
+         QUANTIZE),
+    Case("link-notice-to-etc", _link("st", "NOTICE", lambda t: "/etc/hostname"), ("symbolic link",), "NOTICE",
+         PACK_GGUF),
+    Case("link-chat-template-dangling", _link("st", "chat_template.jinja", lambda t: t / "gone"),
+         ("symbolic link",), "chat_template.jinja"),
+    Case("link-config-outside", _link("st", "config.json", _moved_out("st", "config.json")), ("symbolic link",),
+         "config.json", INSPECT),
+    Case("link-weights-outside", _link("st", "model.safetensors", _moved_out("st", "model.safetensors")),
+         ("symbolic link",), "model.safetensors"),
+    Case("link-index-outside", _link("sharded", INDEX, _moved_out("sharded", INDEX)), ("symbolic link",), INDEX,
+         QUANTIZE),
+    Case("link-shard-outside", _link("sharded", "model-00002-of-00006.safetensors",
+                                     _moved_out("sharded", "model-00002-of-00006.safetensors")),
+         ("symbolic link",), "model-00002-of-00006.safetensors", QUANTIZE),
+    Case("link-nanotron-tokenizer-outside", _link("nt", "tokenizer.json", _secret), ("symbolic link",),
+         "tokenizer.json", TO_HF),
+    Case("link-gguf-kernel-config-outside", _link("tl1", "kernel_config.ini", lambda t: "/etc/hostname"),
+         ("symbolic link",), "kernel_config.ini", INSPECT),
+    # 6. special files and unbounded reads: never read, never a hang
+    Case("special-config-fifo", _fifo("st", "config.json"), ("is a FIFO", "regular files only"), "config.json",
+         INSPECT),
+    Case("special-index-fifo", _fifo("sharded", INDEX), ("is a FIFO",), INDEX, QUANTIZE),
+    Case("special-tokenizer-fifo", _fifo("st", "tokenizer.json"), ("is a FIFO",), "tokenizer.json"),
+    Case("special-gguf-fifo", _fifo_gguf, ("is a FIFO",), "model.gguf", INSPECT),
+    Case("special-kernel-config-fifo", _fifo("tl1", "kernel_config.ini"), ("is a FIFO",), "kernel_config.ini",
+         INSPECT),
+    Case("special-config-4gb-sparse", _sparse("st", "config.json"), ("4294967296 bytes", "more than the 16 MiB"),
+         "config.json", INSPECT),
+    Case("special-index-4gb-sparse", _sparse("sharded", INDEX), ("more than the 64 MiB",), INDEX, QUANTIZE),
+    Case("special-tokenizer-4gb-sparse", _sparse("st", "tokenizer.json"), ("more than the 512 MiB",),
+         "tokenizer.json"),
+    Case("special-kernel-config-dev-zero", lambda t: clone("st", t), ("is a character device",), "/dev/zero",
+         (*PACK_TL1, "--kernel-config", "/dev/zero")),
+    Case("special-nanotron-yaml-fifo", _fifo("nt", "config.yaml"), ("is a FIFO",), "config.yaml", TO_HF),
+    # 3. OUT reaching SRC through another path; 9. OUT's parent checked before anything is read
+    Case("alias-out-is-src-through-link", lambda t: clone("st", t), ("would overwrite or sit inside the input",),
+         "alias", OVERWRITE, out=_alias_link("")),
+    Case("alias-out-inside-src-through-link", lambda t: clone("st", t), ("sit inside the input",), "alias",
+         PACK, out=_alias_link("packed")),
+    Case("alias-src-inside-out", lambda t: clone("st", t), ("holds the input",), "", OVERWRITE,
+         out=lambda t: t),
+    Case("alias-gguf-out-hard-link-of-src", lambda t: clone("gguf", t), ("input",), "copy.gguf",
+         ("pack", "{src}", "--to", "gguf", "--type", "i2_s", "-o", "{out}", "--overwrite"), out=_hardlink_gguf),
+    Case("out-dangling-link-checked-first", _fifo("st", "config.json"), ("dangling symbolic link",), "dangling",
+         out=_dangling),
+    # 5. bad scales in a packed / ternary SRC, refused naming the tensor
+    Case("w-packed-scale-nan", _scale(float("nan")), ("down_proj.weight_scale", "must be finite and > 0"),
+         "model.safetensors", PACK_GGUF),
+    Case("w-packed-scale-inf", _scale(float("inf")), ("down_proj.weight_scale", "inf"), "model.safetensors",
+         ("unpack", "{src}", "-o", "{out}")),
+    Case("w-packed-scale-zero", _scale(0.0), ("down_proj.weight_scale", "0.0"), "model.safetensors", PACK_GGUF),
+    Case("w-packed-scale-negative", _scale(-0.5), ("down_proj.weight_scale", "-0.5"), "model.safetensors",
+         ("unpack", "{src}", "-o", "{out}")),
+    Case("w-ternary-scale-nan", _scale(float("nan"), "ternary", "model.layers.0.self_attn.q_proj.weight_scale"),
+         ("q_proj.weight_scale", "nan"), "model.safetensors", ("unpack", "{src}", "-o", "{out}")),
+    Case("w-ternary-scale-neg-inf", _scale(float("-inf"), "ternary", "model.layers.0.self_attn.q_proj.weight_scale"),
+         ("q_proj.weight_scale", "-inf"), "model.safetensors", PACK_GGUF),
+    # 8. never an internal error
+    Case("w-master-stores-weight-scale", st_file(_master_with_scale), ("q_proj.weight_scale", "mixes master"),
+         "model.safetensors"),
+    Case("cfg-rms-norm-eps-string", _cfg_set(rms_norm_eps="x"), ("rms_norm_eps is 'x', not a number",), CONFIG),
+    Case("cfg-max-position-negative", _cfg_set(max_position_embeddings=-1), ("max_position_embeddings is -1",),
+         CONFIG, PACK_GGUF),
+    Case("cfg-hidden-size-null", _cfg_set(hidden_size=None), ("hidden_size is None, not a positive integer",),
+         CONFIG),
+    Case("cfg-hidden-act-list", _cfg_set(hidden_act=["silu"]), ("hidden_act is ['silu'], not a string",), CONFIG,
+         PACK_GGUF),
+    Case("cfg-hidden-size-missing", _cfg(lambda c: c.pop("hidden_size")), ("has no 'hidden_size'",), CONFIG,
+         INSPECT),
+    Case("cfg-eos-float", _cfg_set(eos_token_id=1.5), ("eos_token_id is 1.5",), CONFIG, PACK_GGUF),
+    Case("cfg-quant-config-eps-nan", _cfg(lambda c: c["quantization_config"].update(rms_norm_eps=float("nan")),
+                                         "packed"), ("quantization_config.rms_norm_eps is nan",), CONFIG),
+    Case("nt-broken-tokenizer-json", _nt_broken("tokenizer.json", "{\"model\": "), ("tokenizer.json",
+                                                                                   "not valid JSON"),
+         "tokenizer.json", TO_HF),
+    Case("nt-tokenizer-json-wrong-shape", _nt_broken("tokenizer.json", "[1, 2]"), ("not a JSON object",),
+         "tokenizer.json", TO_HF),
+    Case("nt-config-yaml-nested-deep", _deep_yaml, ("nested too deeply",), "config.yaml", TO_HF),
+    Case("ini-beside-out-is-folder", lambda t: clone("st", t), ("exists and is not a regular file",),
+         "kernel_config.ini", PACK_TL1, out=_ini_beside_out(lambda p: p.mkdir())),
+    Case("ini-beside-out-not-utf8", lambda t: clone("st", t), ("a different kernel config already exists",),
+         "kernel_config.ini", PACK_TL1, out=_ini_beside_out(lambda p: p.write_bytes(b"\xff\xfe[K]\n"))),
+    Case("ini-malformed-one-line", _ini_file(b"garbage\n"), ("not a kernel_config.ini",), "my.ini",
+         (*PACK_TL1, "--kernel-config", "{tmp}/my.ini")),
+    Case("ini-not-utf8", _ini_file(b"[Kernels_0]\nm = \xff\n"), ("not UTF-8",), "my.ini",
+         (*PACK_TL1, "--kernel-config", "{tmp}/my.ini")),
+    # 4. report paths naming an input; 6. token files
+    Case("report-junit-over-ref-weights", _with_ref, ("report path is an input file",), "model.safetensors",
+         (*VERIFY, "--junit", "{tmp}/ref/model.safetensors")),
+    Case("report-json-over-ref-config", _with_ref, ("report path is an input file",), "config.json",
+         (*VERIFY, "--json", "{tmp}/ref/config.json")),
+    Case("report-json-over-out-weights", _with_ref, ("report path is an input file",), "model.safetensors",
+         (*VERIFY, "--json", "{src}/model.safetensors")),
+    Case("tokens-one-long-sequence", _tokens_file(" ".join(["1"] * 60_000)), ("at most 2048 ids",), "tokens.txt",
+         VERIFY_TOKENS),
+    Case("tokens-too-many-sequences", _tokens_file("1 2\n" * 500), ("500 sequence(s)", "at most 64"),
+         "tokens.txt", VERIFY_TOKENS),
+    Case("tokens-float-ids", _tokens_file("[[1.0, 2.5, 3]]"), ("1.0 is not a token id",), "tokens.txt",
+         VERIFY_TOKENS),
+    Case("tokens-bool-ids", _tokens_file("[[true, false]]"), ("True is not a token id",), "tokens.txt",
+         VERIFY_TOKENS),
+    Case("tokens-negative-ids", _tokens_file("3 -1 2"), ("'-1' is not a token id",), "tokens.txt", VERIFY_TOKENS),
+]
+
+CASES: list[Case] = SAFETENSORS + INDEXED + CONFIGS + WEIGHTS + PICKLES + GGUF + NANOTRON + ROUND_TWO
+
+
+def out_of(case: Case, tmp: Path) -> Path:
+    return case.out(tmp) if case.out is not None else tmp / "out"
 
 
 def command_of(case: Case, src: Path, out: Path) -> list[str]:
-    return [a.format(src=src, out=out) for a in case.command]
+    """The command line; `{tmp}` is the scratch folder (SRC's parent)."""
+    return [a.format(src=src, out=out, tmp=src.parent) for a in case.command]
 
 
 def check_unique() -> None:
@@ -877,3 +1157,20 @@ def check_unique() -> None:
 
 
 check_unique()
+
+
+# ------------------------------------------------------------------------------------------------------ config fuzz
+# 27 config.json keys x 16 values x 8 commands: every run ends in exit 0 or a one-line exit 2, never exit 3.
+
+CONFIG_FUZZ_KEYS = (
+    "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+    "vocab_size", "head_dim", "max_position_embeddings", "rms_norm_eps", "rope_theta", "hidden_act",
+    "tie_word_embeddings", "architectures", "model_type", "rope_scaling", "attention_bias", "mlp_bias",
+    "bos_token_id", "eos_token_id", "pad_token_id", "initializer_range", "torch_dtype", "quantization_config",
+    "use_cache", "pretraining_tp", "rope_parameters", "bitconv")
+CONFIG_FUZZ_VALUES = (None, "x", -1, 0, 1, 2**40, 1.5, float("nan"), float("inf"), True, [], [1, "a"], {},
+                      {"a": [1]}, "", -1e30)
+CONFIG_FUZZ_COMMANDS = (
+    INSPECT, ("check", "{src}"), PACK, ("pack", "{src}", "--to", "gguf", "--type", "i2_s", "-o", "{out}.gguf"),
+    ("pack", "{src}", "--to", "gguf", "--type", "tq2_0", "-o", "{out}.gguf"), QUANTIZE,
+    ("convert", "{src}", "--to", "nanotron", "-o", "{out}"), ("pack", "{src}", "--dry-run", "--json", "-o", "{out}"))

@@ -13,6 +13,8 @@ from typer.testing import CliRunner
 from bitconv.api import parse_size
 from bitconv.cli import app
 from bitconv.errors import UsageError
+from bitconv.layouts import list_layouts
+from bitconv.sources import open_source
 
 runner = CliRunner()
 
@@ -39,6 +41,11 @@ def test_quantize_pack_unpack_inspect_json(models, tmp_path):
     assert json.loads(r.stdout)["layout"] == "hf-bitlinear"
     r = run("unpack", tmp_path / "p", "-o", tmp_path / "u", "--json")
     assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["ternary_tensors"] == 14
+    qc = json.loads((tmp_path / "u" / "config.json").read_text())["quantization_config"]
+    assert (qc["linear_class"], qc["quantization_mode"]) == ("autobitlinear", "online")
+    u = open_source(tmp_path / "u")
+    assert u.kind == "bf16-master" and u.tensors["model.layers.0.mlp.down_proj.weight"].dtype == "BF16"
     r = run("inspect", tmp_path / "p", "--json")
     d = json.loads(r.stdout)
     assert d["kind"] == "hf-packed" and d["layout"] == "hf-bitlinear" and d["family"] == "bitnet-2b4t"
@@ -65,10 +72,17 @@ def test_pack_dry_run_writes_nothing(models, tmp_path):
 
 def test_layouts_lists_registry():
     r = run("layouts", "--json")
-    names = {x["name"] for x in json.loads(r.stdout)["layouts"]}
-    assert {"hf-autobitlinear", "hf-bitlinear", "bitconv-ternary"} <= names
+    assert r.exit_code == 0, r.output
+    rows = {x["name"]: x for x in json.loads(r.stdout)["layouts"]}
+    assert sorted(rows) == list_layouts()
+    # numbers as numbers: 2 bits + 2 bytes of scale per 65536 weights
+    assert rows["hf-bitlinear"]["bits_per_weight_256x256"] == pytest.approx(2.0 + 16 / 65536, abs=1e-4)
+    assert rows["bitconv-ternary"]["bits_per_weight_256x256"] == pytest.approx(8.0 + 32 / 65536, abs=1e-4)
+    r = run("layouts")
+    assert r.exit_code == 0 and all(name in r.stdout for name in rows)
 
 
+@pytest.mark.slow
 def test_demo_passes(tmp_path):
     r = run("demo", "--keep", tmp_path / "demo", "--json")
     assert r.exit_code == 0, r.output
@@ -101,7 +115,13 @@ def test_existing_output(models, tmp_path):
 
 def test_overwrite_flag(models, tmp_path):
     (tmp_path / "p").mkdir()
-    assert run("pack", models(), "-o", tmp_path / "p", "--overwrite").exit_code == 0
+    (tmp_path / "p" / "stale.txt").write_text("old output")
+    r = run("pack", models(), "-o", tmp_path / "p", "--overwrite", "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["target"] == "hf-autobitlinear"
+    written = sorted(p.name for p in (tmp_path / "p").iterdir())
+    assert "stale.txt" not in written and {"config.json", "model.safetensors"} <= set(written)
+    assert open_source(tmp_path / "p").layout == "hf-autobitlinear"
 
 
 def test_bad_target_and_options(models, tmp_path):
@@ -113,10 +133,8 @@ def test_bad_target_and_options(models, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
-def test_shape_refused_names_tensor(tmp_path):
-    from bitconv import tiny
-
-    m = tiny.make_tiny(tmp_path / "m", "bitnet-2b4t", intermediate_size=770)
+def test_shape_refused_names_tensor(models, tmp_path):
+    m = models("bitnet-2b4t", intermediate_size=770)
     assert_one_line_error(run("pack", m, "-o", tmp_path / "p"), "gate_proj.weight", "[770, 256]", "% 4")
     assert not (tmp_path / "p").exists()
 

@@ -50,8 +50,9 @@ def no_debug(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def corpus_bases(tmp_path_factory: pytest.TempPathFactory) -> corpus._Bases:
+def corpus_bases(tmp_path_factory: pytest.TempPathFactory, models) -> corpus._Bases:
     corpus.BASES.root = tmp_path_factory.mktemp("corpus-bases")
+    corpus.BASES.tiny = models  # the bases' tiny masters come from the session's one factory
     return corpus.BASES
 
 
@@ -77,15 +78,29 @@ def address_space_limit(headroom: int = 2 * GIB):
 
 
 def snapshot(folder: Path) -> dict[str, str]:
-    """Every path under `folder` -> sha256 of its bytes ("dir" for folders)."""
+    """Every path under `folder` -> sha256 of its bytes ("dir" for folders, the target for links, the kind for
+    FIFOs and devices: never followed or read), with the size of sparse giants instead of their bytes."""
+    import stat as st_
+
     out = {}
     for p in sorted(folder.rglob("*")):
-        out[str(p.relative_to(folder))] = "dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
+        m = os.lstat(p)
+        if st_.S_ISLNK(m.st_mode):
+            v = "link:" + os.readlink(p)
+        elif st_.S_ISDIR(m.st_mode):
+            v = "dir"
+        elif not st_.S_ISREG(m.st_mode):
+            v = f"special:{st_.S_IFMT(m.st_mode)}"
+        elif m.st_size > 1 << 28:
+            v = f"size:{m.st_size}:{m.st_blocks}"
+        else:
+            v = hashlib.sha256(p.read_bytes()).hexdigest()
+        out[str(p.relative_to(folder))] = v
     return out
 
 
 def leftovers(folder: Path) -> list[str]:
-    return [str(p) for p in folder.rglob(f"{TMP_PREFIX}*")]
+    return [str(p) for pat in (f"{TMP_PREFIX}*", ".bitconv-old-*", ".bitconv-lock-*") for p in folder.rglob(pat)]
 
 
 def one_error_line(stderr: str) -> str:
@@ -114,8 +129,9 @@ def test_bases_are_valid(base, command, tmp_path):
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_corpus_case(case: Case, tmp_path: Path):
     src = case.build(tmp_path)
+    out = corpus.out_of(case, tmp_path)
+    existed = os.path.lexists(out)
     before = snapshot(tmp_path)
-    out = tmp_path / "out"
     with address_space_limit():
         r = runner.invoke(app, corpus.command_of(case, src, out))
     assert r.exception is None or isinstance(r.exception, SystemExit), repr(r.exception)
@@ -125,7 +141,8 @@ def test_corpus_case(case: Case, tmp_path: Path):
     for fragment in case.expect:
         assert fragment in line, line
     assert "Traceback" not in r.output and "internal error" not in line
-    assert not out.exists() and not leftovers(tmp_path)
+    assert (existed or not os.path.lexists(out)) and not leftovers(tmp_path)
+    assert corpus.SECRET not in r.output, "a file outside SRC was read"
     assert not (tmp_path / MARKER).exists(), "a pickle was unpickled"
     assert snapshot(tmp_path) == before  # input unchanged, nothing left behind
 
@@ -160,6 +177,7 @@ def _run_with_rusage(cmd: list[str], limit: int, stderr: Path, timeout: float = 
     return p.returncode, stderr.read_text(), usage.ru_maxrss * 1024
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case_id", ["st-huge-shape-consistent-offsets", "gguf-huge-dims"])
 def test_end_to_end_lying_header(case_id, tmp_path):
     """`python -m bitconv` as a user runs it: exit 2, one line, no traceback, bounded memory (1.5 GiB address
@@ -179,7 +197,7 @@ def test_end_to_end_lying_header(case_id, tmp_path):
 
 
 def test_all_zero_projection_is_accepted_as_documented(tmp_path):
-    """An all-zero projection is not refused: codes all 0 and scale 1e-5 (the absmean floor), see docs/refuses.md."""
+    """An all-zero projection is not refused: codes all 0 and scale 1e-5 (the absmean floor), see docs/refusals.md."""
     src = corpus.clone("st", tmp_path)
     corpus._values(corpus.Q, 0.0)(src / "model.safetensors")
     t = open_source(src).tensors[corpus.Q].ternary()
@@ -464,7 +482,8 @@ def test_sigkill_mid_write_leaves_no_output(tmp_path):
             assert p.poll() is None, p.stderr.read().decode()
             assert time.monotonic() < deadline, "pack never reached its third tensor"
             time.sleep(0.02)
-        tmp = tmp_path / f"{TMP_PREFIX}packed"
+        tmp = Path(flag.read_text()).parent
+        assert tmp.name.startswith(f"{TMP_PREFIX}packed-{p.pid}-")  # unique per run: OUT, pid, random
         shards = sorted(tmp.glob("model-*-of-*.safetensors"))
         assert len(shards) >= 3 and Path(flag.read_text()).parent == tmp and not out.exists()
     finally:
@@ -473,7 +492,7 @@ def test_sigkill_mid_write_leaves_no_output(tmp_path):
         p.stderr.close()
     assert p.returncode == -signal.SIGKILL
     assert not out.exists()
-    assert sorted(x.name for x in tmp_path.iterdir() if x.name.startswith(TMP_PREFIX)) == [f"{TMP_PREFIX}packed"]
+    assert sorted(x.name for x in tmp_path.iterdir() if x.name.startswith(TMP_PREFIX)) == [tmp.name]
     r = runner.invoke(app, args, catch_exceptions=False)
     assert r.exit_code == 0, r.output
     assert not tmp.exists() and not leftovers(tmp_path)
@@ -551,7 +570,7 @@ def test_not_enough_space_refused_up_front(tmp_path, monkeypatch):
     before = snapshot(tmp_path)
     monkeypatch.setattr(output.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9 - 4096, 4096))
     r = runner.invoke(app, ["quantize", str(src), "-o", str(tmp_path / "out")])
-    assert_clean_failure(r, tmp_path, before, "not enough disk space", "MiB are free")
+    assert_clean_failure(r, tmp_path, before, "not enough disk space", "headroom", "KiB are free")
 
 
 def _nt_yaml(tmp_path: Path, old: str, new: str) -> Path:
@@ -637,3 +656,318 @@ def test_hostile_hub_repo(kind, emu, tmp_path):  # noqa: F811  (the Hub emulator
     assert all(f in line for f in expect), line
     assert not any(work.iterdir()) and not (tmp_path / MARKER).exists()
     assert not list(tmp_path.rglob("escape.safetensors"))  # nothing written outside the repo's cache folder
+
+
+# ------------------------------------------------------------------------------------------------------ round two
+# issue 13: terminal injection, concurrent writers, aliasing by mount, overwrite crash windows, SIGINT, tokens,
+# the config fuzz, ini files, free space.
+
+ESC_NAME = "model.layers.0.[/]\x1b]8;;http://evil\x07x\x1b[2J\x1b[1A.weight"
+
+
+def _hostile_names(tmp_path: Path) -> Path:
+    src = corpus.clone("st", tmp_path)
+    corpus.st_rewrite(src / "model.safetensors", lambda h: h.update({ESC_NAME: h.pop(corpus.NORM)}))
+    cfg = json.loads((src / "config.json").read_text())
+    cfg.update(torch_dtype="[/]\x1b[31mred[bold]", model_type="bitnet\x1b]8;;x\x07")
+    (src / "config.json").write_text(json.dumps(cfg))
+    return src
+
+
+@pytest.mark.parametrize("args", [["inspect", "{src}", "--tensors"], ["inspect", "{src}"], ["check", "{src}"],
+                                  ["pack", "{src}", "-o", "{out}"], ["pack", "{src}", "--dry-run", "-o", "{out}"]],
+                         ids=["inspect-tensors", "inspect", "check", "pack", "pack-dry-run"])
+@pytest.mark.parametrize("terminal", [False, True], ids=["pipe", "terminal"])
+def test_markup_and_escapes_in_names_are_rendered_inert(args, terminal, tmp_path, monkeypatch):
+    """Rich markup and ANSI/OSC-8 escapes in tensor names and config values: no crash (once exit 3, for pack after
+    OUT was written), and no escape byte reaches the output, on a terminal or a pipe."""
+    import io
+
+    from bitconv.cli import render
+
+    src = _hostile_names(tmp_path)
+    buf = io.StringIO()
+    if terminal:
+        for name in ("out", "err"):
+            monkeypatch.setattr(render, name, render.SafeConsole(file=buf, force_terminal=True, width=200,
+                                                                 markup=False, highlight=False))
+    r = runner.invoke(app, [a.format(src=src, out=tmp_path / "out") for a in args])
+    text = r.output + buf.getvalue()
+    assert r.exit_code in (0, 1) and r.exception is None or isinstance(r.exception, SystemExit), text
+    assert "Traceback" not in text and "internal error" not in text, text
+    assert "\x1b]" not in text and "\x1b[2J" not in text and "\x07" not in text, repr(text)
+    if args[0] == "inspect" and "--tensors" in args:
+        assert "[/]\\x1b]8;;http://evil\\x07x" in text  # shown, escaped, not interpreted
+
+
+def test_render_clean_escapes_every_control_character():
+    from bitconv.cli import render
+
+    raw = "a\x1b[2Jb\x07c\rd\ne\x9bf\u202eg\x00"
+    assert render.clean(raw) == "a\\x1b[2Jb\\x07c\\x0dd\\x0ae\\x9bf\\u202eg\\x00"
+    assert render.clean("plain [/] text") == "plain [/] text"
+
+
+def test_second_concurrent_writer_is_refused(tmp_path):
+    """While one run holds OUT's lock, a second run on the same OUT is refused in one line and touches nothing."""
+    import fcntl
+
+    src = corpus.clone("st", tmp_path)
+    lock = tmp_path / ".bitconv-lock-out"
+    with open(lock, "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # another bitconv run writing `out`
+        before = snapshot(tmp_path)
+        r = runner.invoke(app, ["pack", str(src), "-o", str(tmp_path / "out")])
+        assert r.exit_code == 2, r.output
+        assert "another bitconv run is writing this output" in one_error_line(r.stderr)
+        assert snapshot(tmp_path) == before and not (tmp_path / "out").exists()
+    lock.unlink()
+    r = runner.invoke(app, ["pack", str(src), "-o", str(tmp_path / "out")])
+    assert r.exit_code == 0 and not leftovers(tmp_path), r.output
+
+
+def test_two_real_runs_on_one_out(tmp_path):
+    """A paused `pack` holds OUT; a second `pack` to the same OUT is refused and the first one's temp survives;
+    after the first is SIGKILLed its temp is stale (owner gone) and the next run cleans it and succeeds."""
+    src = corpus.clone("st", tmp_path)
+    out, flag, script = tmp_path / "packed", tmp_path / "mid-write", tmp_path / "pausing_pack.py"
+    script.write_text(PAUSING_PACK)
+    args = ["pack", str(src), "-o", str(out), "--max-shard-size", "4KB"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    p = subprocess.Popen([sys.executable, str(script), str(flag), *args], stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, env=env, cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 120
+        while not flag.exists():
+            assert p.poll() is None and time.monotonic() < deadline
+            time.sleep(0.02)
+        first_tmp = Path(flag.read_text()).parent
+        r = runner.invoke(app, args)
+        assert r.exit_code == 2 and "another bitconv run" in one_error_line(r.stderr), r.output
+        assert first_tmp.is_dir() and not out.exists()
+    finally:
+        p.kill()
+        p.wait()
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert not first_tmp.exists() and not leftovers(tmp_path)
+
+
+KILL_BETWEEN_RENAMES = '''
+import os, sys
+from bitconv import output
+
+real, calls = os.rename, []
+
+
+def rename(a, b):
+    real(a, b)
+    calls.append((a, b))
+    if len(calls) == 1:  # the old OUT is aside, the new one not yet in: die here
+        os._exit(9)
+
+
+output.os.rename = rename
+from bitconv.cli import main
+
+sys.argv = ["bitconv", *sys.argv[1:]]
+main()
+'''
+
+
+@pytest.mark.parametrize("target", ["hf", "gguf"])
+def test_kill_between_the_overwrite_renames_keeps_the_old_out(target, tmp_path):
+    """--overwrite moves the old OUT aside before the new one comes in: a kill between the two renames leaves the
+    old OUT recoverable, and the next run puts it back (then replaces it properly)."""
+    src = corpus.clone("st", tmp_path)
+    out = tmp_path / ("out.gguf" if target == "gguf" else "out")
+    cmd = ["pack", str(src), "-o", str(out)] + (["--to", "gguf", "--type", "f16"] if target == "gguf" else [])
+    assert runner.invoke(app, cmd).exit_code == 0
+    old = snapshot(out) if out.is_dir() else hashlib.sha256(out.read_bytes()).hexdigest()
+    script = tmp_path / "kill.py"
+    script.write_text(KILL_BETWEEN_RENAMES)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    p = subprocess.run([sys.executable, str(script), *cmd, "--overwrite"], env=env, cwd=ROOT, capture_output=True)
+    assert p.returncode == 9, p.stderr
+    assert not out.exists() and list(tmp_path.glob(".bitconv-old-*"))  # the old one is aside, not gone
+    r = runner.invoke(app, cmd)  # no --overwrite: the old OUT is back, so this is "already exists"
+    assert r.exit_code == 2 and "already exists" in r.stderr, r.output
+    assert (snapshot(out) if out.is_dir() else hashlib.sha256(out.read_bytes()).hexdigest()) == old
+    assert not leftovers(tmp_path)
+
+
+def _mount(*args: str) -> bool:
+    return subprocess.run(["mount", *args], capture_output=True).returncode == 0
+
+
+def test_bind_mounted_out_is_the_src(tmp_path):
+    """`pack b/src -o b2/src --overwrite` with b2 a bind mount of b: same (device, inode), refused; the master
+    survives (it was replaced and deleted when the check compared path strings)."""
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b2").mkdir()
+    src = corpus.clone("st", tmp_path / "b")
+    if not _mount("--bind", str(tmp_path / "b"), str(tmp_path / "b2")):
+        pytest.skip("bind mounts need privileges this run does not have")
+    try:
+        before = snapshot(tmp_path / "b")
+        for out in (tmp_path / "b2" / "src", tmp_path / "b2" / "src" / "inner", tmp_path / "b2"):
+            r = runner.invoke(app, ["pack", str(src), "-o", str(out), "--overwrite"])
+            assert r.exit_code == 2, r.output
+            assert "input" in one_error_line(r.stderr)
+            assert snapshot(tmp_path / "b") == before
+    finally:
+        _mount_off(tmp_path / "b2")
+
+
+def _mount_off(p: Path) -> None:
+    subprocess.run(["umount", str(p)], capture_output=True)
+
+
+def test_gguf_into_a_read_only_folder(tmp_path):
+    """GGUF output into a read-only folder: one line, exit 2 (once exit 3), nothing left."""
+    src = corpus.clone("st", tmp_path)
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    if os.geteuid() == 0:
+        if not _mount("--bind", "-o", "ro", str(ro), str(ro)):
+            pytest.skip("root ignores folder permissions and no read-only bind mount is possible")
+    else:
+        ro.chmod(0o555)
+    try:
+        r = runner.invoke(app, ["pack", str(src), "--to", "gguf", "--type", "i2_s", "-o", str(ro / "m.gguf")])
+        assert r.exit_code == 2, r.output
+        line = one_error_line(r.stderr)
+        assert "not writable" in line or "Read-only" in line, line
+        assert not list(ro.iterdir())
+    finally:
+        if os.geteuid() == 0:
+            _mount_off(ro)
+        ro.chmod(0o755)
+
+
+def test_sigint_during_imports_prints_one_line(tmp_path):
+    """Ctrl-C while typer, rich and torch import (the first second or so) prints the one line, exit 130. The
+    signal is sent when `-X importtime` shows the CLI's imports under way, so it lands mid-import every time."""
+    src = corpus.clone("st", tmp_path)
+    env = {k: v for k, v in os.environ.items() if k != "BITCONV_DEBUG"}
+    env["PYTHONPATH"] = str(ROOT)
+    for marker in ("typer", "rich.console", "numpy"):
+        p = subprocess.Popen([sys.executable, "-X", "importtime", "-m", "bitconv", "pack", str(src), "-o",
+                              str(tmp_path / "o")], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
+                             cwd=ROOT)
+        seen = []
+        for raw in p.stderr:
+            seen.append(raw.decode())
+            if raw.decode().rstrip().split("|")[-1].strip() == marker:
+                p.send_signal(signal.SIGINT)
+                break
+        rest = p.stderr.read().decode()
+        p.wait(timeout=60)
+        p.stderr.close()
+        text = "".join(ln for ln in [*seen, *rest.splitlines(True)] if not ln.startswith("import time:"))
+        assert p.returncode == 130, text
+        assert "Traceback" not in text and one_error_line(text) == "error: interrupted; no output was left behind"
+        assert not (tmp_path / "o").exists() and not leftovers(tmp_path)
+
+
+@pytest.mark.parametrize("token", ["hf_abcdefgh\x1b[2Jijkl", "hf_abcdefgh\nijklmnop", "hf_abcdéfghijklmn",
+                                   "hf_abc defghijklm", "\x00\x01\x02\x03hf_secretvalue"])
+def test_token_of_any_shape_never_echoed(token, tmp_path):
+    """A --token with control, space or non-ASCII characters: one line, exit 2, and no form of it in the output."""
+    src = corpus.clone("st", tmp_path)
+    r = runner.invoke(app, ["upload", str(src), "someone/model", "--token", token])
+    assert r.exit_code == 2, r.output
+    line = one_error_line(r.stderr)
+    assert "token" in line and "not shown" in line
+    for form in (token, repr(token)[1:-1], token.encode("unicode_escape").decode(), "abcdefgh", "secretvalue"):
+        assert form not in r.output
+
+
+def test_scrub_removes_every_printed_form():
+    from bitconv.hub import scrub
+
+    tok = "hf_abcd\x1befgh"
+    for text in (f"bad header {tok!r}", f"bad header {tok.encode()!r}", f"bad {tok}"):
+        assert "abcd" not in scrub(text, tok), scrub(text, tok)
+
+
+def test_kernel_config_option_never_rewrites_the_users_ini(tmp_path):
+    """--kernel-config naming the kernel_config.ini beside OUT (a hand-written one, same tiling, other text):
+    the GGUF is written and the user's file is byte-for-byte unchanged."""
+    from bitconv.kernel_config import derive
+
+    src = corpus.clone("st", tmp_path)
+    from bitconv.sources import open_source as _open
+
+    shapes = {t.name: t.shape for t in _open(src).ternary_tensors()}
+    text = "# my tiling\n" + derive("tl1", shapes).to_ini().replace(" = ", "=")
+    (tmp_path / "o").mkdir()
+    ini = tmp_path / "o" / "kernel_config.ini"
+    ini.write_text(text)
+    r = runner.invoke(app, ["pack", str(src), "--to", "gguf", "--type", "tl1", "--kernel-config", str(ini),
+                            "-o", str(tmp_path / "o" / "m.gguf"), "--overwrite"])
+    assert r.exit_code == 0, r.output
+    assert ini.read_text() == text and (tmp_path / "o" / "m.gguf").is_file()
+
+
+def test_nanotron_free_space_counts_side_files(tmp_path, monkeypatch):
+    """convert --to nanotron: free space that fits the weights but not the side files is refused up front."""
+    from bitconv import output
+
+    src = corpus.clone("llama", tmp_path)
+    (src / "tokenizer.json").write_text(json.dumps({"model": {"vocab": {}}, "pad": "x" * (8 << 20)}))
+    before = snapshot(tmp_path)
+    weights = sum(f.stat().st_size for f in src.glob("*.safetensors"))
+    free = weights + weights // 100 + (5 << 20)  # the weights and headroom fit; the 8 MiB tokenizer does not
+    monkeypatch.setattr(output.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9 - free, free))
+    r = runner.invoke(app, ["convert", str(src), "--to", "nanotron", "-o", str(tmp_path / "nt")])
+    assert_clean_failure(r, tmp_path, before, "not enough disk space", "headroom")
+
+
+def test_free_space_message_on_a_small_filesystem(tmp_path, monkeypatch):
+    """A small output on a small filesystem: the message states the output's size, the headroom and what is free
+    (it once said '0.1 MiB needed, 10.0 MiB free' and refused)."""
+    from bitconv import output
+    from bitconv.errors import OutputError
+
+    monkeypatch.setattr(output.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10 << 20, 7 << 20, 3 << 20))
+    output.check_free_space(tmp_path, 100 << 10)  # headroom scales with the filesystem: 100 KiB fits in 3 MiB
+    output.check_free_space(tmp_path, 2 << 20)
+    with pytest.raises(OutputError, match=r"needs 3\.0 MiB \(\+ 0\.1 MiB headroom\), 3\.0 MiB are free"):
+        output.check_free_space(tmp_path, 3 << 20)
+
+
+CONFIG_FUZZ_DEFAULT = [(k, v) for i, k in enumerate(corpus.CONFIG_FUZZ_KEYS)
+                       for v in (corpus.CONFIG_FUZZ_VALUES[i % 16], corpus.CONFIG_FUZZ_VALUES[(i + 7) % 16])]
+
+
+def _config_fuzz(key: str, value: object, commands: tuple, tmp_path: Path) -> None:
+    src = corpus.clone("st", tmp_path)
+    cfg = json.loads((src / "config.json").read_text())
+    cfg[key] = value
+    (src / "config.json").write_text(json.dumps(cfg))
+    before = snapshot(src)
+    for i, cmd in enumerate(commands):
+        out = tmp_path / f"out{i}"
+        r = runner.invoke(app, [a.format(src=src, out=out) for a in cmd])
+        ok = (0, 2, 1) if cmd[0] == "check" else (0, 2)  # check reports a bad config as a failed check (exit 1)
+        assert r.exit_code in ok and "Traceback" not in r.output and "internal error" not in r.output, \
+            (key, value, cmd, r.output)
+        if r.exit_code == 2:
+            one_error_line(r.stderr)
+    assert snapshot(src) == before
+
+
+@pytest.mark.parametrize("key, value", CONFIG_FUZZ_DEFAULT, ids=[f"{k}={v!r}" for k, v in CONFIG_FUZZ_DEFAULT])
+def test_config_fuzz_sample(key, value, tmp_path):
+    """54 (key, value) pairs of the 27 x 16 grid through 3 commands: never exit 3."""
+    _config_fuzz(key, value, (corpus.INSPECT, corpus.PACK, corpus.CONFIG_FUZZ_COMMANDS[3]), tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("key", corpus.CONFIG_FUZZ_KEYS)
+def test_config_fuzz_full(key, tmp_path):
+    """The whole grid: 27 keys x 16 values x 8 commands (about 3 minutes): never exit 3."""
+    for i, value in enumerate(corpus.CONFIG_FUZZ_VALUES):
+        (tmp_path / str(i)).mkdir()
+        _config_fuzz(key, value, corpus.CONFIG_FUZZ_COMMANDS, tmp_path / str(i))

@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 
 from bitconv import hub, pipeline
 from bitconv.cli import app
+from bitconv.sources import open_source
 from tests.hubemu import MIB, HubEmulator
 
 TOKEN = "hf_bitconvEmulatorSecret0123456789"  # alice's
@@ -55,13 +56,11 @@ def emu(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
 
 
 @pytest.fixture(scope="module")
-def packed(tmp_path_factory: pytest.TempPathFactory):
+def packed(tmp_path_factory: pytest.TempPathFactory, models):
     """Packed HF folders: "small" (default tiny) and "big" (untied, 12k vocab: model.safetensors > 10 MiB)."""
-    from bitconv import tiny
-
     base = tmp_path_factory.mktemp("hub-packed")
-    small = tiny.make_tiny(base / "small-src")
-    big = tiny.make_tiny(base / "big-src", tied=False, vocab_size=12288)
+    small = models()
+    big = models(tied=False, vocab_size=12288)
     return {"small-src": small, "small": pipeline.pack_hf(small, base / "small").out,
             "big": pipeline.pack_hf(big, base / "big").out}
 
@@ -142,7 +141,8 @@ def test_repo_id_src_downloads_only_what_it_needs_then_pack_and_push(emu, packed
 
 def test_offline_mode_serves_the_cached_snapshot(emu, packed, monkeypatch):
     _seed_source(emu, packed["small-src"])
-    assert run("inspect", "microsoft/tiny-bitnet", "--json", "--no-stats").exit_code == 0
+    r = run("inspect", "microsoft/tiny-bitnet", "--json", "--no-stats")
+    assert r.exit_code == 0 and json.loads(r.stdout)["kind"] == "bf16-master", r.output
     before = emu.request_count
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     r = run("inspect", "microsoft/tiny-bitnet", "--json", "--no-stats")
@@ -161,7 +161,10 @@ def test_gguf_file_sharded_subfolder_and_revision_refs(emu, models):
     repo.refs["v1"] = repo.refs["main"]
     folder = hub.resolve("org/sharded/bf16@v1")
     assert sorted(p.name for p in folder.iterdir()) == sorted(p.name for p in sharded.iterdir())
-    assert run("inspect", "org/sharded/bf16", "--json", "--no-stats").exit_code == 0
+    r = run("inspect", "org/sharded/bf16", "--json", "--no-stats")
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)
+    assert d["kind"] == "bf16-master" and len(d["tensors"]) == len(open_source(sharded).tensors)
 
 
 def test_download_errors_are_one_line(emu, packed, monkeypatch):
@@ -174,7 +177,8 @@ def test_download_errors_are_one_line(emu, packed, monkeypatch):
     _one_line_error(run("inspect", "someone/notes"), "not a supported checkpoint", "notes.txt")
     _one_line_error(run("inspect", "meta/gated@nope"), "meta/gated@nope", "no such revision")
     monkeypatch.setenv("HF_TOKEN", OTHER)  # bob has access to the gated repo
-    assert run("inspect", "meta/gated", "--no-stats").exit_code == 0
+    r = run("inspect", "meta/gated", "--no-stats")
+    assert r.exit_code == 0 and "bf16-master" in r.stdout, r.output
 
 
 # ------------------------------------------------------------------------------------------------ upload
@@ -197,6 +201,9 @@ def test_upload_creates_repo_with_lfs_multipart(emu, packed):
     assert card.data.base_model == "microsoft/big" and "model.safetensors" in card.text
     again = run("upload", big, "alice/big-packed", "--token", TOKEN, "--base-model", "microsoft/big")
     assert again.exit_code == 0, again.output  # an unchanged re-upload is a no-op commit
+    n_files = len(list(big.iterdir())) + 1  # and the generated README.md
+    assert f"uploaded {n_files} files" in again.stdout and f"{emu.url}/alice/big-packed/commit/" in again.stdout
+    assert emu.read_files("alice/big-packed")["model.safetensors"] == (big / "model.safetensors").read_bytes()
 
 
 def test_upload_to_branch_and_as_pr(emu, packed):

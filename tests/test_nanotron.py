@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 from bitconv import pipeline
 from bitconv.cli import app
 from bitconv.cli.convert import check_options
-from bitconv.errors import SourceError, UsageError
+from bitconv.errors import OutputError, SourceError, UsageError
 from bitconv.nanotron import convert as nc
 from bitconv.nanotron import format as nt
 from bitconv.nanotron import yamlish
@@ -619,7 +619,7 @@ def test_failed_convert_leaves_nothing(ntfx, broken, tmp_path, monkeypatch):
 
     real = nc.write_param
     monkeypatch.setattr(nc, "write_param", failing)
-    with pytest.raises(OSError, match="disk on fire"):
+    with pytest.raises(OutputError, match="disk on fire"):
         nc.to_nanotron(ntfx / "llama_tp1", out_dir / "mid")
     assert list(out_dir.iterdir()) == [] and not any(p.name.startswith(TMP_PREFIX) for p in out_dir.iterdir())
 
@@ -676,6 +676,8 @@ def test_cli_other_commands_take_nanotron(ntfx, tmp_path):
                           src.tensors["model.layers.1.mlp.gate_proj.weight"].ternary().codes)
     r = run("quantize", ntfx / "head_llama_tp2_tied", "-o", tmp_path / "q")
     assert r.exit_code == 0, r.output
+    q = open_source(tmp_path / "q")
+    assert q.kind == "bitconv-ternary" and sum(t.is_ternary for t in q.tensors.values()) > 0
 
 
 def test_cli_option_errors(ntfx, tmp_path):
@@ -690,7 +692,7 @@ def test_cli_option_errors(ntfx, tmp_path):
     with pytest.raises(UsageError, match="--scale-granularity applies to --to hf-bf16 only"):
         check_options("nanotron", "fused", 1, 1, None)
     r = run("convert", tmp_path, "-o", tmp_path / "x", "--to", "hf-bf16")
-    assert r.exit_code == 2
+    assert r.exit_code == 2 and "--to hf-bf16 converts a Nanotron checkpoint" in r.stderr, r.output
     assert not (tmp_path / "x").exists()
 
 

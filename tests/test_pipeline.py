@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from bitconv import pipeline, tiny
+from bitconv import pipeline
 from bitconv.errors import LayoutError, OutputError, UsageError
 from bitconv.output import TMP_PREFIX
 from bitconv.quant import dequantize, ternarize
@@ -125,8 +125,8 @@ def test_quant_config_keeps_lm_head_unconverted(models, tmp_path, copy_dir):
     assert out["quantization_config"]["quantization_mode"] == "offline"
 
 
-def test_out_features_not_multiple_of_4_refused_before_writing(tmp_path):
-    master = tiny.make_tiny(tmp_path / "m", "bitnet-2b4t", intermediate_size=770)
+def test_out_features_not_multiple_of_4_refused_before_writing(models, tmp_path):
+    master = models("bitnet-2b4t", intermediate_size=770)
     with pytest.raises(LayoutError) as e:
         pipeline.pack_hf(master, tmp_path / "out")
     msg = str(e.value)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bitconv import pipeline, tiny
+from bitconv import pipeline
 from bitconv.errors import SourceError
 from bitconv.safetensors_io import read_header
 from bitconv.sources import open_source
@@ -26,9 +26,9 @@ def test_kinds_are_detected(models, tmp_path, golden_hf):
         assert ck.tensors["model.layers.0.mlp.gate_proj.weight"].shape == (384, 128)
 
 
-def test_sharded_source_gives_identical_output(tmp_path):
-    single = tiny.make_tiny(tmp_path / "single", "bitnet-2b4t", tied=False)
-    sharded = tiny.make_tiny(tmp_path / "sharded", "bitnet-2b4t", tied=False, max_shard_bytes=400_000)
+def test_sharded_source_gives_identical_output(models, tmp_path):
+    single = models("bitnet-2b4t", tied=False)
+    sharded = models("bitnet-2b4t", tied=False, max_shard_bytes=400_000)
     assert (sharded / "model.safetensors.index.json").exists()
     pipeline.pack_hf(single, tmp_path / "a")
     pipeline.pack_hf(sharded, tmp_path / "b")
@@ -47,8 +47,8 @@ def test_one_tensor_resident_reads_only_what_is_asked(models):
 
 
 @pytest.fixture
-def sharded(tmp_path):
-    return tiny.make_tiny(tmp_path / "sharded", "bitnet-2b4t", max_shard_bytes=400_000)
+def sharded(models, copy_dir):
+    return copy_dir(models("bitnet-2b4t", max_shard_bytes=400_000), "sharded")
 
 
 def error_of(path: Path) -> str:
@@ -113,8 +113,8 @@ def rewrite_header(path: Path, mutate) -> None:
 
 
 @pytest.fixture
-def single(tmp_path):
-    return tiny.make_tiny(tmp_path / "single", "bitnet-2b4t")
+def single(models, copy_dir):
+    return copy_dir(models("bitnet-2b4t"), "single")
 
 
 CORRUPTIONS = {

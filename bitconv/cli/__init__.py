@@ -110,7 +110,7 @@ def handle_errors(fn: F) -> F:
         except BitconvError as e:
             if os.environ.get("BITCONV_DEBUG") == "1":
                 raise
-            render.error(str(e))
+            render.error(_scrub(str(e)))
             raise typer.Exit(e.exit_code) from None
         except KeyboardInterrupt:
             render.error("interrupted; no output was left behind")
@@ -120,11 +120,18 @@ def handle_errors(fn: F) -> F:
         except Exception as e:  # a bug, not a user error: say so in one line
             if os.environ.get("BITCONV_DEBUG") == "1":
                 raise
-            render.error(f"internal error: {type(e).__name__}: {e} (set BITCONV_DEBUG=1 for the traceback and "
-                         "please report it)")
+            render.error(_scrub(f"internal error: {type(e).__name__}: {e} (set BITCONV_DEBUG=1 for the traceback "
+                                "and please report it)"))
             raise typer.Exit(3) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _scrub(message: str) -> str:
+    """No token (--token, HF_TOKEN, the saved login, anything shaped like hf_...) in any error line."""
+    from bitconv.hub import scrub
+
+    return scrub(message)
 
 
 def _report(report: Any, as_json: bool, command: str, **extra: Any) -> None:

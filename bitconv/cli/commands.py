@@ -56,12 +56,15 @@ def pack(src: SrcArg,
                                                    "scale, microsoft 2B-4T) or bitlinear (1/scale)")]
          = "autobitlinear",
          gguf_type: Annotated[str | None, typer.Option("--type", help="GGUF: i2_s, tl1, tl2 (bitnet.cpp), tq1_0, "
-                                                       "tq2_0 (llama.cpp), or f32, f16, bf16 (codes * scale)")]
+                                                       "tq2_0 (llama.cpp), iq1_bn, iq2_bn, iq2_bn_r4 "
+                                                       "(ik_llama.cpp), or f32, f16, bf16 (codes * scale)")]
          = None,
          arch: Annotated[str | None, typer.Option("--arch", help="GGUF architecture: bitnet-b1.58 (default for "
-                                                  "BitNetForCausalLM), bitnet-25, bitnet, llama")] = None,
-         embd_type: Annotated[str, typer.Option("--embd-type", help="GGUF token_embd / output type: f16, f32, "
-                                                "bf16 or q8_0")] = "f16",
+                                                  "BitNetForCausalLM; bitnet-25 for the ik types), bitnet-25, "
+                                                  "bitnet, llama")] = None,
+         embd_type: Annotated[str | None, typer.Option("--embd-type", help="GGUF token_embd / output type: f16, "
+                                                       "f32, bf16 or q8_0 (default f16; q8_0 for the ik types)")]
+         = None,
          kernel_config: Annotated[Path | None, typer.Option("--kernel-config", help="GGUF TL1/TL2: the "
                                                             "kernel_config.ini to tile for (default: derived from "
                                                             "the model's shapes)")] = None,
@@ -72,6 +75,8 @@ def pack(src: SrcArg,
                                                         show_default=False)] = None,
          compute: ComputeOpt = "float32", overwrite: OverwriteOpt = False, max_shard_size: ShardOpt = "5GB",
          dry_run: Annotated[bool, typer.Option("--dry-run", help="print the plan, write nothing")] = False,
+         force: Annotated[bool, typer.Option("--force", help="GGUF: write a file that runs correctly on no known "
+                                             "runtime (docs/runtimes.md), with a warning in the file")] = False,
          json: JsonOpt = False, push_to_hub: PushOpt = None, private: PrivateOpt = False,
          create_pr: CreatePrOpt = False,
          revision: Annotated[str | None, typer.Option("--revision", help="with --push-to-hub: the branch to push "
@@ -84,7 +89,7 @@ def pack(src: SrcArg,
     with render.progress("pack", not json and not dry_run) as cb:
         res = api.pack(src, out, to=to, linear_class=linear_class, type=gguf_type, arch=arch, embd_type=embd_type,
                        kernel_config=kernel_config, tl2_type_id=tl2_type_id, compute=compute, model_name=model_name,
-                       overwrite=overwrite, max_shard_size=max_shard_size, dry_run=dry_run, token=token,
+                       force=force, overwrite=overwrite, max_shard_size=max_shard_size, dry_run=dry_run, token=token,
                        revision=src_rev, progress=cb)
     if dry_run:
         _print_plan(res, json, time.perf_counter() - t0)
@@ -93,8 +98,11 @@ def pack(src: SrcArg,
         return
     if not json:
         _report(res, False, "pack")
-        if "codegen" in res.extra:
-            _print_codegen(res.extra)
+        if "runtimes" in res.extra:
+            render.out.print(f"GGUF arch {res.extra['arch']}, metadata as {res.extra['profile']}")
+            if "kernel_config" in res.extra:
+                render.out.print(f"kernel config: {res.extra['kernel_config']}")
+            _print_runtimes(res.extra, warn=False)
     from bitconv.cli.hub import push_after_pack
 
     pushed = push_after_pack(res.out, push_to_hub, src, token, json, revision=revision, private=private,
@@ -103,19 +111,22 @@ def pack(src: SrcArg,
         _report(res, True, "pack", target=to.lower(), **({"pushed": pushed} if pushed else {}))
 
 
-def _print_codegen(extra: dict) -> None:
-    cg = extra["codegen"]
-    j = lambda xs: ",".join(str(x) for x in xs)  # noqa: E731
-    render.out.print(f"GGUF arch {extra['arch']}, metadata as {extra['profile']}", markup=False)
-    render.out.print(f"kernel config: {extra['kernel_config']}", markup=False)
-    render.out.print("to run it, build bitnet.cpp's kernels for this config (these are bitnet.cpp's codegen "
-                     "options, not bitconv's):", markup=False)
-    render.out.print(f"  python utils/{cg['script']} --model {cg['model']} --BM {j(cg['BM'])} --BK {j(cg['BK'])} "
-                     f"--bm {j(cg['bm'])}", markup=False)
-    if not cg["preset"]:
-        shapes = ", ".join(f"[{m}, {k}]" for m, k in cg["shapes"])
-        render.out.print(f"  (first add \"{cg['model']}\": [{shapes}] to ModelShapeDict in {cg['script']})",
-                         markup=False)
+def _print_runtimes(extra: dict, warn: bool = True) -> None:
+    """Where the file runs (from the compatibility table), how to run it, how to build the TL kernels (steps in
+    the bitnet.cpp checkout: codegen options are bitnet.cpp's, not bitconv's), warnings."""
+    o = render.out
+    o.print(extra["runs_on"])
+    o.print(extra["does_not_run_on"])
+    for v in extra["runtimes"]:
+        if v["runs"]:
+            o.print(f"  {v['name']}: {v['command']}" + "".join(f"\n    note: {n}" for n in v["notes"]))
+    if "codegen_steps" in extra:
+        o.print("build bitnet.cpp with kernels for this file (in the bitnet.cpp checkout):")
+        for i, step in enumerate(extra["codegen_steps"], 1):
+            o.print(f"  {i}. {step}")
+    if warn:
+        for w in extra["warnings"]:
+            render.warning(w)
 
 
 def _print_plan(plan: Any, as_json: bool, seconds: float) -> None:
@@ -136,6 +147,7 @@ def _print_plan(plan: Any, as_json: bool, seconds: float) -> None:
         extra = {"gguf": plan.extra} if gguf else {}
         render.print_json(jsondoc.doc("pack", out=getattr(plan, "out", None), layout=jsondoc.layout_name(layout),
                                       bytes=plan.total_bytes, seconds=seconds, dry_run=True,
+                                      warnings=list(getattr(plan, "warnings", [])),
                                       source_kind=plan.source.kind, peak_memory_bytes=plan.peak_bytes,
                                       tensors=[dict(zip(cols, r)) for r in rows], **extra))
         return
@@ -143,6 +155,8 @@ def _print_plan(plan: Any, as_json: bool, seconds: float) -> None:
     render.out.print(f"total {render.human_bytes(plan.total_bytes)}, peak memory about "
                      f"{render.human_bytes(plan.peak_bytes)}; would write {getattr(plan, 'out', None) or '-'}; "
                      "nothing written (--dry-run)", markup=False)
+    if gguf:
+        _print_runtimes(plan.extra)
 
 
 @app.command(epilog="Example: bitconv unpack ./bitnet-packed -o ./bitnet-bf16-trainable  |  " + JOBS)
@@ -188,21 +202,31 @@ def _fmt(x: float | None, spec: str = ".4g") -> str:
 
 def _print_description(d: Any, show_tensors: bool) -> None:
     o = render.out
-    o.print(f"[bold]{render.escape(str(d.path))}[/]", markup=True)
-    lines = [f"  kind          {d.kind} — {d.kind_description}",
-             f"  layout        {d.layout or '-'}" + (f" (codes made in {d.compute})" if d.compute else ""),
-             f"  architecture  {d.architecture} ({d.family})",
-             "  config        " + ", ".join(f"{k}={v}" for k, v in d.config.items()),
-             f"  parameters    {d.parameters:,} ({d.ternary_parameters:,} ternary)",
-             "  files         " + ", ".join(f"{f['name']} {render.human_bytes(f['bytes'])}" for f in d.files),
-             f"  bits/weight   {d.bits_per_weight:.3f} overall, {_fmt(d.ternary_bits_per_weight, '.3f')} per "
-             "ternary weight"]
+    o.print(f"[bold]{render.esc(d.path)}[/]", markup=True)
+    o.print(f"  kind          {d.kind} — {d.kind_description}")
+    o.print(f"  layout        {d.layout or '-'}" + (f" (codes made in {d.compute})" if d.compute else ""))
+    o.print(f"  architecture  {d.architecture} ({d.family})")
+    o.print("  config        " + ", ".join(f"{k}={v}" for k, v in d.config.items()))
+    o.print(f"  parameters    {d.parameters:,} ({d.ternary_parameters:,} ternary)")
+    o.print("  files         " + ", ".join(f"{f['name']} {render.human_bytes(f['bytes'])}" for f in d.files))
+    o.print(f"  bits/weight   {d.bits_per_weight:.3f} overall, {_fmt(d.ternary_bits_per_weight, '.3f')} per "
+            "ternary weight")
     if d.scale_stats:
         s = d.scale_stats
-        lines.append(f"  scales        n={s['count']} min={s['min']:.4g} median={s['median']:.4g} max={s['max']:.4g}")
-        lines.append(f"  zero codes    {d.zero_fraction:.2%}")
-    for line in lines:
-        o.print(line, markup=False)
+        o.print(f"  scales        n={s['count']} min={s['min']:.4g} median={s['median']:.4g} max={s['max']:.4g}")
+        o.print(f"  zero codes    {d.zero_fraction:.2%}")
+    if d.runtimes is not None:
+        r = d.runtimes
+        o.print(f"  runtimes      arch {r['arch']}, activation {r['activation']}, projections {r['type']}")
+        render.table(f"where it runs ({r['runs_on']})", ["runtime", "runs correctly", "why not / how to run"],
+                     [[v["name"], "yes" if v["runs"] else "no",
+                       v["why"] or v["command"] + "".join(f"; {n}" for n in v["notes"])] for v in r["runtimes"]])
+        for n in r["notes"]:
+            o.print(f"  note: {n}")
+        for i, step in enumerate(r["codegen_steps"], 1):
+            o.print(f"  build step {i}: {step}")
+        if r["warning"]:
+            render.warning(f"this file says: {r['warning']}")
     if show_tensors:
         rows = [[t.name, t.shape, t.dtype, t.layout, t.bytes, _fmt(t.scale), _fmt(t.zero_fraction, ".3f")]
                 for t in d.tensors]

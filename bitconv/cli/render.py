@@ -1,9 +1,16 @@
-"""The only module that imports rich: tables, progress bars, and one-line errors, all on a console."""
+"""The only module that imports rich: tables, progress bars, and one-line errors, all on a console.
+
+Every string printed here may come from an input (tensor names, config values, paths): `clean` replaces control
+characters (ANSI/CSI cursor moves, OSC-8 links, bells, carriage returns, C1 controls, bidi overrides) with visible
+`\\xNN` escapes, and rich markup is off on both consoles, so `[/]` in a name is printed as it is. Code that wants
+markup passes `markup=True` and escapes every untrusted part with `esc`.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,6 +28,30 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 from rich.table import Table
+from rich.text import Text
+
+# C0 controls except none, DEL, C1 controls, and the bidi/zero-width format characters that reorder or hide text.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
+
+
+def clean(text: object) -> str:
+    """`text` as a string that is safe on a terminal: every control character becomes a visible escape."""
+    return _UNSAFE.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 256 else f"\\u{ord(m.group()):04x}",
+                       str(text))
+
+
+def esc(text: object) -> str:
+    """An untrusted string for a `markup=True` print: cleaned, and its `[...]` escaped."""
+    return escape(clean(text))
+
+
+class SafeConsole(Console):
+    """A console that cleans every string it prints; markup only where the caller asks for it (and escapes)."""
+
+    def print(self, *objects: object, markup: bool | None = None, **kw: object) -> None:  # type: ignore[override]
+        if not markup:
+            objects = tuple(clean(o) if isinstance(o, str) else o for o in objects)
+        super().print(*objects, markup=bool(markup), **kw)  # type: ignore[arg-type]
 
 
 def _width(stream: object) -> int | None:
@@ -32,18 +63,21 @@ def _width(stream: object) -> int | None:
     return None if stream.isatty() else 160
 
 
-out = Console(highlight=False, soft_wrap=True, width=_width(sys.stdout))
-err = Console(stderr=True, highlight=False, soft_wrap=True, width=_width(sys.stderr))
+out = SafeConsole(highlight=False, soft_wrap=True, markup=False, width=_width(sys.stdout))
+err = SafeConsole(stderr=True, highlight=False, soft_wrap=True, markup=False, width=_width(sys.stderr))
 
 
 def error(message: str) -> None:
-    # file and tensor names come from the input: escape them, a name like "[/x]" is not markup
-    err.print(f"[bold red]error:[/] {escape(message)}", markup=True, highlight=False) if err.is_terminal else print(
-        f"error: {message}", file=sys.stderr)
+    # file and tensor names come from the input: cleaned and escaped, a name like "[/x]" is not markup
+    line = clean(message)  # one line, whatever the message holds (a newline becomes \\x0a)
+    if err.is_terminal:
+        err.print(f"[bold red]error:[/] {escape(line)}", markup=True, highlight=False)
+    else:
+        print(f"error: {line}", file=sys.stderr)
 
 
 def warning(message: str) -> None:
-    print(f"warning: {message}", file=sys.stderr)
+    print(f"warning: {clean(message)}", file=sys.stderr)
 
 
 def print_json(data: object) -> None:
@@ -59,11 +93,11 @@ def human_bytes(n: float) -> str:
 
 
 def table(title: str, columns: list[str], rows: list[list[object]]) -> None:
-    t = Table(title=title, title_justify="left")
+    t = Table(title=Text(clean(title)), title_justify="left")
     for c in columns:
-        t.add_column(c, overflow="fold")
+        t.add_column(Text(clean(c)), overflow="fold")
     for r in rows:
-        t.add_row(*[str(x) for x in r])
+        t.add_row(*[Text(clean(x)) for x in r])  # Text: never parsed as markup
     out.print(t)
 
 
@@ -77,11 +111,11 @@ def progress(label: str, enabled: bool = True, unit: str = "bytes") -> Iterator[
     counts = [DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn()] if unit == "bytes" else \
         [MofNCompleteColumn()]
     cols = [TextColumn("[bold]{task.description}"), BarColumn(), *counts, TimeElapsedColumn(),
-            TextColumn("{task.fields[name]}")]
+            TextColumn("{task.fields[name]}", markup=False)]
     with Progress(*cols, console=err, transient=True) as bar:
         task = bar.add_task(label, total=None, name="")
 
         def update(done: int, total: int, name: str) -> None:
-            bar.update(task, completed=done, total=total, name=name)
+            bar.update(task, completed=done, total=total, name=clean(name))
 
         yield update

@@ -41,10 +41,17 @@ def _limits(max_rel: float | None, max_abs: float | None, max_kl: float | None, 
     return {"max_rel_dlogit": max_rel, "max_dlogit": max_abs, "max_kl": max_kl, "min_top1": top1, "min_top5": top5}
 
 
-def _write(path: str | Path, text: str, append: bool = False) -> None:
+def _write(path: str | Path, text: str, append: bool = False, inputs: tuple[Path, ...] = ()) -> None:
+    """A report file: never one of the inputs (compared by device and inode), written atomically (a temporary
+    beside it, renamed into place); `append` (the CI step summary) appends."""
+    from bitconv.output import write_report
+
     try:
-        with open(path, "a" if append else "w", encoding="utf-8") as f:
-            f.write(text)
+        if append:
+            with open(path, "a", encoding="utf-8") as f:
+                f.write(text)
+            return
+        write_report(Path(path), text, inputs)
     except OSError as e:
         raise UsageError(f"cannot write report: {e.strerror or e}", path=path) from None
 
@@ -61,17 +68,20 @@ def _document(command: str, report: object, files: list[Path]) -> dict:
 
 
 def _emit(command: str, report: object, as_json: bool, report_file: Path | None, junit: Path | None, suites: list,
-          markdown: str) -> None:
+          markdown: str, inputs: tuple[Path, ...] = ()) -> None:
+    from bitconv.output import check_report_path
     from bitconv.verify.report import to_junit
 
     files = [p for p in (report_file, junit) if p]
+    for p in files:
+        check_report_path(Path(p), inputs)  # before any report is written
     doc = _document(command, report, files)
     if report_file:
         import json as _json
 
-        _write(report_file, _json.dumps(doc, indent=2, default=str) + "\n")
+        _write(report_file, _json.dumps(doc, indent=2, default=str) + "\n", inputs=inputs)
     if junit:
-        _write(junit, to_junit(suites))
+        _write(junit, to_junit(suites), inputs=inputs)
     summary = os.environ.get("GITHUB_STEP_SUMMARY")
     if summary:
         _write(summary, markdown + "\n", append=True)
@@ -115,7 +125,8 @@ def verify_command(
     with render.progress("verify", not json) as cb:
         rep = api.verify(out, ref, parity=parity, prompt=prompt, tokens=tokens, bitlinear=bitlinear, token=token,
                          revision=revision, progress=(lambda stage, i, n: cb(i, n, stage)) if cb else None, **limits)
-    _emit("verify", rep, json, report, junit, [verify_suite(rep)], verify_markdown(rep))
+    _emit("verify", rep, json, report, junit, [verify_suite(rep)], verify_markdown(rep),
+          (out, ref, *((tokens,) if tokens else ())))
     if not json:
         _print_verify(rep)
     raise typer.Exit(rep.exit_code)
@@ -159,7 +170,7 @@ def check_command(
     say = None if json else (lambda p: render.err.print(f"· verifying {p}", markup=False))
     rep = api.check(path, parity=parity, on_item=say,
                     **_limits(max_rel_dlogit, max_dlogit, max_kl, min_top1, min_top5))
-    _emit("check", rep, json, report, junit, check_suites(rep), check_markdown(rep))
+    _emit("check", rep, json, report, junit, check_suites(rep), check_markdown(rep), (path,))
     if not json:
         _print_check(rep)
     raise typer.Exit(rep.exit_code)

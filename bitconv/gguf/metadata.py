@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -59,6 +59,22 @@ ARCHS: dict[str, GGUFArch] = {a.name: a for a in (
              "llama", "silu"),
     GGUFArch("llama", True, True, ("", ""), "LlamaForCausalLM", "llama", "silu"),
 )}
+
+# What a file reads back as, by the activation it declares (`<arch>.hidden_activation`, else its graph's default):
+# relu2 is the 2B4T family (BitNetForCausalLM, attn_sub_norm / ffn_sub_norm), silu the 1bitLLM family, whatever the
+# arch string, so a relu2 model written as upstream `bitnet` comes back as the model it is.
+_FAMILIES = {"relu2": ("BitNetForCausalLM", "bitnet", ("self_attn.attn_sub_norm", "mlp.ffn_sub_norm")),
+             "silu": ("BitnetForCausalLM", "llama", ("self_attn.inner_attn_ln", "mlp.ffn_layernorm"))}
+
+
+def read_arch(name: str, activation: str) -> GGUFArch:
+    """The GGUFArch a file of arch `name` whose FFN computes `activation` (silu / relu2) reads back as."""
+    base = ARCHS[name]
+    if name == "llama" or activation not in _FAMILIES:
+        return replace(base, hidden_act=activation)
+    cls, model_type, sub_norms = _FAMILIES[activation]
+    return replace(base, hf_class=cls, model_type=model_type, sub_norms=sub_norms, hidden_act=activation)
+
 
 # HF architectures[0] -> (default arch, allowed archs)
 HF_ARCHS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -162,6 +178,8 @@ class Meta:
     n_params: int
     quantized_by_llama_quantize: bool  # i2_s: the file llama-quantize would write
     add_prefix_space: bool | None = None
+    hidden_activation: str | None = None  # written as <arch>.hidden_activation when set
+    warning: str | None = None  # written as bitconv.warning (a --force'd file that runs correctly nowhere)
 
     def hp(self, *keys: str) -> Any:
         for k in keys:
@@ -240,6 +258,8 @@ FIELDS: dict[str, Callable[[Meta], KV | None]] = {
     "rope_scaling_factor": lambda m: _opt(KV.f32, _a(m, "rope.scaling.factor"), m.linear_rope_factor),
     "add_bos_true": lambda m: KV.boolean("tokenizer.ggml.add_bos_token", True),
     "add_space_prefix": lambda m: _opt(KV.boolean, "tokenizer.ggml.add_space_prefix", m.add_prefix_space),
+    "hidden_activation": lambda m: _opt(KV.string, _a(m, "hidden_activation"), m.hidden_activation),
+    "warning": lambda m: _opt(KV.string, WARNING_KEY, m.warning),
     "quantization_version": lambda m: KV.u32("general.quantization_version", GGUF_QUANTIZATION_VERSION),
     "quantization_version_if_quantize": lambda m: KV.u32("general.quantization_version", GGUF_QUANTIZATION_VERSION)
     if m.quantized_by_llama_quantize else None,
@@ -254,6 +274,7 @@ def _autoconfig_head_dim(m: Meta) -> int | None:
 
 
 VOCAB = "VOCAB"  # where the tokenizer KVs go
+WARNING_KEY = "bitconv.warning"
 
 _HF_COMMON = ("block_count", "context_length", "embedding_length", "feed_forward_length", "head_count",
               "head_count_kv", "rope_freq_base", "rms_eps")
@@ -267,22 +288,24 @@ class Profile:
 
 PROFILES: dict[str, Profile] = {
     "bitnet.cpp": Profile(("architecture", "name", *_HF_COMMON, "file_type", "vocab_size", "rope_scaling_linear_1",
-                           "rope_scaling_factor_1", VOCAB, "quantization_version_if_quantize"), "bitnet.cpp"),
+                           "rope_scaling_factor_1", "hidden_activation", VOCAB, "quantization_version_if_quantize",
+                           "warning"), "bitnet.cpp"),
     "bitnet.cpp-llama": Profile(("architecture", "name", *_HF_COMMON, "file_type", "vocab_size", "rope_dims",
-                                 "rope_scaling_type", "rope_scaling_factor", "add_space_prefix", VOCAB,
-                                 "quantization_version_if_quantize"), "bitnet.cpp"),
+                                 "rope_scaling_type", "rope_scaling_factor", "add_space_prefix", "hidden_activation",
+                                 VOCAB, "quantization_version_if_quantize", "warning"), "bitnet.cpp"),
     "convert-ms": Profile(("architecture", "name", "vocab_size", "context_length", "embedding_length", "block_count",
                            "feed_forward_length", "rope_dims", "head_count", "head_count_kv", "add_bos_true",
-                           "rms_eps", "rope_freq_base", "file_type", VOCAB, "quantization_version_if_quantize"),
+                           "rms_eps", "rope_freq_base", "file_type", "hidden_activation", VOCAB,
+                           "quantization_version_if_quantize", "warning"),
                           "convert-ms"),
     "upstream": Profile(("architecture", "type", "title_name", "size_label", *_HF_COMMON, "key_length",
                          "value_length", "file_type", "rope_scaling_linear_1", "rope_scaling_factor_1",
-                         "quantization_version", VOCAB), "upstream"),
+                         "quantization_version", "hidden_activation", VOCAB, "warning"), "upstream"),
     "upstream-llama": Profile(("architecture", "type", "title_name", "size_label", "block_count", "context_length",
                                "embedding_length", "feed_forward_length", "head_count", "head_count_kv",
                                "rope_scaling_type", "rope_scaling_factor", "rope_freq_base", "rms_eps", "key_length",
                                "value_length", "file_type", "vocab_size", "rope_dims", "quantization_version",
-                               "add_space_prefix", VOCAB), "upstream"),
+                               "add_space_prefix", "hidden_activation", VOCAB, "warning"), "upstream"),
 }
 
 # (arch, tool that makes the target type) -> profile

@@ -39,17 +39,33 @@ def _bf16(x: torch.Tensor) -> np.ndarray:
 
 
 def quantize_q8_0(x: np.ndarray) -> np.ndarray:
-    """float32 rows (last dim % 32 == 0) -> Q8_0 blocks as uint8. # ref: quantize_row_q8_0_ref"""
-    blocks = np.ascontiguousarray(x, dtype=np.float32).reshape(-1, Q8_0_BLOCK)
-    d = np.abs(blocks).max(axis=1, keepdims=True) / np.float32(127)
+    """float32 rows (last dim % 32 == 0) -> Q8_0 blocks as uint8. # ref: quantize_row_q8_0_ref
+
+    Works through the blocks a slice at a time with in-place arithmetic, so its temporaries stay a few MB whatever
+    the tensor size (a 128256 x 2560 embedding would otherwise need several float32 copies of itself).
+    """
+    blocks = np.asarray(x, dtype=np.float32).reshape(-1, Q8_0_BLOCK)
+    out = np.empty((blocks.shape[0], 2 + Q8_0_BLOCK), dtype=np.uint8)
+    for b0 in range(0, blocks.shape[0], _Q8_0_SLICE):
+        _q8_0_slice(blocks[b0:b0 + _Q8_0_SLICE], out[b0:b0 + _Q8_0_SLICE])
+    return out.reshape(-1)
+
+
+_Q8_0_SLICE = 1 << 15  # blocks per slice (4 MiB of float32)
+
+
+def _q8_0_slice(blocks: np.ndarray, out: np.ndarray) -> None:
+    a = np.abs(blocks)
+    d = a.max(axis=1, keepdims=True) / np.float32(127)
     with np.errstate(divide="ignore"):
         inv = np.where(d == 0, np.float32(0), np.float32(1) / d).astype(np.float32)
-    v = blocks * inv
-    q = (np.sign(v) * np.floor(np.abs(v) + np.float32(0.5))).astype(np.int8)  # roundf: half away from zero
-    out = np.empty((blocks.shape[0], 2 + Q8_0_BLOCK), dtype=np.uint8)
+    a *= inv  # |x * inv| == |x| * inv exactly
+    a += np.float32(0.5)
+    np.floor(a, out=a)  # roundf: half away from zero, applied to |v|; the sign goes back below
+    q = a.astype(np.int8)
+    np.negative(q, out=q, where=blocks < 0)
     out[:, :2] = d.astype(np.float16).view(np.uint8)
     out[:, 2:] = q.view(np.uint8)
-    return out.reshape(-1)
 
 
 def _q8_0(x: torch.Tensor) -> np.ndarray:

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from bitconv import safeio
 from bitconv.errors import SourceError, UsageError
 from bitconv.ggml_types import UPSTREAM_MEANING, GGMLType
 from bitconv.gguf.kv import KV, SCALARS, ValueType
@@ -80,11 +81,24 @@ class GGUFFile:
         return buf
 
 
+# Caps on what a header may make bitconv hold: the metadata (KV) area, parsed into Python objects at a few times its
+# size, and the tensor count. A real model's KVs (a 256k-token vocabulary and its merges included) take < 20 MiB.
+MAX_KV_BYTES = 64 << 20
+MAX_TENSORS = 1 << 20
+
+
 class _Cursor:
     """Bounds-checked little-endian reads from a memory map."""
 
     def __init__(self, mm: mmap.mmap | bytes, path: Path) -> None:
         self.mm, self.pos, self.size, self.path = mm, 0, len(mm), path
+        self.kv_limit = self.size  # set by _parse: where the capped metadata area must end
+
+    def check_kv_cap(self, key: str, extra: int = 0) -> None:
+        if self.pos + extra > self.kv_limit:
+            raise SourceError(f"GGUF metadata ({key!r} at byte {self.pos}) runs past the {MAX_KV_BYTES >> 20} MiB "
+                              "bitconv reads for metadata; real models need a few MiB", path=self.path,
+                              hint="not a model file bitconv can read")
 
     def need(self, n: int, what: str) -> None:
         if n < 0 or self.pos + n > self.size:
@@ -124,8 +138,15 @@ class _Cursor:
         if count * min_item > self.size - self.pos:
             raise SourceError(f"truncated or corrupt GGUF: array {key!r} declares {count} items, more than the "
                               f"{self.size - self.pos} bytes left in the file hold", path=self.path)
+        self.check_kv_cap(key, count * min_item)
         if itype == ValueType.STRING:
-            return [self.string(f"item of {key!r}") for _ in range(count)], itype
+            items = []
+            for i in range(count):
+                items.append(self.string(f"item of {key!r}"))
+                if not i % 65536:
+                    self.check_kv_cap(key)
+            self.check_kv_cap(key)
+            return items, itype
         if itype == ValueType.ARRAY:
             raise SourceError(f"nested arrays in {key!r} are not supported", path=self.path)
         dt = SCALARS[itype][1]
@@ -141,13 +162,13 @@ def _vtype(v: int, key: str, path: Path) -> ValueType:
         raise SourceError(f"corrupt GGUF: unknown metadata value type {v} for {key!r}", path=path) from None
 
 
-def read_gguf(path: str | Path, dialect: str = "auto") -> GGUFFile:
+def read_gguf(path: str | Path, dialect: str = "auto", *, user_named: bool = True) -> GGUFFile:
     """Parse and validate a GGUF file's header. Tensor data is read later with `GGUFFile.read`."""
     if dialect not in DIALECTS:
         raise UsageError(f"GGUF dialect must be one of {', '.join(DIALECTS)}, got {dialect!r}")
     p = Path(path)
     try:
-        with open(p, "rb") as f:
+        with safeio.opened(p, user_named=user_named) as f:
             size = os.fstat(f.fileno()).st_size
             if size < 24:
                 head = f.read(4)
@@ -174,11 +195,16 @@ def _parse(c: _Cursor, path: Path, dialect: str) -> GGUFFile:
     if n_tensors > c.size // 24 or n_kv > c.size // 12:
         raise SourceError(f"corrupt GGUF: header declares {n_tensors} tensors and {n_kv} metadata pairs, more "
                           "than the file can hold", path=path)
+    if n_tensors > MAX_TENSORS:
+        raise SourceError(f"corrupt GGUF: header declares {n_tensors} tensors; bitconv reads at most {MAX_TENSORS}",
+                          path=path)
     kvs: dict[str, KV] = {}
+    c.kv_limit = c.pos + MAX_KV_BYTES
     for _ in range(n_kv):
         key = c.string("metadata key")
         vtype = _vtype(c.u32(f"type of {key!r}"), key, path)
         value, itype = c.value(vtype, key)
+        c.check_kv_cap(key)
         kvs[key] = KV(key, vtype, value, itype)
     raw = [_tensor_info(c, path) for _ in range(n_tensors)]
     align = kvs["general.alignment"].value if "general.alignment" in kvs else ALIGNMENT

@@ -11,8 +11,12 @@ fork disagree (36-39, 42) by a dialect:
 | 39 | TL2 (fork before 2026-07)| MXFP4                  |
 | 42 | TL2 (current fork)       | Q2_0                   |
 
+ik_llama.cpp's IQ1_BN (134), IQ2_BN (135) and IQ2_BN_R4 (335) mean the same in every dialect (no collision), so
+auto-detection ignores them. Their rows carry a scale before the blocks: bytes = rows * (meta + ne0/64 * block),
+meta 2 (fp16) for IQ1_BN, 4 (float32) for the other two (gguf-py's size tables omit it).
+
 # ref: gguf-py 0.19.0 constants.py GGML_QUANT_SIZES; fork ggml/src/ggml.c ggml_nbytes (merge-dev l.3472-3494);
-#      spec gguf-bitnet-cpp.md §1, gguf-upstream.md §1.1
+#      spec gguf-bitnet-cpp.md §1, gguf-upstream.md §1.1, gguf-ik-llama.md §2, §9
 """
 
 from __future__ import annotations
@@ -56,16 +60,29 @@ def _fork_tl2(dims: tuple[int, ...]) -> int:
     return pad(tl2_payload_nbytes(m, k)) + 32  # ref: ggml_nbytes TL2 case, then the hidden scale slot
 
 
+def _row_scaled(meta: int) -> Callable[[tuple[int, ...]], int | None]:
+    def size(dims: tuple[int, ...]) -> int | None:  # ref: ik ggml_row_size = row_meta_size + type_size * ne0/64
+        if not dims or dims[0] % 64:
+            return None
+        t = ALL_TYPES["IQ1_BN" if meta == 2 else "IQ2_BN"]
+        return (meta + dims[0] // t.block_size * t.type_size) * math.prod(dims[1:])
+
+    return size
+
+
 # Types whose byte size is a formula of the shape rather than blocks x type size.
-_SIZE_FORMULAS: dict[str, Callable[[tuple[int, ...]], int]] = {
+_SIZE_FORMULAS: dict[str, Callable[[tuple[int, ...]], int | None]] = {
     "I2_S": _fork_2bit, "TL1": _fork_2bit, "TL2": _fork_tl2, "TL2_42": _fork_tl2,
+    "IQ1_BN": _row_scaled(2), "IQ2_BN": _row_scaled(4), "IQ2_BN_R4": _row_scaled(4),
 }
+_EVERY_DIALECT = ("upstream", "ik_llama.cpp")  # type dialects readable under any dialect unless the fork forks the id
 
 
 def by_id(type_id: int, dialect: str) -> GGMLType | None:
     """The type `type_id` means in `dialect` ("bitnet.cpp" or "upstream"); None for an unknown id."""
     for t in ALL_TYPES.values():
-        if t.id == type_id and (t.dialect == dialect or (t.dialect == "upstream" and t.id not in _forked(dialect))):
+        if t.id == type_id and (t.dialect == dialect or (t.dialect in _EVERY_DIALECT and
+                                                          t.id not in _forked(dialect))):
             return t
     return None
 

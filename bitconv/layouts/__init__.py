@@ -81,4 +81,13 @@ def list_layouts() -> list[str]:
 
 
 # Import the layout modules so that declaring their classes registers them.
-from bitconv.layouts import gguf_i2s, gguf_tl, gguf_tq, hf_packed, ternary  # noqa: E402, F401
+from bitconv.layouts import (  # noqa: E402, F401
+    gguf_i2s,
+    gguf_iq1bn,
+    gguf_iq2bn,
+    gguf_iq2bn_r4,
+    gguf_tl,
+    gguf_tq,
+    hf_packed,
+    ternary,
+)

@@ -26,6 +26,7 @@ class TernaryInt8(Layout, name="bitconv-ternary", container="hf"):
         return {"weight": FieldSpec(tuple(shape), "I8"), "weight_scale": FieldSpec((1,), "F32")}
 
     def pack(self, t: Ternary) -> dict[str, np.ndarray]:
+        self.spec(t.shape)
         return {"weight": np.ascontiguousarray(t.codes, dtype=np.int8),
                 "weight_scale": np.array([t.scale], dtype=np.float32)}
 

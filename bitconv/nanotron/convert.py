@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -33,11 +32,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bitconv import dtypes
-from bitconv.errors import SourceError, UsageError
+from bitconv import dtypes, safeio
+from bitconv.errors import OutputError, SourceError, UsageError
 from bitconv.nanotron import format as nt
 from bitconv.nanotron import yamlish
-from bitconv.output import AtomicOutput, check_free_space
+from bitconv.output import AtomicOutput, check_free_space, precheck
 from bitconv.pipeline import Plan, Progress, Report, Step, execute
 from bitconv.quant import COMPUTE_MODES, ternarize
 from bitconv.safetensors_io import OutEntry, build_header
@@ -401,6 +400,7 @@ def to_nanotron(src: str | Path | Checkpoint, out: str | Path, *, tp: int | None
         raise UsageError(f"--compute must be one of {', '.join(COMPUTE_MODES)}, got {compute!r}")
     if make_vocab_size_divisible_by < 1:
         raise UsageError("--make-vocab-size-divisible-by must be >= 1")
+    precheck(out, overwrite)
     ck = src if isinstance(src, Checkpoint) else open_source(src)
     own = ck.info if isinstance(ck, NanotronCheckpoint) else None
     tp = tp if tp is not None else (own.tp if own else 1)
@@ -439,20 +439,25 @@ def to_nanotron(src: str | Path | Checkpoint, out: str | Path, *, tp: int | None
     custom = {"bitconv": {"vocab_size": vocab, "source_kind": ck.kind, "hf_config": _hf_config_record(ck)}}
     guard = AtomicOutput(out, overwrite=overwrite, inputs=(ck.path,))
     total = sum(p.nbytes for p in params)
-    check_free_space(guard.out.parent, total)
+    # the shards, one filesystem block per file for headers and tails, the configs, and the side files copied along
+    side = sum(f.stat().st_size for f in ck.aux_files)
+    check_free_space(guard.out.parent, total + 4096 * len(params) * max(tp, 1) + (64 << 10) + side)
     tokenizer = str(guard.out.resolve()) if any(f.name.startswith("tokenizer") for f in ck.aux_files) else None
     files: list[Path] = []
     with guard as tmp:
         model_dir = tmp / "model"
-        for i, p in enumerate(params):
-            if progress:
-                progress(i, len(params), p.name)
-            tensor = p.make()
-            _check_shape(p, tensor)
-            files += write_param(model_dir, p.name, tensor, p.sharding, tp, version,
-                                 (stages[nt.block_of(p.name)], pp))
-        _write_configs(tmp, flavor, mc, tp, pp, version, custom, str(guard.out.resolve()),
-                       make_vocab_size_divisible_by, tokenizer, ck.aux_files)
+        try:
+            for i, p in enumerate(params):
+                if progress:
+                    progress(i, len(params), p.name)
+                tensor = p.make()
+                _check_shape(p, tensor)
+                files += write_param(model_dir, p.name, tensor, p.sharding, tp, version,
+                                     (stages[nt.block_of(p.name)], pp))
+            _write_configs(tmp, flavor, mc, tp, pp, version, custom, str(guard.out.resolve()),
+                           make_vocab_size_divisible_by, tokenizer, ck.aux_files)
+        except OSError as e:
+            raise OutputError(f"cannot write: {e.strerror or e}", path=e.filename or tmp) from None
     if progress:
         progress(len(params), len(params), "")
     warnings += _conversion_warnings(b, ck, flavor)
@@ -499,7 +504,7 @@ def _write_configs(tmp: Path, flavor: nt.Flavor, mc: dict, tp: int, pp: int, ver
     cfg = config_yaml_dict(flavor, mc, tp, init_path, multiple, tokenizer, pp=pp)
     (tmp / "config.yaml").write_text(yamlish.dump(cfg), encoding="utf-8")
     for f in aux:
-        shutil.copyfile(f, tmp / f.name)
+        safeio.copy_input(f, tmp / f.name)
     if os.environ.get("BITCONV_FSYNC") == "1":
         for p in tmp.rglob("*"):
             if p.is_file():
@@ -563,6 +568,7 @@ def to_hf(src: str | Path | NanotronCheckpoint, out: str | Path, *, purpose: str
     t0 = time.perf_counter()
     if compute not in COMPUTE_MODES:
         raise UsageError(f"--compute must be one of {', '.join(COMPUTE_MODES)}, got {compute!r}")
+    precheck(out, overwrite)
     granularity = export_mode(purpose, scale_granularity)
     if isinstance(src, NanotronCheckpoint) and granularity not in (None, src.info.granularity):
         src = open_nanotron(src.path, vocab_size=vocab_size or src.info.vocab, scale_granularity=granularity)

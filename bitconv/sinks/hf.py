@@ -8,12 +8,12 @@ tensor data) and the `weight_map`, as `save_pretrained` writes them.
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
 
+from bitconv import safeio
 from bitconv.errors import OutputError
 from bitconv.safetensors_io import OutEntry, SafetensorsWriter, TensorInfo
 from bitconv.sinks.background import BackgroundWriter
@@ -108,7 +108,7 @@ class HFSink:
                 write_json(self.folder / "model.safetensors.index.json", index)
             write_json(self.folder / "config.json", config)
             for f in aux_files:
-                shutil.copyfile(f, self.folder / f.name)
+                safeio.copy_input(f, self.folder / f.name)  # read through safeio: never a link out of SRC
         except OSError as e:
             raise OutputError(f"cannot write: {e.strerror or e}", path=self.folder) from None
 

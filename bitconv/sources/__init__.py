@@ -7,6 +7,7 @@ decoded from packed/ternary storage), everything else is passed through byte for
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bitconv import safeio
 from bitconv.errors import SourceError
 from bitconv.safetensors_io import TensorInfo
 from bitconv.tensors import Ternary
@@ -23,7 +25,7 @@ KINDS = {
     "bf16-master": "bf16 master weights (HF layout)",
     "bitconv-ternary": "bitconv ternary checkpoint (int8 codes + float32 scales)",
     "hf-packed": "transformers packed BitNet checkpoint (uint8, 4 codes per byte)",
-    "gguf": "GGUF file (bitnet.cpp I2_S/TL1/TL2, llama.cpp TQ1_0/TQ2_0, or float)",
+    "gguf": "GGUF file (bitnet.cpp I2_S/TL1/TL2, llama.cpp TQ1_0/TQ2_0, ik_llama.cpp IQ1_BN/IQ2_BN, or float)",
     "nanotron": "Nanotron checkpoint folder (TP/PP shards of bf16 latent weights)",
 }
 
@@ -112,6 +114,8 @@ def open_source(path: str | Path) -> Checkpoint:
         if not hub.is_repo_ref(path):
             raise SourceError("no such file or folder", path=p, hint=near_names(p))
         p = hub.resolve(str(path))
+    elif p.is_symlink() and not safeio.link_allowed(p):
+        p = Path(os.path.realpath(p))  # SRC itself may be a link the user made: read what it names
     if p.is_file() and p.suffix.lower() == ".gguf":
         from bitconv.sources.gguf import open_gguf
 
@@ -126,7 +130,7 @@ def open_source(path: str | Path) -> Checkpoint:
         return open_nanotron(p)
     if p.is_dir() and not (p / "config.json").exists():
         ggufs = sorted(p.glob("*.gguf"))
-        if len(ggufs) == 1:  # a folder holding exactly one GGUF is that file, as a Hub repo holding one is
+        if len(ggufs) == 1 and not ggufs[0].is_symlink():  # one GGUF in the folder: that file, as on the Hub
             from bitconv.sources.gguf import open_gguf
 
             return open_gguf(ggufs[0])

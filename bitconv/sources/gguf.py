@@ -3,7 +3,8 @@
 * Names: GGUF -> HF by architecture (`bitconv.gguf.metadata.hf_name`); the sub-norms get the family's spelling
   (1bitLLM `inner_attn_ln` / `ffn_layernorm` for arch `bitnet`, `attn_sub_norm` / `ffn_sub_norm` for
   `bitnet-b1.58` / `bitnet-25`). For arch `llama` the q/k RoPE permutation is undone.
-* Ternary projections: I2_S, TL1, TL2, TQ1_0, TQ2_0 through their layout's `unpack`; TL1/TL2 need the
+* Ternary projections: I2_S, TL1, TL2, TQ1_0, TQ2_0, ik_llama.cpp's IQ1_BN, IQ2_BN, IQ2_BN_R4 through their layout's
+  `unpack`; TL1/TL2 need the
   `kernel_config.ini` they were packed with, next to the file (`<name>.kernel_config.ini` or `kernel_config.ini`).
   F32/F16/BF16 projections (a converter's f32/f16 file) give codes = sign, scale = max|w| when the values are exactly
   ternary x scale, and are ternarized like a master otherwise.
@@ -16,6 +17,7 @@
 from __future__ import annotations
 
 import functools
+import os
 from pathlib import Path
 
 import numpy as np
@@ -23,21 +25,22 @@ import torch
 
 from bitconv import naming, validate
 from bitconv.errors import LayoutError, SourceError
-from bitconv.gguf.metadata import ARCHS, GGUFArch, hf_name, permute_heads, permute_rows
+from bitconv.gguf.metadata import ARCHS, GGUFArch, hf_name, permute_heads, permute_rows, read_arch
 from bitconv.gguf.quants import dequantize_q8_0
 from bitconv.gguf.reader import GGUFFile, GGUFTensor, read_gguf
 from bitconv.gguf.types import by_id
 from bitconv.kernel_config import KernelConfig
 from bitconv.layouts import Layout, get_layout
+from bitconv.layouts.runtimes import ACTIVATIONS, default_activation
 from bitconv.quant import ternarize
 from bitconv.safetensors_io import TensorInfo
 from bitconv.sources import Checkpoint, ModelTensor
 from bitconv.sources.safetensors import with_file
-from bitconv.tensors import Ternary
+from bitconv.tensors import Ternary, checked_scale
 
 # GGML type -> ternary layout name
 PACKED = {"I2_S": "gguf-i2-s", "TL1": "gguf-tl1", "TL2": "gguf-tl2", "TL2_42": "gguf-tl2", "TQ1_0": "gguf-tq1-0",
-          "TQ2_0": "gguf-tq2-0"}
+          "TQ2_0": "gguf-tq2-0", "IQ1_BN": "gguf-iq1-bn", "IQ2_BN": "gguf-iq2-bn", "IQ2_BN_R4": "gguf-iq2-bn-r4"}
 FLOATS = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("<u2")}
 _KERNEL_CONFIG = "kernel_config.ini"
 # `<arch>.*` KVs the config is built from, and what each must hold (a corrupt file can hold any value type).
@@ -48,12 +51,13 @@ _FLOAT_KVS = ("attention.layer_norm_rms_epsilon", "rope.freq_base")
 
 
 def open_gguf(path: str | Path, dialect: str = "auto") -> Checkpoint:
-    """Open a GGUF file (bitnet.cpp I2_S/TL1/TL2, upstream TQ1_0/TQ2_0, or F32/F16/BF16) as a Checkpoint."""
+    """Open a GGUF file (bitnet.cpp I2_S/TL1/TL2, upstream TQ1_0/TQ2_0, ik_llama.cpp IQ1_BN/IQ2_BN/IQ2_BN_R4, or
+    F32/F16/BF16) as a Checkpoint."""
     p = Path(path)
     g = read_gguf(p, dialect)
-    arch = ARCHS.get(g.arch)
-    if arch is None:
+    if g.arch not in ARCHS:
         raise SourceError(f"GGUF architecture {g.arch!r} is not one bitconv reads ({', '.join(ARCHS)})", path=p)
+    arch = read_arch(g.arch, file_activation(g))
     config = gguf_config(g, arch)
     layouts: dict[str, Layout] = {}
     tensors: dict[str, ModelTensor] = {}
@@ -67,6 +71,17 @@ def open_gguf(path: str | Path, dialect: str = "auto") -> Checkpoint:
     packed = sorted({lay.name for lay in layouts.values()})
     return Checkpoint(p, "gguf", config, tensors, [], [p], layout=packed[0] if len(packed) == 1 else
                       ("+".join(packed) or None))
+
+
+def file_activation(g: GGUFFile) -> str:
+    """The FFN activation a GGUF declares (`<arch>.hidden_activation`), else its arch's graph default."""
+    key = f"{g.arch}.hidden_activation"
+    act = g.get(key)
+    if act is None:
+        return default_activation(g.arch)
+    if act not in ACTIVATIONS:
+        raise SourceError(f"GGUF metadata {key} is {act!r}; bitconv reads {' or '.join(ACTIVATIONS)}", path=g.path)
+    return act
 
 
 def _tensor(g: GGUFFile, t: GGUFTensor, name: str, arch: GGUFArch, config: dict,
@@ -113,7 +128,7 @@ def _layout(g: GGUFFile, tname: str) -> Layout:
 
 def _kernel_config_path(path: Path) -> Path:
     for cand in (path.with_name(f"{path.stem}.{_KERNEL_CONFIG}"), path.with_name(_KERNEL_CONFIG)):
-        if cand.is_file():
+        if os.path.lexists(cand):  # then read through safeio: a link out of the folder or a FIFO is refused
             return cand
     raise SourceError(f"TL1/TL2 tensors need the {_KERNEL_CONFIG} they were packed with, next to the file",
                       path=path, hint=f"copy it to {path.with_name(_KERNEL_CONFIG)}")
@@ -134,7 +149,10 @@ def _packed_loader(g: GGUFFile, t: GGUFTensor, layout: Layout, heads: int | None
             tern = layout.unpack({"data": g.read(t)}, t.shape)
         except LayoutError as e:
             raise SourceError(f"cannot decode {t.type.name} data: {e}", path=g.path, tensor=t.name) from None
-        return Ternary(_unpermute(g, t, np.asarray(tern.codes), heads), tern.scale)
+        codes = np.asarray(tern.codes)
+        scale = tern.scale if tern.scale == 0 and not codes.any() else \
+            checked_scale(tern.scale, tensor=t.name, path=g.path)  # an all-zero tensor may store 0
+        return Ternary(_unpermute(g, t, codes, heads), scale)
 
     return load
 

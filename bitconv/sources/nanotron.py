@@ -17,7 +17,6 @@ layout can hold, so TP=1 semantics are used and a warning says so). `per-project
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -25,14 +24,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bitconv import naming
+from bitconv import safeio
 from bitconv.errors import SourceError, UsageError
 from bitconv.nanotron import format as nt
 from bitconv.nanotron import yamlish
 from bitconv.quant import ternarize
 from bitconv.safetensors_io import TensorInfo, read_header
 from bitconv.sources import Checkpoint, ModelTensor
-from bitconv.sources.safetensors import load_torch, read_json, with_file
+from bitconv.sources.safetensors import load_torch, read_json, side_files, with_file
 from bitconv.tensors import Ternary
 
 GRANULARITIES = ("fused", "per-projection")
@@ -331,7 +330,7 @@ def _rope_fix(w: torch.Tensor | np.ndarray, part: str, info: NanotronInfo) -> to
 
 def _read_meta(folder: Path) -> tuple[str | None, dict]:
     path = folder / META_FILE
-    if not path.is_file():
+    if not safeio.exists_entry(path):
         return None, {}
     meta = read_json(path, META_FILE)
     version = _version(meta.get("version"), path) if "version" in meta else None
@@ -341,12 +340,16 @@ def _read_meta(folder: Path) -> tuple[str | None, dict]:
 
 def _read_yaml(folder: Path, warnings: list[str]) -> dict:
     path = folder / "config.yaml"
-    if not path.is_file():
+    if not safeio.exists_entry(path):
         return {}
+    text = safeio.read_text(path, safeio.CAP_YAML, what="config.yaml")
     try:
-        data = yamlish.load(path.read_text(encoding="utf-8"))
+        data = yamlish.load(text)
+    except RecursionError:
+        raise SourceError("config.yaml is nested too deeply to be a nanotron config", path=path) from None
     except (yamlish.YamlError, UnicodeDecodeError) as e:
-        warnings.append(f"{path}: not read ({e}); using model_config.json")
+        why = str(e) if len(str(e)) <= 200 else str(e)[:200] + "..."
+        warnings.append(f"{path}: not read ({why}); using model_config.json")
         return {}
     return data if isinstance(data, dict) else {}
 
@@ -359,7 +362,7 @@ def _section(yaml_cfg: dict, key: str) -> dict:
 
 def _model_config(folder: Path, yaml_cfg: dict) -> dict:
     path = folder / "model_config.json"
-    if path.is_file():
+    if safeio.exists_entry(path):
         return read_json(path, "model_config.json")
     mc = _section(yaml_cfg, "model").get("model_config")
     if isinstance(mc, dict):
@@ -416,7 +419,7 @@ def _granularity(requested: str | None, flavor: nt.Flavor) -> str:
 
 
 def _aux(folder: Path) -> list[Path]:
-    return [folder / f for f in naming.AUX_FILES if (folder / f).is_file()]
+    return side_files(folder)
 
 
 def _info(folder: Path, flavor: nt.Flavor, mc: dict, yaml_cfg: dict, version: str | None, params: dict[str, Param],
@@ -479,14 +482,15 @@ def _vocab_from_files(folder: Path, yaml_cfg: dict) -> int | None:
 
 
 def _tokenizer_size(path: Path) -> int | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return None
-    vocab = (data.get("model") or {}).get("vocab")
-    ids = list(vocab.values()) if isinstance(vocab, dict) else list(range(len(vocab or [])))
-    ids += [t.get("id") for t in data.get("added_tokens") or [] if isinstance(t, dict)]
-    ids = [i for i in ids if isinstance(i, int)]
+    """The vocabulary size a tokenizer.json implies; None when it does not say (a broken one is refused)."""
+    data = read_json(path, "tokenizer.json", safeio.CAP_TOKENIZER)
+    model = data.get("model")
+    vocab = model.get("vocab") if isinstance(model, dict) else None
+    ids: list = list(vocab.values()) if isinstance(vocab, dict) else \
+        list(range(len(vocab))) if isinstance(vocab, list) else []
+    added = data.get("added_tokens")
+    ids += [t.get("id") for t in added if isinstance(t, dict)] if isinstance(added, list) else []
+    ids = [i for i in ids if type(i) is int and 0 <= i < 1 << 31]
     return max(ids) + 1 if ids else None
 
 

@@ -12,13 +12,13 @@ from typing import TypeVar
 import numpy as np
 import torch
 
-from bitconv import dtypes, naming, quant, validate
+from bitconv import dtypes, naming, quant, safeio, validate
 from bitconv.errors import BitconvError, SourceError
 from bitconv.layouts.hf_packed import HF_LAYOUTS, unpack_codes
 from bitconv.quant import Workspace, ternarize, ternarize_blocks
 from bitconv.safetensors_io import TensorInfo, pread_exact, read_array, read_header
 from bitconv.sources import Checkpoint, ModelTensor
-from bitconv.tensors import Ternary
+from bitconv.tensors import Ternary, checked_scale
 
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
@@ -27,12 +27,12 @@ T = TypeVar("T")
 _WS = Workspace()
 
 
-def read_json(path: Path, what: str) -> dict:
+def read_json(path: Path, what: str, cap: int = safeio.CAP_CONFIG) -> dict:
+    """A JSON object read through `safeio` (regular file inside SRC, at most `cap` bytes)."""
+    text = safeio.read_text(path, cap, what=what)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise SourceError(f"{what} is missing", path=path) from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        data = json.loads(text)
+    except (ValueError, json.JSONDecodeError) as e:
         raise SourceError(f"{what} is not valid JSON ({e})", path=path) from None
     except RecursionError:  # hostile nesting ([[[[...), not a real config
         raise SourceError(f"{what} is not valid JSON (nested too deeply)", path=path) from None
@@ -43,7 +43,23 @@ def read_json(path: Path, what: str) -> dict:
 
 def read_optional_json(path: Path) -> dict | None:
     """An optional JSON object beside the weights (None when absent); a broken one is a one-line SourceError."""
-    return read_json(path, path.name) if path.is_file() else None
+    if not safeio.exists_entry(path):
+        return None
+    cap = safeio.CAP_TOKENIZER if path.name.startswith(("tokenizer", "vocab", "added_tokens", "special_tokens")) \
+        else safeio.CAP_CONFIG
+    return read_json(path, path.name, cap)
+
+
+def side_files(folder: Path) -> list[Path]:
+    """The side files (tokenizer, licence, ...) beside the weights, each checked now: a link out of SRC, a FIFO or
+    a device is refused before any work (they would be copied into OUT, and uploaded)."""
+    out = []
+    for name in naming.AUX_FILES:
+        f = folder / name
+        if safeio.exists_entry(f):
+            safeio.check_input(f, cap=safeio.CAP_SIDE_FILE)
+            out.append(f)
+    return out
 
 
 def load_torch(info: TensorInfo) -> torch.Tensor:
@@ -92,7 +108,7 @@ def _map(info: TensorInfo) -> np.ndarray | None:
         return None
     start = info.offset - info.offset % mmap.ALLOCATIONGRANULARITY
     try:
-        with open(info.path, "rb") as f:
+        with safeio.opened(info.path) as f:
             if os.fstat(f.fileno()).st_size < info.offset + info.nbytes:  # shrunk since its header was read
                 raise SourceError("file ended while reading tensor data: truncated file", path=info.path,
                                   tensor=info.name)
@@ -106,9 +122,9 @@ def _map(info: TensorInfo) -> np.ndarray | None:
 def collect_stored(folder: Path) -> tuple[dict[str, TensorInfo], list[Path]]:
     """Every stored tensor of the folder, cross-checked against the index when there is one."""
     index_path, single = folder / INDEX, folder / SINGLE
-    if index_path.exists():
+    if safeio.exists_entry(index_path):
         return _collect_indexed(folder, index_path)
-    if single.exists():
+    if safeio.exists_entry(single):
         infos, _ = read_header(single)
         return infos, [single]
     others = sorted(folder.glob("*.safetensors"))
@@ -125,7 +141,7 @@ def collect_stored(folder: Path) -> tuple[dict[str, TensorInfo], list[Path]]:
 
 
 def _collect_indexed(folder: Path, index_path: Path) -> tuple[dict[str, TensorInfo], list[Path]]:
-    index = read_json(index_path, "index")
+    index = read_json(index_path, "index", safeio.CAP_INDEX)
     wmap = index.get("weight_map")
     if not isinstance(wmap, dict) or not wmap:
         raise SourceError("index has no weight_map", path=index_path)
@@ -139,7 +155,7 @@ def _collect_indexed(folder: Path, index_path: Path) -> tuple[dict[str, TensorIn
     files = []
     for shard, names in sorted(shards.items()):
         spath = folder / shard
-        if not spath.is_file():
+        if not safeio.exists_entry(spath):
             raise SourceError(f"index names shard {shard!r} ({len(names)} tensors) but the file is missing",
                               path=index_path, hint="download the missing shard")
         got, _ = read_header(spath)
@@ -180,7 +196,7 @@ def with_file(path: Path, fn: Callable[..., T], *args: object, **kwargs: object)
 def _open_dir(folder: Path) -> Checkpoint:
     config = read_json(folder / "config.json", "config.json")
     stored, files = collect_stored(folder)
-    aux = [folder / f for f in naming.AUX_FILES if (folder / f).is_file()]
+    aux = side_files(folder)
     bitconv_meta = config.get("bitconv") if isinstance(config.get("bitconv"), dict) else None
     if bitconv_meta and bitconv_meta.get("format") == "ternary":
         tensors = _logical_ternary(folder, stored)
@@ -210,6 +226,11 @@ def _check_dtype(info: TensorInfo, allowed: tuple[str, ...], what: str) -> None:
 def _logical_master(folder: Path, stored: dict[str, TensorInfo]) -> dict[str, ModelTensor]:
     out = {}
     for name, info in sorted(stored.items()):
+        if name.endswith(".weight_scale") and naming.is_ternary(name.removesuffix("_scale"), 2):
+            raise SourceError("a bf16 master stores a weight_scale for this projection: the checkpoint mixes master "
+                              "and quantized tensors", path=info.path, tensor=name,
+                              hint="a master holds only float projection weights; remove the scale or use the "
+                              "packed checkpoint it came from")
         if naming.is_ternary(name, len(info.shape)):
             _check_dtype(info, ("BF16", "F16", "F32"), "a master projection weight")
 
@@ -235,7 +256,8 @@ def _scale_info(stored: dict[str, TensorInfo], name: str, folder: Path) -> Tenso
 
 
 def _scalar(info: TensorInfo) -> np.float32:
-    return np.float32(load_torch(info).float().reshape(-1)[0].item())
+    """The one value of a stored weight_scale; NaN, ±Inf, 0 or negative is refused naming the tensor."""
+    return checked_scale(load_torch(info).float().reshape(-1)[0].item(), tensor=info.name, path=info.path)
 
 
 def _logical_packed(folder: Path, stored: dict[str, TensorInfo], inverted: bool) -> dict[str, ModelTensor]:

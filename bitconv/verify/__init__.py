@@ -29,6 +29,8 @@ from bitconv.errors import EXIT_OK, EXIT_VERIFY_FAILED, UsageError
 from bitconv.sources import Checkpoint, open_source
 from bitconv.sources.nanotron import EXPORT_OF_GRANULARITY, NanotronCheckpoint
 from bitconv.verify.parity import (
+    MAX_SEQ_LEN,
+    MAX_SEQS,
     ParityReport,
     Thresholds,
     default_tokens,
@@ -136,9 +138,19 @@ def _tokens(ref_ck: Checkpoint, out_ck: Checkpoint, tokens: torch.Tensor | None,
     if len(given) > 1:
         raise UsageError("give at most one of --prompt and --tokens")
     if tokens is not None:
+        if not isinstance(tokens, torch.Tensor) or tokens.dtype in (torch.bool,) or tokens.is_floating_point() \
+                or tokens.is_complex() or tokens.dim() not in (1, 2):
+            raise UsageError("tokens must be a 1-D or 2-D integer tensor of token ids")
+        tokens = tokens.reshape(-1, tokens.shape[-1]) if tokens.dim() == 1 else tokens
+        if tokens.shape[0] > MAX_SEQS or tokens.shape[1] > MAX_SEQ_LEN:
+            raise UsageError(f"tokens of shape {list(tokens.shape)}: parity takes at most {MAX_SEQS} sequences of at "
+                             f"most {MAX_SEQ_LEN} ids")
         return tokens, "given"
     if prompt is not None:
-        return tokens_from_prompt(prompt, ref_ck, out_ck), "prompt"
+        ids = tokens_from_prompt(prompt, ref_ck, out_ck)
+        if ids.shape[-1] > MAX_SEQ_LEN:
+            raise UsageError(f"--prompt gives {ids.shape[-1]} tokens; parity takes at most {MAX_SEQ_LEN}")
+        return ids, "prompt"
     if tokens_file is not None:
         return tokens_from_file(tokens_file), f"file {tokens_file}"
     return default_tokens(RefConfig.from_hf(ref_ck.config).vocab), "default"

@@ -145,30 +145,47 @@ def default_tokens(vocab: int, batch: int = DEFAULT_BATCH, length: int = DEFAULT
     return torch.randint(0, vocab, (batch, length), generator=torch.Generator().manual_seed(DEFAULT_SEED))
 
 
+MAX_SEQ_LEN = 2048  # ids per sequence: parity runs full attention, memory grows with its square
+MAX_SEQS = 64  # sequences per batch
+MAX_TOKEN_FILE = 16 << 20
+
+
 def tokens_from_file(path: str | Path) -> torch.Tensor:
     """Token ids from FILE: JSON (`[[ids], ...]`, `[ids]` or `{"input_ids": ...}`) or text, one sequence of
-    whitespace-separated ids per line. All sequences must have the same length."""
+    whitespace-separated ids per line. All sequences must have the same length; at most MAX_SEQS sequences of at
+    most MAX_SEQ_LEN ids, each a non-negative integer (a float or a boolean is not an id)."""
+    from bitconv import safeio
+    from bitconv.errors import SourceError
+
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise UsageError(f"cannot read token file: {e}", path=p) from None
+        text = safeio.read_text(p, MAX_TOKEN_FILE, what="token file", user_named=True)
+    except SourceError as e:
+        raise UsageError(str(e)) from None
     try:
         data = json.loads(text)
         if isinstance(data, dict):
             data = data.get("input_ids")
-    except json.JSONDecodeError:
+        is_id = (lambda x: type(x) is int)  # noqa: E731
+    except ValueError:
         data = [line.split() for line in text.splitlines() if line.strip()]
+        is_id = (lambda x: isinstance(x, str) and x.isascii() and x.isdigit())  # noqa: E731
     except RecursionError:
         raise UsageError("token file: JSON nested too deeply", path=p) from None
     if isinstance(data, list) and data and not isinstance(data[0], list):
         data = [data]
-    try:
-        ids = torch.tensor([[int(x) for x in row] for row in data], dtype=torch.long)
-    except (TypeError, ValueError):
-        raise UsageError("token file must hold integer ids: a JSON list (of lists) or whitespace-separated "
-                         "numbers, one sequence per line, all of one length", path=p) from None
-    return ids
+    shape = "a JSON list (of lists) or whitespace-separated numbers, one sequence per line, all of one length"
+    if not isinstance(data, list) or not data or not all(isinstance(r, list) and r for r in data):
+        raise UsageError(f"token file must hold integer ids: {shape}", path=p)
+    if len(data) > MAX_SEQS or any(len(r) > MAX_SEQ_LEN for r in data):
+        raise UsageError(f"token file holds {len(data)} sequence(s) of up to {max(len(r) for r in data)} ids; "
+                         f"parity takes at most {MAX_SEQS} sequences of at most {MAX_SEQ_LEN} ids", path=p)
+    bad = next((x for r in data for x in r if not is_id(x) or int(x) < 0 or int(x) >= 1 << 31), None)
+    if bad is not None or len({len(r) for r in data}) != 1:
+        what = f"{bad!r} is not a token id (a non-negative integer)" if bad is not None \
+            else "sequences differ in length"
+        raise UsageError(f"token file must hold integer ids ({what}): {shape}", path=p)
+    return torch.tensor([[int(x) for x in row] for row in data], dtype=torch.long)
 
 
 def _sentencepiece(model: Path, text: str, folder: Path) -> list[int]:

@@ -1,0 +1,82 @@
+"""ik_llama.cpp's IQ1_BN (ggml type 134, file type 136): an fp16 row scale, then base-3 trits, 64 weights in 13 bytes.
+
+| field  | shape                  | dtype | meaning                                                                  |
+|--------|------------------------|-------|--------------------------------------------------------------------------|
+| `data` | [M * (2 + 13*K/64)]    | U8    | M rows of 2 + 13*K/64 bytes each, row r laid out as:                     |
+|        |   [0, 2)               |       |   fp16 LE row scale d = fp16(m) (round to nearest even; 0 on a zero row)  |
+|        |   [2 + 13b, 2 + 13b+13)|       |   block b = elements [64b, 64b+64): ql[0..11], extra (see below)         |
+
+Inside a block the 64 elements form 4 groups g of 16. Trit t = code + 1. For k = 0..2, byte ql[3g + k] holds the
+5 elements 16g + 5k + i (i = 0..4) as idx = sum_i 3^i * t (element 16g+5k is the LEAST significant trit), stored as
+`(256*idx + 242) // 243` (= ceil(256*idx/243), 0..255). The 16th element of each group goes to `extra`:
+v = sum_g 3^g * t[16g + 15], stored the same way. Decoding trit position i of a byte q: v = (q * 3^(4-i)) mod 256,
+t = (3*v) >> 8. All 243 values survive the map. TQ1_0 uses the same byte map but another element order.
+
+K = in_features must be a multiple of 64; blocks never straddle rows; GGUF dims (K, M), type 134. 1.625 bits per
+weight + 16 bits per row. The scale is stored as fp16: W = code * float(d), relative error <= 2^-11 against the
+float32 scale; a scale with no positive finite fp16 value is refused. An all-zero row stores d = 0 and trits 2
+(ql = 0xFF, extra = 85), as llama-quantize writes it (see _ikbn.py). Runtime facts in `_ikbn.IK_RUNTIME`
+(in_features < 512 aborts ik's CPU matmul, and `-rtr` has no IQ1_BN_R4 to repack to).
+
+Worked example: elements 0..4 of a block = (+1, 0, -1, -1, +1) -> trits (2, 1, 0, 0, 2) -> idx = 2 + 3 + 0 + 0 +
+2*81 = 167 -> ql[0] = (167*256 + 242) // 243 = 176. Decoding 176: i=0 -> (176*81 mod 256 = 176)*3 >> 8 = 2,
+i=1 -> (176*27 mod 256 = 144)*3 >> 8 = 1, i=2 -> (176*9 mod 256 = 48)*3 >> 8 = 0, i=3 -> 16*3 >> 8 = 0,
+i=4 -> 176*3 >> 8 = 2. An all-zero row's extra: v = 2*(1+3+9+27) = 80 -> (80*256 + 242) // 243 = 85.
+# ref: ikawrakow/ik_llama.cpp 8337e4cd ggml/src/iqk/iqk_quantize.cpp quantize_one_row_1bn (l.176-214),
+#      dequantize_row_iq1_bn (l.375-396), ggml/src/ggml-common.h block_iq1_bn (l.563-568); spec gguf-ik-llama.md §4
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+
+from bitconv.layouts._ikbn import QK, IKBNLayout
+
+# idx (0..242) -> stored byte; stored byte -> its 5 trits (positions i = 0..4, i = 0 least significant)
+BYTE_OF_IDX = ((np.arange(243, dtype=np.uint32) * 256 + 242) // 243).astype(np.uint8)
+TRITS_OF_BYTE = ((((np.arange(256, dtype=np.uint32)[:, None] * np.array([81, 27, 9, 3, 1], dtype=np.uint32))
+                   % 256) * 3) >> 8).astype(np.uint8)  # [256, 5]
+_POW3 = (1, 3, 9, 27, 81)
+
+
+def encode_iq1bn_blocks(trits: np.ndarray) -> np.ndarray:
+    """trits uint8 [n, 64] -> [n, 13] (ql[12], extra)."""
+    g = trits.reshape(-1, 4, 16)
+    five = g[:, :, :15].reshape(-1, 4, 3, 5)
+    idx = five[..., 0].copy()  # uint8 arithmetic: the largest idx, 242, fits
+    for i in range(1, 5):  # 5 trit positions, not elements
+        idx += five[..., i] * np.uint8(_POW3[i])
+    extra = g[:, 0, 15] + g[:, 1, 15] * np.uint8(3) + g[:, 2, 15] * np.uint8(9) + g[:, 3, 15] * np.uint8(27)
+    out = np.empty((g.shape[0], 13), dtype=np.uint8)
+    out[:, :12] = BYTE_OF_IDX[idx.reshape(-1, 12)]
+    out[:, 12] = BYTE_OF_IDX[extra]
+    return out
+
+
+def decode_iq1bn_blocks(blocks: np.ndarray) -> np.ndarray:
+    """[n, 13] -> trits uint8 [n, 64]. Every byte decodes to trits in 0..2 (no invalid pattern to detect)."""
+    b = blocks.reshape(-1, 13)
+    out = np.empty((b.shape[0], 4, 16), dtype=np.uint8)
+    out[:, :, :15] = TRITS_OF_BYTE[b[:, :12]].reshape(-1, 4, 15)
+    out[:, :, 15] = TRITS_OF_BYTE[b[:, 12]][:, :4]
+    return out.reshape(-1, QK)
+
+
+class GGUFIQ1BN(IKBNLayout, name="gguf-iq1-bn", container="gguf"):
+    description = "ik_llama.cpp IQ1_BN (type 134): fp16 row scale + base-3 trits, 64-weight blocks of 13 bytes"
+    ggml_type: ClassVar[str] = "IQ1_BN"
+    ggml_type_id: ClassVar[int] = 134
+    file_type: ClassVar[int] = 136
+    scale_dtype = "F16"
+    row_meta: ClassVar[int] = 2
+    row_dtype: ClassVar[np.dtype] = np.dtype("<f2")
+    block_bytes: ClassVar[int] = 13
+    nominal_bpw: ClassVar[float] = 1.625
+
+    def _encode(self, trits: np.ndarray) -> np.ndarray:
+        return encode_iq1bn_blocks(trits)
+
+    def _decode(self, blocks: np.ndarray) -> np.ndarray:
+        return decode_iq1bn_blocks(blocks)

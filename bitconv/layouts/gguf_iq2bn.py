@@ -1,0 +1,65 @@
+"""ik_llama.cpp's IQ2_BN (ggml type 135, file type 137): a float32 row scale, then 2-bit trits in 64-weight blocks.
+
+| field  | shape                 | dtype | meaning                                                                 |
+|--------|-----------------------|-------|-------------------------------------------------------------------------|
+| `data` | [M * (4 + K/4)]       | U8    | M rows (output channels) of 4 + K/4 bytes each, row r laid out as:      |
+|        |   [0, 4)              |       |   float32 LE row scale d = m (the tensor's scale; 0 on an all-zero row) |
+|        |   [4+16b, 4+16b+16)   |       |   block b = elements [64b, 64b+64) of the row: byte j holds elements j, |
+|        |                       |       |   j+16, j+32, j+48 in bits 1:0, 3:2, 5:4, 7:6; trit = code + 1          |
+
+K = in_features (ne0) must be a multiple of 64; blocks never straddle rows. GGUF tensor info: dims (K, M), type 135;
+the tensor info has no field for the row scale, so a reader must size rows itself (gguf-py cannot: PyPI 0.19.0
+rejects id 135, ik's own copy sizes the tensor 4 bytes per row short). 2 bits per weight + 32 bits per row.
+The scale is stored exactly (float32): W = code * d. An all-zero row stores d = 0 and trits 2 (bytes 0xAA), as
+llama-quantize writes it (see _ikbn.py); runtime facts in `_ikbn.IK_RUNTIME` (in_features < 512 aborts ik's CPU
+matmul; load with `-rtr` or pack `iq2_bn_r4`).
+
+Worked example: a row of 64 weights with element 0 = +1, element 16 = 0, element 32 = -1, element 48 = +1 (and
+scale 0.5) has trits (2, 1, 0, 2) there, so block byte 0 is 0b10_00_01_10 = 0x86; the row starts 00 00 00 3f 86.
+# ref: ikawrakow/ik_llama.cpp 8337e4cd ggml/src/iqk/iqk_quantize.cpp quantize_one_row_2bn (l.216-241),
+#      dequantize_row_iq2_bn (l.418-434), ggml/src/ggml-common.h block_iq2_bn (l.573-576); spec gguf-ik-llama.md §3
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+
+from bitconv.errors import LayoutError
+from bitconv.layouts._ikbn import QK, IKBNLayout
+
+_SHIFTS = np.array([0, 2, 4, 6], dtype=np.uint8).reshape(1, 4, 1)
+
+
+def encode_iq2bn_blocks(trits: np.ndarray) -> np.ndarray:
+    """trits uint8 [n, 64] -> [n, 16]: byte j = t[j] | t[j+16] << 2 | t[j+32] << 4 | t[j+48] << 6."""
+    g = trits.reshape(-1, 4, 16)
+    return g[:, 0] | (g[:, 1] << 2) | (g[:, 2] << 4) | (g[:, 3] << 6)
+
+
+def decode_iq2bn_blocks(qs: np.ndarray) -> np.ndarray:
+    """[n, 16] -> trits uint8 [n, 64]; the unused 2-bit value 3 raises LayoutError."""
+    t = (qs.reshape(-1, 1, 16) >> _SHIFTS) & 3
+    if bool((t == 3).any()):
+        raise LayoutError("IQ2_BN data holds the 2-bit value 3, which is not a trit",
+                          hint="the file is corrupt or not IQ2_BN")
+    return t.reshape(-1, QK)
+
+
+class GGUFIQ2BN(IKBNLayout, name="gguf-iq2-bn", container="gguf"):
+    description = "ik_llama.cpp IQ2_BN (type 135): float32 row scale + 2-bit trits in 64-weight blocks of 16 bytes"
+    ggml_type: ClassVar[str] = "IQ2_BN"
+    ggml_type_id: ClassVar[int] = 135
+    file_type: ClassVar[int] = 137
+    scale_dtype = "F32"
+    row_meta: ClassVar[int] = 4
+    row_dtype: ClassVar[np.dtype] = np.dtype("<f4")
+    block_bytes: ClassVar[int] = 16
+    nominal_bpw: ClassVar[float] = 2.0
+
+    def _encode(self, trits: np.ndarray) -> np.ndarray:
+        return encode_iq2bn_blocks(trits)
+
+    def _decode(self, blocks: np.ndarray) -> np.ndarray:
+        return decode_iq2bn_blocks(blocks)
