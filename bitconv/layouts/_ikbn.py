@@ -35,7 +35,6 @@ import numpy as np
 
 from bitconv.errors import LayoutError
 from bitconv.layouts import Layout
-from bitconv.quant import EPS
 from bitconv.tensors import FieldSpec, Ternary
 
 QK = 64  # weights per block (QK_IQ1BN)
@@ -125,6 +124,8 @@ def ternary_from_rows(trits: np.ndarray, d: np.ndarray, shape: tuple[int, ...], 
     codes = trits.view(np.int8) - np.int8(1)
     if not live.all():
         codes[~live] = 0
+    from bitconv.quant import EPS  # quant imports torch: only when a tensor is decoded
+
     return Ternary(codes.reshape(shape), np.float32(ds[0]) if ds.size else np.float32(EPS))
 
 
