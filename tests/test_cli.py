@@ -118,7 +118,7 @@ def test_overwrite_flag(models, tmp_path):
     (tmp_path / "p" / "stale.txt").write_text("old output")
     r = run("pack", models(), "-o", tmp_path / "p", "--overwrite", "--json")
     assert r.exit_code == 0, r.output
-    assert json.loads(r.stdout)["target"] == "hf-autobitlinear"
+    assert json.loads(r.stdout)["layout"] == "hf-autobitlinear"
     written = sorted(p.name for p in (tmp_path / "p").iterdir())
     assert "stale.txt" not in written and {"config.json", "model.safetensors"} <= set(written)
     assert open_source(tmp_path / "p").layout == "hf-autobitlinear"

@@ -63,6 +63,12 @@ def test_usage_errors_are_one_line():
     one_line(run("nosuchcommand"), "No such command")
 
 
+def test_schema_layout_names_are_the_registry():
+    from bitconv.layouts import list_layouts
+
+    assert SCHEMA["$defs"]["layout"]["enum"] == [None, *list_layouts()]
+
+
 def test_schema_rejects_broken_documents():
     good = {"command": "layouts", "ok": True, "out": None, "layout": None, "files": [], "bytes": 0, "seconds": 0.1,
             "warnings": [], "schema_version": 1, "layouts": []}
