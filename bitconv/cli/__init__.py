@@ -143,7 +143,9 @@ def _report(report: Any, as_json: bool, command: str, **extra: Any) -> None:
         return
     for w in warnings:
         render.warning(w)
-    render.out.print(f"wrote {report.out}: {report.n_ternary} ternary + {report.n_passthrough} passthrough tensors, "
+    what = jsondoc.layout_name(report.target) or report.target
+    render.out.print(f"wrote {report.out} ({what}): {report.n_ternary} ternary + {report.n_passthrough} "
+                     "passthrough tensors, "
                      f"{render.human_bytes(report.bytes_written)} in {len(report.files)} file(s), "
                      f"{report.seconds:.2f} s", markup=False)
 

@@ -119,7 +119,9 @@ def _print_runtimes(extra: dict, warn: bool = True) -> None:
     o.print(extra["does_not_run_on"])
     for v in extra["runtimes"]:
         if v["runs"]:
-            o.print(f"  {v['name']}: {v['command']}" + "".join(f"\n    note: {n}" for n in v["notes"]))
+            o.print(f"  {v['name']}: {v['command']}")
+            for n in v["notes"]:  # one print per line: the console shows a newline inside a string as \x0a
+                o.print(f"    note: {n}")
     if "codegen_steps" in extra:
         o.print("build bitnet.cpp with kernels for this file (in the bitnet.cpp checkout):")
         for i, step in enumerate(extra["codegen_steps"], 1):
