@@ -224,3 +224,16 @@ def test_pack_from_gguf_to_hf_warns_about_tokenizer(models, tmp_path):
     d = json.loads(run("pack", tmp_path / "m.gguf", "--to", "hf", "-o", tmp_path / "hf", "--json").stdout)
     jsonschema.validate(d, SCHEMA)
     assert any("tokenizer" in w for w in d["warnings"])
+
+
+def test_progress_off_a_terminal_prints_a_line_every_few_seconds(capsys, monkeypatch):
+    from bitconv.cli import render
+
+    times = iter([0.0, 1.0, 6.0, 7.0, 12.0])
+    monkeypatch.setattr("time.monotonic", lambda: next(times))
+    cb = render._line_progress("pack", "bytes", every=5.0)  # t0 = 0
+    cb(1 << 20, 4 << 20, "a")   # t = 1: too soon, nothing
+    cb(2 << 20, 4 << 20, "b")   # t = 6: a line
+    cb(3 << 20, 4 << 20, "c")   # t = 7: too soon
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == ["pack: 2.00 MiB / 4.00 MiB (50%), 341.33 KiB/s, ETA 6 s b"]

@@ -122,7 +122,7 @@ def verify_command(
     from bitconv.verify.report import verify_markdown, verify_suite
 
     limits = _limits(max_rel_dlogit, max_dlogit, max_kl, min_top1, min_top5)
-    with render.progress("verify", not json) as cb:
+    with render.progress("verify", not json, unit="steps") as cb:
         rep = api.verify(out, ref, parity=parity, prompt=prompt, tokens=tokens, bitlinear=bitlinear, token=token,
                          revision=revision, progress=(lambda stage, i, n: cb(i, n, stage)) if cb else None, **limits)
     _emit("verify", rep, json, report, junit, [verify_suite(rep)], verify_markdown(rep),
