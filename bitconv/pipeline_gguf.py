@@ -32,6 +32,7 @@ Tensor order: HF names sorted (what convert-hf reads from a single safetensors f
 from __future__ import annotations
 
 import os
+import re
 import stat
 import time
 from collections.abc import Iterator
@@ -240,10 +241,18 @@ def _vocab(src: Checkpoint, style: str) -> list[KV]:
     return vocab_kvs(load_vocab(src.path, src.config, style), style)
 
 
-def _model_name(src: Checkpoint) -> str:
+_SNAPSHOT = re.compile(r"models--[^/\\]+?--([^/\\]+)[/\\]snapshots[/\\]")
+
+
+def model_name_of(src: Checkpoint, explicit: str | None = None) -> str:
+    """general.name: `explicit` (--model-name), a GGUF's own, the repo name of an HF-cache snapshot (never its
+    hash), else the folder's name."""
+    if explicit:
+        return explicit
     if src.kind == "gguf":
         return str(gguf_header(src.path).get("general.name", src.path.stem))
-    return src.path.name
+    m = _SNAPSHOT.search(str(src.path.resolve()) + "/")
+    return m[1] if m else src.path.name
 
 
 def _add_prefix_space(src: Checkpoint) -> bool | None:
@@ -284,7 +293,8 @@ def runtime_verdicts(arch: str, type_name: str, activation: str, src: Checkpoint
 
 def plan_pack_gguf(src: Checkpoint, gguf_type: str, *, arch: str | None = None, embd_type: str | None = None,
                    kernel_config: KernelConfig | str | Path | None = None, tl2_type_id: int = 39,
-                   compute: str = "float32", force: bool = False, file: str = "MODEL.gguf") -> GGUFPlan:
+                   compute: str = "float32", force: bool = False, file: str = "MODEL.gguf",
+                   model_name: str | None = None) -> GGUFPlan:
     """Validate every option and shape and size the whole file; raises before anything is read or written.
 
     The file's runtimes are judged from the compatibility table (`bitconv.layouts.runtimes`): a combination that
@@ -326,7 +336,7 @@ def plan_pack_gguf(src: Checkpoint, gguf_type: str, *, arch: str | None = None, 
     # the activation travels with the file when it is relu2, or when it is not what the arch's graph assumes
     hidden = activation if activation in ACTIVATIONS and (activation == "relu2" or
                                                           activation != default_activation(garch.name)) else None
-    meta = Meta(garch.name, src.config, _model_name(src), FILE_TYPES[type_name],
+    meta = Meta(garch.name, src.config, model_name_of(src, model_name), FILE_TYPES[type_name],
                 sum(int(np.prod(s.tensor.shape)) for s in steps), target.quantized, _add_prefix_space(src),
                 hidden, warnings[0] if warnings and warnings[0].startswith("FORCED") else None)
     kvs = build_kvs(profile, meta, _vocab(src, PROFILES[profile].vocab_style))
@@ -537,7 +547,8 @@ def _check_ini(plan: GGUFPlan, out: Path, overwrite: bool) -> Path | None:
 def pack_gguf(src: str | Path | Checkpoint, out: str | Path, gguf_type: str, *, arch: str | None = None,
               embd_type: str | None = None, kernel_config: KernelConfig | str | Path | None = None,
               tl2_type_id: int = 39, compute: str = "float32", overwrite: bool = False,
-              progress: Progress | None = None, force: bool = False) -> Report:
+              progress: Progress | None = None, force: bool = False,
+              model_name: str | None = None) -> Report:
     """Write SRC as one GGUF file of `gguf_type` (i2_s, tl1, tl2, tq1_0, tq2_0, f32, f16, bf16, and ik_llama.cpp's
     iq1_bn, iq2_bn, iq2_bn_r4).
 
@@ -549,6 +560,7 @@ def pack_gguf(src: str | Path | Checkpoint, out: str | Path, gguf_type: str, *, 
         embd_type: token_embd / output type: f16, f32, bf16 or q8_0; None: q8_0 for the ik_llama.cpp types, else f16.
         kernel_config: TL1/TL2 tiling: a kernel_config.ini, a KernelConfig, or None to derive one from the shapes.
         tl2_type_id: 39 (bitnet.cpp before mid-2026) or 42 (current fork).
+        model_name: general.name (default: the repo or folder name).
         force: write a combination that runs correctly on no known runtime (with a warning in the file).
     Returns a Report; for TL types `extra["codegen"]` holds the codegen_tl*.py parameters of the config used;
     `extra["runtimes"]` the verdict of every known runtime (bitconv.layouts.runtimes).
@@ -558,5 +570,6 @@ def pack_gguf(src: str | Path | Checkpoint, out: str | Path, gguf_type: str, *, 
     precheck(out, overwrite)
     ck = src if isinstance(src, Checkpoint) else open_source(src)
     plan = plan_pack_gguf(ck, gguf_type, arch=arch, embd_type=embd_type, kernel_config=kernel_config,
-                          tl2_type_id=tl2_type_id, compute=compute, force=force, file=Path(out).name)
+                          tl2_type_id=tl2_type_id, compute=compute, force=force, file=Path(out).name,
+                          model_name=model_name)
     return execute_gguf(plan, out, overwrite=overwrite, progress=progress)

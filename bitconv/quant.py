@@ -19,9 +19,8 @@ import torch
 
 from bitconv import torchsum
 from bitconv.core.errors import SourceError
-from bitconv.core.tensors import Ternary
+from bitconv.core.tensors import EPS, Ternary
 
-EPS = 1e-5
 COMPUTE_MODES = ("float32", "bfloat16")
 
 

@@ -34,11 +34,15 @@ LAYERS: dict[str, int] = {
     "bitconv.sources": 3,
     "bitconv.sinks": 4, "bitconv.pipeline": 4, "bitconv.pipeline_gguf": 4, "bitconv.output": 4, "bitconv.memory": 4,
     "bitconv.verify": 5, "bitconv.describe": 5, "bitconv.publish": 5,
-    "bitconv.cli": 6, "bitconv.__main__": 6, "bitconv._entry": 6, "bitconv.demo": 6, "bitconv.tiny": 6,
+    "bitconv.cli": 6, "bitconv.api": 6, "bitconv.__main__": 6, "bitconv._entry": 6, "bitconv.demo": 6,
+    "bitconv.tiny": 6,
 }
 LAZY_OK = frozenset({"torch", "transformers", "gguf", "huggingface_hub", "httpx2", "sentencepiece", "tokenizers",
                      "llama_cpp"})  # llama_cpp: the optional runtime extra, imported only by `verify --runtime`
 CLI_ONLY = frozenset({"typer", "rich", "click"})
+# front doors that import the library only when called, so `import bitconv` and `bitconv --help` stay fast: the
+# console entry point (installs the Ctrl-C handler first), the package root's lazy `bitconv.pack(...)` and the API
+LAZY_FRONTS = frozenset({"bitconv._entry", "bitconv", "bitconv.api"})
 
 
 @dataclass(frozen=True)
@@ -83,6 +87,8 @@ def imports(root: Path) -> list[Import]:
         for node in ast.walk(tree):
             if isinstance(node, (ast.Import, ast.ImportFrom)):
                 rel = path.relative_to(root.parent).as_posix()
+                if mod == root.name and id(node) in in_func:
+                    continue  # the package root's lazy `bitconv.pack(...)` (module __getattr__) is its public face
                 for t in _targets(node, mod, path.name == "__init__.py", known):
                     out.append(Import(mod, t, rel, node.lineno, id(node) in in_func))
     return out
@@ -165,8 +171,8 @@ def late_imports(root: Path) -> list[str]:
     """Imports inside functions that are neither in cli/ nor of a lazily loaded heavy third-party package."""
     out = []
     for imp in imports(root):
-        if not imp.in_function or imp.src.startswith(f"{root.name}.cli") or imp.src == f"{root.name}._entry":
-            continue  # the CLI, and the console entry point (which installs the Ctrl-C handler before any import)
+        if not imp.in_function or imp.src.startswith(f"{root.name}.cli") or imp.src in LAZY_FRONTS:
+            continue  # the CLI, the console entry point and the Python API load the library lazily (it imports torch)
         if _internal(imp, root.name) or imp.target.split(".")[0] not in LAZY_OK:
             out.append(f"{_where(imp)}: {imp.src} imports {imp.target} inside a function")
     return out

@@ -10,8 +10,8 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
+from bitconv.api import parse_size
 from bitconv.cli import app
-from bitconv.cli.app import parse_size
 from bitconv.core.errors import UsageError
 from bitconv.layouts import list_layouts
 from bitconv.sources import open_source
@@ -35,10 +35,10 @@ def test_quantize_pack_unpack_inspect_json(models, tmp_path):
     r = run("quantize", m, "-o", tmp_path / "t", "--json")
     assert r.exit_code == 0, r.output
     rep = json.loads(r.stdout)
-    assert rep["target"] == "bitconv-ternary" and rep["ternary_tensors"] == 14
+    assert rep["layout"] == "bitconv-ternary" and rep["ternary_tensors"] == 14
     r = run("pack", tmp_path / "t", "--to", "hf", "-o", tmp_path / "p", "--linear-class", "bitlinear", "--json")
     assert r.exit_code == 0, r.output
-    assert json.loads(r.stdout)["target"] == "hf-bitlinear"
+    assert json.loads(r.stdout)["layout"] == "hf-bitlinear"
     r = run("unpack", tmp_path / "p", "-o", tmp_path / "u", "--json")
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["ternary_tensors"] == 14
@@ -66,17 +66,18 @@ def test_pack_dry_run_writes_nothing(models, tmp_path):
     r = run("pack", models(), "-o", tmp_path / "p", "--dry-run", "--json")
     assert r.exit_code == 0
     plan = json.loads(r.stdout)
-    assert plan["target"] == "hf-autobitlinear" and plan["total_bytes"] > 0
+    assert plan["layout"] == "hf-autobitlinear" and plan["bytes"] > 0 and plan["dry_run"] is True
     assert not (tmp_path / "p").exists()
 
 
 def test_layouts_lists_registry():
     r = run("layouts", "--json")
     assert r.exit_code == 0, r.output
-    rows = {x["name"]: x for x in json.loads(r.stdout)}
+    rows = {x["name"]: x for x in json.loads(r.stdout)["layouts"]}
     assert sorted(rows) == list_layouts()
-    assert rows["hf-bitlinear"]["bits_per_weight_256x256"] == "2.000"  # + 2 bytes of scale per 65536 weights
-    assert rows["bitconv-ternary"]["bits_per_weight_256x256"] == "8.000"
+    # numbers as numbers: 2 bits + 2 bytes of scale per 65536 weights
+    assert rows["hf-bitlinear"]["bits_per_weight_256x256"] == pytest.approx(2.0 + 16 / 65536, abs=1e-4)
+    assert rows["bitconv-ternary"]["bits_per_weight_256x256"] == pytest.approx(8.0 + 32 / 65536, abs=1e-4)
     r = run("layouts")
     assert r.exit_code == 0 and all(name in r.stdout for name in rows)
 
@@ -85,8 +86,9 @@ def test_layouts_lists_registry():
 def test_demo_passes(tmp_path):
     r = run("demo", "--keep", tmp_path / "demo", "--json")
     assert r.exit_code == 0, r.output
-    rows = json.loads(r.stdout)
-    assert all(row["ok"] for row in rows)
+    doc = json.loads(r.stdout)
+    rows = doc["steps"]
+    assert doc["ok"] and all(row["ok"] for row in rows)
     assert {"quantize", "unpack", "inspect"} <= {row["step"] for row in rows}
 
 
@@ -116,14 +118,15 @@ def test_overwrite_flag(models, tmp_path):
     (tmp_path / "p" / "stale.txt").write_text("old output")
     r = run("pack", models(), "-o", tmp_path / "p", "--overwrite", "--json")
     assert r.exit_code == 0, r.output
-    assert json.loads(r.stdout)["target"] == "hf-autobitlinear"
+    assert json.loads(r.stdout)["layout"] == "hf-autobitlinear"
     written = sorted(p.name for p in (tmp_path / "p").iterdir())
     assert "stale.txt" not in written and {"config.json", "model.safetensors"} <= set(written)
     assert open_source(tmp_path / "p").layout == "hf-autobitlinear"
 
 
 def test_bad_target_and_options(models, tmp_path):
-    assert_one_line_error(run("pack", models(), "--to", "onnx", "-o", tmp_path / "x"), "--to 'onnx'")
+    assert_one_line_error(run("pack", models(), "--to", "onnx", "-o", tmp_path / "x"),
+                          "--to must be one of hf, gguf, got 'onnx'")
     assert_one_line_error(run("pack", models(), "-o", tmp_path / "x", "--linear-class", "foo"), "--linear-class")
     assert_one_line_error(run("quantize", models(), "-o", tmp_path / "x", "--compute", "fp8"), "--compute")
     assert_one_line_error(run("pack", models(), "-o", tmp_path / "x", "--max-shard-size", "lots"), "lots")

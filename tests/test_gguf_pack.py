@@ -366,7 +366,8 @@ def test_cli_pack_gguf_json(models, tmp_path):
     r = run("pack", m, "--to", "gguf", "--type", "tq2_0", "-o", tmp_path / "a.gguf", "--json")
     assert r.exit_code == 0, r.output
     rep = json.loads(r.stdout)
-    assert rep["target"] == "gguf-tq2_0" and rep["ternary_tensors"] == 14 and rep["gguf"]["arch"] == "bitnet-b1.58"
+    assert rep["layout"] == "gguf-tq2-0" and rep["target"] == "gguf"
+    assert rep["ternary_tensors"] == 14 and rep["gguf"]["arch"] == "bitnet-b1.58"
     r = run("inspect", tmp_path / "a.gguf", "--json")
     assert r.exit_code == 0 and json.loads(r.stdout)["layout"] == "gguf-tq2-0"
 

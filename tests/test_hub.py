@@ -108,7 +108,9 @@ def test_parse_ref(text, want):
 def test_local_paths_win(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "owner" / "name").mkdir(parents=True)
-    assert not hub.is_repo_ref("owner/name") and hub.is_repo_ref("owner/other")
+    # issue 14: a path whose parent folder exists is local (a typo there is "no such file", not a download)
+    assert not hub.is_repo_ref("owner/name") and not hub.is_repo_ref("owner/other")
+    assert hub.is_repo_ref("someone/other")
 
 
 def test_scrub_removes_explicit_env_and_shaped_tokens(monkeypatch):

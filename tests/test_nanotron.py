@@ -682,7 +682,9 @@ def test_cli_other_commands_take_nanotron(ntfx, tmp_path):
 
 def test_cli_option_errors(ntfx, tmp_path):
     r = run("convert", ntfx / "bitnet_tp1", "-o", tmp_path / "x", "--to", "gguf")
-    assert r.exit_code == 2 and "not a convert target" in r.output
+    assert r.exit_code == 2 and "convert does not write gguf: use `bitconv pack SRC --to gguf" in r.output  # issue 14
+    r = run("convert", ntfx / "bitnet_tp1", "-o", tmp_path / "x", "--to", "onnx")
+    assert r.exit_code == 2 and "--to must be one of hf-bf16, nanotron, got 'onnx'" in r.output
     r = run("convert", ntfx / "bitnet_tp1", "-o", tmp_path / "x", "--to", "hf-bf16", "--tp", "2")
     assert r.exit_code == 2 and "--tp apply to --to nanotron only" in r.output
     r = run("convert", ntfx / "bitnet_tp1", "-o", tmp_path / "x", "--to", "hf-bf16", "--pp", "2")

@@ -216,7 +216,7 @@ def test_every_upstream_arch_and_type_passes_in_llama_cpp(ggufs, arch, gtype):
 @needs_llama_cpp
 def test_cli_runtime_pass_and_report(ggufs, tmp_path):
     out, master = ggufs("1bitllm", "tq2_0")
-    r = cli("verify", out, "--ref", master, "--runtime", "llama.cpp", "--json", tmp_path / "r.json")
+    r = cli("verify", out, "--ref", master, "--runtime", "llama.cpp", "--report", tmp_path / "r.json")
     assert r.exit_code == 0, r.output
     assert "llama.cpp vs emulation" in r.output and "llama.cpp vs reference" in r.output
     import json

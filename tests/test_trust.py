@@ -76,7 +76,7 @@ def test_check_picks_the_real_master_not_the_unpacked_copy(repo):
 
 
 def test_check_with_ref_names_the_master_for_every_artifact(repo, tmp_path):
-    r = cli("check", repo, "--ref", repo / "master", "--no-parity", "--json", tmp_path / "c.json")
+    r = cli("check", repo, "--ref", repo / "master", "--no-parity", "--report", tmp_path / "c.json")
     assert r.exit_code == 0, r.output
     rep = json.loads((tmp_path / "c.json").read_text())
     assert rep["master_source"] == "--ref"
@@ -127,7 +127,7 @@ def test_demo_output_checks_with_and_without_ref(tmp_path):
     r = cli("demo", "--keep", d)
     assert r.exit_code == 0, r.output
     for extra in ((), ("--ref", d / "master")):
-        r = cli("check", d, *extra, "--json", tmp_path / "c.json")
+        r = cli("check", d, *extra, "--report", tmp_path / "c.json")
         assert r.exit_code == 0, r.output
         rep = json.loads((tmp_path / "c.json").read_text())
         assert rep["master"] == str(d / "master") and rep["counts"]["failed"] == 0
@@ -154,7 +154,7 @@ def test_effective_limits_say_where_each_came_from():
 
 def test_verify_json_reports_applied_thresholds_and_strict(repo, tmp_path):
     art = repo / "hf-autobitlinear"
-    r = cli("verify", art, "--ref", repo / "master", "--min-top1", "0.9", "--json", tmp_path / "v.json")
+    r = cli("verify", art, "--ref", repo / "master", "--min-top1", "0.9", "--report", tmp_path / "v.json")
     rep = json.loads((tmp_path / "v.json").read_text())
     par = rep["parity"]
     assert par["thresholds"]["min_top1"] == 0.9 and par["thresholds_given"] == ["min_top1"]
@@ -165,7 +165,7 @@ def test_verify_json_reports_applied_thresholds_and_strict(repo, tmp_path):
                                                                                                   "floor-widened")
     assert r.exit_code == rep["exit_code"]
     rs = cli("verify", art, "--ref", repo / "master", "--strict", "--min-top1", "1.0", "--min-top5", "1.0",
-             "--max-kl", "0", "--max-rel-dlogit", "0", "--json", tmp_path / "s.json")
+             "--max-kl", "0", "--max-rel-dlogit", "0", "--report", tmp_path / "s.json")
     srep = json.loads((tmp_path / "s.json").read_text())
     assert srep["parity"]["strict"] is True
     assert all(x["source"] in ("given", "off") for x in srep["parity"]["limits"])
@@ -202,7 +202,7 @@ def _poke_packed(folder: Path, value: int) -> str:
 def test_packed_bit_pair_11_is_a_verification_failure(repo, tmp_path):
     bad = _copy(repo / "hf-autobitlinear", tmp_path / "bad")
     name = _poke_packed(bad, 0xFF)
-    r = cli("verify", bad, "--ref", repo / "master", "--json", tmp_path / "v.json")
+    r = cli("verify", bad, "--ref", repo / "master", "--report", tmp_path / "v.json")
     assert r.exit_code == 1, r.output
     rep = json.loads((tmp_path / "v.json").read_text())
     hit = [f for f in rep["findings"] if f["fault"] == "content"]

@@ -308,7 +308,7 @@ def test_cli_verify_pass_writes_reports(artifacts, tmp_path):
     out, master = artifacts("bitnet-2b4t", False, "hf-bitlinear")
     summary = tmp_path / "summary.md"
     summary.write_text("# earlier step\n")
-    r = cli("verify", out, "--ref", master, "--json", tmp_path / "r.json", "--junit", tmp_path / "r.xml",
+    r = cli("verify", out, "--ref", master, "--report", tmp_path / "r.json", "--junit", tmp_path / "r.xml",
             env={"GITHUB_STEP_SUMMARY": str(summary)})
     assert r.exit_code == 0, r.output
     assert "PASS" in r.output and "compute=float32" in r.output
@@ -333,7 +333,7 @@ def test_cli_verify_failure_exit_1_and_junit_failure(artifacts, tmp_path):
 @pytest.mark.slow
 def test_cli_verify_json_stdout_and_threshold_flags(artifacts):
     out, master = artifacts("llama-bitnet", None, "hf-autobitlinear")
-    r = cli("verify", out, "--ref", master, "--json", "-", "--max-rel-dlogit", "0", "--min-top1", "0.5",
+    r = cli("verify", out, "--ref", master, "--json", "--max-rel-dlogit", "0", "--min-top1", "0.5",
             "--prompt", "the model")
     assert r.exit_code == 0, r.output  # a limit below the floor (what OUT's own arithmetic costs) is widened to it
     rep = json.loads(r.stdout)
@@ -383,7 +383,7 @@ def test_check_repo_folder_passes(artifacts, tmp_path):
     want = ["bf16", "gguf/model-i2_s.gguf", "packed", "ternary"] if pack_gguf else ["bf16", "packed", "ternary"]
     assert [p.relative_to(repo).as_posix() for p in find_checkpoints(repo)] == want
     summary = tmp_path / "s.md"
-    r = cli("check", repo, "--junit", tmp_path / "c.xml", "--json", tmp_path / "c.json",
+    r = cli("check", repo, "--junit", tmp_path / "c.xml", "--report", tmp_path / "c.json",
             env={"GITHUB_STEP_SUMMARY": str(summary)})
     assert r.exit_code == 0, r.output
     rep = json.loads((tmp_path / "c.json").read_text())

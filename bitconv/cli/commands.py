@@ -1,48 +1,57 @@
-"""One function per command; each body translates options and calls the library."""
+"""One function per command; each body translates options, calls one `bitconv.api` function, and renders."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from bitconv import pipeline
+from bitconv import api
 from bitconv.cli import render
 from bitconv.cli.app import (
     ComputeOpt,
+    CreatePrOpt,
     JsonOpt,
     OutOpt,
     OverwriteOpt,
+    PrivateOpt,
+    PushOpt,
+    RevisionOpt,
     ShardOpt,
     SrcArg,
+    TokenOpt,
     _report,
     app,
     handle_errors,
-    parse_size,
 )
-from bitconv.cli.hub import PushOpt, TokenOpt, push_after_pack
-from bitconv.core.errors import UsageError
-from bitconv.layouts import get_layout, list_layouts
 
-PACK_TARGETS = ("hf", "gguf")
+JOBS = ("Other jobs: `bitconv unpack` (back to trainable bf16), `bitconv convert` (Nanotron <-> HF), "
+        "`bitconv verify` (prove an artifact right), `bitconv upload` (publish).")
 
 
-@app.command()
+@app.command(epilog="Example: bitconv quantize ./bitnet-bf16 -o ./bitnet-ternary  |  " + JOBS)
 @handle_errors
 def quantize(src: SrcArg, out: OutOpt, compute: ComputeOpt = "float32", overwrite: OverwriteOpt = False,
-             max_shard_size: ShardOpt = "5GB", json: JsonOpt = False) -> None:
+             max_shard_size: ShardOpt = "5GB", json: JsonOpt = False, token: TokenOpt = None,
+             revision: RevisionOpt = None) -> None:
     """bf16 master -> bitconv ternary checkpoint (int8 codes + float32 absmean scales)."""
     with render.progress("quantize", not json) as cb:
-        rep = pipeline.quantize(src, out, compute=compute, overwrite=overwrite,
-                                max_shard_bytes=parse_size(max_shard_size), progress=cb)
-    _report(rep, json)
+        rep = api.quantize(src, out, compute=compute, overwrite=overwrite, max_shard_size=max_shard_size,
+                           token=token, revision=revision, progress=cb)
+    _report(rep, json, "quantize")
 
 
-@app.command()
+@app.command(epilog="Example: bitconv pack ./bitnet-bf16 --to gguf --type i2_s -o models/  (writes "
+             "models/bitnet-bf16-i2_s.gguf)  |  Nanotron output: `bitconv convert --to nanotron`. " + JOBS)
 @handle_errors
-def pack(src: SrcArg, out: OutOpt,
-         to: Annotated[str, typer.Option("--to", help="target format: hf or gguf")] = "hf",
+def pack(src: SrcArg,
+         out: Annotated[Path | None, typer.Option("-o", "--out", help="HF: output folder. GGUF: NAME.gguf, NAME "
+                                                  "(.gguf is added) or an existing folder (gets "
+                                                  "<model-name>-<type>.gguf)", show_default=False)] = None,
+         to: Annotated[str, typer.Option("--to", help="target format: hf or gguf (Nanotron: `bitconv convert`)")]
+         = "hf",
          linear_class: Annotated[str, typer.Option("--linear-class", help="HF: autobitlinear (weight_scale = "
                                                    "scale, microsoft 2B-4T) or bitlinear (1/scale)")]
          = "autobitlinear",
@@ -61,142 +70,130 @@ def pack(src: SrcArg, out: OutOpt,
                                                             "the model's shapes)")] = None,
          tl2_type_id: Annotated[int, typer.Option("--tl2-type-id", help="GGUF TL2 type id: 39 (bitnet.cpp before "
                                                   "mid-2026) or 42 (current fork)")] = 39,
+         model_name: Annotated[str | None, typer.Option("--model-name", help="GGUF general.name and file name "
+                                                        "(default: the repo or folder name)",
+                                                        show_default=False)] = None,
          compute: ComputeOpt = "float32", overwrite: OverwriteOpt = False, max_shard_size: ShardOpt = "5GB",
          dry_run: Annotated[bool, typer.Option("--dry-run", help="print the plan, write nothing")] = False,
          force: Annotated[bool, typer.Option("--force", help="GGUF: write a file that runs correctly on no known "
                                              "runtime (docs/runtimes.md), with a warning in the file")] = False,
-         json: JsonOpt = False, push_to_hub: PushOpt = None, token: TokenOpt = None) -> None:
+         json: JsonOpt = False, push_to_hub: PushOpt = None, private: PrivateOpt = False,
+         create_pr: CreatePrOpt = False,
+         revision: Annotated[str | None, typer.Option("--revision", help="with --push-to-hub: the branch to push "
+                                                      "to (as `upload`); otherwise the revision of a repo-id SRC "
+                                                      "(SRC@REV works in both cases)", show_default=False)] = None,
+         token: TokenOpt = None) -> None:
     """Pack SRC into a deployable layout (HF folder or one GGUF file). Ternary sources are never re-quantized."""
-    if to not in PACK_TARGETS:
-        raise UsageError(f"--to {to!r} is not a known target; choose one of {', '.join(PACK_TARGETS)}")
-    gguf_opts = {"arch": arch, "embd_type": embd_type, "kernel_config": kernel_config, "tl2_type_id": tl2_type_id,
-                 "compute": compute, "force": force}
-    if to == "gguf":
-        _pack_gguf(src, out, _gguf_type(gguf_type), gguf_opts, overwrite, dry_run, json)
-        return push_after_pack(out, push_to_hub, src, token, dry_run, json)
-    _refuse_gguf_options(gguf_type, arch, embd_type, kernel_config, tl2_type_id, force)
+    src_rev = None if push_to_hub else revision
+    t0 = time.perf_counter()
+    with render.progress("pack", not json and not dry_run) as cb:
+        res = api.pack(src, out, to=to, linear_class=linear_class, type=gguf_type, arch=arch, embd_type=embd_type,
+                       kernel_config=kernel_config, tl2_type_id=tl2_type_id, compute=compute, model_name=model_name,
+                       force=force, overwrite=overwrite, max_shard_size=max_shard_size, dry_run=dry_run, token=token,
+                       revision=src_rev, progress=cb)
     if dry_run:
-        plan = pipeline.plan_pack_hf(pipeline.open_source(src), linear_class, compute)
-        _print_plan(plan, json)
-        return push_after_pack(out, push_to_hub, src, token, True, json)
-    with render.progress("pack", not json) as cb:
-        rep = pipeline.pack_hf(src, out, linear_class=linear_class, compute=compute, overwrite=overwrite,
-                               max_shard_bytes=parse_size(max_shard_size), progress=cb)
-    _report(rep, json)
-    push_after_pack(rep.out, push_to_hub, src, token, False, json)
-
-
-def _gguf_type(gguf_type: str | None) -> str:
-    if gguf_type is None:
-        raise UsageError("--to gguf needs --type: i2_s, tl1, tl2, tq1_0, tq2_0, iq1_bn, iq2_bn, iq2_bn_r4, f32, "
-                         "f16 or bf16")
-    return gguf_type
-
-
-def _refuse_gguf_options(gguf_type: str | None, arch: str | None, embd_type: str | None,
-                         kernel_config: Path | None, tl2_type_id: int, force: bool) -> None:
-    given = [n for n, v in (("--type", gguf_type), ("--arch", arch), ("--embd-type", embd_type),
-                            ("--kernel-config", kernel_config)) if v is not None] + \
-        (["--tl2-type-id"] if tl2_type_id != 39 else []) + (["--force"] if force else [])
-    if given:
-        raise UsageError(f"{', '.join(given)}: only for --to gguf")
-
-
-def _pack_gguf(src: Path, out: Path, gguf_type: str, opts: dict, overwrite: bool, dry_run: bool,
-               as_json: bool) -> None:
-    from bitconv import pipeline_gguf
-
-    if dry_run:
-        plan = pipeline_gguf.plan_pack_gguf(pipeline.open_source(src), gguf_type, file=out.name, **opts)
-        _print_gguf_plan(plan, as_json)
+        _print_plan(res, json, time.perf_counter() - t0)
+        if push_to_hub:
+            render.warning(f"--dry-run: nothing packed, so nothing pushed to {push_to_hub}")
         return
-    with render.progress("pack", not as_json) as cb:
-        rep = pipeline_gguf.pack_gguf(src, out, gguf_type, overwrite=overwrite, progress=cb, **opts)
-    if as_json:
-        render.print_json({"out": str(rep.out), "target": rep.target, "source_kind": rep.source_kind,
-                           "files": [str(f) for f in rep.files], "ternary_tensors": rep.n_ternary,
-                           "passthrough_tensors": rep.n_passthrough, "bytes": rep.bytes_written,
-                           "seconds": round(rep.seconds, 3), "gguf": rep.extra})
-        for w in rep.extra["warnings"]:
-            render.warning(w)
-        return
-    for w in rep.extra.get("warnings", []):
-        render.warning(w)
-    _report(rep, False)
-    render.out.print(f"GGUF arch {rep.extra['arch']}, metadata as {rep.extra['profile']}")
-    if "kernel_config" in rep.extra:
-        render.out.print(f"kernel config: {rep.extra['kernel_config']}")
-    _print_runtimes(rep.extra)
+    if not json:
+        _report(res, False, "pack")
+        if "runtimes" in res.extra:
+            render.out.print(f"GGUF arch {res.extra['arch']}, metadata as {res.extra['profile']}")
+            if "kernel_config" in res.extra:
+                render.out.print(f"kernel config: {res.extra['kernel_config']}")
+            _print_runtimes(res.extra, warn=False)
+    from bitconv.cli.hub import push_after_pack
+
+    pushed = push_after_pack(res.out, push_to_hub, src, token, json, revision=revision, private=private,
+                             create_pr=create_pr)
+    if json:
+        _report(res, True, "pack", target=to.lower(), **({"pushed": pushed} if pushed else {}))
 
 
-def _print_runtimes(extra: dict) -> None:
-    """Where the file runs (from the compatibility table), how to run it, how to build the TL kernels, warnings."""
+def _print_runtimes(extra: dict, warn: bool = True) -> None:
+    """Where the file runs (from the compatibility table), how to run it, how to build the TL kernels (steps in
+    the bitnet.cpp checkout: codegen options are bitnet.cpp's, not bitconv's), warnings."""
     o = render.out
     o.print(extra["runs_on"])
     o.print(extra["does_not_run_on"])
     for v in extra["runtimes"]:
         if v["runs"]:
-            o.print(f"  {v['name']}: {v['command']}" + "".join(f"\n    note: {n}" for n in v["notes"]))
+            o.print(f"  {v['name']}: {v['command']}")
+            for n in v["notes"]:  # one print per line: the console shows a newline inside a string as \x0a
+                o.print(f"    note: {n}")
     if "codegen_steps" in extra:
         o.print("build bitnet.cpp with kernels for this file (in the bitnet.cpp checkout):")
         for i, step in enumerate(extra["codegen_steps"], 1):
             o.print(f"  {i}. {step}")
-    for w in extra["warnings"]:
-        render.warning(w)
+    if warn:
+        for w in extra["warnings"]:
+            render.warning(w)
 
 
-def _print_gguf_plan(plan: object, as_json: bool) -> None:
-    rows = plan.rows()
+def _print_plan(plan: Any, as_json: bool, seconds: float) -> None:
+    from bitconv.cli import jsondoc
+
+    gguf = hasattr(plan, "gguf_type")
+    if gguf:
+        rows = plan.rows()
+        cols = ["tensor", "action", "shape", "type", "bytes"]
+        layout = plan.layout.name if plan.layout is not None else None
+        title = f"plan: {plan.source.kind} -> gguf {plan.gguf_type} (arch {plan.arch.name}, {plan.profile})"
+    else:
+        rows = [[n, s.action, list(f.shape), f.dtype, f.nbytes] for s in plan.steps for n, f in s.outputs.items()]
+        cols = ["tensor", "action", "shape", "dtype", "bytes"]
+        layout = plan.target
+        title = f"plan: {plan.source.kind} -> {plan.target}"
     if as_json:
-        render.print_json({"target": f"gguf-{plan.gguf_type}", "source_kind": plan.source.kind,
-                           "total_bytes": plan.total_bytes, "peak_memory_bytes": plan.peak_bytes, "gguf": plan.extra,
-                           "tensors": [dict(zip(("name", "action", "shape", "type", "bytes"), r)) for r in rows]})
+        extra = {"gguf": plan.extra} if gguf else {}
+        render.print_json(jsondoc.doc("pack", out=getattr(plan, "out", None), layout=jsondoc.layout_name(layout),
+                                      bytes=plan.total_bytes, seconds=seconds, dry_run=True,
+                                      warnings=list(getattr(plan, "warnings", [])),
+                                      source_kind=plan.source.kind, peak_memory_bytes=plan.peak_bytes,
+                                      tensors=[dict(zip(cols, r)) for r in rows], **extra))
         return
-    render.table(f"plan: {plan.source.kind} -> gguf {plan.gguf_type} (arch {plan.arch.name}, {plan.profile})",
-                 ["tensor", "action", "shape", "type", "bytes"], rows)
+    render.table(title, cols, rows)
     render.out.print(f"total {render.human_bytes(plan.total_bytes)}, peak memory about "
-                     f"{render.human_bytes(plan.peak_bytes)}; nothing written (--dry-run)")
-    _print_runtimes(plan.extra)
+                     f"{render.human_bytes(plan.peak_bytes)}; would write {getattr(plan, 'out', None) or '-'}; "
+                     "nothing written (--dry-run)", markup=False)
+    if gguf:
+        _print_runtimes(plan.extra)
 
 
-def _print_plan(plan: pipeline.Plan, as_json: bool) -> None:
-    rows = [[n, s.action, list(f.shape), f.dtype, f.nbytes] for s in plan.steps for n, f in s.outputs.items()]
-    if as_json:
-        render.print_json({"target": plan.target, "source_kind": plan.source.kind, "total_bytes": plan.total_bytes,
-                           "peak_memory_bytes": plan.peak_bytes,
-                           "tensors": [dict(zip(("name", "action", "shape", "dtype", "bytes"), r)) for r in rows]})
-        return
-    render.table(f"plan: {plan.source.kind} -> {plan.target}", ["tensor", "action", "shape", "dtype", "bytes"], rows)
-    render.out.print(f"total {render.human_bytes(plan.total_bytes)}, peak memory about "
-                     f"{render.human_bytes(plan.peak_bytes)}; nothing written (--dry-run)")
-
-
-@app.command()
+@app.command(epilog="Example: bitconv unpack ./bitnet-packed -o ./bitnet-bf16-trainable  |  " + JOBS)
 @handle_errors
 def unpack(src: SrcArg, out: OutOpt, overwrite: OverwriteOpt = False, max_shard_size: ShardOpt = "5GB",
            values: Annotated[str, typer.Option("--values", help="online: bf16(codes*scale/p), which transformers' "
                                                "online quantizer maps back to the same codes and scale (default); "
                                                "dequantized: plain bf16(codes*scale)")] = "online",
-           json: JsonOpt = False) -> None:
-    """Packed / ternary / GGUF -> trainable bf16 checkpoint with an online autobitlinear config."""
+           json: JsonOpt = False, token: TokenOpt = None, revision: RevisionOpt = None) -> None:
+    """Packed / ternary / GGUF / Nanotron -> trainable bf16 checkpoint with an online autobitlinear config."""
     with render.progress("unpack", not json) as cb:
-        rep = pipeline.unpack_hf(src, out, values=values, overwrite=overwrite,
-                                 max_shard_bytes=parse_size(max_shard_size), progress=cb)
-    _report(rep, json)
+        rep = api.unpack(src, out, values=values, overwrite=overwrite, max_shard_size=max_shard_size, token=token,
+                         revision=revision, progress=cb)
+    _report(rep, json, "unpack")
 
 
-@app.command()
+@app.command(epilog="Example: bitconv inspect models/bitnet-bf16-i2_s.gguf --no-tensors  |  " + JOBS)
 @handle_errors
 def inspect(src: SrcArg, json: JsonOpt = False,
             stats: Annotated[bool, typer.Option("--stats/--no-stats", help="decode ternary tensors for scale and "
                                                 "zero-code statistics")] = True,
-            tensors: Annotated[bool, typer.Option("--tensors/--no-tensors", help="per-tensor table")] = True) -> None:
+            tensors: Annotated[bool, typer.Option("--tensors/--no-tensors", help="per-tensor table")] = True,
+            token: TokenOpt = None, revision: RevisionOpt = None) -> None:
     """What a checkpoint is: kind, layout, architecture, shapes, bits per weight, scale statistics."""
-    from bitconv.describe import describe
+    from bitconv.cli import jsondoc
 
-    d = describe(src, stats=stats)
+    t0 = time.perf_counter()
+    d = api.inspect(src, stats=stats, token=token, revision=revision)
     if json:
-        render.print_json(d.to_dict())
+        body = d.to_dict()
+        files = body.pop("files")
+        render.print_json(jsondoc.doc("inspect", out=None, layout=body.pop("layout"),
+                                      files=[f["name"] for f in files], bytes=d.total_bytes,
+                                      seconds=time.perf_counter() - t0, file_bytes={f["name"]: f["bytes"]
+                                                                                     for f in files}, **body))
         return
     _print_description(d, tensors)
 
@@ -205,7 +202,7 @@ def _fmt(x: float | None, spec: str = ".4g") -> str:
     return "-" if x is None else format(x, spec)
 
 
-def _print_description(d: object, show_tensors: bool) -> None:
+def _print_description(d: Any, show_tensors: bool) -> None:
     o = render.out
     o.print(f"[bold]{render.esc(d.path)}[/]", markup=True)
     o.print(f"  kind          {d.kind} — {d.kind_description}")
@@ -238,37 +235,39 @@ def _print_description(d: object, show_tensors: bool) -> None:
         render.table("tensors", ["name", "shape", "dtype", "layout", "bytes", "scale", "zeros"], rows)
 
 
-@app.command()
+@app.command(epilog="Example: bitconv layouts --json  |  " + JOBS)
 @handle_errors
 def layouts(json: JsonOpt = False) -> None:
-    """List the registered packed layouts."""
-    rows = []
-    for name in list_layouts():
-        lay = get_layout(name)
-        rows.append([name, lay.container, f"{lay.bits_per_weight((256, 256)):.3f}", lay.description])
+    """List the registered packed layouts (the one spelling of each layout name)."""
+    from bitconv.cli import jsondoc
+
+    t0 = time.perf_counter()
+    rows = api.layouts()
     if json:
-        render.print_json([dict(zip(("name", "container", "bits_per_weight_256x256", "description"), r))
-                           for r in rows])
+        render.print_json(jsondoc.doc("layouts", seconds=time.perf_counter() - t0, layouts=rows))
         return
-    render.table("layouts", ["name", "container", "bits/weight (256x256)", "description"], rows)
+    render.table("layouts", ["name", "container", "bits/weight (256x256)", "description"],
+                 [[r["name"], r["container"], f"{r['bits_per_weight_256x256']:.3f}", r["description"]] for r in rows])
 
 
-@app.command()
+@app.command(epilog="Example: bitconv demo --keep ./demo  |  " + JOBS)
 @handle_errors
 def demo(keep: Annotated[Path | None, typer.Option("--keep", help="run in this folder and keep the artifacts")]
          = None, json: JsonOpt = False) -> None:
     """Build a tiny model, then quantize, pack, re-pack, unpack and inspect it, checking every artifact."""
-    from bitconv.demo import run_demo
+    from bitconv.cli import jsondoc
 
-    if keep is not None and keep.exists() and any(keep.iterdir()):
-        raise UsageError("--keep folder must be empty or new", path=keep)
-    rows = run_demo(keep, on_step=None if json else (lambda s: render.err.print(f"· {s}")))
+    t0 = time.perf_counter()
+    rows = api.demo(keep, on_step=None if json else (lambda s: render.err.print(f"· {s}", markup=False)))
+    ok = all(r.ok for r in rows)
     if json:
-        render.print_json([r.__dict__ for r in rows])
+        render.print_json(jsondoc.doc("demo", ok=ok, out=keep, files=[r.artifact for r in rows],
+                                      bytes=sum(r.bytes for r in rows), seconds=time.perf_counter() - t0,
+                                      steps=[r.__dict__ for r in rows]))
     else:
         render.table("bitconv demo", ["step", "artifact", "kind", "layout", "size", "bits/ternary weight",
                                       "check"],
                      [[r.step, r.artifact, r.kind, r.layout, render.human_bytes(r.bytes),
                        _fmt(r.bits_per_weight, ".3f"), ("ok: " if r.ok else "FAILED: ") + r.check] for r in rows])
-    if not all(r.ok for r in rows):
+    if not ok:
         raise typer.Exit(1)

@@ -2,28 +2,28 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from bitconv import api
 from bitconv.cli import render
 from bitconv.cli.app import (
     ComputeOpt,
     JsonOpt,
     OutOpt,
     OverwriteOpt,
+    RevisionOpt,
     ShardOpt,
     SrcArg,
+    TokenOpt,
     _report,
     app,
     handle_errors,
-    parse_size,
 )
 from bitconv.core.errors import UsageError
-from bitconv.sources import Checkpoint
 
-TARGETS = ("hf-bf16", "nanotron")
+TARGETS = api.CONVERT_TARGETS
 
 ToOpt = Annotated[str, typer.Option("--to", help="hf-bf16 (Nanotron -> HF bf16 master) or nanotron (HF bf16 master, "
                                     "bitconv ternary, HF packed or Nanotron -> Nanotron)", show_default=False)]
@@ -53,61 +53,25 @@ def check_options(to: str, scale_granularity: str | None, tp: int | None, multip
     """Refuse options that do not apply to the chosen target (pure; tested without a runner)."""
     if to not in TARGETS:
         raise UsageError(f"--to {to!r} is not a convert target; choose one of {', '.join(TARGETS)}")
-    if to == "hf-bf16":
-        given = [n for n, on in (("--tp", tp is not None), ("--pp", pp is not None),
-                                 ("--make-vocab-size-divisible-by", multiple != 1),
-                                 ("--nanotron-model", model is not None)) if on]
-        if given:
-            raise UsageError(f"{', '.join(given)} apply to --to nanotron only")
-    elif scale_granularity is not None or purpose is not None:
-        raise UsageError(f"{'--for' if purpose is not None else '--scale-granularity'} applies to --to hf-bf16 only")
+    api._check_convert_options(to, scale_granularity, tp, multiple, model, pp, purpose)
 
 
-@app.command()
+@app.command(epilog="Example: bitconv convert checkpoints/10000 --to hf-bf16 -o ./bitnet-bf16  |  Other jobs: "
+             "`bitconv pack` (deployable HF packed / GGUF), `bitconv unpack` (trainable bf16 from packed), "
+             "`bitconv verify` (prove it right).")
 @handle_errors
 def convert(src: SrcArg, out: OutOpt, to: ToOpt, purpose: ForOpt = None, scale_granularity: GranularityOpt = None,
             vocab_size: VocabOpt = None, tp: TpOpt = None, pp: PpOpt = None,
             make_vocab_size_divisible_by: MultipleOpt = 1, nanotron_model: ModelOpt = None,
             compute: ComputeOpt = "float32", overwrite: OverwriteOpt = False, max_shard_size: ShardOpt = "5GB",
-            json: JsonOpt = False) -> None:
+            json: JsonOpt = False, token: TokenOpt = None, revision: RevisionOpt = None) -> None:
     """Convert between Nanotron checkpoints (any TP/PP) and HF: --to hf-bf16 or --to nanotron."""
-    from bitconv.sinks import nanotron as nc
-
-    check_options(to, scale_granularity, tp, make_vocab_size_divisible_by, nanotron_model, pp, purpose)
-    with render.progress("convert", not json, unit="bytes" if to == "hf-bf16" else "tensors") as cb:
-        if to == "hf-bf16":
-            rep = nc.to_hf(src, out, purpose=purpose, scale_granularity=scale_granularity, vocab_size=vocab_size,
-                           compute=compute, overwrite=overwrite, max_shard_bytes=parse_size(max_shard_size),
-                           progress=cb)
-        else:
-            from bitconv.output import precheck
-
-            precheck(out, overwrite)  # before SRC is read
-            source = _nanotron_source(src, vocab_size)
-            rep = nc.to_nanotron(source, out, tp=tp, pp=pp,
-                                 make_vocab_size_divisible_by=make_vocab_size_divisible_by, model=nanotron_model,
-                                 compute=compute, overwrite=overwrite, progress=cb)
-    warnings = rep.extra.get("warnings", [])
-    if json:
-        render.print_json({"out": str(rep.out), "target": rep.target, "source_kind": rep.source_kind,
-                           "files": [str(f) for f in rep.files], "ternary_tensors": rep.n_ternary,
-                           "passthrough_tensors": rep.n_passthrough, "bytes": rep.bytes_written,
-                           "seconds": round(rep.seconds, 3), "warnings": warnings,
-                           **{k: v for k, v in rep.extra.items() if k != "warnings"}})
-        return
-    for w in warnings:
-        render.warning(w)
-    _report(rep, False)
-    if rep.extra.get("export_meaning"):
+    with render.progress("convert", not json, unit="bytes" if to.lower() == "hf-bf16" else "tensors") as cb:
+        rep = api.convert(src, out, to=to, purpose=purpose, scale_granularity=scale_granularity,
+                          vocab_size=vocab_size, tp=tp, pp=pp,
+                          make_vocab_size_divisible_by=make_vocab_size_divisible_by, nanotron_model=nanotron_model,
+                          compute=compute, overwrite=overwrite, max_shard_size=max_shard_size, token=token,
+                          revision=revision, progress=cb)
+    _report(rep, json, "convert", target=to.lower())
+    if not json and rep.extra.get("export_meaning"):
         render.out.print(f"export --for {rep.extra['export_meaning']}", markup=False)
-
-
-def _nanotron_source(src: Path, vocab_size: int | None) -> Path | Checkpoint:
-    """SRC for --to nanotron: opened with --vocab-size when it is a Nanotron checkpoint, else by path."""
-    from bitconv.sources.nanotron import is_nanotron_dir, open_nanotron
-
-    if is_nanotron_dir(Path(src)):
-        return open_nanotron(src, vocab_size=vocab_size)
-    if vocab_size is not None:
-        raise UsageError("--vocab-size applies to a Nanotron SRC (an HF source's vocabulary is its embedding)")
-    return src

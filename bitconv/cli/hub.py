@@ -1,42 +1,27 @@
-"""`bitconv upload` and `bitconv pack`'s `--push-to-hub` / `--token` options: parse, call bitconv.publish, render."""
+"""`bitconv upload` and the `--push-to-hub` options of `bitconv pack`: parse, call `bitconv.api.upload`, render."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
+from bitconv import api
 from bitconv.cli import render
-from bitconv.cli.app import JsonOpt, app, handle_errors
-from bitconv.publish.card import UploadResult
-from bitconv.publish.upload import upload as publish
-from bitconv.sources import hub
+from bitconv.cli.app import CreatePrOpt, JsonOpt, PrivateOpt, TokenOpt, app, handle_errors
 
 
-def _register_token(ctx: typer.Context, value: str | None) -> str | None:
-    hub.use_token(value)  # downloads of a repo-id SRC during this command use it too
-    ctx.call_on_close(lambda: hub.use_token(None))
-    return value
-
-
-TokenOpt = Annotated[str | None, typer.Option("--token", help="Hugging Face token (default: HF_TOKEN or the saved "
-                                              "login); used for downloads and uploads, never printed",
-                                              show_default=False, callback=_register_token)]
-PushOpt = Annotated[str | None, typer.Option("--push-to-hub", metavar="REPO_ID", show_default=False,
-                                             help="after packing, upload OUT to this Hub repo (see `bitconv upload`)")]
-
-
-@app.command()
+@app.command(epilog="Example: bitconv upload ./bitnet-packed me/bitnet-b1.58-packed --create-pr  |  Jobs: `bitconv "
+             "pack` makes the artifact, `bitconv verify` writes the report the model card quotes.")
 @handle_errors
 def upload(out: Annotated[Path, typer.Argument(help="artifact: an output folder or a .gguf file", show_default=False)],
            repo_id: Annotated[str, typer.Argument(help="Hub repo owner/name (created when missing)",
                                                   show_default=False)],
            revision: Annotated[str | None, typer.Option("--revision", help="branch to commit to (created from main "
                                                         "when missing)", show_default=False)] = None,
-           create_pr: Annotated[bool, typer.Option("--create-pr", help="open a pull request against main instead "
-                                                   "of committing")] = False,
-           private: Annotated[bool, typer.Option("--private", help="create the repo private")] = False,
+           create_pr: CreatePrOpt = False, private: PrivateOpt = False,
            commit_message: Annotated[str | None, typer.Option("--commit-message", help="commit title",
                                                               show_default=False)] = None,
            base_model: Annotated[str | None, typer.Option("--base-model", help="the source repo the card links "
@@ -48,15 +33,24 @@ def upload(out: Annotated[Path, typer.Argument(help="artifact: an output folder 
                                                "failed")] = False,
            token: TokenOpt = None, json: JsonOpt = False) -> None:
     """Publish OUT to the Hub with a generated model card (README.md); prints the commit or PR URL."""
-    res = publish(out, repo_id, revision=revision, create_pr=create_pr, private=private,
-                  commit_message=commit_message, dry_run=dry_run, force=force, token=token, base_model=base_model)
-    print_result(res, json)
+    t0 = time.perf_counter()
+    res = api.upload(out, repo_id, revision=revision, create_pr=create_pr, private=private,
+                     commit_message=commit_message, dry_run=dry_run, force=force, token=token, base_model=base_model)
+    print_result(res, json, time.perf_counter() - t0)
 
 
-def print_result(res: UploadResult, as_json: bool) -> None:
+def upload_doc(res: Any, seconds: float) -> dict:
+    from bitconv.cli import jsondoc
+
+    plan = res.plan
+    return jsondoc.doc("upload", out=plan.artifact, files=[f.path_in_repo for f in plan.files],
+                       bytes=plan.total_bytes, seconds=seconds, warnings=plan.warnings, **res.to_dict())
+
+
+def print_result(res: Any, as_json: bool, seconds: float = 0.0) -> None:
     """The plan (files, warnings, and the card on a dry run), then the URL."""
     if as_json:
-        render.print_json(res.to_dict())
+        render.print_json(upload_doc(res, seconds))
         return
     plan = res.plan
     for w in plan.warnings:
@@ -73,18 +67,17 @@ def print_result(res: UploadResult, as_json: bool) -> None:
     typer.echo(res.url or "")
 
 
-def push_after_pack(out: Path, repo_id: str | None, src: Path, token: str | None, dry_run: bool,
-                    as_json: bool) -> None:
+def push_after_pack(out: Path, repo_id: str | None, src: Path, token: str | None, as_json: bool, *,
+                    revision: str | None = None, private: bool = False, create_pr: bool = False) -> str | None:
     """`pack --push-to-hub`: upload what pack wrote, linking the source repo as base_model when SRC is one.
 
-    With --json, pack's report stays the only JSON on stdout and the URL goes to stderr."""
+    With --json, pack's report stays the only JSON on stdout (its `pushed` key holds the URL)."""
     if not repo_id:
-        return
-    if dry_run:
-        render.warning(f"--dry-run: nothing packed, so nothing pushed to {repo_id}")
-        return
-    res = publish(out, repo_id, token=token, base_model=hub.base_model_of(src))
-    if as_json:
-        typer.echo(f"pushed to {res.url}", err=True)
-        return
-    print_result(res, False)
+        return None
+    from bitconv.sources import hub
+
+    res = api.upload(out, repo_id, token=token, revision=revision, private=private, create_pr=create_pr,
+                     base_model=hub.base_model_of(src))
+    if not as_json:
+        print_result(res, False)
+    return res.url

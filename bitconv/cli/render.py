@@ -9,6 +9,7 @@ markup passes `markup=True` and escapes every untrusted part with `esc`.
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 from collections.abc import Iterator
@@ -53,10 +54,17 @@ class SafeConsole(Console):
         super().print(*objects, markup=bool(markup), **kw)  # type: ignore[arg-type]
 
 
-# Off a terminal (pipes, CI logs) rich would wrap tables at 80 columns; give them room instead.
-out = SafeConsole(highlight=False, soft_wrap=True, markup=False, width=None if sys.stdout.isatty() else 160)
-err = SafeConsole(stderr=True, highlight=False, soft_wrap=True, markup=False,
-                  width=None if sys.stderr.isatty() else 160)
+def _width(stream: object) -> int | None:
+    """COLUMNS when set (honoured on and off a terminal), the terminal's width, else 160 (pipes and CI logs, where
+    rich would wrap tables at 80 columns)."""
+    cols = os.environ.get("COLUMNS", "")
+    if cols.isdigit() and int(cols) > 0:
+        return int(cols)
+    return None if stream.isatty() else 160
+
+
+out = SafeConsole(highlight=False, soft_wrap=True, markup=False, width=_width(sys.stdout))
+err = SafeConsole(stderr=True, highlight=False, soft_wrap=True, markup=False, width=_width(sys.stderr))
 
 
 def error(message: str) -> None:
@@ -93,12 +101,42 @@ def table(title: str, columns: list[str], rows: list[list[object]]) -> None:
     out.print(t)
 
 
+LINE_EVERY = 5.0  # seconds between progress lines off a terminal
+
+
+def _line_progress(label: str, unit: str, every: float | None = None) -> object:
+    """A progress callback that prints `label: done/total (pct), rate, ETA` to stderr at most every `every` s."""
+    import time
+
+    t0 = time.monotonic()
+    last = [t0]
+    period = LINE_EVERY if every is None else every
+
+    def update(done: int, total: int, name: str) -> None:
+        now = time.monotonic()
+        if now - last[0] < period:
+            return
+        last[0] = now
+        rate = done / max(now - t0, 1e-9)
+        fmt = human_bytes if unit == "bytes" else (lambda n: f"{n:.0f}")
+        line = f"{label}: {fmt(done)}" + (f" / {fmt(total)} ({done / total:.0%})" if total else "")
+        line += f", {fmt(rate)}/s" if unit == "bytes" else f", {rate:.1f}/s"
+        if total and rate > 0:
+            line += f", ETA {max(total - done, 0) / rate:.0f} s"
+        print(clean(f"{line} {name}".rstrip()), file=sys.stderr, flush=True)
+
+    return update
+
+
 @contextmanager
 def progress(label: str, enabled: bool = True, unit: str = "bytes") -> Iterator[object]:
     """Yields a callback (done, total, name) that drives a progress bar on stderr (terminals only). With
     unit="bytes" it shows bytes written, bytes/s and the time left; otherwise counts."""
-    if not (enabled and err.is_terminal):
+    if not enabled:
         yield None
+        return
+    if not err.is_terminal:  # CI logs and pipes: one plain line every LINE_EVERY seconds instead of a bar
+        yield _line_progress(label, unit)
         return
     counts = [DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn()] if unit == "bytes" else \
         [MofNCompleteColumn()]

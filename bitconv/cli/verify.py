@@ -1,5 +1,6 @@
-"""`bitconv verify` and `bitconv check`: parse, call `bitconv.verify`, render, exit 0 (pass) / 1 (fail) / 2 (bad
-input). Reports go to --json FILE ('-' = stdout), --junit FILE, and $GITHUB_STEP_SUMMARY (appended) when set."""
+"""`bitconv verify` and `bitconv check`: parse, call `bitconv.api`, render, exit 0 (pass) / 1 (fail) / 2 (bad input).
+`--json` prints the report document on stdout; reports go to --report FILE (the same JSON document), --junit FILE,
+and $GITHUB_STEP_SUMMARY (appended) when set. torch is imported only once a command runs."""
 
 from __future__ import annotations
 
@@ -9,49 +10,47 @@ from typing import Annotated
 
 import typer
 
+from bitconv import api
 from bitconv.cli import render
-from bitconv.cli.app import app, handle_errors
+from bitconv.cli.app import JsonOpt, RevisionOpt, TokenOpt, app, handle_errors
 from bitconv.core.errors import UsageError
-from bitconv.output import check_report_path, write_report
-from bitconv.verify import Thresholds, VerifyReport, verify
-from bitconv.verify.check import CheckReport, check, check_markdown, check_suites
-from bitconv.verify.report import summary_lines, to_json, to_junit, verify_markdown, verify_suite
-
-_D = Thresholds()
 
 RefOpt = Annotated[Path, typer.Option("--ref", help="the bf16 master OUT was made from", show_default=False)]
-JsonFileOpt = Annotated[str | None, typer.Option("--json", help="write the JSON report to FILE ('-' for stdout)",
-                                                 show_default=False)]
+ReportOpt = Annotated[Path | None, typer.Option("--report", help="write the JSON report (the --json document) to "
+                                                "FILE", show_default=False)]
 JunitOpt = Annotated[Path | None, typer.Option("--junit", help="write a JUnit XML report to FILE",
                                                show_default=False)]
 ParityOpt = Annotated[bool, typer.Option("--parity/--no-parity", help="also compare logits (three forward passes)")]
-MaxRelOpt = Annotated[float | None, typer.Option("--max-rel-dlogit", help=f"limit of max |Δlogit| / REF's logit "
-                                                 f"range [default: {_D.max_rel_dlogit}]", show_default=False)]
+MaxRelOpt = Annotated[float | None, typer.Option("--max-rel-dlogit", help="limit of max |Δlogit| / REF's logit "
+                                                 "range [default: 0.05]", show_default=False)]
 MaxAbsOpt = Annotated[float | None, typer.Option("--max-dlogit", help="limit of max |Δlogit| (absolute; off by "
                                                  "default)", show_default=False)]
-MaxKlOpt = Annotated[float | None, typer.Option("--max-kl", help=f"limit of the mean KL(REF || OUT) per position "
-                                                f"[default: {_D.max_kl}]", show_default=False)]
-Top1Opt = Annotated[float | None, typer.Option("--min-top1", help=f"least top-1 agreement with REF (0..1) "
-                                               f"[default: {_D.min_top1}]", show_default=False)]
-Top5Opt = Annotated[float | None, typer.Option("--min-top5", help=f"least mean top-5 overlap with REF (0..1) "
-                                               f"[default: {_D.min_top5}]", show_default=False)]
+MaxKlOpt = Annotated[float | None, typer.Option("--max-kl", help="limit of the mean KL(REF || OUT) per position "
+                                                "[default: 0.01]", show_default=False)]
+Top1Opt = Annotated[float | None, typer.Option("--min-top1", help="least top-1 agreement with REF (0..1) "
+                                               "[default: 0.85]", show_default=False)]
+Top5Opt = Annotated[float | None, typer.Option("--min-top5", help="least mean top-5 overlap with REF (0..1) "
+                                               "[default: 0.85]", show_default=False)]
+VERIFY_EPILOG = ("Example: bitconv verify models/bitnet-bf16-i2_s.gguf --ref ./bitnet-bf16 --report r.json "
+                 "--junit r.xml  |  Make artifacts with `bitconv pack`; check a whole repo with `bitconv check`.")
+CHECK_EPILOG = ("Example: bitconv check . --no-parity --junit bitconv-check.xml  |  One artifact: `bitconv verify`; "
+                "as a GitHub Action: see action.yml (docs/ci.md).")
+
+
 StrictOpt = Annotated[bool, typer.Option("--strict", help="apply the parity limits as given: never widen them to "
                                          "the floor model (what REF's own codes give in OUT's arithmetic)")]
 
 
-def _thresholds(max_rel: float | None, max_abs: float | None, max_kl: float | None, top1: float | None,
-                top5: float | None) -> Thresholds:
-    for name, v in (("--min-top1", top1), ("--min-top5", top5)):
-        if v is not None and not 0.0 <= v <= 1.0:
-            raise UsageError(f"{name} must lie in [0, 1], got {v}")
-    given = {"max_rel_dlogit": max_rel, "max_dlogit": max_abs, "max_kl": max_kl, "min_top1": top1, "min_top5": top5}
-    given = {k: v for k, v in given.items() if v is not None}
-    return Thresholds(**given, given=frozenset(given))
+def _limits(max_rel: float | None, max_abs: float | None, max_kl: float | None, top1: float | None,
+            top5: float | None) -> dict:
+    return {"max_rel_dlogit": max_rel, "max_dlogit": max_abs, "max_kl": max_kl, "min_top1": top1, "min_top5": top5}
 
 
 def _write(path: str | Path, text: str, append: bool = False, inputs: tuple[Path, ...] = ()) -> None:
     """A report file: never one of the inputs (compared by device and inode), written atomically (a temporary
     beside it, renamed into place); `append` (the CI step summary) appends."""
+    from bitconv.output import write_report
+
     try:
         if append:
             with open(path, "a", encoding="utf-8") as f:
@@ -62,23 +61,42 @@ def _write(path: str | Path, text: str, append: bool = False, inputs: tuple[Path
         raise UsageError(f"cannot write report: {e.strerror or e}", path=path) from None
 
 
-def _emit(report: VerifyReport | CheckReport, json_file: str | None, junit: Path | None, suites: list,
+def _document(command: str, report: object, files: list[Path]) -> dict:
+    from bitconv.cli import jsondoc
+
+    d = report.to_dict()
+    warnings = [f["message"] for f in d.get("findings", []) if f.get("severity") == "warning"]
+    layout = d.get("out_layout") if command == "verify" else None
+    out = d.get("out") if command == "verify" else d.get("path")
+    return jsondoc.doc(command, ok=d["ok"], out=out, layout=layout, files=files, seconds=d.get("seconds", 0.0),
+                       warnings=warnings, **{k: v for k, v in d.items() if k not in ("ok", "out", "seconds")})
+
+
+def _emit(command: str, report: object, as_json: bool, report_file: Path | None, junit: Path | None, suites: list,
           markdown: str, inputs: tuple[Path, ...] = ()) -> None:
-    for p in (json_file if json_file != "-" else None, junit):
-        if p:
-            check_report_path(Path(p), inputs)  # before any report is written
-    if json_file == "-":
-        render.print_json(report.to_dict())
-    elif json_file:
-        _write(json_file, to_json(report), inputs=inputs)
+    from bitconv.output import check_report_path
+    from bitconv.verify.report import to_junit
+
+    files = [p for p in (report_file, junit) if p]
+    for p in files:
+        check_report_path(Path(p), inputs)  # before any report is written
+    doc = _document(command, report, files)
+    if report_file:
+        import json as _json
+
+        _write(report_file, _json.dumps(doc, indent=2, default=str) + "\n", inputs=inputs)
     if junit:
         _write(junit, to_junit(suites), inputs=inputs)
     summary = os.environ.get("GITHUB_STEP_SUMMARY")
     if summary:
         _write(summary, markdown + "\n", append=True)
+    if as_json:
+        render.print_json(doc)
 
 
-def _print_verify(rep: VerifyReport) -> None:
+def _print_verify(rep: object) -> None:
+    from bitconv.verify.report import summary_lines
+
     render.table(f"bitconv verify {rep.out} (REF {rep.ref})", ["check", "result"],
                  [list(r) for r in summary_lines(rep)])
     if rep.findings:
@@ -90,13 +108,13 @@ def _print_verify(rep: VerifyReport) -> None:
     render.out.print(f"{'PASS' if rep.ok else 'FAIL'}: {len(rep.errors)} error(s) in {rep.seconds:.1f} s")
 
 
-@app.command("verify")
+@app.command("verify", epilog=VERIFY_EPILOG)
 @handle_errors
 def verify_command(
-    out: Annotated[Path, typer.Argument(help="artifact to verify: HF packed or bitconv ternary folder, or a .gguf",
-                                        show_default=False)],
+    out: Annotated[Path, typer.Argument(help="artifact to verify: HF packed or bitconv ternary folder, a .gguf, or a "
+                                        "folder holding one .gguf", show_default=False)],
     ref: RefOpt,
-    json: JsonFileOpt = None, junit: JunitOpt = None,
+    json: JsonOpt = False, report: ReportOpt = None, junit: JunitOpt = None,
     prompt: Annotated[str | None, typer.Option("--prompt", help="parity on this text, through the checkpoint's "
                                                "tokenizer", show_default=False)] = None,
     tokens: Annotated[Path | None, typer.Option("--tokens", help="parity on the token ids in FILE (JSON or one "
@@ -104,33 +122,36 @@ def verify_command(
     parity: ParityOpt = True,
     max_rel_dlogit: MaxRelOpt = None, max_dlogit: MaxAbsOpt = None, max_kl: MaxKlOpt = None,
     min_top1: Top1Opt = None, min_top5: Top5Opt = None, strict: StrictOpt = False,
+    runtime: Annotated[str | None, typer.Option("--runtime", help="also run OUT (a GGUF) in this runtime and judge "
+                                                "its logits: llama.cpp (needs pip install 'bitconv[llamacpp]')",
+                                                show_default=False)] = None,
     bitlinear: Annotated[str, typer.Option("--bitlinear", help="BitLinear arithmetic to emulate: compiled "
                                            "(transformers' default) or eager (TORCHDYNAMO_DISABLE=1)")] = "compiled",
-    runtime: Annotated[str | None, typer.Option("--runtime", help="also run OUT (a .gguf) in this runtime and "
-                                                "judge its logits: llama.cpp (needs pip install "
-                                                "'bitconv[llamacpp]')", show_default=False)] = None,
+    token: TokenOpt = None, revision: RevisionOpt = None,
 ) -> None:
-    """Prove OUT right against its bf16 master: tensor round trip, compute mode, logit parity, and with --runtime
-    the file run in a real runtime. Exit 1 on a fault."""
-    th = _thresholds(max_rel_dlogit, max_dlogit, max_kl, min_top1, min_top5)
-    with render.progress("verify", json != "-") as cb:
-        rep = verify(out, ref, run_parity=parity, thresholds=th, prompt=prompt, tokens_file=tokens,
-                     bitlinear=bitlinear, runtime=runtime, strict=strict,
-                     progress=(lambda stage, i, n: cb(i, n, stage)) if cb else None)
-    _emit(rep, json, junit, [verify_suite(rep)], verify_markdown(rep), (out, ref, *((tokens,) if tokens else ())))
-    if json != "-":
+    """Prove OUT right against its bf16 master: tensor round trip, compute mode, logit parity. Exit 1 on a fault."""
+    from bitconv.verify.report import verify_markdown, verify_suite
+
+    limits = _limits(max_rel_dlogit, max_dlogit, max_kl, min_top1, min_top5)
+    with render.progress("verify", not json, unit="steps") as cb:
+        rep = api.verify(out, ref, parity=parity, prompt=prompt, tokens=tokens, bitlinear=bitlinear, token=token,
+                         revision=revision, runtime=runtime, strict=strict,
+                         progress=(lambda stage, i, n: cb(i, n, stage)) if cb else None, **limits)
+    _emit("verify", rep, json, report, junit, [verify_suite(rep)], verify_markdown(rep),
+          (out, ref, *((tokens,) if tokens else ())))
+    if not json:
         _print_verify(rep)
     raise typer.Exit(rep.exit_code)
 
 
-def _ok_note(rep: VerifyReport | None) -> str:
+def _ok_note(rep: object) -> str:
     if rep is None:
         return "ok"
     note = f"ok: verified, codes made with {rep.roundtrip.compute or '-'}"
     return note + (f", logits top-1 {rep.parity.out_vs_ref.top1:.0%}" if rep.parity else "")
 
 
-def _print_check(rep: CheckReport) -> None:
+def _print_check(rep: object) -> None:
     rows = []
     for a in rep.artifacts:
         errs = [f.message for f in a.findings if f.severity == "error"]
@@ -149,7 +170,7 @@ def _print_check(rep: CheckReport) -> None:
     render.out.print(f"{'PASS' if rep.ok else 'FAIL'}: {rep.summary}, {rep.seconds:.1f} s")
 
 
-@app.command("check")
+@app.command("check", epilog=CHECK_EPILOG)
 @handle_errors
 def check_command(
     path: Annotated[Path, typer.Argument(help="model repository folder (or one checkpoint)", show_default=False)],
@@ -158,17 +179,18 @@ def check_command(
                                             show_default=False)] = None,
     config_only: Annotated[bool, typer.Option("--config-only", help="check configs only; artifacts are not "
                                               "verified (and not failed for it)")] = False,
-    json: JsonFileOpt = None, junit: JunitOpt = None, parity: ParityOpt = True,
+    json: JsonOpt = False, report: ReportOpt = None, junit: JunitOpt = None, parity: ParityOpt = True,
     max_rel_dlogit: MaxRelOpt = None, max_dlogit: MaxAbsOpt = None, max_kl: MaxKlOpt = None,
     min_top1: Top1Opt = None, min_top5: Top5Opt = None, strict: StrictOpt = False,
 ) -> None:
     """CI for a model repo: every checkpoint's config, and every artifact verified against one named master.
     Exit 0 only when every artifact was verified and passed; 1 when one failed or could not be verified."""
-    th = _thresholds(max_rel_dlogit, max_dlogit, max_kl, min_top1, min_top5)
-    say = None if json == "-" else (lambda p: render.err.print(f"· verifying {p}"))
-    rep = check(path, ref=ref, config_only=config_only, run_parity=parity, thresholds=th, strict=strict,
-                on_item=say)
-    _emit(rep, json, junit, check_suites(rep), check_markdown(rep), (path, *((ref,) if ref else ())))
-    if json != "-":
+    from bitconv.verify.check import check_markdown, check_suites
+
+    say = None if json else (lambda p: render.err.print(f"· verifying {p}", markup=False))
+    rep = api.check(path, ref=ref, config_only=config_only, parity=parity, strict=strict, on_item=say,
+                    **_limits(max_rel_dlogit, max_dlogit, max_kl, min_top1, min_top5))
+    _emit("check", rep, json, report, junit, check_suites(rep), check_markdown(rep), (path, *((ref,) if ref else ())))
+    if not json:
         _print_check(rep)
     raise typer.Exit(rep.exit_code)

@@ -10,6 +10,8 @@ import numpy as np
 from bitconv.core import dtypes
 from bitconv.core.errors import FormatError
 
+EPS = 1e-5  # floor of the absmean scale (bitconv.quant): an all-zero weight gets this scale
+
 
 @dataclass(frozen=True)
 class Ternary:

@@ -34,9 +34,8 @@ from typing import ClassVar
 import numpy as np
 
 from bitconv.core.errors import FormatError, LayoutError
-from bitconv.core.tensors import FieldSpec, Ternary
+from bitconv.core.tensors import EPS, FieldSpec, Ternary
 from bitconv.layouts.registry import Layout
-from bitconv.quant import EPS
 
 QK = 64  # weights per block (QK_IQ1BN)
 RUNTIME = "ik_llama.cpp"

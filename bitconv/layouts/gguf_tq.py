@@ -36,9 +36,8 @@ from typing import ClassVar
 import numpy as np
 
 from bitconv.core.errors import LayoutError
-from bitconv.core.tensors import FieldSpec, Ternary
+from bitconv.core.tensors import EPS, FieldSpec, Ternary
 from bitconv.layouts.registry import Layout
-from bitconv.quant import EPS
 
 QK = 256  # weights per block
 PACK_BLOCKS = 2048  # 256-weight blocks packed per step (512 KiB of codes: the chunk stays in cache)

@@ -17,7 +17,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import numpy as np
-import torch
 
 from bitconv.core.errors import FormatError, LayoutError
 from bitconv.core.tensors import FieldSpec, Ternary
@@ -28,6 +27,8 @@ VALUES_PER_BYTE = 4
 
 def f32_to_bf16_bits(x: float) -> np.ndarray:
     """[x] rounded to bfloat16 (nearest, ties to even) as raw uint16 bits, shape [1]."""
+    import torch  # imported on first use: listing layouts stays free of torch
+
     return torch.tensor([x], dtype=torch.float32).to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
 
 

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import difflib
 import os
 from pathlib import Path
 
@@ -26,14 +27,26 @@ from bitconv.sources.safetensors import open_safetensors_dir
 __all__ = ["KINDS", "Checkpoint", "ModelTensor", "is_nanotron_dir", "open_source"]
 
 
+def near_names(p: Path) -> str | None:
+    """'did you mean ...' for a missing path: the closest names in its parent folder (difflib), or None."""
+    parent = p.expanduser().parent
+    try:
+        names = [c.name for c in parent.iterdir()] if parent.is_dir() else []
+    except OSError:
+        return None
+    close = difflib.get_close_matches(p.name, names, n=3, cutoff=0.6)
+    return "did you mean " + " or ".join(repr(str(parent / c) if str(parent) != "." else c) for c in close) + "?" \
+        if close else None
+
+
 def open_source(path: str | Path) -> Checkpoint:
     """Open SRC: a folder holding an HF-layout checkpoint (bf16 master, bitconv ternary or HF packed), or a .gguf."""
-    p = Path(path)
+    p = Path(path).expanduser()
     if not p.exists():
         # not a local path: a Hub repo id (owner/name[@revision]) is downloaded
-        if not hub.is_repo_ref(p):
-            raise SourceError("no such file or folder", path=p)
-        p = hub.resolve(str(p))
+        if not hub.is_repo_ref(path):
+            raise SourceError("no such file or folder", path=p, hint=near_names(p))
+        p = hub.resolve(str(path))
     elif p.is_symlink() and not safeio.link_allowed(p):
         p = Path(os.path.realpath(p))  # SRC itself may be a link the user made: read what it names
     if p.is_file() and p.suffix.lower() == ".gguf":
@@ -42,6 +55,10 @@ def open_source(path: str | Path) -> Checkpoint:
         p = p.parent
     if is_nanotron_dir(p):
         return open_nanotron(p)
+    if p.is_dir() and not (p / "config.json").exists():
+        ggufs = sorted(p.glob("*.gguf"))
+        if len(ggufs) == 1 and not ggufs[0].is_symlink():  # one GGUF in the folder: that file, as on the Hub
+            return open_gguf(ggufs[0])
     if p.is_dir():
         return open_safetensors_dir(p)
     raise not_a_checkpoint(p)  # a pickle (.bin, .pt, .pkl) is refused, never unpickled

@@ -60,9 +60,38 @@ class RepoRef:
         return self.repo_id + (f"/{self.path}" if self.path else "") + (f"@{self.revision}" if self.revision else "")
 
 
+_URL = re.compile(r"https?:/{1,2}(?:www\.)?huggingface\.co/(?P<repo>[^/?#]+/[^/?#]+)"
+                  r"(?:/(?:tree|blob|resolve)/(?P<rev>[^/?#]+)(?P<path>/[^?#]*)?)?/?(?:[?#].*)?")
+_LOCAL_PREFIXES = ("./", "../", "/", "~", ".\\", "..\\")
+
+
+def from_url(text: str) -> str:
+    """`https://huggingface.co/owner/name[/tree|blob|resolve/REV[/path]]` as `owner/name[/path][@REV]`; any other
+    text unchanged."""
+    m = _URL.fullmatch(text.strip())
+    if not m:
+        return text
+    path = (m["path"] or "").rstrip("/")
+    rev = m["rev"] if m["rev"] and m["rev"] != "main" else None
+    return m["repo"] + path + (f"@{rev}" if rev else "")
+
+
+def looks_local(text: str) -> bool:
+    """The local-path rule: a path that starts with ./ ../ / or ~, or whose parent folder exists, is local (a typo
+    in it is "no such file or folder", never a Hub download)."""
+    t = str(text)
+    if t in (".", "..") or t.startswith(_LOCAL_PREFIXES):
+        return True
+    if _URL.fullmatch(t.strip()):
+        return False
+    parent = Path(t).parent
+    return str(parent) != "." and parent.exists()
+
+
 def parse_ref(text: str) -> RepoRef | None:
-    """The repo reference `text` spells, or None when it is not one (see the module docstring)."""
-    m = _REF.fullmatch(str(text))
+    """The repo reference `text` spells, or None when it is not one (see the module docstring). A
+    `https://huggingface.co/owner/name` URL is accepted as its repo id."""
+    m = _REF.fullmatch(from_url(str(text)))
     if not m or "--" in m["repo"] or ".." in m["repo"]:
         return None
     path, rev = m["path"].strip("/") or None, m["rev"]
@@ -75,7 +104,7 @@ def parse_ref(text: str) -> RepoRef | None:
 
 def is_repo_ref(src: str | Path) -> bool:
     """True when SRC is not an existing local path but reads as `owner/name[...][@revision]`."""
-    return not Path(src).exists() and parse_ref(str(src)) is not None
+    return not Path(src).exists() and not looks_local(str(src)) and parse_ref(str(src)) is not None
 
 
 def base_model_of(src: str | Path) -> str | None:
@@ -88,13 +117,18 @@ def base_model_of(src: str | Path) -> str | None:
 
 # ------------------------------------------------------------------------------------------------ token and errors
 
-_DEFAULT_TOKEN: dict[str, str | None] = {"token": None}
+_DEFAULT_TOKEN: dict[str, str | None] = {"token": None, "revision": None}
 _TOKEN_SHAPE = re.compile(r"hf_[A-Za-z0-9]{6,}")
 
 
 def use_token(token: str | None) -> None:
     """Token for downloads made by `open_source` in this process (the CLI's `--token`); None: HF's default."""
     _DEFAULT_TOKEN["token"] = token or None
+
+
+def use_revision(revision: str | None) -> None:
+    """Revision for downloads of a repo-id SRC that names none (the CLI's `--revision`); None: the default branch."""
+    _DEFAULT_TOKEN["revision"] = revision or None
 
 
 def check_token_shape(token: str | None, what: str = "--token") -> None:
@@ -206,6 +240,8 @@ def resolve(src: str | Path, *, token: str | None = None) -> Path:
     ref = parse_ref(str(src))
     if ref is None:
         raise SourceError("neither an existing local path nor a Hub repo id (owner/name[@revision])", path=src)
+    if ref.revision is None and _DEFAULT_TOKEN["revision"]:
+        ref = RepoRef(ref.repo_id, _DEFAULT_TOKEN["revision"], ref.path)
     tok = token_or_default(token)
     with hub_errors(SourceError, str(ref), tok, _download_rules):
         if ref.is_file:

@@ -21,7 +21,9 @@ Example:
 from __future__ import annotations
 
 import os
+import sys
 import time
+import types
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -268,3 +270,14 @@ def verify(out: str | Path | Checkpoint, ref: str | Path | Checkpoint, *, run_pa
     family = ARCHS[arch].family if arch in ARCHS else "unknown"
     return VerifyReport(str(out_ck.path), str(ref_ck.path), out_ck.kind, out_ck.layout, ref_ck.kind, family, rt, par,
                         check_config(out_ck.config, ref_ck.config), time.perf_counter() - t0, run)
+
+
+class _CallableModule(types.ModuleType):
+    """`bitconv.verify` is both this package and the API function: `bitconv.verify(out, ref=...)` is `verify`
+    below (what `bitconv verify OUT --ref REF` runs)."""
+
+    def __call__(self, out: str | Path, ref: str | Path, **kw: object) -> VerifyReport:
+        return verify(out, ref, **kw)  # type: ignore[arg-type]
+
+
+sys.modules[__name__].__class__ = _CallableModule
