@@ -24,6 +24,7 @@ import stat
 from pathlib import Path
 
 from bitconv.core.errors import OutputError
+from bitconv.core.safeio import identity
 
 TMP_PREFIX = ".bitconv-tmp-"
 OLD_PREFIX = ".bitconv-old-"
@@ -35,21 +36,13 @@ except ImportError:  # pragma: no cover - not POSIX
     fcntl = None  # type: ignore[assignment]
 
 
-def _ident(p: Path) -> tuple[int, int] | None:
-    try:
-        st = os.stat(p)
-    except OSError:
-        return None
-    return st.st_dev, st.st_ino
-
-
 def _chain(p: Path) -> list[tuple[int, int]]:
     """(dev, ino) of `p` (or its nearest existing ancestor) and of every folder above it, following links."""
     p = Path(os.path.abspath(p))
     out = []
     probe = p
     while True:
-        ident = _ident(probe)
+        ident = identity(probe)
         if ident is not None:
             out.append(ident)
         if probe.parent == probe:
@@ -58,7 +51,7 @@ def _chain(p: Path) -> list[tuple[int, int]]:
     # also the resolved path's parents (a link anywhere in `p` resolves elsewhere)
     real = Path(os.path.realpath(p))
     for q in (real, *real.parents):
-        ident = _ident(q)
+        ident = identity(q)
         if ident is not None and ident not in out:
             out.append(ident)
     return out
@@ -75,11 +68,11 @@ def _input_files(src: Path) -> list[Path]:
 
 def check_not_input(out: Path, inputs: tuple[Path, ...] | list[Path], what: str = "output") -> None:
     """OutputError when `out` is, holds, or sits inside an input, compared by (device, inode)."""
-    out_id = _ident(out)
+    out_id = identity(out)
     out_chain = _chain(out)  # out (or its nearest existing ancestor) and everything above it
     for src in inputs:
         src = Path(src)
-        src_id = _ident(src)
+        src_id = identity(src)
         if src_id is None:
             continue
         if src_id in out_chain:  # OUT is SRC or sits inside it
@@ -89,7 +82,7 @@ def check_not_input(out: Path, inputs: tuple[Path, ...] | list[Path], what: str 
             raise OutputError(f"{what} holds the input {str(src)!r}; replacing it would destroy the input",
                               path=out, hint="choose another path; bitconv never modifies its input")
         if out_id is not None and os.path.isfile(out):
-            if any(_ident(f) == out_id for f in _input_files(src)):
+            if any(identity(f) == out_id for f in _input_files(src)):
                 raise OutputError(f"{what} is the same file as an input file of {str(src)!r} (a hard link?)",
                                   path=out, hint="choose another path; bitconv never modifies its input")
 
@@ -314,12 +307,12 @@ def precheck(out: str | Path, overwrite: bool = False) -> None:
 def check_report_path(path: Path, inputs: tuple[Path, ...] | list[Path]) -> None:
     """A report file may not be an input: not an input file (by device and inode: links and hard links included),
     not an input folder, not a file inside an input GGUF's place. Refused before anything is written."""
-    ident = _ident(path)
+    ident = identity(path)
     if ident is None:
         return  # a new file aliases nothing
     for src in inputs:
         src = Path(src)
-        if _ident(src) == ident or (src.is_dir() and any(_ident(f) == ident for f in _input_files(src))):
+        if identity(src) == ident or (src.is_dir() and any(identity(f) == ident for f in _input_files(src))):
             raise OutputError(f"report path is an input file of {str(src)!r}; writing the report would destroy it",
                               path=path, hint="choose another report path")
     if os.path.isdir(path):

@@ -189,6 +189,16 @@ def copy_input(src: Path, dst: Path, cap: int = CAP_SIDE_FILE, root: Path | None
         os.close(fd)
 
 
+def identity(path: str | Path) -> tuple[int, int] | None:
+    """(device, inode) of what `path` names (links followed), or None when it does not exist: the one way bitconv
+    tells whether two paths are the same file or folder (bind mounts, hard links, symlinks included)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 def exists_entry(path: Path) -> bool:
     """True when `path` names anything (a dangling link included)."""
     return os.path.lexists(path)

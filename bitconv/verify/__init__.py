@@ -20,7 +20,6 @@ Example:
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 import types
@@ -31,6 +30,7 @@ from pathlib import Path
 import torch
 
 from bitconv.core.errors import EXIT_OK, EXIT_VERIFY_FAILED, FormatError, UsageError
+from bitconv.core.safeio import identity
 from bitconv.sources import Checkpoint, open_source
 from bitconv.sources.nanotron import EXPORT_OF_GRANULARITY, NanotronCheckpoint
 from bitconv.verify.parity import (
@@ -178,14 +178,7 @@ def _open(x: str | Path | Checkpoint) -> Checkpoint:
 
 
 def _inodes(paths: list[Path]) -> set[tuple[int, int]]:
-    out = set()
-    for p in paths:
-        try:
-            st = os.stat(p)
-        except OSError:
-            continue
-        out.add((st.st_dev, st.st_ino))
-    return out
+    return {i for i in map(identity, paths) if i is not None}
 
 
 def refuse_self_reference(out_ck: Checkpoint, ref_ck: Checkpoint) -> None:

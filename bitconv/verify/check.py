@@ -32,6 +32,7 @@ from pathlib import Path
 
 from bitconv.core.errors import EXIT_OK, EXIT_VERIFY_FAILED, BitconvError, LayoutError, UsageError
 from bitconv.core.naming import PROJECTION_SHAPES
+from bitconv.core.safeio import identity
 from bitconv.formats.safetensors import read_header
 from bitconv.layouts import get_layout
 from bitconv.output import TMP_PREFIX
@@ -313,11 +314,8 @@ def _is_master_candidate(ck: Checkpoint) -> bool:
 
 
 def _same_place(a: Path, b: Path) -> bool:
-    try:
-        sa, sb = os.stat(a), os.stat(b)
-    except OSError:
-        return False
-    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
+    ia = identity(a)
+    return ia is not None and ia == identity(b)
 
 
 def _open_all(paths: list[Path]) -> tuple[list[ArtifactCheck], dict[str, Checkpoint]]:
