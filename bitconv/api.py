@@ -374,7 +374,8 @@ def _check_convert_options(to: str, scale_granularity: str | None, tp: int | Non
 
 
 def _nanotron_source(src: str | Path, vocab_size: int | None) -> Any:
-    from bitconv.sources.nanotron import is_nanotron_dir, open_nanotron
+    from bitconv.sources.checkpoint import is_nanotron_dir
+    from bitconv.sources.nanotron import open_nanotron
 
     if is_nanotron_dir(Path(src)):
         return open_nanotron(src, vocab_size=vocab_size)

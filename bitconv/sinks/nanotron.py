@@ -43,13 +43,12 @@ from bitconv.pipeline import Plan, Progress, Report, Step, execute
 from bitconv.quant import COMPUTE_MODES, lift, ternarize
 from bitconv.sinks.hf import DEFAULT_MAX_SHARD_BYTES
 from bitconv.sources import Checkpoint, ModelTensor, open_source
-from bitconv.sources.checkpoint import load_torch
+from bitconv.sources.checkpoint import is_nanotron_dir, load_torch
 from bitconv.sources.nanotron import (
     EXPORT_OF_GRANULARITY,
     GRANULARITIES,
     HF_EXPORTS,
     NanotronCheckpoint,
-    is_nanotron_dir,
     open_nanotron,
 )
 

@@ -34,7 +34,7 @@ from bitconv.formats.nanotron import yamlish
 from bitconv.formats.safetensors import TensorInfo, read_header
 from bitconv.layouts.hf_packed import bitnet_quant_config
 from bitconv.quant import ternarize
-from bitconv.sources.checkpoint import Checkpoint, ModelTensor, load_torch
+from bitconv.sources.checkpoint import Checkpoint, ModelTensor, is_nanotron_dir, load_torch
 from bitconv.sources.safetensors import side_files, with_file
 
 GRANULARITIES = ("fused", "per-projection")
@@ -69,11 +69,6 @@ EXPORT_OF_GRANULARITY = {e.granularity: e for e in HF_EXPORTS.values()}
 META_FILE = "checkpoint_metadata.json"
 MAX_SLICE_PAIRS = 2048  # per parameter; nanotron writes tp x (1 or 2 or 3 chunks)
 HF_BITNET_QC = {"quant_method": "bitnet", "linear_class": "autobitlinear", "quantization_mode": "online"}
-
-
-def is_nanotron_dir(p: Path) -> bool:
-    """True for a Nanotron checkpoint folder: `model/` plus checkpoint_metadata.json or model_config.json."""
-    return p.is_dir() and (p / "model").is_dir() and ((p / META_FILE).is_file() or (p / "model_config.json").is_file())
 
 
 # ------------------------------------------------------------------------------------------------------ shards
