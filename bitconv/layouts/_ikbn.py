@@ -132,10 +132,14 @@ class IKBNLayout(Layout):
 
     ggml_type: ClassVar[str]
     runtime: ClassVar[str] = RUNTIME
-    row_meta: ClassVar[int]  # bytes of the row scale
     row_dtype: ClassVar[np.dtype]
     block_bytes: ClassVar[int]
     nominal_bpw: ClassVar[float]  # bits per weight of the blocks (the row scale adds 8*row_meta/in_features)
+
+    @property
+    def row_meta(self) -> int:
+        """Bytes of the row scale (the size of `row_dtype`)."""
+        return self.row_dtype.itemsize
 
     @classmethod
     def runtime_fact(cls) -> RuntimeFact:

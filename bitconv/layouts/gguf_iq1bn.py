@@ -70,7 +70,6 @@ class GGUFIQ1BN(IKBNLayout, name="gguf-iq1-bn", container="gguf"):
     ggml_type_id: ClassVar[int] = 134
     file_type: ClassVar[int] = 136
     scale_dtype = "F16"
-    row_meta: ClassVar[int] = 2
     row_dtype: ClassVar[np.dtype] = np.dtype("<f2")
     block_bytes: ClassVar[int] = 13
     nominal_bpw: ClassVar[float] = 1.625

@@ -53,7 +53,6 @@ class GGUFIQ2BN(IKBNLayout, name="gguf-iq2-bn", container="gguf"):
     ggml_type_id: ClassVar[int] = 135
     file_type: ClassVar[int] = 137
     scale_dtype = "F32"
-    row_meta: ClassVar[int] = 4
     row_dtype: ClassVar[np.dtype] = np.dtype("<f4")
     block_bytes: ClassVar[int] = 16
     nominal_bpw: ClassVar[float] = 2.0

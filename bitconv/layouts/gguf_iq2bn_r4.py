@@ -42,7 +42,6 @@ class GGUFIQ2BNR4(IKBNLayout, name="gguf-iq2-bn-r4", container="gguf"):
     file_type: ClassVar[int] = 337
     fallback_layout: ClassVar[str] = "gguf-iq2-bn"  # for out_features % 4 != 0, as llama-quantize does
     scale_dtype = "F32"
-    row_meta: ClassVar[int] = 4
     row_dtype: ClassVar[np.dtype] = np.dtype("<f4")
     block_bytes: ClassVar[int] = 16
     nominal_bpw: ClassVar[float] = 2.0

@@ -59,11 +59,12 @@ def _fork_tl2(dims: tuple[int, ...]) -> int:
     return pad(tl2_payload_nbytes(m, k)) + 32  # ref: ggml_nbytes TL2 case, then the hidden scale slot
 
 
-def _row_scaled(meta: int) -> Callable[[tuple[int, ...]], int | None]:
+def _row_scaled(blocks: str, meta: int) -> Callable[[tuple[int, ...]], int | None]:
+    """Rows of a `meta`-byte scale plus whole blocks of type `blocks` (ik's IQ*_BN)."""
     def size(dims: tuple[int, ...]) -> int | None:  # ref: ik ggml_row_size = row_meta_size + type_size * ne0/64
         if not dims or dims[0] % 64:
             return None
-        t = ALL_TYPES["IQ1_BN" if meta == 2 else "IQ2_BN"]
+        t = ALL_TYPES[blocks]
         return (meta + dims[0] // t.block_size * t.type_size) * math.prod(dims[1:])
 
     return size
@@ -72,7 +73,7 @@ def _row_scaled(meta: int) -> Callable[[tuple[int, ...]], int | None]:
 # Types whose byte size is a formula of the shape rather than blocks x type size.
 _SIZE_FORMULAS: dict[str, Callable[[tuple[int, ...]], int | None]] = {
     "I2_S": _fork_2bit, "TL1": _fork_2bit, "TL2": _fork_tl2, "TL2_42": _fork_tl2,
-    "IQ1_BN": _row_scaled(2), "IQ2_BN": _row_scaled(4), "IQ2_BN_R4": _row_scaled(4),
+    "IQ1_BN": _row_scaled("IQ1_BN", 2), "IQ2_BN": _row_scaled("IQ2_BN", 4), "IQ2_BN_R4": _row_scaled("IQ2_BN", 4),
 }
 _EVERY_DIALECT = ("upstream", "ik_llama.cpp")  # type dialects readable under any dialect unless the fork forks the id
 
