@@ -465,10 +465,9 @@ main()
 '''
 
 
-def test_sigkill_mid_write_leaves_no_output(tmp_path):
-    """SIGKILL a multi-shard `bitconv pack` while it writes: no OUT; the leftover is `.bitconv-tmp-<OUT>`, beside
-    OUT, and the next run on the same OUT removes it and succeeds. (The pause is a test-side patch that stops the
-    writer thread after its third tensor, so the kill lands mid-write every time, with no hook in bitconv.)"""
+def _paused_pack(tmp_path: Path) -> tuple[Path, Path, list[str], Path, subprocess.Popen]:
+    """A multi-shard `bitconv pack` in a subprocess, paused after its third tensor (the flag file names the shard
+    being written): (SRC, OUT, the pack arguments, the flag, the process). The caller kills it."""
     src = corpus.clone("st", tmp_path)
     out, flag, script = tmp_path / "packed", tmp_path / "mid-write", tmp_path / "pausing_pack.py"
     script.write_text(PAUSING_PACK)
@@ -476,12 +475,22 @@ def test_sigkill_mid_write_leaves_no_output(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     p = subprocess.Popen([sys.executable, str(script), str(flag), *args], stdout=subprocess.DEVNULL,
                          stderr=subprocess.PIPE, env=env, cwd=ROOT)
+    deadline = time.monotonic() + 120
+    while not flag.exists():
+        if p.poll() is not None or time.monotonic() > deadline:
+            p.kill()
+            p.wait()
+            raise AssertionError(f"pack never reached its third tensor: {p.stderr.read().decode()}")
+        time.sleep(0.02)
+    return src, out, args, flag, p
+
+
+def test_sigkill_mid_write_leaves_no_output(tmp_path):
+    """SIGKILL a multi-shard `bitconv pack` while it writes: no OUT; the leftover is `.bitconv-tmp-<OUT>`, beside
+    OUT, and the next run on the same OUT removes it and succeeds. (The pause is a test-side patch that stops the
+    writer thread after its third tensor, so the kill lands mid-write every time, with no hook in bitconv.)"""
+    src, out, args, flag, p = _paused_pack(tmp_path)
     try:
-        deadline = time.monotonic() + 120
-        while not flag.exists():
-            assert p.poll() is None, p.stderr.read().decode()
-            assert time.monotonic() < deadline, "pack never reached its third tensor"
-            time.sleep(0.02)
         tmp = Path(flag.read_text()).parent
         assert tmp.name.startswith(f"{TMP_PREFIX}packed-{p.pid}-")  # unique per run: OUT, pid, random
         shards = sorted(tmp.glob("model-*-of-*.safetensors"))
@@ -729,18 +738,8 @@ def test_second_concurrent_writer_is_refused(tmp_path):
 def test_two_real_runs_on_one_out(tmp_path):
     """A paused `pack` holds OUT; a second `pack` to the same OUT is refused and the first one's temp survives;
     after the first is SIGKILLed its temp is stale (owner gone) and the next run cleans it and succeeds."""
-    src = corpus.clone("st", tmp_path)
-    out, flag, script = tmp_path / "packed", tmp_path / "mid-write", tmp_path / "pausing_pack.py"
-    script.write_text(PAUSING_PACK)
-    args = ["pack", str(src), "-o", str(out), "--max-shard-size", "4KB"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    p = subprocess.Popen([sys.executable, str(script), str(flag), *args], stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL, env=env, cwd=ROOT)
+    _, out, args, flag, p = _paused_pack(tmp_path)
     try:
-        deadline = time.monotonic() + 120
-        while not flag.exists():
-            assert p.poll() is None and time.monotonic() < deadline
-            time.sleep(0.02)
         first_tmp = Path(flag.read_text()).parent
         r = runner.invoke(app, args)
         assert r.exit_code == 2 and "another bitconv run" in one_error_line(r.stderr), r.output
@@ -748,6 +747,7 @@ def test_two_real_runs_on_one_out(tmp_path):
     finally:
         p.kill()
         p.wait()
+        p.stderr.close()
     r = runner.invoke(app, args)
     assert r.exit_code == 0, r.output
     assert not first_tmp.exists() and not leftovers(tmp_path)
