@@ -9,7 +9,7 @@
     >>> bitconv.upload("bitnet-packed", "me/bitnet-packed", dry_run=True).plan.card
 
 The `bitconv` command calls exactly these functions and only renders what they return. Choices are
-case-insensitive (`to="GGUF"`, `type="I2_S"`, `linear_class="BitLinear"`). A SRC is a local path or a Hub repo id
+case-insensitive (`to="GGUF"`, `type="Bf16"`, `linear_class="BitLinear"`). A SRC is a local path or a Hub repo id
 (`owner/name[@revision]`, or a `https://huggingface.co/owner/name` URL); see `sources.hub.looks_local` for the rule
 that tells them apart. torch, transformers, gguf and huggingface_hub are imported inside the functions that need
 them, so importing this module (and `bitconv --help`) stays fast.
@@ -129,13 +129,14 @@ def quantize(src: str | Path, out: str | Path, *, compute: str = "float32", over
 
 def pack(src: str | Path, out: str | Path | None = None, *, to: str = "hf", linear_class: str = "autobitlinear",
          type: str | None = None, arch: str | None = None, embd_type: str | None = None,
-         kernel_config: str | Path | None = None, tl2_type_id: int = 39, compute: str = "float32",
+         kernel_config: str | Path | None = None, tl2_type_id: int | None = None, compute: str = "float32",
          model_name: str | None = None, force: bool = False, overwrite: bool = False,
          max_shard_size: str | int = DEFAULT_SHARD,
          dry_run: bool = False, token: str | None = None, revision: str | None = None,
          progress: Progress | None = None) -> Any:
     """Pack SRC into a deployable layout: `to="hf"` (a transformers folder) or `to="gguf"` (one .gguf file of
-    `type` i2_s, tl1, tl2, tq1_0, tq2_0, f32, f16 or bf16). Ternary sources are packed from their own codes.
+    `type`: a GGUF layout without its `gguf-` prefix, e.g. i2_s (`bitconv layouts`), or f32, f16, bf16). Ternary
+    sources are packed from their own codes.
 
     Args:
         out: HF: the output folder. GGUF: a .gguf path, NAME (".gguf" is appended), or an existing folder, which
@@ -145,7 +146,7 @@ def pack(src: str | Path, out: str | Path | None = None, *, to: str = "hf", line
         dry_run: return the plan (`pipeline.Plan` / `pipeline_gguf.GGUFPlan`), write nothing.
     Returns a `pipeline.Report` (out, files, bytes_written, seconds, extra["warnings"]).
     Example:
-        >>> bitconv.pack("bitnet-bf16", "models/", to="GGUF", type="I2_S").out
+        >>> bitconv.pack("bitnet-bf16", "models/", to="GGUF", type="i2_s").out
         PosixPath('models/bitnet-bf16-i2_s.gguf')
     """
     to = str(to).strip().lower()
@@ -165,7 +166,7 @@ def pack(src: str | Path, out: str | Path | None = None, *, to: str = "hf", line
                               progress)
         given = [n for n, v in (("--type", type), ("--arch", arch), ("--embd-type", embd_type),
                                 ("--kernel-config", kernel_config), ("--model-name", model_name)) if v is not None]
-        given += (["--tl2-type-id"] if tl2_type_id != 39 else []) + (["--force"] if force else [])
+        given += (["--tl2-type-id"] if tl2_type_id is not None else []) + (["--force"] if force else [])
         if given:
             raise UsageError(f"{', '.join(given)}: only for --to gguf")
         return _pack_hf(src, out, linear_class, compute, overwrite, max_shard_size, dry_run, progress)
@@ -174,9 +175,9 @@ def pack(src: str | Path, out: str | Path | None = None, *, to: str = "hf", line
 def _pack_hf(src: str | Path, out: str | Path | None, linear_class: str, compute: str, overwrite: bool,
              max_shard_size: str | int, dry_run: bool, progress: Progress | None) -> Any:
     from bitconv import pipeline
-    from bitconv.layouts.hf_packed import HF_LAYOUTS
+    from bitconv.layouts import hf_layouts
 
-    linear_class = choice(linear_class, tuple(HF_LAYOUTS), "--linear-class")
+    linear_class = choice(linear_class, tuple(hf_layouts()), "--linear-class")
     compute = choice(compute, pipeline.COMPUTE_MODES, "--compute")
     dest = _hf_out(out, "--to hf") if out is not None else None
     if dry_run:

@@ -1,12 +1,11 @@
 """`bitconv demo`: the main job end to end on a built-in tiny model, with a check of every artifact it makes.
 
 quantize -> pack (both linear classes, from the master and from the ternary checkpoint) -> re-pack between linear
-classes -> unpack -> pack --to gguf (I2_S, TL1, TL2, TQ1_0, TQ2_0, ik_llama.cpp's IQ1_BN, IQ2_BN, IQ2_BN_R4, from
-the ternary checkpoint) -> inspect, then every artifact's ternary tensors are decoded and compared with the ternary
-checkpoint: codes must be identical and scales equal within the format's storage precision (float32 for I2_S, TL
-and IQ2_BN; fp16 for TQ and IQ1_BN; bf16 for HF). The tiny model's in_features (256) are below the 512 that
-ik_llama.cpp's CPU matmul needs for IQ1_BN / IQ2_BN: those two files are checked here but would abort there
-(IQ2_BN_R4 runs).
+classes -> unpack -> pack --to gguf (every GGUF layout of the registry, from the ternary checkpoint) -> inspect, then
+every artifact's ternary tensors are decoded and compared with the ternary checkpoint: codes must be identical and
+scales equal within the format's storage precision (each layout's `scale_dtype`: float32, fp16, or bf16 for HF).
+Some runtimes need more in_features than the tiny model has (ik_llama.cpp's CPU matmul: 512 for two of its types):
+those files are checked here but would abort there.
 """
 
 from __future__ import annotations

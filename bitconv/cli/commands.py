@@ -65,11 +65,12 @@ def pack(src: SrcArg,
          embd_type: Annotated[str | None, typer.Option("--embd-type", help="GGUF token_embd / output type: f16, "
                                                        "f32, bf16 or q8_0 (default f16; q8_0 for the ik types)")]
          = None,
-         kernel_config: Annotated[Path | None, typer.Option("--kernel-config", help="GGUF TL1/TL2: the "
+         kernel_config: Annotated[Path | None, typer.Option("--kernel-config", help="GGUF tl1/tl2: the "
                                                             "kernel_config.ini to tile for (default: derived from "
                                                             "the model's shapes)")] = None,
-         tl2_type_id: Annotated[int, typer.Option("--tl2-type-id", help="GGUF TL2 type id: 39 (bitnet.cpp before "
-                                                  "mid-2026) or 42 (current fork)")] = 39,
+         tl2_type_id: Annotated[int | None, typer.Option("--tl2-type-id", help="GGUF tl2 type id: 39 (bitnet.cpp "
+                                                         "before mid-2026; the default) or 42 (current fork)",
+                                                         show_default=False)] = None,
          model_name: Annotated[str | None, typer.Option("--model-name", help="GGUF general.name and file name "
                                                         "(default: the repo or folder name)",
                                                         show_default=False)] = None,

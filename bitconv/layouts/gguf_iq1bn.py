@@ -72,6 +72,7 @@ class GGUFIQ1BN(IKBNLayout, name="gguf-iq1-bn", container="gguf"):
     scale_dtype = "F16"
     row_dtype: ClassVar[np.dtype] = np.dtype("<f2")
     block_bytes: ClassVar[int] = 13
+    ggml_block = (QK, 13)
     nominal_bpw: ClassVar[float] = 1.625
 
     def _encode(self, trits: np.ndarray) -> np.ndarray:

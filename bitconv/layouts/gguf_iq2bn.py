@@ -55,6 +55,7 @@ class GGUFIQ2BN(IKBNLayout, name="gguf-iq2-bn", container="gguf"):
     scale_dtype = "F32"
     row_dtype: ClassVar[np.dtype] = np.dtype("<f4")
     block_bytes: ClassVar[int] = 16
+    ggml_block = (QK, 16)
     nominal_bpw: ClassVar[float] = 2.0
 
     def _encode(self, trits: np.ndarray) -> np.ndarray:

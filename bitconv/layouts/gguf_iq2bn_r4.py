@@ -40,10 +40,11 @@ class GGUFIQ2BNR4(IKBNLayout, name="gguf-iq2-bn-r4", container="gguf"):
     ggml_type: ClassVar[str] = "IQ2_BN_R4"
     ggml_type_id: ClassVar[int] = 335
     file_type: ClassVar[int] = 337
-    fallback_layout: ClassVar[str] = "gguf-iq2-bn"  # for out_features % 4 != 0, as llama-quantize does
+    fallback_layout = "gguf-iq2-bn"  # for out_features % 4 != 0, as llama-quantize does
     scale_dtype = "F32"
     row_dtype: ClassVar[np.dtype] = np.dtype("<f4")
     block_bytes: ClassVar[int] = 16
+    ggml_block = (QK, 16)
     nominal_bpw: ClassVar[float] = 2.0
 
     def spec(self, shape: tuple[int, ...], tensor: str | None = None) -> dict[str, FieldSpec]:
