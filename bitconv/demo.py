@@ -19,7 +19,7 @@ import numpy as np
 
 from bitconv import pipeline, pipeline_gguf, tiny
 from bitconv.describe import describe
-from bitconv.layouts import layout_class
+from bitconv.layouts import hf_layouts, layout_class
 from bitconv.quant import ternarize
 from bitconv.sources import open_source
 from bitconv.verify import verify
@@ -82,9 +82,10 @@ def run_demo(workdir: str | Path | None = None, arch: str = "bitnet-2b4t",
     w = Path(workdir)
     say = on_step or (lambda s: None)
     say("building a tiny bf16 master")
-    master = tiny.make_tiny(w / "master", arch, hidden_size=512)  # K = 512: a TL2 tiling bitnet.cpp runs
+    master = tiny.make_tiny(w / "master", arch, hidden_size=512)  # K = 512: a tiling bitnet.cpp's LUT kernels run
+    hf = hf_layouts()  # linear class -> layout name, which names the folder
     tern, auto, bitl, repacked, unpacked = (w / n for n in (
-        "ternary", "hf-autobitlinear", "hf-bitlinear", "hf-repacked", "hf-bf16"))
+        "ternary", hf["autobitlinear"], hf["bitlinear"], "hf-repacked", "hf-bf16"))
     steps: list[tuple[str, Path, Callable[[], object], Callable[[], tuple[bool, str]]]] = [
         ("quantize", tern, lambda: pipeline.quantize(master, tern), lambda: (True, "written")),
         ("pack --to hf (autobitlinear)", auto, lambda: pipeline.pack_hf(master, auto),

@@ -21,7 +21,7 @@ from bitconv.layouts import gguf_layouts
 
 
 def _gguf_types_text() -> str:
-    """The GGUF ternary types by runtime family, from the layout registry: "bitnet.cpp I2_S/TL1/TL2, ..."."""
+    """The GGUF ternary types by runtime family, from the layout registry ("bitnet.cpp A/B, llama.cpp C/D")."""
     fam: dict[str, list[str]] = {}
     for cls in gguf_layouts().values():
         fam.setdefault({"upstream": "llama.cpp"}.get(cls.ggml_dialect, cls.ggml_dialect), []).append(cls.ggml_type)
