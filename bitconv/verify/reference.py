@@ -50,7 +50,7 @@ from bitconv.core import dtypes
 from bitconv.core.errors import SourceError, UsageError
 from bitconv.core.tensors import Ternary
 from bitconv.formats.safetensors import TensorInfo
-from bitconv.layouts import hf_layouts, layout_classes
+from bitconv.layouts import decode_scale, encode_scale, hf_layouts, layout_class, layout_classes
 from bitconv.quant import ternarize
 from bitconv.sources import Checkpoint
 
@@ -373,7 +373,8 @@ def _lin_autobitlinear(w: Weights, name: str) -> Linear:
 
 def _lin_bitlinear(w: Weights, name: str) -> Linear:
     q, scale = _codes(w, name)
-    ws = _scale_tensor(float(np.float32(1.0) / np.float32(scale)), DTYPE)  # the stored bf16 1/scale, exactly
+    lay = layout_class(hf_layouts()["bitlinear"])  # the stored weight_scale (1/scale), by the layout's one rule
+    ws = _scale_tensor(float(decode_scale(encode_scale(scale, lay.scale_dtype, lay.scale_inverted))), DTYPE)
     fn = BITLINEAR[w.bitlinear]
     return lambda x: fn(x, q, ws)
 
