@@ -185,6 +185,7 @@ TRIAL_LAYOUT = '''
 from typing import ClassVar
 
 from bitconv.layouts.gguf_i2s import GGUFI2S
+from bitconv.layouts.runtimes import BITNET_2026_01
 
 
 class GGUFI2STrial(GGUFI2S, name="gguf-i2-s-trial", container="gguf"):
@@ -193,6 +194,7 @@ class GGUFI2STrial(GGUFI2S, name="gguf-i2-s-trial", container="gguf"):
     ggml_type_id: ClassVar[int] = 200
     file_type: ClassVar[int] = 240
     deploy_check = True
+    runtime_support = {"I2_S_TRIAL": {BITNET_2026_01: ""}}
 '''
 
 TRIAL_SCRIPT = '''
@@ -214,9 +216,9 @@ from bitconv.verify.check import DEPLOY_LAYOUTS
 w = Path(sys.argv[1])
 m = tiny.make_tiny(w / "m", "bitnet-2b4t", hidden_size=256, intermediate_size=512, num_layers=1)
 src = open_source(m)
-plan = plan_pack_gguf(src, "i2_s_trial", force=True)
+plan = plan_pack_gguf(src, "i2_s_trial")
 ref = pack_gguf(m, w / "ref.gguf", "i2_s")
-rep = pack_gguf(m, w / "trial.gguf", "i2_s_trial", force=True)
+rep = pack_gguf(m, w / "trial.gguf", "i2_s_trial")
 g, r = read_gguf(w / "trial.gguf"), read_gguf(w / "ref.gguf")
 proj = [n for n, t in g.tensors.items() if t.type.name == "I2_S_TRIAL"]
 out = {
@@ -236,6 +238,8 @@ out = {
     "demo": "i2_s_trial" in demo.GGUF_STEPS,
     "check": "gguf-i2-s-trial" in DEPLOY_LAYOUTS,
     "report_target": rep.target,
+    "runs_on": rep.extra["runs_on"],
+    "inspect_runs_on": describe(w / "trial.gguf", stats=False).runtimes["runs_on"],
 }
 print(json.dumps(out))
 '''
@@ -260,4 +264,5 @@ def test_trial_layout_is_one_file(tmp_path):
         "plan_types": ["F16", "F32", "I2_S_TRIAL"], "file_type": 240, "ids": [200], "n_proj": 7,
         "same_bytes": True, "size": 256 * 512 // 4 + 32, "dialect": "bitnet.cpp", "inspect": "gguf-i2-s-trial",
         "decoded_equal": True, "demo": True, "check": True, "report_target": "gguf-i2_s_trial",
+        "runs_on": "runs on: bitnet.cpp 2026-01 (1876a3e)", "inspect_runs_on": "runs on: bitnet.cpp 2026-01 (1876a3e)",
     }

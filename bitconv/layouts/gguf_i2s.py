@@ -32,6 +32,7 @@ import numpy as np
 from bitconv.core.errors import FormatError, LayoutError
 from bitconv.core.tensors import FieldSpec, Ternary, checked_scale
 from bitconv.layouts.registry import Layout
+from bitconv.layouts.runtimes import BITNET_2024, BITNET_2026_01, BITNET_2026_07, IK_LLAMA, LLAMA_CPP
 
 BLOCK = 128  # elements per block
 BLOCK_BYTES = 32
@@ -99,6 +100,11 @@ class GGUFI2S(Layout, name="gguf-i2-s", container="gguf"):
     gguf_tool = "bitnet.cpp"
     quantized = True  # bitnet.cpp's convert writes f32, then llama-quantize makes I2_S
     deploy_check = True
+    runtime_support = {"I2_S": {
+        LLAMA_CPP: "type id 36 is a removed type upstream (\"TYPE_IQ4_NL_4_4 REMOVED\"): the file does not load",
+        BITNET_2024: "", BITNET_2026_01: "", BITNET_2026_07: "",
+        IK_LLAMA: "I2_S loads but computes wrong logits (vec_dot NULL; measured max |dlogit| 72.7): convert it with "
+                  "ik's llama-quantize to IQ1_BN / IQ2_BN"}}
 
     @classmethod
     def ggml_nbytes(cls, dims: tuple[int, ...]) -> int:

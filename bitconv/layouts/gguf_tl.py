@@ -51,6 +51,7 @@ from bitconv.formats.gguf.ggml_types import GGMLType
 from bitconv.layouts.gguf_i2s import SCALE_SLOT, fork_2bit_nbytes, read_scale, scale_slot
 from bitconv.layouts.kernel_config import KernelConfig, KernelEntry, derive_entry
 from bitconv.layouts.registry import Layout
+from bitconv.layouts.runtimes import BITNET_2024, BITNET_2026_01, BITNET_2026_07, IK_LLAMA, LLAMA_CPP
 
 SIG = np.array([0, 2, 1, 3])  # row-group swizzle inside each 32-row TL2 group (its own inverse)
 _TL1_PERM = (0, 4, 1, 5, 2, 6, 3, 7)
@@ -201,6 +202,9 @@ class GGUFTL1(_GGUFTL, name="gguf-tl1", container="gguf"):
     ggml_type: ClassVar[str] = "TL1"
     ggml_type_id: ClassVar[int] = 38
     file_type: ClassVar[int] = 38
+    runtime_support = {"TL1": {
+        LLAMA_CPP: "type id 38 is a removed type upstream: the file does not load",
+        BITNET_2024: "", BITNET_2026_01: "", BITNET_2026_07: "", IK_LLAMA: "type id 38 is unknown to ik_llama.cpp"}}
 
     @classmethod
     def ggml_nbytes(cls, dims: tuple[int, ...]) -> int:
@@ -242,6 +246,15 @@ class GGUFTL2(_GGUFTL, name="gguf-tl2", container="gguf"):
     file_type: ClassVar[int] = 39
     ggml_aliases: ClassVar[tuple[str, ...]] = ("TL2_42",)  # the current fork's id 42 (upstream: Q2_0), same bytes
     ALIAS_IDS: ClassVar[dict[str, int]] = {"TL2_42": 42}
+    runtime_support = {
+        "TL2": {LLAMA_CPP: "type id 39 is MXFP4 upstream: TL2 bytes would be misread", BITNET_2024: "",
+                BITNET_2026_01: "",
+                BITNET_2026_07: "type id 39 is MXFP4 in this fork (its TL2 is 42): TL2 bytes would be misread",
+                IK_LLAMA: "type id 39 is MXFP4 in ik_llama.cpp"},
+        "TL2_42": {LLAMA_CPP: "type id 42 is Q2_0 upstream: TL2 bytes would be misread",
+                   BITNET_2024: "type id 42 is unknown to this fork (its TL2 is 39)",
+                   BITNET_2026_01: "type id 42 is unknown to this fork (its TL2 is 39)", BITNET_2026_07: "",
+                   IK_LLAMA: "type id 42 is unknown to ik_llama.cpp"}}
 
     @classmethod
     def ggml_nbytes(cls, dims: tuple[int, ...]) -> int:

@@ -38,6 +38,7 @@ import numpy as np
 from bitconv.core.errors import LayoutError
 from bitconv.core.tensors import EPS, FieldSpec, Ternary
 from bitconv.layouts.registry import Layout
+from bitconv.layouts.runtimes import BITNET_2024, BITNET_2026_01, BITNET_2026_07, IK_LLAMA, LLAMA_CPP
 
 QK = 256  # weights per block
 PACK_BLOCKS = 2048  # 256-weight blocks packed per step (512 KiB of codes: the chunk stays in cache)
@@ -145,6 +146,8 @@ class GGUFTQ10(_GGUFTQ, name="gguf-tq1-0", container="gguf"):
     file_type: ClassVar[int] = 36
     block_bytes: ClassVar[int] = 54
     ggml_block = (QK, 54)
+    runtime_support = {"TQ1_0": {LLAMA_CPP: "", BITNET_2024: "", BITNET_2026_01: "", BITNET_2026_07: "",
+                                 IK_LLAMA: "no type 34 in ik_llama.cpp: the loader dies with SIGFPE"}}
 
     def _encode_words(self, ct: np.ndarray) -> np.ndarray:
         """v = sum_n q_n * 3^(4-n) by Horner's rule, eight bytes per uint64 op (every partial value <= 242, so no
@@ -190,6 +193,8 @@ class GGUFTQ20(_GGUFTQ, name="gguf-tq2-0", container="gguf"):
     file_type: ClassVar[int] = 37
     block_bytes: ClassVar[int] = 66
     ggml_block = (QK, 66)
+    runtime_support = {"TQ2_0": {LLAMA_CPP: "", BITNET_2024: "", BITNET_2026_01: "", BITNET_2026_07: "",
+                                 IK_LLAMA: "no type 35 in ik_llama.cpp: the loader dies with SIGFPE"}}
     deploy_check = True
 
     def _encode_words(self, ct: np.ndarray) -> np.ndarray:

@@ -21,6 +21,7 @@ the HF linear classes) is derived from these with the functions at the end of th
 | `runtime`, `arch_by_activation` | the one runtime it is written for (its arch rules), and its arch per activation |
 | `needs_kernel_config`, `kernel_kind` | built with a kernel_config.ini of this kind (tiled layouts)              |
 | `fallback_layout`     | the layout a shape it cannot hold is written with instead                               |
+| `runtime_support`     | per GGML type, the runtimes (`layouts.runtimes` keys) that compute it, or why they fail |
 | `linear_class`        | HF packed: transformers' `quantization_config.linear_class`                              |
 | `deploy_check`        | `check` tells whether a master's shapes fit it                                          |
 """
@@ -69,6 +70,8 @@ class Layout(ABC):
     kernel_kind: ClassVar[str | None] = None  # the kernel config kind it is tiled for
     fallback_layout: ClassVar[str | None] = None  # written instead for a shape this layout cannot hold
     vec_dot_type: ClassVar[str | None] = None  # the type upstream llama.cpp converts a matmul's input to, if it runs
+    # GGML type -> {runtime key (`layouts.runtimes`): "" where it computes the type correctly, else why it fails}
+    runtime_support: ClassVar[Mapping[str, Mapping[str, str]]] = {}
     # HF: transformers' linear class
     linear_class: ClassVar[str | None] = None
     deploy_check: ClassVar[bool] = False  # `check` reports whether a master's shapes fit this layout
