@@ -501,7 +501,8 @@ def execute_gguf(plan: GGUFPlan, out: str | Path, *, overwrite: bool = False,
         ini = guard.out.parent / KERNEL_CONFIG_NAME
     files = [guard.out] + ([ini] if ini is not None else [])
     extra = dict(plan.extra, **({"kernel_config": str(ini)} if ini is not None else {}))
-    return Report(guard.out, f"gguf-{plan.gguf_type}", plan.source.kind, files, n_tern, len(plan.steps) - n_tern,
+    target = plan.layout.name if plan.layout is not None else f"gguf-{plan.gguf_type}"  # the registry's spelling
+    return Report(guard.out, target, plan.source.kind, files, n_tern, len(plan.steps) - n_tern,
                   guard.out.stat().st_size, time.perf_counter() - t0, extra)
 
 

@@ -263,6 +263,6 @@ def test_trial_layout_is_one_file(tmp_path):
         "layouts": True, "api_layouts": ["gguf-i2-s-trial"], "target": "gguf-i2-s-trial",
         "plan_types": ["F16", "F32", "I2_S_TRIAL"], "file_type": 240, "ids": [200], "n_proj": 7,
         "same_bytes": True, "size": 256 * 512 // 4 + 32, "dialect": "bitnet.cpp", "inspect": "gguf-i2-s-trial",
-        "decoded_equal": True, "demo": True, "check": True, "report_target": "gguf-i2_s_trial",
+        "decoded_equal": True, "demo": True, "check": True, "report_target": "gguf-i2-s-trial",
         "runs_on": "runs on: bitnet.cpp 2026-01 (1876a3e)", "inspect_runs_on": "runs on: bitnet.cpp 2026-01 (1876a3e)",
     }
