@@ -57,7 +57,7 @@ from bitconv.formats.gguf.vocab import load_vocab, vocab_kvs
 from bitconv.formats.gguf.writer import GGUFWriter, TensorEntry, build_header
 from bitconv.formats.safetensors import TensorInfo, pread_exact
 from bitconv.layouts import Layout, get_layout, gguf_layouts, layout_class, type_id_choices
-from bitconv.layouts.kernel_config import KernelConfig, derive
+from bitconv.layouts.kernel_config import INI_NAME, KernelConfig, derive
 from bitconv.layouts.runtimes import ACTIVATIONS, Verdict, default_activation, runs_somewhere, summary, where_it_runs
 from bitconv.memory import peak_estimate, step_bytes
 from bitconv.output import AtomicOutput, check_free_space, precheck
@@ -89,7 +89,7 @@ GGUF_TARGETS: dict[str, Target] = {  # every GGUF layout (the registry's facts),
 }
 EMBD_TYPES = {"f16": "F16", "f32": "F32", "bf16": "BF16", "q8_0": "Q8_0"}
 EMBEDDINGS = ("token_embd.weight", "output.weight")
-KERNEL_CONFIG_NAME = "kernel_config.ini"
+KERNEL_CONFIG_NAME = INI_NAME
 TL2_TYPE_IDS = tuple(sorted({i for t in GGUF_TARGETS.values() if t.layout for i in type_id_choices(t.layout)
                              if len(type_id_choices(t.layout)) > 1}))  # a layout with several ids (--tl2-type-id)
 

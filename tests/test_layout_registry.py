@@ -266,3 +266,44 @@ def test_trial_layout_is_one_file(tmp_path):
         "decoded_equal": True, "demo": True, "check": True, "report_target": "gguf-i2-s-trial",
         "runs_on": "runs on: bitnet.cpp 2026-01 (1876a3e)", "inspect_runs_on": "runs on: bitnet.cpp 2026-01 (1876a3e)",
     }
+
+
+# ------------------------------------------------------------------------------------------------ one decoder
+
+
+@pytest.mark.parametrize("target", ["bitlinear", "autobitlinear", "i2_s", "tq2_0", "ternary"])
+def test_sources_decode_only_through_the_layouts_unpack(models, tmp_path, monkeypatch, target):
+    """Issue 10 item 2: opening a packed artifact decodes every ternary tensor by its layout's `unpack` (a spy sees
+    each one), and the scale that comes back is the layout's stored scale of the master's (bitlinear: 1/scale)."""
+    from bitconv import pipeline, pipeline_gguf
+    from bitconv.sources import open_source
+
+    master = models("bitnet-2b4t")
+    out = tmp_path / "out"
+    if target in hf_layouts():
+        pipeline.pack_hf(master, out, linear_class=target)
+        name = hf_layouts()[target]
+    elif target == "ternary":
+        pipeline.quantize(master, out)
+        name = open_source(out).layout
+    else:
+        out = tmp_path / "out.gguf"
+        pipeline_gguf.pack_gguf(master, out, target)
+        name = gguf_layouts()[target].name
+    cls = layout_class(name)
+    calls: list[str | None] = []
+    real = cls.unpack
+
+    def spy(self, fields, shape, tensor=None):  # noqa: ANN001, ANN202
+        calls.append(tensor)
+        return real(self, fields, shape, tensor)
+
+    monkeypatch.setattr(cls, "unpack", spy)
+    ck, ref = open_source(out), open_source(master)
+    assert ck.layout == name
+    got = {t.name: t.ternary() for t in ck.ternary_tensors()}
+    assert len(calls) == len(got) == 7 * 2  # two layers of seven projections, each decoded once, by the layout
+    for n, t in got.items():
+        want = ref.tensors[n].ternary()
+        assert np.array_equal(t.codes, want.codes)
+        assert t.scale == cls.stored_scale(want.scale), n

@@ -32,7 +32,7 @@ from bitconv.formats.gguf.reader import GGUFFile, GGUFTensor, read_gguf
 from bitconv.formats.gguf.types import by_id
 from bitconv.formats.safetensors import TensorInfo
 from bitconv.layouts import Layout, get_layout, ggml_type_layouts, kernel_kinds, layout_class
-from bitconv.layouts.kernel_config import KernelConfig
+from bitconv.layouts.kernel_config import INI_NAME, KernelConfig
 from bitconv.layouts.runtimes import ACTIVATIONS, default_activation
 from bitconv.quant import ternarize
 from bitconv.sources import validate
@@ -42,7 +42,7 @@ from bitconv.sources.safetensors import with_file
 # GGML type -> ternary layout name, from what each layout declares
 PACKED = ggml_type_layouts()
 FLOATS = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("<u2")}
-_KERNEL_CONFIG = "kernel_config.ini"
+_KERNEL_CONFIG = INI_NAME
 # `<arch>.*` KVs the config is built from, and what each must hold (a corrupt file can hold any value type).
 _POSITIVE_INT_KVS = ("embedding_length", "attention.head_count", "attention.head_count_kv", "block_count",
                      "feed_forward_length", "attention.key_length", "rope.dimension_count", "context_length",
