@@ -307,3 +307,21 @@ def test_sources_decode_only_through_the_layouts_unpack(models, tmp_path, monkey
         want = ref.tensors[n].ternary()
         assert np.array_equal(t.codes, want.codes)
         assert t.scale == cls.stored_scale(want.scale), n
+
+
+def test_runtime_types_come_from_the_layouts():
+    """Which runtime computes which ternary type is declared by the layouts; the derived sets are the measured ones."""
+    from bitconv.layouts.runtimes import RUNTIMES
+
+    floats = ["BF16", "F16", "F32"]
+    fork = ["I2_S", "TL1", "TL2", "TQ1_0", "TQ2_0"]
+    assert {r.key: sorted(r.all_types()) for r in RUNTIMES} == {
+        "llama.cpp@0c1e570": [*floats, "TQ1_0", "TQ2_0"],
+        "bitnet.cpp@37c247c": [*floats, *fork], "bitnet.cpp@1876a3e": [*floats, *fork],
+        "bitnet.cpp@425fbbc": [*floats, "I2_S", "TL1", "TL2_42", "TQ1_0", "TQ2_0"],
+        "ik_llama.cpp@8337e4cd": [*floats, "IQ1_BN", "IQ2_BN", "IQ2_BN_R4"],
+    }
+    assert all(set(r.types) == set(floats) for r in RUNTIMES)  # the runtime table names no ternary type
+    llama = RUNTIMES[0]
+    assert llama.why_not("TL2_42") == "type id 42 is Q2_0 upstream: TL2 bytes would be misread"
+    assert llama.why_not("IQ2_BN_R4") == "does not compute IQ2_BN_R4"

@@ -120,8 +120,15 @@ class Runtime:
         layout's `runtime_support`)."""
         return gguf_type in self.types or type_support(gguf_type).get(self.key) == ""
 
-    def why_not(self, gguf_type: str) -> str:
-        return self.wrong.get(gguf_type) or type_support(gguf_type).get(self.key) or f"does not compute {gguf_type}"
+    def why_not(self, gguf_type: str, default: str | None = None) -> str:
+        """Why a file of `gguf_type` fails here (the table's or the layout's reason, else `default`)."""
+        return (self.wrong.get(gguf_type) or type_support(gguf_type).get(self.key) or default
+                or f"does not compute {gguf_type}")
+
+    def all_types(self) -> frozenset[str]:
+        """Every GGML type it computes correctly: the float types, and each ternary type whose layout says so."""
+        return frozenset(self.types) | frozenset(r.name for c in layout_classes() for r in c.ggml_rows()
+                                                 if self.computes(r.name))
 
     def run_command(self, file: str, gguf_type: str) -> str:
         flags = "".join(f" {c.flags}" for c in self.constraints
