@@ -4,6 +4,7 @@ in any output."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -71,6 +72,10 @@ def _seed_source(emu: HubEmulator, folder: Path, repo_id: str = "microsoft/tiny-
     files["README.md"] = "---\nlicense: mit\nlanguage:\n- en\n---\n\n# tiny bitnet\n"
     files["pytorch_model.bin"] = b"\0not needed by bitconv"
     emu.add_repo(repo_id, files, **kw)
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _card(emu: HubEmulator, repo_id: str, revision: str = "main") -> ModelCard:
@@ -188,7 +193,7 @@ def test_download_errors_are_one_line(emu, packed, monkeypatch):
 def test_upload_creates_repo_with_lfs_multipart(emu, packed):
     big = packed["big"]
     assert (big / "model.safetensors").stat().st_size > 10 * MIB
-    r = run("upload", big, "alice/big-packed", "--token", TOKEN, "--private", "--base-model", "microsoft/big",
+    r = run("upload", "alice/big-packed", big, "--token", TOKEN, "--private", "--base-model", "microsoft/big",
             "--json")
     assert r.exit_code == 0, r.output
     res = json.loads(r.stdout)
@@ -200,37 +205,39 @@ def test_upload_creates_repo_with_lfs_multipart(emu, packed):
     assert emu.read_files("alice/big-packed")["model.safetensors"] == (big / "model.safetensors").read_bytes()
     card = _card(emu, "alice/big-packed")
     assert card.data.base_model == "microsoft/big" and "model.safetensors" in card.text
-    again = run("upload", big, "alice/big-packed", "--token", TOKEN, "--base-model", "microsoft/big")
-    assert again.exit_code == 0, again.output  # an unchanged re-upload is a no-op commit
-    n_files = len(list(big.iterdir())) + 1  # and the generated README.md
-    assert f"uploaded {n_files} files" in again.stdout and f"{emu.url}/alice/big-packed/commit/" in again.stdout
+    n_commits = len(emu.repos["alice/big-packed"].commits)
+    again = run("upload", "alice/big-packed", big, "--token", TOKEN, "--base-model", "microsoft/big")
+    assert again.exit_code == 0, again.output  # an unchanged re-upload commits nothing, and says so
+    assert again.stdout.splitlines()[-1] == "nothing to upload: alice/big-packed@main already holds these files"
+    assert "/commit/" not in again.stdout and "uploaded" not in again.stdout
+    assert len(emu.repos["alice/big-packed"].commits) == n_commits
     assert emu.read_files("alice/big-packed")["model.safetensors"] == (big / "model.safetensors").read_bytes()
 
 
 def test_upload_to_branch_and_as_pr(emu, packed):
     small = packed["small"]
-    r = run("upload", small, "alice/tiny", "--revision", "dev", "--token", TOKEN, "--commit-message", "on dev")
+    r = run("upload", "alice/tiny", small, "--revision", "dev", "--token", TOKEN, "--commit-message", "on dev")
     assert r.exit_code == 0, r.output
     assert "README.md" in emu.read_files("alice/tiny", "dev") and "README.md" not in emu.read_files("alice/tiny")
-    r = run("upload", small, "alice/tiny", "--create-pr", "--token", TOKEN, "--json")
+    r = run("upload", "alice/tiny", small, "--create-pr", "--token", TOKEN, "--json")
     assert r.exit_code == 0, r.output
     res = json.loads(r.stdout)
     assert res["url"] == res["pr_url"] == f"{emu.url}/alice/tiny/discussions/1"
     assert "model.safetensors" in emu.read_files("alice/tiny", "refs/pr/1")
     assert "model.safetensors" not in emu.read_files("alice/tiny")
-    _one_line_error(run("upload", small, "alice/tiny", "--create-pr", "--revision", "dev"), "--create-pr")
+    _one_line_error(run("upload", "alice/tiny", small, "--create-pr", "--revision", "dev"), "--create-pr")
 
 
 def test_upload_gguf_card_dry_run_makes_no_request(emu, tmp_path):
     before = emu.request_count
-    r = run("upload", I2S, "alice/tiny-gguf", "--dry-run", "--token", TOKEN, "--base-model", "microsoft/bitnet")
+    r = run("upload", "alice/tiny-gguf", I2S, "--dry-run", "--token", TOKEN, "--base-model", "microsoft/bitnet")
     assert r.exit_code == 0, r.output
     assert emu.request_count == before
     assert "nothing uploaded (--dry-run)" in r.stdout and "ggml-model-i2_s.gguf" in r.stdout
     card = ModelCard(r.stdout[r.stdout.index("---\n"):r.stdout.index("total ")])
     assert card.data.library_name == "gguf" and card.data.base_model == "microsoft/bitnet"
     assert {"gguf", "i2_s", "ternary"} <= set(card.data.tags) and "run_inference.py" in card.text
-    plan = json.loads(run("upload", I2S, "alice/tiny-gguf", "--dry-run", "--json").stdout)["plan"]
+    plan = json.loads(run("upload", "alice/tiny-gguf", I2S, "--dry-run", "--json").stdout)["plan"]
     assert [f["path_in_repo"] for f in plan["files"]] == ["ggml-model-i2_s.gguf", "README.md"]
     assert emu.request_count == before
 
@@ -239,12 +246,17 @@ def test_failed_verify_is_refused_unless_forced(emu, packed, copy_dir):
     art = copy_dir(packed["small"], "art")
     report = {"ok": False, "exit_code": 1, "findings": [{"check": "roundtrip", "severity": "error",
                                                          "message": "q_proj.weight: inverted scale"}]}
-    (art / card.VERIFY_REPORT).write_text(json.dumps(report))
+    (art / card.VERIFY_REPORT).write_text(json.dumps(report))  # no out_files: not provably stale, so still refused
     before = emu.request_count
-    err = _one_line_error(run("upload", art, "alice/bad", "--token", TOKEN), "refusing", "--force",
+    err = _one_line_error(run("upload", "alice/bad", art, "--token", TOKEN), "refusing", "--force",
                           "inverted scale")
     assert "1 fault" in err and emu.request_count == before
-    r = run("upload", art, "alice/bad", "--token", TOKEN, "--force")
+    report["out_files"] = [{"path": "model.safetensors", "bytes": 1, "sha256": _sha256(art / "model.safetensors")}]
+    (art / card.VERIFY_REPORT).write_text(json.dumps(report))  # as `bitconv verify --report` writes it now
+    err = _one_line_error(run("upload", "alice/bad", art, "--token", TOKEN), "refusing", "--force",
+                          "inverted scale")
+    assert emu.request_count == before
+    r = run("upload", "alice/bad", art, "--token", TOKEN, "--force")
     assert r.exit_code == 0, r.output
     files = emu.read_files("alice/bad")
     assert card.VERIFY_REPORT in files and "FAILED" in files["README.md"].decode()
@@ -252,11 +264,11 @@ def test_failed_verify_is_refused_unless_forced(emu, packed, copy_dir):
 
 def test_upload_errors_are_one_line(emu, packed, tmp_path):
     small = packed["small"]
-    _one_line_error(run("upload", small, "alice/x"), "alice/x", "token")  # anonymous create: 401
-    _one_line_error(run("upload", small, "alice/x", "--token", OTHER), "alice/x", "403")  # bob in alice's ns
-    _one_line_error(run("upload", small, "not a repo id", "--dry-run"), "not a Hub repo id")
+    _one_line_error(run("upload", "alice/x", small), "alice/x", "token")  # anonymous create: 401
+    _one_line_error(run("upload", "alice/x", small, "--token", OTHER), "alice/x", "403")  # bob in alice's ns
+    _one_line_error(run("upload", "not a repo id", small, "--dry-run"), "not a Hub repo id")
     (tmp_path / "empty").mkdir()
-    _one_line_error(run("upload", tmp_path / "empty", "alice/x", "--dry-run"), "not a bitconv artifact")
+    _one_line_error(run("upload", "alice/x", tmp_path / "empty", "--dry-run"), "not a bitconv artifact")
 
 
 # ------------------------------------------------------------------------------------------------ the token
@@ -267,22 +279,22 @@ def test_token_never_appears_in_any_output(emu, packed, tmp_path, caplog, capfd,
     _seed_source(emu, packed["small-src"], "meta/gated", gated=True, granted=("alice",))
     results = [
         run("pack", "meta/gated", "-o", tmp_path / "p", "--push-to-hub", "alice/p", "--token", TOKEN),
-        run("upload", packed["small"], "alice/p", "--token", TOKEN, "--create-pr"),
-        run("upload", packed["small"], "alice/p", "--token", TOKEN, "--dry-run", "--json"),
-        run("upload", packed["small"], "bob/p", "--token", TOKEN),  # 403: no rights in bob's namespace
+        run("upload", "alice/p", packed["small"], "--token", TOKEN, "--create-pr"),
+        run("upload", "alice/p", packed["small"], "--token", TOKEN, "--dry-run", "--json"),
+        run("upload", "bob/p", packed["small"], "--token", TOKEN),  # 403: no rights in bob's namespace
         run("pack", "meta/gated@nope", "-o", tmp_path / "q", "--token", TOKEN),
         run("pack", "nobody/missing", "-o", tmp_path / "r", "--token", TOKEN),
     ]
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     results.append(run("inspect", "meta/gated", "--no-stats"))
-    results.append(run("upload", packed["small"], "alice/p2", "--json"))
+    results.append(run("upload", "alice/p2", packed["small"], "--json"))
     assert [r.exit_code for r in results] == [0, 0, 0, 2, 2, 2, 0, 0], [r.output for r in results]
     captured = capfd.readouterr()
     texts = [r.output for r in results] + [r.stderr for r in results] + [caplog.text, captured.out, captured.err]
     assert all(TOKEN not in t for t in texts)
     env = {**os.environ, "HF_DEBUG": "1", "HF_HUB_VERBOSITY": "debug", "BITCONV_DEBUG": "0"}
     env.pop("HF_TOKEN")
-    proc = subprocess.run([sys.executable, "-m", "bitconv", "upload", str(packed["small"]), "alice/p3", "--token",
+    proc = subprocess.run([sys.executable, "-m", "bitconv", "upload", "alice/p3", str(packed["small"]), "--token",
                            TOKEN], capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "/alice/p3/commit/" in proc.stdout and "curl" in proc.stderr  # HF_DEBUG logged every request

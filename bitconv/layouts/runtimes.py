@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 ACTIVATIONS = ("silu", "relu2")
 HIDDEN_ACTIVATION_KEY = "{arch}.hidden_activation"  # key name of llama.cpp PR #26751 (closed, unmerged)
 PROMPT = "The capital of France is"
+BITNET_CPP_GIT = "https://github.com/microsoft/BitNet"  # bitnet.cpp's repository (spec gguf-bitnet-cpp.md §1)
 
 
 # ------------------------------------------------------------------------------------------------ constraints
