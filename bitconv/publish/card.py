@@ -380,8 +380,8 @@ def _gguf_howto(repo_id: str, part: _Part) -> list[str]:
     ini = part.meta.get("kernel_config_in_repo")
     fetch = f"hf download {repo_id} {part.name}" + (f" {ini}" if ini else "") + " --local-dir ."
     if ini:
-        steps = [f"git clone --recursive {BITNET_CPP_GIT} && cd BitNet  (the commit named below)", fetch,
-                 *part.meta["codegen_steps"]]
+        at = "  (then check out the commit of a runtime named below)" if ok else ""
+        steps = [f"git clone --recursive {BITNET_CPP_GIT} && cd BitNet{at}", fetch, *part.meta["codegen_steps"]]
         steps.insert(len(steps) - 1, f"cmp include/{KERNEL_CONFIG} {ini}  (no output: the generated kernels are "
                                      "the ones this file was tiled for)")
         out += [f"{part.layout} kernels are generated for one model's shapes and tiling, so bitnet.cpp must be "
