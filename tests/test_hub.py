@@ -472,3 +472,14 @@ def test_old_argument_order_gets_a_hint(emu, packed, tmp_path, monkeypatch):
     r = run("upload", "alice/here", "--token", TOKEN, "--json")
     assert r.exit_code == 0 and json.loads(r.stdout)["committed"] is True, r.output
     assert emu.read_files("alice/here")["model.safetensors"] == (small / "model.safetensors").read_bytes()
+
+
+def test_card_of_an_earlier_bitconv_is_taken_as_its_section():
+    """A card bitconv wrote before the markers existed is bitconv's section, not user text: no second copy."""
+    plan = card.plan_upload(I2S, "alice/gguf", base_model="microsoft/bitnet", base_card="")
+    legacy = plan.card.replace(card.BEGIN + "\n", "").replace("\n" + card.END, "")
+    assert card.BEGIN not in legacy and "## Files" in legacy
+    assert card.merge_card(legacy, plan, {"ggml-model-i2_s.gguf", "README.md"}) == plan.card
+    mine = "# Notes\n\nSee ## Files below.\n"
+    merged = card.merge_card(mine, plan, {"ggml-model-i2_s.gguf"})  # no markers, not bitconv's: kept, then ours
+    assert merged.split("---\n", 2)[2] == mine + "\n" + plan.card.split("\n# gguf\n\n", 1)[1]
