@@ -353,6 +353,12 @@ def test_noop_upload_pr_and_branch_commit_nothing_and_say_so(emu, packed, copy_d
     assert res["commit_url"] == f"{emu.url}/alice/tiny/commit/{res['commit']}"
     assert res["commit"] == emu.repos["alice/tiny"].refs["refs/pr/1"] != res["head"]
     assert emu.read_files("alice/tiny", "refs/pr/1")["generation_config.json"] == b'{"bos_token_id": 1}\n'
+    assert res["changed"] == ["generation_config.json", "README.md"]  # the Files table gives its new size
+    r = run("upload", "alice/tiny", changed, "--token", TOKEN)  # the same change, straight to main
+    head = emu.repos["alice/tiny"].refs["main"]
+    assert r.stdout.splitlines()[-2:] == [f"uploaded 2 files ({r.stdout.split('uploaded 2 files (')[1].split(')')[0]}"
+                                          "); 5 already there, unchanged", f"{emu.url}/alice/tiny/commit/{head}"]
+    assert re.fullmatch(r"\d+\.\d\d KiB", r.stdout.split("uploaded 2 files (")[1].split(")")[0])
 
 
 def test_card_is_merged_one_files_table_and_user_text_kept(emu, tmp_path):

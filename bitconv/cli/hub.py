@@ -73,7 +73,10 @@ def print_result(res: Any, as_json: bool, seconds: float = 0.0) -> None:
     if not res.committed:
         typer.echo(f"nothing to upload: {plan.repo_id}@{res.target} already holds these files")
         return
-    render.out.print(f"uploaded {len(plan.files)} files ({render.human_bytes(plan.total_bytes)})")
+    size = sum(f.size for f in plan.files if f.path_in_repo in res.changed)
+    same = len(plan.files) - len(res.changed)
+    render.out.print(f"uploaded {len(res.changed)} files ({render.human_bytes(size)})" +
+                     (f"; {same} already there, unchanged" if same else ""))
     typer.echo(res.url or "")
 
 

@@ -109,11 +109,13 @@ class UploadResult:
     target: str = "main"  # the revision the files were compared with (a PR's base is main)
     head: str | None = None
     branch_created: bool = False
+    changed: list[str] = field(default_factory=list)  # the files the commit added or changed (the rest were equal)
 
     def to_dict(self) -> dict:
         return {"repo_id": self.plan.repo_id, "dry_run": self.dry_run, "committed": self.committed,
                 "url": self.url, "commit": self.commit_oid, "commit_url": self.commit_url, "pr_url": self.pr_url,
                 "revision": self.target, "head": self.head, "branch_created": self.branch_created,
+                "changed": self.changed,
                 "repo_url": self.repo_url, "plan": self.plan.to_dict()}
 
 

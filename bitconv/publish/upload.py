@@ -82,11 +82,11 @@ def _push(plan: UploadPlan, token: str | None) -> UploadResult:
         if created:
             api.create_branch(repo_id, branch=target, exist_ok=True)
     head = api.repo_info(repo_id, revision=target).sha
+    before = _tree(api, repo_id, head)
     with tempfile.TemporaryDirectory(prefix="bitconv-upload-") as tmp:
         if plan.section is not None:
-            present = set(api.list_repo_files(repo_id, revision=head))
-            old = _read_card(api, repo_id, head, Path(tmp) / "card") if README in present else None
-            with_card(plan, merge_card(old, plan, present | {f.path_in_repo for f in plan.files}))
+            old = _read_card(api, repo_id, head, Path(tmp) / "card") if README in before else None
+            with_card(plan, merge_card(old, plan, set(before) | {f.path_in_repo for f in plan.files}))
         stage = Path(tmp) / "stage"
         _stage(plan, stage)
         info = api.upload_folder(repo_id=repo_id, folder_path=stage, revision=target,
@@ -96,8 +96,18 @@ def _push(plan: UploadPlan, token: str | None) -> UploadResult:
     committed = bool(info.pr_url) if plan.create_pr else info.oid != head
     if not committed:
         return UploadResult(plan, False, repo_url=str(url), target=target, head=head, branch_created=created)
+    after = _tree(api, repo_id, info.oid)
+    changed = [f.path_in_repo for f in plan.files if after.get(f.path_in_repo) != before.get(f.path_in_repo)]
     return UploadResult(plan, False, info.pr_url or info.commit_url, info.oid, info.pr_url, str(url), True,
-                        info.commit_url, target, head if plan.create_pr else info.oid, created)
+                        info.commit_url, target, head if plan.create_pr else info.oid, created, changed)
+
+
+def _tree(api: Any, repo_id: str, revision: str) -> dict[str, str | None]:
+    """path -> git blob id of every file at `revision`."""
+    from huggingface_hub.hf_api import RepoFile
+
+    return {f.path: f.blob_id for f in api.list_repo_tree(repo_id, revision=revision, recursive=True)
+            if isinstance(f, RepoFile)}
 
 
 def _read_card(api: Any, repo_id: str, revision: str, where: Path) -> str:
