@@ -387,10 +387,13 @@ def _nanotron_source(src: str | Path, vocab_size: int | None) -> Any:
 
 def upload(artifact: str | Path, repo_id: str, *, revision: str | None = None, create_pr: bool = False,
            private: bool = False, commit_message: str | None = None, base_model: str | None = None,
-           dry_run: bool = False, force: bool = False, token: str | None = None) -> UploadResult:
-    """Publish an output folder or a .gguf file to the Hub repo `repo_id` (created when missing) with a generated
-    model card. `revision`: the branch to commit to; `create_pr`: open a pull request instead; `dry_run`: the plan
-    only, no network call. Returns a `publish.card.UploadResult` (`.url`, `.plan`).
+           dry_run: bool = False, force: bool = False, token: str | None = None, card: bool = True) -> UploadResult:
+    """Publish an output folder or a .gguf file to the Hub repo `repo_id` (created when missing), merging bitconv's
+    section into the repo's model card. `revision`: the branch to commit to; `create_pr`: open a pull request
+    instead; `dry_run`: the plan only, no network call; `card=False`: leave README.md alone. Returns a
+    `publish.card.UploadResult`: `.committed` is False when the repo already held every file (then `.url` is None),
+    else `.url` (the PR or the commit), `.commit_url`, `.pr_url`; `.plan`. (The CLI's positional order is `hf
+    upload`'s: `bitconv upload REPO_ID [LOCAL_PATH]`.)
 
     Example:
         >>> bitconv.upload("bitnet-packed", "me/bitnet-packed", create_pr=True).url
@@ -399,8 +402,8 @@ def upload(artifact: str | Path, repo_id: str, *, revision: str | None = None, c
     from bitconv.sources import hub
 
     return publish(artifact, hub.from_url(repo_id), revision=revision, create_pr=create_pr, private=private,
-                      commit_message=commit_message, dry_run=dry_run, force=force, token=token,
-                      base_model=base_model)
+                   commit_message=commit_message, dry_run=dry_run, force=force, token=token,
+                   base_model=base_model, card=card)
 
 
 def layouts() -> list[dict]:

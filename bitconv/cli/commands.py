@@ -14,6 +14,7 @@ from bitconv.cli.app import (
     ComputeOpt,
     CreatePrOpt,
     JsonOpt,
+    NoCardOpt,
     OutOpt,
     OverwriteOpt,
     PrivateOpt,
@@ -79,7 +80,7 @@ def pack(src: SrcArg,
          force: Annotated[bool, typer.Option("--force", help="GGUF: write a file that runs correctly on no known "
                                              "runtime (docs/runtimes.md), with a warning in the file")] = False,
          json: JsonOpt = False, push_to_hub: PushOpt = None, private: PrivateOpt = False,
-         create_pr: CreatePrOpt = False,
+         create_pr: CreatePrOpt = False, no_card: NoCardOpt = False,
          revision: Annotated[str | None, typer.Option("--revision", help="with --push-to-hub: the branch to push "
                                                       "to (as `upload`); otherwise the revision of a repo-id SRC "
                                                       "(SRC@REV works in both cases)", show_default=False)] = None,
@@ -107,7 +108,7 @@ def pack(src: SrcArg,
     from bitconv.cli.hub import push_after_pack
 
     pushed = push_after_pack(res.out, push_to_hub, src, token, json, revision=revision, private=private,
-                             create_pr=create_pr)
+                             create_pr=create_pr, card=not no_card)
     if json:
         _report(res, True, "pack", target=to.lower(), **({"pushed": pushed} if pushed else {}))
 

@@ -44,6 +44,7 @@ IK_LLAMA = "ik_llama.cpp@8337e4cd"
 FLOAT_TYPES = ("F32", "F16", "BF16")
 HIDDEN_ACTIVATION_KEY = "{arch}.hidden_activation"  # key name of llama.cpp PR #26751 (closed, unmerged)
 PROMPT = "The capital of France is"
+BITNET_CPP_GIT = "https://github.com/microsoft/BitNet"  # bitnet.cpp's repository (spec gguf-bitnet-cpp.md §1)
 
 
 # ------------------------------------------------------------------------------------------------ constraints
