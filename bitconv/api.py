@@ -80,6 +80,19 @@ def hub_options(token: str | None, revision: str | None) -> Iterator[None]:
         hub.use_revision(None)
 
 
+@contextmanager
+def report_downloads(progress: Callable[[int, int, str], None] | None) -> Iterator[None]:
+    """Hub downloads made inside the block (a repo-id SRC or REF) report (done bytes, total bytes, repo) to
+    `progress` instead of drawing huggingface_hub's own bars. None: huggingface_hub's bars, as without the block."""
+    from bitconv.core import hooks
+
+    reset = hooks.download_progress.set(progress)
+    try:
+        yield
+    finally:
+        hooks.download_progress.reset(reset)
+
+
 # ------------------------------------------------------------------------------------------------ output paths
 
 
@@ -306,12 +319,13 @@ def _thresholds(given: Any, limits: dict, cls: type) -> Any:
 
 
 def check(path: str | Path, *, ref: str | Path | None = None, config_only: bool = False, parity: bool = True,
-          thresholds: Any = None, strict: bool = False, on_item: Callable[[str], None] | None = None,
-          **limits: float | None) -> CheckReport:
+          thresholds: Any = None, strict: bool = False, runtime: str | None = None,
+          on_item: Callable[[str], None] | None = None, **limits: float | None) -> CheckReport:
     """CI for a model repository: every checkpoint under PATH, its config, and every artifact verified against the
     master named by `ref` (a folder, file or Hub repo id) or the one master found under PATH. An artifact that could
     not be verified fails unless `config_only`. Returns a `verify.check.CheckReport` (`.ok`, `.exit_code`,
-    `.artifacts`, `.counts`).
+    `.artifacts`, `.counts`). `runtime` ("llama.cpp"): every GGUF artifact must also run correctly in it (a GGUF it
+    cannot load fails); needs llama-cpp-python (pip install 'bitconv[llamacpp]').
 
     Example:
         >>> bitconv.check(".", parity=False).ok
@@ -320,7 +334,8 @@ def check(path: str | Path, *, ref: str | Path | None = None, config_only: bool 
     from bitconv.verify.check import check as _check
 
     return _check(path, ref=ref, config_only=config_only, run_parity=parity,
-                  thresholds=_thresholds(thresholds, limits, Thresholds), strict=strict, on_item=on_item)
+                  thresholds=_thresholds(thresholds, limits, Thresholds), strict=strict, runtime=runtime,
+                  on_item=on_item)
 
 
 def convert(src: str | Path, out: str | Path, *, to: str, purpose: str | None = None,

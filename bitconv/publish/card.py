@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bitconv import __version__
+from bitconv import REPO_URL, __version__
 from bitconv.core.errors import EXIT_VERIFY_FAILED, BitconvError, UsageError
 from bitconv.describe import describe, gguf_runtimes
 from bitconv.formats.gguf.reader import read_gguf
@@ -332,9 +332,9 @@ def _card(repo_id: str, meta: dict, parts: list[_Part], files: list[PlannedFile]
     name = repo_id.rsplit("/", 1)[-1]
     base = meta.get("base_model")
     origin = f" of [{base}]({HUB_URL}/{base})" if base else ""
-    lines = [f"# {name}", "", f"BitNet b1.58 ternary (1.58-bit) weights{origin}, converted with bitconv "
-             f"{__version__}.", "", "## Format", "", "| part | format | layout | parameters | bits/weight | "
-             "bits/ternary weight |", "|---|---|---|---|---|---|"]
+    lines = [f"# {name}", "", f"BitNet b1.58 ternary (1.58-bit) weights{origin}, converted with "
+             f"[bitconv]({REPO_URL}) {__version__}.", "", "## Format", "", "| part | format | layout | parameters | "
+             "bits/weight | bits/ternary weight |", "|---|---|---|---|---|---|"]
     for p in parts:
         tbw = f"{p.ternary_bits_per_weight:.3f}" if p.ternary_bits_per_weight else "-"
         lines.append(f"| {'checkpoint' if p.name == '.' else p.name} | {p.format} | {p.layout} | {p.parameters:,} "
