@@ -206,9 +206,9 @@ def _pack_hf(src: str | Path, out: str | Path | None, linear_class: str, compute
                            max_shard_bytes=parse_size(max_shard_size), progress=progress)
     warnings = list(rep.extra.get("warnings", []))
     if ck.kind == "gguf" and not any((rep.out / n).exists() for n in ("tokenizer.json", "tokenizer.model")):
-        warnings.append(f"{ck.path.name}: no tokenizer written: bitconv does not rebuild tokenizer files from a "
-                        "GGUF vocabulary; copy tokenizer.json / tokenizer_config.json from the original model "
-                        f"into {rep.out}")
+        warnings.append(f"{ck.path.name}: no tokenizer written: the file holds no vocabulary bitconv can rebuild "
+                        "(tokenizer.ggml.model gpt2 or llama); copy tokenizer.json / tokenizer_config.json from the "
+                        f"original model into {rep.out}")
     rep.extra["warnings"] = warnings
     rep.seconds = max(rep.seconds, time.perf_counter() - t0)
     return rep

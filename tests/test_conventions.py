@@ -222,12 +222,45 @@ def test_case_insensitive_choices(models, tmp_path):
     assert r.exit_code == 0, r.output
 
 
-def test_pack_from_gguf_to_hf_warns_about_tokenizer(models, tmp_path):
-    m = models()
-    assert run("pack", m, "--to", "gguf", "--type", "i2_s", "-o", tmp_path / "m.gguf").exit_code == 0
+@pytest.mark.parametrize("arch, written", [("bitnet-2b4t", "tokenizer.json"), ("1bitllm", "tokenizer.model")])
+def test_pack_from_gguf_to_hf_writes_the_tokenizer(models, tmp_path, arch, written):
+    """`pack model.gguf --to hf` rebuilds the tokenizer from the GGUF's vocabulary: transformers loads it, every id
+    maps to the GGUF's token, and text encodes to the ids the original model's tokenizer gives."""
+    from transformers import AutoTokenizer
+
+    from bitconv.formats.gguf.reader import read_gguf
+
+    m = models(arch)
+    assert run("pack", m, "--to", "gguf", "--type", "tq2_0", "-o", tmp_path / "m.gguf").exit_code == 0
     d = json.loads(run("pack", tmp_path / "m.gguf", "--to", "hf", "-o", tmp_path / "hf", "--json").stdout)
     jsonschema.validate(d, SCHEMA)
-    assert any("tokenizer" in w for w in d["warnings"])
+    assert d["warnings"] == []
+    assert sorted(p.name for p in (tmp_path / "hf").iterdir()) == sorted(
+        ["config.json", "model.safetensors", written, "tokenizer_config.json"])
+    tokens = read_gguf(tmp_path / "m.gguf").get("tokenizer.ggml.tokens")
+    out, ref = AutoTokenizer.from_pretrained(tmp_path / "hf"), AutoTokenizer.from_pretrained(m)
+    assert out.convert_ids_to_tokens(list(range(len(tokens)))) == list(tokens)
+    for text in ("The capital of France is Paris.", "  two  spaces\n\nand 12345 ünïcödé 漢字", ""):
+        assert out(text)["input_ids"] == ref(text)["input_ids"], text
+    assert (out.bos_token, out.eos_token) == (ref.bos_token, ref.eos_token)
+    # unpack of the same GGUF carries the tokenizer too
+    assert run("unpack", tmp_path / "m.gguf", "-o", tmp_path / "bf16").exit_code == 0
+    assert (tmp_path / "bf16" / written).is_file()
+
+
+def test_pack_from_gguf_without_a_vocabulary_warns(models, tmp_path):
+    m = models()
+    assert run("pack", m, "--to", "gguf", "--type", "i2_s", "-o", tmp_path / "m.gguf").exit_code == 0
+    data = (tmp_path / "m.gguf").read_bytes()
+    key = b"tokenizer.ggml.model"
+    at = data.index(key) + len(key) + 4 + 8  # the string value after the KV type and its length
+    assert data[at:at + 4] == b"gpt2"
+    (tmp_path / "m.gguf").write_bytes(data[:at] + b"bert" + data[at + 4:])  # a vocabulary bitconv cannot rebuild
+    d = json.loads(run("pack", tmp_path / "m.gguf", "--to", "hf", "-o", tmp_path / "hf", "--json").stdout)
+    jsonschema.validate(d, SCHEMA)
+    assert len(d["warnings"]) == 1 and d["warnings"][0].startswith("m.gguf: no tokenizer written: the file holds no "
+                                                                   "vocabulary bitconv can rebuild")
+    assert not any((tmp_path / "hf" / n).exists() for n in ("tokenizer.json", "tokenizer.model"))
 
 
 def test_progress_off_a_terminal_prints_a_line_every_few_seconds(capsys, monkeypatch):
