@@ -296,6 +296,7 @@ def verify(out: str | Path, ref: str | Path, *, parity: bool = True, thresholds:
 
     th = _thresholds(thresholds, limits, Thresholds)
     bitlinear = choice(bitlinear, ("compiled", "eager"), "--bitlinear")
+    runtime = runtime.strip().lower() if runtime else None  # --runtime LLAMA.CPP is llama.cpp
     with hub_options(token, revision):
         return _verify(out, ref, run_parity=parity, thresholds=th, prompt=prompt, tokens_file=tokens,
                        bitlinear=bitlinear, runtime=runtime, strict=strict, progress=progress)
@@ -319,13 +320,15 @@ def _thresholds(given: Any, limits: dict, cls: type) -> Any:
 
 
 def check(path: str | Path, *, ref: str | Path | None = None, config_only: bool = False, parity: bool = True,
-          thresholds: Any = None, strict: bool = False, runtime: str | None = None,
-          on_item: Callable[[str], None] | None = None, **limits: float | None) -> CheckReport:
+          thresholds: Any = None, strict: bool = False, runtime: str | None = None, token: str | None = None,
+          revision: str | None = None, on_item: Callable[[str], None] | None = None,
+          **limits: float | None) -> CheckReport:
     """CI for a model repository: every checkpoint under PATH, its config, and every artifact verified against the
     master named by `ref` (a folder, file or Hub repo id) or the one master found under PATH. An artifact that could
     not be verified fails unless `config_only`. Returns a `verify.check.CheckReport` (`.ok`, `.exit_code`,
     `.artifacts`, `.counts`). `runtime` ("llama.cpp"): every GGUF artifact must also run correctly in it (a GGUF it
-    cannot load fails); needs llama-cpp-python (pip install 'bitconv[llamacpp]').
+    cannot load fails); needs llama-cpp-python (pip install 'bitconv[llamacpp]'). `token` / `revision`: for a Hub
+    repo-id `ref`.
 
     Example:
         >>> bitconv.check(".", parity=False).ok
@@ -333,9 +336,10 @@ def check(path: str | Path, *, ref: str | Path | None = None, config_only: bool 
     from bitconv.verify import Thresholds
     from bitconv.verify.check import check as _check
 
-    return _check(path, ref=ref, config_only=config_only, run_parity=parity,
-                  thresholds=_thresholds(thresholds, limits, Thresholds), strict=strict, runtime=runtime,
-                  on_item=on_item)
+    with hub_options(token, revision):
+        return _check(path, ref=ref, config_only=config_only, run_parity=parity,
+                      thresholds=_thresholds(thresholds, limits, Thresholds), strict=strict, runtime=runtime,
+                      on_item=on_item)
 
 
 def convert(src: str | Path, out: str | Path, *, to: str, purpose: str | None = None,

@@ -414,3 +414,48 @@ def test_hub_download_shares_the_terminal_bar(models, emu, tmp_path, monkeypatch
     r = run("inspect", "microsoft/tiny-bitnet", "--no-stats")  # no bar of its own: the download starts one
     assert r.exit_code == 0, r.output
     assert seen[2:] == [] and not render._LIVE  # cached now: nothing to download, no bar
+
+
+def test_every_command_taking_a_repo_id_takes_token_and_revision():
+    from typer.main import get_command
+
+    group = get_command(app)
+    for name in ("quantize", "pack", "unpack", "inspect", "verify", "check", "convert", "upload"):
+        opts = {o for p in group.commands[name].params for o in p.opts}
+        assert {"--token", "--revision"} <= opts, name
+
+
+def test_case_insensitive_runtime(monkeypatch):
+    from bitconv.verify import check as check_mod
+
+    seen = {}
+    monkeypatch.setattr("bitconv.verify.verify", lambda out, ref, **kw: seen.setdefault("runtime", kw["runtime"]))
+    api.verify("a", "b", runtime="LLAMA.CPP")
+    assert seen["runtime"] == "llama.cpp"
+    with pytest.raises(UsageError, match="--runtime must be one of llama.cpp, got 'vllm'"):
+        check_mod.check(ROOT / "fixtures" / "golden" / "gguf-tq", runtime="vllm")
+
+
+# ------------------------------------------------------------------------------------------------ README
+
+
+def test_readme_structure():
+    """At most 200 lines: what bitconv is (three lines), install, a quickstart with real output, the command table,
+    where each file runs, the CI snippet (the Action), links that resolve."""
+    text = (ROOT / "README.md").read_text()
+    lines = text.splitlines()
+    assert len(lines) <= 200
+    intro = text.split("\n\n")[1]
+    assert len(intro.splitlines()) <= 3 and "BitNet b1.58" in intro
+    heads = [ln for ln in lines if ln.startswith("## ")]
+    assert [h.split(":")[0] for h in heads] == ["## Install", "## Quickstart", "## Commands",
+                                                "## Where each file runs", "## CI", "## Documentation"], heads
+    install = text.split("## Install")[1].split("## ")[0]
+    assert "pip install bitconv" in install and install.count("python3 -m venv .venv") == 2
+    quick = text.split("## Quickstart")[1].split("## ")[0]
+    block = re.search(r"```console\n(.*?)```", quick, re.S)[1].splitlines()
+    assert sum(ln.startswith("$ bitconv ") for ln in block) >= 4 and sum(ln.startswith("wrote ") for ln in block) >= 2
+    assert re.search(r"uses: [\w.-]+/bitconv@v\d", text.split("## CI")[1])
+    for target in re.findall(r"\]\(([^)#]+)\)", text):
+        if not target.startswith("http"):
+            assert (ROOT / target).exists(), target
