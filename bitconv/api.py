@@ -80,6 +80,19 @@ def hub_options(token: str | None, revision: str | None) -> Iterator[None]:
         hub.use_revision(None)
 
 
+@contextmanager
+def report_downloads(progress: Callable[[int, int, str], None] | None) -> Iterator[None]:
+    """Hub downloads made inside the block (a repo-id SRC or REF) report (done bytes, total bytes, repo) to
+    `progress` instead of drawing huggingface_hub's own bars. None: huggingface_hub's bars, as without the block."""
+    from bitconv.core import hooks
+
+    reset = hooks.download_progress.set(progress)
+    try:
+        yield
+    finally:
+        hooks.download_progress.reset(reset)
+
+
 # ------------------------------------------------------------------------------------------------ output paths
 
 
@@ -194,9 +207,9 @@ def _pack_hf(src: str | Path, out: str | Path | None, linear_class: str, compute
                            max_shard_bytes=parse_size(max_shard_size), progress=progress)
     warnings = list(rep.extra.get("warnings", []))
     if ck.kind == "gguf" and not any((rep.out / n).exists() for n in ("tokenizer.json", "tokenizer.model")):
-        warnings.append(f"{ck.path.name}: no tokenizer written: bitconv does not rebuild tokenizer files from a "
-                        "GGUF vocabulary; copy tokenizer.json / tokenizer_config.json from the original model "
-                        f"into {rep.out}")
+        warnings.append(f"{ck.path.name}: no tokenizer written: the file holds no vocabulary bitconv can rebuild "
+                        "(tokenizer.ggml.model gpt2 or llama); copy tokenizer.json / tokenizer_config.json from the "
+                        f"original model into {rep.out}")
     rep.extra["warnings"] = warnings
     rep.seconds = max(rep.seconds, time.perf_counter() - t0)
     return rep
@@ -284,6 +297,7 @@ def verify(out: str | Path, ref: str | Path, *, parity: bool = True, thresholds:
 
     th = _thresholds(thresholds, limits, Thresholds)
     bitlinear = choice(bitlinear, ("compiled", "eager"), "--bitlinear")
+    runtime = runtime.strip().lower() if runtime else None  # --runtime LLAMA.CPP is llama.cpp
     with hub_options(token, revision):
         return _verify(out, ref, run_parity=parity, thresholds=th, prompt=prompt, tokens_file=tokens,
                        bitlinear=bitlinear, runtime=runtime, strict=strict, progress=progress)
@@ -307,12 +321,15 @@ def _thresholds(given: Any, limits: dict, cls: type) -> Any:
 
 
 def check(path: str | Path, *, ref: str | Path | None = None, config_only: bool = False, parity: bool = True,
-          thresholds: Any = None, strict: bool = False, on_item: Callable[[str], None] | None = None,
+          thresholds: Any = None, strict: bool = False, runtime: str | None = None, token: str | None = None,
+          revision: str | None = None, on_item: Callable[[str], None] | None = None,
           **limits: float | None) -> CheckReport:
     """CI for a model repository: every checkpoint under PATH, its config, and every artifact verified against the
     master named by `ref` (a folder, file or Hub repo id) or the one master found under PATH. An artifact that could
     not be verified fails unless `config_only`. Returns a `verify.check.CheckReport` (`.ok`, `.exit_code`,
-    `.artifacts`, `.counts`).
+    `.artifacts`, `.counts`). `runtime` ("llama.cpp"): every GGUF artifact must also run correctly in it (a GGUF it
+    cannot load fails); needs llama-cpp-python (pip install 'bitconv[llamacpp]'). `token` / `revision`: for a Hub
+    repo-id `ref`.
 
     Example:
         >>> bitconv.check(".", parity=False).ok
@@ -320,8 +337,10 @@ def check(path: str | Path, *, ref: str | Path | None = None, config_only: bool 
     from bitconv.verify import Thresholds
     from bitconv.verify.check import check as _check
 
-    return _check(path, ref=ref, config_only=config_only, run_parity=parity,
-                  thresholds=_thresholds(thresholds, limits, Thresholds), strict=strict, on_item=on_item)
+    with hub_options(token, revision):
+        return _check(path, ref=ref, config_only=config_only, run_parity=parity,
+                      thresholds=_thresholds(thresholds, limits, Thresholds), strict=strict, runtime=runtime,
+                      on_item=on_item)
 
 
 def convert(src: str | Path, out: str | Path, *, to: str, purpose: str | None = None,

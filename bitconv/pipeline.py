@@ -20,7 +20,7 @@ import numpy as np
 
 from bitconv.core import dtypes
 from bitconv.core.alloc import keep_freed_memory
-from bitconv.core.errors import SourceError, UsageError
+from bitconv.core.errors import OutputError, SourceError, UsageError
 from bitconv.core.naming import module_of
 from bitconv.core.tensors import FieldSpec, Ternary
 from bitconv.formats.safetensors import OutEntry
@@ -31,6 +31,7 @@ from bitconv.quant import COMPUTE_MODES, dequantize, online_lift
 from bitconv.sinks.hf import DEFAULT_MAX_SHARD_BYTES, HFSink
 from bitconv.sinks.prefetch import ordered
 from bitconv.sources import Checkpoint, ModelTensor, open_source
+from bitconv.sources.gguf import tokenizer_files
 
 # (done, total, current name): output bytes for quantize / pack / unpack (so a renderer can show bytes/s and an
 # ETA), tensors for the Nanotron converter
@@ -193,6 +194,7 @@ def execute(plan: Plan, out: str | Path, *, overwrite: bool = False,
                     del result
                     done += sum(f.nbytes for f in step.outputs.values())
             sink.close(plan.config, plan.source.aux_files, fsync=os.environ.get("BITCONV_FSYNC") == "1")
+            _write_files(tmp, tokenizer_files(plan.source))  # a GGUF source: its vocabulary as tokenizer files
         except BaseException:
             sink.abort()
             raise
@@ -202,6 +204,14 @@ def execute(plan: Plan, out: str | Path, *, overwrite: bool = False,
     n_tern = sum(1 for s in plan.steps if s.action != "copy")
     return Report(guard.out, plan.target, plan.source.kind, files, n_tern, len(plan.steps) - n_tern,
                   plan.total_bytes, time.perf_counter() - t0)
+
+
+def _write_files(folder: Path, files: dict[str, bytes]) -> None:
+    try:
+        for name, data in files.items():
+            (folder / name).write_bytes(data)
+    except OSError as e:
+        raise OutputError(f"cannot write: {e.strerror or e}", path=folder) from None
 
 
 DEQUANT_BLOCK_ELEMS = 1 << 22

@@ -19,14 +19,14 @@ import typer
 from typer._click import exceptions as click_exc
 from typer.core import TyperGroup
 
-from bitconv import __version__
+from bitconv import REPO_URL, __version__
 from bitconv.cli import render
 from bitconv.core.errors import EXIT_BAD_INPUT, BitconvError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 EPILOG = ("Jobs: pack -> deployable layouts (HF packed, GGUF); unpack -> trainable bf16; convert -> Nanotron <-> "
-          "HF; verify / check -> proof; upload -> Hub. Docs: https://github.com/bitconv/bitconv/tree/main/docs")
+          f"HF; verify / check -> proof; upload -> Hub. Docs: {REPO_URL}/tree/main/docs")
 
 
 class _Group(TyperGroup):
@@ -103,12 +103,16 @@ def parse_size(text: str) -> int:
 
 
 def handle_errors(fn: F) -> F:
-    """One line on stderr and a non-zero exit for every known error; a traceback only with BITCONV_DEBUG=1."""
+    """One line on stderr and a non-zero exit for every known error; a traceback only with BITCONV_DEBUG=1. Hub
+    downloads inside the command report through `render.download_progress`."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
+        from bitconv.api import report_downloads
+
+        try:  # Hub downloads drawn as the command's own progress (none with --json: stdout is the document)
+            with render.download_progress(not kwargs.get("json")) as cb, report_downloads(cb):
+                return fn(*args, **kwargs)
         except BitconvError as e:
             if os.environ.get("BITCONV_DEBUG") == "1":
                 raise

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bitconv import __version__
+from bitconv import REPO_URL, __version__
 from bitconv.core.errors import EXIT_VERIFY_FAILED, BitconvError, UsageError
 from bitconv.core.safeio import sha256_file
 from bitconv.describe import describe, gguf_runtimes
@@ -535,7 +535,8 @@ def _section(repo_id: str, meta: dict, parts: list[_Part], files: list[PlannedFi
              verify: VerifySummary | None) -> Section:
     base = meta.get("base_model")
     origin = f" of [{base}]({HUB_URL}/{base})" if base else ""
-    sec = Section(f"BitNet b1.58 ternary (1.58-bit) weights{origin}, converted with bitconv {__version__}.")
+    sec = Section(f"BitNet b1.58 ternary (1.58-bit) weights{origin}, converted with "
+                  f"[bitconv]({REPO_URL}) {__version__}.")
     for p in parts:
         key = _CHECKPOINT if p.name == "." else p.name
         tbw = f"{p.ternary_bits_per_weight:.3f}" if p.ternary_bits_per_weight else "-"

@@ -26,6 +26,7 @@ import torch
 from bitconv.core import naming
 from bitconv.core.errors import LayoutError, SourceError
 from bitconv.core.tensors import Ternary, checked_scale
+from bitconv.formats.gguf.hf_tokenizer import hf_tokenizer_files
 from bitconv.formats.gguf.metadata import ARCHS, GGUFArch, hf_name, permute_heads, permute_rows, read_arch
 from bitconv.formats.gguf.quants import dequantize_q8_0
 from bitconv.formats.gguf.reader import GGUFFile, GGUFTensor, read_gguf
@@ -230,3 +231,11 @@ def gguf_header(path: str | Path) -> GGUFFile:
     """`read_gguf(path)`, cached while the file is unchanged (plans read a source's KVs more than once)."""
     st = Path(path).stat()
     return _cached(str(path), st.st_mtime_ns, st.st_size)
+
+
+def tokenizer_files(ck: Checkpoint) -> dict[str, bytes]:
+    """transformers tokenizer files rebuilt from a GGUF checkpoint's vocabulary (`formats.gguf.hf_tokenizer`): what
+    an HF folder written from it needs beside its config; {} when the file holds no vocabulary bitconv can rebuild."""
+    if ck.kind != "gguf":
+        return {}
+    return hf_tokenizer_files(gguf_header(ck.path).get, ck.config.get("max_position_embeddings"))
