@@ -26,15 +26,6 @@ from bitconv.layouts.registry import Layout, decode_scale, encode_scale
 VALUES_PER_BYTE = 4
 
 
-def f32_to_bf16_bits(x: float) -> np.ndarray:
-    """[x] rounded to bfloat16 (nearest, ties to even) as raw uint16 bits, shape [1]."""
-    return encode_scale(x, "BF16")
-
-
-def bf16_bits_to_f32(bits: np.ndarray) -> np.float32:
-    return decode_scale(np.asarray(bits, dtype=np.uint16))
-
-
 PACK_BLOCK_BYTES = 1 << 20  # packed bytes made per step: temporaries stay small (cache-sized) whatever the tensor
 
 
