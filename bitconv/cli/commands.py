@@ -56,9 +56,9 @@ def pack(src: SrcArg,
          linear_class: Annotated[str, typer.Option("--linear-class", help="HF: autobitlinear (weight_scale = "
                                                    "scale, microsoft 2B-4T) or bitlinear (1/scale)")]
          = "autobitlinear",
-         gguf_type: Annotated[str | None, typer.Option("--type", help="GGUF: i2_s, tl1, tl2 (bitnet.cpp), tq1_0, "
-                                                       "tq2_0 (llama.cpp), iq1_bn, iq2_bn, iq2_bn_r4 "
-                                                       "(ik_llama.cpp), or f32, f16, bf16 (codes * scale)")]
+         gguf_type: Annotated[str | None, typer.Option("--type", help="GGUF: a gguf layout without its prefix "
+                                                       "(`bitconv layouts` lists them and where each runs), or "
+                                                       "f32, f16, bf16 (codes * scale)")]
          = None,
          arch: Annotated[str | None, typer.Option("--arch", help="GGUF architecture: bitnet-b1.58 (default for "
                                                   "BitNetForCausalLM; bitnet-25 for the ik types), bitnet-25, "
@@ -66,8 +66,8 @@ def pack(src: SrcArg,
          embd_type: Annotated[str | None, typer.Option("--embd-type", help="GGUF token_embd / output type: f16, "
                                                        "f32, bf16 or q8_0 (default f16; q8_0 for the ik types)")]
          = None,
-         kernel_config: Annotated[Path | None, typer.Option("--kernel-config", help="GGUF tl1/tl2: the "
-                                                            "kernel_config.ini to tile for (default: derived from "
+         kernel_config: Annotated[Path | None, typer.Option("--kernel-config", help="GGUF tiled layouts: "
+                                                            "the kernel_config.ini to tile for (default: derived from "
                                                             "the model's shapes)")] = None,
          tl2_type_id: Annotated[int | None, typer.Option("--tl2-type-id", help="GGUF tl2 type id: 39 (bitnet.cpp "
                                                          "before mid-2026; the default) or 42 (current fork)",
