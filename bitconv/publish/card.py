@@ -492,7 +492,7 @@ def _split_card(text: str) -> tuple[str, str]:
     return (m[1], text[m.end():]) if m else ("", text)
 
 
-_LEGACY = re.compile(r"^BitNet b1\.58 ternary \(1\.58-bit\) weights.*converted with bitconv", re.M)
+_LEGACY = re.compile(r"^BitNet b1\.58 ternary \(1\.58-bit\) weights.*converted with \[?bitconv\b", re.M)
 
 
 def merge_card(old: str | None, plan: UploadPlan, present: set[str]) -> str:
