@@ -486,6 +486,8 @@ def test_card_of_an_earlier_bitconv_is_taken_as_its_section():
     legacy = plan.card.replace(card.BEGIN + "\n", "").replace("\n" + card.END, "")
     assert card.BEGIN not in legacy and "## Files" in legacy
     assert card.merge_card(legacy, plan, {"ggml-model-i2_s.gguf", "README.md"}) == plan.card
+    plain = re.sub(r"converted with \[bitconv\]\([^)]*\)", "converted with bitconv", legacy)  # 0.1.0's intro
+    assert plain != legacy and card.merge_card(plain, plan, {"ggml-model-i2_s.gguf"}) == plan.card
     mine = "# Notes\n\nSee ## Files below.\n"
     merged = card.merge_card(mine, plan, {"ggml-model-i2_s.gguf"})  # no markers, not bitconv's: kept, then ours
     assert merged.split("---\n", 2)[2] == mine + "\n" + plan.card.split("\n# gguf\n\n", 1)[1]
