@@ -9,7 +9,7 @@
     >>> bitconv.upload("bitnet-packed", "me/bitnet-packed", dry_run=True).plan.card
 
 The `bitconv` command calls exactly these functions and only renders what they return. Choices are
-case-insensitive (`to="GGUF"`, `type="I2_S"`, `linear_class="BitLinear"`). A SRC is a local path or a Hub repo id
+case-insensitive (`to="GGUF"`, `type="Bf16"`, `linear_class="BitLinear"`). A SRC is a local path or a Hub repo id
 (`owner/name[@revision]`, or a `https://huggingface.co/owner/name` URL); see `sources.hub.looks_local` for the rule
 that tells them apart. torch, transformers, gguf and huggingface_hub are imported inside the functions that need
 them, so importing this module (and `bitconv --help`) stays fast.
@@ -142,13 +142,14 @@ def quantize(src: str | Path, out: str | Path, *, compute: str = "float32", over
 
 def pack(src: str | Path, out: str | Path | None = None, *, to: str = "hf", linear_class: str = "autobitlinear",
          type: str | None = None, arch: str | None = None, embd_type: str | None = None,
-         kernel_config: str | Path | None = None, tl2_type_id: int = 39, compute: str = "float32",
+         kernel_config: str | Path | None = None, tl2_type_id: int | None = None, compute: str = "float32",
          model_name: str | None = None, force: bool = False, overwrite: bool = False,
          max_shard_size: str | int = DEFAULT_SHARD,
          dry_run: bool = False, token: str | None = None, revision: str | None = None,
          progress: Progress | None = None) -> Any:
     """Pack SRC into a deployable layout: `to="hf"` (a transformers folder) or `to="gguf"` (one .gguf file of
-    `type` i2_s, tl1, tl2, tq1_0, tq2_0, f32, f16 or bf16). Ternary sources are packed from their own codes.
+    `type`: a GGUF layout without its `gguf-` prefix, e.g. i2_s (`bitconv layouts`), or f32, f16, bf16). Ternary
+    sources are packed from their own codes.
 
     Args:
         out: HF: the output folder. GGUF: a .gguf path, NAME (".gguf" is appended), or an existing folder, which
@@ -158,7 +159,7 @@ def pack(src: str | Path, out: str | Path | None = None, *, to: str = "hf", line
         dry_run: return the plan (`pipeline.Plan` / `pipeline_gguf.GGUFPlan`), write nothing.
     Returns a `pipeline.Report` (out, files, bytes_written, seconds, extra["warnings"]).
     Example:
-        >>> bitconv.pack("bitnet-bf16", "models/", to="GGUF", type="I2_S").out
+        >>> bitconv.pack("bitnet-bf16", "models/", to="GGUF", type="i2_s").out
         PosixPath('models/bitnet-bf16-i2_s.gguf')
     """
     to = str(to).strip().lower()
@@ -178,7 +179,7 @@ def pack(src: str | Path, out: str | Path | None = None, *, to: str = "hf", line
                               progress)
         given = [n for n, v in (("--type", type), ("--arch", arch), ("--embd-type", embd_type),
                                 ("--kernel-config", kernel_config), ("--model-name", model_name)) if v is not None]
-        given += (["--tl2-type-id"] if tl2_type_id != 39 else []) + (["--force"] if force else [])
+        given += (["--tl2-type-id"] if tl2_type_id is not None else []) + (["--force"] if force else [])
         if given:
             raise UsageError(f"{', '.join(given)}: only for --to gguf")
         return _pack_hf(src, out, linear_class, compute, overwrite, max_shard_size, dry_run, progress)
@@ -187,9 +188,9 @@ def pack(src: str | Path, out: str | Path | None = None, *, to: str = "hf", line
 def _pack_hf(src: str | Path, out: str | Path | None, linear_class: str, compute: str, overwrite: bool,
              max_shard_size: str | int, dry_run: bool, progress: Progress | None) -> Any:
     from bitconv import pipeline
-    from bitconv.layouts.hf_packed import HF_LAYOUTS
+    from bitconv.layouts import hf_layouts
 
-    linear_class = choice(linear_class, tuple(HF_LAYOUTS), "--linear-class")
+    linear_class = choice(linear_class, tuple(hf_layouts()), "--linear-class")
     compute = choice(compute, pipeline.COMPUTE_MODES, "--compute")
     dest = _hf_out(out, "--to hf") if out is not None else None
     if dry_run:
@@ -405,10 +406,13 @@ def _nanotron_source(src: str | Path, vocab_size: int | None) -> Any:
 
 def upload(artifact: str | Path, repo_id: str, *, revision: str | None = None, create_pr: bool = False,
            private: bool = False, commit_message: str | None = None, base_model: str | None = None,
-           dry_run: bool = False, force: bool = False, token: str | None = None) -> UploadResult:
-    """Publish an output folder or a .gguf file to the Hub repo `repo_id` (created when missing) with a generated
-    model card. `revision`: the branch to commit to; `create_pr`: open a pull request instead; `dry_run`: the plan
-    only, no network call. Returns a `publish.card.UploadResult` (`.url`, `.plan`).
+           dry_run: bool = False, force: bool = False, token: str | None = None, card: bool = True) -> UploadResult:
+    """Publish an output folder or a .gguf file to the Hub repo `repo_id` (created when missing), merging bitconv's
+    section into the repo's model card. `revision`: the branch to commit to; `create_pr`: open a pull request
+    instead; `dry_run`: the plan only, no network call; `card=False`: leave README.md alone. Returns a
+    `publish.card.UploadResult`: `.committed` is False when the repo already held every file (then `.url` is None),
+    else `.url` (the PR or the commit), `.commit_url`, `.pr_url`; `.plan`. (The CLI's positional order is `hf
+    upload`'s: `bitconv upload REPO_ID [LOCAL_PATH]`.)
 
     Example:
         >>> bitconv.upload("bitnet-packed", "me/bitnet-packed", create_pr=True).url
@@ -417,8 +421,8 @@ def upload(artifact: str | Path, repo_id: str, *, revision: str | None = None, c
     from bitconv.sources import hub
 
     return publish(artifact, hub.from_url(repo_id), revision=revision, create_pr=create_pr, private=private,
-                      commit_message=commit_message, dry_run=dry_run, force=force, token=token,
-                      base_model=base_model)
+                   commit_message=commit_message, dry_run=dry_run, force=force, token=token,
+                   base_model=base_model, card=card)
 
 
 def layouts() -> list[dict]:

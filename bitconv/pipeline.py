@@ -24,8 +24,7 @@ from bitconv.core.errors import OutputError, SourceError, UsageError
 from bitconv.core.naming import module_of
 from bitconv.core.tensors import FieldSpec, Ternary
 from bitconv.formats.safetensors import OutEntry
-from bitconv.layouts import Layout, get_layout
-from bitconv.layouts.hf_packed import HF_LAYOUTS, bitnet_quant_config
+from bitconv.layouts import Layout, bitnet_quant_config, get_layout, hf_layouts
 from bitconv.memory import peak_estimate, step_bytes
 from bitconv.output import AtomicOutput, check_free_space, precheck
 from bitconv.quant import COMPUTE_MODES, dequantize, online_lift
@@ -143,9 +142,9 @@ def plan_quantize(src: Checkpoint, compute: str = "float32") -> Plan:
 
 def plan_pack_hf(src: Checkpoint, linear_class: str = "autobitlinear", compute: str = "float32") -> Plan:
     _check_compute(compute)
-    if linear_class not in HF_LAYOUTS:
-        raise UsageError(f"--linear-class must be one of {', '.join(HF_LAYOUTS)}, got {linear_class!r}")
-    layout = get_layout(HF_LAYOUTS[linear_class])
+    if linear_class not in hf_layouts():
+        raise UsageError(f"--linear-class must be one of {', '.join(hf_layouts())}, got {linear_class!r}")
+    layout = get_layout(hf_layouts()[linear_class])
     cfg = _with_quant_config(_base_config(src), bitnet_quant_config(src.config, linear_class, "offline"))
     return Plan(src, layout.name, _layout_steps(src, layout), cfg, layout, compute)
 

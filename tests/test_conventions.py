@@ -132,7 +132,7 @@ def test_every_command_json_matches_schema(models, tmp_path, monkeypatch):
         (repo / name).symlink_to(tmp_path / name)
     d = valid(run("check", tmp_path / "p", "--no-parity", "--json"), "check")
     assert isinstance(d["artifacts"], list)
-    d = valid(run("upload", tmp_path / "p", "alice/tiny", "--dry-run", "--json"), "upload")
+    d = valid(run("upload", "alice/tiny", tmp_path / "p", "--dry-run", "--json"), "upload")
     assert d["dry_run"] is True and "README.md" in d["files"] and d["bytes"] > 0
     d = valid(run("demo", "--keep", tmp_path / "demo", "--json"), "demo")
     assert d["ok"] is True and d["steps"]

@@ -91,6 +91,8 @@ RevisionOpt = Annotated[str | None, typer.Option("--revision", help="revision (b
 PushOpt = Annotated[str | None, typer.Option("--push-to-hub", metavar="REPO_ID", show_default=False,
                                              help="after packing, upload OUT to this Hub repo (see `bitconv upload`)")]
 PrivateOpt = Annotated[bool, typer.Option("--private", help="create the repo private")]
+NoCardOpt = Annotated[bool, typer.Option("--no-card", help="leave the repo's model card (README.md) alone: no "
+                                         "card is written or merged")]
 CreatePrOpt = Annotated[bool, typer.Option("--create-pr", help="open a pull request against main instead of "
                                            "committing")]
 

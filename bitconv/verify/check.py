@@ -34,7 +34,7 @@ from bitconv.core.errors import EXIT_OK, EXIT_VERIFY_FAILED, BitconvError, Layou
 from bitconv.core.naming import PROJECTION_SHAPES
 from bitconv.core.safeio import identity
 from bitconv.formats.safetensors import read_header
-from bitconv.layouts import get_layout
+from bitconv.layouts import deploy_layouts, get_layout
 from bitconv.output import TMP_PREFIX
 from bitconv.pipeline import UNPACKED_METADATA
 from bitconv.sources import Checkpoint, is_nanotron_dir, open_source
@@ -46,9 +46,9 @@ from bitconv.verify.runtime import check_runnable, runtime_facts
 
 MAX_DEPTH = 4
 SKIP_DIRS = {".git", ".venv", "node_modules", "__pycache__", ".cache"}
-# Layouts a master is usually deployed to; `check` says which of them cannot hold its shapes (TL tiles are
-# derived per shape, so they are left out).
-DEPLOY_LAYOUTS = ("hf-autobitlinear", "gguf-i2-s", "gguf-tq2-0")
+# Layouts a master is usually deployed to (each declares `deploy_check`); `check` says which of them cannot hold its
+# shapes.
+DEPLOY_LAYOUTS = deploy_layouts()
 
 
 STATUSES = ("master", "verified", "failed", "unverified", "config-only")
