@@ -157,8 +157,9 @@ def _setup_hub(tmp: Path, env: dict) -> None:
     from bitconv import api
     from tests.hubemu import HubEmulator
 
-    master = tiny.make_tiny(tmp / "_src" / "bf16", "bitnet-2b4t")
+    master = tiny.make_tiny(tmp / "_src" / "bf16", "bitnet-2b4t", hidden_size=512)  # K = 512: TL2 runs
     gguf = api.pack(master, tmp / "model-i2_s.gguf", to="gguf", type="i2_s").out
+    api.pack(master, tmp / "model-tl2.gguf", to="gguf", type="tl2")
     emu = HubEmulator(users={TOKEN: "me"}, max_seconds=600).start()
     files = {p.name: p for p in master.iterdir() if p.is_file()}
     repo = emu.add_repo("microsoft/bitnet-b1.58-2B-4T-bf16", files)
