@@ -1,8 +1,9 @@
 """Shell examples in README.md and docs/ cannot rot.
 
 1. Every `bitconv ...` line in a ```bash / ```console block names a real command and only options that command has.
-2. The README quickstart and the docs/json.md example run, in order, on the tiny model (`bitconv.tiny.make_tiny`)
-   in a sandbox; a line with a `# needs a Hub login` comment is allow-listed (it would reach the network).
+2. Every `bitconv` line of README.md and docs/*.md runs, in order, on the tiny model (`bitconv.tiny.make_tiny`) in a
+   sandbox holding it under the names the page uses, and exits as the page shows (docs/hub.md against the loopback
+   Hub emulator); a line with a `# needs a Hub login` comment is allow-listed (it would reach the network).
 """
 
 from __future__ import annotations
@@ -156,8 +157,9 @@ def _setup_hub(tmp: Path, env: dict) -> None:
     from bitconv import api
     from tests.hubemu import HubEmulator
 
-    master = tiny.make_tiny(tmp / "_src" / "bf16", "bitnet-2b4t")
+    master = tiny.make_tiny(tmp / "_src" / "bf16", "bitnet-2b4t", hidden_size=512)  # K = 512: TL2 runs
     gguf = api.pack(master, tmp / "model-i2_s.gguf", to="gguf", type="i2_s").out
+    api.pack(master, tmp / "model-tl2.gguf", to="gguf", type="tl2")
     emu = HubEmulator(users={TOKEN: "me"}, max_seconds=600).start()
     files = {p.name: p for p in master.iterdir() if p.is_file()}
     repo = emu.add_repo("microsoft/bitnet-b1.58-2B-4T-bf16", files)
@@ -173,7 +175,8 @@ def _setup_hub(tmp: Path, env: dict) -> None:
 
 TOKEN = "hf_docsExampleToken0123456789"
 # sizes of a real model in an example, and what the tiny model has instead
-TINY_SIZES = {"docs/nanotron-cli.md": {"--vocab-size 32000": "--vocab-size 64"}}  # its 64 embedding rows
+TINY_SIZES = {"docs/nanotron-cli.md": {"--vocab-size 32000": "--vocab-size 64",  # its 64 embedding rows
+                                        "-o resharded --tp 4": "-o resharded --tp 2"}}  # its 2 KV heads
 MASTER_ONLY = ("README.md", "docs/json.md", "docs/formats.md")
 SETUP = {"docs/ci.md": _setup_ci, "docs/verify.md": _setup_verify, "docs/ik_llama.md": _setup_ik,
          "docs/nanotron-cli.md": _setup_nanotron_cli, "docs/nanotron.md": _setup_nanotron,

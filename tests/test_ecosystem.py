@@ -177,7 +177,8 @@ def test_action_runtime_llama_cpp_passes_tq2_0_and_fails_i2_s(tmp_path):
     row = next(a for a in rep["artifacts"] if a["path"].endswith("i2_s.gguf"))
     assert row["status"] == "failed"
     fault = next(f for f in row["findings"] if f["fault"] == "runtime-unsupported")
-    assert "llama.cpp cannot run" in fault["message"] and "I2_S" in fault["message"]
+    assert fault["message"].startswith("llama.cpp cannot run GGML type I2_S (it loads bitnet, llama); this file "
+                                       "runs on: bitnet.cpp"), fault
     assert next(a for a in rep["artifacts"] if a["path"].endswith("packed"))["status"] == "verified"
     assert 'type="runtime-unsupported"' in Path(outputs["junit"]).read_text()
     assert "runtime-unsupported: " in summary.read_text()

@@ -55,7 +55,8 @@ class _Group(TyperGroup):
 
 
 app = typer.Typer(cls=_Group, no_args_is_help=True, pretty_exceptions_enable=False, add_completion=True,
-                  rich_markup_mode=None, context_settings={"help_option_names": ["-h", "--help"]},
+                  rich_markup_mode=None,
+                  context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 160},  # COLUMNS
                   help="BitNet b1.58 checkpoints into every deployable ternary layout, with proof that each is "
                   "right.", epilog=EPILOG)
 

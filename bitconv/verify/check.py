@@ -409,7 +409,7 @@ def _runtime_for(ck: Checkpoint, runtime: str | None, a: ArtifactCheck) -> str |
     try:
         check_runnable(ck, runtime)
     except UsageError as e:
-        a.findings.append(Finding("runtime", None, "runtime-unsupported", str(e)))
+        a.findings.append(Finding("runtime", None, "runtime-unsupported", str(e).removeprefix(f"{e.path}: ")))
         return None
     return runtime
 
