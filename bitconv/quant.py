@@ -147,7 +147,7 @@ BlockReader = Callable[[int, int], torch.Tensor]  # (first element, count) -> 1-
 # (`torchsum`), so the float32 copy of the whole weight is never written and read back; the codes are made a piece
 # at a time as well (three passes over a piece that stays in cache instead of over the whole tensor).
 CHUNKED_MIN_ELEMS = 1 << 20
-CHUNK_ELEMS = 1 << 16
+CHUNK_ELEMS = 1 << 18
 _U16, _SIGN_OFF = np.uint32(16), np.uint32(0x7FFFFFFF)
 
 
