@@ -60,6 +60,12 @@ def ternarize(w: torch.Tensor, compute: str = "float32", *, name: str | None = N
         return _ternarize_bf16(w, name)
     ws = ws or _DEFAULT_WS
     if w.dtype == torch.bfloat16:
+        if w.numel() >= CHUNKED_MIN_ELEMS and w.is_contiguous():
+            flat = w.reshape(-1)
+            got = ternarize_blocks(lambda start, count: flat[start:start + count], tuple(w.shape), name=name,
+                                   block=CHUNK_ELEMS, ws=ws)
+            if got is not None:
+                return got
         return _ternarize_bf16_input(w, name, ws)
     n = w.numel()
     wf = ws.get("w", n, torch.float32).view(w.shape)
@@ -136,6 +142,24 @@ BLOCK_ELEMS = 1 << 22
 
 BlockReader = Callable[[int, int], torch.Tensor]  # (first element, count) -> 1-D float tensor, valid until next call
 
+# bf16 weights of at least CHUNKED_MIN_ELEMS elements held in memory (a mapped master) take the two-pass path too,
+# in CHUNK_ELEMS-element pieces: |w| is made a cache-sized piece at a time and summed in torch's order at once
+# (`torchsum`), so the float32 copy of the whole weight is never written and read back; the codes are made a piece
+# at a time as well (three passes over a piece that stays in cache instead of over the whole tensor).
+CHUNKED_MIN_ELEMS = 1 << 20
+CHUNK_ELEMS = 1 << 18
+_U16, _SIGN_OFF = np.uint32(16), np.uint32(0x7FFFFFFF)
+
+
+def _bf16_magnitudes(w: torch.Tensor, out: np.ndarray) -> np.ndarray:
+    """|w| as float32 (bf16 -> float32 is exact: the 16 bits moved up, then the sign cleared), into `out`; in numpy
+    on this thread, so torch's intra-op pool is not woken for each piece."""
+    mag = out.view(np.uint32)
+    np.copyto(mag, w.view(torch.int16).numpy().view(np.uint16))
+    np.left_shift(mag, _U16, out=mag)
+    np.bitwise_and(mag, _SIGN_OFF, out=mag)
+    return out
+
 
 def ternarize_blocks(read: BlockReader, shape: tuple[int, ...], *, name: str | None = None,
                      block: int | None = None, ws: Workspace | None = None, compute: str = "float32") \
@@ -152,14 +176,20 @@ def ternarize_blocks(read: BlockReader, shape: tuple[int, ...], *, name: str | N
     ws = ws or _DEFAULT_WS
     n = int(np.prod(shape))
 
+    scratch: dict[str, np.ndarray] = {}
+
+    def buffer(key: str, count: int, dtype: torch.dtype) -> np.ndarray:
+        """This call's scratch arrays (from the thread's workspace, looked up once, not for every piece)."""
+        buf = scratch.get(key)
+        if buf is None or buf.size < count:
+            buf = scratch[key] = ws.get(key, max(count, min(block, n)), dtype).numpy()
+        return buf[:count]
+
     def magnitudes(start: int, count: int) -> np.ndarray:
-        a = ws.get("blk_abs", count, torch.float32)
         w = read(start, count)
-        if w.dtype == torch.bfloat16:  # exact: the bits moved up, sign cleared (numpy: no torch thread pool)
-            mag = a.numpy().view(np.uint32)
-            np.bitwise_and(w.view(torch.int16).numpy().view(np.uint16), 0x7FFF, out=mag, dtype=np.uint32)
-            np.left_shift(mag, 16, out=mag)
-            return a.numpy()
+        if w.dtype == torch.bfloat16:
+            return _bf16_magnitudes(w, buffer("blk_abs", count, torch.float32))
+        a = torch.from_numpy(buffer("blk_abs", count, torch.float32))
         a.copy_(w)
         return a.abs_().numpy()
 
@@ -175,16 +205,17 @@ def ternarize_blocks(read: BlockReader, shape: tuple[int, ...], *, name: str | N
         count = min(block, n - start)
         w = read(start, count)
         out = codes[start:start + count]
-        pos = ws.get("blk_pos", count, torch.bool).numpy()
-        neg = ws.get("blk_neg", count, torch.bool).numpy()
+        pos = buffer("blk_pos", count, torch.bool)
+        neg = buffer("blk_neg", count, torch.bool)
         if w.dtype == torch.bfloat16:
             if tb is None:
-                tb = int((_BF16_MAGNITUDES * s <= 0.5).sum()) - 1
+                t = int((_BF16_MAGNITUDES * s <= 0.5).sum()) - 1
+                tb, tn = np.int16(t), np.uint16(0x8000 + t)
             bits = w.view(torch.int16).numpy()
             np.greater(bits, tb, out=pos)
-            np.greater(bits.view(np.uint16), 0x8000 + tb, out=neg)
+            np.greater(bits.view(np.uint16), tn, out=neg)
         else:
-            x = ws.get("blk_w", count, torch.float32)
+            x = torch.from_numpy(buffer("blk_w", count, torch.float32))
             x.copy_(w)
             x.mul_(s)
             torch.gt(x, 0.5, out=torch.from_numpy(pos))

@@ -121,3 +121,36 @@ def test_bf16_fast_path_equals_float32_path_on_every_bf16_value():
         np.testing.assert_array_equal(fast.codes, codes.numpy())
         assert fast.scale == np.float32((1.0 / s).item())
         assert ternarize(w.float()).codes.tolist() == codes.numpy().tolist()  # the generic path agrees too
+
+
+@pytest.mark.parametrize("shape", [(3, 5), (4, 33), (2, 32769), (97, 2049), (520, 1031), (1, (1 << 20) + 7)])
+@pytest.mark.parametrize("chunk", [97, 4096, 1 << 18])
+def test_in_memory_bf16_pieces_match_weight_quant(shape, chunk, monkeypatch):
+    """A bf16 weight held in memory is ternarized in cache-sized pieces (|w| summed in torch's order a piece at a
+    time, codes a piece at a time): the same codes and scale as the whole-tensor recipe, on awkward sizes, with
+    exact threshold hits and an all-zero row."""
+    from bitconv import quant
+
+    monkeypatch.setattr(quant, "CHUNKED_MIN_ELEMS", 0)
+    monkeypatch.setattr(quant, "CHUNK_ELEMS", chunk)
+    g = torch.Generator().manual_seed(shape[1])
+    w = (torch.randn(shape, generator=g) * 0.02).bfloat16()
+    if w.numel() > 4:
+        w.reshape(-1)[:3] = w.reshape(-1).abs().float().mean().bfloat16() / 2
+    if shape[0] > 1:
+        w[1] = 0
+    codes, s = weight_quant_reference(w)
+    t = ternarize(w)
+    np.testing.assert_array_equal(t.codes, codes.numpy())
+    assert t.scale.tobytes() == np.float32((1.0 / s).item()).tobytes()
+    assert t.scale.tobytes() == quant._ternarize_bf16_input(w, None, quant.Workspace()).scale.tobytes()
+
+
+def test_in_memory_bf16_pieces_keep_nan_an_error(monkeypatch):
+    from bitconv import quant
+
+    monkeypatch.setattr(quant, "CHUNKED_MIN_ELEMS", 0)
+    w = torch.zeros(64, 64, dtype=torch.bfloat16)
+    w[3, 5] = float("nan")
+    with pytest.raises(SourceError, match="NaN"):
+        ternarize(w, name="x.weight")

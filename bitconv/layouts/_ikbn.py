@@ -39,6 +39,7 @@ from bitconv.core.tensors import EPS, FieldSpec, Ternary
 from bitconv.layouts.registry import Layout
 
 QK = 64  # weights per block (QK_IQ1BN)
+PACK_ROW_CODES = 1 << 18  # codes per row chunk when packing (whole rows): temporaries stay cache-sized
 RUNTIME = "ik_llama.cpp"
 RUNTIME_COMMIT = "8337e4cd"
 
@@ -176,11 +177,32 @@ class IKBNLayout(Layout):
         raise NotImplementedError
 
     def pack(self, t: Ternary) -> dict[str, np.ndarray]:
+        """A chunk of whole rows at a time (about PACK_ROW_CODES codes: the temporaries stay cache-sized): trits
+        t = code + 1 (a uint8 add on the codes' bytes), encoded by `_encode`, copied into the rows after their
+        scale; all-zero rows are then rewritten as ik writes them (d = 0, every trit 2)."""
         m, k = check_in_features(self, t.shape, None)
-        trits, d = row_trits(t, self.row_dtype, self.ggml_type)
+        codes = np.ascontiguousarray(t.codes, dtype=np.int8).reshape(m, k)
+        meta, nb = self.row_meta, k // QK
         out = np.empty((m, self.row_bytes(k)), dtype=np.uint8)
-        out[:, :self.row_meta] = d.view(np.uint8).reshape(m, self.row_meta)
-        out[:, self.row_meta:] = self._encode(trits.reshape(-1, QK)).reshape(m, -1)
+        live = np.empty(m, dtype=bool)
+        step = max(1, PACK_ROW_CODES // k)
+        buf = np.empty(min(m, step) * k, dtype=np.uint8)
+        for r0 in range(0, m, step):
+            r1 = min(m, r0 + step)
+            c = codes[r0:r1].view(np.uint8)
+            trits = buf[:(r1 - r0) * k]
+            np.add(c.reshape(-1), 1, out=trits)  # bytewise: -1 (0xFF) -> 0, 0 -> 1, 1 -> 2
+            # a row is live when it holds a non-zero code, i.e. a trit other than 1
+            words = trits.view(np.uint64).reshape(r1 - r0, k // 8)
+            np.any(words != np.uint64(0x0101010101010101), axis=1, out=live[r0:r1])
+            out[r0:r1, meta:] = self._encode(trits.reshape(-1, QK)).reshape(r1 - r0, nb * self.block_bytes)
+        d = np.zeros(m, dtype=self.row_dtype)
+        if live.any():
+            d[live] = stored_scale(t.scale, self.row_dtype, self.ggml_type, None)[0]
+        out[:, :meta] = d.view(np.uint8).reshape(m, meta)
+        if not live.all():
+            dead = np.full((1, QK), 2, dtype=np.uint8)  # ik's bytes for an all-zero row: every trit 2
+            out[~live, meta:] = np.tile(self._encode(dead).reshape(-1), nb)
         return {"data": out.reshape(-1)}
 
     def _rows(self, fields: Mapping[str, np.ndarray], shape: tuple[int, ...]) -> np.ndarray:

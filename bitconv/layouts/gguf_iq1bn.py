@@ -42,18 +42,65 @@ TRITS_OF_BYTE = ((((np.arange(256, dtype=np.uint32)[:, None] * np.array([81, 27,
 _POW3 = (1, 3, 9, 27, 81)
 
 
+# byte(idx) = (256*idx + 242) // 243 as one multiply-add and shift (exact for idx 0..242: checked below)
+_MAP_SHIFT = 21
+_MAP_MUL = -(-(1 << _MAP_SHIFT) // 243)
+_K1, _K2, _S = np.uint64(256 * _MAP_MUL), np.uint64(242 * _MAP_MUL), np.uint64(_MAP_SHIFT)
+assert np.array_equal((np.arange(243, dtype=np.uint64) * _K1 + _K2) >> _S, BYTE_OF_IDX.astype(np.uint64))
+# x * _TUPLE puts b0 + 3*b1 + 9*b2 + 27*b3 + 81*b4 (bytes b0..b4 of x, each a trit) in byte 4: every partial sum
+# in bytes 0..4 stays <= 242, so no byte carries into the next
+_TUPLE = np.uint64(81 + (27 << 8) + (9 << 16) + (3 << 24) + (1 << 32))
+_U = {n: np.uint64(n) for n in (3, 8, 9, 16, 24, 27, 32, 40, 48, 56, 0xFF)}
+
+
+def _tuple_byte(x: np.ndarray) -> np.ndarray:
+    """uint64 words whose bytes 0..4 are five trits (position 0 least significant) -> their stored byte, in place."""
+    np.multiply(x, _TUPLE, out=x)
+    np.right_shift(x, _U[32], out=x)
+    np.bitwise_and(x, _U[0xFF], out=x)
+    return _map_bytes(x)
+
+
+def _map_bytes(x: np.ndarray) -> np.ndarray:
+    np.multiply(x, _K1, out=x)
+    np.add(x, _K2, out=x)
+    np.right_shift(x, _S, out=x)
+    return x
+
+
 def encode_iq1bn_blocks(trits: np.ndarray) -> np.ndarray:
-    """trits uint8 [n, 64] -> [n, 13] (ql[12], extra)."""
-    g = trits.reshape(-1, 4, 16)
-    five = g[:, :, :15].reshape(-1, 4, 3, 5)
-    idx = five[..., 0].copy()  # uint8 arithmetic: the largest idx, 242, fits
-    for i in range(1, 5):  # 5 trit positions, not elements
-        idx += five[..., i] * np.uint8(_POW3[i])
-    extra = g[:, 0, 15] + g[:, 1, 15] * np.uint8(3) + g[:, 2, 15] * np.uint8(9) + g[:, 3, 15] * np.uint8(27)
-    out = np.empty((g.shape[0], 13), dtype=np.uint8)
-    out[:, :12] = BYTE_OF_IDX[idx.reshape(-1, 12)]
-    out[:, 12] = BYTE_OF_IDX[extra]
-    return out
+    """trits uint8 [n, 64] -> [n, 13] (ql[12], extra).
+
+    Each 16-trit group is two uint64 words (lo = trits 0..7, hi = 8..15): the three 5-trit tuples are lo, lo >> 40
+    | hi << 24 and hi >> 16 (bytes 0..4), summed in one multiply each (`_TUPLE`); the 16th trit is hi's top byte.
+    The 13 bytes of a block are then assembled as two words (bytes 0..7 and 8..12)."""
+    t = np.ascontiguousarray(trits, dtype=np.uint8).reshape(-1, QK)
+    n = t.shape[0]
+    w = t.view(np.uint64).reshape(n * 4, 2)
+    lo = np.ascontiguousarray(w[:, 0])
+    hi = np.ascontiguousarray(w[:, 1])
+    mid = np.right_shift(lo, _U[40])
+    np.bitwise_or(mid, np.left_shift(hi, _U[24]), out=mid)
+    top = np.right_shift(hi, _U[56]).reshape(n, 4)  # trit 15 of each group
+    v = _tuple_byte(lo)  # ql[3g], then ql[3g+1] << 8 and ql[3g+2] << 16: a group's three bytes
+    np.bitwise_or(v, np.left_shift(_tuple_byte(mid), _U[8], out=mid), out=v)
+    np.right_shift(hi, _U[16], out=hi)
+    np.bitwise_or(v, np.left_shift(_tuple_byte(hi), _U[16], out=hi), out=v)
+    v = v.reshape(n, 4)
+    extra = top[:, 3] * _U[27]
+    extra += top[:, 2] * _U[9]
+    extra += top[:, 1] * _U[3]
+    extra += top[:, 0]
+    _map_bytes(extra)
+    out = np.empty((n, 2), dtype=np.uint64)
+    a, b = out[:, 0], out[:, 1]  # bytes 0..7: groups 0, 1 and two bytes of group 2; bytes 8..12: the rest, extra
+    np.left_shift(v[:, 1], _U[24], out=a)
+    a |= v[:, 0]
+    a |= v[:, 2] << _U[48]
+    np.right_shift(v[:, 2], _U[16], out=b)
+    b |= v[:, 3] << _U[8]
+    b |= extra << _U[32]
+    return out.view(np.uint8)[:, :13]
 
 
 def decode_iq1bn_blocks(blocks: np.ndarray) -> np.ndarray:

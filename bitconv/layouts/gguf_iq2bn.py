@@ -31,12 +31,26 @@ from bitconv.layouts._ikbn import QK, IKBNLayout
 from bitconv.layouts.runtimes import BITNET_2024, BITNET_2026_01, BITNET_2026_07, IK_LLAMA, LLAMA_CPP
 
 _SHIFTS = np.array([0, 2, 4, 6], dtype=np.uint8).reshape(1, 4, 1)
+_ITEM16 = np.dtype((np.void, 16))  # one 16-trit group, copied as a unit
 
 
 def encode_iq2bn_blocks(trits: np.ndarray) -> np.ndarray:
-    """trits uint8 [n, 64] -> [n, 16]: byte j = t[j] | t[j+16] << 2 | t[j+32] << 4 | t[j+48] << 6."""
-    g = trits.reshape(-1, 4, 16)
-    return g[:, 0] | (g[:, 1] << 2) | (g[:, 2] << 4) | (g[:, 3] << 6)
+    """trits uint8 [n, 64] -> [n, 16]: byte j = t[j] | t[j+16] << 2 | t[j+32] << 4 | t[j+48] << 6.
+
+    Each 16-trit group is moved whole (a 16-byte item) into a group-major copy, so the four shifts and ORs run
+    over long contiguous uint64 rows, eight trits per operation (t <= 2: no bit leaves its byte)."""
+    t = np.ascontiguousarray(trits, dtype=np.uint8).reshape(-1, QK)
+    n = t.shape[0]
+    groups = t.view(_ITEM16).reshape(n, 4)
+    g = np.empty((4, n), dtype=_ITEM16)
+    for i in range(4):
+        np.copyto(g[i], groups[:, i])
+    w = g.view(np.uint64).reshape(4, 2 * n)
+    out = w[0]
+    for i in (1, 2, 3):
+        np.left_shift(w[i], np.uint64(2 * i), out=w[i])
+        np.bitwise_or(out, w[i], out=out)
+    return out.view(np.uint8).reshape(n, 16)
 
 
 def decode_iq2bn_blocks(qs: np.ndarray) -> np.ndarray:

@@ -76,6 +76,10 @@ class _Q8Buffers:
         self.q = np.empty((Q8_0_BLOCK, s), dtype=np.int8)
         self.d = np.empty(s, dtype=np.float32)
         self.inv = np.empty(s, dtype=np.float32)
+        self.sign = np.empty((Q8_0_BLOCK, s), dtype=np.uint32)
+
+
+_SIGN_BIT = np.uint32(0x80000000)
 
 
 def _q8_0_slice(buf: _Q8Buffers, m: int, out: np.ndarray) -> None:
@@ -89,9 +93,13 @@ def _q8_0_slice(buf: _Q8Buffers, m: int, out: np.ndarray) -> None:
     np.multiply(a, inv, out=a)  # |x * id| == |x| * id exactly
     np.add(a, np.float32(0.5), out=a)
     np.floor(a, out=a)  # roundf: half away from zero, applied to |v|
-    np.copysign(a, x, out=a)  # the sign back (a zero stays zero as an int8)
+    # the sign back: a's sign bit is clear (|x| * id + 0.5, floored), so OR-ing in x's sign bit is copysign(a, x),
+    # bit for bit (a zero stays zero as an int8), at a fraction of numpy's copysign cost
+    sign = buf.sign[:, :m]
+    np.bitwise_and(x.view(np.uint32), _SIGN_BIT, out=sign)
+    np.bitwise_or(a.view(np.uint32), sign, out=a.view(np.uint32))
     np.copyto(q, a, casting="unsafe")
-    out[:, :2] = d.astype(np.float16).view(np.uint8).reshape(m, 2)
+    out.view(np.float16)[:, 0] = d  # the row's first two bytes (the rows are 34 bytes: float16-aligned)
     out[:, 2:] = q.T.view(np.uint8)
 
 
