@@ -142,7 +142,7 @@ def pack(src: str | Path, out: str | Path | None = None, *, to: str = "hf", line
             gets `<model-name>-<type>.gguf`.
         linear_class: HF only: autobitlinear (weight_scale = scale) or bitlinear (1/scale).
         arch, embd_type, kernel_config, tl2_type_id, model_name: GGUF only (model_name sets general.name).
-        dry_run: return the plan (`pipeline.Plan` / `pipeline_gguf.GGUFPlan`), write nothing.
+        dry_run: return the plan (`pipeline.Plan` / `sinks.gguf.GGUFPlan`), write nothing.
     Returns a `pipeline.Report` (out, files, bytes_written, seconds, extra["warnings"]).
     Example:
         >>> bitconv.pack("bitnet-bf16", "models/", to="GGUF", type="I2_S").out
@@ -203,11 +203,12 @@ def _pack_hf(src: str | Path, out: str | Path | None, linear_class: str, compute
 
 def _pack_gguf(src: str | Path, out: str | Path | None, gguf_type: str | None, opts: dict, overwrite: bool,
                dry_run: bool, progress: Progress | None) -> Any:
-    from bitconv import pipeline, pipeline_gguf
+    from bitconv import pipeline
+    from bitconv.sinks import gguf as gguf_sink
 
     if gguf_type is None:
-        raise UsageError(f"--to gguf needs --type: {', '.join(pipeline_gguf.GGUF_TARGETS)}")
-    gguf_type = choice(gguf_type, tuple(pipeline_gguf.GGUF_TARGETS), "--type")
+        raise UsageError(f"--to gguf needs --type: {', '.join(gguf_sink.GGUF_TARGETS)}")
+    gguf_type = choice(gguf_type, tuple(gguf_sink.GGUF_TARGETS), "--type")
     opts = {**opts, "embd_type": opts["embd_type"].lower() if opts["embd_type"] else None,
             "compute": str(opts["compute"]).lower(), "arch": opts["arch"].lower() if opts["arch"] else None}
     if out is not None and not dry_run:
@@ -216,9 +217,9 @@ def _pack_gguf(src: str | Path, out: str | Path | None, gguf_type: str | None, o
         if not (Path(out).expanduser().is_dir() or str(out).endswith(("/", "\\"))):
             precheck(gguf_out_path(out, "model", gguf_type), overwrite)  # before SRC is read
     ck = pipeline.open_source(src)
-    dest = gguf_out_path(out, pipeline_gguf.model_name_of(ck, opts["model_name"]), gguf_type) \
+    dest = gguf_out_path(out, gguf_sink.model_name_of(ck, opts["model_name"]), gguf_type) \
         if out is not None else None
-    plan = pipeline_gguf.plan_pack_gguf(ck, gguf_type, file=dest.name if dest is not None else "MODEL.gguf", **opts)
+    plan = gguf_sink.plan_pack_gguf(ck, gguf_type, file=dest.name if dest is not None else "MODEL.gguf", **opts)
     if dry_run:
         plan.out = dest
         return plan
@@ -226,7 +227,7 @@ def _pack_gguf(src: str | Path, out: str | Path | None, gguf_type: str | None, o
         from bitconv.output import precheck
 
         precheck(dest, overwrite)
-    return pipeline_gguf.execute_gguf(plan, dest, overwrite=overwrite, progress=progress)
+    return gguf_sink.execute_gguf(plan, dest, overwrite=overwrite, progress=progress)
 
 
 def unpack(src: str | Path, out: str | Path, *, values: str = "online", overwrite: bool = False,
