@@ -227,7 +227,7 @@ def _pack_gguf(src: str | Path, out: str | Path | None, gguf_type: str | None, o
         from bitconv.output import precheck
 
         precheck(dest, overwrite)
-    return gguf_sink.execute_gguf(plan, dest, overwrite=overwrite, progress=progress)
+    return pipeline.execute(plan, dest, overwrite=overwrite, progress=progress)
 
 
 def unpack(src: str | Path, out: str | Path, *, values: str = "online", overwrite: bool = False,

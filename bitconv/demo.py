@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 
 from bitconv import pipeline, tiny
-from bitconv.sinks import gguf as gguf_sink
 from bitconv.describe import describe
 from bitconv.layouts import layout_class
 from bitconv.quant import ternarize
+from bitconv.sinks import gguf as gguf_sink
 from bitconv.sources import open_source
 from bitconv.verify import verify
 

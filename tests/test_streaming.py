@@ -188,11 +188,12 @@ def test_hf_copy_in_bounded_blocks_without_copy_file_range(models, tmp_path, mon
 @pytest.mark.parametrize("values", ["online", "dequantized"])
 def test_unpack_in_row_blocks_like_whole(models, tmp_path, monkeypatch, values):
     from bitconv import pipeline
+    from bitconv.sinks import hf
 
     src = models("bitnet-2b4t")
     pipeline.pack_hf(src, tmp_path / "packed")
     pipeline.unpack_hf(tmp_path / "packed", tmp_path / "whole", values=values)
-    monkeypatch.setattr(pipeline, "DEQUANT_BLOCK_ELEMS", 100)  # a row or two per block
+    monkeypatch.setattr(hf, "DEQUANT_BLOCK_ELEMS", 100)  # a row or two per block
     pipeline.unpack_hf(tmp_path / "packed", tmp_path / "blocks", values=values)
     assert _files(tmp_path / "blocks") == _files(tmp_path / "whole")
 
