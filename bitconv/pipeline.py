@@ -28,7 +28,7 @@ from bitconv.layouts import Layout, get_layout, list_layouts
 from bitconv.layouts.hf_packed import HF_LAYOUTS, bitnet_quant_config
 from bitconv.memory import peak_estimate, step_bytes
 from bitconv.output import AtomicOutput, check_free_space, precheck
-from bitconv.quant import COMPUTE_MODES, online_lift
+from bitconv.quant import online_lift
 from bitconv.sinks.hf import DEFAULT_MAX_SHARD_BYTES, HFSink
 from bitconv.sinks.prefetch import ordered
 from bitconv.sources import Checkpoint, ModelTensor, open_source
@@ -100,13 +100,17 @@ class Plan:
     steps: list[Step]
     config: dict
     layout: Layout | None = None
-    compute: str = "float32"
     values: str = "online"  # dequant: "online" (lifted so online WeightQuant gives back the scale) or "dequantized"
     metadata: dict[str, str] | None = None  # safetensors `__metadata__` (None: transformers' {"format": "pt"})
     extra: dict = field(default_factory=dict)  # what the report says about this output besides the common fields
     warnings: list[str] = field(default_factory=list)
     # glibc keeps freed memory for reuse (`core.alloc`): the HF writers' per-tensor buffers are then recycled
     tune_malloc: ClassVar[bool] = True
+
+    @property
+    def compute(self) -> str:
+        """How float weights are ternarized: chosen once, when the source was opened."""
+        return self.source.quant_compute
 
     @property
     def entries(self) -> list[OutEntry]:
@@ -132,7 +136,7 @@ class Plan:
 
     def ternary(self, step: Step) -> Ternary:
         """The codes and scale a "pack" or "dequant" step writes."""
-        return step.tensor.ternary(self.compute)
+        return step.tensor.ternary()
 
     def prepare(self, step: Step) -> Ternary | dict[str, np.ndarray] | None:
         """The part of a step that runs on a worker thread (fresh arrays): a "pack" step's fields, a "dequant"
@@ -219,11 +223,6 @@ def _check_unique_outputs(steps: list[Step], src: Checkpoint) -> None:
             seen[name] = s.tensor.name
 
 
-def _check_compute(compute: str) -> None:
-    if compute not in COMPUTE_MODES:
-        raise UsageError(f"--compute must be one of {', '.join(COMPUTE_MODES)}, got {compute!r}")
-
-
 def _base_config(src: Checkpoint) -> dict:
     cfg = copy.deepcopy(src.config)
     cfg.pop("bitconv", None)
@@ -236,23 +235,22 @@ def _with_quant_config(cfg: dict, qc: dict) -> dict:
     return cfg
 
 
-def plan_quantize(src: Checkpoint, compute: str = "float32") -> Plan:
-    _check_compute(compute)
+def plan_quantize(src: Checkpoint) -> Plan:
+    """Float weights are ternarized in the arithmetic chosen when SRC was opened (`open_source(src, compute=...)`)."""
     layout = get_layout("bitconv-ternary")
     cfg = copy.deepcopy(src.config)
-    done_by = compute if src.kind in ("bf16-master", "nanotron") else (src.compute or "unknown")
+    done_by = src.quant_compute if src.kind in ("bf16-master", "nanotron") else (src.compute or "unknown")
     cfg["bitconv"] = {"format": "ternary", "version": TERNARY_FORMAT_VERSION, "scale": "magnitude",
                       "compute": done_by, "source_kind": src.kind}
-    return Plan(src, "bitconv-ternary", _layout_steps(src, layout), cfg, layout, compute)
+    return Plan(src, "bitconv-ternary", _layout_steps(src, layout), cfg, layout)
 
 
-def plan_pack_hf(src: Checkpoint, linear_class: str = "autobitlinear", compute: str = "float32") -> Plan:
-    _check_compute(compute)
+def plan_pack_hf(src: Checkpoint, linear_class: str = "autobitlinear") -> Plan:
     if linear_class not in HF_LAYOUTS:
         raise UsageError(f"--linear-class must be one of {', '.join(HF_LAYOUTS)}, got {linear_class!r}")
     layout = get_layout(HF_LAYOUTS[linear_class])
     cfg = _with_quant_config(_base_config(src), bitnet_quant_config(src.config, linear_class, "offline"))
-    return Plan(src, layout.name, _layout_steps(src, layout), cfg, layout, compute)
+    return Plan(src, layout.name, _layout_steps(src, layout), cfg, layout)
 
 
 UNPACK_VALUES = ("online", "dequantized")
@@ -354,7 +352,7 @@ def quantize(src: str | Path, out: str | Path, *, compute: str = "float32", over
         >>> quantize("bitnet-bf16", "bitnet-ternary")
     """
     precheck(out, overwrite)
-    return execute(plan_quantize(open_source(src), compute), out, overwrite=overwrite,
+    return execute(plan_quantize(open_source(src, compute)), out, overwrite=overwrite,
                    max_shard_bytes=max_shard_bytes, progress=progress)
 
 
@@ -363,7 +361,7 @@ def pack_hf(src: str | Path, out: str | Path, *, linear_class: str = "autobitlin
             progress: Progress | None = None) -> Report:
     """Write a transformers-loadable packed checkpoint. Already-ternary sources are never re-quantized."""
     precheck(out, overwrite)
-    return execute(plan_pack_hf(open_source(src), linear_class, compute), out, overwrite=overwrite,
+    return execute(plan_pack_hf(open_source(src, compute), linear_class), out, overwrite=overwrite,
                    max_shard_bytes=max_shard_bytes, progress=progress)
 
 

@@ -72,7 +72,6 @@ from bitconv.layouts.kernel_config import KernelConfig, derive
 from bitconv.layouts.runtimes import ACTIVATIONS, Verdict, default_activation, runs_somewhere, summary, where_it_runs
 from bitconv.output import AtomicOutput, precheck
 from bitconv.pipeline import Plan, Progress, Report, Step, execute
-from bitconv.quant import COMPUTE_MODES
 from bitconv.sinks.background import BackgroundWriter
 from bitconv.sources import Checkpoint, ModelTensor, open_source
 from bitconv.sources.gguf import gguf_header
@@ -145,7 +144,7 @@ class GGUFPlan(Plan):
         return GGUFSink(self)
 
     def ternary(self, step: Step) -> Ternary:
-        tern = step.tensor.ternary(self.compute)
+        tern = step.tensor.ternary()
         if step.permute is None:
             return tern
         return Ternary(permute_rows(np.asarray(tern.codes), step.permute), tern.scale)
@@ -287,7 +286,7 @@ def runtime_verdicts(arch: str, type_name: str, activation: str, src: Checkpoint
 
 def plan_pack_gguf(src: Checkpoint, gguf_type: str, *, arch: str | None = None, embd_type: str | None = None,
                    kernel_config: KernelConfig | str | Path | None = None, tl2_type_id: int = 39,
-                   compute: str = "float32", force: bool = False, file: str = "MODEL.gguf",
+                   force: bool = False, file: str = "MODEL.gguf",
                    model_name: str | None = None) -> GGUFPlan:
     """Validate every option and shape and size the whole file; raises before anything is read or written.
 
@@ -298,8 +297,6 @@ def plan_pack_gguf(src: Checkpoint, gguf_type: str, *, arch: str | None = None, 
     gguf_type = _choice(gguf_type, GGUF_TARGETS, "--type")
     target = GGUF_TARGETS[gguf_type]
     embd = EMBD_TYPES[_choice(embd_type or target.embd, EMBD_TYPES, "--embd-type")]
-    if compute not in COMPUTE_MODES:
-        raise UsageError(f"--compute must be one of {', '.join(COMPUTE_MODES)}, got {compute!r}")
     if tl2_type_id not in TL2_TYPE_IDS:
         raise UsageError(f"--tl2-type-id must be 39 (bitnet.cpp before mid-2026) or 42 (current fork), "
                          f"got {tl2_type_id}")
@@ -334,7 +331,7 @@ def plan_pack_gguf(src: Checkpoint, gguf_type: str, *, arch: str | None = None, 
                 sum(int(np.prod(s.tensor.shape)) for s in steps), target.quantized, _add_prefix_space(src),
                 hidden, warnings[0] if warnings and warnings[0].startswith("FORCED") else None)
     kvs = build_kvs(profile, meta, _vocab(src, PROFILES[profile].vocab_style))
-    plan = GGUFPlan(src, f"gguf-{gguf_type}", steps, src.config, layout, compute, gguf_type=gguf_type, arch=garch,
+    plan = GGUFPlan(src, f"gguf-{gguf_type}", steps, src.config, layout, gguf_type=gguf_type, arch=garch,
                     profile=profile, kvs=kvs, kernel_config=kc, verdicts=verdicts, warnings=warnings)
     if isinstance(kernel_config, (str, Path)):
         plan.kernel_config_path = Path(kernel_config)
@@ -547,8 +544,8 @@ def pack_gguf(src: str | Path | Checkpoint, out: str | Path, gguf_type: str, *, 
         >>> pack_gguf("bitnet-bf16", "bitnet-i2_s.gguf", "i2_s")
     """
     precheck(out, overwrite)
-    ck = src if isinstance(src, Checkpoint) else open_source(src)
+    ck = src if isinstance(src, Checkpoint) else open_source(src, compute)
     plan = plan_pack_gguf(ck, gguf_type, arch=arch, embd_type=embd_type, kernel_config=kernel_config,
-                          tl2_type_id=tl2_type_id, compute=compute, force=force, file=Path(out).name,
+                          tl2_type_id=tl2_type_id, force=force, file=Path(out).name,
                           model_name=model_name)
     return execute(plan, out, overwrite=overwrite, progress=progress)

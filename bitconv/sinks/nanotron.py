@@ -41,7 +41,7 @@ from bitconv.formats.nanotron import yamlish
 from bitconv.formats.safetensors import OutEntry, build_header
 from bitconv.output import AtomicOutput, precheck
 from bitconv.pipeline import Plan, Progress, Report, Step, execute
-from bitconv.quant import COMPUTE_MODES, lift, ternarize
+from bitconv.quant import lift, ternarize
 from bitconv.sinks.hf import DEFAULT_MAX_SHARD_BYTES
 from bitconv.sources import Checkpoint, ModelTensor, open_source
 from bitconv.sources.checkpoint import is_nanotron_dir, load_torch
@@ -211,8 +211,9 @@ class NTParam:
 class _Builder:
     """Collects the nanotron parameters of a source, in nanotron layout, and the warnings conversion raises."""
 
-    def __init__(self, ck: Checkpoint, flavor: nt.Flavor, dims: nt.Dims, interleaved: bool, compute: str) -> None:
-        self.ck, self.flavor, self.dims, self.interleaved, self.compute = ck, flavor, dims, interleaved, compute
+    def __init__(self, ck: Checkpoint, flavor: nt.Flavor, dims: nt.Dims, interleaved: bool) -> None:
+        self.ck, self.flavor, self.dims, self.interleaved = ck, flavor, dims, interleaved
+        self.compute = ck.quant_compute  # chosen when the source was opened
         self.used: set[str] = set()
         self.scale_spread: list[float] = []
         self.dropped_norms = 0
@@ -250,7 +251,7 @@ class _Builder:
             if self.flavor.bitnet and len(ws) > 1 and not isinstance(self.ck, NanotronCheckpoint):
                 self._compare_codes(ws, fused)
             return fused
-        terns = [t.ternary(self.compute) for t in tensors]
+        terns = [t.ternary() for t in tensors]
         scale, spread = fused_scale(terns)
         if len(terns) > 1:
             self.scale_spread.append(spread)
@@ -370,12 +371,10 @@ def to_nanotron(src: str | Path | Checkpoint, out: str | Path, *, tp: int | None
         >>> to_nanotron("bitnet-hf-packed", "ckpt/0", tp=1)
     """
     t0 = time.perf_counter()
-    if compute not in COMPUTE_MODES:
-        raise UsageError(f"--compute must be one of {', '.join(COMPUTE_MODES)}, got {compute!r}")
     if make_vocab_size_divisible_by < 1:
         raise UsageError("--make-vocab-size-divisible-by must be >= 1")
     precheck(out, overwrite)
-    ck = src if isinstance(src, Checkpoint) else open_source(src)
+    ck = src if isinstance(src, Checkpoint) else open_source(src, compute)
     own = ck.info if isinstance(ck, NanotronCheckpoint) else None
     tp = tp if tp is not None else (own.tp if own else 1)
     pp = pp if pp is not None else (own.pp if own else 1)
@@ -397,7 +396,7 @@ def to_nanotron(src: str | Path | Checkpoint, out: str | Path, *, tp: int | None
         raise SourceError("missing tensor 'model.embed_tokens.weight'", path=ck.path)
     vocab = ck.tensors["model.embed_tokens.weight"].shape[0]
     padded = nt.padded_vocab(vocab, make_vocab_size_divisible_by, tp)
-    b = _Builder(ck, flavor, dims, interleaved, compute)
+    b = _Builder(ck, flavor, dims, interleaved)
     params = _nt_params(b, padded, tied)
     _check_all_used(ck, b)
     if not flavor.layer_norms:
@@ -416,7 +415,7 @@ def to_nanotron(src: str | Path | Checkpoint, out: str | Path, *, tp: int | None
     extra = {"warnings": warnings, "tp": tp, "pp": pp, "vocab_size": vocab, "padded_vocab_size": padded,
              "model": flavor.name, "checkpoint_version": version,
              "pp_stages": {b: r for b, r in stages.items() if b not in (nt.BLOCK_CAST, nt.BLOCK_LOSS)}}
-    plan = NanotronPlan(ck, f"nanotron-{flavor.name}", steps, ck.config, compute=compute, extra=extra,
+    plan = NanotronPlan(ck, f"nanotron-{flavor.name}", steps, ck.config, extra=extra,
                         builder=b, params={p.name: p for p in params}, tp=tp, pp=pp, stages=stages, mc=mc,
                         custom=custom, multiple=make_vocab_size_divisible_by)
     return execute(plan, out, overwrite=overwrite, progress=progress, started=t0)
@@ -592,13 +591,12 @@ def to_hf(src: str | Path | NanotronCheckpoint, out: str | Path, *, purpose: str
         >>> to_hf("checkpoints/10000", "bitnet-hf-bf16", purpose="release")
     """
     t0 = time.perf_counter()
-    if compute not in COMPUTE_MODES:
-        raise UsageError(f"--compute must be one of {', '.join(COMPUTE_MODES)}, got {compute!r}")
     precheck(out, overwrite)
     granularity = export_mode(purpose, scale_granularity)
     if isinstance(src, NanotronCheckpoint) and granularity not in (None, src.info.granularity):
-        src = open_nanotron(src.path, vocab_size=vocab_size or src.info.vocab, scale_granularity=granularity)
-    ck = src if isinstance(src, NanotronCheckpoint) else _open_nanotron_src(src, vocab_size, granularity)
+        src = open_nanotron(src.path, vocab_size=vocab_size or src.info.vocab, scale_granularity=granularity,
+                            compute=src.quant_compute)
+    ck = src if isinstance(src, NanotronCheckpoint) else _open_nanotron_src(src, vocab_size, granularity, compute)
     if granularity is not None and not ck.info.flavor.bitnet:
         raise UsageError(f"--for / --scale-granularity apply to BitNet (PR #180) checkpoints; this is a "
                          f"{ck.info.flavor.name} checkpoint, written with its weights unchanged")
@@ -607,12 +605,12 @@ def to_hf(src: str | Path | NanotronCheckpoint, out: str | Path, *, purpose: str
     tensors: dict[str, ModelTensor] = {}
     for name, t in ck.tensors.items():
         if t.is_ternary:
-            make = partial(_lifted, ck, name, compute, dtypes.DTYPES[t.dtype].torch) if lifted \
+            make = partial(_lifted, t, dtypes.DTYPES[t.dtype].torch) if lifted \
                 else partial(ck.latent, name)
             tensors[name] = ModelTensor(name, t.shape, t.dtype, t.stored, t.ternary_loader, loader=make)
         else:
             tensors[name] = t
-    view = Checkpoint(ck.path, ck.kind, ck.config, tensors, ck.aux_files, ck.files)
+    view = Checkpoint(ck.path, ck.kind, ck.config, tensors, ck.aux_files, ck.files, quant_compute=ck.quant_compute)
     steps = [Step(t, {t.name: FieldSpec(t.shape, t.dtype)}, "copy") for t in tensors.values()]
     config = dict(ck.config)
     if export is not None:
@@ -622,21 +620,22 @@ def to_hf(src: str | Path | NanotronCheckpoint, out: str | Path, *, purpose: str
     extra = {"warnings": ck.warnings + _hf_warnings(ck, lifted), "export": export.purpose if export else None,
              "scale_granularity": export.granularity if export else None,
              "export_meaning": export.meaning if export else None, "vocab_size": ck.info.vocab}
-    return execute(Plan(view, "hf-bf16", steps, config, compute=compute, extra=extra), out, overwrite=overwrite,
+    return execute(Plan(view, "hf-bf16", steps, config, extra=extra), out, overwrite=overwrite,
                    max_shard_bytes=max_shard_bytes, progress=progress, started=t0)
 
 
-def _lifted(ck: NanotronCheckpoint, name: str, compute: str, dtype: torch.dtype) -> torch.Tensor:
-    t = ck.ternary_of(name, compute)
+def _lifted(tensor: ModelTensor, dtype: torch.dtype) -> torch.Tensor:
+    t = tensor.ternary()
     return lift(t.codes, float(t.scale)).to(dtype)  # exact for bfloat16 and float32 parameters
 
 
-def _open_nanotron_src(src: str | Path, vocab_size: int | None, granularity: str | None) -> NanotronCheckpoint:
+def _open_nanotron_src(src: str | Path, vocab_size: int | None, granularity: str | None,
+                       compute: str) -> NanotronCheckpoint:
     if not is_nanotron_dir(Path(src)):
         raise UsageError("--to hf-bf16 converts a Nanotron checkpoint (a folder with model/ and "
                          "checkpoint_metadata.json); for HF packed or ternary sources use `bitconv unpack`",
                          path=src)
-    return open_nanotron(src, vocab_size=vocab_size, scale_granularity=granularity)
+    return open_nanotron(src, vocab_size=vocab_size, scale_granularity=granularity, compute=compute)
 
 
 def _hf_warnings(ck: NanotronCheckpoint, lifted: bool) -> list[str]:
