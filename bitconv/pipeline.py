@@ -1,6 +1,11 @@
 """Plan, then stream: every shape is validated and every output sized before the first byte is read or written.
 
-Public entry points (the CLI calls exactly these):
+This module owns the one path every output takes: `Plan` (the steps, in the one vocabulary `ACTIONS`), the `Sink`
+interface a container implements (`sinks/hf.py`, `sinks/gguf.py`, `sinks/nanotron.py`), `execute` (atomic output,
+free-space check counting side files, worker-thread compute, progress, fsync, abort) and `Report`, whose `to_dict` is
+the JSON document every command prints.
+
+Public entry points for HF-layout folders (the CLI calls exactly these):
     quantize(src, out)            bf16 master -> bitconv ternary checkpoint (int8 codes + float32 scales)
     pack_hf(src, out)             any ternary-capable source -> transformers packed checkpoint
     unpack_hf(src, out)           packed / ternary -> bf16 checkpoint (codes * scale) with an online config
