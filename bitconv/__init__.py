@@ -13,6 +13,7 @@ The functions are loaded on first use, so `import bitconv` does not import torch
 from __future__ import annotations
 
 __version__ = "0.1.0"
+REPO_URL = "https://github.com/bitconv/bitconv"  # the one repository URL (pyproject, action, README, docs, cards)
 
 API = ("quantize", "pack", "unpack", "inspect", "verify", "check", "convert", "upload", "layouts", "demo")
 

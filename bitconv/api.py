@@ -9,7 +9,7 @@
     >>> bitconv.upload("bitnet-packed", "me/bitnet-packed", dry_run=True).plan.card
 
 The `bitconv` command calls exactly these functions and only renders what they return. Choices are
-case-insensitive (`to="GGUF"`, `type="I2_S"`, `linear_class="BitLinear"`). A SRC is a local path or a Hub repo id
+case-insensitive (`to="GGUF"`, `type="Bf16"`, `linear_class="BitLinear"`). A SRC is a local path or a Hub repo id
 (`owner/name[@revision]`, or a `https://huggingface.co/owner/name` URL); see `sources.hub.looks_local` for the rule
 that tells them apart. torch, transformers, gguf and huggingface_hub are imported inside the functions that need
 them, so importing this module (and `bitconv --help`) stays fast.
@@ -80,6 +80,19 @@ def hub_options(token: str | None, revision: str | None) -> Iterator[None]:
         hub.use_revision(None)
 
 
+@contextmanager
+def report_downloads(progress: Callable[[int, int, str], None] | None) -> Iterator[None]:
+    """Hub downloads made inside the block (a repo-id SRC or REF) report (done bytes, total bytes, repo) to
+    `progress` instead of drawing huggingface_hub's own bars. None: huggingface_hub's bars, as without the block."""
+    from bitconv.core import hooks
+
+    reset = hooks.download_progress.set(progress)
+    try:
+        yield
+    finally:
+        hooks.download_progress.reset(reset)
+
+
 # ------------------------------------------------------------------------------------------------ output paths
 
 
@@ -128,13 +141,14 @@ def quantize(src: str | Path, out: str | Path, *, compute: str = "float32", over
 
 def pack(src: str | Path, out: str | Path | None = None, *, to: str = "hf", linear_class: str = "autobitlinear",
          type: str | None = None, arch: str | None = None, embd_type: str | None = None,
-         kernel_config: str | Path | None = None, tl2_type_id: int = 39, compute: str = "float32",
+         kernel_config: str | Path | None = None, tl2_type_id: int | None = None, compute: str = "float32",
          model_name: str | None = None, force: bool = False, overwrite: bool = False,
          max_shard_size: str | int = DEFAULT_SHARD,
          dry_run: bool = False, token: str | None = None, revision: str | None = None,
          progress: Progress | None = None) -> Any:
     """Pack SRC into a deployable layout: `to="hf"` (a transformers folder) or `to="gguf"` (one .gguf file of
-    `type` i2_s, tl1, tl2, tq1_0, tq2_0, f32, f16 or bf16). Ternary sources are packed from their own codes.
+    `type`: a GGUF layout without its `gguf-` prefix, e.g. i2_s (`bitconv layouts`), or f32, f16, bf16). Ternary
+    sources are packed from their own codes.
 
     Args:
         out: HF: the output folder. GGUF: a .gguf path, NAME (".gguf" is appended), or an existing folder, which
@@ -144,7 +158,7 @@ def pack(src: str | Path, out: str | Path | None = None, *, to: str = "hf", line
         dry_run: return the plan (`pipeline.Plan` / `sinks.gguf.GGUFPlan`), write nothing.
     Returns a `pipeline.Report` (out, files, bytes_written, seconds, extra["warnings"]).
     Example:
-        >>> bitconv.pack("bitnet-bf16", "models/", to="GGUF", type="I2_S").out
+        >>> bitconv.pack("bitnet-bf16", "models/", to="GGUF", type="i2_s").out
         PosixPath('models/bitnet-bf16-i2_s.gguf')
     """
     to = str(to).strip().lower()
@@ -164,7 +178,7 @@ def pack(src: str | Path, out: str | Path | None = None, *, to: str = "hf", line
                               progress)
         given = [n for n, v in (("--type", type), ("--arch", arch), ("--embd-type", embd_type),
                                 ("--kernel-config", kernel_config), ("--model-name", model_name)) if v is not None]
-        given += (["--tl2-type-id"] if tl2_type_id != 39 else []) + (["--force"] if force else [])
+        given += (["--tl2-type-id"] if tl2_type_id is not None else []) + (["--force"] if force else [])
         if given:
             raise UsageError(f"{', '.join(given)}: only for --to gguf")
         return _pack_hf(src, out, linear_class, compute, overwrite, max_shard_size, dry_run, progress)
@@ -173,9 +187,9 @@ def pack(src: str | Path, out: str | Path | None = None, *, to: str = "hf", line
 def _pack_hf(src: str | Path, out: str | Path | None, linear_class: str, compute: str, overwrite: bool,
              max_shard_size: str | int, dry_run: bool, progress: Progress | None) -> Any:
     from bitconv import pipeline
-    from bitconv.layouts.hf_packed import HF_LAYOUTS
+    from bitconv.layouts import hf_layouts
 
-    linear_class = choice(linear_class, tuple(HF_LAYOUTS), "--linear-class")
+    linear_class = choice(linear_class, tuple(hf_layouts()), "--linear-class")
     dest = _hf_out(out, "--to hf") if out is not None else None
     if dry_run:
         plan = pipeline.plan_pack_hf(pipeline.open_source(src, compute), linear_class)
@@ -187,10 +201,11 @@ def _pack_hf(src: str | Path, out: str | Path | None, linear_class: str, compute
     precheck(dest, overwrite)  # before SRC is read
     ck = pipeline.open_source(src, compute)
     plan = pipeline.plan_pack_hf(ck, linear_class)
-    if ck.kind == "gguf" and not any(f.name in ("tokenizer.json", "tokenizer.model") for f in ck.aux_files):
-        plan.extra["warnings"] = [f"{ck.path.name}: no tokenizer written: bitconv does not rebuild tokenizer files "
-                                  "from a GGUF vocabulary; copy tokenizer.json / tokenizer_config.json from the "
-                                  f"original model into {dest}"]
+    written = {f.name for f in ck.aux_files} | set(plan.side_files)
+    if ck.kind == "gguf" and not written & {"tokenizer.json", "tokenizer.model"}:
+        plan.extra["warnings"] = [f"{ck.path.name}: no tokenizer written: the file holds no vocabulary bitconv can "
+                                  "rebuild (tokenizer.ggml.model gpt2 or llama); copy tokenizer.json / "
+                                  f"tokenizer_config.json from the original model into {dest}"]
     return pipeline.execute(plan, dest, overwrite=overwrite, max_shard_bytes=parse_size(max_shard_size),
                             progress=progress, started=t0)
 
@@ -279,6 +294,7 @@ def verify(out: str | Path, ref: str | Path, *, parity: bool = True, thresholds:
 
     th = _thresholds(thresholds, limits, Thresholds)
     bitlinear = choice(bitlinear, ("compiled", "eager"), "--bitlinear")
+    runtime = runtime.strip().lower() if runtime else None  # --runtime LLAMA.CPP is llama.cpp
     with hub_options(token, revision):
         return _verify(out, ref, run_parity=parity, thresholds=th, prompt=prompt, tokens_file=tokens,
                        bitlinear=bitlinear, runtime=runtime, strict=strict, progress=progress)
@@ -302,12 +318,15 @@ def _thresholds(given: Any, limits: dict, cls: type) -> Any:
 
 
 def check(path: str | Path, *, ref: str | Path | None = None, config_only: bool = False, parity: bool = True,
-          thresholds: Any = None, strict: bool = False, on_item: Callable[[str], None] | None = None,
+          thresholds: Any = None, strict: bool = False, runtime: str | None = None, token: str | None = None,
+          revision: str | None = None, on_item: Callable[[str], None] | None = None,
           **limits: float | None) -> CheckReport:
     """CI for a model repository: every checkpoint under PATH, its config, and every artifact verified against the
     master named by `ref` (a folder, file or Hub repo id) or the one master found under PATH. An artifact that could
     not be verified fails unless `config_only`. Returns a `verify.check.CheckReport` (`.ok`, `.exit_code`,
-    `.artifacts`, `.counts`).
+    `.artifacts`, `.counts`). `runtime` ("llama.cpp"): every GGUF artifact must also run correctly in it (a GGUF it
+    cannot load fails); needs llama-cpp-python (pip install 'bitconv[llamacpp]'). `token` / `revision`: for a Hub
+    repo-id `ref`.
 
     Example:
         >>> bitconv.check(".", parity=False).ok
@@ -315,8 +334,10 @@ def check(path: str | Path, *, ref: str | Path | None = None, config_only: bool 
     from bitconv.verify import Thresholds
     from bitconv.verify.check import check as _check
 
-    return _check(path, ref=ref, config_only=config_only, run_parity=parity,
-                  thresholds=_thresholds(thresholds, limits, Thresholds), strict=strict, on_item=on_item)
+    with hub_options(token, revision):
+        return _check(path, ref=ref, config_only=config_only, run_parity=parity,
+                      thresholds=_thresholds(thresholds, limits, Thresholds), strict=strict, runtime=runtime,
+                      on_item=on_item)
 
 
 def convert(src: str | Path, out: str | Path, *, to: str, purpose: str | None = None,
@@ -381,10 +402,13 @@ def _nanotron_source(src: str | Path, vocab_size: int | None, compute: str) -> A
 
 def upload(artifact: str | Path, repo_id: str, *, revision: str | None = None, create_pr: bool = False,
            private: bool = False, commit_message: str | None = None, base_model: str | None = None,
-           dry_run: bool = False, force: bool = False, token: str | None = None) -> UploadResult:
-    """Publish an output folder or a .gguf file to the Hub repo `repo_id` (created when missing) with a generated
-    model card. `revision`: the branch to commit to; `create_pr`: open a pull request instead; `dry_run`: the plan
-    only, no network call. Returns a `publish.card.UploadResult` (`.url`, `.plan`).
+           dry_run: bool = False, force: bool = False, token: str | None = None, card: bool = True) -> UploadResult:
+    """Publish an output folder or a .gguf file to the Hub repo `repo_id` (created when missing), merging bitconv's
+    section into the repo's model card. `revision`: the branch to commit to; `create_pr`: open a pull request
+    instead; `dry_run`: the plan only, no network call; `card=False`: leave README.md alone. Returns a
+    `publish.card.UploadResult`: `.committed` is False when the repo already held every file (then `.url` is None),
+    else `.url` (the PR or the commit), `.commit_url`, `.pr_url`; `.plan`. (The CLI's positional order is `hf
+    upload`'s: `bitconv upload REPO_ID [LOCAL_PATH]`.)
 
     Example:
         >>> bitconv.upload("bitnet-packed", "me/bitnet-packed", create_pr=True).url
@@ -393,8 +417,8 @@ def upload(artifact: str | Path, repo_id: str, *, revision: str | None = None, c
     from bitconv.sources import hub
 
     return publish(artifact, hub.from_url(repo_id), revision=revision, create_pr=create_pr, private=private,
-                      commit_message=commit_message, dry_run=dry_run, force=force, token=token,
-                      base_model=base_model)
+                   commit_message=commit_message, dry_run=dry_run, force=force, token=token,
+                   base_model=base_model, card=card)
 
 
 def layouts() -> list[dict]:

@@ -1,12 +1,11 @@
 """`bitconv demo`: the main job end to end on a built-in tiny model, with a check of every artifact it makes.
 
 quantize -> pack (both linear classes, from the master and from the ternary checkpoint) -> re-pack between linear
-classes -> unpack -> pack --to gguf (I2_S, TL1, TL2, TQ1_0, TQ2_0, ik_llama.cpp's IQ1_BN, IQ2_BN, IQ2_BN_R4, from
-the ternary checkpoint) -> inspect, then every artifact's ternary tensors are decoded and compared with the ternary
-checkpoint: codes must be identical and scales equal within the format's storage precision (float32 for I2_S, TL
-and IQ2_BN; fp16 for TQ and IQ1_BN; bf16 for HF). The tiny model's in_features (256) are below the 512 that
-ik_llama.cpp's CPU matmul needs for IQ1_BN / IQ2_BN: those two files are checked here but would abort there
-(IQ2_BN_R4 runs).
+classes -> unpack -> pack --to gguf (every GGUF layout of the registry, from the ternary checkpoint) -> inspect, then
+every artifact's ternary tensors are decoded and compared with the ternary checkpoint: codes must be identical and
+scales equal within the format's storage precision (each layout's `scale_dtype`: float32, fp16, or bf16 for HF).
+Some runtimes need more in_features than the tiny model has (ik_llama.cpp's CPU matmul: 512 for two of its types):
+those files are checked here but would abort there.
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ import numpy as np
 
 from bitconv import pipeline, tiny
 from bitconv.describe import describe
-from bitconv.layouts import layout_class
+from bitconv.layouts import hf_layouts, layout_class
 from bitconv.quant import ternarize
 from bitconv.sinks import gguf as gguf_sink
 from bitconv.sources import open_source
@@ -84,9 +83,10 @@ def run_demo(workdir: str | Path | None = None, arch: str = "bitnet-2b4t",
     w = Path(workdir)
     say = on_step or (lambda s: None)
     say("building a tiny bf16 master")
-    master = tiny.make_tiny(w / "master", arch, hidden_size=512)  # K = 512: a TL2 tiling bitnet.cpp runs
+    master = tiny.make_tiny(w / "master", arch, hidden_size=512)  # K = 512: a tiling bitnet.cpp's LUT kernels run
+    hf = hf_layouts()  # linear class -> layout name, which names the folder
     tern, auto, bitl, repacked, unpacked = (w / n for n in (
-        "ternary", "hf-autobitlinear", "hf-bitlinear", "hf-repacked", "hf-bf16"))
+        "ternary", hf["autobitlinear"], hf["bitlinear"], "hf-repacked", "hf-bf16"))
     steps: list[tuple[str, Path, Callable[[], object], Callable[[], tuple[bool, str]]]] = [
         ("quantize", tern, lambda: pipeline.quantize(master, tern), lambda: (True, "written")),
         ("pack --to hf (autobitlinear)", auto, lambda: pipeline.pack_hf(master, auto),

@@ -10,6 +10,7 @@ import numpy as np
 from bitconv.core import naming
 from bitconv.core.errors import BitconvError
 from bitconv.formats.gguf.metadata import WARNING_KEY, hf_name, read_arch
+from bitconv.layouts import kernel_kinds
 from bitconv.layouts.kernel_config import KernelConfig
 from bitconv.layouts.runtimes import summary, where_it_runs
 from bitconv.sources import KINDS, Checkpoint, open_source
@@ -98,8 +99,8 @@ def gguf_runtimes(path: str | Path) -> dict:
     """Where a GGUF file runs correctly, from the compatibility table (`bitconv.layouts.runtimes`).
 
     Judged on what the file says: its arch, the activation it declares (`<arch>.hidden_activation`, else the arch's
-    default), its projections' type and shapes, and for TL1/TL2 the kernel_config.ini next to it (without one the
-    TL2 LUT-buffer check is reported as unverified). Returns runs_on / does_not_run_on lines, one verdict per
+    default), its projections' type and shapes, and for a tiled layout the kernel_config.ini next to it (without one
+    the LUT-buffer check is reported as unverified). Returns runs_on / does_not_run_on lines, one verdict per
     runtime (with its run command), the codegen steps for TL files, and a --force warning stored in the file.
     """
 
@@ -114,10 +115,11 @@ def gguf_runtimes(path: str | Path) -> dict:
     type_name = max(counts, key=lambda k: counts[k]) if counts else "?"
     shapes = {t.name: (int(t.shape[0]), int(t.shape[1])) for t in proj if len(t.shape) == 2}
     tiling, steps, notes = {}, [], []
-    if type_name in PACKED and PACKED[type_name].startswith("gguf-tl"):
-        kc = _kernel_config_near(p, PACKED[type_name].removeprefix("gguf-"))
+    kind = kernel_kinds().get(PACKED.get(type_name, ""))
+    if kind is not None:
+        kc = _kernel_config_near(p, kind)
         if kc is None:
-            notes.append("no kernel_config.ini next to the file: the TL2 LUT-buffer check is unverified")
+            notes.append("no kernel_config.ini next to the file: the LUT-buffer check is unverified")
         else:
             tiling = {e.shape: (e.BM, e.BK, e.bm) for e in kc.entries}
             steps = kc.codegen_params().instructions()

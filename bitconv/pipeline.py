@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from contextlib import closing
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import ClassVar, Protocol
 
@@ -29,14 +30,14 @@ from bitconv.core.errors import SourceError, UsageError
 from bitconv.core.naming import module_of
 from bitconv.core.tensors import FieldSpec, Ternary
 from bitconv.formats.safetensors import OutEntry
-from bitconv.layouts import Layout, get_layout, list_layouts
-from bitconv.layouts.hf_packed import HF_LAYOUTS, bitnet_quant_config
+from bitconv.layouts import Layout, bitnet_quant_config, get_layout, hf_layouts, list_layouts
 from bitconv.memory import peak_estimate, step_bytes
 from bitconv.output import AtomicOutput, check_free_space, precheck
 from bitconv.quant import online_lift
 from bitconv.sinks.hf import DEFAULT_MAX_SHARD_BYTES, HFSink
 from bitconv.sinks.prefetch import ordered
 from bitconv.sources import Checkpoint, ModelTensor, open_source
+from bitconv.sources.gguf import tokenizer_files
 
 # (done, total, current name): output bytes written so far, of all, and the tensor being written (so a renderer can
 # show bytes/s and an ETA)
@@ -52,7 +53,7 @@ class Step:
     """One source tensor and what it becomes in the output.
 
     action: "pack" (ternary -> the layout's fields), "dequant" (ternary -> codes * scale floats), "copy" (a
-    pass-through tensor: its bytes verbatim, what its loader gives, or, with `convert`, converted to `out_type`).
+    pass-through tensor: its bytes verbatim, what its loader gives, or, with `convert`, converted to `type_name`).
     outputs: output tensor name -> the container's record of it (`FieldSpec` for safetensors, `TensorEntry` for GGUF);
     each has `nbytes`.
     """
@@ -61,7 +62,7 @@ class Step:
     outputs: dict[str, FieldSpec]
     action: str
     layout: Layout | None = None  # the layout a "pack" step packs into (the plan's, or its fallback for this shape)
-    out_type: str | None = None  # the container's type name of the output (GGUF: "I2_S", "F16", ...)
+    type_name: str | None = None  # the container's type of the output (GGUF: its GGML type name)
     permute: int | None = None  # rows permuted over this many heads before they are written (GGUF llama q/k)
     convert: bool = False  # a "copy" converted block by block on the writing thread (not a kernel copy)
 
@@ -136,8 +137,15 @@ class Plan:
     def n_ternary(self) -> int:
         return sum(1 for s in self.steps if s.tensor.is_ternary)
 
+    @cached_property
+    def side_files(self) -> dict[str, bytes]:
+        """Files an HF folder gets beside its config besides the source's own side files: for a GGUF source, the
+        tokenizer files rebuilt from its vocabulary (`sources.gguf.tokenizer_files`)."""
+        return tokenizer_files(self.source)
+
     def new_sink(self, max_shard_bytes: int | None = DEFAULT_MAX_SHARD_BYTES) -> Sink:
-        return HFSink(self.entries, max_shard_bytes, self.metadata, self.config, self.source.aux_files)
+        return HFSink(self.entries, max_shard_bytes, self.metadata, self.config, self.source.aux_files,
+                      files=self.side_files)
 
     def ternary(self, step: Step) -> Ternary:
         """The codes and scale a "pack" or "dequant" step writes."""
@@ -251,9 +259,9 @@ def plan_quantize(src: Checkpoint) -> Plan:
 
 
 def plan_pack_hf(src: Checkpoint, linear_class: str = "autobitlinear") -> Plan:
-    if linear_class not in HF_LAYOUTS:
-        raise UsageError(f"--linear-class must be one of {', '.join(HF_LAYOUTS)}, got {linear_class!r}")
-    layout = get_layout(HF_LAYOUTS[linear_class])
+    if linear_class not in hf_layouts():
+        raise UsageError(f"--linear-class must be one of {', '.join(hf_layouts())}, got {linear_class!r}")
+    layout = get_layout(hf_layouts()[linear_class])
     cfg = _with_quant_config(_base_config(src), bitnet_quant_config(src.config, linear_class, "offline"))
     return Plan(src, layout.name, _layout_steps(src, layout), cfg, layout)
 

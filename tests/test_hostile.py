@@ -875,7 +875,7 @@ def test_sigint_during_imports_prints_one_line(tmp_path):
 def test_token_of_any_shape_never_echoed(token, tmp_path):
     """A --token with control, space or non-ASCII characters: one line, exit 2, and no form of it in the output."""
     src = corpus.clone("st", tmp_path)
-    r = runner.invoke(app, ["upload", str(src), "someone/model", "--token", token])
+    r = runner.invoke(app, ["upload", "someone/model", str(src), "--token", token])
     assert r.exit_code == 2, r.output
     line = one_error_line(r.stderr)
     assert "token" in line and "not shown" in line

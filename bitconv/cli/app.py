@@ -19,14 +19,14 @@ import typer
 from typer._click import exceptions as click_exc
 from typer.core import TyperGroup
 
-from bitconv import __version__
+from bitconv import REPO_URL, __version__
 from bitconv.cli import render
 from bitconv.core.errors import EXIT_BAD_INPUT, BitconvError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 EPILOG = ("Jobs: pack -> deployable layouts (HF packed, GGUF); unpack -> trainable bf16; convert -> Nanotron <-> "
-          "HF; verify / check -> proof; upload -> Hub. Docs: https://github.com/bitconv/bitconv/tree/main/docs")
+          f"HF; verify / check -> proof; upload -> Hub. Docs: {REPO_URL}/tree/main/docs")
 
 
 class _Group(TyperGroup):
@@ -90,6 +90,8 @@ RevisionOpt = Annotated[str | None, typer.Option("--revision", help="revision (b
 PushOpt = Annotated[str | None, typer.Option("--push-to-hub", metavar="REPO_ID", show_default=False,
                                              help="after packing, upload OUT to this Hub repo (see `bitconv upload`)")]
 PrivateOpt = Annotated[bool, typer.Option("--private", help="create the repo private")]
+NoCardOpt = Annotated[bool, typer.Option("--no-card", help="leave the repo's model card (README.md) alone: no "
+                                         "card is written or merged")]
 CreatePrOpt = Annotated[bool, typer.Option("--create-pr", help="open a pull request against main instead of "
                                            "committing")]
 
@@ -101,12 +103,16 @@ def parse_size(text: str) -> int:
 
 
 def handle_errors(fn: F) -> F:
-    """One line on stderr and a non-zero exit for every known error; a traceback only with BITCONV_DEBUG=1."""
+    """One line on stderr and a non-zero exit for every known error; a traceback only with BITCONV_DEBUG=1. Hub
+    downloads inside the command report through `render.download_progress`."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
+        from bitconv.api import report_downloads
+
+        try:  # Hub downloads drawn as the command's own progress (none with --json: stdout is the document)
+            with render.download_progress(not kwargs.get("json")) as cb, report_downloads(cb):
+                return fn(*args, **kwargs)
         except BitconvError as e:
             if os.environ.get("BITCONV_DEBUG") == "1":
                 raise

@@ -14,6 +14,7 @@ from bitconv.cli.app import (
     ComputeOpt,
     CreatePrOpt,
     JsonOpt,
+    NoCardOpt,
     OutOpt,
     OverwriteOpt,
     PrivateOpt,
@@ -55,9 +56,9 @@ def pack(src: SrcArg,
          linear_class: Annotated[str, typer.Option("--linear-class", help="HF: autobitlinear (weight_scale = "
                                                    "scale, microsoft 2B-4T) or bitlinear (1/scale)")]
          = "autobitlinear",
-         gguf_type: Annotated[str | None, typer.Option("--type", help="GGUF: i2_s, tl1, tl2 (bitnet.cpp), tq1_0, "
-                                                       "tq2_0 (llama.cpp), iq1_bn, iq2_bn, iq2_bn_r4 "
-                                                       "(ik_llama.cpp), or f32, f16, bf16 (codes * scale)")]
+         gguf_type: Annotated[str | None, typer.Option("--type", help="GGUF: a gguf layout without its prefix "
+                                                       "(`bitconv layouts` lists them and where each runs), or "
+                                                       "f32, f16, bf16 (codes * scale)")]
          = None,
          arch: Annotated[str | None, typer.Option("--arch", help="GGUF architecture: bitnet-b1.58 (default for "
                                                   "BitNetForCausalLM; bitnet-25 for the ik types), bitnet-25, "
@@ -65,11 +66,12 @@ def pack(src: SrcArg,
          embd_type: Annotated[str | None, typer.Option("--embd-type", help="GGUF token_embd / output type: f16, "
                                                        "f32, bf16 or q8_0 (default f16; q8_0 for the ik types)")]
          = None,
-         kernel_config: Annotated[Path | None, typer.Option("--kernel-config", help="GGUF TL1/TL2: the "
-                                                            "kernel_config.ini to tile for (default: derived from "
+         kernel_config: Annotated[Path | None, typer.Option("--kernel-config", help="GGUF tiled layouts: "
+                                                            "the kernel_config.ini to tile for (default: derived from "
                                                             "the model's shapes)")] = None,
-         tl2_type_id: Annotated[int, typer.Option("--tl2-type-id", help="GGUF TL2 type id: 39 (bitnet.cpp before "
-                                                  "mid-2026) or 42 (current fork)")] = 39,
+         tl2_type_id: Annotated[int | None, typer.Option("--tl2-type-id", help="GGUF tl2 type id: 39 (bitnet.cpp "
+                                                         "before mid-2026; the default) or 42 (current fork)",
+                                                         show_default=False)] = None,
          model_name: Annotated[str | None, typer.Option("--model-name", help="GGUF general.name and file name "
                                                         "(default: the repo or folder name)",
                                                         show_default=False)] = None,
@@ -78,7 +80,7 @@ def pack(src: SrcArg,
          force: Annotated[bool, typer.Option("--force", help="GGUF: write a file that runs correctly on no known "
                                              "runtime (docs/runtimes.md), with a warning in the file")] = False,
          json: JsonOpt = False, push_to_hub: PushOpt = None, private: PrivateOpt = False,
-         create_pr: CreatePrOpt = False,
+         create_pr: CreatePrOpt = False, no_card: NoCardOpt = False,
          revision: Annotated[str | None, typer.Option("--revision", help="with --push-to-hub: the branch to push "
                                                       "to (as `upload`); otherwise the revision of a repo-id SRC "
                                                       "(SRC@REV works in both cases)", show_default=False)] = None,
@@ -106,7 +108,7 @@ def pack(src: SrcArg,
     from bitconv.cli.hub import push_after_pack
 
     pushed = push_after_pack(res.out, push_to_hub, src, token, json, revision=revision, private=private,
-                             create_pr=create_pr)
+                             create_pr=create_pr, card=not no_card)
     if json:
         _report(res, True, "pack", target=to.lower(), **({"pushed": pushed} if pushed else {}))
 

@@ -182,13 +182,20 @@ def check_command(
     json: JsonOpt = False, report: ReportOpt = None, junit: JunitOpt = None, parity: ParityOpt = True,
     max_rel_dlogit: MaxRelOpt = None, max_dlogit: MaxAbsOpt = None, max_kl: MaxKlOpt = None,
     min_top1: Top1Opt = None, min_top5: Top5Opt = None, strict: StrictOpt = False,
+    runtime: Annotated[str | None, typer.Option("--runtime", help="every GGUF artifact must also run correctly in "
+                                                "this runtime: llama.cpp (needs pip install 'bitconv[llamacpp]'); "
+                                                "a GGUF it cannot load fails", show_default=False)] = None,
+    token: TokenOpt = None,
+    revision: Annotated[str | None, typer.Option("--revision", help="revision (branch, tag or commit) of a Hub "
+                                                 "repo-id --ref (same as REF@REV)", show_default=False)] = None,
 ) -> None:
     """CI for a model repo: every checkpoint's config, and every artifact verified against one named master.
     Exit 0 only when every artifact was verified and passed; 1 when one failed or could not be verified."""
     from bitconv.verify.check import check_markdown, check_suites
 
     say = None if json else (lambda p: render.err.print(f"· verifying {p}", markup=False))
-    rep = api.check(path, ref=ref, config_only=config_only, parity=parity, strict=strict, on_item=say,
+    rep = api.check(path, ref=ref, config_only=config_only, parity=parity, strict=strict, runtime=runtime,
+                    token=token, revision=revision, on_item=say,
                     **_limits(max_rel_dlogit, max_dlogit, max_kl, min_top1, min_top5))
     _emit("check", rep, json, report, junit, check_suites(rep), check_markdown(rep), (path, *((ref,) if ref else ())))
     if not json:

@@ -18,6 +18,7 @@ file.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 from collections.abc import Iterator
@@ -197,6 +198,16 @@ def identity(path: str | Path) -> tuple[int, int] | None:
     except OSError:
         return None
     return st.st_dev, st.st_ino
+
+
+def sha256_file(path: str | Path, chunk: int = 8 * MIB) -> str:
+    """The hex sha256 of a file's bytes, read in chunks (never the whole file in memory): the identity a verify
+    report records for the file it verified, and `upload` compares before it quotes that report."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while b := f.read(chunk):
+            h.update(b)
+    return h.hexdigest()
 
 
 def exists_entry(path: Path) -> bool:

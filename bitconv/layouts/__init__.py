@@ -1,28 +1,36 @@
 """The packed layouts: one file per layout, each registered by declaring its class (`bitconv.layouts.registry`).
 
-`bitconv.layouts.kernel_config` holds the TL1/TL2 kernel tiling the bitnet.cpp layouts are packed for.
+Every module of this folder is imported here (pkgutil), so a new layout file registers itself: its class declares
+all its facts, and every table elsewhere (GGUF type rows and sizes, pack targets, the demo's list, `check`'s
+layouts) is derived from the registry. `bitconv.layouts.kernel_config` holds the tiling the tiled layouts are packed
+for; `bitconv.layouts.runtimes` where each GGUF type runs.
 """
 
 from __future__ import annotations
 
-# Import the layout modules so that declaring their classes registers them.
-from bitconv.layouts import (  # noqa: F401
-    gguf_i2s,
-    gguf_iq1bn,
-    gguf_iq2bn,
-    gguf_iq2bn_r4,
-    gguf_tl,
-    gguf_tq,
-    hf_packed,
-    ternary,
-)
+import importlib
+import pkgutil
+
+from bitconv.layouts.hf_packed import bitnet_quant_config
 from bitconv.layouts.registry import (
     Layout,
+    decode_scale,
+    deploy_layouts,
+    encode_scale,
     get_layout,
     ggml_type_layouts,
+    gguf_layouts,
+    hf_layouts,
+    kernel_kinds,
     layout_class,
     layout_classes,
     list_layouts,
+    type_id_choices,
 )
 
-__all__ = ["Layout", "get_layout", "ggml_type_layouts", "layout_class", "layout_classes", "list_layouts"]
+for _m in pkgutil.iter_modules(__path__):  # every layout file registers itself by being imported
+    importlib.import_module(f"{__name__}.{_m.name}")
+
+__all__ = ["Layout", "bitnet_quant_config", "decode_scale", "deploy_layouts", "encode_scale", "get_layout",
+           "ggml_type_layouts", "gguf_layouts", "hf_layouts", "kernel_kinds", "layout_class", "layout_classes",
+           "list_layouts", "type_id_choices"]

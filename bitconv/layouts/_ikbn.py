@@ -27,6 +27,7 @@ written under the other family's arch loads and runs the wrong graph.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar
@@ -131,7 +132,14 @@ class IKBNLayout(Layout):
     """Rows of `[row scale (row_meta bytes)][blocks of 64 weights (block_bytes each)]`; subclasses give the block."""
 
     ggml_type: ClassVar[str]
+    ggml_dialect = "ik_llama.cpp"
     runtime: ClassVar[str] = RUNTIME
+    arch_by_activation = IK_DEFAULT_ARCH
+    # made like ik's llama-quantize from bitconv's (or bitnet.cpp's) I2_S: the same KVs, file_type in place,
+    # quantization_version last; token_embd / output in q8_0 (ik's own Q6_K default cannot be reproduced outside it)
+    gguf_tool = "bitnet.cpp"
+    quantized = True
+    default_embd = "q8_0"
     row_dtype: ClassVar[np.dtype]
     block_bytes: ClassVar[int]
     nominal_bpw: ClassVar[float]  # bits per weight of the blocks (the row scale adds 8*row_meta/in_features)
@@ -148,12 +156,16 @@ class IKBNLayout(Layout):
     def row_bytes(self, k: int) -> int:
         return self.row_meta + k // QK * self.block_bytes
 
+    @classmethod
+    def ggml_nbytes(cls, dims: tuple[int, ...]) -> int | None:
+        """Rows of the row scale plus whole blocks (gguf-py's size tables omit the row scale)."""
+        if not dims or dims[0] % QK:  # ref: ik ggml_row_size = row_meta_size + type_size * ne0/64
+            return None
+        return (cls.row_dtype.itemsize + dims[0] // QK * cls.block_bytes) * math.prod(dims[1:])
+
     def spec(self, shape: tuple[int, ...], tensor: str | None = None) -> dict[str, FieldSpec]:
         m, k = check_in_features(self, shape, tensor)
         return {"data": FieldSpec((m * self.row_bytes(k),), "U8")}
-
-    def gguf_dims(self, shape: tuple[int, ...]) -> tuple[int, ...]:
-        return tuple(reversed(shape))
 
     def _encode(self, trits: np.ndarray) -> np.ndarray:
         """trits uint8 [n, 64] -> block bytes uint8 [n, block_bytes]."""

@@ -23,6 +23,7 @@ Worked example: the first block's elements 0, 32, 64, 96 = (+1, 0, -1, +1) give 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import ClassVar
 
@@ -31,6 +32,7 @@ import numpy as np
 from bitconv.core.errors import FormatError, LayoutError
 from bitconv.core.tensors import FieldSpec, Ternary, checked_scale
 from bitconv.layouts.registry import Layout
+from bitconv.layouts.runtimes import BITNET_2024, BITNET_2026_01, BITNET_2026_07, IK_LLAMA, LLAMA_CPP
 
 BLOCK = 128  # elements per block
 BLOCK_BYTES = 32
@@ -84,9 +86,29 @@ def read_scale(data: np.ndarray, offset: int) -> np.float32:
     return np.float32(np.asarray(data, dtype=np.uint8)[offset:offset + 4].view("<f4")[0])
 
 
+def fork_2bit_nbytes(dims: tuple[int, ...]) -> int:
+    """ggml_nbytes of the fork's 2-bit types (I2_S, TL1): n/4 code bytes + the 32-byte scale slot."""
+    return math.prod(dims) // 4 + SCALE_SLOT  # ref: fork ggml_nbytes I2_S / TL1 case: n/4 + 32
+
+
 class GGUFI2S(Layout, name="gguf-i2-s", container="gguf"):
     description = "bitnet.cpp I2_S (ggml type 36): 2-bit codes, 128-element blocks, float32 per-tensor scale"
     ggml_type: ClassVar[str] = "I2_S"
+    ggml_type_id: ClassVar[int] = 36
+    ggml_dialect = "bitnet.cpp"
+    file_type: ClassVar[int] = 40
+    gguf_tool = "bitnet.cpp"
+    quantized = True  # bitnet.cpp's convert writes f32, then llama-quantize makes I2_S
+    deploy_check = True
+    runtime_support = {"I2_S": {
+        LLAMA_CPP: "type id 36 is a removed type upstream (\"TYPE_IQ4_NL_4_4 REMOVED\"): the file does not load",
+        BITNET_2024: "", BITNET_2026_01: "", BITNET_2026_07: "",
+        IK_LLAMA: "I2_S loads but computes wrong logits (vec_dot NULL; measured max |dlogit| 72.7): convert it with "
+                  "ik's llama-quantize to IQ1_BN / IQ2_BN"}}
+
+    @classmethod
+    def ggml_nbytes(cls, dims: tuple[int, ...]) -> int:
+        return fork_2bit_nbytes(dims)
 
     def spec(self, shape: tuple[int, ...], tensor: str | None = None) -> dict[str, FieldSpec]:
         self._require_2d(shape, tensor)
@@ -95,10 +117,7 @@ class GGUFI2S(Layout, name="gguf-i2-s", container="gguf"):
             raise LayoutError(f"I2_S needs in_features % 128 == 0 (got {k}); the runtime reads whole 128-element "
                               "blocks per row", tensor=tensor, shape=shape,
                               hint="leave this tensor unconverted or pick another --to format")
-        return {"data": FieldSpec((m * k // 4 + SCALE_SLOT,), "U8")}
-
-    def gguf_dims(self, shape: tuple[int, ...]) -> tuple[int, ...]:
-        return tuple(reversed(shape))
+        return {"data": FieldSpec((self.ggml_nbytes(self.gguf_dims(shape)),), "U8")}
 
     def pack(self, t: Ternary) -> dict[str, np.ndarray]:
         (nbytes,) = self.spec(t.shape)["data"].shape

@@ -33,6 +33,7 @@ from typing import ClassVar
 import numpy as np
 
 from bitconv.layouts._ikbn import QK, IKBNLayout
+from bitconv.layouts.runtimes import BITNET_2024, BITNET_2026_01, BITNET_2026_07, IK_LLAMA, LLAMA_CPP
 
 # idx (0..242) -> stored byte; stored byte -> its 5 trits (positions i = 0..4, i = 0 least significant)
 BYTE_OF_IDX = ((np.arange(243, dtype=np.uint32) * 256 + 242) // 243).astype(np.uint8)
@@ -72,6 +73,10 @@ class GGUFIQ1BN(IKBNLayout, name="gguf-iq1-bn", container="gguf"):
     scale_dtype = "F16"
     row_dtype: ClassVar[np.dtype] = np.dtype("<f2")
     block_bytes: ClassVar[int] = 13
+    ggml_block = (QK, 13)
+    runtime_support = {"IQ1_BN": {LLAMA_CPP: "type id 134 is unknown upstream",
+                                  **dict.fromkeys((BITNET_2024, BITNET_2026_01, BITNET_2026_07),
+                                                  "type id 134 is unknown to bitnet.cpp"), IK_LLAMA: ""}}
     nominal_bpw: ClassVar[float] = 1.625
 
     def _encode(self, trits: np.ndarray) -> np.ndarray:

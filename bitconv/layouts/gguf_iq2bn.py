@@ -28,6 +28,7 @@ import numpy as np
 
 from bitconv.core.errors import FormatError
 from bitconv.layouts._ikbn import QK, IKBNLayout
+from bitconv.layouts.runtimes import BITNET_2024, BITNET_2026_01, BITNET_2026_07, IK_LLAMA, LLAMA_CPP
 
 _SHIFTS = np.array([0, 2, 4, 6], dtype=np.uint8).reshape(1, 4, 1)
 
@@ -55,6 +56,10 @@ class GGUFIQ2BN(IKBNLayout, name="gguf-iq2-bn", container="gguf"):
     scale_dtype = "F32"
     row_dtype: ClassVar[np.dtype] = np.dtype("<f4")
     block_bytes: ClassVar[int] = 16
+    ggml_block = (QK, 16)
+    runtime_support = {"IQ2_BN": {LLAMA_CPP: "type id 135 is unknown upstream",
+                                  **dict.fromkeys((BITNET_2024, BITNET_2026_01, BITNET_2026_07),
+                                                  "type id 135 is unknown to bitnet.cpp"), IK_LLAMA: ""}}
     nominal_bpw: ClassVar[float] = 2.0
 
     def _encode(self, trits: np.ndarray) -> np.ndarray:

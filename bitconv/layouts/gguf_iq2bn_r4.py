@@ -30,6 +30,7 @@ import numpy as np
 from bitconv.core.errors import FormatError, LayoutError
 from bitconv.core.tensors import FieldSpec, Ternary
 from bitconv.layouts._ikbn import QK, IKBNLayout, check_in_features, row_trits, ternary_from_rows
+from bitconv.layouts.runtimes import IK_LLAMA
 
 R = 4  # rows per group
 _SHIFTS = np.array([0, 2, 4, 6], dtype=np.uint8).reshape(1, 1, 1, 1, 4, 1)
@@ -40,10 +41,12 @@ class GGUFIQ2BNR4(IKBNLayout, name="gguf-iq2-bn-r4", container="gguf"):
     ggml_type: ClassVar[str] = "IQ2_BN_R4"
     ggml_type_id: ClassVar[int] = 335
     file_type: ClassVar[int] = 337
-    fallback_layout: ClassVar[str] = "gguf-iq2-bn"  # for out_features % 4 != 0, as llama-quantize does
+    fallback_layout = "gguf-iq2-bn"  # for out_features % 4 != 0, as llama-quantize does
     scale_dtype = "F32"
     row_dtype: ClassVar[np.dtype] = np.dtype("<f4")
     block_bytes: ClassVar[int] = 16
+    ggml_block = (QK, 16)
+    runtime_support = {"IQ2_BN_R4": {IK_LLAMA: ""}}  # elsewhere: "does not compute IQ2_BN_R4"
     nominal_bpw: ClassVar[float] = 2.0
 
     def spec(self, shape: tuple[int, ...], tensor: str | None = None) -> dict[str, FieldSpec]:

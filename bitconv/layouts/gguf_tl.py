@@ -37,6 +37,8 @@ row 0 = (+1, -1, 0, 0, ...) gives idx 3*1 - 1 + 4 = 6 and 3*0 + 0 + 4 = 4, so by
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import ClassVar
@@ -45,10 +47,11 @@ import numpy as np
 
 from bitconv.core.errors import LayoutError, UsageError
 from bitconv.core.tensors import FieldSpec, Ternary, checked_scale
-from bitconv.formats.gguf.types import tl2_payload_nbytes
-from bitconv.layouts.gguf_i2s import SCALE_SLOT, read_scale, scale_slot
+from bitconv.formats.gguf.ggml_types import GGMLType
+from bitconv.layouts.gguf_i2s import SCALE_SLOT, fork_2bit_nbytes, read_scale, scale_slot
 from bitconv.layouts.kernel_config import KernelConfig, KernelEntry, derive_entry
 from bitconv.layouts.registry import Layout
+from bitconv.layouts.runtimes import BITNET_2024, BITNET_2026_01, BITNET_2026_07, IK_LLAMA, LLAMA_CPP
 
 SIG = np.array([0, 2, 1, 3])  # row-group swizzle inside each 32-row TL2 group (its own inverse)
 _TL1_PERM = (0, 4, 1, 5, 2, 6, 3, 7)
@@ -58,6 +61,18 @@ _SIGN_PERM = (0, 4, 1, 5, 3, 6, 2)
 
 def _pad32(n: int) -> int:
     return (n + 31) // 32 * 32
+
+
+def tl2_payload_nbytes(M: int, K: int) -> int:
+    """TL2 packed size NB of ggml_nbytes, before the 32-byte rounding (C integer arithmetic, left to right)."""
+    # ref: fork ggml/src/ggml.c ggml_nbytes (merge-dev l.3472-3494); spec gguf-bitnet-cpp.md §1.1
+    return _cdiv(_cdiv((K - 256) * M, 3) * 5, 8) + 256 * M // 2 * 4 // 8
+
+
+def _cdiv(a: int, b: int) -> int:
+    """C division (truncates toward zero)."""
+    q = abs(a) // b
+    return q if a >= 0 else -q
 
 
 def _inverse(perm: tuple[int, ...]) -> tuple[int, ...]:
@@ -143,6 +158,8 @@ class _GGUFTL(Layout):
     kind: ClassVar[str]
     needs_kernel_config = True
     ggml_type: ClassVar[str]
+    ggml_dialect = "bitnet.cpp"
+    gguf_tool = "bitnet.cpp"
 
     def __init__(self, kernel_config: KernelConfig | str | Path | None = None) -> None:
         if isinstance(kernel_config, (str, Path)):
@@ -163,9 +180,6 @@ class _GGUFTL(Layout):
         e = self.entry(shape, tensor)
         return {"data": FieldSpec((_pad32(self.payload_nbytes(e)) + SCALE_SLOT,), "U8")}
 
-    def gguf_dims(self, shape: tuple[int, ...]) -> tuple[int, ...]:
-        return tuple(reversed(shape))
-
     def _output(self, e: KernelEntry, scale: float) -> np.ndarray:
         """The field's bytes, zeroed, with the scale slot in place; the packers fill the content a chunk at a time."""
         pos = _pad32(self.payload_nbytes(e))
@@ -184,8 +198,17 @@ class _GGUFTL(Layout):
 
 class GGUFTL1(_GGUFTL, name="gguf-tl1", container="gguf"):
     description = "bitnet.cpp TL1 (ggml type 38, ARM LUT kernels): 4-bit pair indices in kernel tile order"
-    kind = "tl1"
+    kind = kernel_kind = "tl1"
     ggml_type: ClassVar[str] = "TL1"
+    ggml_type_id: ClassVar[int] = 38
+    file_type: ClassVar[int] = 38
+    runtime_support = {"TL1": {
+        LLAMA_CPP: "type id 38 is a removed type upstream: the file does not load",
+        BITNET_2024: "", BITNET_2026_01: "", BITNET_2026_07: "", IK_LLAMA: "type id 38 is unknown to ik_llama.cpp"}}
+
+    @classmethod
+    def ggml_nbytes(cls, dims: tuple[int, ...]) -> int:
+        return fork_2bit_nbytes(dims)
 
     def payload_nbytes(self, e: KernelEntry) -> int:
         return e.M * e.K // 4
@@ -217,18 +240,40 @@ class GGUFTL1(_GGUFTL, name="gguf-tl1", container="gguf"):
 
 class GGUFTL2(_GGUFTL, name="gguf-tl2", container="gguf"):
     description = "bitnet.cpp TL2 (ggml type 39, or 42 in the current fork; x86 LUT kernels): triplets + signs"
-    kind = "tl2"
+    kind = kernel_kind = "tl2"
     ggml_type: ClassVar[str] = "TL2"
-    TYPE_NAMES: ClassVar[dict[int, str]] = {39: "TL2", 42: "TL2_42"}
-    ggml_aliases: ClassVar[tuple[str, ...]] = ("TL2_42",)
+    ggml_type_id: ClassVar[int] = 39  # bitnet.cpp before mid-2026 (upstream: MXFP4)
+    file_type: ClassVar[int] = 39
+    ggml_aliases: ClassVar[tuple[str, ...]] = ("TL2_42",)  # the current fork's id 42 (upstream: Q2_0), same bytes
+    ALIAS_IDS: ClassVar[dict[str, int]] = {"TL2_42": 42}
+    runtime_support = {
+        "TL2": {LLAMA_CPP: "type id 39 is MXFP4 upstream: TL2 bytes would be misread", BITNET_2024: "",
+                BITNET_2026_01: "",
+                BITNET_2026_07: "type id 39 is MXFP4 in this fork (its TL2 is 42): TL2 bytes would be misread",
+                IK_LLAMA: "type id 39 is MXFP4 in ik_llama.cpp"},
+        "TL2_42": {LLAMA_CPP: "type id 42 is Q2_0 upstream: TL2 bytes would be misread",
+                   BITNET_2024: "type id 42 is unknown to this fork (its TL2 is 39)",
+                   BITNET_2026_01: "type id 42 is unknown to this fork (its TL2 is 39)", BITNET_2026_07: "",
+                   IK_LLAMA: "type id 42 is unknown to ik_llama.cpp"}}
+
+    @classmethod
+    def ggml_nbytes(cls, dims: tuple[int, ...]) -> int:
+        k, m = dims[0], math.prod(dims[1:])
+        return _pad32(tl2_payload_nbytes(m, k)) + SCALE_SLOT  # ref: ggml_nbytes TL2 case, then the scale slot
+
+    @classmethod
+    def ggml_rows(cls) -> tuple[GGMLType, ...]:
+        (main,) = super().ggml_rows()
+        return (main, *(dataclasses.replace(main, name=n, id=i) for n, i in cls.ALIAS_IDS.items()))
 
     def __init__(self, kernel_config: KernelConfig | str | Path | None = None, type_id: int = 39) -> None:
         super().__init__(kernel_config)
-        if type_id not in self.TYPE_NAMES:
+        names = {r.id: r.name for r in self.ggml_rows()}
+        if type_id not in names:
             raise UsageError(f"TL2 type id must be 39 (bitnet.cpp before mid-2026) or 42 (current fork), "
                              f"got {type_id}")
         self.type_id = type_id
-        self.ggml_type = self.TYPE_NAMES[type_id]  # instance value shadows the class default
+        self.ggml_type = names[type_id]  # instance value shadows the class default
 
     def payload_nbytes(self, e: KernelEntry) -> int:
         return tl2_payload_nbytes(e.M, e.K)

@@ -38,6 +38,7 @@ import numpy as np
 from bitconv.core.errors import LayoutError
 from bitconv.core.tensors import EPS, FieldSpec, Ternary
 from bitconv.layouts.registry import Layout
+from bitconv.layouts.runtimes import BITNET_2024, BITNET_2026_01, BITNET_2026_07, IK_LLAMA, LLAMA_CPP
 
 QK = 256  # weights per block
 PACK_BLOCKS = 2048  # 256-weight blocks packed per step (512 KiB of codes: the chunk stays in cache)
@@ -70,10 +71,7 @@ class _GGUFTQ(Layout):
             raise LayoutError(f"{self.ggml_type} needs in_features % 256 == 0 (got {k}); blocks run along rows",
                               tensor=tensor, shape=shape,
                               hint="leave this tensor unconverted or pick another --to format")
-        return {"data": FieldSpec((m * k // QK * self.block_bytes,), "U8")}
-
-    def gguf_dims(self, shape: tuple[int, ...]) -> tuple[int, ...]:
-        return tuple(reversed(shape))
+        return {"data": FieldSpec((self.ggml_nbytes(self.gguf_dims(shape)),), "U8")}
 
     def _decode(self, qs: np.ndarray) -> np.ndarray:
         """[n_blocks, block_bytes - 2] -> trits uint8 [n_blocks, 256]."""
@@ -144,7 +142,12 @@ class _GGUFTQ(Layout):
 class GGUFTQ10(_GGUFTQ, name="gguf-tq1-0", container="gguf"):
     description = "upstream ggml TQ1_0 (type 34): 5 trits per byte, 256-weight blocks of 54 bytes, fp16 d"
     ggml_type: ClassVar[str] = "TQ1_0"
+    ggml_type_id: ClassVar[int] = 34
+    file_type: ClassVar[int] = 36
     block_bytes: ClassVar[int] = 54
+    ggml_block = (QK, 54)
+    runtime_support = {"TQ1_0": {LLAMA_CPP: "", BITNET_2024: "", BITNET_2026_01: "", BITNET_2026_07: "",
+                                 IK_LLAMA: "no type 34 in ik_llama.cpp: the loader dies with SIGFPE"}}
 
     def _encode_words(self, ct: np.ndarray) -> np.ndarray:
         """v = sum_n q_n * 3^(4-n) by Horner's rule, eight bytes per uint64 op (every partial value <= 242, so no
@@ -186,7 +189,13 @@ class GGUFTQ10(_GGUFTQ, name="gguf-tq1-0", container="gguf"):
 class GGUFTQ20(_GGUFTQ, name="gguf-tq2-0", container="gguf"):
     description = "upstream ggml TQ2_0 (type 35): 2-bit trits, 256-weight blocks of 66 bytes, fp16 d"
     ggml_type: ClassVar[str] = "TQ2_0"
+    ggml_type_id: ClassVar[int] = 35
+    file_type: ClassVar[int] = 37
     block_bytes: ClassVar[int] = 66
+    ggml_block = (QK, 66)
+    runtime_support = {"TQ2_0": {LLAMA_CPP: "", BITNET_2024: "", BITNET_2026_01: "", BITNET_2026_07: "",
+                                 IK_LLAMA: "no type 35 in ik_llama.cpp: the loader dies with SIGFPE"}}
+    deploy_check = True
 
     def _encode_words(self, ct: np.ndarray) -> np.ndarray:
         """byte = q_0 | q_1 << 2 | q_2 << 4 | q_3 << 6 over the four 32-element groups of each 128-element half:

@@ -15,25 +15,15 @@ out % 4 != 0 is refused: neither BitLinear (floor) nor AutoBitLinear offline (ex
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import ClassVar
 
 import numpy as np
 
 from bitconv.core.errors import FormatError, LayoutError
 from bitconv.core.tensors import FieldSpec, Ternary
-from bitconv.layouts.registry import Layout
+from bitconv.layouts.registry import Layout, decode_scale, encode_scale
 
 VALUES_PER_BYTE = 4
-
-
-def f32_to_bf16_bits(x: float) -> np.ndarray:
-    """[x] rounded to bfloat16 (nearest, ties to even) as raw uint16 bits, shape [1]."""
-    import torch  # imported on first use: listing layouts stays free of torch
-
-    return torch.tensor([x], dtype=torch.float32).to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
-
-
-def bf16_bits_to_f32(bits: np.ndarray) -> np.float32:
-    return np.float32((np.asarray(bits, dtype=np.uint16).reshape(-1)[:1].astype(np.uint32) << 16).view(np.float32)[0])
 
 
 PACK_BLOCK_BYTES = 1 << 20  # packed bytes made per step: temporaries stay small (cache-sized) whatever the tensor
@@ -86,15 +76,8 @@ def unpack_codes(packed: np.ndarray, out_features: int, tensor: str | None = Non
     return codes.reshape(VALUES_PER_BYTE * p.shape[0], *p.shape[1:])[:out_features]
 
 
-def _stored_scale(field: np.ndarray) -> np.float32:
-    """The stored `weight_scale` value: bf16 bits as `pack` writes them (uint16), or a float array as a reader
-    decoded it (a checkpoint may store BF16, F16 or F32)."""
-    a = np.asarray(field)
-    return bf16_bits_to_f32(a) if a.dtype == np.uint16 else np.float32(a.reshape(-1)[0])
-
-
 class _HFPacked(Layout):
-    linear_class: str
+    linear_class: ClassVar[str]
     scale_dtype = "BF16"
 
     def spec(self, shape: tuple[int, ...], tensor: str | None = None) -> dict[str, FieldSpec]:
@@ -108,18 +91,17 @@ class _HFPacked(Layout):
 
     def pack(self, t: Ternary) -> dict[str, np.ndarray]:
         self.spec(t.shape)
-        stored = np.float32(1.0) / np.float32(t.scale) if self.scale_inverted else np.float32(t.scale)
-        return {"weight": pack_codes(t.codes), "weight_scale": f32_to_bf16_bits(float(stored))}
+        return {"weight": pack_codes(t.codes), "weight_scale": encode_scale(t.scale, "BF16", self.scale_inverted)}
 
     def unpack(self, fields: Mapping[str, np.ndarray], shape: tuple[int, ...], tensor: str | None = None) -> Ternary:
         codes = unpack_codes(fields["weight"], shape[0], tensor=tensor)
-        ws = _stored_scale(fields["weight_scale"])
-        return Ternary(codes, np.float32(1.0) / ws if self.scale_inverted else ws)
+        return Ternary(codes, decode_scale(fields["weight_scale"], self.scale_inverted))
 
 
 class HFAutoBitLinear(_HFPacked, name="hf-autobitlinear", container="hf"):
     description = "transformers packed, linear_class autobitlinear (weight_scale = scale; microsoft 2B-4T)"
     linear_class = "autobitlinear"
+    deploy_check = True
 
 
 class HFBitLinear(_HFPacked, name="hf-bitlinear", container="hf"):
@@ -127,8 +109,6 @@ class HFBitLinear(_HFPacked, name="hf-bitlinear", container="hf"):
     linear_class = "bitlinear"
     scale_inverted = True
 
-
-HF_LAYOUTS = {"autobitlinear": "hf-autobitlinear", "bitlinear": "hf-bitlinear"}
 
 
 def bitnet_quant_config(src_config: dict, linear_class: str, mode: str) -> dict:

@@ -63,6 +63,7 @@ from bitconv.core.errors import LayoutError
 from bitconv.layouts.runtimes import best_tl2_bk  # layouts/__init__ imports this module
 
 KINDS = ("tl1", "tl2")
+INI_NAME = "kernel_config.ini"  # the file name a tiled GGUF's config has next to it
 MAX_BK = 256  # int16 accumulation of one tile (see module docstring)
 TL2_MIN_K = 256  # below this the TL2 ggml_nbytes formula goes negative
 
@@ -173,7 +174,7 @@ class CodegenParams:
         j = lambda xs: ",".join(str(x) for x in xs)  # noqa: E731
         return ["--model", self.model, "--BM", j(self.BM), "--BK", j(self.BK), "--bm", j(self.bm)]
 
-    def instructions(self, ini: str = "kernel_config.ini") -> list[str]:
+    def instructions(self, ini: str = INI_NAME) -> list[str]:
         """Every step to build bitnet.cpp with kernels for these shapes, in order, runnable as printed (in the
         bitnet.cpp checkout). setup_env.py is not used: it reruns the codegen with its own presets."""
         kind = "tl1" if self.script.endswith("tl1.py") else "tl2"

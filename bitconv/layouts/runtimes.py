@@ -9,8 +9,8 @@ constraints fails for the file's shapes and tiling. Loading is not enough: upstr
 |--------------|-------------------------------------------------------------------------------------------------|
 | `key`        | stable id (`llama.cpp@0c1e570`, `bitnet.cpp@37c247c`, ...)                                      |
 | `graphs`     | arch string -> the activation its graph computes (`silu`, `relu2`); archs absent are unknown     |
-| `types`      | GGML types it computes correctly (as `formats.gguf.ggml_types`: TL2 = id 39, TL2_42 = id 42)     |
-| `wrong`      | GGML type -> why a file of that type fails or computes garbage there                             |
+| `types`      | float GGML types it computes; each ternary type's layout declares where it runs (`computes`)    |
+| `wrong`      | float type -> why it fails there; a ternary type's layout declares its own (`why_not`)          |
 | `checked`    | how the facts were established (run on tiny models, or read from source only)                  |
 | `constraints`| shape/tiling rules (`MinInFeatures`, `Tl2LutBuffer`) and run notes (`RunNote`: `-ub 1`, ARM only) |
 
@@ -20,8 +20,9 @@ Worked example: a 2B4T-style model (hidden_act relu2) as TQ2_0.
 * arch `bitnet-b1.58` -> llama.cpp: unknown arch; bitnet.cpp 2026-01 (fork 1f86f058): relu2 graph, TQ2_0 computed
   -> runs (`python run_inference.py -m FILE ...`).
 
-Nothing here imports anything but the standard library: the table is static facts. Each fact carries the source
-line it was read from (file:line at the named commit), or the measurement it came from.
+The table is static facts; which runtimes compute a ternary GGML type is declared by that type's layout
+(`Layout.runtime_support`, keyed by the runtime keys below), so a new layout file brings its own rows. Each fact
+carries the source line it was read from (file:line at the named commit), or the measurement it came from.
 # ref: spec gguf-upstream.md §1.1, §2.6-2.8; gguf-bitnet-cpp.md §1, §3.4-3.7, §4.1; gguf-ik-llama.md §1, §7-8;
 #      spec README "Conventions" 7 (measured 2026-12-01 with real builds)
 """
@@ -31,9 +32,19 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from bitconv.layouts.registry import layout_classes
+
 ACTIVATIONS = ("silu", "relu2")
+# runtime keys (the layouts' `runtime_support` names them)
+LLAMA_CPP = "llama.cpp@0c1e570"
+BITNET_2024 = "bitnet.cpp@37c247c"
+BITNET_2026_01 = "bitnet.cpp@1876a3e"
+BITNET_2026_07 = "bitnet.cpp@425fbbc"
+IK_LLAMA = "ik_llama.cpp@8337e4cd"
+FLOAT_TYPES = ("F32", "F16", "BF16")
 HIDDEN_ACTIVATION_KEY = "{arch}.hidden_activation"  # key name of llama.cpp PR #26751 (closed, unmerged)
 PROMPT = "The capital of France is"
+BITNET_CPP_GIT = "https://github.com/microsoft/BitNet"  # bitnet.cpp's repository (spec gguf-bitnet-cpp.md §1)
 
 
 # ------------------------------------------------------------------------------------------------ constraints
@@ -105,6 +116,21 @@ class Runtime:
     sources: Mapping[str, str] = field(default_factory=dict)  # fact -> file:line
     flags_command: str = ""  # used instead of `command` when a RunNote adds flags (run_inference.py passes none)
 
+    def computes(self, gguf_type: str) -> bool:
+        """Whether this runtime computes `gguf_type` correctly (a float type from the table, a ternary type from its
+        layout's `runtime_support`)."""
+        return gguf_type in self.types or type_support(gguf_type).get(self.key) == ""
+
+    def why_not(self, gguf_type: str, default: str | None = None) -> str:
+        """Why a file of `gguf_type` fails here (the table's or the layout's reason, else `default`)."""
+        return (self.wrong.get(gguf_type) or type_support(gguf_type).get(self.key) or default
+                or f"does not compute {gguf_type}")
+
+    def all_types(self) -> frozenset[str]:
+        """Every GGML type it computes correctly: the float types, and each ternary type whose layout says so."""
+        return frozenset(self.types) | frozenset(r.name for c in layout_classes() for r in c.ggml_rows()
+                                                 if self.computes(r.name))
+
     def run_command(self, file: str, gguf_type: str) -> str:
         flags = "".join(f" {c.flags}" for c in self.constraints
                         if isinstance(c, RunNote) and gguf_type in c.types and c.flags)
@@ -131,22 +157,24 @@ _I2S_X86_2026 = RunNote(
     "microsoft/BitNet src/ggml-bitnet-mad.cpp:11-15 (16da220); spec gguf-bitnet-cpp.md §2.3")
 _BITNET_CPP_RUN = "python run_inference.py -m {file} -p \"{prompt}\" -n 32"
 _BITNET_CPP_CLI = "build/bin/llama-cli -m {file} -p \"{prompt}\" -n 32{flags}"
-_WRONG_UPSTREAM_IDS = {
-    "I2_S": "type id 36 is a removed type upstream (\"TYPE_IQ4_NL_4_4 REMOVED\"): the file does not load",
-    "TL1": "type id 38 is a removed type upstream: the file does not load",
-    "TL2": "type id 39 is MXFP4 upstream: TL2 bytes would be misread",
-    "TL2_42": "type id 42 is Q2_0 upstream: TL2 bytes would be misread",
-    "IQ1_BN": "type id 134 is unknown upstream", "IQ2_BN": "type id 135 is unknown upstream",
-}
+
+
+def type_support(gguf_type: str) -> Mapping[str, str]:
+    """runtime key -> "" (computes it) or why a file of `gguf_type` fails there, as its layout declares."""
+    for cls in layout_classes():
+        if gguf_type in cls.runtime_support:
+            return cls.runtime_support[gguf_type]
+    return {}
+
 
 RUNTIMES: tuple[Runtime, ...] = (
     Runtime(
-        "llama.cpp@0c1e570", "llama.cpp 0c1e570", "llama.cpp",
+        LLAMA_CPP, "llama.cpp 0c1e570", "llama.cpp",
         "ggml-org/llama.cpp 0c1e57098bba (2026-10-01; vendored in llama-cpp-python 0.3.36); arch `bitnet` since "
         "PR #7931, TQ1_0/TQ2_0 since PR #8151",
         {"bitnet": "silu", "llama": "silu"},
-        frozenset({"TQ1_0", "TQ2_0", "F32", "F16", "BF16"}),
-        _WRONG_UPSTREAM_IDS,
+        frozenset(FLOAT_TYPES),
+        {},
         "run: TQ1_0/TQ2_0/F16/BF16/F32 of 1bitLLM-style models, and a relu2 model as arch bitnet (runs SiLU)",
         "llama-cli -m {file} -p \"{prompt}\" -n 32{flags}",
         (),
@@ -156,12 +184,11 @@ RUNTIMES: tuple[Runtime, ...] = (
          "types": "ggml/include/ggml.h TQ1_0 = 34, TQ2_0 = 35, 36-38 removed, MXFP4 = 39, Q2_0 = 42"},
     ),
     Runtime(
-        "bitnet.cpp@37c247c", "bitnet.cpp 2024 (37c247c)", "bitnet.cpp",
+        BITNET_2024, "bitnet.cpp 2024 (37c247c)", "bitnet.cpp",
         "microsoft/BitNet 37c247c (2024-11-07) with its llama.cpp fork Eddie-Wang1120/llama.cpp 406a5036",
         {"bitnet": "silu", "llama": "silu"},
-        frozenset({"I2_S", "TL1", "TL2", "TQ1_0", "TQ2_0", "F32", "F16", "BF16"}),
-        {"TL2_42": "type id 42 is unknown to this fork (its TL2 is 39)",
-         "IQ1_BN": "type id 134 is unknown to bitnet.cpp", "IQ2_BN": "type id 135 is unknown to bitnet.cpp"},
+        frozenset(FLOAT_TYPES),
+        {},
         "run: I2_S (1bitLLM shapes), TL2; the rest read from source",
         _BITNET_CPP_RUN,
         (_TL2_LUT, _TL_BATCH, _TL1_ARM, _TL2_X86),
@@ -171,13 +198,12 @@ RUNTIMES: tuple[Runtime, ...] = (
         _BITNET_CPP_CLI,
     ),
     Runtime(
-        "bitnet.cpp@1876a3e", "bitnet.cpp 2026-01 (1876a3e)", "bitnet.cpp",
+        BITNET_2026_01, "bitnet.cpp 2026-01 (1876a3e)", "bitnet.cpp",
         "microsoft/BitNet 1876a3e (2026-01-27) with fork 1f86f058 (corroborated by the vendored copy in "
         "ygqdan/BitNet-linux)",
         {"bitnet": "silu", "bitnet-25": "relu2", "bitnet-b1.58": "relu2", "llama": "silu"},
-        frozenset({"I2_S", "TL1", "TL2", "TQ1_0", "TQ2_0", "F32", "F16", "BF16"}),
-        {"TL2_42": "type id 42 is unknown to this fork (its TL2 is 39)",
-         "IQ1_BN": "type id 134 is unknown to bitnet.cpp", "IQ2_BN": "type id 135 is unknown to bitnet.cpp"},
+        frozenset(FLOAT_TYPES),
+        {},
         "run: I2_S (1bitLLM and 2B4T shapes), TL2 at 2B4T shapes; TQ read from source",
         _BITNET_CPP_RUN,
         (_TL2_LUT, _TL_BATCH, _TL1_ARM, _TL2_X86, _I2S_X86_2026),
@@ -188,12 +214,11 @@ RUNTIMES: tuple[Runtime, ...] = (
         _BITNET_CPP_CLI,
     ),
     Runtime(
-        "bitnet.cpp@425fbbc", "bitnet.cpp 2026-07 (425fbbc)", "bitnet.cpp",
+        BITNET_2026_07, "bitnet.cpp 2026-07 (425fbbc)", "bitnet.cpp",
         "microsoft/BitNet 425fbbc (2026-07-15) with isHuangXin/llama.cpp 390c3077 (not fetchable: facts second-hand)",
         {"bitnet": "silu", "bitnet-25": "silu", "bitnet-b1.58": "silu", "llama": "silu"},
-        frozenset({"I2_S", "TL1", "TL2_42", "TQ1_0", "TQ2_0", "F32", "F16", "BF16"}),
-        {"TL2": "type id 39 is MXFP4 in this fork (its TL2 is 42): TL2 bytes would be misread",
-         "IQ1_BN": "type id 134 is unknown to bitnet.cpp", "IQ2_BN": "type id 135 is unknown to bitnet.cpp"},
+        frozenset(FLOAT_TYPES),
+        {},
         "not run: facts from issues microsoft/BitNet#588, #602 and isHuangXin/bitnet_llama.cpp ggml.h",
         _BITNET_CPP_RUN,
         (_TL2_LUT, _TL_BATCH, _TL1_ARM, _TL2_X86, _I2S_X86_2026),
@@ -203,16 +228,11 @@ RUNTIMES: tuple[Runtime, ...] = (
         _BITNET_CPP_CLI,
     ),
     Runtime(
-        "ik_llama.cpp@8337e4cd", "ik_llama.cpp 8337e4cd", "ik_llama.cpp",
+        IK_LLAMA, "ik_llama.cpp 8337e4cd", "ik_llama.cpp",
         "ikawrakow/ik_llama.cpp 8337e4cd (2026-08-15)",
         {"bitnet": "silu", "bitnet-25": "relu2", "bitnet-b1.58": "relu2", "llama": "silu"},
-        frozenset({"IQ1_BN", "IQ2_BN", "IQ2_BN_R4", "F32", "F16", "BF16"}),
-        {"I2_S": "I2_S loads but computes wrong logits (vec_dot NULL; measured max |dlogit| 72.7): convert it with "
-                 "ik's llama-quantize to IQ1_BN / IQ2_BN",
-         "TQ1_0": "no type 34 in ik_llama.cpp: the loader dies with SIGFPE",
-         "TQ2_0": "no type 35 in ik_llama.cpp: the loader dies with SIGFPE",
-         "TL1": "type id 38 is unknown to ik_llama.cpp", "TL2": "type id 39 is MXFP4 in ik_llama.cpp",
-         "TL2_42": "type id 42 is unknown to ik_llama.cpp"},
+        frozenset(FLOAT_TYPES),
+        {},
         "run: IQ1_BN/IQ2_BN (1bitLLM and relu2 models), F32, I2_S (wrong); F16/BF16 read from source",
         "llama-cli -m {file} -p \"{prompt}\" -n 32{flags}",
         (MinInFeatures(frozenset({"IQ1_BN"}), 512,
@@ -258,8 +278,8 @@ def _check_runtime(rt: Runtime, arch: str, gguf_type: str, activation: str,
                    file: str) -> Verdict:
     if arch not in rt.graphs:
         return Verdict(rt, False, f"unknown architecture {arch!r}", None)
-    if gguf_type not in rt.types:
-        return Verdict(rt, False, rt.wrong.get(gguf_type, f"does not compute {gguf_type}"), None)
+    if not rt.computes(gguf_type):
+        return Verdict(rt, False, rt.why_not(gguf_type), None)
     if rt.graphs[arch] != activation:
         return Verdict(rt, False, f"its {arch!r} graph computes {rt.graphs[arch]}, the model needs {activation}",
                        None)
@@ -329,13 +349,22 @@ def tl2_lut() -> Tl2LutBuffer:
 MODELS = (("2B4T-style (relu2)", "relu2", ("bitnet-b1.58", "bitnet-25", "bitnet")),
           ("1bitLLM-style (silu)", "silu", ("bitnet", "bitnet-b1.58", "bitnet-25")),
           ("Llama-style (silu)", "silu", ("llama",)))
-TYPES = ("I2_S", "TL1", "TL2", "TL2_42", "TQ1_0", "TQ2_0", "F32", "F16", "BF16", "IQ1_BN", "IQ2_BN", "IQ2_BN_R4")
-TYPE_LABELS = {"TL2": "TL2 (id 39)", "TL2_42": "TL2 (id 42)"}
+
+
+def table_types() -> tuple[tuple[str, ...], dict[str, str]]:
+    """The rows of the tables (every GGUF layout's types: the fork's, upstream's, the floats, then the other
+    dialects') and their labels (a type written under several ids is labelled with its id)."""
+    rows = [(c, r) for c in layout_classes() for r in c.ggml_rows()]
+    by = {d: [r.name for _, r in rows if r.dialect == d] for d in ("bitnet.cpp", "upstream")}
+    rest = [r.name for _, r in rows if r.dialect not in by]
+    labels = {r.name: f"{c.ggml_type} (id {r.id})" for c, r in rows if len(c.ggml_rows()) > 1}
+    return (*by["bitnet.cpp"], *by["upstream"], *FLOAT_TYPES, *rest), labels
 
 
 def render_markdown() -> str:
     """The "Where each file runs" tables of docs/runtimes.md, generated from RUNTIMES (tests compare the file)."""
     short = {r.key: r.name for r in RUNTIMES}
+    TYPES, TYPE_LABELS = table_types()  # noqa: N806
     cols = [(label, act, arch) for label, act, archs in MODELS for arch in archs]
     lines = ["| type | " + " | ".join(f"{label}, arch `{arch}`" for label, _, arch in cols) + " |",
              "|---|" + "---|" * len(cols)]
@@ -349,7 +378,7 @@ def render_markdown() -> str:
               "run notes | established by |", "|---|---|---|---|---|---|"]
     for r in RUNTIMES:
         graphs = ", ".join(f"`{a}` ({act})" for a, act in r.graphs.items())
-        types = ", ".join(TYPE_LABELS.get(t, t) for t in TYPES if t in r.types)
+        types = ", ".join(TYPE_LABELS.get(t, t) for t in TYPES if r.computes(t))
         cons = []
         for c in r.constraints:
             if isinstance(c, RunNote):

@@ -15,14 +15,21 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bitconv import __version__
+from bitconv import REPO_URL, __version__
 from bitconv.core.errors import EXIT_VERIFY_FAILED, BitconvError, UsageError
+from bitconv.core.safeio import sha256_file
 from bitconv.describe import describe, gguf_runtimes
 from bitconv.formats.gguf.reader import read_gguf
-from bitconv.layouts import ggml_type_layouts
+from bitconv.layouts import ggml_type_layouts, kernel_kinds
+from bitconv.layouts.kernel_config import KernelConfig
+from bitconv.layouts.runtimes import BITNET_CPP_GIT
+from bitconv.sources.gguf import PACKED, _kernel_config_path
 from bitconv.sources.hub import HUB_URL, README, parse_ref
 
 VERIFY_REPORT = "bitconv-verify.json"
+KERNEL_CONFIG = "kernel_config.ini"
+BEGIN, END = "<!-- bitconv:begin -->", "<!-- bitconv:end -->"  # bitconv's part of README.md; the rest is the user's
+NOT_VERIFIED = "not verified"
 LFS_THRESHOLD = 10 * 1024 * 1024  # the Hub stores files from 10 MB on through LFS/Xet
 _LFS_SUFFIXES = (".safetensors", ".gguf", ".bin", ".model", ".pt", ".pth", ".npy")
 
@@ -51,6 +58,10 @@ class VerifySummary:
     report: Path
     passed: bool | None  # None: the report holds no verdict bitconv recognises
     summary: str
+    recorded: list[str] = field(default_factory=list)  # sha256 of every file the report says it verified
+    applies: bool = True  # the report records the hash of every weight file being uploaded
+    why: str = ""  # why it does not apply
+    in_repo: str = ""  # its path in the repo, when it is uploaded
 
 
 @dataclass
@@ -68,6 +79,7 @@ class UploadPlan:
     metadata: dict
     verify: VerifySummary | None = None
     warnings: list[str] = field(default_factory=list)
+    section: Section | None = field(default=None, repr=False)  # bitconv's part of the card; None: --no-card
 
     @property
     def total_bytes(self) -> int:
@@ -75,22 +87,36 @@ class UploadPlan:
 
     def to_dict(self) -> dict:
         d = asdict(self)
+        d.pop("section")
         d["total_bytes"] = self.total_bytes
         return json.loads(json.dumps(d, default=str))
 
 
 @dataclass
 class UploadResult:
+    """What happened. `committed` is False on a dry run and when the repo already held every file (then no commit
+    or pull request was made, and `url`, `commit_url`, `pr_url` are None); `head` is the commit the target revision
+    points at afterwards."""
+
     plan: UploadPlan
     dry_run: bool
-    url: str | None = None  # the PR when one was opened, else the commit
+    url: str | None = None  # the PR when one was opened, else the commit; None when nothing was committed
     commit_oid: str | None = None
     pr_url: str | None = None
     repo_url: str | None = None
+    committed: bool = False
+    commit_url: str | None = None
+    target: str = "main"  # the revision the files were compared with (a PR's base is main)
+    head: str | None = None
+    branch_created: bool = False
+    changed: list[str] = field(default_factory=list)  # the files the commit added or changed (the rest were equal)
 
     def to_dict(self) -> dict:
-        return {"repo_id": self.plan.repo_id, "dry_run": self.dry_run, "url": self.url, "commit": self.commit_oid,
-                "pr_url": self.pr_url, "repo_url": self.repo_url, "plan": self.plan.to_dict()}
+        return {"repo_id": self.plan.repo_id, "dry_run": self.dry_run, "committed": self.committed,
+                "url": self.url, "commit": self.commit_oid, "commit_url": self.commit_url, "pr_url": self.pr_url,
+                "revision": self.target, "head": self.head, "branch_created": self.branch_created,
+                "changed": self.changed,
+                "repo_url": self.repo_url, "plan": self.plan.to_dict()}
 
 
 def verify_report_for(artifact: str | Path) -> Path | None:
@@ -109,19 +135,48 @@ _STATUS_WORDS = {"pass": True, "passed": True, "ok": True, "success": True, "fai
 
 
 def read_verify_report(path: Path) -> VerifySummary:
-    """Verdict and one-line summary of a verify report (JSON object; `passed`/`ok`/`status`/`exit_code`)."""
+    """Verdict, one-line summary and recorded file hashes of a verify report (JSON object; `passed`/`ok`/`status`/
+    `exit_code`; `out_files` at the top (verify) or in each of `artifacts[].verify` (check))."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         return VerifySummary(path, None, f"unreadable report ({type(e).__name__})")
     data = data if isinstance(data, dict) else {}
+    verdict = _verdict(data)
+    return VerifySummary(path, verdict, _verify_summary(data, verdict), _recorded_hashes(data))
+
+
+def _recorded_hashes(data: dict) -> list[str]:
+    docs = [data] + [a.get("verify") for a in data.get("artifacts") or [] if isinstance(a, dict)]
+    out = []
+    for d in docs:
+        files = d.get("out_files") if isinstance(d, dict) else None
+        out += [f["sha256"] for f in files or [] if isinstance(f, dict) and isinstance(f.get("sha256"), str)]
+    return out
+
+
+def judge_report(verify: VerifySummary, weights: list[Path]) -> VerifySummary:
+    """The report applies only when it records the sha256 of every weight file being uploaded (a report left beside
+    a file that `pack --overwrite` replaced records the old file's hash)."""
+    if not verify.recorded:
+        verify.applies, verify.why = False, "the verify report records no file hash (re-run `bitconv verify`)"
+        return verify
+    stale = [p.name for p in weights if sha256_file(p) not in verify.recorded]
+    if stale or not weights:
+        verify.applies = False
+        verify.why = (f"the verify report was written for another file: the sha256 of {', '.join(stale)} is not the "
+                      "one it records (re-run `bitconv verify`)")
+    return verify
+
+
+def _verdict(data: dict) -> bool | None:
     verdict = next((data[k] for k in _BOOL_KEYS if isinstance(data.get(k), bool)), None)
     if verdict is None:
         word = next((str(data[k]).lower() for k in _STATUS_KEYS if isinstance(data.get(k), str)), "")
         verdict = _STATUS_WORDS.get(word)
     if verdict is None and isinstance(data.get("exit_code"), int):
         verdict = data["exit_code"] == 0
-    return VerifySummary(path, verdict, _verify_summary(data, verdict))
+    return verdict
 
 
 def _verify_summary(data: dict, verdict: bool | None) -> str:
@@ -205,9 +260,14 @@ def _gguf_part(path: Path, rel: str) -> _Part:
     n_tern = sum(numel[k] for k in tern)
     total = sum(numel.values())
 
+    rt = gguf_runtimes(path)
     meta = {"architecture": g.arch, "license": g.get("general.license"),
             "base_model_url": g.get("general.base_model.0.repo_url") or g.get("general.source.repo_url"),
-            "runtimes": gguf_runtimes(path)}
+            "runtimes": rt}
+    kind = kernel_kinds().get(PACKED.get(rt["type"], ""))
+    if kind:  # a tiled layout: its kernels are generated for this tiling, so the ini goes up with the file
+        meta["kernel_config"] = _kernel_config_path(path)  # a TL file without one: refused, with where to put it
+        meta["kind"] = kind
     return _Part(rel, f"GGUF {layout} ({g.dialect} dialect)", layout, "gguf",
                  [(rel, g.size)], total, 8 * g.size / max(total, 1),
                  (8 * sum(nbytes[k] for k in tern) / n_tern) if n_tern else None, meta)
@@ -220,6 +280,24 @@ def _parts(artifact: Path, files: list[tuple[str, Path]]) -> list[_Part]:
         raise UsageError("not a bitconv artifact: expected an output folder (config.json + *.safetensors) or "
                          ".gguf files", path=artifact)
     return parts
+
+
+def _kernel_configs(artifact: Path, parts: list[_Part], local: list[tuple[str, Path]]) -> None:
+    """Each tiled part's kernel_config.ini, as a file of the upload: inside a folder artifact it is already one; beside
+    a single .gguf file it goes up as `STEM.kernel_config.ini` (one repo can hold files of two tiled layouts; bitconv
+    reads that name first). Records the path in the repo and the codegen steps that name it."""
+    in_repo = {p.resolve(): r for r, p in local}
+    for part in parts:
+        ini = part.meta.get("kernel_config")
+        if ini is None:
+            continue
+        rel = in_repo.get(Path(ini).resolve())
+        if rel is None:
+            rel = f"{Path(part.name).stem}.{KERNEL_CONFIG}"
+            local.append((rel, Path(ini)))
+        kc = KernelConfig.from_ini(ini).with_kind(part.meta["kind"])
+        part.meta["kernel_config_in_repo"] = rel
+        part.meta["codegen_steps"] = kc.codegen_params().instructions(rel)
 
 
 # card ------------------------------------------------------------------------------------------------------------
@@ -292,7 +370,8 @@ _HOWTO = {
 
 
 def _gguf_howto(repo_id: str, part: _Part) -> list[str]:
-    """Only the runtimes where the file runs correctly (bitconv.layouts.runtimes), each with its command."""
+    """Only the runtimes where the file runs correctly (bitconv.layouts.runtimes), each with its command; for a tiled
+    layout first every step of the kernel build, from the clone to cmake."""
     rt = part.meta["runtimes"]
     out = [f"### {part.name}", "", f"Arch `{rt['arch']}`, FFN activation `{rt['activation']}`, projections "
            f"{rt['type']}. Where it runs was derived from bitconv's runtime table (docs/runtimes.md), not run here.",
@@ -300,15 +379,22 @@ def _gguf_howto(repo_id: str, part: _Part) -> list[str]:
     if rt["warning"]:
         out += [f"> **WARNING: {rt['warning']}**", ""]
     ok = [v for v in rt["runtimes"] if v["runs"]]
+    ini = part.meta.get("kernel_config_in_repo")
+    fetch = f"hf download {repo_id} {part.name}" + (f" {ini}" if ini else "") + " --local-dir ."
+    if ini:
+        at = "  (then check out the commit of a runtime named below)" if ok else ""
+        steps = [f"git clone --recursive {BITNET_CPP_GIT} && cd BitNet{at}", fetch, *part.meta["codegen_steps"]]
+        steps.insert(len(steps) - 1, f"cmp include/{KERNEL_CONFIG} {ini}  (no output: the generated kernels are "
+                                     "the ones this file was tiled for)")
+        out += [f"{part.layout} kernels are generated for one model's shapes and tiling, so bitnet.cpp must be "
+                f"built for this file. `{ini}` is the kernel config it was packed with. In order:", ""]
+        out += [f"{i}. `{s}`" for i, s in enumerate(steps, 1)] + [""]
     if not ok:
         out += [f"**This file runs correctly on no known runtime** ({rt['does_not_run_on']}).", ""]
     for v in ok:
-        out += [f"#### {v['name']}", "", "```bash", f"hf download {repo_id} {part.name} --local-dir .",
-                v["command"], "```", "", *[f"- {n}" for n in v["notes"]], f"- checked: {v['checked']}", ""]
-    if rt["codegen_steps"]:
-        out += ["Build bitnet.cpp with kernels for this file's shapes (in the bitnet.cpp checkout; bitconv wrote the "
-                "`kernel_config.ini` next to the GGUF):", ""]
-        out += [f"{i}. `{s}`" for i, s in enumerate(rt["codegen_steps"], 1)] + [""]
+        run = [v["command"]] if ini else [fetch, v["command"]]
+        out += [f"#### {v['name']}", "", "```bash", *run, "```", "", *[f"- {n}" for n in v["notes"]],
+                f"- checked: {v['checked']}", ""]
     for n in rt["notes"]:
         out += [f"Note: {n}", ""]
     bad = [v for v in rt["runtimes"] if not v["runs"]]
@@ -325,73 +411,223 @@ def _fmt_bytes(n: float) -> str:
     return str(n)
 
 
-def _card(repo_id: str, meta: dict, parts: list[_Part], files: list[PlannedFile],
-          verify: VerifySummary | None) -> str:
+# the card: front matter, the user's text, bitconv's marked section ------------------------------------------------
+
+_FORMAT_HEAD = ["| part | format | layout | parameters | bits/weight | bits/ternary weight |",
+                "|---|---|---|---|---|---|"]
+_FILES_HEAD = ["| file | size | storage |", "|---|---|---|"]
+_CHECKPOINT = "checkpoint"
+
+
+@dataclass
+class Section:
+    """bitconv's part of README.md, keyed so that uploads merge: a table row per part and per file, a how-to block
+    per runtime or GGUF file, a verification line per part. A later upload replaces the entries it names."""
+
+    intro: str
+    formats: dict[str, str] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)
+    howto: dict[str, str] = field(default_factory=dict)
+    verify: dict[str, str] = field(default_factory=dict)
+
+    def render(self) -> str:
+        lines = [BEGIN, self.intro, "", "## Format", "", *_FORMAT_HEAD, *self.formats.values(), "", "## Files", "",
+                 *_FILES_HEAD, *self.files.values(), "", "## How to load", ""]
+        lines += [b + "\n" for b in self.howto.values()]
+        lines += ["## Verification", "", *self.verify.values(), END]
+        return "\n".join(lines)
+
+    def merged(self, old: Section | None, present: set[str]) -> Section:
+        """`old`'s entries updated with these; entries for files no longer in the repo (`present`) are dropped."""
+        if old is None:
+            return self
+        has_ckpt = any(f.endswith(".safetensors") for f in present)
+
+        def keep(key: str) -> bool:
+            return key in present or (key in (_CHECKPOINT, *_HOWTO) and has_ckpt)
+
+        def join(a: dict[str, str], b: dict[str, str], rule: object) -> dict[str, str]:
+            return {k: v for k, v in {**a, **b}.items() if k in b or rule(k)}
+
+        return Section(self.intro, join(old.formats, self.formats, keep),
+                       join(old.files, self.files, lambda k: k in present), join(old.howto, self.howto, keep),
+                       join(old.verify, self.verify, keep))
+
+
+def parse_section(text: str) -> Section:
+    """The entries of a rendered section (the text between the markers, or a whole card written by an earlier bitconv
+    that had none): table rows by their first cell, how-to blocks by their `### ` heading, verification lines by the
+    part in backticks."""
+    sec = Section("")
+    where = ""
+    block: list[str] = []
+
+    def close() -> None:
+        if block:
+            sec.howto[block[0][4:].strip()] = "\n".join(block).rstrip()
+        block.clear()
+
+    for line in text.splitlines():
+        if line.startswith("## "):
+            close()
+            where = line[3:].strip()
+        elif where in ("Format", "Files") and line.startswith("|") and not line.startswith("|---"):
+            key = line.strip("|").split("|")[0].strip()
+            if key not in ("part", "file"):
+                (sec.formats if where == "Format" else sec.files)[key] = line
+        elif where == "How to load":
+            if line.startswith("### "):
+                close()
+            if line.startswith("### ") or block:
+                block.append(line)
+        elif where == "Verification" and (m := re.match(r"- `([^`]+)`", line)):
+            sec.verify[m[1]] = line
+    close()
+    return sec
+
+
+def _split_card(text: str) -> tuple[str, str]:
+    """(front matter YAML or "", body)."""
+    m = re.match(r"\A---\r?\n(.*?)\r?\n---\r?\n", text, re.S)
+    return (m[1], text[m.end():]) if m else ("", text)
+
+
+# the intro line of a card bitconv wrote (plain "bitconv" before the markers existed, a link since)
+_LEGACY = re.compile(r"^BitNet b1\.58 ternary \(1\.58-bit\) weights.*converted with \[?bitconv\b", re.M)
+
+
+def merge_card(old: str | None, plan: UploadPlan, present: set[str]) -> str:
+    """The card to commit: `old` (the repo's README.md, None when it has none) with bitconv's section merged in.
+
+    The user's text outside the markers is kept byte for byte; a card without markers is all the user's text, and
+    bitconv's section goes after it, except a card written by bitconv before the markers existed, which is taken as
+    bitconv's section. Front matter: the keys already there are kept (tags: the union), bitconv's are added."""
+    assert plan.section is not None
+    name = plan.repo_id.rsplit("/", 1)[-1]
+    if old is None:
+        return _front(plan.metadata) + f"\n# {name}\n\n" + plan.section.render() + "\n"
+    yaml_text, body = _split_card(old)
+    meta = dict(_front_matter(old)) if yaml_text else {}
+    for k, v in plan.metadata.items():
+        if k == "tags":
+            have = meta.get("tags") if isinstance(meta.get("tags"), list) else []
+            meta["tags"] = list(dict.fromkeys([*have, *v]))
+        elif meta.get(k) in (None, "", []):
+            meta[k] = v
+    if BEGIN in body and END in body.split(BEGIN, 1)[1]:
+        before, rest = body.split(BEGIN, 1)
+        inside, after = rest.split(END, 1)
+        prev: Section | None = parse_section(inside)
+    elif m := _LEGACY.search(body):
+        title = body[:m.start()]
+        before, after, prev = title, "\n", parse_section(body[m.start():])
+    else:
+        before, after, prev = body.rstrip("\n") + "\n\n" if body.strip() else "", "\n", None
+    return _front(meta) + before + plan.section.merged(prev, present).render() + after
+
+
+def _front(meta: dict) -> str:
     from huggingface_hub import ModelCardData
 
-    name = repo_id.rsplit("/", 1)[-1]
+    return f"---\n{ModelCardData(**meta).to_yaml()}\n---\n"
+
+
+def _section(repo_id: str, meta: dict, parts: list[_Part], files: list[PlannedFile],
+             verify: VerifySummary | None) -> Section:
     base = meta.get("base_model")
     origin = f" of [{base}]({HUB_URL}/{base})" if base else ""
-    lines = [f"# {name}", "", f"BitNet b1.58 ternary (1.58-bit) weights{origin}, converted with bitconv "
-             f"{__version__}.", "", "## Format", "", "| part | format | layout | parameters | bits/weight | "
-             "bits/ternary weight |", "|---|---|---|---|---|---|"]
+    sec = Section(f"BitNet b1.58 ternary (1.58-bit) weights{origin}, converted with "
+                  f"[bitconv]({REPO_URL}) {__version__}.")
     for p in parts:
+        key = _CHECKPOINT if p.name == "." else p.name
         tbw = f"{p.ternary_bits_per_weight:.3f}" if p.ternary_bits_per_weight else "-"
-        lines.append(f"| {'checkpoint' if p.name == '.' else p.name} | {p.format} | {p.layout} | {p.parameters:,} "
-                     f"| {p.bits_per_weight:.3f} | {tbw} |")
-    lines += ["", "## Files", "", "| file | size | storage |", "|---|---|---|"]
-    lines += [f"| {f.path_in_repo} | {_fmt_bytes(f.size)} | {'LFS' if f.lfs else 'git'} |" for f in files
-              if f.local is not None]
-    lines += ["", "## How to load", ""]
+        sec.formats[key] = (f"| {key} | {p.format} | {p.layout} | {p.parameters:,} | {p.bits_per_weight:.3f} "
+                            f"| {tbw} |")
+        sec.verify[key] = f"- `{key}`: " + _verify_line(verify)
+    for f in files:
+        if f.local is not None:
+            sec.files[f.path_in_repo] = f"| {f.path_in_repo} | {_fmt_bytes(f.size)} | {'LFS' if f.lfs else 'git'} |"
+    name = repo_id.rsplit("/", 1)[-1]
     for runtime, part in {p.runtime: p for p in parts if p.runtime != "gguf"}.items():
-        lines.append(_HOWTO[runtime].format(repo=repo_id, name=name, file=part.name))
+        sec.howto[runtime] = _HOWTO[runtime].format(repo=repo_id, name=name, file=part.name).rstrip()
     for part in parts:
         if part.runtime == "gguf":
-            lines += _gguf_howto(repo_id, part)
-    if verify is not None:
-        state = {True: "passed", False: "FAILED", None: "no verdict"}[verify.passed]
-        lines += ["## Verification", "", f"`bitconv verify` {state}: {verify.summary} (report: "
-                  f"`{VERIFY_REPORT}`).", ""]
-    return f"---\n{ModelCardData(**meta).to_yaml()}\n---\n\n" + "\n".join(lines).rstrip() + "\n"
+            sec.howto[part.name] = "\n".join(_gguf_howto(repo_id, part)).rstrip()
+    return sec
+
+
+def _verify_line(verify: VerifySummary | None) -> str:
+    if verify is None:
+        return f"{NOT_VERIFIED}: no `bitconv verify` report was published with it"
+    if not verify.applies:
+        return f"{NOT_VERIFIED}: {verify.why}"
+    state = {True: "passed", False: "FAILED", None: "no verdict"}[verify.passed]
+    return f"`bitconv verify` {state}: {verify.summary} (report: `{verify.in_repo}`)"
 
 
 def plan_upload(artifact: str | Path, repo_id: str, *, revision: str | None = None, create_pr: bool = False,
                 private: bool = False, commit_message: str | None = None, force: bool = False,
-                base_model: str | None = None, base_card: str | None = None) -> UploadPlan:
-    """What `upload` would send: files, sizes, the card. Local only; refuses a failed verify unless `force`."""
+                base_model: str | None = None, base_card: str | None = None, card: bool = True) -> UploadPlan:
+    """What `upload` would send: files, sizes, the card (as generated for this artifact alone: `upload` merges it
+    into the repo's card). Local only; refuses a failed verify report that applies to these files unless `force`.
+    `card=False`: no README.md is sent."""
     a = Path(artifact)
     if not a.exists():
+        if parse_ref(str(artifact)) is not None and Path(repo_id).exists():
+            raise UsageError(f"{repo_id!r} is a local path and {str(artifact)!r} is not: the arguments are REPO_ID "
+                             f"[LOCAL_PATH], as in `hf upload` (bitconv upload {artifact} {repo_id})")
         raise UsageError("no such file or folder", path=a)
     if create_pr and revision not in (None, "main"):
         raise UsageError("--create-pr opens a pull request against main; leave out --revision")
     ref = parse_ref(repo_id)
     if ref is None or ref.path or ref.revision:
-        raise UsageError(f"{repo_id!r} is not a Hub repo id (owner/name)")
+        local = " is a local path, and" if Path(repo_id).exists() else ""
+        raise UsageError(f"{repo_id!r}{local} is not a Hub repo id (owner/name): the arguments are REPO_ID "
+                         "[LOCAL_PATH], as in `hf upload`")
+    local = _artifact_files(a)
     report = verify_report_for(a)
     verify = read_verify_report(report) if report else None
-    if verify is not None and verify.passed is False and not force:
+    if verify is not None:
+        judge_report(verify, [p for r, p in local if r.endswith((".safetensors", ".gguf"))])
+    # a failed report is refused unless it is provably about another file (its recorded hash differs)
+    if verify is not None and (verify.applies or not verify.recorded) and verify.passed is False and not force:
         raise VerifyFailedError(f"bitconv verify failed ({verify.summary}; report {report}): refusing to "
                                 "publish (pass --force to upload anyway)", path=a)
-    local = _artifact_files(a)
-    if report is not None and a.is_file():
-        local.append((VERIFY_REPORT, report))
+    if report is not None:
+        local = [(r, p) for r, p in local if p != report]
+        if verify is not None and verify.applies:  # a stale report is not published
+            verify.in_repo = f"{a.name}.{VERIFY_REPORT}" if a.is_file() else VERIFY_REPORT
+            local.append((verify.in_repo, report))
     parts = _parts(a, local)
+    _kernel_configs(a, parts, local)
     own = _front_matter((a / README).read_text(encoding="utf-8", errors="replace")) if (a / README).is_file() else {}
     base = _base_model(base_model, own, parts)
     card_text = base_card if base_card is not None else (cached_card(base) if base else None)
     meta = _metadata(parts, base, own, _front_matter(card_text) if card_text else {}, {r for r, _ in local})
     files = [PlannedFile(r, p.stat().st_size, _is_lfs(r, p.stat().st_size), p) for r, p in local]
-    card = _card(ref.repo_id, meta, parts, files, verify)
     msg = commit_message or f"Upload {', '.join(p.layout for p in parts)} ternary weights (bitconv {__version__})"
-    return UploadPlan(a, ref.repo_id, revision, create_pr, private, msg,
-                      [*files, PlannedFile(README, len(card.encode()), False)], card, meta, verify,
+    plan = UploadPlan(a, ref.repo_id, revision, create_pr, private, msg, files, "", meta, verify,
                       _warnings(base, meta, verify) + _runtime_warnings(parts))
+    if card:
+        plan.section = _section(ref.repo_id, meta, parts, files, verify)
+        with_card(plan, merge_card(None, plan, set()))
+    return plan
+
+
+def with_card(plan: UploadPlan, text: str) -> UploadPlan:
+    """Set the README.md the upload commits (the last file of the plan)."""
+    plan.card = text
+    plan.files = [f for f in plan.files if f.local is not None] + [PlannedFile(README, len(text.encode()), False)]
+    return plan
 
 
 def _warnings(base: str | None, meta: dict, verify: VerifySummary | None) -> list[str]:
     out = [] if base else ["base_model unknown: pass --base-model OWNER/NAME so the card links the source"]
     out += [] if "license" in meta else ["no licence found in the source config or card: the card has none"]
-    if verify is not None and verify.passed is not True:
+    if verify is not None and not verify.applies:
+        out.append(f"verify report {verify.report}: {verify.why}; it is not uploaded and the card says "
+                   f"{NOT_VERIFIED}")
+    elif verify is not None and verify.passed is not True:
         forced = " (published anyway: --force)" if verify.passed is False else ""
         out.append(f"verify report {verify.report}: {verify.summary}{forced}")
     return out

@@ -2,28 +2,18 @@
 type, shape and size, and every KV, before the first byte is read or written; `pipeline.execute` then streams the
 steps into `GGUFSink` in order.
 
-    pack_gguf(src, "model-i2_s.gguf", "i2_s")            any ternary-capable source -> GGUF
+    pack_gguf(src, "model.gguf", type)                   any ternary-capable source -> GGUF
 
-| --type | the 7 projections                   | made like                                     | KV set (arch bitnet) |
-|--------|-------------------------------------|-----------------------------------------------|----------------------|
-| i2_s   | I2_S (36): codes + float32 scale    | bitnet.cpp convert (f32) + llama-quantize     | bitnet.cpp           |
-| tl1    | TL1 (38), kernel tile order         | bitnet.cpp convert-hf-to-gguf-bitnet, tl1     | bitnet.cpp           |
-| tl2    | TL2 (39, or 42 with tl2_type_id=42) | bitnet.cpp convert-hf-to-gguf-bitnet, tl2     | bitnet.cpp           |
-| tq1_0  | TQ1_0 (34), fp16 scale per block    | llama.cpp convert_hf_to_gguf, tq1_0           | upstream             |
-| tq2_0  | TQ2_0 (35), fp16 scale per block    | llama.cpp convert_hf_to_gguf, tq2_0           | upstream             |
-| f32    | F32 codes * scale                   | bitnet.cpp convert, f32                       | bitnet.cpp           |
-| f16    | F16 codes * scale                   | bitnet.cpp convert, f16                       | bitnet.cpp           |
-| bf16   | BF16 codes * scale                  | llama.cpp convert_hf_to_gguf, bf16            | upstream             |
-| iq1_bn | IQ1_BN (134), fp16 row scales   | ik llama-quantize of bitconv's i2_s, iq1_bn       | bitnet.cpp (+q. v.)  |
-| iq2_bn | IQ2_BN (135), f32 row scales    | ik llama-quantize of bitconv's i2_s, iq2_bn       | bitnet.cpp (+q. v.)  |
-| iq2_bn_r4 | IQ2_BN_R4 (335), 4-row groups | ik llama-quantize of bitconv's i2_s, iq2_bn_r4 | bitnet.cpp (+q. v.)  |
+`--type` is a GGUF layout's name without `gguf-` (`bitconv layouts`; `GGUF_TARGETS` is derived from the layout
+registry: each layout declares whose converter's KV set it takes, whether it is made like llama-quantize, its
+default embedding type and the runtime it is written for), or a float type (f32, f16: bitnet.cpp's converter; bf16:
+llama.cpp's) holding codes * scale.
 
-Norms and other 1-D tensors are F32; `token_embd` / `output` take `embd_type` (f16 default; f32, bf16, q8_0; q8_0
-by default for the ik_llama.cpp types, whose own Q6_K default cannot be reproduced outside ik's build).
-ik_llama.cpp types (docs/ik_llama.md): the default arch of a 2B4T (relu²) model is `bitnet-25`; an arch whose ik
-graph has another FFN activation than the model is refused (ik would run `bitnet` with SiLU); projections with
-in_features < 512 are written with a warning (ik's CPU matmul aborts on IQ1_BN / IQ2_BN there); for iq2_bn_r4 a
-projection whose out_features is not a multiple of 4 stays IQ2_BN, as llama-quantize keeps it.
+Norms and other 1-D tensors are F32; `token_embd` / `output` take `embd_type` (default: the layout's; f16, f32, bf16,
+q8_0). A layout written for one runtime (ik_llama.cpp, docs/ik_llama.md) takes that runtime's arch for the model's
+activation by default; an arch whose graph has another FFN activation than the model is refused; projections below a
+runtime's size limit are written with a warning; a projection whose shape the layout cannot hold is written with the
+layout's declared fallback, as llama-quantize does.
 Ternary sources (HF packed, bitconv ternary, GGUF) are packed from their codes and scale, never re-quantized. The
 dequantized float types keep the sign of zero codes from a float source (the reference writes -0.0 for small
 negative weights), so bitconv's f32 file equals the converter's byte for byte.
@@ -66,9 +56,8 @@ from bitconv.formats.gguf.types import pad
 from bitconv.formats.gguf.vocab import load_vocab, vocab_kvs
 from bitconv.formats.gguf.writer import GGUFWriter, TensorEntry, build_header
 from bitconv.formats.safetensors import TensorInfo, pread_exact
-from bitconv.layouts import Layout, get_layout
-from bitconv.layouts._ikbn import IK_DEFAULT_ARCH, RUNTIME
-from bitconv.layouts.kernel_config import KernelConfig, derive
+from bitconv.layouts import Layout, get_layout, gguf_layouts, layout_class, type_id_choices
+from bitconv.layouts.kernel_config import INI_NAME, KernelConfig, derive
 from bitconv.layouts.runtimes import ACTIVATIONS, Verdict, default_activation, runs_somewhere, summary, where_it_runs
 from bitconv.output import AtomicOutput, precheck
 from bitconv.pipeline import Plan, Progress, Report, Step, execute
@@ -85,27 +74,21 @@ class Target:
     tool: str  # which reference makes this type: "bitnet.cpp" or "upstream" (selects the KV set)
     quantized: bool = False  # the file llama-quantize writes (it appends general.quantization_version)
     embd: str = "f16"  # default --embd-type
-    runtime: str | None = None  # RUNTIME ("ik_llama.cpp"): its arch and CPU-limit rules apply
+    runtime: str | None = None  # the one runtime the layout is written for: its arch and CPU-limit rules apply
 
 
-GGUF_TARGETS: dict[str, Target] = {
-    "i2_s": Target("gguf-i2-s", None, "bitnet.cpp", quantized=True),
-    "tl1": Target("gguf-tl1", None, "bitnet.cpp"),
-    "tl2": Target("gguf-tl2", None, "bitnet.cpp"),
-    "tq1_0": Target("gguf-tq1-0", None, "upstream"),
-    "tq2_0": Target("gguf-tq2-0", None, "upstream"),
+GGUF_TARGETS: dict[str, Target] = {  # every GGUF layout (the registry's facts), then the dequantized float types
+    **{key: Target(cls.name, None, cls.gguf_tool, cls.quantized, cls.default_embd, cls.runtime)
+       for key, cls in gguf_layouts().items()},
     "f32": Target(None, "F32", "bitnet.cpp"),
     "f16": Target(None, "F16", "bitnet.cpp"),
     "bf16": Target(None, "BF16", "upstream"),
-    # made like ik's llama-quantize from bitconv's (or bitnet.cpp's) i2_s: same KVs, file_type in place, q-version last
-    "iq1_bn": Target("gguf-iq1-bn", None, "bitnet.cpp", quantized=True, embd="q8_0", runtime=RUNTIME),
-    "iq2_bn": Target("gguf-iq2-bn", None, "bitnet.cpp", quantized=True, embd="q8_0", runtime=RUNTIME),
-    "iq2_bn_r4": Target("gguf-iq2-bn-r4", None, "bitnet.cpp", quantized=True, embd="q8_0", runtime=RUNTIME),
 }
 EMBD_TYPES = {"f16": "F16", "f32": "F32", "bf16": "BF16", "q8_0": "Q8_0"}
 EMBEDDINGS = ("token_embd.weight", "output.weight")
-KERNEL_CONFIG_NAME = "kernel_config.ini"
-TL2_TYPE_IDS = (39, 42)
+KERNEL_CONFIG_NAME = INI_NAME
+TL2_TYPE_IDS = tuple(sorted({i for t in GGUF_TARGETS.values() if t.layout for i in type_id_choices(t.layout)
+                             if len(type_id_choices(t.layout)) > 1}))  # a layout with several ids (--tl2-type-id)
 
 
 def entry_of(step: Step) -> TensorEntry:
@@ -138,7 +121,7 @@ class GGUFPlan(Plan):
 
     def rows(self) -> list[list]:
         """(GGUF name, action, HF shape, type, bytes) per tensor, for --dry-run."""
-        return [[entry_of(s).name, s.action, list(s.tensor.shape), s.out_type, s.nbytes] for s in self.steps]
+        return [[entry_of(s).name, s.action, list(s.tensor.shape), s.type_name, s.nbytes] for s in self.steps]
 
     def new_sink(self, **_: object) -> GGUFSink:
         return GGUFSink(self)
@@ -170,22 +153,24 @@ def _kernel_config(kind: str, given: KernelConfig | str | Path | None, shapes: d
     return given.with_kind(kind)
 
 
-def _layout(target: Target, src: Checkpoint, kernel_config: KernelConfig | str | Path | None, tl2_type_id: int) \
+def _layout(target: Target, src: Checkpoint, kernel_config: KernelConfig | str | Path | None,
+            tl2_type_id: int | None) \
         -> tuple[Layout | None, KernelConfig | None]:
     if target.layout is None:
         return None, None
-    if target.layout not in ("gguf-tl1", "gguf-tl2"):
+    cls = layout_class(target.layout)
+    if not cls.needs_kernel_config:
         return get_layout(target.layout), None
-    kind = target.layout.removeprefix("gguf-")
+    kind = cls.kernel_kind
     shapes = {t.name: tuple(t.shape) for t in src.ternary_tensors()}
     kc = _kernel_config(kind, kernel_config, shapes)
-    params = {"type_id": tl2_type_id} if kind == "tl2" else {}
+    params = {"type_id": tl2_type_id} if tl2_type_id is not None and len(type_id_choices(target.layout)) > 1 else {}
     return get_layout(target.layout, kernel_config=kc, **params), kc
 
 
 def _tensor_layout(t: ModelTensor, layout: Layout | None) -> Layout | None:
-    """The plan's layout, or its declared fallback for a shape it cannot hold (IQ2_BN_R4 -> IQ2_BN)."""
-    fallback = getattr(layout, "fallback_layout", None)
+    """The plan's layout, or its declared fallback for a shape it cannot hold (`Layout.fallback_layout`)."""
+    fallback = layout.fallback_layout if layout is not None else None
     if not t.is_ternary or layout is None or fallback is None:
         return layout
     try:
@@ -255,15 +240,16 @@ def _add_prefix_space(src: Checkpoint) -> bool | None:
     return v if isinstance(v, bool) else None
 
 
-def _ik_arch(src: Checkpoint, arch: str | None) -> GGUFArch:
-    """The arch for an ik_llama.cpp file: by default the one whose ik graph has the model's FFN activation (a 2B4T
-    model is written as `bitnet-25`); an explicit `--arch` is kept and judged by the runtime table like any other."""
+def _ik_arch(src: Checkpoint, arch: str | None, by_activation: dict[str, str]) -> GGUFArch:
+    """The arch for a file written for one runtime: by default the one whose graph in that runtime has the model's FFN
+    activation (ik_llama.cpp: a 2B4T model is written as `bitnet-25`); an explicit `--arch` is kept and judged by the
+    runtime table like any other."""
     act = src.config.get("hidden_act")
     given = arch or _source_gguf_arch(src)
     garch = resolve_arch(src.config, given)
-    if given is None and act in IK_DEFAULT_ARCH:  # the arch ik names for this activation, where the family has it
+    if given is None and act in by_activation:  # the arch the runtime names for this activation, where it exists
         try:
-            garch = resolve_arch(src.config, IK_DEFAULT_ARCH[act])
+            garch = resolve_arch(src.config, by_activation[act])
         except UsageError:
             pass
     return garch
@@ -285,7 +271,7 @@ def runtime_verdicts(arch: str, type_name: str, activation: str, src: Checkpoint
 
 
 def plan_pack_gguf(src: Checkpoint, gguf_type: str, *, arch: str | None = None, embd_type: str | None = None,
-                   kernel_config: KernelConfig | str | Path | None = None, tl2_type_id: int = 39,
+                   kernel_config: KernelConfig | str | Path | None = None, tl2_type_id: int | None = None,
                    force: bool = False, file: str = "MODEL.gguf",
                    model_name: str | None = None) -> GGUFPlan:
     """Validate every option and shape and size the whole file; raises before anything is read or written.
@@ -297,13 +283,13 @@ def plan_pack_gguf(src: Checkpoint, gguf_type: str, *, arch: str | None = None, 
     gguf_type = _choice(gguf_type, GGUF_TARGETS, "--type")
     target = GGUF_TARGETS[gguf_type]
     embd = EMBD_TYPES[_choice(embd_type or target.embd, EMBD_TYPES, "--embd-type")]
-    if tl2_type_id not in TL2_TYPE_IDS:
-        raise UsageError(f"--tl2-type-id must be 39 (bitnet.cpp before mid-2026) or 42 (current fork), "
-                         f"got {tl2_type_id}")
-    if kernel_config is not None and gguf_type not in ("tl1", "tl2"):
-        raise UsageError(f"--kernel-config applies to --type tl1/tl2, not {gguf_type}")
-    garch = _ik_arch(src, arch) if target.runtime == RUNTIME else resolve_arch(src.config,
-                                                                                 arch or _source_gguf_arch(src))
+    if tl2_type_id is not None and tl2_type_id not in TL2_TYPE_IDS:
+        raise UsageError(f"--tl2-type-id must be one of {', '.join(map(str, TL2_TYPE_IDS))}, got {tl2_type_id}")
+    tiled = [k for k, t in GGUF_TARGETS.items() if t.layout and layout_class(t.layout).needs_kernel_config]
+    if kernel_config is not None and gguf_type not in tiled:
+        raise UsageError(f"--kernel-config applies to --type {'/'.join(tiled)}, not {gguf_type}")
+    by_act = dict(layout_class(target.layout).arch_by_activation) if target.layout else {}
+    garch = _ik_arch(src, arch, by_act) if target.runtime else resolve_arch(src.config, arch or _source_gguf_arch(src))
     layout, kc = _layout(target, src, kernel_config, tl2_type_id)
     steps = _steps(src, garch, target, layout, embd)
     profile = PROFILE_OF[(garch.name, target.tool)]
@@ -313,7 +299,7 @@ def plan_pack_gguf(src: Checkpoint, gguf_type: str, *, arch: str | None = None, 
     runs_on, not_on = summary(verdicts)
     warnings = []
     if not runs_somewhere(verdicts) and any(v.shape_limited for v in verdicts):
-        # the file is right and loads, but a CPU kernel's size limit aborts it (ik's IQ1_BN below 512 inputs):
+        # the file is right and loads, but a CPU kernel's size limit aborts it (a runtime's minimum in_features):
         # written, with the runtime's warning (tiny test models; real models are far above the limit)
         warnings.append(f"{gguf_type}: the file is correct, but " + "; ".join(
             f"{v.runtime.name}: {v.why}" for v in verdicts if v.shape_limited))
@@ -331,7 +317,8 @@ def plan_pack_gguf(src: Checkpoint, gguf_type: str, *, arch: str | None = None, 
                 sum(int(np.prod(s.tensor.shape)) for s in steps), target.quantized, _add_prefix_space(src),
                 hidden, warnings[0] if warnings and warnings[0].startswith("FORCED") else None)
     kvs = build_kvs(profile, meta, _vocab(src, PROFILES[profile].vocab_style))
-    plan = GGUFPlan(src, f"gguf-{gguf_type}", steps, src.config, layout, gguf_type=gguf_type, arch=garch,
+    target = layout.name if layout is not None else f"gguf-{gguf_type}"  # the registry's spelling
+    plan = GGUFPlan(src, target, steps, src.config, layout, gguf_type=gguf_type, arch=garch,
                     profile=profile, kvs=kvs, kernel_config=kc, verdicts=verdicts, warnings=warnings)
     if isinstance(kernel_config, (str, Path)):
         plan.kernel_config_path = Path(kernel_config)
@@ -383,7 +370,7 @@ def _dequant_chunks(step: Step, tern: Ternary) -> Iterator[np.ndarray]:
             np.copysign(vals, permute_rows(sg, (b - a) // unit) if step.permute else sg, out=vals)
         else:
             np.copysign(vals, codes[a:b], out=vals)
-        yield to_float_type(torch.from_numpy(vals.reshape(b - a, *tern.codes.shape[1:])), step.out_type)
+        yield to_float_type(torch.from_numpy(vals.reshape(b - a, *tern.codes.shape[1:])), step.type_name)
 
 
 def _copied(step: Step, plan: GGUFPlan) -> np.ndarray | Iterator[np.ndarray]:
@@ -391,7 +378,7 @@ def _copied(step: Step, plan: GGUFPlan) -> np.ndarray | Iterator[np.ndarray]:
     parts = _converted_row_chunks(step)
     if parts is not None:
         return parts
-    return to_float_type(plan.source.load_passthrough(step.tensor.name), step.out_type)
+    return to_float_type(plan.source.load_passthrough(step.tensor.name), step.type_name)
 
 
 CHUNK_BYTES = 8 << 20  # passthrough tensors above this are converted a block of rows at a time (blocks of this size
@@ -416,7 +403,7 @@ def _converted_row_chunks(step: Step) -> Iterator[np.ndarray] | None:
             buf = raw[: n * row_bytes]
             pread_exact(info.path, info.offset + r0 * row_bytes, memoryview(buf), info.name)
             block = dtypes.from_numpy_storage(buf.view(dtypes.DTYPES[info.dtype].np_storage), info.dtype)
-            out = to_float_type(block.reshape(n, info.shape[1]), step.out_type)
+            out = to_float_type(block.reshape(n, info.shape[1]), step.type_name)
             # the block is written later, on the writer thread, while `raw` is refilled: never hand out a view of it
             yield out.copy() if np.shares_memory(out, raw) else out
 
@@ -522,11 +509,11 @@ def _check_ini(plan: GGUFPlan, out: Path, overwrite: bool) -> Path | None:
 
 def pack_gguf(src: str | Path | Checkpoint, out: str | Path, gguf_type: str, *, arch: str | None = None,
               embd_type: str | None = None, kernel_config: KernelConfig | str | Path | None = None,
-              tl2_type_id: int = 39, compute: str = "float32", overwrite: bool = False,
+              tl2_type_id: int | None = None, compute: str = "float32", overwrite: bool = False,
               progress: Progress | None = None, force: bool = False,
               model_name: str | None = None) -> Report:
-    """Write SRC as one GGUF file of `gguf_type` (i2_s, tl1, tl2, tq1_0, tq2_0, f32, f16, bf16, and ik_llama.cpp's
-    iq1_bn, iq2_bn, iq2_bn_r4).
+    """Write SRC as one GGUF file of `gguf_type` (a key of `GGUF_TARGETS`: every GGUF layout of `bitconv layouts`
+    without its `gguf-` prefix, or f32, f16, bf16).
 
     Args:
         src: any ternary-capable checkpoint (bf16 master, bitconv ternary, HF packed, GGUF).
@@ -534,11 +521,11 @@ def pack_gguf(src: str | Path | Checkpoint, out: str | Path, gguf_type: str, *, 
         arch: GGUF architecture; default by model family (bitnet-b1.58 / bitnet / llama; bitnet-25 instead of
             bitnet-b1.58 for the ik_llama.cpp types).
         embd_type: token_embd / output type: f16, f32, bf16 or q8_0; None: q8_0 for the ik_llama.cpp types, else f16.
-        kernel_config: TL1/TL2 tiling: a kernel_config.ini, a KernelConfig, or None to derive one from the shapes.
-        tl2_type_id: 39 (bitnet.cpp before mid-2026) or 42 (current fork).
+        kernel_config: tiled layouts: a kernel_config.ini, a KernelConfig, or None to derive one from the shapes.
+        tl2_type_id: for a layout written under several type ids, which one (`TL2_TYPE_IDS`; None: its first).
         model_name: general.name (default: the repo or folder name).
         force: write a combination that runs correctly on no known runtime (with a warning in the file).
-    Returns a Report; for TL types `extra["codegen"]` holds the codegen_tl*.py parameters of the config used;
+    Returns a Report; for tiled layouts `extra["codegen"]` holds the codegen_tl*.py parameters of the config used;
     `extra["runtimes"]` the verdict of every known runtime (bitconv.layouts.runtimes).
     Example:
         >>> pack_gguf("bitnet-bf16", "bitnet-i2_s.gguf", "i2_s")

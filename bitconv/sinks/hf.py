@@ -72,9 +72,10 @@ class HFSink:
 
     def __init__(self, entries: list[OutEntry], max_shard_bytes: int | None = DEFAULT_MAX_SHARD_BYTES,
                  metadata: dict[str, str] | None = None, config: dict | None = None, aux_files: Iterable[Path] = (),
-                 background: bool = True) -> None:
+                 background: bool = True, files: dict[str, bytes] | None = None) -> None:
         self.entries, self.max_shard_bytes, self.metadata = list(entries), max_shard_bytes, metadata
         self.config, self.aux_files, self.background = config or {}, list(aux_files), background
+        self.side_files = dict(files or {})  # name -> bytes written beside the config (a GGUF's rebuilt tokenizer)
         self.extra: dict = {}
         self.folder: Path | None = None
         self._bg: BackgroundWriter | None = None
@@ -86,7 +87,7 @@ class HFSink:
 
     def prepare(self, guard: AtomicOutput) -> int:
         self._out = guard.out
-        return SIDE_BYTES + sum(f.stat().st_size for f in self.aux_files)
+        return SIDE_BYTES + sum(f.stat().st_size for f in self.aux_files) + sum(map(len, self.side_files.values()))
 
     def open(self, folder: Path) -> None:
         self.folder = folder
@@ -166,6 +167,8 @@ class HFSink:
             write_json(self.folder / "config.json", self.config)
             for f in self.aux_files:
                 safeio.copy_input(f, self.folder / f.name)  # read through safeio: never a link out of SRC
+            for name, data in self.side_files.items():
+                (self.folder / name).write_bytes(data)
         except OSError as e:
             raise OutputError(f"cannot write: {e.strerror or e}", path=self.folder) from None
         out = self._out or self.folder

@@ -17,13 +17,23 @@ import torch
 from bitconv.core import dtypes
 from bitconv.core.tensors import Ternary
 from bitconv.formats.safetensors import TensorInfo, read_array
+from bitconv.layouts import gguf_layouts
+
+
+def _gguf_types_text() -> str:
+    """The GGUF ternary types by runtime family, from the layout registry ("bitnet.cpp A/B, llama.cpp C/D")."""
+    fam: dict[str, list[str]] = {}
+    for cls in gguf_layouts().values():
+        fam.setdefault({"upstream": "llama.cpp"}.get(cls.ggml_dialect, cls.ggml_dialect), []).append(cls.ggml_type)
+    return ", ".join(f"{f} {'/'.join(ts)}" for f, ts in fam.items())
+
 
 # What a checkpoint is; `inspect` prints these ids.
 KINDS = {
     "bf16-master": "bf16 master weights (HF layout)",
     "bitconv-ternary": "bitconv ternary checkpoint (int8 codes + float32 scales)",
     "hf-packed": "transformers packed BitNet checkpoint (uint8, 4 codes per byte)",
-    "gguf": "GGUF file (bitnet.cpp I2_S/TL1/TL2, llama.cpp TQ1_0/TQ2_0, ik_llama.cpp IQ1_BN/IQ2_BN, or float)",
+    "gguf": f"GGUF file ({_gguf_types_text()}, or float)",
     "nanotron": "Nanotron checkpoint folder (TP/PP shards of bf16 latent weights)",
 }
 

@@ -3,9 +3,9 @@
 * Names: GGUF -> HF by architecture (`bitconv.formats.gguf.metadata.hf_name`); the sub-norms get the family's spelling
   (1bitLLM `inner_attn_ln` / `ffn_layernorm` for arch `bitnet`, `attn_sub_norm` / `ffn_sub_norm` for
   `bitnet-b1.58` / `bitnet-25`). For arch `llama` the q/k RoPE permutation is undone.
-* Ternary projections: I2_S, TL1, TL2, TQ1_0, TQ2_0, ik_llama.cpp's IQ1_BN, IQ2_BN, IQ2_BN_R4 through their layout's
-  `unpack`; TL1/TL2 need the
-  `kernel_config.ini` they were packed with, next to the file (`<name>.kernel_config.ini` or `kernel_config.ini`).
+* Ternary projections: every GGML type a registered layout declares (`ggml_type_layouts`), through that layout's
+  `unpack`; tiled layouts need the `kernel_config.ini` they were packed with, next to the file
+  (`<name>.kernel_config.ini` or `kernel_config.ini`).
   F32/F16/BF16 projections (a converter's f32/f16 file) give codes = sign, scale = max|w| when the values are exactly
   ternary x scale, and are ternarized like a master otherwise.
 * Passthrough: F32/F16/BF16 tensors are plain stored tensors (copied byte for byte); Q8_0 ones are dequantized to
@@ -26,13 +26,14 @@ import torch
 from bitconv.core import naming
 from bitconv.core.errors import LayoutError, SourceError
 from bitconv.core.tensors import Ternary, checked_scale
+from bitconv.formats.gguf.hf_tokenizer import hf_tokenizer_files
 from bitconv.formats.gguf.metadata import ARCHS, GGUFArch, hf_name, permute_heads, permute_rows, read_arch
 from bitconv.formats.gguf.quants import dequantize_q8_0
 from bitconv.formats.gguf.reader import GGUFFile, GGUFTensor, read_gguf
 from bitconv.formats.gguf.types import by_id
 from bitconv.formats.safetensors import TensorInfo
-from bitconv.layouts import Layout, get_layout, ggml_type_layouts, layout_class
-from bitconv.layouts.kernel_config import KernelConfig
+from bitconv.layouts import Layout, get_layout, ggml_type_layouts, kernel_kinds, layout_class
+from bitconv.layouts.kernel_config import INI_NAME, KernelConfig
 from bitconv.layouts.runtimes import ACTIVATIONS, default_activation
 from bitconv.quant import ternarize
 from bitconv.sources import validate
@@ -42,7 +43,7 @@ from bitconv.sources.safetensors import with_file
 # GGML type -> ternary layout name, from what each layout declares
 PACKED = ggml_type_layouts()
 FLOATS = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("<u2")}
-_KERNEL_CONFIG = "kernel_config.ini"
+_KERNEL_CONFIG = INI_NAME
 # `<arch>.*` KVs the config is built from, and what each must hold (a corrupt file can hold any value type).
 _POSITIVE_INT_KVS = ("embedding_length", "attention.head_count", "attention.head_count_kv", "block_count",
                      "feed_forward_length", "attention.key_length", "rope.dimension_count", "context_length",
@@ -51,8 +52,8 @@ _FLOAT_KVS = ("attention.layer_norm_rms_epsilon", "rope.freq_base")
 
 
 def open_gguf(path: str | Path, dialect: str = "auto", compute: str = "float32") -> Checkpoint:
-    """Open a GGUF file (bitnet.cpp I2_S/TL1/TL2, upstream TQ1_0/TQ2_0, ik_llama.cpp IQ1_BN/IQ2_BN/IQ2_BN_R4, or
-    F32/F16/BF16) as a Checkpoint; `compute`: the arithmetic float projections are ternarized in."""
+    """Open a GGUF file (ternary projections of any registered GGUF layout, or F32/F16/BF16) as a Checkpoint;
+    `compute`: the arithmetic float projections are ternarized in."""
     p = Path(path)
     g = read_gguf(p, dialect)
     if g.arch not in ARCHS:
@@ -108,7 +109,7 @@ def _tensor(g: GGUFFile, t: GGUFTensor, name: str, arch: GGUFArch, config: dict,
 
 
 def _collision_hint(g: GGUFFile, t: GGUFTensor) -> str | None:
-    """For an id bitnet.cpp's fork gives another meaning (39: TL2 vs MXFP4), say which reading was taken and why."""
+    """For an id bitnet.cpp's fork gives another meaning than upstream, say which reading was taken and why."""
     fork = by_id(t.type.id, "bitnet.cpp")
     if g.dialect != "upstream" or fork is None or fork.name == t.type.name:
         return None
@@ -122,7 +123,7 @@ def _layout(g: GGUFFile, tname: str) -> Layout:
     if not cls.needs_kernel_config:
         return get_layout(layout)
     params: dict = {"kernel_config": KernelConfig.from_ini(_kernel_config_path(g.path))}
-    if cls.ggml_aliases:  # one layout under several type ids (TL2: 39 or 42): built for the id the file uses
+    if cls.ggml_aliases:  # one layout under several type ids: built for the id the file uses
         params["type_id"] = next(t.type.id for t in g.tensors.values() if t.type.name == tname)
     return get_layout(layout, **params)
 
@@ -131,7 +132,8 @@ def _kernel_config_path(path: Path) -> Path:
     for cand in (path.with_name(f"{path.stem}.{_KERNEL_CONFIG}"), path.with_name(_KERNEL_CONFIG)):
         if os.path.lexists(cand):  # then read through safeio: a link out of the folder or a FIFO is refused
             return cand
-    raise SourceError(f"TL1/TL2 tensors need the {_KERNEL_CONFIG} they were packed with, next to the file",
+    tiled = "/".join(layout_class(n).ggml_type for n in kernel_kinds())
+    raise SourceError(f"{tiled} tensors need the {_KERNEL_CONFIG} they were packed with, next to the file",
                       path=path, hint=f"copy it to {path.with_name(_KERNEL_CONFIG)}")
 
 
@@ -230,3 +232,11 @@ def gguf_header(path: str | Path) -> GGUFFile:
     """`read_gguf(path)`, cached while the file is unchanged (plans read a source's KVs more than once)."""
     st = Path(path).stat()
     return _cached(str(path), st.st_mtime_ns, st.st_size)
+
+
+def tokenizer_files(ck: Checkpoint) -> dict[str, bytes]:
+    """transformers tokenizer files rebuilt from a GGUF checkpoint's vocabulary (`formats.gguf.hf_tokenizer`): what
+    an HF folder written from it needs beside its config; {} when the file holds no vocabulary bitconv can rebuild."""
+    if ck.kind != "gguf":
+        return {}
+    return hf_tokenizer_files(gguf_header(ck.path).get, ck.config.get("max_position_embeddings"))

@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from bitconv.core import naming
+from bitconv.core import hooks, naming
 from bitconv.core.errors import BitconvError, SourceError, UsageError
 
 INDEX = "model.safetensors.index.json"
@@ -256,7 +256,46 @@ def resolve(src: str | Path, *, token: str | None = None) -> Path:
 def _snapshot(ref: RepoRef, patterns: list[str], token: str | None) -> Path:
     from huggingface_hub import snapshot_download
 
-    return Path(snapshot_download(ref.repo_id, revision=ref.revision, allow_patterns=patterns, token=token))
+    report = hooks.download_progress.get()
+    if report is None:  # huggingface_hub's own bars
+        return Path(snapshot_download(ref.repo_id, revision=ref.revision, allow_patterns=patterns, token=token))
+    with _hf_bars_off():  # the caller renders the bytes (`bitconv.api.report_downloads`)
+        return Path(snapshot_download(ref.repo_id, revision=ref.revision, allow_patterns=patterns, token=token,
+                                      tqdm_class=_reporting_bar(report, str(ref))))
+
+
+@contextmanager
+def _hf_bars_off() -> Iterator[None]:
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+    was = are_progress_bars_disabled()
+    disable_progress_bars()
+    try:
+        yield
+    finally:
+        if not was:
+            enable_progress_bars()
+
+
+def _reporting_bar(report: hooks.Progress, what: str) -> type:
+    """A huggingface_hub tqdm that draws nothing and reports the snapshot's downloaded bytes to `report`: its byte
+    bar (the sum over files; not the `.transfer` twin, which counts the same bytes again) as (done, total, what)."""
+    from huggingface_hub.utils import tqdm as hf_tqdm
+
+    class _Bar(hf_tqdm):  # type: ignore[misc, valid-type]
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            name = str(kwargs.get("name") or "")
+            self._bitconv_bytes = kwargs.get("unit") == "B" and not name.endswith(".transfer")
+            self._bitconv_done = int(kwargs.get("initial") or 0)  # type: ignore[call-overload]
+            kwargs["disable"] = True
+            super().__init__(*args, **kwargs)
+
+        def update(self, n: float | None = 1) -> None:
+            self._bitconv_done += int(n or 0)
+            if self._bitconv_bytes:
+                report(self._bitconv_done, int(self.total or 0), what)
+
+    return _Bar
 
 
 def _listing(ref: RepoRef, root: Path, prefix: str) -> set[str]:

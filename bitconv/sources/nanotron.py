@@ -32,7 +32,7 @@ from bitconv.core.tensors import Ternary
 from bitconv.formats.nanotron import format as nt
 from bitconv.formats.nanotron import yamlish
 from bitconv.formats.safetensors import TensorInfo, read_header
-from bitconv.layouts.hf_packed import bitnet_quant_config
+from bitconv.layouts import bitnet_quant_config
 from bitconv.quant import compute_mode, ternarize
 from bitconv.sources.checkpoint import Checkpoint, ModelTensor, is_nanotron_dir, load_torch
 from bitconv.sources.safetensors import side_files, with_file

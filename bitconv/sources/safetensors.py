@@ -18,8 +18,7 @@ from bitconv.core.jsonio import read_json
 from bitconv.core.pickled import pickled_in, refuse_pickle
 from bitconv.core.tensors import Ternary, checked_scale
 from bitconv.formats.safetensors import TensorInfo, pread_exact, read_array, read_header
-from bitconv.layouts import Layout, get_layout
-from bitconv.layouts.hf_packed import HF_LAYOUTS
+from bitconv.layouts import Layout, get_layout, hf_layouts
 from bitconv.quant import Workspace, ternarize, ternarize_blocks
 from bitconv.sources import validate
 from bitconv.sources.checkpoint import Checkpoint, ModelTensor, load_torch
@@ -186,11 +185,11 @@ def _open_dir(folder: Path, compute: str) -> Checkpoint:
     if any(t.dtype == "U8" for t in proj):
         qc = config.get("quantization_config") or {}
         linear_class = qc.get("linear_class", "bitlinear") if isinstance(qc, dict) else "bitlinear"
-        if linear_class not in HF_LAYOUTS:
+        if linear_class not in hf_layouts():
             raise SourceError(f"quantization_config.linear_class {linear_class!r} is not one of "
-                              f"{sorted(HF_LAYOUTS)}", path=folder / "config.json")
-        tensors = _logical_packed(folder, stored, get_layout(HF_LAYOUTS[linear_class]))
-        return Checkpoint(folder, "hf-packed", config, tensors, aux, files, layout=HF_LAYOUTS[linear_class])
+                              f"{sorted(hf_layouts())}", path=folder / "config.json")
+        tensors = _logical_packed(folder, stored, get_layout(hf_layouts()[linear_class]))
+        return Checkpoint(folder, "hf-packed", config, tensors, aux, files, layout=hf_layouts()[linear_class])
     return Checkpoint(folder, "bf16-master", config, _logical_master(folder, stored, compute), aux, files,
                       quant_compute=compute)
 

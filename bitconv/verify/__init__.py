@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from bitconv.core.errors import EXIT_OK, EXIT_VERIFY_FAILED, FormatError, UsageError
-from bitconv.core.safeio import identity
+from bitconv.core.safeio import identity, sha256_file
 from bitconv.sources import Checkpoint, open_source
 from bitconv.sources.nanotron import EXPORT_OF_GRANULARITY, NanotronCheckpoint
 from bitconv.verify.parity import (
@@ -80,6 +80,7 @@ class VerifyReport:
     config: list[Finding] = field(default_factory=list)
     seconds: float = 0.0
     runtime: RuntimeReport | LoadFailure | None = None
+    out_files: list[dict] = field(default_factory=list)  # what was verified: path, bytes, sha256 (`file_records`)
 
     @property
     def findings(self) -> list[Finding]:
@@ -117,7 +118,8 @@ class VerifyReport:
                 "parity": self.parity.to_dict() if self.parity else None,
                 "runtime": None if self.runtime is None else ({"loaded": False, "log": self.runtime.log}
                                                               if isinstance(self.runtime, LoadFailure) else
-                                                              self.runtime.to_dict())}
+                                                              self.runtime.to_dict()),
+                "out_files": self.out_files}
 
 
 # ------------------------------------------------------------------------------------------------ config
@@ -196,7 +198,8 @@ def _content_fault_report(out: str | Path, ref_ck: Checkpoint, e: FormatError, t
     arch = (ref_ck.config.get("architectures") or ["?"])[0]
     family = ARCHS[arch].family if arch in ARCHS else "unknown"
     rep = VerifyReport(str(out), str(ref_ck.path), "unreadable", None, ref_ck.kind, family, rt, None,
-                       [Finding("container", e.tensor, "container", str(e))], time.perf_counter() - t0)
+                       [Finding("container", e.tensor, "container", str(e))], time.perf_counter() - t0,
+                       out_files=file_records(Path(out), [Path(out)] if Path(out).is_file() else []))
     return rep
 def _nanotron_ref_note(rt: RoundTripReport, ref_ck: Checkpoint) -> None:
     """A PR #180 BitNet REF is quantized as nanotron trains it (fused qkv / gate_up scales): say so, and on a
@@ -262,7 +265,22 @@ def verify(out: str | Path | Checkpoint, ref: str | Path | Checkpoint, *, run_pa
                             progress=(lambda i, n: progress("runtime", i, n)) if progress else None)
     family = ARCHS[arch].family if arch in ARCHS else "unknown"
     return VerifyReport(str(out_ck.path), str(ref_ck.path), out_ck.kind, out_ck.layout, ref_ck.kind, family, rt, par,
-                        check_config(out_ck.config, ref_ck.config), time.perf_counter() - t0, run)
+                        check_config(out_ck.config, ref_ck.config), time.perf_counter() - t0, run,
+                        file_records(Path(out_ck.path), out_ck.files))
+
+
+def file_records(root: Path, files: list[Path]) -> list[dict]:
+    """The identity of every weight file verified: path (relative to OUT's folder; a file OUT: its name), bytes and
+    sha256 (streamed). `upload` quotes a report only for the files whose hashes it records."""
+    base = root if root.is_dir() else root.parent
+    out = []
+    for f in files:
+        try:
+            rel = Path(f).relative_to(base).as_posix()
+        except ValueError:
+            rel = Path(f).name
+        out.append({"path": rel, "bytes": Path(f).stat().st_size, "sha256": sha256_file(f)})
+    return out
 
 
 class _CallableModule(types.ModuleType):

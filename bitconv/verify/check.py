@@ -34,7 +34,7 @@ from bitconv.core.errors import EXIT_OK, EXIT_VERIFY_FAILED, BitconvError, Layou
 from bitconv.core.naming import PROJECTION_SHAPES
 from bitconv.core.safeio import identity
 from bitconv.formats.safetensors import read_header
-from bitconv.layouts import get_layout
+from bitconv.layouts import deploy_layouts, get_layout
 from bitconv.output import TMP_PREFIX
 from bitconv.pipeline import UNPACKED_METADATA
 from bitconv.sources import Checkpoint, is_nanotron_dir, open_source
@@ -42,12 +42,13 @@ from bitconv.verify import Finding, Thresholds, VerifyReport, verify
 from bitconv.verify.reference import RefConfig
 from bitconv.verify.report import Case, Suite, verify_markdown, verify_suite
 from bitconv.verify.roundtrip import compare_values
+from bitconv.verify.runtime import check_runnable, runtime_facts
 
 MAX_DEPTH = 4
 SKIP_DIRS = {".git", ".venv", "node_modules", "__pycache__", ".cache"}
-# Layouts a master is usually deployed to; `check` says which of them cannot hold its shapes (TL tiles are
-# derived per shape, so they are left out).
-DEPLOY_LAYOUTS = ("hf-autobitlinear", "gguf-i2-s", "gguf-tq2-0")
+# Layouts a master is usually deployed to (each declares `deploy_check`); `check` says which of them cannot hold its
+# shapes.
+DEPLOY_LAYOUTS = deploy_layouts()
 
 
 STATUSES = ("master", "verified", "failed", "unverified", "config-only")
@@ -94,6 +95,7 @@ class CheckReport:
     seconds: float = 0.0
     master_source: str | None = None  # "--ref" or "found under PATH"; None without a master
     config_only: bool = False
+    runtime: str | None = None  # `--runtime`: the runtime every GGUF artifact was run in
 
     def count(self, status: str) -> int:
         return sum(a.status == status for a in self.artifacts)
@@ -116,11 +118,13 @@ class CheckReport:
         text = f"{c['verified']} verified, {c['failed']} failed, {c['unverified']} unverified"
         if self.config_only:
             text += f", {c['config-only']} checked for config only (--config-only: nothing was verified)"
-        return text + (f" against master {self.master}" if self.master else " (no master)")
+        text += f" against master {self.master}" if self.master else " (no master)"
+        return text + (f"; GGUF files run in {self.runtime}" if self.runtime else "")
 
     def to_dict(self) -> dict:
         return {"path": self.path, "ok": self.ok, "exit_code": self.exit_code, "master": self.master,
-                "master_source": self.master_source, "config_only": self.config_only, "counts": self.counts,
+                "master_source": self.master_source, "config_only": self.config_only, "runtime": self.runtime,
+                "counts": self.counts,
                 "summary": self.summary, "seconds": round(self.seconds, 3),
                 "artifacts": [a.to_dict() for a in self.artifacts]}
 
@@ -349,16 +353,22 @@ def _choose_master(root: Path, ref: str | Path | None, opened: dict[str, Checkpo
 
 
 def check(path: str | Path, *, ref: str | Path | None = None, config_only: bool = False, run_parity: bool = True,
-          thresholds: Thresholds | None = None, strict: bool = False,
+          thresholds: Thresholds | None = None, strict: bool = False, runtime: str | None = None,
           on_item: Callable[[str], None] | None = None) -> CheckReport:
     """Check every checkpoint under PATH and verify each artifact against the master (`ref`, or the one master
     found under PATH). Args:
         ref: the master (folder, file or Hub repo id); required when PATH holds several candidate masters.
         config_only: run the config rules only; artifacts are reported "config-only", not failed as unverified.
         run_parity / thresholds / strict: as for `verify`.
-    Raises UsageError (exit 2) when no checkpoint is found or the master is ambiguous.
+        runtime: every GGUF artifact must also run correctly in this runtime ("llama.cpp"): verified with
+            `verify(..., runtime=)`; one the runtime cannot load (its architecture or GGML type) fails with a
+            "runtime-unsupported" finding naming where it runs instead. Folders (HF, ternary) are verified as usual.
+    Raises UsageError (exit 2) when no checkpoint is found, the master is ambiguous, the runtime is unknown, or a GGUF
+    is to be run and the runtime's binding is not installed.
     """
     t0 = time.perf_counter()
+    if runtime is not None:
+        runtime = runtime_facts(runtime.strip().lower()).name
     paths = find_checkpoints(path)
     if not paths:
         raise UsageError("no checkpoint found (folders with config.json + *.safetensors, Nanotron checkpoints, or "
@@ -384,10 +394,24 @@ def check(path: str | Path, *, ref: str | Path | None = None, config_only: bool 
         if on_item:
             on_item(a.path)
         a.master = str(master.path)
-        a.verify = verify(ck, master, run_parity=run_parity, thresholds=thresholds, strict=strict)
+        run = _runtime_for(ck, runtime, a)
+        a.verify = verify(ck, master, run_parity=run_parity, thresholds=thresholds, strict=strict, runtime=run)
         a.verified = True
     return CheckReport(str(path), str(master.path) if master is not None else None, checks,
-                       time.perf_counter() - t0, source, config_only)
+                       time.perf_counter() - t0, source, config_only, runtime)
+
+
+def _runtime_for(ck: Checkpoint, runtime: str | None, a: ArtifactCheck) -> str | None:
+    """The runtime to run this artifact in (GGUF files only), or None; a GGUF the runtime cannot load gets a
+    failing finding here (and is verified without it), so one unrunnable file fails its row, not the whole check."""
+    if runtime is None or ck.kind != "gguf":
+        return None
+    try:
+        check_runnable(ck, runtime)
+    except UsageError as e:
+        a.findings.append(Finding("runtime", None, "runtime-unsupported", str(e)))
+        return None
+    return runtime
 
 
 # ------------------------------------------------------------------------------------------------ rendering

@@ -50,7 +50,7 @@ from bitconv.core import dtypes
 from bitconv.core.errors import SourceError, UsageError
 from bitconv.core.tensors import Ternary
 from bitconv.formats.safetensors import TensorInfo
-from bitconv.layouts import layout_classes
+from bitconv.layouts import decode_scale, encode_scale, hf_layouts, layout_class, layout_classes
 from bitconv.quant import compute_mode, ternarize
 from bitconv.sources import Checkpoint
 
@@ -193,9 +193,9 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 # ------------------------------------------------------------------------------------------------ ggml (llama.cpp CPU)
 # The arithmetic of llama.cpp's CPU backend, for `verify --runtime`: activations stay float32 between ops, and each
 # matmul first converts its input to the weight type's `vec_dot_type` (ggml-cpu.c `type_traits_cpu`, # ref: spec
-# gguf-upstream.md §3.2): TQ1_0/TQ2_0 -> Q8_K (int8, one float32 scale per 256 inputs), Q8_0 -> Q8_0 (int8, one fp16
-# scale per 32), F16 -> fp16, BF16 -> bf16, F32 -> itself. Weights are what the file stores: TQ blocks hold the
-# codes and fp16(scale) (`Weights.scale_fn`), float types the rounded values.
+# gguf-upstream.md §3.2): each ternary layout declares its `vec_dot_type` (Q8_K: int8, one float32 scale per 256
+# inputs), Q8_0 -> Q8_0 (int8, one fp16 scale per 32), F16 -> fp16, BF16 -> bf16, F32 -> itself. Weights are what
+# the file stores: codes and the stored scale (`Weights.scale_fn`), float types the rounded values.
 
 GGML_BLOCK = {"Q8_K": 256, "Q8_0": 32}
 
@@ -373,7 +373,8 @@ def _lin_autobitlinear(w: Weights, name: str) -> Linear:
 
 def _lin_bitlinear(w: Weights, name: str) -> Linear:
     q, scale = _codes(w, name)
-    ws = _scale_tensor(float(np.float32(1.0) / np.float32(scale)), DTYPE)  # the stored bf16 1/scale, exactly
+    lay = layout_class(hf_layouts()["bitlinear"])  # the stored weight_scale (1/scale), by the layout's one rule
+    ws = _scale_tensor(float(decode_scale(encode_scale(scale, lay.scale_dtype, lay.scale_inverted))), DTYPE)
     fn = BITLINEAR[w.bitlinear]
     return lambda x: fn(x, q, ws)
 
@@ -403,7 +404,7 @@ LATENT_KINDS = ("bf16-master", "nanotron")
 MODE_KINDS = {"plain": ("bf16-master",), "online": LATENT_KINDS}
 
 # checkpoint layout -> how its runtime applies the ternary weights
-MODE_OF_LAYOUT = {"hf-autobitlinear": "autobitlinear", "hf-bitlinear": "bitlinear"}
+MODE_OF_LAYOUT = {name: linear_class for linear_class, name in hf_layouts().items()}
 
 
 def mode_for(ck: Checkpoint) -> str:

@@ -1,10 +1,11 @@
 """Round trip: every tensor of OUT against a fresh ternarization of the same tensor of REF.
 
 Ternary tensors: OUT's codes are decoded and compared with `ternarize(REF)` code for code; OUT's scale with REF's
-scale as OUT's format stores it (each layout's `scale_dtype` / `scale_inverted`: bf16 for HF packed, 1/scale for
-`bitlinear`, float32 for bitconv ternary and I2_S/TL, fp16 for TQ), within one unit in the last place of that
-precision (a re-pack between linear classes rounds twice). The compute mode that made OUT's codes (`float32`,
-transformers' WeightQuant, or `bfloat16`, onebitllms) is detected: the declared or last matching mode is tried
+scale as OUT's format stores it (each layout's `scale_dtype` / `scale_inverted`, encoded and decoded by the layouts'
+one scale rule, `bitconv.layouts.encode_scale` / `decode_scale`: bf16 for HF packed, 1/scale for `bitlinear`, float32
+or fp16 for the GGUF types), within one unit in the last place of that precision (a re-pack between linear classes
+rounds twice). The compute mode that made OUT's codes (`float32`, transformers' WeightQuant, or `bfloat16`,
+onebitllms) is detected: the declared or last matching mode is tried
 first, the other only on a mismatch. Passthrough tensors must equal REF's cast to OUT's stored dtype (exact for
 every float type); Q8_0 ones (decoded by a loader) within half a quantization step.
 
@@ -28,7 +29,7 @@ from bitconv.core import dtypes
 from bitconv.core.alloc import keep_freed_memory
 from bitconv.core.errors import BitconvError
 from bitconv.core.tensors import Ternary
-from bitconv.layouts import layout_class
+from bitconv.layouts import decode_scale, encode_scale, layout_class
 from bitconv.memory import ternary_bytes
 from bitconv.quant import COMPUTE_MODES
 from bitconv.sinks.prefetch import ordered
@@ -37,7 +38,6 @@ from bitconv.verify.reference import LATENT_KINDS, plain_info, read_raw_rows, re
 
 # one unit in the last place, relative (the largest spacing over a binade): the scale tolerance
 ULP = {"BF16": 2.0**-7, "F16": 2.0**-10, "F32": 2.0**-23}
-_TORCH = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}
 
 COMPUTE_NOTES = {
     "float32": "float32 (transformers WeightQuant; bitconv's canonical recipe)",
@@ -144,10 +144,7 @@ def scale_storage(layout: str | None, tensor: ModelTensor | None = None) -> tupl
 def stored_scale(scale: float, storage: tuple[str, bool]) -> float:
     """`scale` as the format stores it, decoded back to a float32 magnitude (what a correct OUT holds)."""
     dt, inverted = storage
-    s = np.float32(scale)
-    v = np.float32(1.0) / s if inverted else s
-    v = np.float32(torch.tensor([float(v)], dtype=torch.float32).to(_TORCH[dt]).float().item())
-    return float(np.float32(1.0) / v if inverted else v)
+    return float(decode_scale(encode_scale(scale, dt, inverted), inverted))
 
 
 def _near(a: float, b: float, tol: float) -> bool:

@@ -49,6 +49,7 @@ from bitconv.core.naming import is_ternary
 from bitconv.formats.gguf.metadata import ARCHS as GGUF_ARCHS
 from bitconv.formats.gguf.metadata import hf_name
 from bitconv.layouts.runtimes import BY_KEY, Runtime, default_activation, summary, where_it_runs
+from bitconv.layouts.runtimes import LLAMA_CPP as LLAMA_CPP_KEY
 from bitconv.sources import Checkpoint
 from bitconv.sources.gguf import gguf_header
 from bitconv.verify.parity import ParityMetrics
@@ -74,12 +75,12 @@ class RuntimeFacts:
 
     @property
     def types(self) -> tuple[str, ...]:
-        return tuple(sorted(self.table.types))
+        return tuple(sorted(self.table.all_types()))
 
 
 # llama-cpp-python 0.3.36 vendors llama.cpp 0c1e570: the table's entry for that commit. # ref: spec
 # gguf-upstream.md §0, §4
-LLAMA_CPP = RuntimeFacts("llama.cpp", "llama-cpp-python", BY_KEY["llama.cpp@0c1e570"])
+LLAMA_CPP = RuntimeFacts("llama.cpp", "llama-cpp-python", BY_KEY[LLAMA_CPP_KEY])
 RUNTIMES = {LLAMA_CPP.name: LLAMA_CPP}
 
 # Limits on max |Δlogit| / the oracle's logit range, over every position of the parity batch. Measured on the tiny
@@ -185,8 +186,8 @@ def check_runnable(out_ck: Checkpoint, runtime: str) -> tuple[RuntimeFacts, str,
     arch, types = gguf_types(out_ck)
     act = out_ck.config.get("hidden_act") or default_activation(arch)
     for t in projection_types(types):
-        if t not in facts.table.types or arch not in facts.table.graphs:
-            what = f"GGML type {t}" if t not in facts.table.types else f"GGUF architecture {arch!r}"
+        if not facts.table.computes(t) or arch not in facts.table.graphs:
+            what = f"GGML type {t}" if not facts.table.computes(t) else f"GGUF architecture {arch!r}"
             elsewhere = summary(where_it_runs(arch, t, act))[0]
             raise UsageError(f"{facts.name} cannot run {what} ({_why(facts, arch, t)}); this file {elsewhere}",
                              path=out_ck.path)
@@ -200,7 +201,7 @@ def check_runnable(out_ck: Checkpoint, runtime: str) -> tuple[RuntimeFacts, str,
 def _why(facts: RuntimeFacts, arch: str, gguf_type: str) -> str:
     if arch not in facts.table.graphs:
         return f"it loads {', '.join(facts.archs)}"
-    return facts.table.wrong.get(gguf_type, f"it computes {', '.join(facts.types)}")
+    return facts.table.why_not(gguf_type, default=f"it computes {', '.join(facts.types)}")
 
 
 # ------------------------------------------------------------------------------------------------ llama.cpp

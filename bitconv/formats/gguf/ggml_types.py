@@ -1,15 +1,21 @@
-"""GGML tensor types and GGUF file types bitconv writes, per dialect: a table, never branches on bare ids.
+"""GGML tensor types and GGUF file types: the container's type table, a table, never branches on bare ids.
 
-Upstream ggml (gguf-py 0.19.0) and Microsoft's bitnet.cpp fork disagree on ids 36-42: the fork's I2_S=36, TL1=38 and
-TL2=39 (42 in the current fork) collide with upstream's removed IQ4_NL_* ids, MXFP4=39 and Q2_0=42.
-ik_llama.cpp's BitNet types IQ1_BN=134, IQ2_BN=135 and IQ2_BN_R4=335 collide with nothing (dialect "ik_llama.cpp":
-read under either dialect); their byte size is a row formula (a per-row scale before the blocks, see gguf.types).
+The container itself knows only the float types bitconv writes (and, in `gguf.types`, the upstream types it only
+sizes). Every ternary type is declared by its layout (`bitconv.layouts`, one file per layout: name, id, dialect,
+block geometry, file type and byte-size formula) and registered here with `register_type` when the layout is
+imported: the container never imports the layouts (layers point down), it is told.
+
+Dialects: upstream ggml (gguf-py 0.19.0), Microsoft's bitnet.cpp fork (whose ids 36-42 collide with upstream's removed
+IQ4_NL_* ids, MXFP4=39 and Q2_0=42) and ik_llama.cpp (ids no other dialect uses: read under either dialect).
 # ref: spec gguf-bitnet-cpp.md §1; gguf-upstream.md §1.1; gguf-ik-llama.md §1
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+SizeFormula = Callable[[tuple[int, ...]], "int | None"]
 
 
 @dataclass(frozen=True)
@@ -17,33 +23,52 @@ class GGMLType:
     name: str
     id: int
     block_size: int  # elements per block
-    type_size: int  # bytes per block (nominal for the fork types; their byte size is a formula of the shape)
+    type_size: int  # bytes per block (nominal where `nbytes` gives the size as a formula of the shape)
     dialect: str  # "upstream", "bitnet.cpp" or "ik_llama.cpp" (ids no other dialect uses)
+    file_type: int | None = None  # general.file_type (LLAMA_FTYPE_*) of a file whose weights are of this type
+    # bytes of a tensor with ggml dims (ne0 first), when not blocks x type_size (None: ne0 is not whole blocks)
+    nbytes: SizeFormula | None = field(default=None, compare=False, repr=False)
 
 
 GGML_TYPES: dict[str, GGMLType] = {t.name: t for t in (
-    GGMLType("F32", 0, 1, 4, "upstream"),
-    GGMLType("F16", 1, 1, 2, "upstream"),
+    GGMLType("F32", 0, 1, 4, "upstream", 0),
+    GGMLType("F16", 1, 1, 2, "upstream", 1),
     GGMLType("Q8_0", 8, 32, 34, "upstream"),
-    GGMLType("BF16", 30, 1, 2, "upstream"),
-    GGMLType("TQ1_0", 34, 256, 54, "upstream"),
-    GGMLType("TQ2_0", 35, 256, 66, "upstream"),
-    GGMLType("I2_S", 36, 1, 1, "bitnet.cpp"),
-    GGMLType("TL1", 38, 1, 1, "bitnet.cpp"),
-    GGMLType("TL2", 39, 1, 1, "bitnet.cpp"),  # bitnet.cpp before mid-2026 (upstream: MXFP4)
-    GGMLType("TL2_42", 42, 1, 1, "bitnet.cpp"),  # current bitnet.cpp fork (upstream: Q2_0)
-    GGMLType("IQ1_BN", 134, 64, 13, "ik_llama.cpp"),  # + 2-byte fp16 scale per row
-    GGMLType("IQ2_BN", 135, 64, 16, "ik_llama.cpp"),  # + 4-byte float32 scale per row
-    GGMLType("IQ2_BN_R4", 335, 64, 16, "ik_llama.cpp"),  # + 4-byte float32 scale per row, rows in groups of 4
+    GGMLType("BF16", 30, 1, 2, "upstream", 32),
 )}
 
 # Ids that mean something else upstream: a reader must be told the dialect to interpret them.
 UPSTREAM_MEANING = {36: "IQ4_NL_4_4 (removed)", 37: "IQ4_NL_4_8 (removed)", 38: "IQ4_NL_8_8 (removed)",
                     39: "MXFP4", 42: "Q2_0"}
 
-# general.file_type values (LLAMA_FTYPE_*), keyed by the type that makes up the ternary weights.
-FILE_TYPES = {"F32": 0, "F16": 1, "BF16": 32, "TQ1_0": 36, "TQ2_0": 37, "TL1": 38, "TL2": 39, "TL2_42": 39,
-              "I2_S": 40, "IQ1_BN": 136, "IQ2_BN": 137, "IQ2_BN_R4": 337}
+# general.file_type values (LLAMA_FTYPE_*), keyed by the type that makes up the ternary weights (the layouts' rows
+# join it when they register).
+FILE_TYPES: dict[str, int] = {t.name: t.file_type for t in GGML_TYPES.values() if t.file_type is not None}
 
 GGUF_QUANTIZATION_VERSION = 2
 
+_LISTENERS: list[Callable[[GGMLType], None]] = []
+
+
+def register_type(t: GGMLType) -> GGMLType:
+    """Add a type a layout declares. Registering the same row again is a no-op; another row under a known name, or
+    a known id of the same dialect, is refused (TypeError: a programming error in the layout)."""
+    old = GGML_TYPES.get(t.name)
+    if old is not None:
+        if old != t:
+            raise TypeError(f"GGML type {t.name} registered twice with different facts ({old}, {t})")
+        return old
+    clash = [o.name for o in GGML_TYPES.values() if o.id == t.id and o.dialect == t.dialect]
+    if clash:
+        raise TypeError(f"GGML type id {t.id} ({t.dialect}) is already {clash[0]}; {t.name} cannot take it")
+    GGML_TYPES[t.name] = t
+    if t.file_type is not None:
+        FILE_TYPES[t.name] = t.file_type
+    for listener in _LISTENERS:
+        listener(t)
+    return t
+
+
+def on_register(listener: Callable[[GGMLType], None]) -> None:
+    """Call `listener` for every type registered from now on (the container's derived tables stay in step)."""
+    _LISTENERS.append(listener)

@@ -26,7 +26,7 @@ from bitconv.core import safeio
 from bitconv.core.errors import FormatError, SourceError, UsageError
 from bitconv.formats.gguf.ggml_types import UPSTREAM_MEANING, GGMLType
 from bitconv.formats.gguf.kv import KV, SCALARS, ValueType
-from bitconv.formats.gguf.types import ALIGNMENT, DIALECTS, FORK_ONLY_IDS, by_id, pad, tensor_nbytes
+from bitconv.formats.gguf.types import ALIGNMENT, DIALECTS, by_id, fork_only_ids, forked_ids, pad, tensor_nbytes
 from bitconv.formats.gguf.writer import MAGIC
 from bitconv.formats.safetensors import pread_exact
 
@@ -254,9 +254,9 @@ def _resolve_dialect(dialect: str, arch: str, raw: list, data_start: int, size: 
     if dialect != "auto":
         return dialect
     ids = {r[2] for r in raw}
-    if arch.startswith("bitnet") or ids & FORK_ONLY_IDS:
+    if arch.startswith("bitnet") or ids & fork_only_ids():
         return "bitnet.cpp"
-    if ids & {39, 42} and not _fits(raw, "upstream", data_start, size, align, path) \
+    if ids & forked_ids() and not _fits(raw, "upstream", data_start, size, align, path) \
             and _fits(raw, "bitnet.cpp", data_start, size, align, path):
         return "bitnet.cpp"
     return "upstream"

@@ -1,19 +1,14 @@
 """Every GGML tensor type a GGUF file may hold: id -> name, block geometry, and the byte size of a tensor.
 
-`bitconv.formats.gguf.ggml_types` lists the types bitconv writes; this module adds the upstream types it only has to
-*size* (so any upstream GGUF can be parsed and bounds-checked), and resolves the ids on which upstream ggml and
-bitnet.cpp's fork disagree (36-39, 42) by a dialect:
+`bitconv.formats.gguf.ggml_types` holds the types bitconv writes (the float types, plus every ternary type its layout
+registers there); this module adds the upstream types bitconv only has to *size* (so any upstream GGUF can be parsed
+and bounds-checked), and resolves the ids on which upstream ggml and bitnet.cpp's fork disagree by a dialect: a type
+of dialect "bitnet.cpp" whose id upstream also uses (`UPSTREAM_MEANING`) is read only under that dialect, and one
+whose upstream meaning was removed marks a file as the fork's when auto-detecting. Types of dialect "ik_llama.cpp"
+collide with nothing and are read under either dialect.
 
-| id | "bitnet.cpp" (fork)      | "upstream"             |
-|----|--------------------------|------------------------|
-| 36 | I2_S                     | IQ4_NL_4_4 (removed)   |
-| 38 | TL1                      | IQ4_NL_8_8 (removed)   |
-| 39 | TL2 (fork before 2026-07)| MXFP4                  |
-| 42 | TL2 (current fork)       | Q2_0                   |
-
-ik_llama.cpp's IQ1_BN (134), IQ2_BN (135) and IQ2_BN_R4 (335) mean the same in every dialect (no collision), so
-auto-detection ignores them. Their rows carry a scale before the blocks: bytes = rows * (meta + ne0/64 * block),
-meta 2 (fp16) for IQ1_BN, 4 (float32) for the other two (gguf-py's size tables omit it).
+A type's byte size is blocks x type size, or the formula its layout declares (`GGMLType.nbytes`: the fork's hidden
+scale slot, ik's per-row scales; gguf-py's size tables omit both).
 
 # ref: gguf-py 0.19.0 constants.py GGML_QUANT_SIZES; fork ggml/src/ggml.c ggml_nbytes (merge-dev l.3472-3494);
 #      spec gguf-bitnet-cpp.md §1, gguf-upstream.md §1.1, gguf-ik-llama.md §2, §9
@@ -22,7 +17,6 @@ meta 2 (fp16) for IQ1_BN, 4 (float32) for the other two (gguf-py's size tables o
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 from bitconv.formats.gguf.ggml_types import GGML_TYPES, GGMLType
 
@@ -39,48 +33,36 @@ _UPSTREAM_SIZED: dict[int, tuple[str, int, int]] = {
     27: ("I64", 1, 8), 28: ("F64", 1, 8), 29: ("IQ1_M", 256, 56), 39: ("MXFP4", 32, 17), 40: ("NVFP4", 64, 36),
     41: ("Q1_0", 128, 18), 42: ("Q2_0", 64, 18),
 }
-ALL_TYPES: dict[str, GGMLType] = {
-    **GGML_TYPES,
-    **{n: GGMLType(n, i, b, s, "upstream") for i, (n, b, s) in _UPSTREAM_SIZED.items() if n not in GGML_TYPES},
-}
-FORK_ONLY_IDS = frozenset({36, 38})  # ids no current upstream file can hold
+_UPSTREAM_ROWS = {n: GGMLType(n, i, b, s, "upstream") for i, (n, b, s) in _UPSTREAM_SIZED.items()}
+
+
+def all_types() -> dict[str, GGMLType]:
+    """Every type this container can size: the written and registered ones, then the upstream ones."""
+    return {**GGML_TYPES, **{n: t for n, t in _UPSTREAM_ROWS.items() if n not in GGML_TYPES}}
+
+
+def fork_only_ids() -> frozenset[int]:
+    """Ids of the fork's types that no current upstream file can hold (upstream removed what they meant)."""
+    upstream = {t.id for t in _UPSTREAM_ROWS.values()} | {t.id for t in GGML_TYPES.values() if t.dialect == "upstream"}
+    return frozenset(t.id for t in GGML_TYPES.values() if t.dialect == "bitnet.cpp" and t.id not in upstream)
+
+
+def forked_ids() -> frozenset[int]:
+    """Ids of the fork's types that upstream uses for another type (the files that need a dialect to be read)."""
+    upstream = {t.id for t in _UPSTREAM_ROWS.values()}
+    return frozenset(t.id for t in GGML_TYPES.values() if t.dialect == "bitnet.cpp" and t.id in upstream)
 
 
 def pad(n: int, alignment: int = ALIGNMENT) -> int:
     return -(-n // alignment) * alignment
 
 
-def _fork_2bit(dims: tuple[int, ...]) -> int:
-    return math.prod(dims) // 4 + 32  # ref: ggml_nbytes I2_S / TL1 case: n/4 + 32 (codes + scale slot)
-
-
-def _fork_tl2(dims: tuple[int, ...]) -> int:
-    k, m = dims[0], math.prod(dims[1:])
-    return pad(tl2_payload_nbytes(m, k)) + 32  # ref: ggml_nbytes TL2 case, then the hidden scale slot
-
-
-def _row_scaled(blocks: str, meta: int) -> Callable[[tuple[int, ...]], int | None]:
-    """Rows of a `meta`-byte scale plus whole blocks of type `blocks` (ik's IQ*_BN)."""
-    def size(dims: tuple[int, ...]) -> int | None:  # ref: ik ggml_row_size = row_meta_size + type_size * ne0/64
-        if not dims or dims[0] % 64:
-            return None
-        t = ALL_TYPES[blocks]
-        return (meta + dims[0] // t.block_size * t.type_size) * math.prod(dims[1:])
-
-    return size
-
-
-# Types whose byte size is a formula of the shape rather than blocks x type size.
-_SIZE_FORMULAS: dict[str, Callable[[tuple[int, ...]], int | None]] = {
-    "I2_S": _fork_2bit, "TL1": _fork_2bit, "TL2": _fork_tl2, "TL2_42": _fork_tl2,
-    "IQ1_BN": _row_scaled("IQ1_BN", 2), "IQ2_BN": _row_scaled("IQ2_BN", 4), "IQ2_BN_R4": _row_scaled("IQ2_BN", 4),
-}
 _EVERY_DIALECT = ("upstream", "ik_llama.cpp")  # type dialects readable under any dialect unless the fork forks the id
 
 
 def by_id(type_id: int, dialect: str) -> GGMLType | None:
     """The type `type_id` means in `dialect` ("bitnet.cpp" or "upstream"); None for an unknown id."""
-    for t in ALL_TYPES.values():
+    for t in all_types().values():
         if t.id == type_id and (t.dialect == dialect or (t.dialect in _EVERY_DIALECT and
                                                           t.id not in _forked(dialect))):
             return t
@@ -96,22 +78,10 @@ def _forked(dialect: str) -> frozenset[int]:
 
 def tensor_nbytes(t: GGMLType, dims: tuple[int, ...]) -> int | None:
     """Bytes of a tensor with ggml dims `dims` (ne0 first); None when ne0 is not a whole number of blocks."""
-    if t.name in _SIZE_FORMULAS:
-        return _SIZE_FORMULAS[t.name](dims)
+    if t.nbytes is not None:
+        return t.nbytes(dims)
     if not dims:
         return t.type_size
     if dims[0] % t.block_size:
         return None
     return math.prod(dims) // t.block_size * t.type_size
-
-
-def tl2_payload_nbytes(M: int, K: int) -> int:
-    """TL2 packed size NB of ggml_nbytes, before the 32-byte rounding (C integer arithmetic, left to right)."""
-    # ref: fork ggml/src/ggml.c ggml_nbytes (merge-dev l.3472-3494); spec gguf-bitnet-cpp.md §1.1
-    return _cdiv(_cdiv((K - 256) * M, 3) * 5, 8) + 256 * M // 2 * 4 // 8
-
-
-def _cdiv(a: int, b: int) -> int:
-    """C division (truncates toward zero)."""
-    q = abs(a) // b
-    return q if a >= 0 else -q
