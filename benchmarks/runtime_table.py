@@ -26,7 +26,7 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=None)
     args = ap.parse_args()
     from bitconv import tiny
-    from bitconv.pipeline_gguf import pack_gguf
+    from bitconv.sinks.gguf import pack_gguf
     from bitconv.sources import open_source
     from bitconv.verify.parity import default_tokens
     from bitconv.verify.runtime import LoadFailure, runtime_check

@@ -134,7 +134,6 @@ def quantize(src: str | Path, out: str | Path, *, compute: str = "float32", over
     """
     from bitconv import pipeline
 
-    compute = choice(compute, pipeline.COMPUTE_MODES, "--compute")
     with hub_options(token, revision):
         return pipeline.quantize(src, _hf_out(out, "quantize"), compute=compute, overwrite=overwrite,
                                  max_shard_bytes=parse_size(max_shard_size), progress=progress)
@@ -156,7 +155,7 @@ def pack(src: str | Path, out: str | Path | None = None, *, to: str = "hf", line
             gets `<model-name>-<type>.gguf`.
         linear_class: HF only: autobitlinear (weight_scale = scale) or bitlinear (1/scale).
         arch, embd_type, kernel_config, tl2_type_id, model_name: GGUF only (model_name sets general.name).
-        dry_run: return the plan (`pipeline.Plan` / `pipeline_gguf.GGUFPlan`), write nothing.
+        dry_run: return the plan (`pipeline.Plan` / `sinks.gguf.GGUFPlan`), write nothing.
     Returns a `pipeline.Report` (out, files, bytes_written, seconds, extra["warnings"]).
     Example:
         >>> bitconv.pack("bitnet-bf16", "models/", to="GGUF", type="i2_s").out
@@ -191,48 +190,46 @@ def _pack_hf(src: str | Path, out: str | Path | None, linear_class: str, compute
     from bitconv.layouts import hf_layouts
 
     linear_class = choice(linear_class, tuple(hf_layouts()), "--linear-class")
-    compute = choice(compute, pipeline.COMPUTE_MODES, "--compute")
     dest = _hf_out(out, "--to hf") if out is not None else None
     if dry_run:
-        plan = pipeline.plan_pack_hf(pipeline.open_source(src), linear_class, compute)
+        plan = pipeline.plan_pack_hf(pipeline.open_source(src, compute), linear_class)
         plan.out = dest
         return plan
     t0 = time.perf_counter()
     from bitconv.output import precheck
 
     precheck(dest, overwrite)  # before SRC is read
-    ck = pipeline.open_source(src)
-    plan = pipeline.plan_pack_hf(ck, linear_class, compute)
-    rep = pipeline.execute(plan, dest, overwrite=overwrite,
-                           max_shard_bytes=parse_size(max_shard_size), progress=progress)
-    warnings = list(rep.extra.get("warnings", []))
-    if ck.kind == "gguf" and not any((rep.out / n).exists() for n in ("tokenizer.json", "tokenizer.model")):
-        warnings.append(f"{ck.path.name}: no tokenizer written: the file holds no vocabulary bitconv can rebuild "
-                        "(tokenizer.ggml.model gpt2 or llama); copy tokenizer.json / tokenizer_config.json from the "
-                        f"original model into {rep.out}")
-    rep.extra["warnings"] = warnings
-    rep.seconds = max(rep.seconds, time.perf_counter() - t0)
-    return rep
+    ck = pipeline.open_source(src, compute)
+    plan = pipeline.plan_pack_hf(ck, linear_class)
+    written = {f.name for f in ck.aux_files} | set(plan.side_files)
+    if ck.kind == "gguf" and not written & {"tokenizer.json", "tokenizer.model"}:
+        plan.extra["warnings"] = [f"{ck.path.name}: no tokenizer written: the file holds no vocabulary bitconv can "
+                                  "rebuild (tokenizer.ggml.model gpt2 or llama); copy tokenizer.json / "
+                                  f"tokenizer_config.json from the original model into {dest}"]
+    return pipeline.execute(plan, dest, overwrite=overwrite, max_shard_bytes=parse_size(max_shard_size),
+                            progress=progress, started=t0)
 
 
 def _pack_gguf(src: str | Path, out: str | Path | None, gguf_type: str | None, opts: dict, overwrite: bool,
                dry_run: bool, progress: Progress | None) -> Any:
-    from bitconv import pipeline, pipeline_gguf
+    from bitconv import pipeline
+    from bitconv.sinks import gguf as gguf_sink
 
     if gguf_type is None:
-        raise UsageError(f"--to gguf needs --type: {', '.join(pipeline_gguf.GGUF_TARGETS)}")
-    gguf_type = choice(gguf_type, tuple(pipeline_gguf.GGUF_TARGETS), "--type")
+        raise UsageError(f"--to gguf needs --type: {', '.join(gguf_sink.GGUF_TARGETS)}")
+    gguf_type = choice(gguf_type, tuple(gguf_sink.GGUF_TARGETS), "--type")
+    compute = opts.pop("compute")
     opts = {**opts, "embd_type": opts["embd_type"].lower() if opts["embd_type"] else None,
-            "compute": str(opts["compute"]).lower(), "arch": opts["arch"].lower() if opts["arch"] else None}
+            "arch": opts["arch"].lower() if opts["arch"] else None}
     if out is not None and not dry_run:
         from bitconv.output import precheck
 
         if not (Path(out).expanduser().is_dir() or str(out).endswith(("/", "\\"))):
             precheck(gguf_out_path(out, "model", gguf_type), overwrite)  # before SRC is read
-    ck = pipeline.open_source(src)
-    dest = gguf_out_path(out, pipeline_gguf.model_name_of(ck, opts["model_name"]), gguf_type) \
+    ck = pipeline.open_source(src, compute)
+    dest = gguf_out_path(out, gguf_sink.model_name_of(ck, opts["model_name"]), gguf_type) \
         if out is not None else None
-    plan = pipeline_gguf.plan_pack_gguf(ck, gguf_type, file=dest.name if dest is not None else "MODEL.gguf", **opts)
+    plan = gguf_sink.plan_pack_gguf(ck, gguf_type, file=dest.name if dest is not None else "MODEL.gguf", **opts)
     if dry_run:
         plan.out = dest
         return plan
@@ -240,7 +237,7 @@ def _pack_gguf(src: str | Path, out: str | Path | None, gguf_type: str | None, o
         from bitconv.output import precheck
 
         precheck(dest, overwrite)
-    return pipeline_gguf.execute_gguf(plan, dest, overwrite=overwrite, progress=progress)
+    return pipeline.execute(plan, dest, overwrite=overwrite, progress=progress)
 
 
 def unpack(src: str | Path, out: str | Path, *, values: str = "online", overwrite: bool = False,
@@ -364,7 +361,6 @@ def convert(src: str | Path, out: str | Path, *, to: str, purpose: str | None = 
     scale_granularity = choice(scale_granularity, ("fused", "per-projection"), "--scale-granularity")
     nanotron_model = choice(nanotron_model, ("bitnet", "llama", "llama-pr180"), "--nanotron-model")
     _check_convert_options(to, scale_granularity, tp, make_vocab_size_divisible_by, nanotron_model, pp, purpose)
-    compute = str(compute).lower()
     out = _hf_out(out, "convert")
     if to == "nanotron":
         from bitconv.output import precheck
@@ -375,7 +371,7 @@ def convert(src: str | Path, out: str | Path, *, to: str, purpose: str | None = 
             return nc.to_hf(src, out, purpose=purpose, scale_granularity=scale_granularity, vocab_size=vocab_size,
                             compute=compute, overwrite=overwrite, max_shard_bytes=parse_size(max_shard_size),
                             progress=progress)
-        return nc.to_nanotron(_nanotron_source(src, vocab_size), out, tp=tp, pp=pp,
+        return nc.to_nanotron(_nanotron_source(src, vocab_size, compute), out, tp=tp, pp=pp,
                               make_vocab_size_divisible_by=make_vocab_size_divisible_by, model=nanotron_model,
                               compute=compute, overwrite=overwrite, progress=progress)
 
@@ -393,12 +389,12 @@ def _check_convert_options(to: str, scale_granularity: str | None, tp: int | Non
         raise UsageError(f"{'--for' if purpose is not None else '--scale-granularity'} applies to --to hf-bf16 only")
 
 
-def _nanotron_source(src: str | Path, vocab_size: int | None) -> Any:
+def _nanotron_source(src: str | Path, vocab_size: int | None, compute: str) -> Any:
     from bitconv.sources.checkpoint import is_nanotron_dir
     from bitconv.sources.nanotron import open_nanotron
 
     if is_nanotron_dir(Path(src)):
-        return open_nanotron(src, vocab_size=vocab_size)
+        return open_nanotron(src, vocab_size=vocab_size, compute=compute)
     if vocab_size is not None:
         raise UsageError("--vocab-size applies to a Nanotron SRC (an HF source's vocabulary is its embedding)")
     return src

@@ -17,10 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from bitconv import pipeline, pipeline_gguf, tiny
+from bitconv import pipeline, tiny
 from bitconv.describe import describe
 from bitconv.layouts import hf_layouts, layout_class
 from bitconv.quant import ternarize
+from bitconv.sinks import gguf as gguf_sink
 from bitconv.sources import open_source
 from bitconv.verify import verify
 
@@ -29,7 +30,7 @@ FP16_REL = 2.0**-11  # one fp16 rounding is within 2^-11 relative
 _SCALE_REL = {"F32": 0.0, "F16": FP16_REL}  # a stored scale's precision -> how exactly it comes back
 # GGUF types the demo packs (every packed --type), and how exactly each stores the scale (its layout's scale_dtype)
 GGUF_STEPS = {t: _SCALE_REL[layout_class(target.layout).scale_dtype]
-              for t, target in pipeline_gguf.GGUF_TARGETS.items() if target.layout}
+              for t, target in gguf_sink.GGUF_TARGETS.items() if target.layout}
 
 
 @dataclass
@@ -129,7 +130,7 @@ def _gguf_step(tern: Path, w: Path, gguf_type: str, tol: float) \
         -> tuple[str, Path, Callable[[], object], Callable[[], tuple[bool, str]]]:
     out = w / f"gguf-{gguf_type}" / f"model-{gguf_type}.gguf"  # own folder: TL writes kernel_config.ini beside it
     return (f"pack --to gguf --type {gguf_type} (from ternary)", out,
-            lambda: pipeline_gguf.pack_gguf(tern, out, gguf_type), lambda: _compare(tern, out, tol))
+            lambda: gguf_sink.pack_gguf(tern, out, gguf_type), lambda: _compare(tern, out, tol))
 
 
 def _same_weights(a: Path, b: Path) -> tuple[bool, str]:

@@ -40,20 +40,21 @@ def ternary_bytes(numel: int, stored_dtype: str, stored_bytes: int, compute: str
     return whole + (4 * numel if stored_dtype != "BF16" or compute != "float32" else 0)
 
 
-def step_bytes(tensor, action: str, out_bytes: int, compute: str = "float32") -> int:  # noqa: ANN001
-    """Working set of one plan step (HF `Step` or GGUF `GGUFStep` fields)."""
+def step_bytes(tensor, action: str, out_bytes: int, compute: str = "float32",  # noqa: ANN001
+               convert: bool = False) -> int:
+    """Working set of one plan step (`pipeline.Step` fields; `convert`: a copy converted in blocks, GGUF)."""
+    if action == "copy" and convert:
+        return 2 * GGUF_CHUNK_BYTES if out_bytes > GGUF_CHUNK_BYTES else tensor.stored_bytes + 2 * out_bytes
     if action == "copy":
         return 0 if tensor.loader is None else 2 * out_bytes
-    if action == "convert":
-        return 2 * GGUF_CHUNK_BYTES if out_bytes > GGUF_CHUNK_BYTES else tensor.stored_bytes + 2 * out_bytes
     work = ternary_bytes(tensor.numel, tensor.dtype, tensor.stored_bytes, compute)
     if action == "dequant":
         return work + (BLOCK_TEMP_BYTES if out_bytes <= 2 * tensor.numel else 4 * tensor.numel + out_bytes)
     return work + out_bytes + BLOCK_TEMP_BYTES
 
 
-def peak_estimate(rows: list[tuple[object, str, int]], compute: str = "float32") -> int:
-    """Peak RSS in bytes for steps given as (tensor, action, output bytes), in plan order.
+def peak_estimate(rows: list[tuple[object, str, int, bool]], compute: str = "float32") -> int:
+    """Peak RSS in bytes for steps given as (tensor, action, output bytes, convert), in plan order.
 
     Worker threads compute up to `prefetch.default_workers()` consecutive ternary steps at once while their planned
     working sets sum to at most `prefetch.MAX_INFLIGHT_BYTES` (one alone otherwise); pass-through steps run on the
@@ -61,22 +62,22 @@ def peak_estimate(rows: list[tuple[object, str, int]], compute: str = "float32")
 
     if not rows:
         return BASE_BYTES
-    costs = [step_bytes(t, a, n, compute) for t, a, n in rows]
-    tern = [c for c, (t, a, n) in zip(costs, rows) if a not in ("copy", "convert")]
+    costs = [step_bytes(t, a, n, compute, c) for t, a, n, c in rows]
+    tern = [c for c, (t, a, n, _) in zip(costs, rows) if a != "copy"]
     workers = prefetch.default_workers()
     work = max(tern, default=0)
     for i in range(len(tern)):  # the consecutive groups the prefetcher admits together
         group = tern[i:i + workers]
         if len(group) > 1 and sum(group) <= prefetch.MAX_INFLIGHT_BYTES:
             work = max(work, sum(group))
-    main = max((c for c, (t, a, n) in zip(costs, rows) if a in ("copy", "convert")), default=0)
-    queued = min(MAX_PENDING_BYTES, sum(n for t, a, n in rows if a != "copy" and a != "convert"))
-    biggest = max((n for t, a, n in rows if a not in ("copy", "convert")), default=0)
+    main = max((c for c, (t, a, n, _) in zip(costs, rows) if a == "copy"), default=0)
+    queued = min(MAX_PENDING_BYTES, sum(n for t, a, n, _ in rows if a != "copy"))
+    biggest = max((n for t, a, n, _ in rows if a != "copy"), default=0)
     # scratch buffers are kept per worker thread: after a whole-tensor ternarization (|w| f32, two sign masks) they
     # stay while the thread streams the big ones
-    whole = [t.numel for t, a, n in rows if a not in ("copy", "convert") and t.numel <= quant.STREAM_MIN_ELEMS]
-    if any(t.numel > quant.STREAM_MIN_ELEMS for t, a, n in rows if a not in ("copy", "convert")):
+    whole = [t.numel for t, a, n, _ in rows if a != "copy" and t.numel <= quant.STREAM_MIN_ELEMS]
+    if any(t.numel > quant.STREAM_MIN_ELEMS for t, a, n, _ in rows if a != "copy"):
         work += min(workers, 2) * 6 * max(whole, default=0)
-    held = min(prefetch.MAX_HELD_BYTES, sum(n for t, a, n in rows if a not in ("copy", "convert"))) \
+    held = min(prefetch.MAX_HELD_BYTES, sum(n for t, a, n, _ in rows if a != "copy")) \
         if workers > 1 else 0  # results computed ahead, waiting for the writing thread
     return BASE_BYTES + work + main + held + max(queued, min(biggest, work))

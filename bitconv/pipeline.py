@@ -1,6 +1,11 @@
 """Plan, then stream: every shape is validated and every output sized before the first byte is read or written.
 
-Public entry points (the CLI calls exactly these):
+This module owns the one path every output takes: `Plan` (the steps, in the one vocabulary `ACTIONS`), the `Sink`
+interface a container implements (`sinks/hf.py`, `sinks/gguf.py`, `sinks/nanotron.py`), `execute` (atomic output,
+free-space check counting side files, worker-thread compute, progress, fsync, abort) and `Report`, whose `to_dict` is
+the JSON document every command prints.
+
+Public entry points for HF-layout folders (the CLI calls exactly these):
     quantize(src, out)            bf16 master -> bitconv ternary checkpoint (int8 codes + float32 scales)
     pack_hf(src, out)             any ternary-capable source -> transformers packed checkpoint
     unpack_hf(src, out)           packed / ternary -> bf16 checkpoint (codes * scale) with an online config
@@ -11,52 +16,107 @@ from __future__ import annotations
 import copy
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import closing
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
+from typing import ClassVar, Protocol
 
 import numpy as np
 
-from bitconv.core import dtypes
 from bitconv.core.alloc import keep_freed_memory
-from bitconv.core.errors import OutputError, SourceError, UsageError
+from bitconv.core.errors import SourceError, UsageError
 from bitconv.core.naming import module_of
 from bitconv.core.tensors import FieldSpec, Ternary
 from bitconv.formats.safetensors import OutEntry
-from bitconv.layouts import Layout, bitnet_quant_config, get_layout, hf_layouts
+from bitconv.layouts import Layout, bitnet_quant_config, get_layout, hf_layouts, list_layouts
 from bitconv.memory import peak_estimate, step_bytes
 from bitconv.output import AtomicOutput, check_free_space, precheck
-from bitconv.quant import COMPUTE_MODES, dequantize, online_lift
+from bitconv.quant import online_lift
 from bitconv.sinks.hf import DEFAULT_MAX_SHARD_BYTES, HFSink
 from bitconv.sinks.prefetch import ordered
 from bitconv.sources import Checkpoint, ModelTensor, open_source
 from bitconv.sources.gguf import tokenizer_files
 
-# (done, total, current name): output bytes for quantize / pack / unpack (so a renderer can show bytes/s and an
-# ETA), tensors for the Nanotron converter
+# (done, total, current name): output bytes written so far, of all, and the tensor being written (so a renderer can
+# show bytes/s and an ETA)
 Progress = Callable[[int, int, str], None]
 
 TERNARY_FORMAT_VERSION = 1
+SCHEMA_VERSION = 1  # of the JSON document every `--json` prints (docs/json.md, docs/bitconv-report.schema.json)
+ACTIONS = ("pack", "dequant", "copy")  # the one step vocabulary of every output
 
 
 @dataclass
 class Step:
+    """One source tensor and what it becomes in the output.
+
+    action: "pack" (ternary -> the layout's fields), "dequant" (ternary -> codes * scale floats), "copy" (a
+    pass-through tensor: its bytes verbatim, what its loader gives, or, with `convert`, converted to `type_name`).
+    outputs: output tensor name -> the container's record of it (`FieldSpec` for safetensors, `TensorEntry` for GGUF);
+    each has `nbytes`.
+    """
+
     tensor: ModelTensor
-    outputs: dict[str, FieldSpec]  # output tensor name -> spec
-    action: str  # "pack" (ternary -> layout fields), "dequant" (ternary -> bf16), "copy" (bytes verbatim)
+    outputs: dict[str, FieldSpec]
+    action: str
+    layout: Layout | None = None  # the layout a "pack" step packs into (the plan's, or its fallback for this shape)
+    type_name: str | None = None  # the container's type of the output (GGUF: its GGML type name)
+    permute: int | None = None  # rows permuted over this many heads before they are written (GGUF llama q/k)
+    convert: bool = False  # a "copy" converted block by block on the writing thread (not a kernel copy)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(f.nbytes for f in self.outputs.values())
+
+
+class Sink(Protocol):
+    """One output container. `execute` calls `prepare` before the free-space check, `open` once, then `write` (a
+    "pack" or "dequant" step, with what `Plan.prepare` computed) or `copy` (a "copy" step) once per step in plan
+    order, then `close`; `abort` on any error. Writes may run on a background thread: arrays handed over are never
+    modified afterwards."""
+
+    is_dir: bool  # OUT is a folder (HF, Nanotron) or one file (GGUF)
+    extra: dict  # what the report adds about this output (e.g. the kernel config written beside a GGUF)
+
+    def prepare(self, guard: AtomicOutput) -> int:
+        """Check the output's surroundings; return the bytes of the side files the output will hold (config,
+        tokenizer, kernel config, reports), which the free-space check counts with the tensors."""
+
+    def open(self, tmp: Path) -> None: ...
+
+    def write(self, step: Step, result: Ternary | dict[str, np.ndarray]) -> None: ...
+
+    def copy(self, step: Step) -> None: ...
+
+    def close(self, fsync: bool) -> list[Path]:
+        """Finish every file; return the files written (final paths)."""
+
+    def abort(self) -> None: ...
 
 
 @dataclass
 class Plan:
+    """Every step validated and every output sized before the first byte is read or written. This class plans an
+    HF-layout folder (`sinks.hf`); a container's plan subclasses it and names its sink in `new_sink`."""
+
     source: Checkpoint
     target: str
     steps: list[Step]
     config: dict
     layout: Layout | None = None
-    compute: str = "float32"
-    values: str = "online"  # unpack: "online" (lifted so online WeightQuant gives back the scale) or "dequantized"
+    values: str = "online"  # dequant: "online" (lifted so online WeightQuant gives back the scale) or "dequantized"
     metadata: dict[str, str] | None = None  # safetensors `__metadata__` (None: transformers' {"format": "pt"})
+    extra: dict = field(default_factory=dict)  # what the report says about this output besides the common fields
+    warnings: list[str] = field(default_factory=list)
+    # glibc keeps freed memory for reuse (`core.alloc`): the HF writers' per-tensor buffers are then recycled
+    tune_malloc: ClassVar[bool] = True
+
+    @property
+    def compute(self) -> str:
+        """How float weights are ternarized: chosen once, when the source was opened."""
+        return self.source.quant_compute
 
     @property
     def entries(self) -> list[OutEntry]:
@@ -64,27 +124,90 @@ class Plan:
 
     @property
     def total_bytes(self) -> int:
-        return sum(f.nbytes for s in self.steps for f in s.outputs.values())
+        """Bytes of tensor data written (a GGUF plan: the size of its file)."""
+        return sum(s.nbytes for s in self.steps)
 
     @property
     def peak_bytes(self) -> int:
         """Planned peak memory (`bitconv.memory`)."""
 
-        return peak_estimate([(s.tensor, s.action, sum(f.nbytes for f in s.outputs.values())) for s in self.steps],
-                             self.compute)
+        return peak_estimate([(s.tensor, s.action, s.nbytes, s.convert) for s in self.steps], self.compute)
+
+    @property
+    def n_ternary(self) -> int:
+        return sum(1 for s in self.steps if s.tensor.is_ternary)
+
+    @cached_property
+    def side_files(self) -> dict[str, bytes]:
+        """Files an HF folder gets beside its config besides the source's own side files: for a GGUF source, the
+        tokenizer files rebuilt from its vocabulary (`sources.gguf.tokenizer_files`)."""
+        return tokenizer_files(self.source)
+
+    def new_sink(self, max_shard_bytes: int | None = DEFAULT_MAX_SHARD_BYTES) -> Sink:
+        return HFSink(self.entries, max_shard_bytes, self.metadata, self.config, self.source.aux_files,
+                      files=self.side_files)
+
+    def ternary(self, step: Step) -> Ternary:
+        """The codes and scale a "pack" or "dequant" step writes."""
+        return step.tensor.ternary()
+
+    def prepare(self, step: Step) -> Ternary | dict[str, np.ndarray] | None:
+        """The part of a step that runs on a worker thread (fresh arrays): a "pack" step's fields, a "dequant"
+        step's codes and scale; None for "copy" steps, which the sink reads (in blocks) while it writes them."""
+        if step.action == "copy":
+            return None
+        tern = self.ternary(step)
+        if step.action == "dequant":
+            return online_lift(tern) if self.values == "online" else tern
+        return step.layout.pack(tern)
+
+
+def layout_name(target: str | None) -> str | None:
+    """The registry's spelling of a target ("gguf-i2_s" -> "gguf-i2-s"), or None when it is not a layout."""
+    if not target:
+        return None
+    key = target.strip().lower().replace("_", "-")
+    return key if key in list_layouts() else None
 
 
 @dataclass
 class Report:
-    out: Path
-    target: str
-    source_kind: str
-    files: list[Path]
-    n_ternary: int
-    n_passthrough: int
-    bytes_written: int
-    seconds: float
-    extra: dict = field(default_factory=dict)
+    """What a command did; `to_dict` is the JSON document every `--json` prints (docs/json.md).
+
+    A written artifact has every field; other commands (inspect, verify, layouts, demo, upload) leave
+    `source_kind` / `n_ternary` / `n_passthrough` None and give their layout verbatim in `layout`."""
+
+    out: Path | None = None
+    target: str | None = None  # what was written: a layout name or a container target ("gguf-i2_s", "hf-bf16")
+    source_kind: str | None = None
+    files: list = field(default_factory=list)
+    n_ternary: int | None = None
+    n_passthrough: int | None = None
+    bytes_written: int = 0
+    seconds: float = 0.0
+    extra: dict = field(default_factory=dict)  # "warnings", then the command's own fields, in order
+    ok: bool = True
+    layout: str | None = None  # the registry name; None: derived from `target`
+
+    @property
+    def warnings(self) -> list[str]:
+        return list(self.extra.get("warnings", []))
+
+    def to_dict(self, command: str, **more: object) -> dict:
+        d = {"command": command, "ok": bool(self.ok), "out": None if self.out is None else str(self.out),
+             "layout": self.layout if self.layout is not None else layout_name(self.target),
+             "files": [str(f) for f in self.files], "bytes": int(self.bytes_written),
+             "seconds": round(float(self.seconds), 3), "warnings": [str(w) for w in self.warnings],
+             "schema_version": SCHEMA_VERSION}
+        details = {k: v for k, v in self.extra.items() if k != "warnings"}
+        if self.n_ternary is not None:
+            d.update(source_kind=self.source_kind, ternary_tensors=self.n_ternary,
+                     passthrough_tensors=self.n_passthrough)
+            if str(self.target).startswith("gguf"):
+                details = {"gguf": details}
+        d.update(details)
+        d.update(more)
+        return d
 
 
 def _layout_steps(src: Checkpoint, layout: Layout) -> list[Step]:
@@ -93,7 +216,7 @@ def _layout_steps(src: Checkpoint, layout: Layout) -> list[Step]:
         if t.is_ternary:
             fields = layout.spec(t.shape, tensor=t.name)  # raises LayoutError before anything is written
             outs = {f"{module_of(t.name)}.{k}": v for k, v in fields.items()}
-            steps.append(Step(t, outs, "pack"))
+            steps.append(Step(t, outs, "pack", layout))
         else:
             steps.append(Step(t, {t.name: FieldSpec(t.shape, t.dtype)}, "copy"))
     _check_unique_outputs(steps, src)
@@ -113,11 +236,6 @@ def _check_unique_outputs(steps: list[Step], src: Checkpoint) -> None:
             seen[name] = s.tensor.name
 
 
-def _check_compute(compute: str) -> None:
-    if compute not in COMPUTE_MODES:
-        raise UsageError(f"--compute must be one of {', '.join(COMPUTE_MODES)}, got {compute!r}")
-
-
 def _base_config(src: Checkpoint) -> dict:
     cfg = copy.deepcopy(src.config)
     cfg.pop("bitconv", None)
@@ -130,23 +248,22 @@ def _with_quant_config(cfg: dict, qc: dict) -> dict:
     return cfg
 
 
-def plan_quantize(src: Checkpoint, compute: str = "float32") -> Plan:
-    _check_compute(compute)
+def plan_quantize(src: Checkpoint) -> Plan:
+    """Float weights are ternarized in the arithmetic chosen when SRC was opened (`open_source(src, compute=...)`)."""
     layout = get_layout("bitconv-ternary")
     cfg = copy.deepcopy(src.config)
-    done_by = compute if src.kind in ("bf16-master", "nanotron") else (src.compute or "unknown")
+    done_by = src.quant_compute if src.kind in ("bf16-master", "nanotron") else (src.compute or "unknown")
     cfg["bitconv"] = {"format": "ternary", "version": TERNARY_FORMAT_VERSION, "scale": "magnitude",
                       "compute": done_by, "source_kind": src.kind}
-    return Plan(src, "bitconv-ternary", _layout_steps(src, layout), cfg, layout, compute)
+    return Plan(src, "bitconv-ternary", _layout_steps(src, layout), cfg, layout)
 
 
-def plan_pack_hf(src: Checkpoint, linear_class: str = "autobitlinear", compute: str = "float32") -> Plan:
-    _check_compute(compute)
+def plan_pack_hf(src: Checkpoint, linear_class: str = "autobitlinear") -> Plan:
     if linear_class not in hf_layouts():
         raise UsageError(f"--linear-class must be one of {', '.join(hf_layouts())}, got {linear_class!r}")
     layout = get_layout(hf_layouts()[linear_class])
     cfg = _with_quant_config(_base_config(src), bitnet_quant_config(src.config, linear_class, "offline"))
-    return Plan(src, layout.name, _layout_steps(src, layout), cfg, layout, compute)
+    return Plan(src, layout.name, _layout_steps(src, layout), cfg, layout)
 
 
 UNPACK_VALUES = ("online", "dequantized")
@@ -173,17 +290,23 @@ def plan_unpack_hf(src: Checkpoint, values: str = "online") -> Plan:
 
 
 def execute(plan: Plan, out: str | Path, *, overwrite: bool = False,
-            max_shard_bytes: int | None = DEFAULT_MAX_SHARD_BYTES, progress: Progress | None = None) -> Report:
-    """Stream the plan into OUT (atomically). Up to two source tensors are computed at once
-    (`bitconv.sinks.prefetch`), in a bounded working set; they are written in plan order."""
-    t0 = time.perf_counter()
-    keep_freed_memory()
-    guard = AtomicOutput(out, overwrite=overwrite, inputs=(plan.source.path,))
-    check_free_space(guard.out.parent, plan.total_bytes)
+            max_shard_bytes: int | None = DEFAULT_MAX_SHARD_BYTES, progress: Progress | None = None,
+            started: float | None = None) -> Report:
+    """Stream the plan into OUT through its sink, atomically: every output's one loop. Up to two source tensors are
+    computed at once (`bitconv.sinks.prefetch`), in a bounded working set; they are written in plan order.
+    `max_shard_bytes` applies to HF folders; `started` is the `time.perf_counter()` the report's seconds count from
+    (default: now)."""
+    t0 = time.perf_counter() if started is None else started
+    if plan.tune_malloc:
+        keep_freed_memory()
+    sink = plan.new_sink(max_shard_bytes=max_shard_bytes)
+    guard = AtomicOutput(out, overwrite=overwrite, is_dir=sink.is_dir, inputs=(plan.source.path,))
+    side = sink.prepare(guard)
+    check_free_space(guard.out.parent, plan.total_bytes + side)
+    done, total = 0, sum(s.nbytes for s in plan.steps)  # progress in output bytes
     with guard as tmp:
-        sink = HFSink(tmp, plan.entries, max_shard_bytes, plan.metadata)
+        sink.open(tmp)
         try:
-            done, total = 0, plan.total_bytes
             computed = ordered(lambda st: _compute_step(st, plan), plan.steps, cost=_step_cost(plan),
                                size=_result_bytes)
             with closing(computed) as results:
@@ -192,78 +315,39 @@ def execute(plan: Plan, out: str | Path, *, overwrite: bool = False,
                         progress(done, total, step.tensor.name)
                     _write_step(step, plan, sink, result)
                     del result
-                    done += sum(f.nbytes for f in step.outputs.values())
-            sink.close(plan.config, plan.source.aux_files, fsync=os.environ.get("BITCONV_FSYNC") == "1")
-            _write_files(tmp, tokenizer_files(plan.source))  # a GGUF source: its vocabulary as tokenizer files
+                    done += step.nbytes
+            files = sink.close(fsync=os.environ.get("BITCONV_FSYNC") == "1")
         except BaseException:
             sink.abort()
             raise
-        files = [guard.out / f.name for f in sink.files]
     if progress:
-        progress(plan.total_bytes, plan.total_bytes, "")
-    n_tern = sum(1 for s in plan.steps if s.action != "copy")
+        progress(total, total, "")
+    n_tern = plan.n_ternary
     return Report(guard.out, plan.target, plan.source.kind, files, n_tern, len(plan.steps) - n_tern,
-                  plan.total_bytes, time.perf_counter() - t0)
-
-
-def _write_files(folder: Path, files: dict[str, bytes]) -> None:
-    try:
-        for name, data in files.items():
-            (folder / name).write_bytes(data)
-    except OSError as e:
-        raise OutputError(f"cannot write: {e.strerror or e}", path=folder) from None
-
-
-DEQUANT_BLOCK_ELEMS = 1 << 22
-
-
-def dequantized_blocks(t: Ternary) -> Iterator[np.ndarray]:
-    """bf16(codes * scale) as uint16 bits, a block of rows at a time (the same values as `dequantize(t)`)."""
-    codes = t.codes.reshape(t.codes.shape[0], -1)
-    step = max(1, DEQUANT_BLOCK_ELEMS // max(1, codes.shape[1]))
-    for a in range(0, codes.shape[0], step):
-        yield dtypes.to_numpy_storage(dequantize(Ternary(codes[a:a + step], t.scale)))
-
-
-def _step_cost(plan: Plan) -> Callable[[Step], int]:
-
-    return lambda s: step_bytes(s.tensor, s.action, sum(f.nbytes for f in s.outputs.values()), plan.compute)
-
-
-def _result_bytes(step: Step) -> int:
-    """What `_compute_step` returns: packed fields, or int8 codes (dequant)."""
-    if step.action == "copy":
-        return 0
-    return step.tensor.numel if step.action == "dequant" else sum(f.nbytes for f in step.outputs.values())
+                  plan.total_bytes, time.perf_counter() - t0, {**plan.extra, **sink.extra})
 
 
 def _compute_step(step: Step, plan: Plan) -> Ternary | dict[str, np.ndarray] | None:
-    """The part of a step that runs on a worker thread: codes (dequant) or packed fields (pack), fresh arrays."""
-    if step.action == "copy":
-        return None
-    tern = step.tensor.ternary(plan.compute)
-    if step.action == "dequant":
-        return online_lift(tern) if plan.values == "online" else tern
-    return plan.layout.pack(tern)
+    """On a worker thread: what `Plan.prepare` computes for the step."""
+    return plan.prepare(step)
 
 
-def _write_step(step: Step, plan: Plan, sink: HFSink, result: Ternary | dict[str, np.ndarray] | None) -> None:
-    t = step.tensor
+def _write_step(step: Step, plan: Plan, sink: Sink, result: Ternary | dict[str, np.ndarray] | None) -> None:
+    """On the calling thread, in plan order: hand the step to the sink."""
     if step.action == "copy":
-        (name,) = step.outputs
-        if t.loader is not None:  # not a plain stored tensor (e.g. GGUF Q8_0): write what the loader gives
-            sink.write(name, dtypes.to_numpy_storage(t.loader()))
-        else:
-            sink.copy(name, t.stored[0])
-        return
-    if step.action == "dequant":
-        (name,) = step.outputs
-        sink.write_blocks(name, step.outputs[name].nbytes, dequantized_blocks(result))
-        return
-    prefix = module_of(t.name)
-    for k, arr in result.items():
-        spec = step.outputs[f"{prefix}.{k}"]
-        sink.write(f"{prefix}.{k}", np.asarray(arr).reshape(spec.shape))
+        sink.copy(step)
+    else:
+        sink.write(step, result)
+
+
+def _step_cost(plan: Plan) -> Callable[[Step], int]:
+    """A step's planned working set while a worker computes it (a "copy" step is done on the writing thread)."""
+    return lambda s: 0 if s.convert else step_bytes(s.tensor, s.action, s.nbytes, plan.compute)
+
+
+def _result_bytes(step: Step) -> int:
+    """What `Plan.prepare` returns: packed fields, or int8 codes (dequant)."""
+    return {"pack": step.nbytes, "dequant": step.tensor.numel}.get(step.action, 0)
 
 
 # ------------------------------------------------------------------------------------------------ public commands
@@ -281,7 +365,7 @@ def quantize(src: str | Path, out: str | Path, *, compute: str = "float32", over
         >>> quantize("bitnet-bf16", "bitnet-ternary")
     """
     precheck(out, overwrite)
-    return execute(plan_quantize(open_source(src), compute), out, overwrite=overwrite,
+    return execute(plan_quantize(open_source(src, compute)), out, overwrite=overwrite,
                    max_shard_bytes=max_shard_bytes, progress=progress)
 
 
@@ -290,7 +374,7 @@ def pack_hf(src: str | Path, out: str | Path, *, linear_class: str = "autobitlin
             progress: Progress | None = None) -> Report:
     """Write a transformers-loadable packed checkpoint. Already-ternary sources are never re-quantized."""
     precheck(out, overwrite)
-    return execute(plan_pack_hf(open_source(src), linear_class, compute), out, overwrite=overwrite,
+    return execute(plan_pack_hf(open_source(src, compute), linear_class), out, overwrite=overwrite,
                    max_shard_bytes=max_shard_bytes, progress=progress)
 
 

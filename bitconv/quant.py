@@ -18,10 +18,19 @@ import numpy as np
 import torch
 
 from bitconv import torchsum
-from bitconv.core.errors import SourceError
+from bitconv.core.errors import SourceError, UsageError
 from bitconv.core.tensors import EPS, Ternary
 
 COMPUTE_MODES = ("float32", "bfloat16")
+
+
+def compute_mode(value: str) -> str:
+    """The one check of a compute mode (`--compute`, `open_source(src, compute=...)`): case-folded, or a
+    UsageError naming the choices."""
+    key = str(value).strip().lower()
+    if key not in COMPUTE_MODES:
+        raise UsageError(f"--compute must be one of {', '.join(COMPUTE_MODES)}, got {value!r}")
+    return key
 
 
 class Workspace:

@@ -25,27 +25,25 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from bitconv.core.naming import PROJECTION_SHAPES
+
 # --------------------------------------------------------------------------------------------------------------------
 # Static tables: tensors, configs, architectures, variants
 # --------------------------------------------------------------------------------------------------------------------
 
 # module name (without ".weight"; layer modules relative to model.layers.N) -> (shape as size names, init kind).
-# Size names: V vocab, H hidden (= heads * head_dim), KV kv_heads * head_dim, I intermediate.
+# Size names: V vocab, H hidden (= heads * head_dim), KV kv_heads * head_dim, I intermediate. The projections' shapes
+# are the one table's (`core.naming.PROJECTION_SHAPES`), in these names.
+_SIZE_NAME = {"q": "H", "kv": "KV", "hidden_size": "H", "intermediate_size": "I"}
 _TENSORS: dict[str, tuple[tuple[str, ...], str]] = {
     "model.embed_tokens": (("V", "H"), "embed"),
     "model.norm": (("H",), "norm"),
     "lm_head": (("V", "H"), "linear"),
     "input_layernorm": (("H",), "norm"),
-    "self_attn.q_proj": (("H", "H"), "linear"),
-    "self_attn.k_proj": (("KV", "H"), "linear"),
-    "self_attn.v_proj": (("KV", "H"), "linear"),
-    "self_attn.o_proj": (("H", "H"), "linear"),
+    **{m: ((_SIZE_NAME[o], _SIZE_NAME[i]), "linear") for m, (o, i) in PROJECTION_SHAPES.items()},
     "self_attn.attn_sub_norm": (("H",), "norm"),
     "self_attn.inner_attn_ln": (("H",), "norm"),
     "post_attention_layernorm": (("H",), "norm"),
-    "mlp.gate_proj": (("I", "H"), "linear"),
-    "mlp.up_proj": (("I", "H"), "linear"),
-    "mlp.down_proj": (("H", "I"), "linear"),
     "mlp.ffn_sub_norm": (("I",), "norm"),
     "mlp.ffn_layernorm": (("I",), "norm"),
 }

@@ -111,7 +111,7 @@ def _m128(root: Path) -> Path:
 
 
 def _gguf(root: Path) -> Path:
-    from bitconv.pipeline_gguf import pack_gguf
+    from bitconv.sinks.gguf import pack_gguf
 
     (root / "gguf").mkdir()
     return pack_gguf(BASES.get("m128"), root / "gguf" / "model.gguf", "i2_s").out
@@ -127,7 +127,7 @@ def _gguf_compact(root: Path) -> Path:
 
 
 def _tl1(root: Path) -> Path:
-    from bitconv.pipeline_gguf import pack_gguf
+    from bitconv.sinks.gguf import pack_gguf
 
     (root / "tl1").mkdir()
     return pack_gguf(BASES.get("m128"), root / "tl1" / "model.gguf", "tl1").out

@@ -208,7 +208,7 @@ def test_general_name_never_a_snapshot_hash(models, tmp_path):
 
     snap = tmp_path / "hub" / "models--microsoft--tiny-bitnet" / "snapshots" / ("0123abcd" * 5)
     shutil.copytree(models(), snap)
-    from bitconv.pipeline_gguf import model_name_of
+    from bitconv.sinks.gguf import model_name_of
     from bitconv.sources import open_source
 
     assert model_name_of(open_source(snap)) == "tiny-bitnet"

@@ -27,8 +27,8 @@ from bitconv.formats.gguf.types import by_id, pad
 from bitconv.formats.gguf.writer import TensorEntry, build_header, write_gguf
 from bitconv.layouts import get_layout, layout_class
 from bitconv.layouts.gguf_iq1bn import BYTE_OF_IDX, TRITS_OF_BYTE
-from bitconv.pipeline_gguf import _tensor_layout, pack_gguf, plan_pack_gguf
 from bitconv.quant import EPS
+from bitconv.sinks.gguf import _tensor_layout, pack_gguf, plan_pack_gguf
 from bitconv.sources import ModelTensor, open_source
 from bitconv.verify.reference import reference_logits
 from tests.conftest import GOLDEN

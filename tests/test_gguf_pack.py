@@ -19,7 +19,7 @@ from bitconv.formats.gguf import read_gguf
 from bitconv.formats.gguf.metadata import gguf_name, permute_rows
 from bitconv.layouts.kernel_config import KernelConfig
 from bitconv.output import TMP_PREFIX
-from bitconv.pipeline_gguf import GGUF_TARGETS, pack_gguf, plan_pack_gguf
+from bitconv.sinks.gguf import GGUF_TARGETS, pack_gguf, plan_pack_gguf
 from bitconv.sources import open_source
 from tests.conftest import GOLDEN
 
@@ -419,12 +419,12 @@ def test_demo_model_shapes_fit_every_gguf_type(models, tmp_path):
 @pytest.mark.parametrize("embd_type", ["f16", "f32", "bf16", "q8_0"])
 def test_big_passthrough_converted_in_row_chunks_gives_same_bytes(models, tmp_path, monkeypatch, embd_type):
     """token_embd / output above CHUNK_BYTES are converted a block of rows at a time: same file as in one piece."""
-    from bitconv import pipeline_gguf
+    from bitconv.sinks import gguf as gguf_sink
 
     src = models("bitnet-2b4t", tied=False)
-    pipeline_gguf.pack_gguf(src, tmp_path / "whole.gguf", "i2_s", embd_type=embd_type)
+    gguf_sink.pack_gguf(src, tmp_path / "whole.gguf", "i2_s", embd_type=embd_type)
     calls = []
-    real = pipeline_gguf._converted_row_chunks
+    real = gguf_sink._converted_row_chunks
 
     def spy(step):
         parts = real(step)
@@ -432,9 +432,9 @@ def test_big_passthrough_converted_in_row_chunks_gives_same_bytes(models, tmp_pa
             calls.append(step.tensor.name)
         return parts
 
-    monkeypatch.setattr(pipeline_gguf, "CHUNK_BYTES", 3000)  # a few rows per block, last block short
-    monkeypatch.setattr(pipeline_gguf, "_converted_row_chunks", spy)
-    pipeline_gguf.pack_gguf(src, tmp_path / "chunked.gguf", "i2_s", embd_type=embd_type)
+    monkeypatch.setattr(gguf_sink, "CHUNK_BYTES", 3000)  # a few rows per block, last block short
+    monkeypatch.setattr(gguf_sink, "_converted_row_chunks", spy)
+    gguf_sink.pack_gguf(src, tmp_path / "chunked.gguf", "i2_s", embd_type=embd_type)
     assert {"model.embed_tokens.weight", "lm_head.weight"} <= set(calls)
     assert (tmp_path / "chunked.gguf").read_bytes() == (tmp_path / "whole.gguf").read_bytes()
 

@@ -209,7 +209,7 @@ from bitconv.describe import describe
 from bitconv.formats.gguf import read_gguf
 from bitconv.formats.gguf.types import by_id, tensor_nbytes
 from bitconv.layouts import list_layouts
-from bitconv.pipeline_gguf import GGUF_TARGETS, pack_gguf, plan_pack_gguf
+from bitconv.sinks.gguf import GGUF_TARGETS, pack_gguf, plan_pack_gguf
 from bitconv.sources import open_source
 from bitconv.verify.check import DEPLOY_LAYOUTS
 
@@ -275,7 +275,8 @@ def test_trial_layout_is_one_file(tmp_path):
 def test_sources_decode_only_through_the_layouts_unpack(models, tmp_path, monkeypatch, target):
     """Issue 10 item 2: opening a packed artifact decodes every ternary tensor by its layout's `unpack` (a spy sees
     each one), and the scale that comes back is the layout's stored scale of the master's (bitlinear: 1/scale)."""
-    from bitconv import pipeline, pipeline_gguf
+    from bitconv import pipeline
+    from bitconv.sinks import gguf as gguf_sink
     from bitconv.sources import open_source
 
     master = models("bitnet-2b4t")
@@ -288,7 +289,7 @@ def test_sources_decode_only_through_the_layouts_unpack(models, tmp_path, monkey
         name = open_source(out).layout
     else:
         out = tmp_path / "out.gguf"
-        pipeline_gguf.pack_gguf(master, out, target)
+        gguf_sink.pack_gguf(master, out, target)
         name = gguf_layouts()[target].name
     cls = layout_class(name)
     calls: list[str | None] = []

@@ -122,7 +122,7 @@ def test_hf_commands_same_bytes_with_any_worker_count(models, tmp_path, arch, wo
 
 @pytest.mark.parametrize("gguf_type", ["i2_s", "tq1_0", "tl2", "f16", "iq2_bn"])
 def test_gguf_same_bytes_with_any_worker_count(models, tmp_path, gguf_type, workers, monkeypatch):
-    from bitconv.pipeline_gguf import pack_gguf
+    from bitconv.sinks.gguf import pack_gguf
 
     src = models("bitnet-2b4t")
     pack_gguf(src, tmp_path / "par.gguf", gguf_type, force=True)

@@ -214,3 +214,112 @@ def test_dry_run_plan_sizes_match_output(models, tmp_path):
     pipeline.execute(plan, tmp_path / "p", max_shard_bytes=None)
     data = (tmp_path / "p" / "model.safetensors").stat().st_size
     assert plan.total_bytes < data < plan.total_bytes + 8192  # tensor bytes + header
+
+
+# ------------------------------------------------------------------------------------ one pipeline, one sink interface
+
+
+class _NpySink:
+    """A whole container in a few lines: each step's output as OUT/<name>.npy (what `pipeline.Sink` asks for)."""
+
+    is_dir = True
+
+    def __init__(self, plan):
+        self.plan, self.extra, self.calls = plan, {"container": "npy"}, []
+
+    def prepare(self, guard):
+        self.out = guard.out
+        return 0
+
+    def open(self, tmp):
+        self.tmp = tmp
+
+    def write(self, step, result):
+        self.calls.append(step.action)
+        arr = result["weight"] if step.action == "pack" else result.codes
+        np.save(self.tmp / f"{step.tensor.name}.npy", np.asarray(arr))
+
+    def copy(self, step):
+        self.calls.append("copy")
+        np.save(self.tmp / f"{step.tensor.name}.npy", np.asarray(self.plan.source.load_passthrough(
+            step.tensor.name).float()))
+
+    def close(self, fsync):
+        return sorted(self.out / p.name for p in self.tmp.iterdir())
+
+    def abort(self):
+        self.calls.append("abort")
+
+
+def test_a_new_container_is_one_sink(models, tmp_path):
+    """`execute` drives any sink: the plan's steps in order, the report from the plan and the sink."""
+    ck = open_source(models("bitnet-2b4t"))
+
+    class NpyPlan(pipeline.Plan):
+        def new_sink(self, **_):
+            self.sink = _NpySink(self)
+            return self.sink
+
+    base = pipeline.plan_quantize(ck)
+    plan = NpyPlan(ck, "npy", base.steps, {}, base.layout)
+    rep = pipeline.execute(plan, tmp_path / "o")
+    assert plan.sink.calls == [s.action for s in plan.steps] and set(plan.sink.calls) == {"pack", "copy"}
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == sorted(f"{n}.npy" for n in ck.tensors)
+    name = next(t.name for t in ck.ternary_tensors())
+    np.testing.assert_array_equal(np.load(tmp_path / "o" / f"{name}.npy"), ck.tensors[name].ternary().codes)
+    assert (rep.target, rep.n_ternary, rep.n_passthrough) == ("npy", 14, len(ck.tensors) - 14)
+    assert rep.extra == {"container": "npy"} and rep.files == sorted(tmp_path / "o" / f"{n}.npy" for n in ck.tensors)
+
+
+def test_every_plan_speaks_one_step_vocabulary(models):
+    from bitconv.sinks.gguf import plan_pack_gguf
+
+    src = open_source(models("bitnet-2b4t"))
+    plans = [pipeline.plan_quantize(src), pipeline.plan_pack_hf(src), plan_pack_gguf(src, "i2_s"),
+             plan_pack_gguf(src, "f16")]
+    assert [sorted({s.action for s in p.steps}) for p in plans] == [["copy", "pack"]] * 3 + [["copy", "dequant"]]
+    assert pipeline.ACTIONS == ("pack", "dequant", "copy")
+
+
+def test_hf_free_space_counts_side_files(models, tmp_path, monkeypatch, copy_dir):
+    """Free space that fits the tensors and the headroom but not the tokenizer copied along is refused up front."""
+    import shutil
+
+    src = copy_dir(models("bitnet-2b4t"))
+    (src / "tokenizer.json").write_text(json.dumps({"model": {"vocab": {}}, "pad": "x" * (8 << 20)}))
+    plan = pipeline.plan_pack_hf(open_source(src))
+    free = plan.total_bytes + plan.total_bytes // 100 + (5 << 20)  # tensors + headroom fit; 8 MiB more do not
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9 - free, free))
+    with pytest.raises(OutputError, match="not enough disk space"):
+        pipeline.pack_hf(src, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_compute_is_chosen_when_the_source_is_opened(models):
+    master = models("bitnet-2b4t")
+    ck = open_source(master, compute="BFloat16")
+    assert ck.quant_compute == "bfloat16" and pipeline.plan_quantize(ck).compute == "bfloat16"
+    name = next(t.name for t in ck.ternary_tensors())
+    w = load_file(master / "model.safetensors")[name]
+    bf, f32 = ternarize(w, "bfloat16"), ternarize(w, "float32")
+    assert not np.array_equal(bf.codes, f32.codes) or bf.scale != f32.scale  # the modes differ on this weight
+    got = ck.tensors[name].ternary()
+    assert np.array_equal(got.codes, bf.codes) and got.scale == bf.scale
+    assert open_source(master).tensors[name].ternary().scale == f32.scale  # the default is float32
+    with pytest.raises(UsageError, match=r"^--compute must be one of float32, bfloat16, got 'fp8'$"):
+        open_source(master / "no-such-folder", compute="fp8")  # checked before SRC is looked at
+
+
+def test_report_to_dict_is_the_one_json_document(tmp_path):
+    from bitconv.cli import jsondoc
+
+    rep = pipeline.Report(tmp_path / "x.gguf", "gguf-i2_s", "bf16-master", [tmp_path / "x.gguf"], 14, 9, 1234, 0.51234,
+                          {"warnings": ["w"], "arch": "bitnet-b1.58"})
+    assert rep.to_dict("pack", target="gguf") == {
+        "command": "pack", "ok": True, "out": str(tmp_path / "x.gguf"), "layout": "gguf-i2-s",
+        "files": [str(tmp_path / "x.gguf")], "bytes": 1234, "seconds": 0.512, "warnings": ["w"], "schema_version": 1,
+        "source_kind": "bf16-master", "ternary_tensors": 14, "passthrough_tensors": 9,
+        "gguf": {"arch": "bitnet-b1.58"}, "target": "gguf"}
+    assert jsondoc.from_report("pack", rep, target="gguf") == rep.to_dict("pack", target="gguf")
+    assert list(jsondoc.doc("layouts", seconds=1.0, layouts=[])) == [
+        "command", "ok", "out", "layout", "files", "bytes", "seconds", "warnings", "schema_version", "layouts"]

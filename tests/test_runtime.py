@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from bitconv.cli import app
 from bitconv.core.errors import UsageError
 from bitconv.formats.gguf.reader import read_gguf
-from bitconv.pipeline_gguf import pack_gguf
+from bitconv.sinks.gguf import pack_gguf
 from bitconv.sources import open_source
 from bitconv.verify import verify
 from bitconv.verify.parity import default_tokens

@@ -20,8 +20,8 @@ from bitconv.layouts.runtimes import (
     tl2_lut,
     where_it_runs,
 )
-from bitconv.pipeline_gguf import pack_gguf, plan_pack_gguf
 from bitconv.publish.card import plan_upload
+from bitconv.sinks.gguf import pack_gguf, plan_pack_gguf
 from bitconv.sources import open_source
 from bitconv.verify import verify
 from tests.conftest import ROOT

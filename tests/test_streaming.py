@@ -160,14 +160,14 @@ def test_layout_packs_in_blocks_like_whole(layout_name, monkeypatch):
 
 
 def test_gguf_passthrough_in_row_blocks(models, tmp_path, monkeypatch):
-    from bitconv import pipeline_gguf
+    from bitconv.sinks import gguf as gguf_sink
 
     src = models("bitnet-2b4t")
-    pipeline_gguf.pack_gguf(src, tmp_path / "whole.gguf", "tq2_0")
-    monkeypatch.setattr(pipeline_gguf, "CHUNK_BYTES", 1000)  # embeddings a few rows at a time
+    gguf_sink.pack_gguf(src, tmp_path / "whole.gguf", "tq2_0")
+    monkeypatch.setattr(gguf_sink, "CHUNK_BYTES", 1000)  # embeddings a few rows at a time
     monkeypatch.setattr(quant, "STREAM_MIN_ELEMS", 0)
     monkeypatch.setattr(quant, "BLOCK_ELEMS", 777)
-    pipeline_gguf.pack_gguf(src, tmp_path / "blocks.gguf", "tq2_0")
+    gguf_sink.pack_gguf(src, tmp_path / "blocks.gguf", "tq2_0")
     assert (tmp_path / "blocks.gguf").read_bytes() == (tmp_path / "whole.gguf").read_bytes()
 
 
@@ -188,11 +188,12 @@ def test_hf_copy_in_bounded_blocks_without_copy_file_range(models, tmp_path, mon
 @pytest.mark.parametrize("values", ["online", "dequantized"])
 def test_unpack_in_row_blocks_like_whole(models, tmp_path, monkeypatch, values):
     from bitconv import pipeline
+    from bitconv.sinks import hf
 
     src = models("bitnet-2b4t")
     pipeline.pack_hf(src, tmp_path / "packed")
     pipeline.unpack_hf(tmp_path / "packed", tmp_path / "whole", values=values)
-    monkeypatch.setattr(pipeline, "DEQUANT_BLOCK_ELEMS", 100)  # a row or two per block
+    monkeypatch.setattr(hf, "DEQUANT_BLOCK_ELEMS", 100)  # a row or two per block
     pipeline.unpack_hf(tmp_path / "packed", tmp_path / "blocks", values=values)
     assert _files(tmp_path / "blocks") == _files(tmp_path / "whole")
 
@@ -222,13 +223,13 @@ def test_planned_peak_counts_the_biggest_tensor(models, monkeypatch):
 @pytest.mark.parametrize("gguf_type", ["f32", "f16", "bf16"])
 @pytest.mark.parametrize("arch", ["bitnet-2b4t", "llama-bitnet"])  # llama: q/k rows permuted per head
 def test_gguf_float_types_in_row_blocks_like_whole(models, tmp_path, monkeypatch, gguf_type, arch):
-    from bitconv import pipeline_gguf
+    from bitconv.sinks import gguf as gguf_sink
 
     src = models(arch)
-    monkeypatch.setattr(pipeline_gguf, "DEQUANT_BLOCK_ELEMS", 1 << 40)  # one block: the whole tensor
-    pipeline_gguf.pack_gguf(src, tmp_path / "whole.gguf", gguf_type, force=True)
-    monkeypatch.setattr(pipeline_gguf, "DEQUANT_BLOCK_ELEMS", 100)  # a head (or a row) per block
-    pipeline_gguf.pack_gguf(src, tmp_path / "blocks.gguf", gguf_type, force=True)
+    monkeypatch.setattr(gguf_sink, "DEQUANT_BLOCK_ELEMS", 1 << 40)  # one block: the whole tensor
+    gguf_sink.pack_gguf(src, tmp_path / "whole.gguf", gguf_type, force=True)
+    monkeypatch.setattr(gguf_sink, "DEQUANT_BLOCK_ELEMS", 100)  # a head (or a row) per block
+    gguf_sink.pack_gguf(src, tmp_path / "blocks.gguf", gguf_type, force=True)
     assert (tmp_path / "blocks.gguf").read_bytes() == (tmp_path / "whole.gguf").read_bytes()
     if gguf_type == "f32":  # and the values are the converters': permute(copysign(|codes| * scale, W)), not just
         import gguf  # self-consistent

@@ -29,7 +29,7 @@ from bitconv.formats.gguf.reader import read_gguf
 from bitconv.formats.gguf.types import pad
 from bitconv.formats.gguf.writer import MAGIC
 from bitconv.formats.safetensors import read_header
-from bitconv.pipeline_gguf import pack_gguf
+from bitconv.sinks.gguf import pack_gguf
 from bitconv.sources import open_source
 from bitconv.verify import Thresholds, verify
 from bitconv.verify.check import check

@@ -22,9 +22,9 @@ from bitconv.core import dtypes
 from bitconv.core.naming import module_of
 from bitconv.core.tensors import Ternary
 from bitconv.layouts import get_layout
-from bitconv.pipeline_gguf import pack_gguf
 from bitconv.quant import dequantize, ternarize
 from bitconv.sinks import nanotron as convert
+from bitconv.sinks.gguf import pack_gguf
 from bitconv.sources import open_source
 from bitconv.verify import FAULTS, Thresholds, verify
 from bitconv.verify.check import check, find_checkpoints

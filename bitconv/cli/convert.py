@@ -66,7 +66,7 @@ def convert(src: SrcArg, out: OutOpt, to: ToOpt, purpose: ForOpt = None, scale_g
             compute: ComputeOpt = "float32", overwrite: OverwriteOpt = False, max_shard_size: ShardOpt = "5GB",
             json: JsonOpt = False, token: TokenOpt = None, revision: RevisionOpt = None) -> None:
     """Convert between Nanotron checkpoints (any TP/PP) and HF: --to hf-bf16 or --to nanotron."""
-    with render.progress("convert", not json, unit="bytes" if to.lower() == "hf-bf16" else "tensors") as cb:
+    with render.progress("convert", not json) as cb:
         rep = api.convert(src, out, to=to, purpose=purpose, scale_granularity=scale_granularity,
                           vocab_size=vocab_size, tp=tp, pp=pp,
                           make_vocab_size_divisible_by=make_vocab_size_divisible_by, nanotron_model=nanotron_model,

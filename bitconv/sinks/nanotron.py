@@ -25,9 +25,10 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -38,9 +39,9 @@ from bitconv.core.tensors import FieldSpec, Ternary
 from bitconv.formats.nanotron import format as nt
 from bitconv.formats.nanotron import yamlish
 from bitconv.formats.safetensors import OutEntry, build_header
-from bitconv.output import AtomicOutput, check_free_space, precheck
+from bitconv.output import AtomicOutput, precheck
 from bitconv.pipeline import Plan, Progress, Report, Step, execute
-from bitconv.quant import COMPUTE_MODES, lift, ternarize
+from bitconv.quant import lift, ternarize
 from bitconv.sinks.hf import DEFAULT_MAX_SHARD_BYTES
 from bitconv.sources import Checkpoint, ModelTensor, open_source
 from bitconv.sources.checkpoint import is_nanotron_dir, load_torch
@@ -210,8 +211,9 @@ class NTParam:
 class _Builder:
     """Collects the nanotron parameters of a source, in nanotron layout, and the warnings conversion raises."""
 
-    def __init__(self, ck: Checkpoint, flavor: nt.Flavor, dims: nt.Dims, interleaved: bool, compute: str) -> None:
-        self.ck, self.flavor, self.dims, self.interleaved, self.compute = ck, flavor, dims, interleaved, compute
+    def __init__(self, ck: Checkpoint, flavor: nt.Flavor, dims: nt.Dims, interleaved: bool) -> None:
+        self.ck, self.flavor, self.dims, self.interleaved = ck, flavor, dims, interleaved
+        self.compute = ck.quant_compute  # chosen when the source was opened
         self.used: set[str] = set()
         self.scale_spread: list[float] = []
         self.dropped_norms = 0
@@ -249,7 +251,7 @@ class _Builder:
             if self.flavor.bitnet and len(ws) > 1 and not isinstance(self.ck, NanotronCheckpoint):
                 self._compare_codes(ws, fused)
             return fused
-        terns = [t.ternary(self.compute) for t in tensors]
+        terns = [t.ternary() for t in tensors]
         scale, spread = fused_scale(terns)
         if len(terns) > 1:
             self.scale_spread.append(spread)
@@ -369,12 +371,10 @@ def to_nanotron(src: str | Path | Checkpoint, out: str | Path, *, tp: int | None
         >>> to_nanotron("bitnet-hf-packed", "ckpt/0", tp=1)
     """
     t0 = time.perf_counter()
-    if compute not in COMPUTE_MODES:
-        raise UsageError(f"--compute must be one of {', '.join(COMPUTE_MODES)}, got {compute!r}")
     if make_vocab_size_divisible_by < 1:
         raise UsageError("--make-vocab-size-divisible-by must be >= 1")
     precheck(out, overwrite)
-    ck = src if isinstance(src, Checkpoint) else open_source(src)
+    ck = src if isinstance(src, Checkpoint) else open_source(src, compute)
     own = ck.info if isinstance(ck, NanotronCheckpoint) else None
     tp = tp if tp is not None else (own.tp if own else 1)
     pp = pp if pp is not None else (own.pp if own else 1)
@@ -396,7 +396,7 @@ def to_nanotron(src: str | Path | Checkpoint, out: str | Path, *, tp: int | None
         raise SourceError("missing tensor 'model.embed_tokens.weight'", path=ck.path)
     vocab = ck.tensors["model.embed_tokens.weight"].shape[0]
     padded = nt.padded_vocab(vocab, make_vocab_size_divisible_by, tp)
-    b = _Builder(ck, flavor, dims, interleaved, compute)
+    b = _Builder(ck, flavor, dims, interleaved)
     params = _nt_params(b, padded, tied)
     _check_all_used(ck, b)
     if not flavor.layer_norms:
@@ -410,36 +410,88 @@ def to_nanotron(src: str | Path | Checkpoint, out: str | Path, *, tp: int | None
         raise UsageError(str(e), path=ck.path) from None
     version = flavor.version
     custom = {"bitconv": {"vocab_size": vocab, "source_kind": ck.kind, "hf_config": _hf_config_record(ck)}}
-    guard = AtomicOutput(out, overwrite=overwrite, inputs=(ck.path,))
-    total = sum(p.nbytes for p in params)
-    # the shards, one filesystem block per file for headers and tails, the configs, and the side files copied along
-    side = sum(f.stat().st_size for f in ck.aux_files)
-    check_free_space(guard.out.parent, total + 4096 * len(params) * max(tp, 1) + (64 << 10) + side)
-    tokenizer = str(guard.out.resolve()) if any(f.name.startswith("tokenizer") for f in ck.aux_files) else None
-    files: list[Path] = []
-    with guard as tmp:
-        model_dir = tmp / "model"
+    steps = [Step(ModelTensor(p.name, p.shape, "BF16", loader=p.make), {p.name: FieldSpec(p.shape, "BF16")}, "copy")
+             for p in params]
+    extra = {"warnings": warnings, "tp": tp, "pp": pp, "vocab_size": vocab, "padded_vocab_size": padded,
+             "model": flavor.name, "checkpoint_version": version,
+             "pp_stages": {b: r for b, r in stages.items() if b not in (nt.BLOCK_CAST, nt.BLOCK_LOSS)}}
+    plan = NanotronPlan(ck, f"nanotron-{flavor.name}", steps, ck.config, extra=extra,
+                        builder=b, params={p.name: p for p in params}, tp=tp, pp=pp, stages=stages, mc=mc,
+                        custom=custom, multiple=make_vocab_size_divisible_by)
+    return execute(plan, out, overwrite=overwrite, progress=progress, started=t0)
+
+
+@dataclass
+class NanotronPlan(Plan):
+    """A Nanotron checkpoint folder: one "copy" step per nanotron parameter (its loader fuses, lifts and pads)."""
+
+    builder: _Builder | None = None
+    params: dict[str, NTParam] = field(default_factory=dict)
+    tp: int = 1
+    pp: int = 1
+    stages: dict[str, int] = field(default_factory=dict)
+    mc: dict = field(default_factory=dict)
+    custom: dict = field(default_factory=dict)
+    multiple: int = 1
+    tune_malloc: ClassVar[bool] = False
+
+    @property
+    def n_ternary(self) -> int:
+        return sum(1 for n in self.params if n.endswith("_proj.weight"))
+
+    def new_sink(self, **_: object) -> NanotronSink:
+        return NanotronSink(self)
+
+
+class NanotronSink:
+    """The `pipeline.Sink` of a Nanotron checkpoint: each parameter as nanotron's own save writes it (one file per
+    TP shard), then model_config.json, checkpoint_metadata.json, config.yaml and the side files."""
+
+    is_dir = True
+
+    def __init__(self, plan: NanotronPlan) -> None:
+        self.plan = plan
+        self.extra: dict = {}
+        self.files: list[Path] = []
+        self._out: Path | None = None
+        self._tmp: Path | None = None
+
+    def prepare(self, guard: AtomicOutput) -> int:
+        self._out = guard.out
+        # one filesystem block per file for headers and tails, the configs, and the side files copied along
+        side = sum(f.stat().st_size for f in self.plan.source.aux_files)
+        return 4096 * len(self.plan.params) * max(self.plan.tp, 1) + (64 << 10) + side
+
+    def open(self, tmp: Path) -> None:
+        self._tmp = tmp
+
+    def write(self, step: Step, result: object) -> None:
+        raise AssertionError(f"a nanotron plan has only copy steps, not {step.action!r}")
+
+    def copy(self, step: Step) -> None:
+        p, plan = self.plan.params[step.tensor.name], self.plan
+        tensor = step.tensor.loader()
+        _check_shape(p, tensor)
         try:
-            for i, p in enumerate(params):
-                if progress:
-                    progress(i, len(params), p.name)
-                tensor = p.make()
-                _check_shape(p, tensor)
-                files += write_param(model_dir, p.name, tensor, p.sharding, tp, version,
-                                     (stages[nt.block_of(p.name)], pp))
-            _write_configs(tmp, flavor, mc, tp, pp, version, custom, str(guard.out.resolve()),
-                           make_vocab_size_divisible_by, tokenizer, ck.aux_files)
+            self.files += write_param(self._tmp / "model", p.name, tensor, p.sharding, plan.tp,
+                                      plan.builder.flavor.version, (plan.stages[nt.block_of(p.name)], plan.pp))
         except OSError as e:
-            raise OutputError(f"cannot write: {e.strerror or e}", path=e.filename or tmp) from None
-    if progress:
-        progress(len(params), len(params), "")
-    warnings += _conversion_warnings(b, ck, flavor)
-    n_tern = sum(1 for p in params if p.name.endswith("_proj.weight"))
-    return Report(guard.out, f"nanotron-{flavor.name}", ck.kind, [guard.out / f.relative_to(tmp) for f in files],
-                  n_tern, len(params) - n_tern, total, time.perf_counter() - t0,
-                  {"warnings": warnings, "tp": tp, "pp": pp, "vocab_size": vocab, "padded_vocab_size": padded,
-                   "model": flavor.name, "checkpoint_version": version,
-                   "pp_stages": {b: r for b, r in stages.items() if b not in (nt.BLOCK_CAST, nt.BLOCK_LOSS)}})
+            raise OutputError(f"cannot write: {e.strerror or e}", path=e.filename or self._tmp) from None
+
+    def close(self, fsync: bool = False) -> list[Path]:
+        plan, b, ck = self.plan, self.plan.builder, self.plan.source
+        final = str(self._out.resolve())
+        tokenizer = final if any(f.name.startswith("tokenizer") for f in ck.aux_files) else None
+        try:
+            _write_configs(self._tmp, b.flavor, plan.mc, plan.tp, plan.pp, b.flavor.version, plan.custom, final,
+                           plan.multiple, tokenizer, ck.aux_files, fsync)
+        except OSError as e:
+            raise OutputError(f"cannot write: {e.strerror or e}", path=e.filename or self._tmp) from None
+        self.extra["warnings"] = plan.extra["warnings"] + _conversion_warnings(b, ck, b.flavor)
+        return [self._out / f.relative_to(self._tmp) for f in self.files]
+
+    def abort(self) -> None:
+        pass
 
 
 def _check_shape(p: NTParam, t: torch.Tensor) -> None:
@@ -470,7 +522,7 @@ def _hf_config_record(ck: Checkpoint) -> dict:
 
 
 def _write_configs(tmp: Path, flavor: nt.Flavor, mc: dict, tp: int, pp: int, version: str, custom: dict,
-                   init_path: str, multiple: int, tokenizer: str | None, aux: Iterable[Path]) -> None:
+                   init_path: str, multiple: int, tokenizer: str | None, aux: Iterable[Path], fsync: bool) -> None:
     (tmp / "model_config.json").write_text(model_config_json(flavor, mc), encoding="utf-8")
     (tmp / "checkpoint_metadata.json").write_text(checkpoint_metadata_json(flavor, tp, version, custom),
                                                   encoding="utf-8")
@@ -478,7 +530,7 @@ def _write_configs(tmp: Path, flavor: nt.Flavor, mc: dict, tp: int, pp: int, ver
     (tmp / "config.yaml").write_text(yamlish.dump(cfg), encoding="utf-8")
     for f in aux:
         safeio.copy_input(f, tmp / f.name)
-    if os.environ.get("BITCONV_FSYNC") == "1":
+    if fsync:
         for p in tmp.rglob("*"):
             if p.is_file():
                 with open(p, "rb+") as fh:
@@ -539,13 +591,12 @@ def to_hf(src: str | Path | NanotronCheckpoint, out: str | Path, *, purpose: str
         >>> to_hf("checkpoints/10000", "bitnet-hf-bf16", purpose="release")
     """
     t0 = time.perf_counter()
-    if compute not in COMPUTE_MODES:
-        raise UsageError(f"--compute must be one of {', '.join(COMPUTE_MODES)}, got {compute!r}")
     precheck(out, overwrite)
     granularity = export_mode(purpose, scale_granularity)
     if isinstance(src, NanotronCheckpoint) and granularity not in (None, src.info.granularity):
-        src = open_nanotron(src.path, vocab_size=vocab_size or src.info.vocab, scale_granularity=granularity)
-    ck = src if isinstance(src, NanotronCheckpoint) else _open_nanotron_src(src, vocab_size, granularity)
+        src = open_nanotron(src.path, vocab_size=vocab_size or src.info.vocab, scale_granularity=granularity,
+                            compute=src.quant_compute)
+    ck = src if isinstance(src, NanotronCheckpoint) else _open_nanotron_src(src, vocab_size, granularity, compute)
     if granularity is not None and not ck.info.flavor.bitnet:
         raise UsageError(f"--for / --scale-granularity apply to BitNet (PR #180) checkpoints; this is a "
                          f"{ck.info.flavor.name} checkpoint, written with its weights unchanged")
@@ -554,41 +605,37 @@ def to_hf(src: str | Path | NanotronCheckpoint, out: str | Path, *, purpose: str
     tensors: dict[str, ModelTensor] = {}
     for name, t in ck.tensors.items():
         if t.is_ternary:
-            make = partial(_lifted, ck, name, compute, dtypes.DTYPES[t.dtype].torch) if lifted \
+            make = partial(_lifted, t, dtypes.DTYPES[t.dtype].torch) if lifted \
                 else partial(ck.latent, name)
-            tensors[name] = ModelTensor(name, t.shape, t.dtype, t.stored, loader=make)
+            tensors[name] = ModelTensor(name, t.shape, t.dtype, t.stored, t.ternary_loader, loader=make)
         else:
             tensors[name] = t
-    view = Checkpoint(ck.path, ck.kind, ck.config, tensors, ck.aux_files, ck.files)
+    view = Checkpoint(ck.path, ck.kind, ck.config, tensors, ck.aux_files, ck.files, quant_compute=ck.quant_compute)
     steps = [Step(t, {t.name: FieldSpec(t.shape, t.dtype)}, "copy") for t in tensors.values()]
     config = dict(ck.config)
     if export is not None:
         config["bitconv"] = {"format": "bf16-master", "source": "nanotron", "export": export.purpose,
                              "scale_granularity": export.granularity, "holds": export.holds,
                              "meaning": export.meaning}
-    rep = execute(Plan(view, "hf-bf16", steps, config), out, overwrite=overwrite,
-                  max_shard_bytes=max_shard_bytes, progress=progress)
-    rep.n_ternary = sum(1 for t in ck.tensors.values() if t.is_ternary)
-    rep.n_passthrough = len(tensors) - rep.n_ternary
-    rep.seconds = time.perf_counter() - t0
-    rep.extra = {"warnings": ck.warnings + _hf_warnings(ck, lifted),
-                 "export": export.purpose if export else None,
-                 "scale_granularity": export.granularity if export else None,
-                 "export_meaning": export.meaning if export else None, "vocab_size": ck.info.vocab}
-    return rep
+    extra = {"warnings": ck.warnings + _hf_warnings(ck, lifted), "export": export.purpose if export else None,
+             "scale_granularity": export.granularity if export else None,
+             "export_meaning": export.meaning if export else None, "vocab_size": ck.info.vocab}
+    return execute(Plan(view, "hf-bf16", steps, config, extra=extra), out, overwrite=overwrite,
+                   max_shard_bytes=max_shard_bytes, progress=progress, started=t0)
 
 
-def _lifted(ck: NanotronCheckpoint, name: str, compute: str, dtype: torch.dtype) -> torch.Tensor:
-    t = ck.ternary_of(name, compute)
+def _lifted(tensor: ModelTensor, dtype: torch.dtype) -> torch.Tensor:
+    t = tensor.ternary()
     return lift(t.codes, float(t.scale)).to(dtype)  # exact for bfloat16 and float32 parameters
 
 
-def _open_nanotron_src(src: str | Path, vocab_size: int | None, granularity: str | None) -> NanotronCheckpoint:
+def _open_nanotron_src(src: str | Path, vocab_size: int | None, granularity: str | None,
+                       compute: str) -> NanotronCheckpoint:
     if not is_nanotron_dir(Path(src)):
         raise UsageError("--to hf-bf16 converts a Nanotron checkpoint (a folder with model/ and "
                          "checkpoint_metadata.json); for HF packed or ternary sources use `bitconv unpack`",
                          path=src)
-    return open_nanotron(src, vocab_size=vocab_size, scale_granularity=granularity)
+    return open_nanotron(src, vocab_size=vocab_size, scale_granularity=granularity, compute=compute)
 
 
 def _hf_warnings(ck: NanotronCheckpoint, lifted: bool) -> list[str]:

@@ -18,6 +18,7 @@ from pathlib import Path
 from bitconv.core import safeio
 from bitconv.core.errors import SourceError
 from bitconv.core.pickled import not_a_checkpoint
+from bitconv.quant import compute_mode
 from bitconv.sources import hub
 from bitconv.sources.checkpoint import KINDS, Checkpoint, ModelTensor, is_nanotron_dir
 from bitconv.sources.gguf import open_gguf
@@ -39,8 +40,11 @@ def near_names(p: Path) -> str | None:
         if close else None
 
 
-def open_source(path: str | Path) -> Checkpoint:
-    """Open SRC: a folder holding an HF-layout checkpoint (bf16 master, bitconv ternary or HF packed), or a .gguf."""
+def open_source(path: str | Path, compute: str = "float32") -> Checkpoint:
+    """Open SRC: a folder holding an HF-layout checkpoint (bf16 master, bitconv ternary or HF packed), a .gguf, or a
+    Nanotron checkpoint. `compute` is the arithmetic its float weights are ternarized in ("float32", canonical, or
+    "bfloat16", onebitllms'), chosen here once for every command and checked by `quant.compute_mode`."""
+    compute = compute_mode(compute)
     p = Path(path).expanduser()
     if not p.exists():
         # not a local path: a Hub repo id (owner/name[@revision]) is downloaded
@@ -50,15 +54,15 @@ def open_source(path: str | Path) -> Checkpoint:
     elif p.is_symlink() and not safeio.link_allowed(p):
         p = Path(os.path.realpath(p))  # SRC itself may be a link the user made: read what it names
     if p.is_file() and p.suffix.lower() == ".gguf":
-        return open_gguf(p)
+        return open_gguf(p, compute=compute)
     if p.is_file() and p.suffix == ".safetensors":
         p = p.parent
     if is_nanotron_dir(p):
-        return open_nanotron(p)
+        return open_nanotron(p, compute=compute)
     if p.is_dir() and not (p / "config.json").exists():
         ggufs = sorted(p.glob("*.gguf"))
         if len(ggufs) == 1 and not ggufs[0].is_symlink():  # one GGUF in the folder: that file, as on the Hub
-            return open_gguf(ggufs[0])
+            return open_gguf(ggufs[0], compute=compute)
     if p.is_dir():
-        return open_safetensors_dir(p)
+        return open_safetensors_dir(p, compute)
     raise not_a_checkpoint(p)  # a pickle (.bin, .pt, .pkl) is refused, never unpickled

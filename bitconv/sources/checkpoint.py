@@ -42,6 +42,10 @@ KINDS = {
 class ModelTensor:
     """One logical tensor of a model. Exactly one of `ternary_loader` / `stored` describes its data.
 
+    A ternary tensor either stores its codes (`ternary_loader()` decodes them; `compute` is None) or is a float
+    weight ternarized when it is loaded (`ternary_loader(compute)`), in the arithmetic chosen once, when the source
+    was opened (`open_source(src, compute=...)`, stored in `compute`).
+
     A passthrough tensor that is not a plain stored tensor (e.g. GGUF Q8_0) has a `loader` giving it as a fresh
     torch tensor of `dtype`; `stored` then only accounts for its bytes.
     """
@@ -50,16 +54,21 @@ class ModelTensor:
     shape: tuple[int, ...]
     dtype: str  # stored dtype (passthrough) or storage dtype of the ternary data ("BF16" master, "U8", "I8")
     stored: list[TensorInfo] = field(default_factory=list)  # the stored tensors behind it
-    ternary_loader: Callable[[str], Ternary] | None = None
+    ternary_loader: Callable[..., Ternary] | None = None  # () -> stored codes; (compute) -> a float weight's
     loader: Callable[[], torch.Tensor] | None = None
+    compute: str | None = None  # a float weight's ternarization arithmetic (`quant.COMPUTE_MODES`); None: stored codes
 
     @property
     def is_ternary(self) -> bool:
         return self.ternary_loader is not None
 
-    def ternary(self, compute: str = "float32") -> Ternary:
+    def ternary(self, compute: str | None = None) -> Ternary:
+        """Codes and magnitude scale: decoded (stored codes; `compute` does not apply), or ternarized in the
+        source's arithmetic (`compute` overrides it: `verify` tries each mode on a master)."""
         assert self.ternary_loader is not None, self.name
-        return self.ternary_loader(compute)
+        if self.compute is None:
+            return self.ternary_loader()
+        return self.ternary_loader(compute or self.compute)
 
     @property
     def numel(self) -> int:
@@ -82,6 +91,7 @@ class Checkpoint:
     files: list[Path]  # weight files
     layout: str | None = None  # the packed layout of ternary tensors, e.g. "hf-autobitlinear"
     compute: str | None = None  # how stored codes were made, when known
+    quant_compute: str = "float32"  # how float weights are ternarized: chosen by `open_source(src, compute=...)`
 
     def ternary_tensors(self) -> list[ModelTensor]:
         return [t for t in self.tensors.values() if t.is_ternary]

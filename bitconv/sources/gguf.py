@@ -51,8 +51,9 @@ _POSITIVE_INT_KVS = ("embedding_length", "attention.head_count", "attention.head
 _FLOAT_KVS = ("attention.layer_norm_rms_epsilon", "rope.freq_base")
 
 
-def open_gguf(path: str | Path, dialect: str = "auto") -> Checkpoint:
-    """Open a GGUF file (ternary projections of any registered GGUF layout, or F32/F16/BF16) as a Checkpoint."""
+def open_gguf(path: str | Path, dialect: str = "auto", compute: str = "float32") -> Checkpoint:
+    """Open a GGUF file (ternary projections of any registered GGUF layout, or F32/F16/BF16) as a Checkpoint;
+    `compute`: the arithmetic float projections are ternarized in."""
     p = Path(path)
     g = read_gguf(p, dialect)
     if g.arch not in ARCHS:
@@ -66,11 +67,11 @@ def open_gguf(path: str | Path, dialect: str = "auto") -> Checkpoint:
         if name is None:
             raise SourceError("tensor has no HF counterpart in a BitNet model (bitconv does not read extra tensors "
                               "such as per-tensor .scale)", path=p, tensor=t.name)
-        tensors[name] = _tensor(g, t, name, arch, config, layouts)
+        tensors[name] = _tensor(g, t, name, arch, config, layouts, compute)
     validate.check_config(config, tensors, p, "GGUF metadata")
     packed = sorted({lay.name for lay in layouts.values()})
     return Checkpoint(p, "gguf", config, tensors, [], [p], layout=packed[0] if len(packed) == 1 else
-                      ("+".join(packed) or None))
+                      ("+".join(packed) or None), quant_compute=compute)
 
 
 def file_activation(g: GGUFFile) -> str:
@@ -85,7 +86,7 @@ def file_activation(g: GGUFFile) -> str:
 
 
 def _tensor(g: GGUFFile, t: GGUFTensor, name: str, arch: GGUFArch, config: dict,
-            layouts: dict[str, Layout]) -> ModelTensor:
+            layouts: dict[str, Layout], compute: str) -> ModelTensor:
     raw = TensorInfo(t.name, "U8", (t.nbytes,), g.path, t.offset, t.nbytes)
     tname = t.type.name
     if naming.is_ternary(name, len(t.shape)):
@@ -94,7 +95,7 @@ def _tensor(g: GGUFFile, t: GGUFTensor, name: str, arch: GGUFArch, config: dict,
             layout = layouts.setdefault(tname, _layout(g, tname))
             return ModelTensor(name, t.shape, "U8", [raw], _packed_loader(g, t, layout, heads))
         if tname in FLOATS:
-            return ModelTensor(name, t.shape, tname, [raw], _float_loader(g, t, heads))
+            return ModelTensor(name, t.shape, tname, [raw], _float_loader(g, t, heads), compute=compute)
         raise SourceError(f"projection weight has type {tname}, which bitconv cannot decode", path=g.path,
                           tensor=t.name, hint=_collision_hint(g, t))
     if tname in FLOATS:
@@ -146,7 +147,7 @@ def _unpermute(g: GGUFFile, t: GGUFTensor, codes: np.ndarray, heads: int | None)
 
 
 def _packed_loader(g: GGUFFile, t: GGUFTensor, layout: Layout, heads: int | None):
-    def load(compute: str) -> Ternary:
+    def load() -> Ternary:
         try:
             tern = layout.unpack({"data": g.read(t)}, t.shape)
         except LayoutError as e:

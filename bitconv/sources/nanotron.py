@@ -33,7 +33,7 @@ from bitconv.formats.nanotron import format as nt
 from bitconv.formats.nanotron import yamlish
 from bitconv.formats.safetensors import TensorInfo, read_header
 from bitconv.layouts import bitnet_quant_config
-from bitconv.quant import ternarize
+from bitconv.quant import compute_mode, ternarize
 from bitconv.sources.checkpoint import Checkpoint, ModelTensor, is_nanotron_dir, load_torch
 from bitconv.sources.safetensors import side_files, with_file
 
@@ -370,8 +370,8 @@ def _model_config(folder: Path, yaml_cfg: dict) -> dict:
                       path=folder)
 
 
-def open_nanotron(folder: str | Path, *, vocab_size: int | None = None,
-                  scale_granularity: str | None = None) -> NanotronCheckpoint:
+def open_nanotron(folder: str | Path, *, vocab_size: int | None = None, scale_granularity: str | None = None,
+                  compute: str = "float32") -> NanotronCheckpoint:
     """Open a Nanotron checkpoint folder (any TP/PP) as a lazy source with HF tensor names.
 
     Args:
@@ -381,10 +381,12 @@ def open_nanotron(folder: str | Path, *, vocab_size: int | None = None,
             next to the checkpoint, else every stored row (a warning says padding may remain).
         scale_granularity: "fused" (one absmean over qkv and over gate_up, PR #180's semantics; the default for
             BitNet checkpoints) or "per-projection" (the default for Llama checkpoints).
+        compute: the arithmetic the latents are ternarized in (checked by `open_source`).
     Example:
         >>> ck = open_nanotron("checkpoints/10000")
         >>> ck.tensors["model.layers.0.self_attn.q_proj.weight"].ternary().scale
     """
+    compute = compute_mode(compute)
     folder = Path(folder)
     if not is_nanotron_dir(folder):
         raise SourceError("not a Nanotron checkpoint: expected model/ and checkpoint_metadata.json", path=folder)
@@ -403,7 +405,7 @@ def open_nanotron(folder: str | Path, *, vocab_size: int | None = None,
     info = _info(folder, flavor, mc, yaml_cfg, version, params, granularity, custom, vocab_size, warnings)
     ck = NanotronCheckpoint(folder, "nanotron", {}, {}, _aux(folder), sorted({s.info.path for p in params.values()
                                                                                   for s in p.shards}),
-                            info=info, params=params, warnings=warnings)
+                            quant_compute=compute, info=info, params=params, warnings=warnings)
     ck.tensors = _hf_view(ck, folder)
     ck.config = hf_config(info)
     return ck
@@ -590,7 +592,7 @@ def _ternary_tensor(ck: NanotronCheckpoint, name: str, param: Param, shape: tupl
 
     # byte ranges of this part's rows (fused, row-split); whole shards for column-split o_proj / down_proj
     stored = param.row_infos(r0, r0 + shape[0]) or [_flat(s.info) for s in param.shards]
-    return ModelTensor(name, shape, param.dtype, stored, load)
+    return ModelTensor(name, shape, param.dtype, stored, load, compute=ck.quant_compute)
 
 
 def _flat(info: TensorInfo) -> TensorInfo:

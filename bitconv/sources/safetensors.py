@@ -152,8 +152,9 @@ def _collect_indexed(folder: Path, index_path: Path) -> tuple[dict[str, TensorIn
     return infos, files
 
 
-def open_safetensors_dir(folder: Path) -> Checkpoint:
-    ck = _open_dir(folder)
+def open_safetensors_dir(folder: Path, compute: str = "float32") -> Checkpoint:
+    """`compute`: the arithmetic a master's weights are ternarized in (checked by `open_source`)."""
+    ck = _open_dir(folder, compute)
     validate.check_config(ck.config, ck.tensors, folder / "config.json")
     return ck
 
@@ -168,7 +169,7 @@ def with_file(path: Path, fn: Callable[..., T], *args: object, **kwargs: object)
         raise type(e)(str(e), path=path) from None  # keeps the class: a content fault stays a FormatError
 
 
-def _open_dir(folder: Path) -> Checkpoint:
+def _open_dir(folder: Path, compute: str) -> Checkpoint:
     config = read_json(folder / "config.json", "config.json")
     stored, files = collect_stored(folder)
     aux = side_files(folder)
@@ -189,7 +190,8 @@ def _open_dir(folder: Path) -> Checkpoint:
                               f"{sorted(hf_layouts())}", path=folder / "config.json")
         tensors = _logical_packed(folder, stored, get_layout(hf_layouts()[linear_class]))
         return Checkpoint(folder, "hf-packed", config, tensors, aux, files, layout=hf_layouts()[linear_class])
-    return Checkpoint(folder, "bf16-master", config, _logical_master(folder, stored), aux, files)
+    return Checkpoint(folder, "bf16-master", config, _logical_master(folder, stored, compute), aux, files,
+                      quant_compute=compute)
 
 
 def _check_dtype(info: TensorInfo, allowed: tuple[str, ...], what: str) -> None:
@@ -198,7 +200,7 @@ def _check_dtype(info: TensorInfo, allowed: tuple[str, ...], what: str) -> None:
                           tensor=info.name, shape=info.shape)
 
 
-def _logical_master(folder: Path, stored: dict[str, TensorInfo]) -> dict[str, ModelTensor]:
+def _logical_master(folder: Path, stored: dict[str, TensorInfo], compute: str) -> dict[str, ModelTensor]:
     out = {}
     for name, info in sorted(stored.items()):
         if name.endswith(".weight_scale") and naming.is_ternary(name.removesuffix("_scale"), 2):
@@ -212,7 +214,7 @@ def _logical_master(folder: Path, stored: dict[str, TensorInfo]) -> dict[str, Mo
             def load(compute: str, info: TensorInfo = info) -> Ternary:
                 return ternarize_stored(info, compute)
 
-            out[name] = ModelTensor(name, info.shape, info.dtype, [info], load)
+            out[name] = ModelTensor(name, info.shape, info.dtype, [info], load, compute=compute)
         else:
             out[name] = ModelTensor(name, info.shape, info.dtype, [info])
     return out
@@ -252,8 +254,7 @@ def _logical_packed(folder: Path, stored: dict[str, TensorInfo], layout: Layout)
             scales.add(sinfo.name)
             shape = (info.shape[0] * 4, info.shape[1])
 
-            def load(compute: str, info: TensorInfo = info, sinfo: TensorInfo = sinfo,
-                     shape: tuple[int, int] = shape) -> Ternary:
+            def load(info: TensorInfo = info, sinfo: TensorInfo = sinfo, shape: tuple[int, int] = shape) -> Ternary:
                 return _unpack(layout, info, _load_scratch(info).numpy(), sinfo, shape)
 
             out[name] = ModelTensor(name, shape, "U8", [info, sinfo], load)
@@ -271,7 +272,7 @@ def _logical_ternary(folder: Path, stored: dict[str, TensorInfo]) -> dict[str, M
             sinfo = _scale_info(stored, name, folder)
             scales.add(sinfo.name)
 
-            def load(compute: str, info: TensorInfo = info, sinfo: TensorInfo = sinfo) -> Ternary:
+            def load(info: TensorInfo = info, sinfo: TensorInfo = sinfo) -> Ternary:
                 return _unpack(layout, info, read_array(info), sinfo, info.shape)
 
             out[name] = ModelTensor(name, info.shape, "I8", [info, sinfo], load)

@@ -51,7 +51,7 @@ from bitconv.core.errors import SourceError, UsageError
 from bitconv.core.tensors import Ternary
 from bitconv.formats.safetensors import TensorInfo
 from bitconv.layouts import decode_scale, encode_scale, hf_layouts, layout_class, layout_classes
-from bitconv.quant import ternarize
+from bitconv.quant import compute_mode, ternarize
 from bitconv.sources import Checkpoint
 
 DTYPE = torch.bfloat16
@@ -434,9 +434,7 @@ class Weights:
         if ck.kind not in MODE_KINDS.get(mode, (ck.kind,)):
             raise UsageError(f"linear mode {mode!r} needs a {' or '.join(MODE_KINDS[mode])} checkpoint, got "
                              f"{ck.kind}")
-        compute = compute or (ck.compute if ck.compute in WEIGHT_QUANT else "float32")
-        if compute not in WEIGHT_QUANT:
-            raise UsageError(f"compute must be one of {', '.join(WEIGHT_QUANT)}, got {compute!r}")
+        compute = compute_mode(compute or (ck.compute if ck.compute in WEIGHT_QUANT else "float32"))
         if (mode == "ggml") != (ggml is not None):
             raise UsageError("linear mode 'ggml' and a tensor -> GGML type map go together")
         self.ck, self.mode, self.bitlinear, self.compute, self.scale_fn = ck, mode, bitlinear, compute, scale_fn

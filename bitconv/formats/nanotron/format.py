@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from bitconv.core.naming import PROJECTION_SHAPES
+
 # --------------------------------------------------------------------------------------------------- versions, names
 
 @dataclass(frozen=True)
@@ -94,21 +96,27 @@ class Dims:
     def head_dim(self) -> int:
         return self.hidden // self.heads
 
+    def size(self, name: str) -> int:
+        """A size name of `core.naming.PROJECTION_SHAPES` in this model."""
+        return {"q": self.heads * self.head_dim, "kv": self.kv_heads * self.head_dim, "hidden_size": self.hidden,
+                "intermediate_size": self.intermediate}[name]
+
     def parts(self, module: str) -> tuple[int, ...]:
         """Row counts of the HF parts of a fused module (one entry for unfused modules)."""
-        d = self.head_dim
-        if module == "attn.qkv_proj":
-            return (self.heads * d, self.kv_heads * d, self.kv_heads * d)
-        if module.endswith("gate_up_proj"):
-            return (self.intermediate, self.intermediate)
-        return (self.layer_shape(module)[0],)
+        return tuple(self.hf_shape(hf)[0] for hf in LAYER_TO_HF[module])
+
+    def hf_shape(self, hf_module: str) -> tuple[int, ...]:
+        """The HF shape of a layer module (`self_attn.q_proj`, `input_layernorm`, ...): a projection's from the one
+        table of projection shapes, a norm's (hidden,)."""
+        if hf_module not in PROJECTION_SHAPES:
+            return (self.hidden,)
+        out, inp = PROJECTION_SHAPES[hf_module]
+        return (self.size(out), self.size(inp))
 
     def layer_shape(self, module: str) -> tuple[int, ...]:
-        h, d = self.hidden, self.head_dim
-        shapes = {"attn.qkv_proj": ((self.heads + 2 * self.kv_heads) * d, h), "attn.o_proj": (h, self.heads * d),
-                  "gate_up_proj": (2 * self.intermediate, h), "down_proj": (h, self.intermediate),
-                  "input_layernorm": (h,), "post_attention_layernorm": (h,)}
-        return shapes[module.split(".", 1)[1] if module.startswith("{mlp}.") else module]
+        """The nanotron shape of a per-layer module: its HF parts stacked along the rows."""
+        first = self.hf_shape(LAYER_TO_HF[module][0])
+        return (sum(self.parts(module)), *first[1:])
 
     def sharding(self, module: str) -> Sharding | None:
         """The TP sharding of a per-layer module, or of a top-level parameter given by its full name."""

@@ -1,5 +1,6 @@
-"""Plan, then stream, into one GGUF file: every tensor's name, type, shape and size, and every KV, are fixed before
-the first byte is read or written; then tensors are packed one at a time and written in order.
+"""The GGUF container's sink: one GGUF file. Its plan (`GGUFPlan`, a `pipeline.Plan`) fixes every tensor's name,
+type, shape and size, and every KV, before the first byte is read or written; `pipeline.execute` then streams the
+steps into `GGUFSink` in order.
 
     pack_gguf(src, "model.gguf", type)                   any ternary-capable source -> GGUF
 
@@ -24,11 +25,10 @@ from __future__ import annotations
 import os
 import re
 import stat
-import time
 from collections.abc import Iterator
-from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -59,12 +59,9 @@ from bitconv.formats.safetensors import TensorInfo, pread_exact
 from bitconv.layouts import Layout, get_layout, gguf_layouts, layout_class, type_id_choices
 from bitconv.layouts.kernel_config import INI_NAME, KernelConfig, derive
 from bitconv.layouts.runtimes import ACTIVATIONS, Verdict, default_activation, runs_somewhere, summary, where_it_runs
-from bitconv.memory import peak_estimate, step_bytes
-from bitconv.output import AtomicOutput, check_free_space, precheck
-from bitconv.pipeline import Progress, Report
-from bitconv.quant import COMPUTE_MODES
+from bitconv.output import AtomicOutput, precheck
+from bitconv.pipeline import Plan, Progress, Report, Step, execute
 from bitconv.sinks.background import BackgroundWriter
-from bitconv.sinks.prefetch import ordered
 from bitconv.sources import Checkpoint, ModelTensor, open_source
 from bitconv.sources.gguf import gguf_header
 from bitconv.sources.safetensors import block_reader
@@ -94,35 +91,27 @@ TL2_TYPE_IDS = tuple(sorted({i for t in GGUF_TARGETS.values() if t.layout for i 
                              if len(type_id_choices(t.layout)) > 1}))  # a layout with several ids (--tl2-type-id)
 
 
-@dataclass
-class GGUFStep:
-    tensor: ModelTensor
-    entry: TensorEntry
-    type_name: str
-    action: str  # "pack" (ternary -> layout bytes), "dequant" (ternary -> codes*scale floats), "convert" (passthrough)
-    permute: int | None = None  # llama q/k: heads to permute the rows over
-    layout: Layout | None = None  # the layout of a "pack" step (the plan's, or its fallback for this shape)
+def entry_of(step: Step) -> TensorEntry:
+    """The GGUF tensor a step writes (each GGUF step has exactly one)."""
+    (entry,) = step.outputs.values()
+    return entry
 
 
 @dataclass
-class GGUFPlan:
-    source: Checkpoint
-    gguf_type: str
-    arch: GGUFArch
-    profile: str
-    steps: list[GGUFStep]
-    kvs: list[KV]
-    layout: Layout | None = None
-    compute: str = "float32"
+class GGUFPlan(Plan):
+    gguf_type: str = ""
+    arch: GGUFArch | None = None
+    profile: str = ""
+    kvs: list[KV] = field(default_factory=list)
     kernel_config: KernelConfig | None = None
-    extra: dict = field(default_factory=dict)
     kernel_config_path: Path | None = None  # the user's --kernel-config file, when one was given
     verdicts: list[Verdict] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
+    values: str = "dequantized"  # float types are plain codes * scale
+    tune_malloc: ClassVar[bool] = False
 
     @property
     def entries(self) -> list[TensorEntry]:
-        return [s.entry for s in self.steps]
+        return [entry_of(s) for s in self.steps]
 
     @property
     def total_bytes(self) -> int:
@@ -130,15 +119,18 @@ class GGUFPlan:
         header, _ = build_header(self.kvs, self.entries)
         return len(header) + sum(pad(e.nbytes) for e in self.entries)
 
-    @property
-    def peak_bytes(self) -> int:
-        """Planned peak memory (`bitconv.memory`)."""
-
-        return peak_estimate([(s.tensor, s.action, s.entry.nbytes) for s in self.steps], self.compute)
-
     def rows(self) -> list[list]:
         """(GGUF name, action, HF shape, type, bytes) per tensor, for --dry-run."""
-        return [[s.entry.name, s.action, list(s.tensor.shape), s.type_name, s.entry.nbytes] for s in self.steps]
+        return [[entry_of(s).name, s.action, list(s.tensor.shape), s.type_name, s.nbytes] for s in self.steps]
+
+    def new_sink(self, **_: object) -> GGUFSink:
+        return GGUFSink(self)
+
+    def ternary(self, step: Step) -> Ternary:
+        tern = step.tensor.ternary()
+        if step.permute is None:
+            return tern
+        return Ternary(permute_rows(np.asarray(tern.codes), step.permute), tern.scale)
 
 
 def _choice(value: str, table: dict, option: str) -> str:
@@ -200,7 +192,7 @@ def _nbytes(t: ModelTensor, type_name: str, layout: Layout | None) -> int:
     return float_type_nbytes(type_name, t.shape, t.name)
 
 
-def _steps(src: Checkpoint, arch: GGUFArch, target: Target, layout: Layout | None, embd: str) -> list[GGUFStep]:
+def _steps(src: Checkpoint, arch: GGUFArch, target: Target, layout: Layout | None, embd: str) -> list[Step]:
     steps = []
     for name in sorted(src.tensors):
         if name.endswith(SKIPPED):
@@ -211,10 +203,11 @@ def _steps(src: Checkpoint, arch: GGUFArch, target: Target, layout: Layout | Non
         type_name = _tensor_type(t, gname, target, lay, embd)
         dims = lay.gguf_dims(t.shape) if (t.is_ternary and lay is not None) else tuple(reversed(t.shape))
         entry = TensorEntry(gname, dims, GGML_TYPES[type_name].id, _nbytes(t, type_name, lay))
-        action = ("pack" if lay is not None else "dequant") if t.is_ternary else "convert"
+        action = ("pack" if lay is not None else "dequant") if t.is_ternary else "copy"
         heads = permute_heads(name, src.config) if (arch.permute_qk and t.is_ternary) else None
-        steps.append(GGUFStep(t, entry, type_name, action, heads, lay if action == "pack" else None))
-    if not arch.has_output and any(s.entry.name == "output.weight" for s in steps):
+        steps.append(Step(t, {gname: entry}, action, lay if action == "pack" else None, type_name, heads,
+                          convert=action == "copy"))
+    if not arch.has_output and "output.weight" in {entry_of(s).name for s in steps}:
         raise UsageError(f"GGUF arch {arch.name!r} always ties the output to token_embd, but this checkpoint has an "
                          "untied lm_head.weight", path=src.path, hint="use --arch bitnet-b1.58")
     return steps
@@ -279,7 +272,7 @@ def runtime_verdicts(arch: str, type_name: str, activation: str, src: Checkpoint
 
 def plan_pack_gguf(src: Checkpoint, gguf_type: str, *, arch: str | None = None, embd_type: str | None = None,
                    kernel_config: KernelConfig | str | Path | None = None, tl2_type_id: int | None = None,
-                   compute: str = "float32", force: bool = False, file: str = "MODEL.gguf",
+                   force: bool = False, file: str = "MODEL.gguf",
                    model_name: str | None = None) -> GGUFPlan:
     """Validate every option and shape and size the whole file; raises before anything is read or written.
 
@@ -290,8 +283,6 @@ def plan_pack_gguf(src: Checkpoint, gguf_type: str, *, arch: str | None = None, 
     gguf_type = _choice(gguf_type, GGUF_TARGETS, "--type")
     target = GGUF_TARGETS[gguf_type]
     embd = EMBD_TYPES[_choice(embd_type or target.embd, EMBD_TYPES, "--embd-type")]
-    if compute not in COMPUTE_MODES:
-        raise UsageError(f"--compute must be one of {', '.join(COMPUTE_MODES)}, got {compute!r}")
     if tl2_type_id is not None and tl2_type_id not in TL2_TYPE_IDS:
         raise UsageError(f"--tl2-type-id must be one of {', '.join(map(str, TL2_TYPE_IDS))}, got {tl2_type_id}")
     tiled = [k for k, t in GGUF_TARGETS.items() if t.layout and layout_class(t.layout).needs_kernel_config]
@@ -326,8 +317,9 @@ def plan_pack_gguf(src: Checkpoint, gguf_type: str, *, arch: str | None = None, 
                 sum(int(np.prod(s.tensor.shape)) for s in steps), target.quantized, _add_prefix_space(src),
                 hidden, warnings[0] if warnings and warnings[0].startswith("FORCED") else None)
     kvs = build_kvs(profile, meta, _vocab(src, PROFILES[profile].vocab_style))
-    plan = GGUFPlan(src, gguf_type, garch, profile, steps, kvs, layout, compute, kc, verdicts=verdicts,
-                    warnings=warnings)
+    target = layout.name if layout is not None else f"gguf-{gguf_type}"  # the registry's spelling
+    plan = GGUFPlan(src, target, steps, src.config, layout, gguf_type=gguf_type, arch=garch,
+                    profile=profile, kvs=kvs, kernel_config=kc, verdicts=verdicts, warnings=warnings)
     if isinstance(kernel_config, (str, Path)):
         plan.kernel_config_path = Path(kernel_config)
     plan.extra = {"arch": garch.name, "profile": profile, "type": type_name, "embd_type": embd,
@@ -341,13 +333,6 @@ def plan_pack_gguf(src: Checkpoint, gguf_type: str, *, arch: str | None = None, 
 
 
 # ------------------------------------------------------------------------------------------------ streaming
-
-
-def _ternary(step: GGUFStep, compute: str) -> Ternary:
-    tern = step.tensor.ternary(compute)
-    if step.permute is None:
-        return tern
-    return Ternary(permute_rows(np.asarray(tern.codes), step.permute), tern.scale)
 
 
 DEQUANT_BLOCK_ELEMS = 1 << 22  # dequantized float types are made this many elements (whole rows) at a time
@@ -365,7 +350,7 @@ def _sign_rows(t: ModelTensor):  # noqa: ANN202
     return lambda r0, r1: read(r0 * k, (r1 - r0) * k).float().numpy().reshape(r1 - r0, -1)
 
 
-def _dequant_chunks(step: GGUFStep, tern: Ternary) -> Iterator[np.ndarray]:
+def _dequant_chunks(step: Step, tern: Ternary) -> Iterator[np.ndarray]:
     """codes * scale in the step's float type, a block of rows at a time (`tern`: the step's codes, rows already
     permuted), zeros signed like the float source (the converters' t / (1/scale) keeps -0.0). The same bytes as
     converting the whole tensor: every step is elementwise, and a permuted block holds whole heads."""
@@ -388,30 +373,8 @@ def _dequant_chunks(step: GGUFStep, tern: Ternary) -> Iterator[np.ndarray]:
         yield to_float_type(torch.from_numpy(vals.reshape(b - a, *tern.codes.shape[1:])), step.type_name)
 
 
-def _prepare(step: GGUFStep, plan: GGUFPlan) -> np.ndarray | Ternary | None:
-    """The part of a step that runs on a worker thread (fresh arrays): a "pack" step's bytes, a "dequant" step's
-    codes; None for pass-through tensors, converted in blocks while they are written."""
-    if step.action == "pack":
-        return _step_data(step, plan)
-    return _ternary(step, plan.compute) if step.action == "dequant" else None
-
-
-def _result_bytes(step: GGUFStep) -> int:
-    """What `_prepare` returns: packed bytes, or int8 codes (dequant)."""
-    return {"pack": step.entry.nbytes, "dequant": step.tensor.numel}.get(step.action, 0)
-
-
-def _step_cost(plan: GGUFPlan):  # noqa: ANN202
-
-    return lambda s: 0 if s.action == "convert" else step_bytes(s.tensor, s.action, s.entry.nbytes, plan.compute)
-
-
-def _step_data(step: GGUFStep, plan: GGUFPlan, prepared: np.ndarray | Ternary | None = None) \
-        -> np.ndarray | Iterator[np.ndarray]:
-    if step.action == "pack":
-        return prepared if prepared is not None else step.layout.pack(_ternary(step, plan.compute))["data"]
-    if step.action == "dequant":
-        return _dequant_chunks(step, prepared if prepared is not None else _ternary(step, plan.compute))
+def _copied(step: Step, plan: GGUFPlan) -> np.ndarray | Iterator[np.ndarray]:
+    """A pass-through tensor in its GGUF float type: row blocks of a big stored tensor, else the whole tensor."""
     parts = _converted_row_chunks(step)
     if parts is not None:
         return parts
@@ -422,7 +385,7 @@ CHUNK_BYTES = 8 << 20  # passthrough tensors above this are converted a block of
 # are reused from the heap by malloc; 64 MiB ones were fresh mappings, whose page faults cost 2-4 s at 2B4T)
 
 
-def _converted_row_chunks(step: GGUFStep) -> Iterator[np.ndarray] | None:
+def _converted_row_chunks(step: Step) -> Iterator[np.ndarray] | None:
     """Big stored 2-D passthrough tensors (token_embd, output) as converted row blocks: the tensor and its converted
     copy are never both resident (a 128256 x 2560 embedding would otherwise peak at 1.3 GB)."""
     t = step.tensor
@@ -460,50 +423,63 @@ def _queue_tensor(bg: BackgroundWriter, writer: GGUFWriter, name: str,
     bg.submit(writer.end)
 
 
-def execute_gguf(plan: GGUFPlan, out: str | Path, *, overwrite: bool = False,
-                 progress: Progress | None = None) -> Report:
-    """Stream the plan into the single file OUT (atomically); tiled layouts also get OUT's kernel_config.ini."""
-    t0 = time.perf_counter()
-    guard = AtomicOutput(out, overwrite=overwrite, is_dir=False, inputs=(plan.source.path,))
-    ini = _check_ini(plan, guard.out, overwrite)
-    check_free_space(guard.out.parent, plan.total_bytes)
-    ini_tmp = guard.side_file(ini) if ini is not None else None
-    with guard as tmp:
-        writer = GGUFWriter(tmp, plan.kvs, plan.entries)
-        bg = BackgroundWriter(WRITE_QUEUE_BYTES)  # the file is written on its own thread, in order, while this one
-        # converts the next block
-        try:
-            done, total = 0, sum(s.entry.nbytes for s in plan.steps)  # progress in output bytes
-            with closing(ordered(lambda st: _prepare(st, plan), plan.steps, cost=_step_cost(plan),
-                                 size=_result_bytes)) as prepared:
-                for step, ready in zip(plan.steps, prepared):
-                    if progress:
-                        progress(done, total, step.tensor.name)
-                    _queue_tensor(bg, writer, step.entry.name, _step_data(step, plan, ready))
-                    del ready
-                    done += step.entry.nbytes
-            bg.finish()
-            writer.close(fsync=os.environ.get("BITCONV_FSYNC") == "1")
-        except BaseException:
-            bg.cancel()
-            writer.abort()
-            raise
-        if ini_tmp is not None:
+class GGUFSink:
+    """The `pipeline.Sink` of one GGUF file (TL types also get OUT's kernel_config.ini, moved in with it). The file
+    is written on its own thread, in order, while the calling thread converts the next block."""
+
+    is_dir = False
+
+    def __init__(self, plan: GGUFPlan) -> None:
+        self.plan = plan
+        self.extra: dict = {}
+        self._out: Path | None = None
+        self._ini: Path | None = None  # the kernel config this run writes beside OUT
+        self._ini_tmp: Path | None = None
+        self._writer: GGUFWriter | None = None
+        self._bg: BackgroundWriter | None = None
+
+    def prepare(self, guard: AtomicOutput) -> int:
+        self._out = guard.out
+        self._ini = _check_ini(self.plan, guard.out, guard.overwrite)
+        if self._ini is None:
+            return 0
+        self._ini_tmp = guard.side_file(self._ini)
+        return len(self.plan.kernel_config.to_ini().encode())
+
+    def open(self, tmp: Path) -> None:
+        self._writer = GGUFWriter(tmp, self.plan.kvs, self.plan.entries)
+        self._bg = BackgroundWriter(WRITE_QUEUE_BYTES)
+
+    def write(self, step: Step, result: Ternary | dict[str, np.ndarray]) -> None:
+        """A "pack" step's bytes, or a "dequant" step's codes * scale in its float type, a block of rows at a time."""
+        data = result["data"] if step.action == "pack" else _dequant_chunks(step, result)
+        _queue_tensor(self._bg, self._writer, entry_of(step).name, data)
+
+    def copy(self, step: Step) -> None:
+        _queue_tensor(self._bg, self._writer, entry_of(step).name, _copied(step, self.plan))
+
+    def close(self, fsync: bool = False) -> list[Path]:
+        bg, self._bg = self._bg, None
+        bg.finish()
+        self._writer.close(fsync=fsync)
+        ini = self._ini
+        if self._ini_tmp is not None:
             try:
-                plan.kernel_config.write_ini(ini_tmp)
+                self.plan.kernel_config.write_ini(self._ini_tmp)
             except OSError as e:
                 raise OutputError(f"cannot write: {e.strerror or e}", path=ini) from None
-    if progress:
-        total = sum(s.entry.nbytes for s in plan.steps)
-        progress(total, total, "")
-    n_tern = sum(1 for s in plan.steps if s.action != "convert")
-    if ini is None and plan.kernel_config is not None:  # the user's --kernel-config, already in place
-        ini = guard.out.parent / KERNEL_CONFIG_NAME
-    files = [guard.out] + ([ini] if ini is not None else [])
-    extra = dict(plan.extra, **({"kernel_config": str(ini)} if ini is not None else {}))
-    target = plan.layout.name if plan.layout is not None else f"gguf-{plan.gguf_type}"  # the registry's spelling
-    return Report(guard.out, target, plan.source.kind, files, n_tern, len(plan.steps) - n_tern,
-                  guard.out.stat().st_size, time.perf_counter() - t0, extra)
+        if ini is None and self.plan.kernel_config is not None:  # the user's --kernel-config, already in place
+            ini = self._out.parent / KERNEL_CONFIG_NAME
+        if ini is not None:
+            self.extra["kernel_config"] = str(ini)
+        return [self._out] + ([ini] if ini is not None else [])
+
+    def abort(self) -> None:
+        if self._bg is not None:
+            bg, self._bg = self._bg, None
+            bg.cancel()
+        if self._writer is not None:
+            self._writer.abort()
 
 
 def _check_ini(plan: GGUFPlan, out: Path, overwrite: bool) -> Path | None:
@@ -555,8 +531,8 @@ def pack_gguf(src: str | Path | Checkpoint, out: str | Path, gguf_type: str, *, 
         >>> pack_gguf("bitnet-bf16", "bitnet-i2_s.gguf", "i2_s")
     """
     precheck(out, overwrite)
-    ck = src if isinstance(src, Checkpoint) else open_source(src)
+    ck = src if isinstance(src, Checkpoint) else open_source(src, compute)
     plan = plan_pack_gguf(ck, gguf_type, arch=arch, embd_type=embd_type, kernel_config=kernel_config,
-                          tl2_type_id=tl2_type_id, compute=compute, force=force, file=Path(out).name,
+                          tl2_type_id=tl2_type_id, force=force, file=Path(out).name,
                           model_name=model_name)
-    return execute_gguf(plan, out, overwrite=overwrite, progress=progress)
+    return execute(plan, out, overwrite=overwrite, progress=progress)
