@@ -20,14 +20,14 @@ from bitconv.core.errors import EXIT_VERIFY_FAILED, BitconvError, UsageError
 from bitconv.core.safeio import sha256_file
 from bitconv.describe import describe, gguf_runtimes
 from bitconv.formats.gguf.reader import read_gguf
-from bitconv.layouts import ggml_type_layouts
-from bitconv.layouts.kernel_config import KernelConfig
+from bitconv.layouts import ggml_type_layouts, kernel_kinds
+from bitconv.layouts.kernel_config import INI_NAME, KernelConfig
 from bitconv.layouts.runtimes import BITNET_CPP_GIT
 from bitconv.sources.gguf import PACKED, _kernel_config_path
 from bitconv.sources.hub import HUB_URL, README, parse_ref
 
 VERIFY_REPORT = "bitconv-verify.json"
-KERNEL_CONFIG = "kernel_config.ini"
+KERNEL_CONFIG = INI_NAME
 BEGIN, END = "<!-- bitconv:begin -->", "<!-- bitconv:end -->"  # bitconv's part of README.md; the rest is the user's
 NOT_VERIFIED = "not verified"
 LFS_THRESHOLD = 10 * 1024 * 1024  # the Hub stores files from 10 MB on through LFS/Xet
@@ -264,9 +264,9 @@ def _gguf_part(path: Path, rel: str) -> _Part:
     meta = {"architecture": g.arch, "license": g.get("general.license"),
             "base_model_url": g.get("general.base_model.0.repo_url") or g.get("general.source.repo_url"),
             "runtimes": rt}
-    kind = PACKED.get(rt["type"], "").removeprefix("gguf-")
-    if kind in ("tl1", "tl2"):  # the kernels are generated for this tiling: the ini goes up with the file
-        meta["kernel_config"] = _kernel_config_path(path)  # a TL file without one: refused, with where to put it
+    kind = kernel_kinds().get(PACKED.get(rt["type"], ""))
+    if kind is not None:  # a tiled layout: its kernels are generated for this tiling, so the ini goes up with it
+        meta["kernel_config"] = _kernel_config_path(path)  # a tiled file without one: refused, with where to put it
         meta["kind"] = kind
     return _Part(rel, f"GGUF {layout} ({g.dialect} dialect)", layout, "gguf",
                  [(rel, g.size)], total, 8 * g.size / max(total, 1),
@@ -283,9 +283,9 @@ def _parts(artifact: Path, files: list[tuple[str, Path]]) -> list[_Part]:
 
 
 def _kernel_configs(artifact: Path, parts: list[_Part], local: list[tuple[str, Path]]) -> None:
-    """Each TL part's kernel_config.ini, as a file of the upload: inside a folder artifact it is already one; beside a
-    single .gguf file it goes up as `STEM.kernel_config.ini` (one repo can hold a TL1 and a TL2 file; bitconv reads
-    that name first). Records the path in the repo and the codegen steps that name it."""
+    """Each tiled part's kernel_config.ini, as a file of the upload: inside a folder artifact it is already one; beside
+    a single .gguf file it goes up as `STEM.kernel_config.ini` (one repo can hold files of both tiled layouts;
+    bitconv reads that name first). Records the path in the repo and the codegen steps that name it."""
     in_repo = {p.resolve(): r for r, p in local}
     for part in parts:
         ini = part.meta.get("kernel_config")
@@ -370,8 +370,8 @@ _HOWTO = {
 
 
 def _gguf_howto(repo_id: str, part: _Part) -> list[str]:
-    """Only the runtimes where the file runs correctly (bitconv.layouts.runtimes), each with its command; for TL1/TL2
-    first every step of the kernel build, from the clone to cmake."""
+    """Only the runtimes where the file runs correctly (bitconv.layouts.runtimes), each with its command; for a tiled
+    layout first every step of the kernel build, from the clone to cmake."""
     rt = part.meta["runtimes"]
     out = [f"### {part.name}", "", f"Arch `{rt['arch']}`, FFN activation `{rt['activation']}`, projections "
            f"{rt['type']}. Where it runs was derived from bitconv's runtime table (docs/runtimes.md), not run here.",
