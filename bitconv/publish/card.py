@@ -21,13 +21,13 @@ from bitconv.core.safeio import sha256_file
 from bitconv.describe import describe, gguf_runtimes
 from bitconv.formats.gguf.reader import read_gguf
 from bitconv.layouts import ggml_type_layouts, kernel_kinds
-from bitconv.layouts.kernel_config import KernelConfig
+from bitconv.layouts.kernel_config import INI_NAME, KernelConfig
 from bitconv.layouts.runtimes import BITNET_CPP_GIT
 from bitconv.sources.gguf import PACKED, _kernel_config_path
 from bitconv.sources.hub import HUB_URL, README, parse_ref
 
 VERIFY_REPORT = "bitconv-verify.json"
-KERNEL_CONFIG = "kernel_config.ini"
+KERNEL_CONFIG = INI_NAME
 BEGIN, END = "<!-- bitconv:begin -->", "<!-- bitconv:end -->"  # bitconv's part of README.md; the rest is the user's
 NOT_VERIFIED = "not verified"
 LFS_THRESHOLD = 10 * 1024 * 1024  # the Hub stores files from 10 MB on through LFS/Xet
@@ -265,8 +265,8 @@ def _gguf_part(path: Path, rel: str) -> _Part:
             "base_model_url": g.get("general.base_model.0.repo_url") or g.get("general.source.repo_url"),
             "runtimes": rt}
     kind = kernel_kinds().get(PACKED.get(rt["type"], ""))
-    if kind:  # a tiled layout: its kernels are generated for this tiling, so the ini goes up with the file
-        meta["kernel_config"] = _kernel_config_path(path)  # a TL file without one: refused, with where to put it
+    if kind is not None:  # a tiled layout: its kernels are generated for this tiling, so the ini goes up with it
+        meta["kernel_config"] = _kernel_config_path(path)  # a tiled file without one: refused, with where to put it
         meta["kind"] = kind
     return _Part(rel, f"GGUF {layout} ({g.dialect} dialect)", layout, "gguf",
                  [(rel, g.size)], total, 8 * g.size / max(total, 1),
@@ -284,8 +284,8 @@ def _parts(artifact: Path, files: list[tuple[str, Path]]) -> list[_Part]:
 
 def _kernel_configs(artifact: Path, parts: list[_Part], local: list[tuple[str, Path]]) -> None:
     """Each tiled part's kernel_config.ini, as a file of the upload: inside a folder artifact it is already one; beside
-    a single .gguf file it goes up as `STEM.kernel_config.ini` (one repo can hold files of two tiled layouts; bitconv
-    reads that name first). Records the path in the repo and the codegen steps that name it."""
+    a single .gguf file it goes up as `STEM.kernel_config.ini` (one repo can hold files of both tiled layouts;
+    bitconv reads that name first). Records the path in the repo and the codegen steps that name it."""
     in_repo = {p.resolve(): r for r, p in local}
     for part in parts:
         ini = part.meta.get("kernel_config")
@@ -492,7 +492,6 @@ def _split_card(text: str) -> tuple[str, str]:
     return (m[1], text[m.end():]) if m else ("", text)
 
 
-# the intro line of a card bitconv wrote (plain "bitconv" before the markers existed, a link since)
 _LEGACY = re.compile(r"^BitNet b1\.58 ternary \(1\.58-bit\) weights.*converted with \[?bitconv\b", re.M)
 
 
