@@ -39,7 +39,7 @@ BLOCK_BYTES = 32
 SCALE_SLOT = 32  # float32 scale + 28 zero bytes
 
 
-PACK_BLOCKS = 1 << 13  # 128-element blocks packed per step (1 MiB of codes): temporaries stay cache-sized
+PACK_BLOCKS = 1 << 11  # 128-element blocks packed per step (256 KiB of codes): temporaries stay in L2
 
 
 def pack_i2s_codes(codes: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:

@@ -26,7 +26,7 @@ from bitconv.layouts.registry import Layout, decode_scale, encode_scale
 VALUES_PER_BYTE = 4
 
 
-PACK_BLOCK_BYTES = 1 << 20  # packed bytes made per step: temporaries stay small (cache-sized) whatever the tensor
+PACK_BLOCK_BYTES = 1 << 18  # packed bytes made per step: temporaries stay in L2 whatever the tensor
 
 
 def pack_codes(codes: np.ndarray) -> np.ndarray:
