@@ -32,7 +32,7 @@ LAYERS: dict[str, int] = {
     "bitconv.formats": 1,
     "bitconv.quant": 2, "bitconv.torchsum": 2, "bitconv.layouts": 2,
     "bitconv.sources": 3,
-    "bitconv.sinks": 4, "bitconv.pipeline": 4, "bitconv.output": 4, "bitconv.memory": 4,
+    "bitconv.sinks": 4, "bitconv.pipeline": 4, "bitconv.report": 4, "bitconv.output": 4, "bitconv.memory": 4,
     "bitconv.verify": 5, "bitconv.describe": 5, "bitconv.publish": 5,
     "bitconv.cli": 6, "bitconv.api": 6, "bitconv.__main__": 6, "bitconv._entry": 6, "bitconv.demo": 6,
     "bitconv.tiny": 6,

@@ -84,7 +84,9 @@ def test_schema_rejects_broken_documents():
 
 
 def test_help_does_not_import_heavy_libraries():
-    code = ("import sys\nfrom bitconv.cli import app\nfrom bitconv import api\napi.layouts()\n"
+    code = ("import sys\nfrom typer.testing import CliRunner\nfrom bitconv.cli import app\nfrom bitconv import api\n"
+            "api.layouts()\nfor args in (['--help'], ['layouts'], ['layouts', '--json']):\n"
+            "    assert CliRunner().invoke(app, args).exit_code == 0, args\n"
             "print(sorted(m for m in ('torch', 'transformers', 'gguf', 'huggingface_hub') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT).stdout
     assert out.strip() == "[]"

@@ -1,4 +1,4 @@
-"""The one JSON document every `--json` prints (docs/json.md, docs/bitconv-report.schema.json): a `pipeline.Report`'s
+"""The one JSON document every `--json` prints (docs/json.md, docs/bitconv-report.schema.json): a `report.Report`'s
 `to_dict`.
 
 Common keys, in every document: command, ok, out, layout, files, bytes, seconds, warnings. Layout names are the
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bitconv.pipeline import SCHEMA_VERSION, Report, layout_name
+from bitconv.report import SCHEMA_VERSION, Report, layout_name
 
 __all__ = ["SCHEMA_VERSION", "doc", "from_report", "layout_name"]
 
