@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import re
-import struct
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ import torch
 from safetensors.torch import save_file
 
 from bitconv.core.naming import PROJECTION_SHAPES
+from bitconv.formats.gguf.hf_tokenizer import SPM_PIECE_TYPE, spm_model_bytes
 
 # --------------------------------------------------------------------------------------------------------------------
 # Static tables: tensors, configs, architectures, variants
@@ -545,39 +545,6 @@ def _tokenizer_json(vocab: dict[str, int], merges: list[tuple[str, str]], specia
 
 _SPM_SPACE = "\u2581"
 _SPM_SPECIALS = (("<unk>", "unknown"), ("<s>", "control"), ("</s>", "control"))
-# Field numbers and enum values from sentencepiece_model.proto.
-_SPM_PIECE = {"piece": 1, "score": 2, "type": 3}
-_SPM_PIECE_TYPE = {"normal": 1, "unknown": 2, "control": 3, "user_defined": 4, "byte": 6}
-_SPM_MODEL = {"pieces": 1, "trainer_spec": 2, "normalizer_spec": 3}
-_SPM_TRAINER = {"model_type": 3, "vocab_size": 4, "byte_fallback": 35, "unk_id": 40, "bos_id": 41, "eos_id": 42,
-                "pad_id": 43}
-_SPM_NORMALIZER = {"name": 1, "add_dummy_prefix": 3, "remove_extra_whitespaces": 4, "escape_whitespaces": 5}
-_SPM_BPE = 2
-
-
-def _varint(n: int) -> bytes:
-    n &= (1 << 64) - 1  # negative int32/int64 -> 10-byte two's complement, as protobuf does
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-def _pb_field(number: int, value: object) -> bytes:
-    """One protobuf field: bytes/str -> length-delimited, float -> fixed32, bool/int -> varint."""
-    if isinstance(value, str):
-        value = value.encode("utf-8")
-    if isinstance(value, bytes):
-        return _varint(number << 3 | 2) + _varint(len(value)) + value
-    if isinstance(value, float):
-        return _varint(number << 3 | 5) + struct.pack("<f", value)
-    return _varint(number << 3 | 0) + _varint(int(value))
-
-
-def _pb_message(fields: dict[str, int], values: dict[str, object]) -> bytes:
-    return b"".join(_pb_field(fields[k], v) for k, v in values.items())
 
 
 def _spm_pieces(vocab_size: int) -> list[tuple[str, float, str]]:
@@ -598,16 +565,8 @@ def _spm_pieces(vocab_size: int) -> list[tuple[str, float, str]]:
 
 
 def _spm_model_bytes(pieces: list[tuple[str, float, str]]) -> bytes:
-    body = b"".join(
-        _pb_field(_SPM_MODEL["pieces"], _pb_message(_SPM_PIECE, {"piece": p, "score": s, "type": _SPM_PIECE_TYPE[t]}))
-        for p, s, t in pieces
-    )
-    trainer = {"model_type": _SPM_BPE, "vocab_size": len(pieces), "byte_fallback": True, "unk_id": 0, "bos_id": 1,
-               "eos_id": 2, "pad_id": -1}
-    normalizer = {"name": "identity", "add_dummy_prefix": True, "remove_extra_whitespaces": False,
-                  "escape_whitespaces": True}
-    body += _pb_field(_SPM_MODEL["trainer_spec"], _pb_message(_SPM_TRAINER, trainer))
-    return body + _pb_field(_SPM_MODEL["normalizer_spec"], _pb_message(_SPM_NORMALIZER, normalizer))
+    return spm_model_bytes(((p, sc, SPM_PIECE_TYPE[t]) for p, sc, t in pieces), byte_fallback=True, unk_id=0,
+                           bos_id=1, eos_id=2, pad_id=-1, add_dummy_prefix=True)
 
 
 def _spm_tokenizer(vocab_size: int, max_positions: int) -> _Tokenizer:

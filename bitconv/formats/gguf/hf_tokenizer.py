@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from bitconv.formats.gguf.vocab import (
@@ -133,6 +133,13 @@ def _template(tokens: list[str], special: dict[str, int], add_bos: bool, add_eos
 # ------------------------------------------------------------------------------------------------ SentencePiece
 
 _GGUF_TO_SPM = {NORMAL: 1, UNKNOWN: 2, CONTROL: 3, USER_DEFINED: 4, UNUSED: 5, BYTE: 6}
+# Field numbers and enum values from sentencepiece_model.proto (a tiny protobuf writer: no tokenizer library).
+SPM_PIECE_TYPE = {"normal": 1, "unknown": 2, "control": 3, "user_defined": 4, "unused": 5, "byte": 6}
+_SPM_PIECE = {"piece": 1, "score": 2, "type": 3}
+_SPM_MODEL = {"pieces": 1, "trainer_spec": 2, "normalizer_spec": 3}
+_SPM_TRAINER = {"model_type": 3, "vocab_size": 4, "byte_fallback": 35, "unk_id": 40, "bos_id": 41, "eos_id": 42,
+                "pad_id": 43}
+_SPM_NORMALIZER = {"name": 1, "add_dummy_prefix": 3, "remove_extra_whitespaces": 4, "escape_whitespaces": 5}
 _SPM_BPE = 2
 
 
@@ -147,6 +154,7 @@ def _varint(n: int) -> bytes:
 
 
 def _field(number: int, value: bytes | str | float | int | bool) -> bytes:
+    """One protobuf field: bytes/str -> length-delimited, float -> fixed32, bool/int -> varint."""
     if isinstance(value, str):
         value = value.encode("utf-8")
     if isinstance(value, bytes):
@@ -156,13 +164,29 @@ def _field(number: int, value: bytes | str | float | int | bool) -> bytes:
     return _varint(number << 3) + _varint(int(value))
 
 
+def _message(fields: dict[str, int], values: dict[str, object]) -> bytes:
+    return b"".join(_field(fields[k], v) for k, v in values.items())
+
+
+def spm_model_bytes(pieces: Iterable[tuple[str, float, int]], *, byte_fallback: bool, unk_id: int, bos_id: int,
+                    eos_id: int, pad_id: int, add_dummy_prefix: bool) -> bytes:
+    """A SentencePiece BPE `tokenizer.model`: `pieces` as (piece, score, SPM_PIECE_TYPE value), an identity
+    normalizer that escapes whitespace."""
+    pieces = list(pieces)
+    body = b"".join(_field(_SPM_MODEL["pieces"], _message(_SPM_PIECE, {"piece": p, "score": float(sc), "type": ty}))
+                    for p, sc, ty in pieces)
+    trainer = {"model_type": _SPM_BPE, "vocab_size": len(pieces), "byte_fallback": byte_fallback, "unk_id": unk_id,
+               "bos_id": bos_id, "eos_id": eos_id, "pad_id": pad_id}
+    normalizer = {"name": "identity", "add_dummy_prefix": add_dummy_prefix, "remove_extra_whitespaces": False,
+                  "escape_whitespaces": True}
+    return (body + _field(_SPM_MODEL["trainer_spec"], _message(_SPM_TRAINER, trainer))
+            + _field(_SPM_MODEL["normalizer_spec"], _message(_SPM_NORMALIZER, normalizer)))
+
+
 def _spm_model(tokens: list[str], scores: list[float], types: list[int], special: dict[str, int],
                add_space_prefix: Any) -> bytes:
-    pieces = b"".join(_field(1, _field(1, t) + _field(2, float(s)) + _field(3, _GGUF_TO_SPM.get(ty, 1)))
-                      for t, s, ty in zip(tokens, scores, types))
-    trainer = (_field(3, _SPM_BPE) + _field(4, len(tokens)) + _field(35, BYTE in types)
-               + _field(40, special.get("unk", 0)) + _field(41, special.get("bos", -1))
-               + _field(42, special.get("eos", -1)) + _field(43, special.get("pad", -1)))
-    normalizer = (_field(1, "identity") + _field(3, True if add_space_prefix is None else bool(add_space_prefix))
-                  + _field(4, False) + _field(5, True))
-    return pieces + _field(2, trainer) + _field(3, normalizer)
+    return spm_model_bytes(zip(tokens, scores, (_GGUF_TO_SPM.get(ty, 1) for ty in types)),
+                           byte_fallback=BYTE in types, unk_id=special.get("unk", 0),
+                           bos_id=special.get("bos", -1), eos_id=special.get("eos", -1),
+                           pad_id=special.get("pad", -1),
+                           add_dummy_prefix=True if add_space_prefix is None else bool(add_space_prefix))
