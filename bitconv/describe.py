@@ -14,7 +14,7 @@ from bitconv.layouts import kernel_kinds
 from bitconv.layouts.kernel_config import KernelConfig
 from bitconv.layouts.runtimes import summary, where_it_runs
 from bitconv.sources import KINDS, Checkpoint, open_source
-from bitconv.sources.gguf import PACKED, _kernel_config_path, file_activation, gguf_header
+from bitconv.sources.gguf import PACKED, file_activation, gguf_header, kernel_config_path
 
 
 @dataclass
@@ -133,7 +133,7 @@ def gguf_runtimes(path: str | Path) -> dict:
 def _kernel_config_near(path: Path, kind: str) -> object | None:
 
     try:
-        return KernelConfig.from_ini(_kernel_config_path(path)).with_kind(kind)
+        return KernelConfig.from_ini(kernel_config_path(path)).with_kind(kind)
     except BitconvError:
         return None
 

@@ -34,7 +34,7 @@ from bitconv.layouts import Layout, bitnet_quant_config, get_layout, hf_layouts
 from bitconv.memory import peak_estimate, step_bytes
 from bitconv.output import AtomicOutput, check_free_space, precheck
 from bitconv.quant import online_lift
-from bitconv.report import SCHEMA_VERSION, Report, layout_name  # noqa: F401 (the pipeline's Report; re-exported)
+from bitconv.report import Report
 from bitconv.sinks.hf import DEFAULT_MAX_SHARD_BYTES, HFSink
 from bitconv.sinks.prefetch import ordered
 from bitconv.sources import Checkpoint, ModelTensor, open_source
@@ -160,8 +160,6 @@ class Plan:
         if step.action == "dequant":
             return online_lift(tern) if self.values == "online" else tern
         return step.layout.pack(tern)
-
-
 
 
 def _layout_steps(src: Checkpoint, layout: Layout) -> list[Step]:

@@ -23,11 +23,10 @@ from bitconv.formats.gguf.reader import read_gguf
 from bitconv.layouts import ggml_type_layouts, kernel_kinds
 from bitconv.layouts.kernel_config import INI_NAME, KernelConfig
 from bitconv.layouts.runtimes import BITNET_CPP_GIT
-from bitconv.sources.gguf import PACKED, _kernel_config_path
+from bitconv.sources.gguf import PACKED, kernel_config_path
 from bitconv.sources.hub import HUB_URL, README, parse_ref
 
 VERIFY_REPORT = "bitconv-verify.json"
-KERNEL_CONFIG = INI_NAME
 BEGIN, END = "<!-- bitconv:begin -->", "<!-- bitconv:end -->"  # bitconv's part of README.md; the rest is the user's
 NOT_VERIFIED = "not verified"
 LFS_THRESHOLD = 10 * 1024 * 1024  # the Hub stores files from 10 MB on through LFS/Xet
@@ -266,7 +265,7 @@ def _gguf_part(path: Path, rel: str) -> _Part:
             "runtimes": rt}
     kind = kernel_kinds().get(PACKED.get(rt["type"], ""))
     if kind is not None:  # a tiled layout: its kernels are generated for this tiling, so the ini goes up with it
-        meta["kernel_config"] = _kernel_config_path(path)  # a tiled file without one: refused, with where to put it
+        meta["kernel_config"] = kernel_config_path(path)  # a tiled file without one: refused, with where to put it
         meta["kind"] = kind
     return _Part(rel, f"GGUF {layout} ({g.dialect} dialect)", layout, "gguf",
                  [(rel, g.size)], total, 8 * g.size / max(total, 1),
@@ -293,7 +292,7 @@ def _kernel_configs(artifact: Path, parts: list[_Part], local: list[tuple[str, P
             continue
         rel = in_repo.get(Path(ini).resolve())
         if rel is None:
-            rel = f"{Path(part.name).stem}.{KERNEL_CONFIG}"
+            rel = f"{Path(part.name).stem}.{INI_NAME}"
             local.append((rel, Path(ini)))
         kc = KernelConfig.from_ini(ini).with_kind(part.meta["kind"])
         part.meta["kernel_config_in_repo"] = rel
@@ -384,7 +383,7 @@ def _gguf_howto(repo_id: str, part: _Part) -> list[str]:
     if ini:
         at = "  (then check out the commit of a runtime named below)" if ok else ""
         steps = [f"git clone --recursive {BITNET_CPP_GIT} && cd BitNet{at}", fetch, *part.meta["codegen_steps"]]
-        steps.insert(len(steps) - 1, f"cmp include/{KERNEL_CONFIG} {ini}  (no output: the generated kernels are "
+        steps.insert(len(steps) - 1, f"cmp include/{INI_NAME} {ini}  (no output: the generated kernels are "
                                      "the ones this file was tiled for)")
         out += [f"{part.layout} kernels are generated for one model's shapes and tiling, so bitnet.cpp must be "
                 f"built for this file. `{ini}` is the kernel config it was packed with. In order:", ""]

@@ -62,6 +62,7 @@ from bitconv.layouts.runtimes import ACTIVATIONS, Verdict, default_activation, r
 from bitconv.output import AtomicOutput, precheck
 from bitconv.pipeline import Plan, Progress, Report, Step, execute
 from bitconv.sinks.background import BackgroundWriter
+from bitconv.sinks.hf import DEQUANT_BLOCK_ELEMS  # float types are made this many elements (whole rows) at a time
 from bitconv.sources import Checkpoint, ModelTensor, open_source
 from bitconv.sources.gguf import gguf_header
 from bitconv.sources.safetensors import block_reader
@@ -86,7 +87,6 @@ GGUF_TARGETS: dict[str, Target] = {  # every GGUF layout (the registry's facts),
 }
 EMBD_TYPES = {"f16": "F16", "f32": "F32", "bf16": "BF16", "q8_0": "Q8_0"}
 EMBEDDINGS = ("token_embd.weight", "output.weight")
-KERNEL_CONFIG_NAME = INI_NAME
 TL2_TYPE_IDS = tuple(sorted({i for t in GGUF_TARGETS.values() if t.layout for i in type_id_choices(t.layout)
                              if len(type_id_choices(t.layout)) > 1}))  # a layout with several ids (--tl2-type-id)
 
@@ -328,14 +328,11 @@ def plan_pack_gguf(src: Checkpoint, gguf_type: str, *, arch: str | None = None, 
     if kc is not None:
         cg = kc.codegen_params()
         plan.extra["codegen"] = cg.__dict__
-        plan.extra["codegen_steps"] = cg.instructions(f"the {KERNEL_CONFIG_NAME} written next to {file}")
+        plan.extra["codegen_steps"] = cg.instructions(f"the {INI_NAME} written next to {file}")
     return plan
 
 
 # ------------------------------------------------------------------------------------------------ streaming
-
-
-DEQUANT_BLOCK_ELEMS = 1 << 22  # dequantized float types are made this many elements (whole rows) at a time
 
 
 def _sign_rows(t: ModelTensor):  # noqa: ANN202
@@ -469,7 +466,7 @@ class GGUFSink:
             except OSError as e:
                 raise OutputError(f"cannot write: {e.strerror or e}", path=ini) from None
         if ini is None and self.plan.kernel_config is not None:  # the user's --kernel-config, already in place
-            ini = self._out.parent / KERNEL_CONFIG_NAME
+            ini = self._out.parent / INI_NAME
         if ini is not None:
             self.extra["kernel_config"] = str(ini)
         return [self._out] + ([ini] if ini is not None else [])
@@ -486,7 +483,7 @@ def _check_ini(plan: GGUFPlan, out: Path, overwrite: bool) -> Path | None:
     """Where the kernel config goes (next to OUT); refused if a different one is there and not `overwrite`."""
     if plan.kernel_config is None:
         return None
-    ini = out.parent / KERNEL_CONFIG_NAME
+    ini = out.parent / INI_NAME
     if not os.path.lexists(ini):
         return ini
     st = os.lstat(ini)

@@ -43,7 +43,6 @@ from bitconv.sources.safetensors import with_file
 # GGML type -> ternary layout name, from what each layout declares
 PACKED = ggml_type_layouts()
 FLOATS = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("<u2")}
-_KERNEL_CONFIG = INI_NAME
 # `<arch>.*` KVs the config is built from, and what each must hold (a corrupt file can hold any value type).
 _POSITIVE_INT_KVS = ("embedding_length", "attention.head_count", "attention.head_count_kv", "block_count",
                      "feed_forward_length", "attention.key_length", "rope.dimension_count", "context_length",
@@ -122,19 +121,19 @@ def _layout(g: GGUFFile, tname: str) -> Layout:
     cls = layout_class(layout)
     if not cls.needs_kernel_config:
         return get_layout(layout)
-    params: dict = {"kernel_config": KernelConfig.from_ini(_kernel_config_path(g.path))}
+    params: dict = {"kernel_config": KernelConfig.from_ini(kernel_config_path(g.path))}
     if cls.ggml_aliases:  # one layout under several type ids: built for the id the file uses
         params["type_id"] = next(t.type.id for t in g.tensors.values() if t.type.name == tname)
     return get_layout(layout, **params)
 
 
-def _kernel_config_path(path: Path) -> Path:
-    for cand in (path.with_name(f"{path.stem}.{_KERNEL_CONFIG}"), path.with_name(_KERNEL_CONFIG)):
+def kernel_config_path(path: Path) -> Path:
+    for cand in (path.with_name(f"{path.stem}.{INI_NAME}"), path.with_name(INI_NAME)):
         if os.path.lexists(cand):  # then read through safeio: a link out of the folder or a FIFO is refused
             return cand
     tiled = "/".join(layout_class(n).ggml_type for n in kernel_kinds())
-    raise SourceError(f"{tiled} tensors need the {_KERNEL_CONFIG} they were packed with, next to the file",
-                      path=path, hint=f"copy it to {path.with_name(_KERNEL_CONFIG)}")
+    raise SourceError(f"{tiled} tensors need the {INI_NAME} they were packed with, next to the file",
+                      path=path, hint=f"copy it to {path.with_name(INI_NAME)}")
 
 
 def _unpermute(g: GGUFFile, t: GGUFTensor, codes: np.ndarray, heads: int | None) -> np.ndarray:
