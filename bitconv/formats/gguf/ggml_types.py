@@ -47,8 +47,6 @@ FILE_TYPES: dict[str, int] = {t.name: t.file_type for t in GGML_TYPES.values() i
 
 GGUF_QUANTIZATION_VERSION = 2
 
-_LISTENERS: list[Callable[[GGMLType], None]] = []
-
 
 def register_type(t: GGMLType) -> GGMLType:
     """Add a type a layout declares. Registering the same row again is a no-op; another row under a known name, or
@@ -64,11 +62,5 @@ def register_type(t: GGMLType) -> GGMLType:
     GGML_TYPES[t.name] = t
     if t.file_type is not None:
         FILE_TYPES[t.name] = t.file_type
-    for listener in _LISTENERS:
-        listener(t)
     return t
 
-
-def on_register(listener: Callable[[GGMLType], None]) -> None:
-    """Call `listener` for every type registered from now on (the container's derived tables stay in step)."""
-    _LISTENERS.append(listener)
