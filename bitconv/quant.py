@@ -11,6 +11,7 @@ Canonical recipe (`../shared/spec/README.md` convention 2, transformers `WeightQ
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 
@@ -22,6 +23,17 @@ from bitconv.core.errors import SourceError, UsageError
 from bitconv.core.tensors import EPS, Ternary
 
 COMPUTE_MODES = ("float32", "bfloat16")
+
+try:  # the optional C kernels (setup.py builds them where a compiler is found); numpy does the same otherwise
+    from bitconv import _ckernels
+except ImportError:  # pragma: no cover - depends on the install
+    _ckernels = None
+
+
+def native_kernels() -> bool:
+    """Whether bf16 ternarization runs in the C kernels: built, and not switched off with BITCONV_PURE_PYTHON=1
+    (the numpy path gives the same bytes; tests compare the two)."""
+    return _ckernels is not None and os.environ.get("BITCONV_PURE_PYTHON", "").strip() not in ("1", "true", "yes")
 
 
 def compute_mode(value: str) -> str:
@@ -69,6 +81,10 @@ def ternarize(w: torch.Tensor, compute: str = "float32", *, name: str | None = N
         return _ternarize_bf16(w, name)
     ws = ws or _DEFAULT_WS
     if w.dtype == torch.bfloat16:
+        if w.is_contiguous() and native_kernels():
+            got = _ternarize_bf16_native(w, name)
+            if got is not None:
+                return got
         if w.numel() >= CHUNKED_MIN_ELEMS and w.is_contiguous():
             flat = w.reshape(-1)
             got = ternarize_blocks(lambda start, count: flat[start:start + count], tuple(w.shape), name=name,
@@ -117,7 +133,7 @@ def _ternarize_bf16_input(w: torch.Tensor, name: str | None, ws: Workspace) -> T
     m = a.mean()  # the same kernel and order as `w.float().abs().mean()`
     _check_finite(m, name, w.shape)
     s = 1.0 / m.clamp(min=EPS)
-    tb = int((_BF16_MAGNITUDES * s <= 0.5).sum()) - 1  # products are monotone: a prefix of the table
+    tb = _bf16_threshold(s)
     # numpy's int16 compares are 2-3x faster than torch's on CPU
     pos = ws.get("pos", n, torch.bool).view(w.shape).numpy()
     neg = ws.get("neg", n, torch.bool).view(w.shape).numpy()
@@ -125,6 +141,30 @@ def _ternarize_bf16_input(w: torch.Tensor, name: str | None, ws: Workspace) -> T
     np.greater(bits.view(np.uint16), 0x8000 + tb, out=neg)  # sign bit set and magnitude above the threshold
     codes = np.empty(w.shape, dtype=np.int8)
     np.subtract(pos.view(np.int8), neg.view(np.int8), out=codes)
+    return Ternary(codes, np.float32((1.0 / s).item()))
+
+
+def _bf16_threshold(s: torch.Tensor) -> int:
+    """The largest bf16 magnitude bit pattern whose float32 product with s is <= 0.5 (products are monotone in the
+    magnitude, so the patterns at or below it are a prefix of the table): codes are |w| > it, signed."""
+    return int((_BF16_MAGNITUDES * s <= 0.5).sum()) - 1
+
+
+def _ternarize_bf16_native(w: torch.Tensor, name: str | None) -> Ternary | None:
+    """The float32 recipe for a contiguous bf16 weight in two C passes over its bits (`bitconv/_ckernels.c`): torch's
+    float32 sum of |w| in torch's own order (`torchsum`'s replay, |w| made in registers), then the codes from the
+    magnitude threshold. Same bytes as `_ternarize_bf16_input`; None when torch's order cannot be replayed here."""
+    threads = torch.get_num_threads()
+    lanes = torchsum.calibrate(threads)
+    if lanes is None:
+        return None
+    bits = w.reshape(-1).view(torch.int16).numpy()
+    total = _ckernels.abs_sum_bf16(bits, threads, lanes)
+    m = torch.from_numpy(np.array(total, dtype=np.float32)).div_(w.numel())  # torch's mean: sum, then div_
+    _check_finite(m, name, w.shape)
+    s = 1.0 / m.clamp(min=EPS)
+    codes = np.empty(w.shape, dtype=np.int8)
+    _ckernels.codes_bf16(bits, codes.reshape(-1), _bf16_threshold(s))
     return Ternary(codes, np.float32((1.0 / s).item()))
 
 
@@ -218,7 +258,7 @@ def ternarize_blocks(read: BlockReader, shape: tuple[int, ...], *, name: str | N
         neg = buffer("blk_neg", count, torch.bool)
         if w.dtype == torch.bfloat16:
             if tb is None:
-                t = int((_BF16_MAGNITUDES * s <= 0.5).sum()) - 1
+                t = _bf16_threshold(s)
                 tb, tn = np.int16(t), np.uint16(0x8000 + t)
             bits = w.view(torch.int16).numpy()
             np.greater(bits, tb, out=pos)

@@ -6,8 +6,18 @@ import numpy as np
 import pytest
 import torch
 
+from bitconv import quant
 from bitconv.core.errors import SourceError
 from bitconv.quant import ternarize
+
+
+@pytest.fixture(autouse=True, params=["native", "numpy"])
+def kernels(request, monkeypatch):
+    """Every test here runs through the C kernels and through the numpy path (BITCONV_PURE_PYTHON=1)."""
+    if request.param == "native" and not quant.native_kernels():
+        pytest.fail("bitconv._ckernels is not built: pip install -e . compiles it (needs a C compiler)")
+    monkeypatch.setenv("BITCONV_PURE_PYTHON", "1" if request.param == "numpy" else "0")
+    return request.param
 
 
 def weight_quant_reference(w: torch.Tensor):

@@ -1,0 +1,126 @@
+"""The optional C kernels (`bitconv/_ckernels.c`) against torch and against the numpy path they replace."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from bitconv import quant, torchsum
+from bitconv.core.errors import SourceError
+
+ck = pytest.importorskip("bitconv._ckernels", reason="built by pip install -e . (test_native_kernels_built fails)")
+
+SIZES = [1, 3, 7, 31, 32, 33, 127, 4099, torchsum.GRAIN - 1, torchsum.GRAIN, torchsum.GRAIN + 5,
+         3 * torchsum.GRAIN + 17, 16 * 16 * 64 * 3 + 1, 1_000_003]
+
+
+def _bits(n: int, seed: int, scale: float = 0.02) -> torch.Tensor:
+    return (torch.randn(n, generator=torch.Generator().manual_seed(seed)) * scale).bfloat16()
+
+
+def test_native_kernels_built():
+    assert quant.native_kernels(), "bitconv._ckernels missing or switched off: bf16 ternarization runs in numpy"
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3, 4])
+def test_abs_sum_equals_torch(threads):
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        lanes = torchsum.calibrate(threads)
+        assert lanes is not None
+        for i, n in enumerate(SIZES):
+            w = _bits(n, i)
+            want = w.float().abs().sum().numpy().tobytes()
+            got = np.float32(ck.abs_sum_bf16(w.view(torch.int16).numpy(), threads, lanes)).tobytes()
+            assert got == want, (n, threads)
+    finally:
+        torch.set_num_threads(old)
+
+
+@pytest.mark.parametrize("lanes", torchsum.CANDIDATE_LANES)
+@pytest.mark.parametrize("threads", [1, 2, 5])
+def test_abs_sum_equals_replay_for_every_lane_count(lanes, threads):
+    """The C order is the numpy replay's order for every vector width, not only the one this torch build uses."""
+    for i, n in enumerate(SIZES):
+        w = _bits(n, 100 + i, scale=3.0)  # wide exponents: orders that differ give different float32 sums
+        mags = w.float().abs().numpy()
+        want = torchsum.replay_sum(lambda s, c, a=mags: a[s:s + c], n, lanes, threads, piece=1 << 12)
+        got = np.float32(ck.abs_sum_bf16(w.view(torch.int16).numpy(), threads, lanes))
+        assert got.tobytes() == want.tobytes(), (n, lanes, threads)
+
+
+def test_abs_sum_order_matters_here():
+    """The probe data is sensitive to the order: a plain float32 sum differs (so the tests above can fail)."""
+    w = _bits(1_000_003, 7, scale=3.0)
+    plain = np.float32(np.cumsum(w.float().abs().numpy(), dtype=np.float32)[-1])
+    assert plain.tobytes() != w.float().abs().sum().numpy().tobytes()
+
+
+def test_abs_sum_ignores_sign_and_keeps_nan_and_inf():
+    w = torch.tensor([-1.0, 2.0, -3.0, 0.0], dtype=torch.bfloat16)
+    assert ck.abs_sum_bf16(w.view(torch.int16).numpy(), 1, 8) == 6.0
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        w[1] = bad
+        got = ck.abs_sum_bf16(w.view(torch.int16).numpy(), 1, 8)
+        assert np.isnan(got) if bad != bad else np.isinf(got)
+
+
+@pytest.mark.parametrize("threshold", [-1, 0, 1, 0x3C00, 0x3F00, 0x7F7F, 0x7FFF])
+def test_codes_on_every_bf16_pattern(threshold):
+    bits = np.arange(-32768, 32768, dtype=np.int32).astype(np.int16)
+    out = np.full(bits.size, 7, dtype=np.int8)
+    ck.codes_bf16(bits, out, threshold)
+    mag = bits.view(np.uint16) & 0x7FFF
+    want = np.where(mag > threshold, np.where(bits < 0, -1, 1), 0).astype(np.int8)
+    np.testing.assert_array_equal(out, want)
+
+
+def test_kernels_refuse_mismatched_buffers():
+    bits = np.zeros(8, dtype=np.int16)
+    with pytest.raises(ValueError, match="one byte per bf16 element"):
+        ck.codes_bf16(bits, np.empty(7, np.int8), 0)
+    with pytest.raises(ValueError, match="out of range"):
+        ck.abs_sum_bf16(bits.view(np.uint8)[:15], 1, 8)
+    with pytest.raises(ValueError, match="out of range"):
+        ck.abs_sum_bf16(bits, 0, 8)
+    with pytest.raises(TypeError):
+        ck.codes_bf16(bits, bytes(8), 0)  # read-only output
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 5), (4, 33), (2, 32769), (97, 2049), (640, 2560), (1, (1 << 20) + 7)])
+def test_native_ternarize_equals_numpy_path(shape, monkeypatch):
+    g = torch.Generator().manual_seed(shape[1])
+    w = (torch.randn(shape, generator=g) * 0.02).bfloat16()
+    if w.numel() > 4:
+        w.reshape(-1)[:3] = w.reshape(-1).abs().float().mean().bfloat16() / 2  # threshold hits
+    if shape[0] > 1:
+        w[1] = 0
+    monkeypatch.setenv("BITCONV_PURE_PYTHON", "0")
+    native = quant.ternarize(w)
+    monkeypatch.setenv("BITCONV_PURE_PYTHON", "1")
+    ref = quant.ternarize(w)
+    np.testing.assert_array_equal(native.codes, ref.codes)
+    assert native.scale.tobytes() == ref.scale.tobytes()
+
+
+def test_native_ternarize_zero_and_nan(monkeypatch):
+    monkeypatch.setenv("BITCONV_PURE_PYTHON", "0")
+    z = quant.ternarize(torch.zeros(64, 300, dtype=torch.bfloat16))
+    assert not z.codes.any() and z.scale == np.float32(1e-5)
+    bad = torch.zeros(64, 300, dtype=torch.bfloat16)
+    bad[5, 7] = float("nan")
+    with pytest.raises(SourceError, match="NaN"):
+        quant.ternarize(bad, name="x.weight")
+
+
+def test_native_path_falls_back_when_torch_order_is_unknown(monkeypatch):
+    monkeypatch.setenv("BITCONV_PURE_PYTHON", "0")
+    monkeypatch.setattr(torchsum, "calibrate", lambda threads=None: None)
+    w = _bits(4096, 3).reshape(64, 64)
+    assert quant._ternarize_bf16_native(w, None) is None
+    t = quant.ternarize(w)  # the whole-tensor torch path
+    wf = w.float()
+    s = 1.0 / wf.abs().mean().clamp(min=1e-5)
+    np.testing.assert_array_equal(t.codes, (wf * s).round().clamp(-1, 1).to(torch.int8).numpy())
