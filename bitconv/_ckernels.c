@@ -11,7 +11,11 @@
  *     out[i] = +1 if bits[i] is positive with magnitude bits > threshold, -1 if negative with magnitude > threshold,
  *     else 0: the ternary codes for the threshold bitconv.quant derives from the scale.
  *
- * Both release the GIL (the compute workers run two tensors at once). Buffers: any C-contiguous buffer; lengths are
+ * pack2 / pack_tq1 / pack_iq1bn(codes, out, ...) -> None
+ *     the layouts' code packing (HF, I2_S, IQ2_BN, TQ2_0 2-bit; TQ1_0 and IQ1_BN base 3), byte for byte what the
+ *     layouts' numpy encoders write (tests compare them); the layouts add their scales.
+ *
+ * All release the GIL (the compute workers run two tensors at once). Buffers: any C-contiguous buffer; lengths are
  * checked (bits: an even number of bytes; out: one byte per element).
  */
 #define PY_SSIZE_T_CLEAN
@@ -180,9 +184,143 @@ static PyObject *codes_bf16(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* ---------------------------------------------------------------------------------------------- packing kernels
+ * All take int8 codes (-1, 0, +1; trit t = code + 1) and write into a caller-allocated uint8 buffer. Codes form
+ * groups of `group_blocks` blocks; group g's block b is written at out[g*group_stride + group_offset + b*block_out]
+ * (group_stride = the row bytes of a layout with a per-row prefix, or the block bytes of one with a block suffix).
+ * Bytes of `out` outside those block payloads are left as they are (the layout writes its scales).
+ */
+static int check_groups(Py_ssize_t ncodes, Py_ssize_t nout, Py_ssize_t block_codes, Py_ssize_t block_out,
+                        Py_ssize_t group_blocks, Py_ssize_t group_stride, Py_ssize_t group_offset, Py_ssize_t *ngroups) {
+    if (block_codes <= 0 || group_blocks <= 0 || group_offset < 0 || ncodes % (block_codes * group_blocks)) {
+        PyErr_SetString(PyExc_ValueError, "pack: codes are not a whole number of groups of blocks");
+        return -1;
+    }
+    *ngroups = ncodes / (block_codes * group_blocks);
+    if (*ngroups && (group_stride < group_offset + group_blocks * block_out ||
+                     (*ngroups - 1) * group_stride + group_offset + group_blocks * block_out > nout)) {
+        PyErr_SetString(PyExc_ValueError, "pack: output buffer too small for the groups");
+        return -1;
+    }
+    return 0;
+}
+
+/* pack2(codes, out, span, descending, group_blocks, group_stride, group_offset): 2-bit trits, 4 per byte. A block is
+ * 4*span codes; its byte j = sum_i t[i*span + j] << (descending ? 6 - 2i : 2i). */
+static PyObject *pack2(PyObject *self, PyObject *args) {
+    Py_buffer in, out;
+    Py_ssize_t span, gb, gs, go;
+    int desc;
+    if (!PyArg_ParseTuple(args, "y*w*ninnn", &in, &out, &span, &desc, &gb, &gs, &go)) return NULL;
+    Py_ssize_t ng;
+    if (span <= 0 || check_groups(in.len, out.len, 4 * span, span, gb, gs, go, &ng)) {
+        if (span <= 0) PyErr_SetString(PyExc_ValueError, "pack2: span must be positive");
+        PyBuffer_Release(&in);
+        PyBuffer_Release(&out);
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    const uint8_t *c = (const uint8_t *)in.buf;
+    uint8_t *o = (uint8_t *)out.buf;
+    const int s0 = desc ? 6 : 0, s1 = desc ? 4 : 2, s2 = desc ? 2 : 4, s3 = desc ? 0 : 6;
+    for (Py_ssize_t g = 0; g < ng; ++g) {
+        for (Py_ssize_t b = 0; b < gb; ++b) {
+            const uint8_t *cb = c + (g * gb + b) * 4 * span;
+            uint8_t *ob = o + g * gs + go + b * span;
+            for (Py_ssize_t j = 0; j < span; ++j)
+                ob[j] = (uint8_t)((uint8_t)(cb[j] + 1) << s0 | (uint8_t)(cb[span + j] + 1) << s1 |
+                                  (uint8_t)(cb[2 * span + j] + 1) << s2 | (uint8_t)(cb[3 * span + j] + 1) << s3);
+        }
+    }
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&in);
+    PyBuffer_Release(&out);
+    Py_RETURN_NONE;
+}
+
+static inline uint8_t map243(unsigned v) { return (uint8_t)((v * 256u + 242u) / 243u); }
+
+/* pack_tq1(codes, out, group_stride): TQ1_0, 256-code blocks -> bytes 0..51 of each block (qs[48], qh[4]):
+ * qs[j] (j < 32) = elements j + 32n (n = 0..4), qs[32 + j] (j < 16) = elements 160 + j + 16n, qh[j] (j < 4) =
+ * elements 240 + j + 4n (n = 0..3, fifth trit 0); value sum_n t_n 3^(4-n), stored as map243. */
+static PyObject *pack_tq1(PyObject *self, PyObject *args) {
+    Py_buffer in, out;
+    Py_ssize_t gs;
+    if (!PyArg_ParseTuple(args, "y*w*n", &in, &out, &gs)) return NULL;
+    Py_ssize_t ng;
+    if (check_groups(in.len, out.len, 256, 52, 1, gs, 0, &ng)) {
+        PyBuffer_Release(&in);
+        PyBuffer_Release(&out);
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t g = 0; g < ng; ++g) {
+        const uint8_t *c = (const uint8_t *)in.buf + g * 256;
+        uint8_t *o = (uint8_t *)out.buf + g * gs;
+        for (int j = 0; j < 32; ++j) {
+            unsigned v = 0;
+            for (int n = 0; n < 5; ++n) v = v * 3 + (uint8_t)(c[j + 32 * n] + 1);
+            o[j] = map243(v);
+        }
+        for (int j = 0; j < 16; ++j) {
+            unsigned v = 0;
+            for (int n = 0; n < 5; ++n) v = v * 3 + (uint8_t)(c[160 + j + 16 * n] + 1);
+            o[32 + j] = map243(v);
+        }
+        for (int j = 0; j < 4; ++j) {
+            unsigned v = 0;
+            for (int n = 0; n < 4; ++n) v = v * 3 + (uint8_t)(c[240 + j + 4 * n] + 1);
+            o[48 + j] = map243(v * 3);
+        }
+    }
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&in);
+    PyBuffer_Release(&out);
+    Py_RETURN_NONE;
+}
+
+/* pack_iq1bn(codes, out, group_blocks, group_stride, group_offset): IQ1_BN, 64-code blocks -> 13 bytes: ql[3g + k]
+ * (g < 4, k < 3) = sum_i 3^i t[16g + 5k + i] (i < 5), extra = sum_g 3^g t[16g + 15]; each stored as map243. */
+static PyObject *pack_iq1bn(PyObject *self, PyObject *args) {
+    Py_buffer in, out;
+    Py_ssize_t gb, gs, go;
+    if (!PyArg_ParseTuple(args, "y*w*nnn", &in, &out, &gb, &gs, &go)) return NULL;
+    Py_ssize_t ng;
+    if (check_groups(in.len, out.len, 64, 13, gb, gs, go, &ng)) {
+        PyBuffer_Release(&in);
+        PyBuffer_Release(&out);
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t g = 0; g < ng; ++g) {
+        for (Py_ssize_t b = 0; b < gb; ++b) {
+            const uint8_t *c = (const uint8_t *)in.buf + (g * gb + b) * 64;
+            uint8_t *o = (uint8_t *)out.buf + g * gs + go + b * 13;
+            unsigned extra = 0;
+            for (int q = 0; q < 4; ++q) {
+                const uint8_t *t = c + 16 * q;
+                for (int k = 0; k < 3; ++k) {
+                    unsigned v = 0;
+                    for (int i = 4; i >= 0; --i) v = v * 3 + (uint8_t)(t[5 * k + i] + 1);
+                    o[3 * q + k] = map243(v);
+                }
+            }
+            for (int q = 3; q >= 0; --q) extra = extra * 3 + (uint8_t)(c[16 * q + 15] + 1);
+            o[12] = map243(extra);
+        }
+    }
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&in);
+    PyBuffer_Release(&out);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"abs_sum_bf16", abs_sum_bf16, METH_VARARGS, "torch's float32 sum of |w| for bf16 bit patterns (threads, lanes)."},
     {"codes_bf16", codes_bf16, METH_VARARGS, "ternary codes of bf16 bit patterns for a magnitude threshold."},
+    {"pack2", pack2, METH_VARARGS, "2-bit trits, 4 per byte, blocks of 4*span codes."},
+    {"pack_tq1", pack_tq1, METH_VARARGS, "TQ1_0 block payloads (52 bytes per 256 codes)."},
+    {"pack_iq1bn", pack_iq1bn, METH_VARARGS, "IQ1_BN blocks (13 bytes per 64 codes)."},
     {NULL, NULL, 0, NULL},
 };
 

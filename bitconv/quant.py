@@ -11,7 +11,6 @@ Canonical recipe (`../shared/spec/README.md` convention 2, transformers `WeightQ
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Callable
 
@@ -19,21 +18,17 @@ import numpy as np
 import torch
 
 from bitconv import torchsum
+from bitconv.core import native
 from bitconv.core.errors import SourceError, UsageError
 from bitconv.core.tensors import EPS, Ternary
 
 COMPUTE_MODES = ("float32", "bfloat16")
 
-try:  # the optional C kernels (setup.py builds them where a compiler is found); numpy does the same otherwise
-    from bitconv import _ckernels
-except ImportError:  # pragma: no cover - depends on the install
-    _ckernels = None
 
 
 def native_kernels() -> bool:
-    """Whether bf16 ternarization runs in the C kernels: built, and not switched off with BITCONV_PURE_PYTHON=1
-    (the numpy path gives the same bytes; tests compare the two)."""
-    return _ckernels is not None and os.environ.get("BITCONV_PURE_PYTHON", "").strip() not in ("1", "true", "yes")
+    """Whether bf16 ternarization runs in the C kernels (`bitconv.core.native`; numpy gives the same bytes)."""
+    return native.kernels() is not None
 
 
 def compute_mode(value: str) -> str:
@@ -159,12 +154,13 @@ def _ternarize_bf16_native(w: torch.Tensor, name: str | None) -> Ternary | None:
     if lanes is None:
         return None
     bits = w.reshape(-1).view(torch.int16).numpy()
-    total = _ckernels.abs_sum_bf16(bits, threads, lanes)
+    ck = native.kernels()
+    total = ck.abs_sum_bf16(bits, threads, lanes)
     m = torch.from_numpy(np.array(total, dtype=np.float32)).div_(w.numel())  # torch's mean: sum, then div_
     _check_finite(m, name, w.shape)
     s = 1.0 / m.clamp(min=EPS)
     codes = np.empty(w.shape, dtype=np.int8)
-    _ckernels.codes_bf16(bits, codes.reshape(-1), _bf16_threshold(s))
+    ck.codes_bf16(bits, codes.reshape(-1), _bf16_threshold(s))
     return Ternary(codes, np.float32((1.0 / s).item()))
 
 

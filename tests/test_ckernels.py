@@ -124,3 +124,53 @@ def test_native_path_falls_back_when_torch_order_is_unknown(monkeypatch):
     wf = w.float()
     s = 1.0 / wf.abs().mean().clamp(min=1e-5)
     np.testing.assert_array_equal(t.codes, (wf * s).round().clamp(-1, 1).to(torch.int8).numpy())
+
+
+LAYOUT_SHAPES = [(4, 256), (12, 512), (8, 768), (16, 1536), (128, 2560)]
+
+
+def _layout_cases():
+    from bitconv.layouts import list_layouts
+
+    return list_layouts()
+
+
+@pytest.mark.parametrize("name", _layout_cases())
+def test_every_layout_packs_the_same_bytes_natively(name, monkeypatch):
+    """Every registered layout, through the C kernels and through numpy: identical bytes, on shapes with an odd
+    number of blocks per row, an all-zero row and an all-zero 256-element block."""
+    from bitconv.core.errors import LayoutError
+    from bitconv.core.tensors import Ternary
+    from bitconv.layouts import get_layout
+
+    layout = get_layout(name)
+    checked = 0
+    for m, k in LAYOUT_SHAPES:
+        try:
+            layout.spec((m, k))
+        except LayoutError:
+            continue
+        g = np.random.default_rng(m * k)
+        codes = g.integers(-1, 2, size=(m, k), dtype=np.int8)
+        codes[1] = 0
+        codes[2, :256] = 0
+        t = Ternary(codes, np.float32(0.0123))
+        monkeypatch.setenv("BITCONV_PURE_PYTHON", "0")
+        native = layout.pack(t)
+        monkeypatch.setenv("BITCONV_PURE_PYTHON", "1")
+        ref = layout.pack(t)
+        assert native.keys() == ref.keys()
+        for f in ref:
+            assert np.asarray(native[f]).tobytes() == np.asarray(ref[f]).tobytes(), (name, m, k, f)
+        checked += 1
+    assert checked, f"no test shape fits {name}"
+
+
+@pytest.mark.parametrize("kernel, args", [("pack2", (8, 0, 1, 8, 0)), ("pack_tq1", (54,)),
+                                          ("pack_iq1bn", (1, 13, 0))])
+def test_pack_kernels_refuse_short_buffers(kernel, args):
+    fn = getattr(ck, kernel)
+    with pytest.raises(ValueError, match="pack"):
+        fn(np.zeros(100, np.int8), np.zeros(1000, np.uint8), *args)  # not whole blocks
+    with pytest.raises(ValueError, match="too small"):
+        fn(np.zeros(256, np.int8), np.zeros(8, np.uint8), *args)

@@ -34,6 +34,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from bitconv.core import native
 from bitconv.core.errors import FormatError, LayoutError
 from bitconv.core.tensors import EPS, FieldSpec, Ternary
 from bitconv.layouts.registry import Layout
@@ -176,26 +177,28 @@ class IKBNLayout(Layout):
         """block bytes uint8 [n, block_bytes] -> trits uint8 [n, 64]."""
         raise NotImplementedError
 
+    def _encode_native(self, ck: object, codes: np.ndarray, out: np.ndarray, nb: int, row_bytes: int) -> bool:
+        """Encode every row's blocks with the C kernels into `out` (rows of `row_bytes`, blocks after the row
+        scale); False where this layout has no kernel (numpy `_encode` then runs)."""
+        return False
+
     def pack(self, t: Ternary) -> dict[str, np.ndarray]:
-        """A chunk of whole rows at a time (about PACK_ROW_CODES codes: the temporaries stay cache-sized): trits
-        t = code + 1 (a uint8 add on the codes' bytes), encoded by `_encode`, copied into the rows after their
-        scale; all-zero rows are then rewritten as ik writes them (d = 0, every trit 2)."""
+        """The blocks by the C kernel (`_encode_native`) or numpy (`_encode_rows`, about PACK_ROW_CODES codes at a
+        time: the temporaries stay cache-sized), then the row scales; all-zero rows are then rewritten as ik writes
+        them (d = 0, every trit 2)."""
         m, k = check_in_features(self, t.shape, None)
         codes = np.ascontiguousarray(t.codes, dtype=np.int8).reshape(m, k)
         meta, nb = self.row_meta, k // QK
         out = np.empty((m, self.row_bytes(k)), dtype=np.uint8)
         live = np.empty(m, dtype=bool)
         step = max(1, PACK_ROW_CODES // k)
-        buf = np.empty(min(m, step) * k, dtype=np.uint8)
-        for r0 in range(0, m, step):
-            r1 = min(m, r0 + step)
-            c = codes[r0:r1].view(np.uint8)
-            trits = buf[:(r1 - r0) * k]
-            np.add(c.reshape(-1), 1, out=trits)  # bytewise: -1 (0xFF) -> 0, 0 -> 1, 1 -> 2
-            # a row is live when it holds a non-zero code, i.e. a trit other than 1
-            words = trits.view(np.uint64).reshape(r1 - r0, k // 8)
-            np.any(words != np.uint64(0x0101010101010101), axis=1, out=live[r0:r1])
-            out[r0:r1, meta:] = self._encode(trits.reshape(-1, QK)).reshape(r1 - r0, nb * self.block_bytes)
+        ck = native.kernels()
+        if ck is not None and self._encode_native(ck, codes.reshape(-1), out.reshape(-1), nb, self.row_bytes(k)):
+            # the same block bytes in one C pass (bitconv/_ckernels.c); a row is live when a code is non-zero
+            for r0 in range(0, m, step):
+                np.any(codes[r0:r0 + step].view(np.uint64) != 0, axis=1, out=live[r0:r0 + step])
+        else:
+            self._encode_rows(codes, out, live, step)
         d = np.zeros(m, dtype=self.row_dtype)
         if live.any():
             d[live] = stored_scale(t.scale, self.row_dtype, self.ggml_type, None)[0]
@@ -204,6 +207,20 @@ class IKBNLayout(Layout):
             dead = np.full((1, QK), 2, dtype=np.uint8)  # ik's bytes for an all-zero row: every trit 2
             out[~live, meta:] = np.tile(self._encode(dead).reshape(-1), nb)
         return {"data": out.reshape(-1)}
+
+    def _encode_rows(self, codes: np.ndarray, out: np.ndarray, live: np.ndarray, step: int) -> None:
+        """numpy: `step` rows at a time, trits t = code + 1 (a uint8 add on the codes' bytes) encoded by `_encode`
+        into the rows after their scale; `live[r]` = row r holds a non-zero code (a trit other than 1)."""
+        m, k = codes.shape
+        meta, nb = self.row_meta, k // QK
+        buf = np.empty(min(m, step) * k, dtype=np.uint8)
+        for r0 in range(0, m, step):
+            r1 = min(m, r0 + step)
+            trits = buf[:(r1 - r0) * k]
+            np.add(codes[r0:r1].view(np.uint8).reshape(-1), 1, out=trits)  # bytewise: -1 (0xFF) -> 0, 0 -> 1, 1 -> 2
+            words = trits.view(np.uint64).reshape(r1 - r0, k // 8)
+            np.any(words != np.uint64(0x0101010101010101), axis=1, out=live[r0:r1])
+            out[r0:r1, meta:] = self._encode(trits.reshape(-1, QK)).reshape(r1 - r0, nb * self.block_bytes)
 
     def _rows(self, fields: Mapping[str, np.ndarray], shape: tuple[int, ...]) -> np.ndarray:
         (nbytes,) = self.spec(shape)["data"].shape

@@ -29,6 +29,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from bitconv.core import native
 from bitconv.core.errors import FormatError, LayoutError
 from bitconv.core.tensors import FieldSpec, Ternary, checked_scale
 from bitconv.layouts.registry import Layout
@@ -50,6 +51,10 @@ def pack_i2s_codes(codes: np.ndarray, out: np.ndarray | None = None) -> np.ndarr
     """
     flat = np.ascontiguousarray(codes, dtype=np.int8).view(np.uint8).reshape(-1, 4, BLOCK_BYTES)
     out = np.empty(flat.shape[0] * BLOCK_BYTES, dtype=np.uint8) if out is None else out
+    ck = native.kernels()
+    if ck is not None:  # the same bytes in one C pass (bitconv/_ckernels.c pack2, 32-byte spans, high bits first)
+        ck.pack2(flat.reshape(-1), out.reshape(-1), BLOCK_BYTES, 1, 1, BLOCK_BYTES, 0)
+        return out
     dst = out.reshape(-1, BLOCK_BYTES)
     tmp = np.empty((min(PACK_BLOCKS, flat.shape[0]), BLOCK_BYTES), dtype=np.uint8)
     for a in range(0, flat.shape[0], PACK_BLOCKS):

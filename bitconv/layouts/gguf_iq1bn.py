@@ -126,6 +126,10 @@ class GGUFIQ1BN(IKBNLayout, name="gguf-iq1-bn", container="gguf"):
                                                   "type id 134 is unknown to bitnet.cpp"), IK_LLAMA: ""}}
     nominal_bpw: ClassVar[float] = 1.625
 
+    def _encode_native(self, ck, codes: np.ndarray, out: np.ndarray, nb: int, row_bytes: int) -> bool:
+        ck.pack_iq1bn(codes, out, nb, row_bytes, self.row_meta)
+        return True
+
     def _encode(self, trits: np.ndarray) -> np.ndarray:
         return encode_iq1bn_blocks(trits)
 

@@ -79,5 +79,9 @@ class GGUFIQ2BN(IKBNLayout, name="gguf-iq2-bn", container="gguf"):
     def _encode(self, trits: np.ndarray) -> np.ndarray:
         return encode_iq2bn_blocks(trits)
 
+    def _encode_native(self, ck, codes: np.ndarray, out: np.ndarray, nb: int, row_bytes: int) -> bool:
+        ck.pack2(codes, out, 16, 0, nb, row_bytes, self.row_meta)  # byte j = t[j] | t[j+16] << 2 | ...
+        return True
+
     def _decode(self, blocks: np.ndarray) -> np.ndarray:
         return decode_iq2bn_blocks(blocks)

@@ -35,6 +35,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from bitconv.core import native
 from bitconv.core.errors import LayoutError
 from bitconv.core.tensors import EPS, FieldSpec, Ternary
 from bitconv.layouts.registry import Layout
@@ -85,6 +86,13 @@ class _GGUFTQ(Layout):
         codes = np.ascontiguousarray(t.codes, dtype=np.int8).reshape(-1, QK)
         n = codes.shape[0]
         out = np.empty((n, self.block_bytes), dtype=np.uint8)
+        ck = native.kernels()
+        if ck is not None:  # the same block bytes in one C pass (bitconv/_ckernels.c), then d where a code is non-zero
+            self._encode_native(ck, codes.reshape(-1), out.reshape(-1))
+            nonzero = np.empty(n, dtype=bool)
+            for a in range(0, n, PACK_BLOCKS):
+                np.any(codes[a:a + PACK_BLOCKS].view(np.uint64) != 0, axis=1, out=nonzero[a:a + PACK_BLOCKS])
+            return {"data": self._finish_scales(out, nonzero, t.scale)}
         words = codes.view(np.uint64)  # [n, 32]
         b = min(PACK_BLOCKS, n)
         ctb = np.empty((QK // 8, b), dtype=np.uint64)
@@ -100,10 +108,19 @@ class _GGUFTQ(Layout):
             r = res[:m]
             np.copyto(r, self._encode_words(ct).T)
             self._finish_into(r.view(np.uint8)[:, :self.block_bytes - 2], out[a:a + m, :-2])
+        return {"data": self._finish_scales(out, nonzero, t.scale)}
+
+    @staticmethod
+    def _finish_scales(out: np.ndarray, nonzero: np.ndarray, scale: np.float32) -> np.ndarray:
+        """Each block's fp16 d: the scale where the block holds a non-zero code, else 0 (as the reference writes)."""
         out[:, -2:] = 0
         if nonzero.any():
-            out[nonzero, -2:] = _fp16_d(t.scale, None)
-        return {"data": out.reshape(-1)}
+            out[nonzero, -2:] = _fp16_d(scale, None)
+        return out.reshape(-1)
+
+    def _encode_native(self, ck, codes: np.ndarray, out: np.ndarray) -> None:
+        """Every block's payload (all but the trailing d) by the C kernel, into `out` (blocks of block_bytes)."""
+        raise NotImplementedError
 
     def _encode_words(self, ct: np.ndarray) -> np.ndarray:
         """Trits in word-major order [32, m] (uint64, 8 trits each) -> the block payload words [k, m]."""
@@ -169,6 +186,9 @@ class GGUFTQ10(_GGUFTQ, name="gguf-tq1-0", container="gguf"):
         np.multiply(v[6], 3, out=v[6])  # the fifth trit slot of qh is 0
         return v
 
+    def _encode_native(self, ck, codes: np.ndarray, out: np.ndarray) -> None:
+        ck.pack_tq1(codes, out, self.block_bytes)
+
     def _finish_into(self, v: np.ndarray, out: np.ndarray) -> None:
         """byte = (v*256 + 242) // 243, in uint16 (v*256 + 242 <= 62194)."""
         t = np.left_shift(v, 8, dtype=np.uint16)
@@ -196,6 +216,9 @@ class GGUFTQ20(_GGUFTQ, name="gguf-tq2-0", container="gguf"):
     runtime_support = {"TQ2_0": {LLAMA_CPP: "", BITNET_2024: "", BITNET_2026_01: "", BITNET_2026_07: "",
                                  IK_LLAMA: "no type 35 in ik_llama.cpp: the loader dies with SIGFPE"}}
     deploy_check = True
+
+    def _encode_native(self, ck, codes: np.ndarray, out: np.ndarray) -> None:
+        ck.pack2(codes, out, 32, 0, 2, self.block_bytes, 0)  # two 128-code halves of 32 bytes, then d
 
     def _encode_words(self, ct: np.ndarray) -> np.ndarray:
         """byte = q_0 | q_1 << 2 | q_2 << 4 | q_3 << 6 over the four 32-element groups of each 128-element half:

@@ -19,6 +19,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from bitconv.core import native
 from bitconv.core.errors import FormatError, LayoutError
 from bitconv.core.tensors import FieldSpec, Ternary
 from bitconv.layouts.registry import Layout, decode_scale, encode_scale
@@ -39,6 +40,11 @@ def pack_codes(codes: np.ndarray) -> np.ndarray:
     c = np.ascontiguousarray(codes).view(np.uint8)
     r = c.shape[0] // VALUES_PER_BYTE
     out = np.empty((r, *c.shape[1:]), dtype=np.uint8)
+    ck = native.kernels()
+    if ck is not None:  # the same bytes in one C pass (bitconv/_ckernels.c pack2: one block of 4 * R rows)
+        span = out.size
+        ck.pack2(c.reshape(-1)[:4 * span], out.reshape(-1), span, 0, 1, span, 0)
+        return out
     row_bytes = max(1, out[:1].size)
     step = max(1, PACK_BLOCK_BYTES // row_bytes)
     tmp = np.empty(min(r, step) * row_bytes, dtype=np.uint8)
