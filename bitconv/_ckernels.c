@@ -22,6 +22,7 @@
 #include <Python.h>
 #include <stdint.h>
 #include <string.h>
+#include <math.h>
 
 #define GRAIN 32768
 #define ILP 4
@@ -315,12 +316,85 @@ static PyObject *pack_iq1bn(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* float32 -> IEEE half, round to nearest even (numpy's float32 -> float16 cast), for the Q8_0 block scale. */
+static uint16_t half_of(float f) {
+    uint32_t x;
+    memcpy(&x, &f, sizeof x);
+    uint32_t sign = (x >> 16) & 0x8000u, mant = x & 0x7FFFFFu;
+    int exp = (int)((x >> 23) & 0xFF);
+    if (exp == 0xFF) return (uint16_t)(sign | 0x7C00u | (mant ? 0x200u : 0));
+    int e = exp - 127 + 15;
+    if (e >= 31) return (uint16_t)(sign | 0x7C00u);
+    if (e <= 0) {
+        if (e < -10) return (uint16_t)sign;
+        mant |= 0x800000u;
+        int shift = 14 - e;
+        uint32_t h = mant >> shift, rem = mant & ((1u << shift) - 1), half = 1u << (shift - 1);
+        if (rem > half || (rem == half && (h & 1u))) h++;
+        return (uint16_t)(sign | h);
+    }
+    uint32_t h = ((uint32_t)e << 10) | (mant >> 13), rem = mant & 0x1FFFu;
+    if (rem > 0x1000u || (rem == 0x1000u && (h & 1u))) h++;
+    return (uint16_t)(sign | h);
+}
+
+/* q8_0_bf16(bits, out) -> bool: Q8_0 blocks (fp16 d, 32 int8) of bf16 values, the reference arithmetic in float32:
+ * d = max|x| / 127, id = d ? 1/d : 0, q = copysign(floor(|x| * id + 0.5), x). Returns False (out partly written)
+ * when a block's d is not finite (NaN/Inf input): the caller then runs numpy, whose casts decide those bytes. */
+static PyObject *q8_0_bf16(PyObject *self, PyObject *args) {
+    Py_buffer in, out;
+    if (!PyArg_ParseTuple(args, "y*w*", &in, &out)) return NULL;
+    if (in.len % 64 || out.len != in.len / 64 * 34) {
+        PyBuffer_Release(&in);
+        PyBuffer_Release(&out);
+        PyErr_SetString(PyExc_ValueError, "q8_0_bf16: 32-value blocks in, 34 bytes per block out");
+        return NULL;
+    }
+    int finite = 1;
+    Py_BEGIN_ALLOW_THREADS
+    const uint16_t *b = (const uint16_t *)in.buf;
+    uint8_t *o = (uint8_t *)out.buf;
+    Py_ssize_t nb = in.len / 64;
+    for (Py_ssize_t k = 0; k < nb && finite; ++k) {
+        float a[32], amax = 0.0f;
+        uint32_t sg[32];
+        for (int j = 0; j < 32; ++j) {
+            uint32_t u = (uint32_t)b[k * 32 + j] << 16;
+            sg[j] = u & 0x80000000u;
+            u &= 0x7FFFFFFFu;
+            memcpy(&a[j], &u, sizeof u);
+            amax = a[j] > amax ? a[j] : amax;
+        }
+        float d = amax / 127.0f;
+        uint32_t du;
+        memcpy(&du, &d, sizeof du);
+        if (((du >> 23) & 0xFF) == 0xFF || a[0] != a[0]) { finite = 0; break; }
+        for (int j = 0; j < 32; ++j)
+            if (a[j] != a[j]) finite = 0;
+        float id = d != 0.0f ? 1.0f / d : 0.0f;
+        uint8_t *ob = o + k * 34;
+        uint16_t h = half_of(d);
+        ob[0] = (uint8_t)(h & 0xFF);
+        ob[1] = (uint8_t)(h >> 8);
+        for (int j = 0; j < 32; ++j) {
+            float v = floorf(a[j] * id + 0.5f);
+            int q = (int)v;
+            ob[2 + j] = (uint8_t)(int8_t)(sg[j] && q ? -q : q);
+        }
+    }
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&in);
+    PyBuffer_Release(&out);
+    return PyBool_FromLong(finite);
+}
+
 static PyMethodDef methods[] = {
     {"abs_sum_bf16", abs_sum_bf16, METH_VARARGS, "torch's float32 sum of |w| for bf16 bit patterns (threads, lanes)."},
     {"codes_bf16", codes_bf16, METH_VARARGS, "ternary codes of bf16 bit patterns for a magnitude threshold."},
     {"pack2", pack2, METH_VARARGS, "2-bit trits, 4 per byte, blocks of 4*span codes."},
     {"pack_tq1", pack_tq1, METH_VARARGS, "TQ1_0 block payloads (52 bytes per 256 codes)."},
     {"pack_iq1bn", pack_iq1bn, METH_VARARGS, "IQ1_BN blocks (13 bytes per 64 codes)."},
+    {"q8_0_bf16", q8_0_bf16, METH_VARARGS, "Q8_0 blocks of bf16 values (False on a non-finite block)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -246,16 +246,20 @@ def ternarize_blocks(read: BlockReader, shape: tuple[int, ...], *, name: str | N
     s = 1.0 / m.clamp(min=EPS)
     codes = np.empty(n, dtype=np.int8)
     tb = None
+    ck = native.kernels()
     for start in range(0, n, block):
         count = min(block, n - start)
         w = read(start, count)
         out = codes[start:start + count]
+        if w.dtype == torch.bfloat16 and tb is None:
+            t = _bf16_threshold(s)
+            tb, tn = np.int16(t), np.uint16(0x8000 + t)
+        if w.dtype == torch.bfloat16 and ck is not None:  # the same codes in one C pass
+            ck.codes_bf16(w.view(torch.int16).numpy(), out, int(tb))
+            continue
         pos = buffer("blk_pos", count, torch.bool)
         neg = buffer("blk_neg", count, torch.bool)
         if w.dtype == torch.bfloat16:
-            if tb is None:
-                t = _bf16_threshold(s)
-                tb, tn = np.int16(t), np.uint16(0x8000 + t)
             bits = w.view(torch.int16).numpy()
             np.greater(bits, tb, out=pos)
             np.greater(bits.view(np.uint16), tn, out=neg)

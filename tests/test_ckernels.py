@@ -174,3 +174,49 @@ def test_pack_kernels_refuse_short_buffers(kernel, args):
         fn(np.zeros(100, np.int8), np.zeros(1000, np.uint8), *args)  # not whole blocks
     with pytest.raises(ValueError, match="too small"):
         fn(np.zeros(256, np.int8), np.zeros(8, np.uint8), *args)
+
+
+def test_q8_0_matches_numpy_on_awkward_values(monkeypatch):
+    """Q8_0 of bf16 values through C and numpy: ties at .5, tiny blocks (subnormal fp16 d), zero blocks, huge
+    magnitudes (d above fp16's range -> inf), negative zeros; NaN blocks make the kernel hand over to numpy."""
+    from bitconv.formats.gguf.quants import quantize_q8_0
+
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(64, 256, generator=g)
+    x[0] = 0
+    x[1, :32] = -0.0
+    x[2] *= 1e-6
+    x[3] *= 1e-9
+    x[4] *= 1e30
+    x[5, :32] = torch.arange(32) - 16.0  # max 16 -> d = 16/127: many exact halves after scaling
+    x[6, :32] = 127.0
+    x[7] = torch.where(x[7] > 0, 1.5, -2.5)
+    w = x.bfloat16()
+    monkeypatch.setenv("BITCONV_PURE_PYTHON", "0")
+    native = quantize_q8_0(w)
+    monkeypatch.setenv("BITCONV_PURE_PYTHON", "1")
+    ref = quantize_q8_0(w)
+    assert native.tobytes() == ref.tobytes()
+    bad = w.clone()
+    bad[9, 3] = float("nan")
+    assert not ck.q8_0_bf16(bad.view(torch.int16).numpy(), np.empty(64 * 256 // 32 * 34, np.uint8))
+    monkeypatch.setenv("BITCONV_PURE_PYTHON", "0")
+    handed_over = quantize_q8_0(bad)
+    monkeypatch.setenv("BITCONV_PURE_PYTHON", "1")
+    assert handed_over.tobytes() == quantize_q8_0(bad).tobytes()
+
+
+def test_half_conversion_on_every_bf16_block_maximum():
+    """The kernel's fp16 d equals numpy's float32 -> float16 cast for every positive finite bf16 block maximum
+    (subnormal d, ties to even, d above fp16's range -> inf)."""
+    pats = np.arange(1, 0x7F80, dtype=np.uint16)  # every positive finite bf16 pattern
+    x = np.zeros((pats.size, 32), dtype=np.uint16)
+    x[:, 0] = pats
+    x[:, 1] = pats // 2  # a second, smaller value per block
+    out = np.empty(pats.size * 34, np.uint8)
+    assert ck.q8_0_bf16(x.view(np.int16), out)
+    d = out.reshape(-1, 34)[:, :2].copy().view(np.float16).reshape(-1)
+    amax = (pats.astype(np.uint32) << 16).view(np.float32)
+    with np.errstate(over="ignore"):  # d above 65504 is inf in both
+        want = (amax / np.float32(127)).astype(np.float16)
+    assert d.tobytes() == want.tobytes()

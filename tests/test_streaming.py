@@ -54,7 +54,9 @@ def test_replayed_sum_is_not_a_plain_sum():
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 @pytest.mark.parametrize("shape", SIZES)
 @pytest.mark.parametrize("block", [97, 4096, 1 << 20])
-def test_ternarize_blocks_equals_whole(shape, dtype, block, compute):
+@pytest.mark.parametrize("pure", ["0", "1"])  # the C kernels, then numpy (BITCONV_PURE_PYTHON=1)
+def test_ternarize_blocks_equals_whole(shape, dtype, block, compute, pure, monkeypatch):
+    monkeypatch.setenv("BITCONV_PURE_PYTHON", pure)
     g = torch.Generator().manual_seed(hash((shape, block)) % 1000)
     w = (torch.randn(shape, generator=g) * 0.02).to(dtype)
     if w.numel() > 4:  # exact threshold hits: values whose product with s lies on the 0.5 boundary

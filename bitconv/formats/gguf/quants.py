@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from bitconv.core import native
 from bitconv.core.errors import LayoutError
 
 Q8_0_BLOCK = 32
@@ -55,6 +56,9 @@ def quantize_q8_0(x: np.ndarray | torch.Tensor) -> np.ndarray:
     blocks = src.reshape(-1, Q8_0_BLOCK)
     n = blocks.shape[0]
     out = np.empty((n, 2 + Q8_0_BLOCK), dtype=np.uint8)
+    ck = native.kernels()
+    if bf16 and ck is not None and ck.q8_0_bf16(blocks, out):  # the same bytes in one C pass; numpy on NaN/Inf
+        return out.reshape(-1)
     buf = _Q8Buffers(min(_Q8_0_SLICE, n))
     for b0 in range(0, n, _Q8_0_SLICE):  # numpy only: no torch thread pool is woken for each small slice
         m = min(_Q8_0_SLICE, n - b0)
