@@ -22,7 +22,6 @@
 #include <Python.h>
 #include <stdint.h>
 #include <string.h>
-#include <math.h>
 
 #define GRAIN 32768
 #define ILP 4
@@ -355,31 +354,31 @@ static PyObject *q8_0_bf16(PyObject *self, PyObject *args) {
     const uint16_t *b = (const uint16_t *)in.buf;
     uint8_t *o = (uint8_t *)out.buf;
     Py_ssize_t nb = in.len / 64;
-    for (Py_ssize_t k = 0; k < nb && finite; ++k) {
-        float a[32], amax = 0.0f;
-        uint32_t sg[32];
+    for (Py_ssize_t k = 0; k < nb; ++k) {
+        const uint16_t *x = b + k * 32;
+        /* max |x| on the magnitude bits: for non-negative floats the bit patterns order like the values, and a
+         * NaN or Inf pattern (>= 0x7F80) is above every finite one */
+        uint16_t mb = 0;
         for (int j = 0; j < 32; ++j) {
-            uint32_t u = (uint32_t)b[k * 32 + j] << 16;
-            sg[j] = u & 0x80000000u;
-            u &= 0x7FFFFFFFu;
-            memcpy(&a[j], &u, sizeof u);
-            amax = a[j] > amax ? a[j] : amax;
+            uint16_t m = x[j] & 0x7FFFu;
+            mb = m > mb ? m : mb;
         }
+        if (mb >= 0x7F80u) { finite = 0; break; }
+        uint32_t au = (uint32_t)mb << 16;
+        float amax;
+        memcpy(&amax, &au, sizeof amax);
         float d = amax / 127.0f;
-        uint32_t du;
-        memcpy(&du, &d, sizeof du);
-        if (((du >> 23) & 0xFF) == 0xFF || a[0] != a[0]) { finite = 0; break; }
-        for (int j = 0; j < 32; ++j)
-            if (a[j] != a[j]) finite = 0;
         float id = d != 0.0f ? 1.0f / d : 0.0f;
         uint8_t *ob = o + k * 34;
         uint16_t h = half_of(d);
         ob[0] = (uint8_t)(h & 0xFF);
         ob[1] = (uint8_t)(h >> 8);
         for (int j = 0; j < 32; ++j) {
-            float v = floorf(a[j] * id + 0.5f);
-            int q = (int)v;
-            ob[2 + j] = (uint8_t)(int8_t)(sg[j] && q ? -q : q);
+            uint32_t u = (uint32_t)(x[j] & 0x7FFFu) << 16;
+            float a;
+            memcpy(&a, &u, sizeof a);
+            int q = (int)(a * id + 0.5f); /* >= 0, so truncation is floor: roundf of |x| * id */
+            ob[2 + j] = (uint8_t)(x[j] & 0x8000u ? -q : q);
         }
     }
     Py_END_ALLOW_THREADS
