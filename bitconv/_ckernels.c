@@ -387,6 +387,97 @@ static PyObject *q8_0_bf16(PyObject *self, PyObject *args) {
     return PyBool_FromLong(finite);
 }
 
+/* ------------------------------------------------------------------------------------ streamed multi_row_sum
+ * mrs_new(size, lanes) -> bytearray; mrs_feed_bf16(state, bits); mrs_finish(state) -> bytes (lanes float32)
+ * multi_row_sum over `size` rows of `lanes` |bf16| values fed in order in pieces of whole rows: the same float32
+ * additions as multi_row_sum above (a level-0 block of 2^p rows cascades into the higher levels when it ends; the
+ * rows after the last whole block stay in level 0), for tensors read a block at a time. */
+typedef struct {
+    int64_t size, i;
+    int32_t p, lanes;
+    float acc[LEVELS][MAX_LANES];
+} MRS;
+
+static PyObject *mrs_new(PyObject *self, PyObject *args) {
+    Py_ssize_t size;
+    int lanes;
+    if (!PyArg_ParseTuple(args, "ni", &size, &lanes)) return NULL;
+    if (size < 0 || lanes < 1 || lanes > MAX_LANES) {
+        PyErr_SetString(PyExc_ValueError, "mrs_new: size >= 0 and 1 <= lanes <= 128");
+        return NULL;
+    }
+    PyObject *st = PyByteArray_FromStringAndSize(NULL, sizeof(MRS));
+    if (!st) return NULL;
+    MRS *m = (MRS *)PyByteArray_AS_STRING(st);
+    memset(m, 0, sizeof *m);
+    m->size = size;
+    m->lanes = lanes;
+    int p = ceil_log2(size) / LEVELS;
+    m->p = p < 4 ? 4 : p;
+    return st;
+}
+
+static MRS *mrs_of(PyObject *st) {
+    if (!PyByteArray_Check(st) || PyByteArray_GET_SIZE(st) != (Py_ssize_t)sizeof(MRS)) {
+        PyErr_SetString(PyExc_TypeError, "not a state made by mrs_new");
+        return NULL;
+    }
+    return (MRS *)PyByteArray_AS_STRING(st);
+}
+
+static PyObject *mrs_feed_bf16(PyObject *self, PyObject *args) {
+    PyObject *st;
+    Py_buffer in;
+    if (!PyArg_ParseTuple(args, "Oy*", &st, &in)) return NULL;
+    MRS *m = mrs_of(st);
+    if (!m) { PyBuffer_Release(&in); return NULL; }
+    const int lanes = m->lanes;
+    Py_ssize_t rows = in.len / 2 / lanes;
+    if (in.len % (2 * lanes) || m->i + rows > m->size) {
+        PyBuffer_Release(&in);
+        PyErr_SetString(PyExc_ValueError, "mrs_feed_bf16: whole rows, at most the remaining ones");
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    const uint16_t *b = (const uint16_t *)in.buf;
+    const int64_t step = (int64_t)1 << m->p, mask = step - 1;
+    for (Py_ssize_t r = 0; r < rows; ++r) {
+        const uint16_t *row = b + r * lanes;
+        for (int k = 0; k < lanes; ++k) m->acc[0][k] += mag(row[k]);
+        m->i++;
+        if ((m->i & mask) == 0) {
+            for (int j = 1; j < LEVELS; ++j) {
+                for (int k = 0; k < lanes; ++k) {
+                    m->acc[j][k] += m->acc[j - 1][k];
+                    m->acc[j - 1][k] = 0.0f;
+                }
+                if ((m->i & (mask << (j * m->p))) != 0) break;
+            }
+        }
+    }
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&in);
+    Py_RETURN_NONE;
+}
+
+static PyObject *mrs_finish(PyObject *self, PyObject *args) {
+    PyObject *st;
+    if (!PyArg_ParseTuple(args, "O", &st)) return NULL;
+    MRS *m = mrs_of(st);
+    if (!m) return NULL;
+    if (m->i != m->size) {
+        PyErr_SetString(PyExc_ValueError, "mrs_finish: not every row was fed");
+        return NULL;
+    }
+    float out[MAX_LANES];
+    for (int k = 0; k < m->lanes; ++k) {
+        float a = m->acc[0][k];
+        for (int j = 1; j < LEVELS; ++j) a += m->acc[j][k];
+        out[k] = a;
+    }
+    return PyBytes_FromStringAndSize((const char *)out, (Py_ssize_t)m->lanes * (Py_ssize_t)sizeof(float));
+}
+
 static PyMethodDef methods[] = {
     {"abs_sum_bf16", abs_sum_bf16, METH_VARARGS, "torch's float32 sum of |w| for bf16 bit patterns (threads, lanes)."},
     {"codes_bf16", codes_bf16, METH_VARARGS, "ternary codes of bf16 bit patterns for a magnitude threshold."},
@@ -394,6 +485,9 @@ static PyMethodDef methods[] = {
     {"pack_tq1", pack_tq1, METH_VARARGS, "TQ1_0 block payloads (52 bytes per 256 codes)."},
     {"pack_iq1bn", pack_iq1bn, METH_VARARGS, "IQ1_BN blocks (13 bytes per 64 codes)."},
     {"q8_0_bf16", q8_0_bf16, METH_VARARGS, "Q8_0 blocks of bf16 values (False on a non-finite block)."},
+    {"mrs_new", mrs_new, METH_VARARGS, "state of a streamed multi_row_sum (size rows, lanes)."},
+    {"mrs_feed_bf16", mrs_feed_bf16, METH_VARARGS, "feed whole rows of bf16 bit patterns (|w| summed)."},
+    {"mrs_finish", mrs_finish, METH_VARARGS, "the lane sums (float32 bytes) once every row was fed."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -238,7 +238,12 @@ def ternarize_blocks(read: BlockReader, shape: tuple[int, ...], *, name: str | N
         a.copy_(w)
         return a.abs_().numpy()
 
-    total = torchsum.exact_sum(magnitudes, n, piece=block)
+    total = None
+    if n and read(0, 1).dtype == torch.bfloat16:  # rows summed in C as they are read, where the kernels are built
+        total = torchsum.exact_abs_sum_bf16(lambda start, count: read(start, count).view(torch.int16).numpy(), n,
+                                            piece=block)
+    if total is None:
+        total = torchsum.exact_sum(magnitudes, n, piece=block)
     if total is None:
         return None
     m = torch.from_numpy(np.array(total, dtype=np.float32)).div_(n)  # torch's mean: sum, then div_ by the count

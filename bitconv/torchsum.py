@@ -28,6 +28,8 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from bitconv.core import native
+
 GRAIN = 32768  # at::internal::GRAIN_SIZE
 LEVELS = 4
 ILP = 4
@@ -96,11 +98,8 @@ class _MultiRowSum:
         return acc0
 
 
-def _range_sum(read: Reader, start: int, count: int, v: int, piece: int) -> np.float32:
-    """`vectorized_inner_sum` + `row_sum` over elements [start, start + count) (count >= v)."""
-    nvec = count // v
-    size_ilp = nvec // ILP
-    lanes = ILP * v
+def _lane_sums(read: Reader, start: int, size_ilp: int, lanes: int, piece: int) -> np.ndarray:
+    """multi_row_sum over the size_ilp rows of `lanes` elements from `start`, in numpy."""
     mrs = _MultiRowSum(size_ilp, lanes)
     gr = mrs.group_rows
     rows_per_piece = max(1, piece // (lanes * gr)) * gr
@@ -110,7 +109,23 @@ def _range_sum(read: Reader, start: int, count: int, v: int, piece: int) -> np.f
         mrs.feed(read(start + done * lanes, k * lanes).reshape(k, lanes))
         done += k
     rest = size_ilp - done
-    acc = mrs.finish(read(start + done * lanes, rest * lanes).reshape(rest, lanes))
+    return mrs.finish(read(start + done * lanes, rest * lanes).reshape(rest, lanes))
+
+
+LaneSums = Callable[[int, int, int, int], np.ndarray]  # (start, size_ilp, lanes, piece) -> lane sums
+
+
+def _range_sum(read: Reader, start: int, count: int, v: int, piece: int,
+               lane_sums: LaneSums | None = None) -> np.float32:
+    """`vectorized_inner_sum` + `row_sum` over elements [start, start + count) (count >= v); the rows' lane sums by
+    `lane_sums` (the C kernel's streamed multi_row_sum) or in numpy."""
+    nvec = count // v
+    size_ilp = nvec // ILP
+    lanes = ILP * v
+    if lane_sums is None:
+        acc = _lane_sums(read, start, size_ilp, lanes, piece)
+    else:
+        acc = lane_sums(start, size_ilp, lanes, piece)
     groups = acc.reshape(ILP, v)
     part = groups[0].copy()
     left = nvec - size_ilp * ILP  # 0..3 vectors
@@ -146,7 +161,8 @@ def _scalar_range_sum(vals: np.ndarray) -> np.float32:
     return p0
 
 
-def replay_sum(read: Reader, n: int, v: int, threads: int, piece: int = 1 << 22) -> np.float32:
+def replay_sum(read: Reader, n: int, v: int, threads: int, piece: int = 1 << 22,
+               lane_sums: LaneSums | None = None) -> np.float32:
     """torch's float32 sum of n elements given by `read`, for V = v lanes and `threads` intra-op threads."""
     if n == 0:
         return np.float32(0)
@@ -159,7 +175,7 @@ def replay_sum(read: Reader, n: int, v: int, threads: int, piece: int = 1 << 22)
     slots = []
     for b, e in bounds:
         cnt = e - b
-        s = _range_sum(read, b, cnt, v, piece) if cnt >= v else _scalar_range_sum(read(b, cnt))
+        s = _range_sum(read, b, cnt, v, piece, lane_sums) if cnt >= v else _scalar_range_sum(read(b, cnt))
         slots.append(np.float32(np.float32(0) + s))
     if len(bounds) == 1:
         return slots[0]
@@ -205,3 +221,29 @@ def exact_sum(read: Reader, n: int, piece: int = 1 << 22) -> np.float32 | None:
     if v is None:
         return None
     return replay_sum(read, n, v, threads, piece)
+
+
+def exact_abs_sum_bf16(read_bits: Callable[[int, int], np.ndarray], n: int, piece: int = 1 << 22) \
+        -> np.float32 | None:
+    """torch's float32 sum of |w| for n bf16 values whose bit patterns (int16) `read_bits(start, count)` gives, the
+    rows summed by the C kernels as they are read (|w| made in registers); the few leftover values in numpy. None
+    without the kernels or a calibrated order (the caller then uses `exact_sum`)."""
+    ck = native.kernels()
+    threads = torch.get_num_threads()
+    v = calibrate(threads) if ck is not None else None
+    if v is None:
+        return None
+
+    def mags(start: int, count: int) -> np.ndarray:
+        bits = read_bits(start, count).view(np.uint16).astype(np.uint32)
+        return (np.left_shift(bits, 16) & np.uint32(0x7FFFFFFF)).view(np.float32)
+
+    def lane_sums(start: int, size_ilp: int, lanes: int, piece: int) -> np.ndarray:
+        st = ck.mrs_new(size_ilp, lanes)
+        rows = max(1, piece // lanes)
+        for r0 in range(0, size_ilp, rows):
+            k = min(rows, size_ilp - r0)
+            ck.mrs_feed_bf16(st, read_bits(start + r0 * lanes, k * lanes))
+        return np.frombuffer(ck.mrs_finish(st), dtype=np.float32)
+
+    return replay_sum(mags, n, v, threads, piece, lane_sums)

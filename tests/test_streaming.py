@@ -79,20 +79,43 @@ def test_ternarize_blocks_zero_and_nan():
         ternarize_blocks(_reader(bad), (64, 300), name="x.weight", block=1000)
 
 
-def test_ternarize_blocks_catches_a_wrong_mean(monkeypatch):
-    """The comparison above can fail: a sum off by one ulp changes the scale bytes."""
+@pytest.mark.parametrize("summer", ["exact_sum", "exact_abs_sum_bf16"])
+def test_ternarize_blocks_catches_a_wrong_mean(summer, monkeypatch):
+    """The comparison above can fail: a sum off by one ulp (numpy replay or the C kernels) changes the scale bytes."""
     g = torch.Generator().manual_seed(5)
     w = (torch.randn(200, 700, generator=g) * 0.02).bfloat16()
-    real = torchsum.exact_sum
-    monkeypatch.setattr(torchsum, "exact_sum", lambda *a, **k: np.nextafter(real(*a, **k), np.float32(1)))
+    whole = ternarize(w)
+    real = getattr(torchsum, summer)
+    monkeypatch.setattr(torchsum, summer, lambda *a, **k: np.nextafter(real(*a, **k), np.float32(1)))
+    if summer == "exact_sum":
+        monkeypatch.setenv("BITCONV_PURE_PYTHON", "1")
     got = ternarize_blocks(_reader(w), (200, 700), block=4096)
-    assert np.float32(got.scale).tobytes() != np.float32(ternarize(w).scale).tobytes()
+    assert np.float32(got.scale).tobytes() != np.float32(whole.scale).tobytes()
 
 
 def test_uncalibrated_build_falls_back(monkeypatch):
     monkeypatch.setattr(torchsum, "exact_sum", lambda *a, **k: None)
+    monkeypatch.setattr(torchsum, "exact_abs_sum_bf16", lambda *a, **k: None)
     w = torch.randn(8, 8).bfloat16()
     assert ternarize_blocks(_reader(w), (8, 8)) is None
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("piece", [64, 4096, 1 << 20])
+def test_streamed_c_sum_equals_torch(threads, piece):
+    """The C kernels' streamed multi_row_sum (rows fed a piece at a time) gives torch's float32 sum of |w|."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for i, n in enumerate([5, 4099, torchsum.GRAIN + 5, 3 * torchsum.GRAIN + 17, 16 * 16 * 16 * 32 * 2 + 9,
+                               1_000_003]):
+            w = (torch.randn(n, generator=torch.Generator().manual_seed(i)) * 2.0).bfloat16()
+            bits = w.view(torch.int16).numpy()
+            got = torchsum.exact_abs_sum_bf16(lambda s, c, b=bits: b[s:s + c], n, piece=piece)
+            assert got is not None
+            assert np.float32(got).tobytes() == w.float().abs().sum().numpy().tobytes(), (n, threads, piece)
+    finally:
+        torch.set_num_threads(old)
 
 
 def _files(folder):
