@@ -163,3 +163,24 @@ def test_console_script_no_traceback_unless_debug(tmp_path):
     assert r.returncode == 2 and r.stderr.startswith("error: ") and "Traceback" not in r.stderr
     r = subprocess.run(cmd, capture_output=True, text=True, env={**env, "BITCONV_DEBUG": "1"})
     assert r.returncode != 0 and "Traceback" in r.stderr and "SourceError" in r.stderr
+
+
+def test_console_script_exits_at_once_with_every_byte_and_code(models, tmp_path):
+    """The executable ends without the interpreter's teardown (`_entry._exit_now`): the exit code, stdout and the
+    written files are complete; a closed stdout pipe gives no traceback."""
+    env = {k: v for k, v in os.environ.items() if k != "BITCONV_DEBUG"}
+    base = [sys.executable, "-m", "bitconv"]
+    r = subprocess.run([*base, "layouts", "--json"], capture_output=True, text=True, env=env)
+    assert r.returncode == 0 and json.loads(r.stdout)["command"] == "layouts"
+    out = tmp_path / "m.gguf"
+    r = subprocess.run([*base, "pack", str(models()), "--to", "gguf", "--type", "tq2_0", "-o", str(out), "--json"],
+                       capture_output=True, text=True, env=env)
+    doc = json.loads(r.stdout)
+    assert r.returncode == 0 and doc["ok"] and out.stat().st_size == doc["bytes"]
+    r = subprocess.run([*base, "pack", str(tmp_path / "nope"), "--to", "hf", "-o", str(tmp_path / "o")],
+                       capture_output=True, text=True, env=env)
+    assert r.returncode == 2 and r.stderr.startswith("error: ")
+    p = subprocess.Popen([*base, "inspect", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    p.stdout.close()  # closed before bitconv writes: its first write meets a broken pipe
+    err = p.stderr.read().decode()
+    assert p.wait() in (0, 1) and "Traceback" not in err, err

@@ -48,7 +48,7 @@ class _Group(TyperGroup):
         except click_exc.ClickException as e:
             render.error(e.format_message())
             sys.exit(e.exit_code)
-        except click_exc.Abort:
+        except typer.Abort:  # (typer >= 0.29 vendors click without click's Abort; typer.Abort is the one raised)
             render.error("interrupted; no output was left behind")
             sys.exit(130)
         sys.exit(rv if isinstance(rv, int) else 0)
