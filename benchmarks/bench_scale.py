@@ -2,7 +2,7 @@
 
     python benchmarks/bench_scale.py --size 2b4t|8b|70b [--routes hf,i2_s,tq2_0,tq1_0,tl1,tl2,iq2_bn,iq1_bn,f16,
                                                                quantize,roundtrip,parity]
-                                     [--workdir DIR] [--keep] [--no-baseline] [--pattern]
+                                     [--workdir DIR] [--keep] [--no-baseline] [--pattern] [--repeat N]
 
 * 2b4t: hidden 2560 / ffn 6912 / 30 layers / vocab 128256, untied (2.7 B params, 5.5 GB bf16), random data.
 * 8b:   Llama-3-8B shapes, 4096 / 14336 / 32 layers / vocab 128256 (8.0 B params, 16 GB), random data generated
@@ -14,7 +14,8 @@
 
 `roundtrip` and `parity` time `bitconv verify` of the `hf` route's output against the master (`--no-parity`, and
 the full verify with parity on its default 2 x 64 tokens); list them after `hf`. Each route runs in a fresh process;
-wall time around it, CPU time (user + sys), peak RSS = the child's ru_maxrss (measured through a small launcher so
+wall time around it, CPU time (user and sys apart: sys is the kernel's page-cache and page-fault work, which
+moves the walls on a virtual machine), peak RSS = the child's ru_maxrss (measured through a small launcher so
 the parent's own peak is not inherited), params/s = parameters / wall, and the 1-minute load average before it.
 Before each route, `--dry-run --json` gives bitconv's planned peak, printed next to the measured one. The baseline
 is the naive torch packer (transformers' recipe on whole tensors: load each shard whole, w.float().abs().mean(),
@@ -28,6 +29,7 @@ import json
 import math
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -131,13 +133,13 @@ def generate(folder: Path, size: str, sparse: bool, pattern: bool) -> None:
     del np
 
 
-def child_peak(argv: list[str], threads: int) -> tuple[float, float, float]:
-    """Run argv, return (wall s, cpu s, peak RSS MiB) of that child alone."""
+def child_peak(argv: list[str], threads: int) -> tuple[float, float, float, float]:
+    """Run argv, return (wall s, user s, sys s, peak RSS MiB) of that child alone."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     code = ("import json,os,resource,subprocess,sys,time;t=time.perf_counter();"
             "subprocess.run(json.loads(sys.argv[1]),check=True,stdout=subprocess.DEVNULL);"
             "r=resource.getrusage(resource.RUSAGE_CHILDREN);"
-            "print(json.dumps([time.perf_counter()-t,r.ru_utime+r.ru_stime,r.ru_maxrss/1024]))")
+            "print(json.dumps([time.perf_counter()-t,r.ru_utime,r.ru_stime,r.ru_maxrss/1024]))")
     out = subprocess.run([sys.executable, "-c", code, json.dumps(argv)], env=env, cwd=ROOT, check=True,
                          capture_output=True, text=True).stdout
     return tuple(json.loads(out.strip().splitlines()[-1]))
@@ -168,6 +170,7 @@ def main() -> None:
     ap.add_argument("--no-baseline", action="store_true")
     ap.add_argument("--pattern", action="store_true", help="70b: one random row per tensor instead of all holes")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeat", type=int, default=1, help="run the route list N times; print medians")
     a = ap.parse_args()
     work = a.workdir or Path(tempfile.mkdtemp(prefix=f"bitconv-bench-{a.size}-"))
     sparse = a.size == "70b"
@@ -182,32 +185,49 @@ def main() -> None:
         out = work / "out"
         out.mkdir(exist_ok=True)
         hf_wall = hf_cpu = None
-        print(f"{'route':10s} {'wall s':>8s} {'cpu s':>8s} {'M params/s':>11s} {'peak MiB':>9s} {'planned MiB':>11s} "
-              f"{'load':>5s}")
-        for route in a.routes.split(","):
-            if route in VERIFY:  # checks the `hf` route's output (run `hf` first), no plan to compare with
-                args = ["verify", str(out / "hf"), "--ref", str(src), *VERIFY[route].split()]
-                plan = float("nan")
-            else:
-                args = [x.format(src=src, out=out) for x in ROUTES[route]]
-                plan = planned_peak(args)
-            load = os.getloadavg()[0]  # other jobs on the machine: walls are only comparable at similar loads
-            wall, cpu, rss = child_peak([sys.executable, "-m", "bitconv", *args], a.threads)
-            print(f"{route:10s} {wall:8.2f} {cpu:8.2f} {n_params / wall / 1e6:11.1f} {rss:9.1f} {plan:11.1f} "
-                  f"{load:5.1f}", flush=True)
-            if route == "hf":
-                hf_wall, hf_cpu = wall, cpu
-            for f in out.iterdir():  # keep the HF output for the verify routes
-                if f.name != "hf":
-                    shutil.rmtree(f) if f.is_dir() else f.unlink()
+        head = (f"{'route':10s} {'wall s':>8s} {'user s':>7s} {'sys s':>7s} {'M params/s':>11s} {'peak MiB':>9s} "
+                f"{'planned MiB':>11s} {'load':>5s}")
+        runs: dict[str, list[tuple[float, float, float, float]]] = {}
+        plans: dict[str, float] = {}
+        for rep in range(a.repeat):
+            print(head if a.repeat == 1 else f"run {rep + 1} of {a.repeat}\n{head}")
+            for route in a.routes.split(","):
+                if route in VERIFY:  # checks the `hf` route's output (run `hf` first), no plan to compare with
+                    args = ["verify", str(out / "hf"), "--ref", str(src), *VERIFY[route].split()]
+                    plan = float("nan")
+                else:
+                    args = [x.format(src=src, out=out) for x in ROUTES[route]]
+                    plan = plans[route] if route in plans else planned_peak(args)
+                plans[route] = plan
+                load = os.getloadavg()[0]  # other jobs on the machine: walls are only comparable at similar loads
+                wall, user, sys_s, rss = child_peak([sys.executable, "-m", "bitconv", *args], a.threads)
+                runs.setdefault(route, []).append((wall, user, sys_s, rss))
+                print(f"{route:10s} {wall:8.2f} {user:7.2f} {sys_s:7.2f} {n_params / wall / 1e6:11.1f} {rss:9.1f} "
+                      f"{plan:11.1f} {load:5.1f}", flush=True)
+                for f in out.iterdir():  # keep the HF output for the verify routes
+                    if f.name != "hf":
+                        shutil.rmtree(f) if f.is_dir() else f.unlink()
+        if a.repeat > 1:  # medians (wall: with its min-max), the largest peak
+            print(f"median of {a.repeat} runs\n{'route':10s} {'wall s':>8s} {'(min-max)':>13s} {'user s':>7s} "
+                  f"{'sys s':>7s} {'M params/s':>11s} {'peak MiB':>9s} {'planned MiB':>11s}")
+            for route, rs in runs.items():
+                wall, user, sys_s = (statistics.median(r[i] for r in rs) for i in range(3))
+                lo, hi = min(r[0] for r in rs), max(r[0] for r in rs)
+                print(f"{route:10s} {wall:8.2f} {f'({lo:.2f}-{hi:.2f})':>13s} {user:7.2f} {sys_s:7.2f} "
+                      f"{n_params / wall / 1e6:11.1f} {max(r[3] for r in rs):9.1f} {plans[route]:11.1f}")
+        if "hf" in runs:
+            hf_wall = statistics.median(r[0] for r in runs["hf"])
+            hf_cpu = statistics.median(r[1] + r[2] for r in runs["hf"])
         if not a.no_baseline:
             need = 2.6 * max(f.stat().st_size for f in src.glob("*.safetensors"))
             if need > mem_available() / 2:
                 print(f"naive      skipped: needs about {need / 2**30:.1f} GiB, more than half of what is free")
             else:
-                wall, cpu, rss = child_peak([sys.executable, str(ROOT / "benchmarks" / "naive_pack.py"), str(src),
-                                             str(out / "naive")], a.threads)
-                print(f"{'naive hf':10s} {wall:8.2f} {cpu:8.2f} {n_params / wall / 1e6:11.1f} {rss:9.1f}")
+                wall, user, sys_s, rss = child_peak([sys.executable, str(ROOT / "benchmarks" / "naive_pack.py"),
+                                                     str(src), str(out / "naive")], a.threads)
+                cpu = user + sys_s
+                print(f"{'naive hf':10s} {wall:8.2f} {user:7.2f} {sys_s:7.2f} {n_params / wall / 1e6:11.1f} "
+                      f"{rss:9.1f}")
                 if hf_wall is not None:
                     print(f"naive / bitconv `pack --to hf`: {wall / hf_wall:.1f}x wall, {cpu / hf_cpu:.1f}x CPU")
     finally:

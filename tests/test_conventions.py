@@ -451,14 +451,16 @@ def test_readme_structure():
     assert len(intro.splitlines()) <= 3 and "BitNet b1.58" in intro
     heads = [ln for ln in lines if ln.startswith("## ")]
     assert [h.split(":")[0] for h in heads] == ["## Install", "## Quickstart", "## Commands",
-                                                "## Where each file runs", "## CI", "## Layout of the code",
-                                                "## Documentation"], heads
+                                                "## Where each file runs", "## CI", "## Benchmarks",
+                                                "## Layout of the code", "## Documentation"], heads
     install = text.split("## Install")[1].split("## ")[0]
     assert "pip install bitconv" in install and install.count("python3 -m venv .venv") == 2
     quick = text.split("## Quickstart")[1].split("## ")[0]
     block = re.search(r"```console\n(.*?)```", quick, re.S)[1].splitlines()
     assert sum(ln.startswith("$ bitconv ") for ln in block) >= 4 and sum(ln.startswith("wrote ") for ln in block) >= 2
     assert re.search(r"uses: [\w.-]+/bitconv@v\d", text.split("## CI")[1])
+    bench = text.split("## Benchmarks")[1].split("\n## ")[0]  # issue 15: the table shows the three sizes
+    assert all(f"| {size}" in bench for size in ("2B4T", "8B", "70B")) and "bench_scale.py" in bench
     code = text.split("## Layout of the code")[1].split("\n## ")[0]  # issue 10: one diagram, a paragraph per folder
     assert code.count("```") == 2 and "**Add a layout**" in code and "**Add a container**" in code
     for folder in ("core/", "formats/", "layouts/", "sources/", "sinks/", "verify/", "cli/"):
