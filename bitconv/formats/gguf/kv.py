@@ -120,8 +120,9 @@ def encode_value(vtype: ValueType, value: Any, item_type: ValueType | None = Non
             raise ValueError("an ARRAY value needs its item type")
         items = list(value) if item_type == ValueType.STRING else np.asarray(value, dtype=SCALARS[item_type][1])
         head = struct.pack("<IQ", item_type, len(items))
-        if item_type == ValueType.STRING:
-            return head + b"".join(encode_string(s) for s in items)
+        if item_type == ValueType.STRING:  # encode_string inlined: a vocabulary is ~10^5 strings
+            raws = [s.encode("utf-8", "surrogateescape") if isinstance(s, str) else bytes(s) for s in items]
+            return head + b"".join([len(r).to_bytes(8, "little") + r for r in raws])
         if item_type == ValueType.ARRAY:
             raise ValueError("nested arrays are not written by bitconv")
         return head + items.tobytes()
