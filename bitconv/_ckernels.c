@@ -478,33 +478,6 @@ static PyObject *mrs_finish(PyObject *self, PyObject *args) {
     return PyBytes_FromStringAndSize((const char *)out, (Py_ssize_t)m->lanes * (Py_ssize_t)sizeof(float));
 }
 
-/* f16_of_bf16(bits, out): bf16 -> IEEE half, round to nearest even (torch's and numpy's cast through float32, which is
- * exact for bf16); a NaN stays a quiet NaN with its sign and top payload bits, as torch writes it. */
-static PyObject *f16_of_bf16(PyObject *self, PyObject *args) {
-    Py_buffer in, out;
-    if (!PyArg_ParseTuple(args, "y*w*", &in, &out)) return NULL;
-    if (in.len % 2 || out.len != in.len) {
-        PyBuffer_Release(&in);
-        PyBuffer_Release(&out);
-        PyErr_SetString(PyExc_ValueError, "f16_of_bf16: out must have the size of in (2 bytes per value)");
-        return NULL;
-    }
-    Py_BEGIN_ALLOW_THREADS
-    const uint16_t *b = (const uint16_t *)in.buf;
-    uint16_t *o = (uint16_t *)out.buf;
-    Py_ssize_t n = in.len / 2;
-    for (Py_ssize_t i = 0; i < n; ++i) {
-        uint32_t u = (uint32_t)b[i] << 16;
-        float f;
-        memcpy(&f, &u, sizeof f);
-        o[i] = half_of(f);
-    }
-    Py_END_ALLOW_THREADS
-    PyBuffer_Release(&in);
-    PyBuffer_Release(&out);
-    Py_RETURN_NONE;
-}
-
 static PyMethodDef methods[] = {
     {"abs_sum_bf16", abs_sum_bf16, METH_VARARGS, "torch's float32 sum of |w| for bf16 bit patterns (threads, lanes)."},
     {"codes_bf16", codes_bf16, METH_VARARGS, "ternary codes of bf16 bit patterns for a magnitude threshold."},
@@ -515,7 +488,6 @@ static PyMethodDef methods[] = {
     {"mrs_new", mrs_new, METH_VARARGS, "state of a streamed multi_row_sum (size rows, lanes)."},
     {"mrs_feed_bf16", mrs_feed_bf16, METH_VARARGS, "feed whole rows of bf16 bit patterns (|w| summed)."},
     {"mrs_finish", mrs_finish, METH_VARARGS, "the lane sums (float32 bytes) once every row was fed."},
-    {"f16_of_bf16", f16_of_bf16, METH_VARARGS, "bf16 bit patterns -> IEEE half bit patterns (round to nearest even)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -32,12 +32,7 @@ def _f32(x: torch.Tensor) -> np.ndarray:
 
 def _f16(x: torch.Tensor) -> np.ndarray:
     # round to nearest even, as the converters' float32 .astype(np.float16); bf16 -> f16 goes through float32 exactly
-    ck = native.kernels()
-    if x.dtype == torch.bfloat16 and ck is not None:  # the same bits in one C pass, without torch's thread pool
-        out = np.empty(tuple(x.shape), dtype=np.float16)
-        ck.f16_of_bf16(x.contiguous().view(torch.int16).numpy(), out)
-        return out
-    return x.to(torch.float16).contiguous().numpy()
+    return x.to(torch.float16).contiguous().numpy()  # (a scalar C loop measured 2.8x slower than torch here)
 
 
 def _bf16(x: torch.Tensor) -> np.ndarray:
