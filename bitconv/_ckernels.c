@@ -1,11 +1,12 @@
-/* bitconv._ckernels: the two inner loops of bf16 ternarization, in C (optional; bitconv.quant falls back to numpy).
+/* bitconv._ckernels: the inner loops of ternarization and packing, in C (optional; bitconv.core.native; the callers
+ * fall back to their numpy code, which writes the same bytes).
  *
  * abs_sum_bf16(bits, threads, lanes) -> float
  *     torch's float32 `sum` of |w| for a contiguous bf16 tensor (given as its uint16 bit patterns), in exactly the
  *     order bitconv.torchsum replays (ATen cascade_sum: `threads` per-thread ranges, `lanes`-wide vectors, four of
  *     them per row, multi_row_sum's four accumulator levels). One pass over the bf16 data: |w| is made in registers,
  *     never stored. Every step is one IEEE float32 addition in torch's order, so the build must not reassociate or
- *     contract floating point (setup.py compiles with -O2 -fno-fast-math -ffp-contract=off); tests compare it with
+ *     contract floating point (setup.py compiles with -O3 -fno-fast-math -ffp-contract=off); tests compare it with
  *     torch's own sum and with torchsum.replay_sum.
  * codes_bf16(bits, out, threshold) -> None
  *     out[i] = +1 if bits[i] is positive with magnitude bits > threshold, -1 if negative with magnitude > threshold,
@@ -43,47 +44,67 @@ static int ceil_log2(int64_t x) {
     return r;
 }
 
-/* multi_row_sum over `size` rows of `lanes` values starting at `src` (row r = src[r*lanes .. r*lanes+lanes)), into
- * out[lanes]. `f32` selects float32 input (else bf16 magnitudes). */
-static void multi_row_sum(const void *src, int64_t size, int lanes, int f32, float *out) {
-    float acc[LEVELS][MAX_LANES];
-    memset(acc, 0, sizeof acc);
+/* ATen's multi_row_sum: row r is added lane-wise to level 0; whenever a block of 2^p rows ends, level j-1 is added
+ * into level j and cleared, climbing while the row count is a multiple of 2^(j*p); rows after the last whole block
+ * stay in level 0; the result folds levels 1..3 into level 0 in order. These three steps serve both the
+ * whole-tensor sum (multi_row_sum) and the streamed one (the MRS state of mrs_*, fed a block of rows at a time). */
+typedef float Levels[LEVELS][MAX_LANES];
+
+/* Add n rows of `lanes` values from `src` (float32 when `f32`, else bf16 bit patterns taken as |w|) to a0. */
+static void add_rows(float *restrict a0, const void *src, int64_t n, int lanes, int f32) {
+    if (f32) {
+        const float *f = (const float *)src;
+        for (int64_t r = 0; r < n; ++r, f += lanes)
+            for (int k = 0; k < lanes; ++k) a0[k] += f[k];
+    } else {
+        const uint16_t *b = (const uint16_t *)src;
+        for (int64_t r = 0; r < n; ++r, b += lanes)
+            for (int k = 0; k < lanes; ++k) a0[k] += mag(b[k]);
+    }
+}
+
+/* The cascade after the block that ends at row count i (a multiple of 2^p). */
+static void cascade(Levels acc, int64_t i, int p, int lanes) {
+    const int64_t mask = ((int64_t)1 << p) - 1;
+    for (int j = 1; j < LEVELS; ++j) {
+        for (int k = 0; k < lanes; ++k) {
+            acc[j][k] += acc[j - 1][k];
+            acc[j - 1][k] = 0.0f;
+        }
+        if ((i & (mask << (j * p))) != 0) break;
+    }
+}
+
+static void fold(Levels acc, int lanes, float *out) {
+    for (int k = 0; k < lanes; ++k) {
+        float a = acc[0][k];
+        for (int j = 1; j < LEVELS; ++j) a += acc[j][k];
+        out[k] = a;
+    }
+}
+
+static int level_power(int64_t size) {
     int p = ceil_log2(size) / LEVELS;
-    if (p < 4) p = 4;
-    const int64_t step = (int64_t)1 << p, mask = step - 1;
+    return p < 4 ? 4 : p;
+}
+
+static inline const void *row_at(const void *src, int64_t row, int lanes, int f32) {
+    return (const char *)src + row * lanes * (f32 ? 4 : 2);
+}
+
+/* multi_row_sum over `size` rows of `lanes` values at `src` (row r = src[r*lanes .. r*lanes+lanes)), into out. */
+static void multi_row_sum(const void *src, int64_t size, int lanes, int f32, float *out) {
+    Levels acc;
+    memset(acc, 0, sizeof acc);
+    const int p = level_power(size);
+    const int64_t step = (int64_t)1 << p;
     int64_t i = 0;
-    const uint16_t *b16 = (const uint16_t *)src;
-    const float *f = (const float *)src;
-    for (; i + step <= size;) {
-        for (int64_t j = 0; j < step; ++j, ++i) {
-            if (f32) {
-                const float *row = f + i * lanes;
-                for (int k = 0; k < lanes; ++k) acc[0][k] += row[k];
-            } else {
-                const uint16_t *row = b16 + i * lanes;
-                for (int k = 0; k < lanes; ++k) acc[0][k] += mag(row[k]);
-            }
-        }
-        for (int j = 1; j < LEVELS; ++j) {
-            for (int k = 0; k < lanes; ++k) {
-                acc[j][k] += acc[j - 1][k];
-                acc[j - 1][k] = 0.0f;
-            }
-            if ((i & (mask << (j * p))) != 0) break;
-        }
+    for (; i + step <= size; i += step) {
+        add_rows(acc[0], row_at(src, i, lanes, f32), step, lanes, f32);
+        cascade(acc, i + step, p, lanes);
     }
-    for (; i < size; ++i) {
-        if (f32) {
-            const float *row = f + i * lanes;
-            for (int k = 0; k < lanes; ++k) acc[0][k] += row[k];
-        } else {
-            const uint16_t *row = b16 + i * lanes;
-            for (int k = 0; k < lanes; ++k) acc[0][k] += mag(row[k]);
-        }
-    }
-    for (int j = 1; j < LEVELS; ++j)
-        for (int k = 0; k < lanes; ++k) acc[0][k] += acc[j][k];
-    memcpy(out, acc[0], (size_t)lanes * sizeof(float));
+    add_rows(acc[0], row_at(src, i, lanes, f32), size - i, lanes, f32);
+    fold(acc, lanes, out);
 }
 
 static inline float load(const void *src, int64_t i, int f32) {
@@ -389,13 +410,12 @@ static PyObject *q8_0_bf16(PyObject *self, PyObject *args) {
 
 /* ------------------------------------------------------------------------------------ streamed multi_row_sum
  * mrs_new(size, lanes) -> bytearray; mrs_feed_bf16(state, bits); mrs_finish(state) -> bytes (lanes float32)
- * multi_row_sum over `size` rows of `lanes` |bf16| values fed in order in pieces of whole rows: the same float32
- * additions as multi_row_sum above (a level-0 block of 2^p rows cascades into the higher levels when it ends; the
- * rows after the last whole block stay in level 0), for tensors read a block at a time. */
+ * multi_row_sum's steps (add_rows, cascade, fold) on a state kept in a bytearray between calls, for tensors read a
+ * block of whole rows at a time. */
 typedef struct {
     int64_t size, i;
     int32_t p, lanes;
-    float acc[LEVELS][MAX_LANES];
+    Levels acc;
 } MRS;
 
 static PyObject *mrs_new(PyObject *self, PyObject *args) {
@@ -412,8 +432,7 @@ static PyObject *mrs_new(PyObject *self, PyObject *args) {
     memset(m, 0, sizeof *m);
     m->size = size;
     m->lanes = lanes;
-    int p = ceil_log2(size) / LEVELS;
-    m->p = p < 4 ? 4 : p;
+    m->p = level_power(size);
     return st;
 }
 
@@ -439,21 +458,16 @@ static PyObject *mrs_feed_bf16(PyObject *self, PyObject *args) {
         return NULL;
     }
     Py_BEGIN_ALLOW_THREADS
+    const int64_t step = (int64_t)1 << m->p;
     const uint16_t *b = (const uint16_t *)in.buf;
-    const int64_t step = (int64_t)1 << m->p, mask = step - 1;
-    for (Py_ssize_t r = 0; r < rows; ++r) {
-        const uint16_t *row = b + r * lanes;
-        for (int k = 0; k < lanes; ++k) m->acc[0][k] += mag(row[k]);
-        m->i++;
-        if ((m->i & mask) == 0) {
-            for (int j = 1; j < LEVELS; ++j) {
-                for (int k = 0; k < lanes; ++k) {
-                    m->acc[j][k] += m->acc[j - 1][k];
-                    m->acc[j - 1][k] = 0.0f;
-                }
-                if ((m->i & (mask << (j * m->p))) != 0) break;
-            }
-        }
+    while (rows > 0) {  /* up to the next block end, then its cascade */
+        int64_t n = step - m->i % step;
+        if (n > rows) n = rows;
+        add_rows(m->acc[0], b, n, lanes, 0);
+        b += n * lanes;
+        rows -= n;
+        m->i += n;
+        if (m->i % step == 0) cascade(m->acc, m->i, m->p, lanes);
     }
     Py_END_ALLOW_THREADS
     PyBuffer_Release(&in);
@@ -470,11 +484,7 @@ static PyObject *mrs_finish(PyObject *self, PyObject *args) {
         return NULL;
     }
     float out[MAX_LANES];
-    for (int k = 0; k < m->lanes; ++k) {
-        float a = m->acc[0][k];
-        for (int j = 1; j < LEVELS; ++j) a += m->acc[j][k];
-        out[k] = a;
-    }
+    fold(m->acc, m->lanes, out);
     return PyBytes_FromStringAndSize((const char *)out, (Py_ssize_t)m->lanes * (Py_ssize_t)sizeof(float));
 }
 

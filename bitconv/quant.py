@@ -25,7 +25,6 @@ from bitconv.core.tensors import EPS, Ternary
 COMPUTE_MODES = ("float32", "bfloat16")
 
 
-
 def native_kernels() -> bool:
     """Whether bf16 ternarization runs in the C kernels (`bitconv.core.native`; numpy gives the same bytes)."""
     return native.kernels() is not None
