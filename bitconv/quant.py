@@ -192,17 +192,12 @@ BlockReader = Callable[[int, int], torch.Tensor]  # (first element, count) -> 1-
 # at a time as well (three passes over a piece that stays in cache instead of over the whole tensor).
 CHUNKED_MIN_ELEMS = 1 << 20
 CHUNK_ELEMS = 1 << 18
-_U16, _SIGN_OFF = np.uint32(16), np.uint32(0x7FFFFFFF)
 
 
 def _bf16_magnitudes(w: torch.Tensor, out: np.ndarray) -> np.ndarray:
-    """|w| as float32 (bf16 -> float32 is exact: the 16 bits moved up, then the sign cleared), into `out`; in numpy
-    on this thread, so torch's intra-op pool is not woken for each piece."""
-    mag = out.view(np.uint32)
-    np.copyto(mag, w.view(torch.int16).numpy().view(np.uint16))
-    np.left_shift(mag, _U16, out=mag)
-    np.bitwise_and(mag, _SIGN_OFF, out=mag)
-    return out
+    """|w| as float32 into `out` (`torchsum.bf16_magnitudes` of its bits; numpy on this thread, so torch's intra-op
+    pool is not woken for each piece)."""
+    return torchsum.bf16_magnitudes(w.view(torch.int16).numpy(), out)
 
 
 def ternarize_blocks(read: BlockReader, shape: tuple[int, ...], *, name: str | None = None,

@@ -223,6 +223,20 @@ def exact_sum(read: Reader, n: int, piece: int = 1 << 22) -> np.float32 | None:
     return replay_sum(read, n, v, threads, piece)
 
 
+_U16, _SIGN_OFF = np.uint32(16), np.uint32(0x7FFFFFFF)
+
+
+def bf16_magnitudes(bits: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """|w| as float32 from bf16 bit patterns (int16 or uint16): the 16 bits moved up (bf16 -> float32 is exact), the
+    sign cleared; into `out` (float32, the same size) when given."""
+    out = np.empty(bits.shape, dtype=np.float32) if out is None else out
+    mag = out.view(np.uint32)
+    np.copyto(mag, bits.view(np.uint16))
+    np.left_shift(mag, _U16, out=mag)
+    np.bitwise_and(mag, _SIGN_OFF, out=mag)
+    return out
+
+
 def exact_abs_sum_bf16(read_bits: Callable[[int, int], np.ndarray], n: int, piece: int = 1 << 22) \
         -> np.float32 | None:
     """torch's float32 sum of |w| for n bf16 values whose bit patterns (int16) `read_bits(start, count)` gives, the
@@ -235,8 +249,7 @@ def exact_abs_sum_bf16(read_bits: Callable[[int, int], np.ndarray], n: int, piec
         return None
 
     def mags(start: int, count: int) -> np.ndarray:
-        bits = read_bits(start, count).view(np.uint16).astype(np.uint32)
-        return (np.left_shift(bits, 16) & np.uint32(0x7FFFFFFF)).view(np.float32)
+        return bf16_magnitudes(read_bits(start, count))
 
     def lane_sums(start: int, size_ilp: int, lanes: int, piece: int) -> np.ndarray:
         st = ck.mrs_new(size_ilp, lanes)
