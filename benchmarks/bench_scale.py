@@ -1,8 +1,10 @@
 """Benchmark: memory and speed at 2B4T, 8B and 70B shapes, with a naive torch packer side by side.
 
     python benchmarks/bench_scale.py --size 2b4t|8b|70b [--routes hf,i2_s,tq2_0,tq1_0,tl1,tl2,iq2_bn,iq1_bn,f16,
-                                                               quantize,roundtrip,parity]
-                                     [--workdir DIR] [--keep] [--no-baseline] [--pattern] [--repeat N]
+                                                               quantize,unpack,roundtrip,parity,
+                                                               nanotron,nt-hf,nt-i2_s]
+                                     [--arch bitnet|llama] [--layers N] [--workdir DIR] [--keep] [--no-baseline]
+                                     [--pattern] [--repeat N]
 
 * 2b4t: hidden 2560 / ffn 6912 / 30 layers / vocab 128256, untied (2.7 B params, 5.5 GB bf16), random data.
 * 8b:   Llama-3-8B shapes, 4096 / 14336 / 32 layers / vocab 128256 (8.0 B params, 16 GB), random data generated
@@ -13,7 +15,10 @@
         every tensor (a few MB of real data) so the scales and codes are not all zero.
 
 `roundtrip` and `parity` time `bitconv verify` of the `hf` route's output against the master (`--no-parity`, and
-the full verify with parity on its default 2 x 64 tokens); list them after `hf`. Each route runs in a fresh process;
+the full verify with parity on its default 2 x 64 tokens); list them, and `unpack`, after `hf`. The Nanotron routes
+need `--arch llama` (a Llama-architecture BitNet master, as nanotron's PR #180 exports: nanotron has no sub-norms):
+`nanotron` converts the master to a Nanotron checkpoint (TP=1), then `nt-hf` converts it back to an HF bf16 master
+and `nt-i2_s` packs it to GGUF I2_S (list them after `nanotron`). Each route runs in a fresh process;
 wall time around it, CPU time (user and sys apart: sys is the kernel's page-cache and page-fault work, which
 moves the walls on a virtual machine), peak RSS = the child's ru_maxrss (measured through a small launcher so
 the parent's own peak is not inherited), params/s = parameters / wall, and the 1-minute load average before it.
@@ -51,12 +56,23 @@ ROUTES = {
     "quantize": ["quantize", "{src}", "-o", "{out}/ternary", "--overwrite"],
     **{t: ["pack", "{src}", "--to", "gguf", "--type", t, "-o", "{out}/" + t + ".gguf", "--overwrite"]
        for t in ("i2_s", "tq2_0", "tq1_0", "tl1", "tl2", "iq2_bn", "iq1_bn", "f16")},
+    "unpack": ["unpack", "{out}/hf", "-o", "{out}/unpacked", "--overwrite"],  # after `hf`
+    # --arch llama (a Llama-architecture BitNet master: nanotron holds no sub-norms): HF -> Nanotron -> HF
+    "nanotron": ["convert", "{src}", "--to", "nanotron", "-o", "{out}/nt", "--overwrite"],
+    "nt-hf": ["convert", "{out}/nt", "--to", "hf-bf16", "-o", "{out}/nt-hf", "--overwrite"],  # after `nanotron`
+    "nt-i2_s": ["pack", "{out}/nt", "--to", "gguf", "--type", "i2_s", "-o", "{out}/nt.gguf", "--overwrite"],
 }
+KEPT = ("hf", "nt")  # outputs later routes read
 VERIFY = {"roundtrip": "--no-parity", "parity": ""}  # verify the `hf` route's output against the master
 
 
-def shapes(size: str) -> dict[str, tuple[int, ...]]:
+def dims(size: str, layers: int | None = None) -> tuple:
     h, ff, n_layers, nh, nkv, v, tied = SIZES[size]
+    return h, ff, layers or n_layers, nh, nkv, v, tied
+
+
+def shapes(size: str, arch: str = "bitnet", layers: int | None = None) -> dict[str, tuple[int, ...]]:
+    h, ff, n_layers, nh, nkv, v, tied = dims(size, layers)
     hd = h // nh
     out: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (v, h), "model.norm.weight": (h,)}
     if not tied:
@@ -69,18 +85,28 @@ def shapes(size: str) -> dict[str, tuple[int, ...]]:
                     p + "self_attn.attn_sub_norm.weight": (h,), p + "mlp.gate_proj.weight": (ff, h),
                     p + "mlp.up_proj.weight": (ff, h), p + "mlp.down_proj.weight": (h, ff),
                     p + "mlp.ffn_sub_norm.weight": (ff,)})
+        if arch == "llama":
+            del out[p + "self_attn.attn_sub_norm.weight"], out[p + "mlp.ffn_sub_norm.weight"]
     return out
 
 
-def config(size: str) -> dict:
-    h, ff, n_layers, nh, nkv, v, tied = SIZES[size]
+def config(size: str, arch: str = "bitnet", layers: int | None = None) -> dict:
+    h, ff, n_layers, nh, nkv, v, tied = dims(size, layers)
+    if arch == "llama":  # transformers' Llama with BitNet online quantization (what nanotron's PR #180 exports)
+        return {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu", "hidden_size": h,
+                "intermediate_size": ff, "num_hidden_layers": n_layers, "num_attention_heads": nh,
+                "num_key_value_heads": nkv, "vocab_size": v, "max_position_embeddings": 4096, "rms_norm_eps": 1e-5,
+                "rope_theta": 500000.0, "tie_word_embeddings": tied, "torch_dtype": "bfloat16",
+                "quantization_config": {"quant_method": "bitnet", "linear_class": "autobitlinear",
+                                        "quantization_mode": "online"}}
     return {"architectures": ["BitNetForCausalLM"], "model_type": "bitnet", "hidden_act": "relu2", "hidden_size": h,
             "intermediate_size": ff, "num_hidden_layers": n_layers, "num_attention_heads": nh,
             "num_key_value_heads": nkv, "vocab_size": v, "max_position_embeddings": 4096, "rms_norm_eps": 1e-5,
             "rope_theta": 500000.0, "tie_word_embeddings": tied, "torch_dtype": "bfloat16"}
 
 
-def generate(folder: Path, size: str, sparse: bool, pattern: bool) -> None:
+def generate(folder: Path, size: str, sparse: bool, pattern: bool, arch: str = "bitnet",
+             layers: int | None = None) -> None:
     """Shards of <= 5 GB with an index; random values (tiled from a pool) or holes (sparse)."""
     import numpy as np
     import torch
@@ -89,7 +115,7 @@ def generate(folder: Path, size: str, sparse: bool, pattern: bool) -> None:
     from bitconv.sinks.hf import assign_shards, shard_names, write_json
 
     folder.mkdir(parents=True)
-    entries = [OutEntry(n, "BF16", s) for n, s in shapes(size).items()]
+    entries = [OutEntry(n, "BF16", s) for n, s in shapes(size, arch, layers).items()]
     groups = assign_shards(entries, SHARD_BYTES)
     names = shard_names(len(groups))
     g = torch.Generator().manual_seed(2025)
@@ -126,7 +152,7 @@ def generate(folder: Path, size: str, sparse: bool, pattern: bool) -> None:
         total = sum(e.nbytes for e in entries)
         write_json(folder / "model.safetensors.index.json",
                    {"metadata": {"total_size": total}, "weight_map": dict(sorted(wmap.items()))})
-    (folder / "config.json").write_text(json.dumps(config(size), indent=2))
+    (folder / "config.json").write_text(json.dumps(config(size, arch, layers), indent=2))
     from bench_2b4t import _add_tokenizer
 
     _add_tokenizer(folder)
@@ -170,16 +196,22 @@ def main() -> None:
     ap.add_argument("--no-baseline", action="store_true")
     ap.add_argument("--pattern", action="store_true", help="70b: one random row per tensor instead of all holes")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--arch", choices=("bitnet", "llama"), default="bitnet",
+                    help="llama: a Llama-architecture BitNet master (no sub-norms), for the nanotron routes")
+    ap.add_argument("--layers", type=int, default=None,
+                    help="fewer decoder layers, same tensor shapes (the peak depends on the shapes, not the count): "
+                         "for routes whose output would not fit the disk (70B to Nanotron writes 141 GB of bf16)")
     ap.add_argument("--repeat", type=int, default=1, help="run the route list N times; print medians")
     a = ap.parse_args()
     work = a.workdir or Path(tempfile.mkdtemp(prefix=f"bitconv-bench-{a.size}-"))
     sparse = a.size == "70b"
-    src = work / ("master-pattern" if a.pattern else "master")
-    n_params = sum(math.prod(s) for s in shapes(a.size).values())
+    src = work / (("master-pattern" if a.pattern else "master") + ("-llama" if a.arch == "llama" else "")
+                  + (f"-{a.layers}l" if a.layers else ""))
+    n_params = sum(math.prod(s) for s in shapes(a.size, a.arch, a.layers).values())
     try:
         if not src.exists():
             t0 = time.perf_counter()
-            generate(src, a.size, sparse, a.pattern)
+            generate(src, a.size, sparse, a.pattern, a.arch, a.layers)
             print(f"generated {a.size} master ({n_params / 1e9:.2f} B params, "
                   f"{'sparse' if sparse else 'random'}) in {time.perf_counter() - t0:.1f} s")
         out = work / "out"
@@ -204,8 +236,8 @@ def main() -> None:
                 runs.setdefault(route, []).append((wall, user, sys_s, rss))
                 print(f"{route:10s} {wall:8.2f} {user:7.2f} {sys_s:7.2f} {n_params / wall / 1e6:11.1f} {rss:9.1f} "
                       f"{plan:11.1f} {load:5.1f}", flush=True)
-                for f in out.iterdir():  # keep the HF output for the verify routes
-                    if f.name != "hf":
+                for f in out.iterdir():  # keep the outputs later routes read
+                    if f.name not in KEPT:
                         shutil.rmtree(f) if f.is_dir() else f.unlink()
         if a.repeat > 1:  # medians (wall: with its min-max), the largest peak
             print(f"median of {a.repeat} runs\n{'route':10s} {'wall s':>8s} {'(min-max)':>13s} {'user s':>7s} "

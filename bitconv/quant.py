@@ -209,26 +209,54 @@ def ternarize_blocks(read: BlockReader, shape: tuple[int, ...], *, name: str | N
 
     Returns None when this torch build's reduction order cannot be replayed: the caller ternarizes the whole tensor.
     """
-    if compute == "bfloat16":
-        return _ternarize_blocks_bf16(read, shape, name, block or BLOCK_ELEMS, ws or _DEFAULT_WS)
+    block = block or BLOCK_ELEMS
+    ws = ws or _DEFAULT_WS
+    s = block_scale(read, shape, name=name, block=block, ws=ws, compute=compute)
+    if s is None:
+        return None
+    n = int(np.prod(shape))
+    codes = np.empty(n, dtype=np.int8)
+    coder = BlockCoder(s, compute, ws)
+    for start in range(0, n, block):
+        count = min(block, n - start)
+        coder(read(start, count), codes[start:start + count])
+    return Ternary(codes.reshape(shape), coder.scale)
+
+
+def block_scale(read: BlockReader, shape: tuple[int, ...], *, name: str | None = None, block: int | None = None,
+                ws: Workspace | None = None, compute: str = "float32") -> torch.Tensor | None:
+    """`ternarize`'s s = 1 / max(mean |w|, EPS) (a float32 tensor; bf16 for compute="bfloat16"), from one pass of
+    blocks summed in torch's reduction order. None when that order cannot be replayed on this torch build."""
     block = block or BLOCK_ELEMS
     ws = ws or _DEFAULT_WS
     n = int(np.prod(shape))
+    if compute == "bfloat16":
+        if not _bf16_mean_replayable():
+            return None
+
+        def magnitudes16(start: int, count: int) -> np.ndarray:
+            a = ws.get("blk_abs", count, torch.float32)
+            a.copy_(read(start, count).to(torch.bfloat16).abs())
+            return a.numpy()
+
+        total = torchsum.exact_sum(magnitudes16, n, piece=block)
+        if total is None:
+            return None
+        m = torch.from_numpy(np.array(total, dtype=np.float32)).div_(n).to(torch.bfloat16)
+        _check_finite(m, name, torch.Size(shape))
+        return 1.0 / m.clamp(min=EPS)
 
     scratch: dict[str, np.ndarray] = {}
 
-    def buffer(key: str, count: int, dtype: torch.dtype) -> np.ndarray:
-        """This call's scratch arrays (from the thread's workspace, looked up once, not for every piece)."""
-        buf = scratch.get(key)
-        if buf is None or buf.size < count:
-            buf = scratch[key] = ws.get(key, max(count, min(block, n)), dtype).numpy()
-        return buf[:count]
-
     def magnitudes(start: int, count: int) -> np.ndarray:
         w = read(start, count)
+        buf = scratch.get("abs")
+        if buf is None or buf.size < count:
+            buf = scratch["abs"] = ws.get("blk_abs", max(count, min(block, n)), torch.float32).numpy()
+        out = buf[:count]
         if w.dtype == torch.bfloat16:
-            return _bf16_magnitudes(w, buffer("blk_abs", count, torch.float32))
-        a = torch.from_numpy(buffer("blk_abs", count, torch.float32))
+            return _bf16_magnitudes(w, out)
+        a = torch.from_numpy(out)
         a.copy_(w)
         return a.abs_().numpy()
 
@@ -242,34 +270,51 @@ def ternarize_blocks(read: BlockReader, shape: tuple[int, ...], *, name: str | N
         return None
     m = torch.from_numpy(np.array(total, dtype=np.float32)).div_(n)  # torch's mean: sum, then div_ by the count
     _check_finite(m, name, torch.Size(shape))
-    s = 1.0 / m.clamp(min=EPS)
-    codes = np.empty(n, dtype=np.int8)
-    tb = None
-    ck = native.kernels()
-    for start in range(0, n, block):
-        count = min(block, n - start)
-        w = read(start, count)
-        out = codes[start:start + count]
-        if w.dtype == torch.bfloat16 and tb is None:
-            t = _bf16_threshold(s)
-            tb, tn = np.int16(t), np.uint16(0x8000 + t)
-        if w.dtype == torch.bfloat16 and ck is not None:  # the same codes in one C pass
-            ck.codes_bf16(w.view(torch.int16).numpy(), out, int(tb))
-            continue
-        pos = buffer("blk_pos", count, torch.bool)
-        neg = buffer("blk_neg", count, torch.bool)
+    return 1.0 / m.clamp(min=EPS)
+
+
+class BlockCoder:
+    """The codes of `ternarize` for blocks of one weight, given its `block_scale` s (elementwise: any split of the
+    weight into blocks gives the same codes). `scale` is the magnitude scale `ternarize` returns with them."""
+
+    def __init__(self, s: torch.Tensor, compute: str = "float32", ws: Workspace | None = None) -> None:
+        self.s, self.compute, self.ws = s, compute, ws or _DEFAULT_WS
+        if compute == "bfloat16":
+            self.scale = np.float32(1.0) / np.float32(s.float().item())
+        else:
+            self.scale = np.float32((1.0 / s).item())
+        self._tb: tuple[np.int16, np.uint16] | None = None
+
+    def __call__(self, w: torch.Tensor, out: np.ndarray) -> np.ndarray:
+        """Codes of the 1-D float block `w` into the int8 array `out` (same length); returns `out`."""
+        count = out.size
+        if self.compute == "bfloat16":
+            out[...] = (w.to(torch.bfloat16) * self.s).round().clamp(-1, 1).to(torch.int8).numpy()
+            return out
         if w.dtype == torch.bfloat16:
+            if self._tb is None:
+                t = _bf16_threshold(self.s)
+                self._tb = (np.int16(t), np.uint16(0x8000 + t))
+            tb, tn = self._tb
+            ck = native.kernels()
             bits = w.view(torch.int16).numpy()
+            if ck is not None:  # the same codes in one C pass
+                ck.codes_bf16(bits, out, int(tb))
+                return out
+            pos = self.ws.get("blk_pos", count, torch.bool).numpy()[:count]
+            neg = self.ws.get("blk_neg", count, torch.bool).numpy()[:count]
             np.greater(bits, tb, out=pos)
             np.greater(bits.view(np.uint16), tn, out=neg)
         else:
-            x = torch.from_numpy(buffer("blk_w", count, torch.float32))
+            pos = self.ws.get("blk_pos", count, torch.bool).numpy()[:count]
+            neg = self.ws.get("blk_neg", count, torch.bool).numpy()[:count]
+            x = self.ws.get("blk_w", count, torch.float32)[:count]
             x.copy_(w)
-            x.mul_(s)
+            x.mul_(self.s)
             torch.gt(x, 0.5, out=torch.from_numpy(pos))
             torch.lt(x, -0.5, out=torch.from_numpy(neg))
         np.subtract(pos.view(np.int8), neg.view(np.int8), out=out)
-    return Ternary(codes.reshape(shape), np.float32((1.0 / s).item()))
+        return out
 
 
 _BF16_MEAN_OK: list[bool] = []
@@ -291,33 +336,6 @@ def _bf16_mean_replayable() -> bool:
                 break
         _BF16_MEAN_OK.append(ok)
     return _BF16_MEAN_OK[0]
-
-
-def _ternarize_blocks_bf16(read: BlockReader, shape: tuple[int, ...], name: str | None, block: int,
-                           ws: Workspace) -> Ternary | None:
-    """`compute="bfloat16"` (onebitllms) in two block passes: m = bf16(float32 sum of |bf16(w)| / n), exactly torch's
-    bf16 mean; then codes = clamp(round(bf16(w) * s), -1, 1) block by block (elementwise, so blocks change nothing)."""
-    if not _bf16_mean_replayable():
-        return None
-    n = int(np.prod(shape))
-
-    def magnitudes(start: int, count: int) -> np.ndarray:
-        a = ws.get("blk_abs", count, torch.float32)
-        a.copy_(read(start, count).to(torch.bfloat16).abs())
-        return a.numpy()
-
-    total = torchsum.exact_sum(magnitudes, n, piece=block)
-    if total is None:
-        return None
-    m = torch.from_numpy(np.array(total, dtype=np.float32)).div_(n).to(torch.bfloat16)
-    _check_finite(m, name, torch.Size(shape))
-    s = 1.0 / m.clamp(min=EPS)
-    codes = np.empty(n, dtype=np.int8)
-    for start in range(0, n, block):
-        count = min(block, n - start)
-        w16 = read(start, count).to(torch.bfloat16)
-        codes[start:start + count] = (w16 * s).round().clamp(-1, 1).to(torch.int8).numpy()
-    return Ternary(codes.reshape(shape), np.float32(1.0) / np.float32(s.float().item()))
 
 
 def dequantize(t: Ternary, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
@@ -355,24 +373,44 @@ def lift(codes: np.ndarray | torch.Tensor, scale: float) -> torch.Tensor:
 
     Nonzeros get one of two adjacent bf16 magnitudes around `lift_magnitude` (scale * n / nnz), so that mean|W| ==
     scale as closely as float32 allows; each |W| / mean|W| >= 1 rounds to ±1 (in float32 and in bf16 arithmetic),
-    zeros stay 0.
+    zeros stay 0. The first k non-zeros (row-major) take the upper magnitude. `Lifter` gives the same bytes a block
+    at a time.
     # ref: spec nanotron.md §3.3 (W_latent = W_tern / (s · mean|W_tern|)), in bitconv's magnitude convention
     """
     c = torch.as_tensor(np.asarray(codes)).to(torch.int8)
-    target = lift_magnitude(c, scale)
-    if target is None:
-        return torch.zeros(c.shape, dtype=torch.bfloat16)
-    n, nnz = c.numel(), int(torch.count_nonzero(c))
-    lo = torch.tensor(target, dtype=torch.float32).to(torch.bfloat16)
-    if float(lo) > target:
-        lo = torch.nextafter(lo, torch.tensor(0.0, dtype=torch.bfloat16))
-    hi = torch.nextafter(lo, torch.tensor(float("inf"), dtype=torch.bfloat16))
-    step = float(hi) - float(lo)
-    k = min(max(round((target - float(lo)) * nnz / step), 0), nnz) if step > 0 else 0
-    mags = torch.full((nnz,), float(lo), dtype=torch.bfloat16)
-    mags[:k] = hi
-    out = torch.zeros(n, dtype=torch.bfloat16)
-    flat = c.reshape(-1)
-    idx = torch.nonzero(flat, as_tuple=True)[0]
-    out[idx] = mags * flat[idx].to(torch.bfloat16)
-    return out.reshape(c.shape)
+    lifter = Lifter(c.numel(), int(torch.count_nonzero(c)), scale)
+    return lifter(c.reshape(-1)).reshape(c.shape)
+
+
+class Lifter:
+    """`lift` of a tensor of `n` codes, `nnz` of them non-zero, fed as consecutive row-major blocks (a running
+    count of the non-zeros seen decides which take the upper magnitude): the blocks concatenated are `lift`'s."""
+
+    def __init__(self, n: int, nnz: int, scale: float) -> None:
+        self.n, self.nnz, self.seen = n, nnz, 0
+        self.zero = nnz == 0
+        if self.zero:
+            return
+        target = float(scale) * n / nnz  # lift_magnitude
+        lo = torch.tensor(target, dtype=torch.float32).to(torch.bfloat16)
+        if float(lo) > target:
+            lo = torch.nextafter(lo, torch.tensor(0.0, dtype=torch.bfloat16))
+        hi = torch.nextafter(lo, torch.tensor(float("inf"), dtype=torch.bfloat16))
+        step = float(hi) - float(lo)
+        self.k = min(max(round((target - float(lo)) * nnz / step), 0), nnz) if step > 0 else 0
+        self.lo, self.hi = lo, hi
+
+    def __call__(self, codes: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """The bf16 weights of the next block of codes (any shape; row-major order)."""
+        c = torch.as_tensor(np.asarray(codes)).to(torch.int8)
+        out = torch.zeros(c.numel(), dtype=torch.bfloat16)
+        if self.zero:
+            return out.reshape(c.shape)
+        flat = c.reshape(-1)
+        idx = torch.nonzero(flat, as_tuple=True)[0]
+        mags = torch.full((idx.numel(),), float(self.lo), dtype=torch.bfloat16)
+        upper = min(max(self.k - self.seen, 0), idx.numel())
+        mags[:upper] = self.hi
+        self.seen += idx.numel()
+        out[idx] = mags * flat[idx].to(torch.bfloat16)
+        return out.reshape(c.shape)

@@ -169,10 +169,14 @@ def test_vocab_padding_removed(ntfx, tmp_path):
 # ---------------------------------------------------------------------------------------------------------- writing
 
 
+@pytest.mark.parametrize("block_bytes", [None, 1])  # default blocks; one row (one RoPE head) per block
 @pytest.mark.parametrize("name", NAMES)
-def test_write_matches_nanotron(ntfx, tmp_path, name):
+def test_write_matches_nanotron(ntfx, tmp_path, name, block_bytes, monkeypatch):
     """From the reference tensors, the files nanotron wrote: same tree (pp ranks from nanotron's own stage rule, the
-    version from the generation table), metadata, bytes; configs byte-equal."""
+    version from the generation table), metadata, bytes; configs byte-equal. Written whole and a row at a time
+    (`Rows`: every rank's file takes its rows or columns of each block)."""
+    if block_bytes:
+        monkeypatch.setattr(nc, "ROW_BLOCK_BYTES", block_bytes)
     fx = ntfx / name
     mc = json.loads((fx / "model_config.json").read_text())
     meta = json.loads((fx / "checkpoint_metadata.json").read_text())
@@ -183,7 +187,8 @@ def test_write_matches_nanotron(ntfx, tmp_path, name):
     stages = nt.pp_stages(flavor, dims, mc["vocab_size"], pp)
     theirs = model_files(fx)
     for pname, t in load_file(str(fx.parent / f"{name}.reference.safetensors")).items():
-        nc.write_param(tmp_path / "model", pname, t, dims.sharding(module_key(pname, flavor)), tp, flavor.version,
+        data = nc.Rows.of(t) if block_bytes else t
+        nc.write_param(tmp_path / "model", pname, data, dims.sharding(module_key(pname, flavor)), tp, flavor.version,
                        (stages[nt.block_of(pname)], pp))
     mine = model_files(tmp_path)
     assert sorted(mine) == sorted(theirs)
@@ -711,3 +716,68 @@ def test_yaml_subset_matches_pyyaml(ntfx):
             "i": [{"z": 1}], "j": 1e20, "l": "", "m": "1.0", "n": "/abs/path-x_y.z"}
     assert yaml.safe_load(yamlish.dump(data)) == data
     assert yamlish.load(yaml.dump(data)) == data
+
+
+@pytest.mark.parametrize("name", ["bitnet_tp2", "llama_pp2_tied", "head_llama_tp2"])
+def test_param_reads_rows_alone(ntfx, name):
+    """`Param.read_rows` (rows gathered from the TP shards that hold them, row- and column-split) equals the rows of
+    the whole parameter; so do a projection's latent rows (RoPE heads reordered around them)."""
+    ck = open_nanotron(ntfx / name)
+    for param in ck.params.values():
+        whole = param.load()
+        n = param.shape[0]
+        for r0, r1 in ((0, n), (0, 1), (n - 1, n), (n // 3, n // 2 + 1), (1, n - 1)):
+            if r0 < r1:
+                assert torch.equal(param.read_rows(r0, r1).view(torch.int16), whole[r0:r1].view(torch.int16))
+    for hf_name in ck._where:
+        lat = ck.latent(hf_name)
+        rows = lat.shape[0]
+        for a, b in ((0, rows), (3, 5), (rows // 2 - 1, rows // 2 + 7), (rows - 1, rows)):
+            assert torch.equal(ck.latent_rows(hf_name, a, b).view(torch.int16), lat[a:b].view(torch.int16))
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("case", ["bitnet_tp2", "head_llama_tp2", "llama_pp2_tied", "master", "master-bf16",
+                                  "packed", "ternary"])
+def test_convert_in_row_blocks_like_whole(ntfx, models, tmp_path, monkeypatch, case):
+    """`convert` both ways with one block per parameter and with a block per row (RoPE head) give the same bytes and
+    warnings: passthrough rows padded, fused masters cut at part and head boundaries, their per-projection code
+    comparison made block by block, lifted codes with a running non-zero count."""
+    from bitconv import api, quant
+    from bitconv.sinks import hf as hf_sink
+
+    kw: dict = {}
+    if case in ("master", "master-bf16", "packed", "ternary"):
+        src = models("llama-bitnet")
+        kw = {"tp": 2, "make_vocab_size_divisible_by": 48}
+        if case == "master-bf16":
+            src = open_source(src, "bfloat16")
+        elif case == "packed":
+            api.pack(src, tmp_path / "packed", to="hf")
+            src = tmp_path / "packed"
+        elif case == "ternary":
+            api.quantize(src, tmp_path / "ternary")
+            src = tmp_path / "ternary"
+    else:
+        src = ntfx / case
+
+    def convert(tag: str) -> dict:  # into the same folders each time: config.yaml names its own path
+        out = {}
+        rep = nc.to_nanotron(src, tmp_path / "nt", overwrite=True, **kw)
+        out["nt"], out["nt-warnings"] = _tree(rep.out), rep.extra["warnings"]
+        if case in NAMES:
+            for purpose in ("release", "training") if case.startswith("bitnet") else (None,):
+                out[purpose] = _tree(nc.to_hf(src, tmp_path / "hf", purpose=purpose, overwrite=True).out)
+        return out
+
+    whole = convert("whole")
+    monkeypatch.setattr(nc, "ROW_BLOCK_BYTES", 1)
+    monkeypatch.setattr(hf_sink, "ROW_BLOCK_BYTES", 1)
+    monkeypatch.setattr(quant, "BLOCK_ELEMS", 997)
+    blocks = convert("blocks")
+    assert blocks.keys() == whole.keys()
+    for key in whole:
+        assert blocks[key] == whole[key], key

@@ -335,3 +335,27 @@ def test_parity_metrics_in_token_chunks_equal_whole(elems, monkeypatch):
     monkeypatch.setattr(parity, "BETWEEN_ELEMS", elems)
     m = parity.ParityMetrics.between(a, b)
     assert (m.max_dlogit, m.mean_kl, m.top1, m.top5) == want
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 5), (13, 1021), (97, 2049)])
+@pytest.mark.parametrize("density", [0.0, 0.01, 0.66, 1.0])
+def test_lifter_blocks_equal_lift(shape, density):
+    """`quant.Lifter` fed row blocks of any size (and rows out of order, its count reset) gives `lift`'s bytes."""
+    g = torch.Generator().manual_seed(shape[0] * 7 + int(density * 100))
+    nz = torch.rand(shape, generator=g) < density
+    sign = torch.where(torch.rand(shape, generator=g) < 0.5, -1, 1)
+    codes = (nz.to(torch.int8) * sign.to(torch.int8)).numpy()
+    scale = 0.0123
+    whole = quant.lift(codes, scale)
+    nnz = int(np.count_nonzero(codes))
+    for step in (1, 2, 5, shape[0]):
+        lifter = quant.Lifter(codes.size, nnz, scale)
+        got = torch.cat([lifter(codes[r:r + step]) for r in range(0, shape[0], step)])
+        assert torch.equal(got.view(torch.int16), whole.view(torch.int16)), step
+    lifter = quant.Lifter(codes.size, nnz, scale)
+    for r in reversed(range(shape[0])):  # out of order: the count of earlier non-zeros set by the caller
+        lifter.seen = int(np.count_nonzero(codes[:r]))
+        assert torch.equal(lifter(codes[r:r + 1]).view(torch.int16), whole[r:r + 1].view(torch.int16))
+    if 0 < nnz:
+        t = ternarize(whole.float())
+        assert np.array_equal(t.codes, codes)

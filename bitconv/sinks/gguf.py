@@ -386,6 +386,9 @@ def _converted_row_chunks(step: Step) -> Iterator[np.ndarray] | None:
     """Big stored 2-D passthrough tensors (token_embd, output) as converted row blocks: the tensor and its converted
     copy are never both resident (a 128256 x 2560 embedding would otherwise peak at 1.3 GB)."""
     t = step.tensor
+    if t.row_loader is not None and step.permute is None and len(t.shape) == 2 \
+            and t.numel * dtypes.DTYPES[t.dtype].itemsize > CHUNK_BYTES:
+        return _loaded_row_chunks(step)
     info = t.stored[0] if len(t.stored) == 1 else None
     if (t.loader is not None or step.permute is not None or not isinstance(info, TensorInfo) or len(info.shape) != 2
             or info.nbytes <= CHUNK_BYTES):
@@ -405,6 +408,15 @@ def _converted_row_chunks(step: Step) -> Iterator[np.ndarray] | None:
             yield out.copy() if np.shares_memory(out, raw) else out
 
     return chunks()
+
+
+def _loaded_row_chunks(step: Step) -> Iterator[np.ndarray]:
+    """Row blocks of a passthrough tensor whose source reads rows alone (`ModelTensor.row_loader`: a Nanotron
+    embedding gathered from its TP shards), converted: the whole tensor is never loaded."""
+    t = step.tensor
+    rows = max(1, CHUNK_BYTES // (t.shape[1] * dtypes.DTYPES[t.dtype].itemsize))
+    for r0 in range(0, t.shape[0], rows):
+        yield np.ascontiguousarray(to_float_type(t.row_loader(r0, min(t.shape[0], r0 + rows)), step.type_name))
 
 
 WRITE_QUEUE_BYTES = 64 << 20  # converted blocks and packed tensors waiting to be written

@@ -23,6 +23,7 @@ from bitconv.formats.safetensors import OutEntry, SafetensorsWriter, TensorInfo
 from bitconv.output import AtomicOutput
 from bitconv.quant import dequantize
 from bitconv.sinks.background import BackgroundWriter
+from bitconv.sources.checkpoint import ModelTensor
 
 Step = Any  # a `pipeline.Step` (the pipeline imports this module for its default sink, so not the other way)
 
@@ -62,6 +63,17 @@ def dequantized_blocks(t: Ternary) -> Iterator[np.ndarray]:
     step = max(1, DEQUANT_BLOCK_ELEMS // max(1, codes.shape[1]))
     for a in range(0, codes.shape[0], step):
         yield dtypes.to_numpy_storage(dequantize(Ternary(codes[a:a + step], t.scale)))
+
+
+ROW_BLOCK_BYTES = 16 << 20  # loaded tensors that read rows alone are written a block of rows at a time
+
+
+def _row_blocks(t: ModelTensor) -> Iterator[np.ndarray]:
+    row = int(np.prod(t.shape[1:])) * dtypes.DTYPES[t.dtype].itemsize
+    step = max(1, ROW_BLOCK_BYTES // max(row, 1))
+    for r0 in range(0, t.shape[0], step):
+        yield np.ascontiguousarray(dtypes.to_numpy_storage(t.row_loader(r0, min(t.shape[0], r0 + step)))) \
+            .reshape(-1)
 
 
 class HFSink:
@@ -128,7 +140,10 @@ class HFSink:
         """A pass-through tensor: its stored bytes by a kernel copy, or what its loader gives (e.g. GGUF Q8_0)."""
         t = step.tensor
         (name,) = step.outputs
-        if t.loader is not None:
+        nbytes = t.numel * dtypes.DTYPES[t.dtype].itemsize
+        if t.row_loader is not None and len(t.shape) >= 1 and nbytes > ROW_BLOCK_BYTES:
+            self.write_blocks(name, nbytes, _row_blocks(t))
+        elif t.loader is not None:
             self.write_tensor(name, dtypes.to_numpy_storage(t.loader()))
         else:
             self.copy_tensor(name, t.stored[0])

@@ -41,10 +41,10 @@ from bitconv.formats.nanotron import yamlish
 from bitconv.formats.safetensors import OutEntry, build_header
 from bitconv.output import AtomicOutput, precheck
 from bitconv.pipeline import Plan, Progress, Report, Step, execute
-from bitconv.quant import lift, ternarize
+from bitconv.quant import BlockCoder, Lifter, block_scale, lift, ternarize
 from bitconv.sinks.hf import DEFAULT_MAX_SHARD_BYTES
 from bitconv.sources import Checkpoint, ModelTensor, open_source
-from bitconv.sources.checkpoint import is_nanotron_dir, load_torch
+from bitconv.sources.checkpoint import is_nanotron_dir
 from bitconv.sources.nanotron import (
     EXPORT_OF_GRANULARITY,
     GRANULARITIES,
@@ -68,10 +68,12 @@ W_PR180_NORMALIZE = ("PR #180 normalizes the input of every BitLinear without we
 # ------------------------------------------------------------------------------------------------------ lifting
 
 
-def fused_scale(parts: list[Ternary]) -> tuple[float, float]:
-    """One magnitude for a fused tensor made of `parts` (nnz-weighted mean) and the largest relative deviation."""
-    scales = np.array([float(t.scale) for t in parts], dtype=np.float64)
-    nnz = np.array([np.count_nonzero(t.codes) for t in parts], dtype=np.float64)
+def fused_scale(parts: list[Ternary] | list[tuple[float, int]]) -> tuple[float, float]:
+    """One magnitude for a fused tensor made of `parts` (each a Ternary or its (scale, nnz)): the nnz-weighted mean,
+    and the largest relative deviation from it."""
+    pairs = [(float(t.scale), int(np.count_nonzero(t.codes))) if isinstance(t, Ternary) else t for t in parts]
+    scales = np.array([sc for sc, _ in pairs], dtype=np.float64)
+    nnz = np.array([k for _, k in pairs], dtype=np.float64)
     m = float((scales * nnz).sum() / nnz.sum()) if nnz.sum() else float(scales.mean())
     return m, float(np.max(np.abs(scales - m)) / m) if m else 0.0
 
@@ -79,9 +81,34 @@ def fused_scale(parts: list[Ternary]) -> tuple[float, float]:
 # ------------------------------------------------------------------------------------------------- shard writing
 
 
-def shard_header(tensor: torch.Tensor, metadata: dict[str, str]) -> bytes:
+ROW_BLOCK_BYTES = 16 << 20  # a parameter is written a block of global rows at a time, to every rank's file at once
+
+
+@dataclass
+class Rows:
+    """A parameter to write, read a block of global rows at a time: `read(r0, r1)` gives rows [r0, r1) as bf16 in
+    nanotron layout. Blocks start at multiples of `align` (whole RoPE heads) and come in increasing order."""
+
+    shape: tuple[int, ...]
+    read: Callable[[int, int], torch.Tensor]
+    align: int = 1
+    dtype: str = "BF16"
+
+    @classmethod
+    def of(cls, tensor: torch.Tensor) -> Rows:
+        return cls(tuple(tensor.shape), lambda a, b: tensor[a:b], dtype=dtypes.BY_TORCH[tensor.dtype].name)
+
+    def blocks(self, block_bytes: int | None = None) -> Iterable[tuple[int, int]]:
+        block_bytes = block_bytes or ROW_BLOCK_BYTES
+        row_bytes = max(1, int(np.prod(self.shape[1:])) * dtypes.DTYPES[self.dtype].itemsize)
+        step = max(self.align, block_bytes // row_bytes // self.align * self.align)
+        for r0 in range(0, self.shape[0], step):
+            yield r0, min(self.shape[0], r0 + step)
+
+
+def shard_header(dtype: str, shape: tuple[int, ...], metadata: dict[str, str]) -> bytes:
     """The header `safetensors.torch.save_file({"data": t}, path, metadata)` writes (empty metadata kept as {})."""
-    entry = OutEntry("data", dtypes.BY_TORCH[tensor.dtype].name, tuple(tensor.shape))
+    entry = OutEntry("data", dtype, tuple(shape))
     if metadata:
         return build_header([entry], metadata)
     head = {"__metadata__": {}, "data": {"dtype": entry.dtype, "shape": list(entry.shape),
@@ -94,8 +121,12 @@ def shard_header(tensor: torch.Tensor, metadata: dict[str, str]) -> bytes:
 def write_shard_file(path: Path, tensor: torch.Tensor, metadata: dict[str, str]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as f:
-        f.write(shard_header(tensor, metadata))
-        f.write(np.ascontiguousarray(dtypes.to_numpy_storage(tensor.contiguous())).reshape(-1).view(np.uint8))
+        f.write(shard_header(dtypes.BY_TORCH[tensor.dtype].name, tuple(tensor.shape), metadata))
+        f.write(_raw(tensor))
+
+
+def _raw(t: torch.Tensor) -> memoryview:
+    return memoryview(np.ascontiguousarray(dtypes.to_numpy_storage(t.contiguous())).reshape(-1).view(np.uint8))
 
 
 def param_dir(model_dir: Path, name: str) -> Path:
@@ -103,26 +134,59 @@ def param_dir(model_dir: Path, name: str) -> Path:
     return model_dir.joinpath(*name.split(".")[:-1])
 
 
-def write_param(model_dir: Path, name: str, tensor: torch.Tensor, sharding: nt.Sharding | None, tp: int,
+def write_param(model_dir: Path, name: str, data: torch.Tensor | Rows, sharding: nt.Sharding | None, tp: int,
                 version: str, pp: tuple[int, int] = (0, 1)) -> list[Path]:
     """Write one parameter as nanotron does: unsharded `model_weight.safetensors`, or one file per TP rank.
 
-    `pp` is (the pp rank of the block holding the parameter, PP size): sharded file names carry it; unsharded ones
-    (RMSNorms) do not (HEAD serialize/utils.py `get_path`, L30-L57)."""
+    `data` is the global tensor, or `Rows` read a block of global rows at a time: each block goes to every rank's
+    file at once (row-split ranks take their row ranges, column-split ranks their columns), so memory is one block
+    whatever the parameter's size. `pp` is (the pp rank of the block holding the parameter, PP size): sharded file
+    names carry it; unsharded ones (RMSNorms) do not (HEAD serialize/utils.py `get_path`, L30-L57)."""
+    rows = data if isinstance(data, Rows) else Rows.of(data)
     folder, last = param_dir(model_dir, name), name.rsplit(".", 1)[1]
+    folder.mkdir(parents=True, exist_ok=True)
+    shape = rows.shape
     if sharding is None:
         path = folder / nt.shard_file_name(last, None)
-        write_shard_file(path, tensor, {})
+        with open(path, "wb") as f:
+            f.write(shard_header(rows.dtype, shape, {}))
+            for r0, r1 in rows.blocks():
+                f.write(_raw(rows.read(r0, r1)))
         return [path]
-    shape = tuple(tensor.shape)
     lshape = nt.local_shape(shape, sharding, tp)
-    paths = []
-    for r in range(tp):
-        pairs = nt.shard_pairs(shape, sharding, tp, r)
-        path = folder / nt.shard_file_name(last, (r, tp), pp)
-        write_shard_file(path, nt.local_tensor(tensor, pairs, lshape), nt.tensor_metadata(version, shape, pairs))
-        paths.append(path)
+    pairs = [nt.shard_pairs(shape, sharding, tp, r) for r in range(tp)]
+    paths = [folder / nt.shard_file_name(last, (r, tp), pp) for r in range(tp)]
+    files = []
+    try:
+        for r, path in enumerate(paths):
+            files.append(open(path, "wb"))  # noqa: SIM115 - closed below, all ranks written together
+            files[-1].write(shard_header(rows.dtype, lshape, nt.tensor_metadata(version, shape, pairs[r])))
+        for r0, r1 in rows.blocks():
+            block = rows.read(r0, r1)
+            for f, rank_pairs in zip(files, pairs):
+                f.write(_raw(_local_block(block, r0, r1, rank_pairs, shape, lshape, sharding.dim)))
+    finally:
+        for f in files:
+            f.close()
     return paths
+
+
+def _local_block(block: torch.Tensor, r0: int, r1: int, pairs: list[nt.SlicePair], shape: tuple[int, ...],
+                 lshape: tuple[int, ...], dim: int) -> torch.Tensor:
+    """A rank's part of global rows [r0, r1): its rows in them (row split, in local order: global order within
+    and across chunks), or all of them cut to its columns (column split)."""
+    if dim == 0:
+        parts = []
+        for _, glob in pairs:
+            g0, g1 = nt.rect_of(glob, shape)[0]
+            a, b = max(g0, r0), min(g1, r1)
+            if a < b:
+                parts.append(block[a - r0:b - r0])
+        return torch.cat(parts) if len(parts) > 1 else parts[0] if parts else block[:0]
+    out = torch.empty((r1 - r0, *lshape[1:]), dtype=block.dtype)
+    for loc, glob in pairs:
+        out[(slice(None), *loc[1:])] = block[(slice(None), *glob[1:])]
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- config files
@@ -196,12 +260,13 @@ def _rope_theta(hf: dict) -> float:
 
 @dataclass
 class NTParam:
-    """One nanotron parameter to write: its global shape, sharding and a thunk giving the bf16 global tensor."""
+    """One nanotron parameter to write: its global shape, sharding and a thunk giving its `Rows` (the first pass
+    over the source, where one is needed, runs in the thunk)."""
 
     name: str
     shape: tuple[int, ...]
     sharding: nt.Sharding | None
-    make: Callable[[], torch.Tensor]
+    make: Callable[[], Rows]
 
     @property
     def nbytes(self) -> int:
@@ -209,7 +274,12 @@ class NTParam:
 
 
 class _Builder:
-    """Collects the nanotron parameters of a source, in nanotron layout, and the warnings conversion raises."""
+    """Collects the nanotron parameters of a source, in nanotron layout, and the warnings conversion raises.
+
+    Every parameter is read a block of rows at a time (`Rows`): passthrough rows straight from the source file, a
+    fused qkv / gate_up from its HF parts' rows (RoPE rows reordered a whole head at a time), a lifted one from one
+    part's codes at a time with a running count of non-zeros (`quant.Lifter`). Memory is a block, or one part's
+    int8 codes for a ternary source, never the fused tensor."""
 
     def __init__(self, ck: Checkpoint, flavor: nt.Flavor, dims: nt.Dims, interleaved: bool) -> None:
         self.ck, self.flavor, self.dims, self.interleaved = ck, flavor, dims, interleaved
@@ -228,13 +298,20 @@ class _Builder:
         self.used.add(name)
         return t
 
-    def passthrough(self, name: str, rows: int | None = None) -> torch.Tensor:
+    def passthrough(self, name: str, rows: int | None = None) -> Rows:
         """A passthrough tensor in bf16, zero rows appended up to `rows` (vocabulary padding)."""
-        self.take(name)
-        w = self._bf16(self.ck.load_passthrough(name), name)
-        if rows is not None and rows > w.shape[0]:
-            w = torch.cat([w, torch.zeros((rows - w.shape[0], *w.shape[1:]), dtype=w.dtype)])
-        return w
+        t = self.take(name)
+        n = t.shape[0]
+        shape = (max(n, rows), *t.shape[1:]) if rows is not None else tuple(t.shape)
+
+        def read(a: int, b: int) -> torch.Tensor:
+            w = self._bf16(t.read_rows(a, min(b, n)), name) if a < n else torch.empty((0, *t.shape[1:]),
+                                                                                     dtype=torch.bfloat16)
+            if b > max(a, n):
+                w = torch.cat([w, torch.zeros((b - max(a, n), *t.shape[1:]), dtype=torch.bfloat16)])
+            return w
+
+        return Rows(shape, read)
 
     def _bf16(self, w: torch.Tensor, name: str) -> torch.Tensor:
         if w.dtype != torch.bfloat16:
@@ -242,21 +319,101 @@ class _Builder:
             return w.to(torch.bfloat16)
         return w
 
-    def fused(self, names: list[str], parts: tuple[str, ...]) -> torch.Tensor:
+    def fused(self, names: list[str], parts: tuple[str, ...]) -> Rows:
         """The nanotron tensor of one (possibly fused) module from its HF parts, RoPE rows in nanotron order."""
         tensors = [self.take(n) for n in names]
+        sizes = [t.shape[0] for t in tensors]
+        shape = (sum(sizes), *tensors[0].shape[1:])
+        if any(tuple(t.shape[1:]) != shape[1:] for t in tensors):
+            raise SourceError(f"{' / '.join(parts)} have different column counts "
+                              f"({', '.join(str(list(t.shape)) for t in tensors)})", tensor=names[0])
+        heads = [self._rope_rows(p) for p in parts]
+        align = max(heads)
+        starts = np.cumsum([0, *sizes]).tolist()
+
+        def segments(r0: int, r1: int) -> Iterable[tuple[int, int, int]]:
+            """(part, first row, end row) of the parts' rows in fused rows [r0, r1)."""
+            for i, (p0, p1) in enumerate(zip(starts, starts[1:])):
+                a, b = max(p0, r0), min(p1, r1)
+                if a < b:
+                    yield i, a - p0, b - p0
+
+        def rope(w: torch.Tensor | np.ndarray, i: int) -> torch.Tensor | np.ndarray:
+            return w if heads[i] == 1 else nt.rope_to_nanotron(w, w.shape[0] // heads[i])
+
         if isinstance(self.ck, NanotronCheckpoint) or all(self._is_master(t) for t in tensors):
-            ws = [self._rope(self._bf16(self._master(n, t), n), p) for n, t, p in zip(names, tensors, parts)]
-            fused = torch.cat(ws) if len(ws) > 1 else ws[0]
-            if self.flavor.bitnet and len(ws) > 1 and not isinstance(self.ck, NanotronCheckpoint):
-                self._compare_codes(ws, fused)
-            return fused
-        terns = [t.ternary() for t in tensors]
-        scale, spread = fused_scale(terns)
-        if len(terns) > 1:
+            def part_rows(i: int, a: int, b: int) -> torch.Tensor:
+                return rope(self._bf16(tensors[i].read_rows(a, b), names[i]), i)
+
+            def read(r0: int, r1: int) -> torch.Tensor:
+                ws = [part_rows(i, a, b) for i, a, b in segments(r0, r1)]
+                return torch.cat(ws) if len(ws) > 1 else ws[0]
+
+            rows = Rows(shape, read, align)
+            if self.flavor.bitnet and len(tensors) > 1 and not isinstance(self.ck, NanotronCheckpoint):
+                return self._compared(rows, [Rows((sizes[i], *shape[1:]), partial(part_rows, i), heads[i])
+                                             for i in range(len(tensors))], segments)
+            return rows
+        return self._lifted(tensors, parts, shape, align, segments, rope)
+
+    def _lifted(self, tensors: list[ModelTensor], parts: tuple[str, ...], shape: tuple[int, ...], align: int,
+                segments: Callable, rope: Callable) -> Rows:
+        """Stored codes lifted to one bf16 latent (spec §3.3): one nnz-weighted scale over the parts, the
+        non-zeros counted in a first pass, then the rows lifted in order, one part's codes decoded at a time."""
+        held: dict[int, Ternary] = {}
+
+        def ternary(i: int) -> Ternary:
+            if i not in held:
+                held.clear()  # one part's codes at a time
+                held[i] = tensors[i].ternary()
+            return held[i]
+
+        stats = []
+        for i in range(len(tensors)):
+            t = ternary(i)
+            stats.append((float(t.scale), int(np.count_nonzero(t.codes))))
+        scale, spread = fused_scale(stats)
+        if len(tensors) > 1:
             self.scale_spread.append(spread)
-        codes = np.concatenate([self._rope(np.asarray(t.codes), p) for t, p in zip(terns, parts)])
-        return lift(codes, scale)
+        lifter = Lifter(int(np.prod(shape)), sum(k for _, k in stats), scale)
+
+        def read(r0: int, r1: int) -> torch.Tensor:
+            ws = [lifter(rope(np.asarray(ternary(i).codes[a:b]), i)) for i, a, b in segments(r0, r1)]
+            return torch.cat(ws) if len(ws) > 1 else ws[0]
+
+        return Rows(shape, read, align)
+
+    def _compared(self, fused: Rows, parts: list[Rows], segments: Callable) -> Rows:
+        """`fused`, counting (in `fused_differ`) whether nanotron's fused-scale codes differ from a per-projection
+        ternarization of this master: the scales from one pass each, the codes compared block by block as the
+        rows are written."""
+        self.fused_checked += 1
+        cols = int(np.prod(fused.shape[1:]))
+        s_fused = block_scale(_flat(fused, cols), fused.shape, name=None, compute=self.compute)
+        s_parts = [block_scale(_flat(p, cols), p.shape, compute=self.compute) for p in parts]
+        if s_fused is None or any(s is None for s in s_parts):  # torch's order not replayable: whole tensors
+            ws = [p.read(0, p.shape[0]) for p in parts]
+            self.fused_checked -= 1
+            self._compare_codes(ws, torch.cat(ws))
+            return fused
+        coders = [BlockCoder(s_fused, self.compute)] + [BlockCoder(s, self.compute) for s in s_parts]
+        differ = [False]
+
+        def read(r0: int, r1: int) -> torch.Tensor:
+            w = fused.read(r0, r1)
+            if not differ[0]:
+                pos = 0
+                for i, a, b in segments(r0, r1):
+                    seg = w[pos:pos + b - a].reshape(-1)
+                    pos += b - a
+                    one, other = np.empty(seg.numel(), np.int8), np.empty(seg.numel(), np.int8)
+                    if not np.array_equal(coders[0](seg, one), coders[1 + i](seg, other)):
+                        differ[0] = True
+                        self.fused_differ += 1
+                        break
+            return w
+
+        return Rows(fused.shape, read, fused.align)
 
     def _compare_codes(self, parts: list[torch.Tensor], fused: torch.Tensor) -> None:
         """Count fused tensors whose nanotron (fused-scale) codes differ from per-projection ternarization."""
@@ -272,15 +429,11 @@ class _Builder:
     def _is_master(self, t: ModelTensor) -> bool:
         return self.ck.kind == "bf16-master" and bool(t.stored) and t.stored[0].dtype in ("BF16", "F16", "F32")
 
-    def _master(self, name: str, t: ModelTensor) -> torch.Tensor:
-        if isinstance(self.ck, NanotronCheckpoint):
-            return self.ck.latent(name)
-        return load_torch(t.stored[0])
-
-    def _rope(self, w: torch.Tensor | np.ndarray, part: str) -> torch.Tensor | np.ndarray:
+    def _rope_rows(self, part: str) -> int:
+        """Rows per head of a part whose rows nanotron reorders for RoPE (q, k when interleaved), else 1."""
         if not self.interleaved or part not in nt.ROPE_PARTS:
-            return w
-        return nt.rope_to_nanotron(w, self.dims.heads if part == "self_attn.q_proj" else self.dims.kv_heads)
+            return 1
+        return self.dims.hidden // self.dims.heads
 
     def norm_dropped(self, name: str) -> None:
         """A PR #180 target has no per-layer norm: the HF one is dropped (lossy unless all ones)."""
@@ -289,6 +442,20 @@ class _Builder:
         self.used.add(name)
         if not bool(torch.all(self.ck.load_passthrough(name).float() == 1.0)):
             self.dropped_norms += 1
+
+
+def _flat(rows: Rows, cols: int) -> Callable[[int, int], torch.Tensor]:
+    """A `quant.BlockReader` over `rows` (any element range: whole aligned row blocks are read and cut)."""
+    def read(start: int, count: int) -> torch.Tensor:
+        if count == 0:
+            return torch.empty(0, dtype=torch.bfloat16)
+        r0, r1 = start // cols, -(-(start + count) // cols)
+        a0, b0 = r0 // rows.align * rows.align, min(rows.shape[0], -(-r1 // rows.align) * rows.align)
+        flat = rows.read(a0, b0).reshape(-1)
+        off = start - a0 * cols
+        return flat[off:off + count]
+
+    return read
 
 
 def _nt_params(b: _Builder, padded: int, tied: bool) -> list[NTParam]:
@@ -470,7 +637,7 @@ class NanotronSink:
 
     def copy(self, step: Step) -> None:
         p, plan = self.plan.params[step.tensor.name], self.plan
-        tensor = step.tensor.loader()
+        tensor = step.tensor.loader()  # Rows: read a block at a time by write_param
         _check_shape(p, tensor)
         try:
             self.files += write_param(self._tmp / "model", p.name, tensor, p.sharding, plan.tp,
@@ -605,9 +772,11 @@ def to_hf(src: str | Path | NanotronCheckpoint, out: str | Path, *, purpose: str
     tensors: dict[str, ModelTensor] = {}
     for name, t in ck.tensors.items():
         if t.is_ternary:
-            make = partial(_lifted, t, dtypes.DTYPES[t.dtype].torch) if lifted \
-                else partial(ck.latent, name)
-            tensors[name] = ModelTensor(name, t.shape, t.dtype, t.stored, t.ternary_loader, loader=make)
+            dtype = dtypes.DTYPES[t.dtype].torch
+            rows = _LiftedRows(t, dtype) if lifted else t.row_loader
+            make = partial(_lifted, t, dtype) if lifted else partial(ck.latent, name)
+            tensors[name] = ModelTensor(name, t.shape, t.dtype, t.stored, t.ternary_loader, loader=make,
+                                        row_loader=rows)
         else:
             tensors[name] = t
     view = Checkpoint(ck.path, ck.kind, ck.config, tensors, ck.aux_files, ck.files, quant_compute=ck.quant_compute)
@@ -622,6 +791,31 @@ def to_hf(src: str | Path | NanotronCheckpoint, out: str | Path, *, purpose: str
              "export_meaning": export.meaning if export else None, "vocab_size": ck.info.vocab}
     return execute(Plan(view, "hf-bf16", steps, config, extra=extra), out, overwrite=overwrite,
                    max_shard_bytes=max_shard_bytes, progress=progress, started=t0)
+
+
+class _LiftedRows:
+    """Rows of `_lifted(tensor, dtype)`, read in order a block at a time: the projection's codes are held (int8)
+    while its rows are asked for, the bf16 weights made a block at a time (`quant.Lifter`)."""
+
+    def __init__(self, tensor: ModelTensor, dtype: torch.dtype) -> None:
+        self.tensor, self.dtype = tensor, dtype
+        self._held: Ternary | None = None
+        self._lifter: Lifter | None = None
+        self._next = 0
+
+    def __call__(self, r0: int, r1: int) -> torch.Tensor:
+        if self._held is None:
+            self._held = t = self.tensor.ternary()
+            self._lifter = Lifter(t.codes.size, int(np.count_nonzero(t.codes)), float(t.scale))
+            self._next = 0
+        codes = self._held.codes
+        if r0 != self._next:  # out of order: the non-zeros before r0 decide which magnitude comes next
+            self._lifter.seen = int(np.count_nonzero(codes[:r0]))
+        out = self._lifter(codes[r0:r1]).to(self.dtype)
+        self._next = r1
+        if r1 >= codes.shape[0]:
+            self._held = self._lifter = None  # done: the codes are freed
+        return out
 
 
 def _lifted(tensor: ModelTensor, dtype: torch.dtype) -> torch.Tensor:

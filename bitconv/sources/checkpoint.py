@@ -16,7 +16,7 @@ import torch
 
 from bitconv.core import dtypes
 from bitconv.core.tensors import Ternary
-from bitconv.formats.safetensors import TensorInfo, read_array
+from bitconv.formats.safetensors import TensorInfo, pread_exact, read_array
 from bitconv.layouts import gguf_layouts
 
 
@@ -57,6 +57,7 @@ class ModelTensor:
     ternary_loader: Callable[..., Ternary] | None = None  # () -> stored codes; (compute) -> a float weight's
     loader: Callable[[], torch.Tensor] | None = None
     compute: str | None = None  # a float weight's ternarization arithmetic (`quant.COMPUTE_MODES`); None: stored codes
+    row_loader: Callable[[int, int], torch.Tensor] | None = None  # (r0, r1) -> rows [r0, r1) of what `loader` gives
 
     @property
     def is_ternary(self) -> bool:
@@ -73,6 +74,22 @@ class ModelTensor:
     @property
     def numel(self) -> int:
         return int(np.prod(self.shape))
+
+    @property
+    def streams_rows(self) -> bool:
+        """Whether `read_rows` reads only the rows asked for (else it loads the whole tensor and slices it)."""
+        return self.row_loader is not None or (self.loader is None and len(self.stored) == 1
+                                                and tuple(self.stored[0].shape) == tuple(self.shape))
+
+    def read_rows(self, r0: int, r1: int) -> torch.Tensor:
+        """Rows [r0, r1) of a passthrough or float-master tensor, as a fresh torch tensor of its stored dtype: read
+        from the file (or the `row_loader`) alone where `streams_rows`, else sliced from the whole tensor."""
+        if self.row_loader is not None:
+            return self.row_loader(r0, r1)
+        if self.streams_rows:
+            return read_rows(self.stored[0], r0, r1)
+        whole = self.loader() if self.loader is not None else load_torch(self.stored[0])
+        return whole[r0:r1].clone()
 
     @property
     def stored_bytes(self) -> int:
@@ -105,6 +122,15 @@ def is_nanotron_dir(p: Path) -> bool:
     """A Nanotron checkpoint: a model/ tree of TP/PP shards beside its metadata."""
     metadata = ("checkpoint_metadata.json", "model_config.json")
     return (p / "model").is_dir() and any((p / m).is_file() for m in metadata)
+
+
+def read_rows(info: TensorInfo, r0: int, r1: int) -> torch.Tensor:
+    """Rows [r0, r1) of one stored tensor (first dimension), read alone, as a fresh torch tensor."""
+    d = dtypes.DTYPES[info.dtype]
+    row = int(np.prod(info.shape[1:])) if len(info.shape) > 1 else 1
+    buf = np.empty((r1 - r0) * row, dtype=d.np_storage)
+    pread_exact(info.path, info.offset + r0 * row * d.itemsize, memoryview(buf.view(np.uint8)), info.name)
+    return dtypes.from_numpy_storage(buf, info.dtype).reshape((r1 - r0, *info.shape[1:]))
 
 
 def load_torch(info: TensorInfo) -> torch.Tensor:

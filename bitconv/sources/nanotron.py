@@ -33,8 +33,8 @@ from bitconv.formats.nanotron import format as nt
 from bitconv.formats.nanotron import yamlish
 from bitconv.formats.safetensors import TensorInfo, read_header
 from bitconv.layouts import bitnet_quant_config
-from bitconv.quant import compute_mode, ternarize
-from bitconv.sources.checkpoint import Checkpoint, ModelTensor, is_nanotron_dir, load_torch
+from bitconv.quant import BLOCK_ELEMS, BlockCoder, block_scale, compute_mode, ternarize, ternarize_blocks
+from bitconv.sources.checkpoint import Checkpoint, ModelTensor, is_nanotron_dir, load_torch, read_rows
 from bitconv.sources.safetensors import side_files, with_file
 
 GRANULARITIES = ("fused", "per-projection")
@@ -107,6 +107,34 @@ class Param:
             for loc, glob in sh.pairs:
                 out[glob] = local[loc]
         return out
+
+    def read_rows(self, r0: int, r1: int) -> torch.Tensor:
+        """Global rows [r0, r1) (a fresh torch tensor), read from the shards that hold them: never the whole
+        parameter (a 70B gate_up is 940 MB)."""
+        if not self.sharded:
+            return read_rows(self.shards[0].info, r0, r1)
+        out = torch.empty((r1 - r0, *self.shape[1:]), dtype=dtypes.DTYPES[self.dtype].torch)
+        for sh in self.shards:
+            for loc, glob in sh.pairs:
+                (g0, g1), (l0, _) = nt.rect_of(glob, self.shape)[0], nt.rect_of(loc, sh.info.shape)[0]
+                a, b = max(g0, r0), min(g1, r1)
+                if a < b:
+                    local = read_rows(sh.info, l0 + a - g0, l0 + b - g0)
+                    out[(slice(a - r0, b - r0), *glob[1:])] = local[(slice(None), *loc[1:])]
+        return out
+
+    def flat_reader(self) -> Callable[[int, int], torch.Tensor]:
+        """Elements [start, start + count) of the row-major global tensor (`quant.BlockReader`)."""
+        row = int(np.prod(self.shape[1:]))
+
+        def read(start: int, count: int) -> torch.Tensor:
+            if count == 0:
+                return torch.empty(0, dtype=dtypes.DTYPES[self.dtype].torch)
+            r0, r1 = start // row, -(-(start + count) // row)
+            flat = self.read_rows(r0, r1).reshape(-1)
+            return flat[start - r0 * row: start - r0 * row + count]
+
+        return read
 
     def row_infos(self, r0: int, r1: int) -> list[TensorInfo]:
         """Byte ranges (flat TensorInfos) that hold global rows [r0, r1), for accounting; whole shards otherwise."""
@@ -289,14 +317,36 @@ class NanotronCheckpoint(Checkpoint):
 
     def latent(self, hf_name: str) -> torch.Tensor:
         """The bf16 latent weight of a projection, in HF layout (unfused, RoPE rows in HF order)."""
+        param, r0, r1, _ = self._where[hf_name]
+        return self.latent_rows(hf_name, 0, r1 - r0)
+
+    def latent_rows(self, hf_name: str, a: int, b: int) -> torch.Tensor:
+        """Rows [a, b) of `latent(hf_name)`, read alone (whole RoPE heads around them, where rows are reordered)."""
         param, r0, r1, part = self._where[hf_name]
-        w = self._cached(("latent", param.name), param.load)[r0:r1]
-        return _rope_fix(w, part, self.info).contiguous().clone()
+        d = self._head_rows(hf_name)
+        a0, b0 = a // d * d, -(-b // d) * d
+        w = param.read_rows(r0 + a0, r0 + b0)
+        if d > 1:
+            w = nt.rope_to_hf(w, (b0 - a0) // d)
+        return w[a - a0: b - a0].contiguous()
+
+    def _head_rows(self, hf_name: str) -> int:
+        """Rows per RoPE head of a projection whose rows nanotron reorders (q, k when interleaved), else 1."""
+        param, r0, r1, part = self._where[hf_name]
+        if not self.info.interleaved or part not in nt.ROPE_PARTS:
+            return 1
+        return (r1 - r0) // (self.info.dims.heads if part == "self_attn.q_proj" else self.info.dims.kv_heads)
+
+    def fused_scale(self, param: Param, compute: str) -> torch.Tensor | None:
+        """The `block_scale` of a whole fused parameter (nanotron's one absmean over qkv / gate_up), cached; None
+        where torch's reduction order cannot be replayed."""
+        return self._cached(("scale", param.name, compute),
+                            lambda: with_file(param.shards[0].info.path.parent, block_scale, param.flat_reader(),
+                                              param.shape, name=param.name, compute=compute))
 
     def _fused_ternary(self, param: Param, compute: str) -> Ternary:
         return self._cached(("ternary", param.name, compute),
-                            lambda: with_file(param.shards[0].info.path.parent, ternarize,
-                                              self._cached(("latent", param.name), param.load), compute,
+                            lambda: with_file(param.shards[0].info.path.parent, ternarize, param.load(), compute,
                                               name=param.name))
 
     def _cached(self, key: tuple, make: Callable[[], object]) -> object:
@@ -306,18 +356,56 @@ class NanotronCheckpoint(Checkpoint):
             kind = key[0]
             hit = self._cache.get(kind)
             if hit is None or hit[0] != key:
+                self._cache.pop(kind, None)  # free the old entry before making the new one
                 hit = (key, make())
                 self._cache[kind] = hit
             return hit[1]
 
     def ternary_of(self, hf_name: str, compute: str) -> Ternary:
-        """Codes and scale of a projection: over the fused tensor (fused granularity) or the projection alone."""
+        """Codes and scale of a projection: over the fused tensor (fused granularity) or the projection alone.
+
+        Read a block of rows at a time: the fused scale from one pass over the fused parameter, then this
+        projection's rows coded with it; only the projection's int8 codes are held whole."""
         param, r0, r1, part = self._where[hf_name]
+        where = param.shards[0].info.path.parent
+        rows, cols = r1 - r0, int(np.prod(param.shape[1:]))
         if self.info.granularity == "fused":
-            t = self._fused_ternary(param, compute)
-            codes = _rope_fix(t.codes[r0:r1], part, self.info)
-            return Ternary(np.ascontiguousarray(codes), t.scale)
-        return with_file(param.shards[0].info.path.parent, ternarize, self.latent(hf_name), compute, name=hf_name)
+            s = self.fused_scale(param, compute)
+            if s is None:  # torch's order cannot be replayed here: the whole fused tensor, as before
+                t = self._fused_ternary(param, compute)
+                codes = _rope_fix(t.codes[r0:r1], part, self.info)
+                return Ternary(np.ascontiguousarray(codes), t.scale)
+            coder = BlockCoder(s, compute)
+            codes = np.empty((rows, cols), dtype=np.int8)
+            step = max(1, BLOCK_ELEMS // max(cols, 1))
+            d = self._head_rows(hf_name)
+            step = max(d, step // d * d)
+            for a in range(0, rows, step):
+                b = min(rows, a + step)
+                w = with_file(where, self.latent_rows, hf_name, a, b)  # HF row order: codes are elementwise
+                coder(w.reshape(-1), codes[a:b].reshape(-1))
+            return Ternary(codes, coder.scale)
+        read = _flat_rows(_latent_reader(self, hf_name), cols)
+        got = with_file(where, ternarize_blocks, read, (rows, cols), name=hf_name, compute=compute)
+        if got is not None:
+            return got
+        return with_file(where, ternarize, self.latent(hf_name), compute, name=hf_name)
+
+
+def _latent_reader(ck: NanotronCheckpoint, hf_name: str) -> Callable[[int, int], torch.Tensor]:
+    return lambda a, b: ck.latent_rows(hf_name, a, b)
+
+
+def _flat_rows(rows: Callable[[int, int], torch.Tensor], cols: int) -> Callable[[int, int], torch.Tensor]:
+    """A `quant.BlockReader` over a row reader of a 2-D tensor with `cols` columns."""
+    def read(start: int, count: int) -> torch.Tensor:
+        if count == 0:
+            return torch.empty(0, dtype=torch.bfloat16)
+        r0, r1 = start // cols, -(-(start + count) // cols)
+        flat = rows(r0, r1).reshape(-1)
+        return flat[start - r0 * cols: start - r0 * cols + count]
+
+    return read
 
 
 def _rope_fix(w: torch.Tensor | np.ndarray, part: str, info: NanotronInfo) -> torch.Tensor | np.ndarray:
@@ -575,8 +663,9 @@ def _passthrough(ck: NanotronCheckpoint, param: Param, name: str, rows: int | No
         loader = param.load
     else:
         def loader(param: Param = param, rows: int = rows) -> torch.Tensor:
-            return param.load()[:rows].clone()
-    return ModelTensor(name, tuple(shape), param.dtype, [s.info for s in param.shards], loader=loader)
+            return param.read_rows(0, rows)
+    return ModelTensor(name, tuple(shape), param.dtype, [s.info for s in param.shards], loader=loader,
+                       row_loader=param.read_rows)
 
 
 def _ones(name: str, n: int, dtype: str) -> ModelTensor:
@@ -592,7 +681,8 @@ def _ternary_tensor(ck: NanotronCheckpoint, name: str, param: Param, shape: tupl
 
     # byte ranges of this part's rows (fused, row-split); whole shards for column-split o_proj / down_proj
     stored = param.row_infos(r0, r0 + shape[0]) or [_flat(s.info) for s in param.shards]
-    return ModelTensor(name, shape, param.dtype, stored, load, compute=ck.quant_compute)
+    return ModelTensor(name, shape, param.dtype, stored, load, compute=ck.quant_compute,
+                       row_loader=_latent_reader(ck, name))
 
 
 def _flat(info: TensorInfo) -> TensorInfo:
