@@ -28,7 +28,6 @@ from bitconv.core.errors import OutputError, UsageError
 
 if TYPE_CHECKING:
     from bitconv.describe import Description
-    from bitconv.pipeline import Report
     from bitconv.sources.hub import UploadResult
     from bitconv.verify import VerifyReport
     from bitconv.verify.check import CheckReport
@@ -126,8 +125,10 @@ def _hf_out(out: str | Path, what: str) -> Path:
 
 def quantize(src: str | Path, out: str | Path, *, compute: str = "float32", overwrite: bool = False,
              max_shard_size: str | int = DEFAULT_SHARD, token: str | None = None, revision: str | None = None,
-             progress: Progress | None = None) -> Report:
+             progress: Progress | None = None, dry_run: bool = False) -> Any:
     """bf16 master -> bitconv ternary checkpoint (int8 codes + float32 absmean scales) in folder OUT.
+
+    `dry_run`: return the plan (`pipeline.Plan`: tensors, output bytes, planned peak memory), write nothing.
 
     Example:
         >>> bitconv.quantize("bitnet-bf16", "bitnet-ternary", compute="bfloat16").files
@@ -136,7 +137,7 @@ def quantize(src: str | Path, out: str | Path, *, compute: str = "float32", over
 
     with hub_options(token, revision):
         return pipeline.quantize(src, _hf_out(out, "quantize"), compute=compute, overwrite=overwrite,
-                                 max_shard_bytes=parse_size(max_shard_size), progress=progress)
+                                 max_shard_bytes=parse_size(max_shard_size), progress=progress, dry_run=dry_run)
 
 
 def pack(src: str | Path, out: str | Path | None = None, *, to: str = "hf", linear_class: str = "autobitlinear",
@@ -242,11 +243,11 @@ def _pack_gguf(src: str | Path, out: str | Path | None, gguf_type: str | None, o
 
 def unpack(src: str | Path, out: str | Path, *, values: str = "online", overwrite: bool = False,
            max_shard_size: str | int = DEFAULT_SHARD, token: str | None = None, revision: str | None = None,
-           progress: Progress | None = None) -> Report:
+           progress: Progress | None = None, dry_run: bool = False) -> Any:
     """HF packed / bitconv ternary / GGUF / Nanotron -> trainable bf16 folder OUT (online autobitlinear config).
 
     `values="online"` (default) stores bf16(codes * scale / p), which transformers' online quantizer maps back to the
-    same codes and scale; `values="dequantized"` stores plain bf16(codes * scale).
+    same codes and scale; `values="dequantized"` stores plain bf16(codes * scale). `dry_run`: return the plan.
     Example:
         >>> bitconv.unpack("bitnet-i2_s.gguf", "bitnet-bf16-trainable").out
     """
@@ -255,7 +256,7 @@ def unpack(src: str | Path, out: str | Path, *, values: str = "online", overwrit
     values = choice(values, pipeline.UNPACK_VALUES, "--values")
     with hub_options(token, revision):
         return pipeline.unpack_hf(src, _hf_out(out, "unpack"), values=values, overwrite=overwrite,
-                                  max_shard_bytes=parse_size(max_shard_size), progress=progress)
+                                  max_shard_bytes=parse_size(max_shard_size), progress=progress, dry_run=dry_run)
 
 
 def inspect(src: str | Path, *, stats: bool = True, token: str | None = None,
@@ -344,9 +345,11 @@ def convert(src: str | Path, out: str | Path, *, to: str, purpose: str | None = 
             scale_granularity: str | None = None, vocab_size: int | None = None, tp: int | None = None,
             pp: int | None = None, make_vocab_size_divisible_by: int = 1, nanotron_model: str | None = None,
             compute: str = "float32", overwrite: bool = False, max_shard_size: str | int = DEFAULT_SHARD,
-            token: str | None = None, revision: str | None = None, progress: Progress | None = None) -> Report:
+            token: str | None = None, revision: str | None = None, progress: Progress | None = None,
+            dry_run: bool = False) -> Any:
     """Nanotron <-> HF: `to="hf-bf16"` (a Nanotron checkpoint, any TP/PP -> HF bf16 master) or `to="nanotron"`
-    (HF bf16 master, bitconv ternary, HF packed or Nanotron -> Nanotron at `tp` x `pp`).
+    (HF bf16 master, bitconv ternary, HF packed or Nanotron -> Nanotron at `tp` x `pp`). `dry_run`: return the
+    plan, write nothing.
 
     Example:
         >>> bitconv.convert("checkpoints/10000", "bitnet-bf16", to="hf-bf16").out
@@ -362,7 +365,7 @@ def convert(src: str | Path, out: str | Path, *, to: str, purpose: str | None = 
     nanotron_model = choice(nanotron_model, ("bitnet", "llama", "llama-pr180"), "--nanotron-model")
     _check_convert_options(to, scale_granularity, tp, make_vocab_size_divisible_by, nanotron_model, pp, purpose)
     out = _hf_out(out, "convert")
-    if to == "nanotron":
+    if to == "nanotron" and not dry_run:
         from bitconv.output import precheck
 
         precheck(out, overwrite)  # before SRC is read
@@ -370,10 +373,10 @@ def convert(src: str | Path, out: str | Path, *, to: str, purpose: str | None = 
         if to == "hf-bf16":
             return nc.to_hf(src, out, purpose=purpose, scale_granularity=scale_granularity, vocab_size=vocab_size,
                             compute=compute, overwrite=overwrite, max_shard_bytes=parse_size(max_shard_size),
-                            progress=progress)
+                            progress=progress, dry_run=dry_run)
         return nc.to_nanotron(_nanotron_source(src, vocab_size, compute), out, tp=tp, pp=pp,
                               make_vocab_size_divisible_by=make_vocab_size_divisible_by, model=nanotron_model,
-                              compute=compute, overwrite=overwrite, progress=progress)
+                              compute=compute, overwrite=overwrite, progress=progress, dry_run=dry_run)
 
 
 def _check_convert_options(to: str, scale_granularity: str | None, tp: int | None, multiple: int,

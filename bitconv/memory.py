@@ -14,7 +14,8 @@ Working set of one tensor of n elements (e = item size of its stored float dtype
 | decode stored codes            | n (codes) + the packed bytes                                           |
 | pack into a layout             | + the packed output (+ a few MB of block temporaries)                  |
 | dequantize (unpack, GGUF float)| + n * 4 (GGUF float types; unpack writes row blocks)                   |
-| copy / passthrough             | 0 (kernel copy) or 2 blocks of 8 MB (GGUF conversion), or the tensor   |
+| copy / passthrough             | 0 (kernel copy) or 2 blocks of 8 MB (GGUF conversion), 2 row blocks of |
+|                                | 16 MB (a source that reads rows alone: Nanotron shards), or the tensor |
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from bitconv.sinks.background import MAX_PENDING_BYTES
 BASE_BYTES = 330 << 20  # python + torch + numpy + bitconv imported (measured: 300-340 MiB on Linux x86-64)
 BLOCK_TEMP_BYTES = 32 << 20  # layout packers' and readers' per-block temporaries
 GGUF_CHUNK_BYTES = 8 << 20
+ROW_BLOCK_BYTES = 16 << 20  # `sinks.hf` / `sinks.nanotron` row blocks of tensors read a block of rows at a time
 
 
 def ternary_bytes(numel: int, stored_dtype: str, stored_bytes: int, compute: str = "float32") -> int:
@@ -45,8 +47,10 @@ def step_bytes(tensor, action: str, out_bytes: int, compute: str = "float32",  #
     """Working set of one plan step (`pipeline.Step` fields; `convert`: a copy converted in blocks, GGUF)."""
     if action == "copy" and convert:
         return 2 * GGUF_CHUNK_BYTES if out_bytes > GGUF_CHUNK_BYTES else tensor.stored_bytes + 2 * out_bytes
-    if action == "copy":
-        return 0 if tensor.loader is None else 2 * out_bytes
+    if action == "copy":  # a loaded tensor: whole, or in row blocks where its source reads rows alone
+        if tensor.loader is None:
+            return 0
+        return 2 * ROW_BLOCK_BYTES if getattr(tensor, "row_loader", None) is not None else 2 * out_bytes
     work = ternary_bytes(tensor.numel, tensor.dtype, tensor.stored_bytes, compute)
     if action == "dequant":
         return work + (BLOCK_TEMP_BYTES if out_bytes <= 2 * tensor.numel else 4 * tensor.numel + out_bytes)

@@ -243,11 +243,14 @@ def plan_unpack_hf(src: Checkpoint, values: str = "online") -> Plan:
 
 def execute(plan: Plan, out: str | Path, *, overwrite: bool = False,
             max_shard_bytes: int | None = DEFAULT_MAX_SHARD_BYTES, progress: Progress | None = None,
-            started: float | None = None) -> Report:
+            started: float | None = None, dry_run: bool = False) -> Report | Plan:
     """Stream the plan into OUT through its sink, atomically: every output's one loop. Up to two source tensors are
     computed at once (`bitconv.sinks.prefetch`), in a bounded working set; they are written in plan order.
     `max_shard_bytes` applies to HF folders; `started` is the `time.perf_counter()` the report's seconds count from
-    (default: now)."""
+    (default: now). `dry_run`: write nothing and return the plan (its `out` set), for `--dry-run`."""
+    if dry_run:
+        plan.out = Path(out)
+        return plan
     t0 = time.perf_counter() if started is None else started
     if plan.tune_malloc:
         keep_freed_memory()
@@ -306,7 +309,8 @@ def _result_bytes(step: Step) -> int:
 
 
 def quantize(src: str | Path, out: str | Path, *, compute: str = "float32", overwrite: bool = False,
-             max_shard_bytes: int | None = DEFAULT_MAX_SHARD_BYTES, progress: Progress | None = None) -> Report:
+             max_shard_bytes: int | None = DEFAULT_MAX_SHARD_BYTES, progress: Progress | None = None,
+             dry_run: bool = False) -> Report | Plan:
     """Ternarize the seven projections of SRC into a bitconv ternary checkpoint at OUT.
 
     Args:
@@ -316,9 +320,10 @@ def quantize(src: str | Path, out: str | Path, *, compute: str = "float32", over
     Example:
         >>> quantize("bitnet-bf16", "bitnet-ternary")
     """
-    precheck(out, overwrite)
+    if not dry_run:
+        precheck(out, overwrite)
     return execute(plan_quantize(open_source(src, compute)), out, overwrite=overwrite,
-                   max_shard_bytes=max_shard_bytes, progress=progress)
+                   max_shard_bytes=max_shard_bytes, progress=progress, dry_run=dry_run)
 
 
 def pack_hf(src: str | Path, out: str | Path, *, linear_class: str = "autobitlinear", compute: str = "float32",
@@ -331,13 +336,15 @@ def pack_hf(src: str | Path, out: str | Path, *, linear_class: str = "autobitlin
 
 
 def unpack_hf(src: str | Path, out: str | Path, *, values: str = "online", overwrite: bool = False,
-              max_shard_bytes: int | None = DEFAULT_MAX_SHARD_BYTES, progress: Progress | None = None) -> Report:
+              max_shard_bytes: int | None = DEFAULT_MAX_SHARD_BYTES, progress: Progress | None = None,
+              dry_run: bool = False) -> Report | Plan:
     """Write a bf16 checkpoint with an autobitlinear/online config (trainable in transformers).
 
     `values="online"` (default) writes `bf16(codes * scale / p)` (p = non-zero fraction per tensor), which
     transformers' online quantizer maps back to exactly these codes and this scale: the loaded model is the packed
     model. `values="dequantized"` writes plain `bf16(codes * scale)`; online mode then sees scale * p instead.
     """
-    precheck(out, overwrite)
+    if not dry_run:
+        precheck(out, overwrite)
     return execute(plan_unpack_hf(open_source(src), values), out, overwrite=overwrite,
-                   max_shard_bytes=max_shard_bytes, progress=progress)
+                   max_shard_bytes=max_shard_bytes, progress=progress, dry_run=dry_run)

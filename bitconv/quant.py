@@ -401,16 +401,27 @@ class Lifter:
         self.lo, self.hi = lo, hi
 
     def __call__(self, codes: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """The bf16 weights of the next block of codes (any shape; row-major order)."""
-        c = torch.as_tensor(np.asarray(codes)).to(torch.int8)
-        out = torch.zeros(c.numel(), dtype=torch.bfloat16)
+        """The bf16 weights of the next block of codes (any shape; row-major order): ±lo or ±hi as bit patterns,
+        in a few vectorized passes (the block holding the k-th non-zero is split at it)."""
+        c = codes.numpy() if isinstance(codes, torch.Tensor) else np.asarray(codes)
+        flat = c.reshape(-1).astype(np.int8, copy=False)
         if self.zero:
-            return out.reshape(c.shape)
-        flat = c.reshape(-1)
-        idx = torch.nonzero(flat, as_tuple=True)[0]
-        mags = torch.full((idx.numel(),), float(self.lo), dtype=torch.bfloat16)
-        upper = min(max(self.k - self.seen, 0), idx.numel())
-        mags[:upper] = self.hi
-        self.seen += idx.numel()
-        out[idx] = mags * flat[idx].to(torch.bfloat16)
-        return out.reshape(c.shape)
+            return torch.zeros(c.shape, dtype=torch.bfloat16)
+        nnz = int(np.count_nonzero(flat))
+        upper = min(max(self.k - self.seen, 0), nnz)  # non-zeros of this block that take the upper magnitude
+        self.seen += nnz
+        out = np.empty(flat.size, dtype=np.uint16)
+        if 0 < upper < nnz:
+            cut = int(np.flatnonzero(flat)[upper - 1]) + 1
+            self._bits(flat[:cut], self.hi, out[:cut])
+            self._bits(flat[cut:], self.lo, out[cut:])
+        else:
+            self._bits(flat, self.hi if upper else self.lo, out)
+        return torch.from_numpy(out.view(np.int16)).view(torch.bfloat16).reshape(c.shape)
+
+    @staticmethod
+    def _bits(codes: np.ndarray, mag: torch.Tensor, out: np.ndarray) -> None:
+        """out = the bf16 bits of codes * mag (+0 for a zero code, the sign bit for -1)."""
+        m = np.uint16(int(mag.view(torch.int16).item()) & 0xFFFF)
+        np.multiply(codes != 0, m, out=out, dtype=np.uint16)
+        out |= (codes < 0).view(np.uint8).astype(np.uint16) << np.uint16(15)

@@ -184,3 +184,29 @@ def test_console_script_exits_at_once_with_every_byte_and_code(models, tmp_path)
     p.stdout.close()  # closed before bitconv writes: its first write meets a broken pipe
     err = p.stderr.read().decode()
     assert p.wait() in (0, 1) and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("command", ["quantize", "unpack", "convert-nanotron", "convert-hf"])
+def test_dry_run_plans_without_writing(models, tmp_path, command):
+    """`--dry-run` on every writing command: the plan as JSON (planned bytes = what the real run writes, a planned
+    peak), nothing written; the real run after it succeeds."""
+    from bitconv import api
+
+    src = models("llama-bitnet")
+    if command == "unpack":
+        api.pack(src, tmp_path / "packed", to="hf")
+        src = tmp_path / "packed"
+    elif command == "convert-hf":
+        api.convert(src, tmp_path / "nt", to="nanotron")
+        src = tmp_path / "nt"
+    name, *extra = command.split("-")
+    to = ["--to", {"nanotron": "nanotron", "hf": "hf-bf16"}[extra[0]]] if extra else []
+    args = [name, str(src), "-o", str(tmp_path / "out"), *to]
+    r = runner.invoke(app, [*args, "--dry-run", "--json"])
+    assert r.exit_code == 0, r.output
+    plan = json.loads(r.stdout)
+    assert plan["dry_run"] is True and plan["command"] == name and not (tmp_path / "out").exists()
+    assert plan["peak_memory_bytes"] > 300 << 20 and plan["tensors"]
+    r = runner.invoke(app, [*args, "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["bytes"] == plan["bytes"] == sum(t["bytes"] for t in plan["tensors"])

@@ -347,6 +347,7 @@ def test_lifter_blocks_equal_lift(shape, density):
     codes = (nz.to(torch.int8) * sign.to(torch.int8)).numpy()
     scale = 0.0123
     whole = quant.lift(codes, scale)
+    assert torch.equal(whole.view(torch.int16), _lift_reference(codes, scale).view(torch.int16))
     nnz = int(np.count_nonzero(codes))
     for step in (1, 2, 5, shape[0]):
         lifter = quant.Lifter(codes.size, nnz, scale)
@@ -359,3 +360,24 @@ def test_lifter_blocks_equal_lift(shape, density):
     if 0 < nnz:
         t = ternarize(whole.float())
         assert np.array_equal(t.codes, codes)
+
+
+def _lift_reference(codes: np.ndarray, scale: float) -> torch.Tensor:
+    """The lift recipe in plain torch (nonzero indices, mags[:k] = hi), the oracle of `quant.Lifter`'s bit tricks."""
+    c = torch.from_numpy(codes).to(torch.int8)
+    n, nnz = c.numel(), int(torch.count_nonzero(c))
+    if nnz == 0:
+        return torch.zeros(c.shape, dtype=torch.bfloat16)
+    target = scale * n / nnz
+    lo = torch.tensor(target, dtype=torch.float32).to(torch.bfloat16)
+    if float(lo) > target:
+        lo = torch.nextafter(lo, torch.tensor(0.0, dtype=torch.bfloat16))
+    hi = torch.nextafter(lo, torch.tensor(float("inf"), dtype=torch.bfloat16))
+    step = float(hi) - float(lo)
+    k = min(max(round((target - float(lo)) * nnz / step), 0), nnz) if step > 0 else 0
+    mags = torch.full((nnz,), float(lo), dtype=torch.bfloat16)
+    mags[:k] = hi
+    out = torch.zeros(n, dtype=torch.bfloat16)
+    idx = torch.nonzero(c.reshape(-1), as_tuple=True)[0]
+    out[idx] = mags * c.reshape(-1)[idx].to(torch.bfloat16)
+    return out.reshape(c.shape)

@@ -78,6 +78,8 @@ SrcArg = Annotated[Path, typer.Argument(help="source: checkpoint folder (bf16 ma
                                         "https://huggingface.co URL)", show_default=False)]
 OutOpt = Annotated[Path, typer.Option("-o", "--out", help="output folder (written atomically)", show_default=False)]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="replace OUT if it exists")]
+DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="print the plan (tensors, output size, planned peak "
+                                         "memory), write nothing")]
 ComputeOpt = Annotated[str, typer.Option("--compute", help="ternarization arithmetic: float32 (transformers, "
                                          "canonical) or bfloat16 (onebitllms)")]
 ShardOpt = Annotated[str, typer.Option("--max-shard-size", help="shard the output above this size, e.g. 5GB, "

@@ -13,6 +13,7 @@ from bitconv.cli import render
 from bitconv.cli.app import (
     ComputeOpt,
     CreatePrOpt,
+    DryRunOpt,
     JsonOpt,
     NoCardOpt,
     OutOpt,
@@ -36,11 +37,15 @@ JOBS = ("Other jobs: `bitconv unpack` (back to trainable bf16), `bitconv convert
 @handle_errors
 def quantize(src: SrcArg, out: OutOpt, compute: ComputeOpt = "float32", overwrite: OverwriteOpt = False,
              max_shard_size: ShardOpt = "5GB", json: JsonOpt = False, token: TokenOpt = None,
-             revision: RevisionOpt = None) -> None:
+             revision: RevisionOpt = None, dry_run: DryRunOpt = False) -> None:
     """bf16 master -> bitconv ternary checkpoint (int8 codes + float32 absmean scales)."""
-    with render.progress("quantize", not json) as cb:
+    t0 = time.perf_counter()
+    with render.progress("quantize", not json and not dry_run) as cb:
         rep = api.quantize(src, out, compute=compute, overwrite=overwrite, max_shard_size=max_shard_size,
-                           token=token, revision=revision, progress=cb)
+                           token=token, revision=revision, progress=cb, dry_run=dry_run)
+    if dry_run:
+        _print_plan(rep, json, time.perf_counter() - t0, "quantize")
+        return
     _report(rep, json, "quantize")
 
 
@@ -76,7 +81,7 @@ def pack(src: SrcArg,
                                                         "(default: the repo or folder name)",
                                                         show_default=False)] = None,
          compute: ComputeOpt = "float32", overwrite: OverwriteOpt = False, max_shard_size: ShardOpt = "5GB",
-         dry_run: Annotated[bool, typer.Option("--dry-run", help="print the plan, write nothing")] = False,
+         dry_run: DryRunOpt = False,
          force: Annotated[bool, typer.Option("--force", help="GGUF: write a file that runs correctly on no known "
                                              "runtime (docs/runtimes.md), with a warning in the file")] = False,
          json: JsonOpt = False, push_to_hub: PushOpt = None, private: PrivateOpt = False,
@@ -133,7 +138,7 @@ def _print_runtimes(extra: dict, warn: bool = True) -> None:
             render.warning(w)
 
 
-def _print_plan(plan: Any, as_json: bool, seconds: float) -> None:
+def _print_plan(plan: Any, as_json: bool, seconds: float, command: str = "pack") -> None:
     from bitconv.cli import jsondoc
 
     gguf = hasattr(plan, "gguf_type")
@@ -149,7 +154,7 @@ def _print_plan(plan: Any, as_json: bool, seconds: float) -> None:
         title = f"plan: {plan.source.kind} -> {plan.target}"
     if as_json:
         extra = {"gguf": plan.extra} if gguf else {}
-        render.print_json(jsondoc.doc("pack", out=getattr(plan, "out", None), layout=jsondoc.layout_name(layout),
+        render.print_json(jsondoc.doc(command, out=getattr(plan, "out", None), layout=jsondoc.layout_name(layout),
                                       bytes=plan.total_bytes, seconds=seconds, dry_run=True,
                                       warnings=list(getattr(plan, "warnings", [])),
                                       source_kind=plan.source.kind, peak_memory_bytes=plan.peak_bytes,
@@ -169,11 +174,16 @@ def unpack(src: SrcArg, out: OutOpt, overwrite: OverwriteOpt = False, max_shard_
            values: Annotated[str, typer.Option("--values", help="online: bf16(codes*scale/p), which transformers' "
                                                "online quantizer maps back to the same codes and scale (default); "
                                                "dequantized: plain bf16(codes*scale)")] = "online",
-           json: JsonOpt = False, token: TokenOpt = None, revision: RevisionOpt = None) -> None:
+           json: JsonOpt = False, token: TokenOpt = None, revision: RevisionOpt = None,
+           dry_run: DryRunOpt = False) -> None:
     """Packed / ternary / GGUF / Nanotron -> trainable bf16 checkpoint with an online autobitlinear config."""
-    with render.progress("unpack", not json) as cb:
+    t0 = time.perf_counter()
+    with render.progress("unpack", not json and not dry_run) as cb:
         rep = api.unpack(src, out, values=values, overwrite=overwrite, max_shard_size=max_shard_size, token=token,
-                         revision=revision, progress=cb)
+                         revision=revision, progress=cb, dry_run=dry_run)
+    if dry_run:
+        _print_plan(rep, json, time.perf_counter() - t0, "unpack")
+        return
     _report(rep, json, "unpack")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Annotated
 
 import typer
@@ -10,6 +11,7 @@ from bitconv import api
 from bitconv.cli import render
 from bitconv.cli.app import (
     ComputeOpt,
+    DryRunOpt,
     JsonOpt,
     OutOpt,
     OverwriteOpt,
@@ -64,14 +66,21 @@ def convert(src: SrcArg, out: OutOpt, to: ToOpt, purpose: ForOpt = None, scale_g
             vocab_size: VocabOpt = None, tp: TpOpt = None, pp: PpOpt = None,
             make_vocab_size_divisible_by: MultipleOpt = 1, nanotron_model: ModelOpt = None,
             compute: ComputeOpt = "float32", overwrite: OverwriteOpt = False, max_shard_size: ShardOpt = "5GB",
-            json: JsonOpt = False, token: TokenOpt = None, revision: RevisionOpt = None) -> None:
+            json: JsonOpt = False, token: TokenOpt = None, revision: RevisionOpt = None,
+            dry_run: DryRunOpt = False) -> None:
     """Convert between Nanotron checkpoints (any TP/PP) and HF: --to hf-bf16 or --to nanotron."""
-    with render.progress("convert", not json) as cb:
+    t0 = time.perf_counter()
+    with render.progress("convert", not json and not dry_run) as cb:
         rep = api.convert(src, out, to=to, purpose=purpose, scale_granularity=scale_granularity,
                           vocab_size=vocab_size, tp=tp, pp=pp,
                           make_vocab_size_divisible_by=make_vocab_size_divisible_by, nanotron_model=nanotron_model,
                           compute=compute, overwrite=overwrite, max_shard_size=max_shard_size, token=token,
-                          revision=revision, progress=cb)
+                          revision=revision, progress=cb, dry_run=dry_run)
+    if dry_run:
+        from bitconv.cli.commands import _print_plan
+
+        _print_plan(rep, json, time.perf_counter() - t0, "convert")
+        return
     _report(rep, json, "convert", target=to.lower())
     if not json and rep.extra.get("export_meaning"):
         render.out.print(f"export --for {rep.extra['export_meaning']}", markup=False)

@@ -33,6 +33,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
+from bitconv import memory, quant
 from bitconv.core import dtypes, safeio
 from bitconv.core.errors import OutputError, SourceError, UsageError
 from bitconv.core.tensors import FieldSpec, Ternary
@@ -516,7 +517,7 @@ def _check_source(ck: Checkpoint, flavor: nt.Flavor, tp: int) -> tuple[nt.Dims, 
 def to_nanotron(src: str | Path | Checkpoint, out: str | Path, *, tp: int | None = None, pp: int | None = None,
                 make_vocab_size_divisible_by: int = 1, model: str | None = None,
                 rope_interleaved: bool | None = None, compute: str = "float32", overwrite: bool = False,
-                progress: Progress | None = None) -> Report:
+                progress: Progress | None = None, dry_run: bool = False) -> Report | Plan:
     """Write SRC (HF bf16 master, bitconv ternary, HF packed, or Nanotron) as a Nanotron checkpoint at OUT.
 
     Every shard and checkpoint_metadata.json carry the checkpoint version of the targeted nanotron generation
@@ -540,7 +541,8 @@ def to_nanotron(src: str | Path | Checkpoint, out: str | Path, *, tp: int | None
     t0 = time.perf_counter()
     if make_vocab_size_divisible_by < 1:
         raise UsageError("--make-vocab-size-divisible-by must be >= 1")
-    precheck(out, overwrite)
+    if not dry_run:
+        precheck(out, overwrite)
     ck = src if isinstance(src, Checkpoint) else open_source(src, compute)
     own = ck.info if isinstance(ck, NanotronCheckpoint) else None
     tp = tp if tp is not None else (own.tp if own else 1)
@@ -585,7 +587,7 @@ def to_nanotron(src: str | Path | Checkpoint, out: str | Path, *, tp: int | None
     plan = NanotronPlan(ck, f"nanotron-{flavor.name}", steps, ck.config, extra=extra,
                         builder=b, params={p.name: p for p in params}, tp=tp, pp=pp, stages=stages, mc=mc,
                         custom=custom, multiple=make_vocab_size_divisible_by)
-    return execute(plan, out, overwrite=overwrite, progress=progress, started=t0)
+    return execute(plan, out, overwrite=overwrite, progress=progress, started=t0, dry_run=dry_run)
 
 
 @dataclass
@@ -605,6 +607,16 @@ class NanotronPlan(Plan):
     @property
     def n_ternary(self) -> int:
         return sum(1 for n in self.params if n.endswith("_proj.weight"))
+
+    @property
+    def peak_bytes(self) -> int:
+        """Planned peak: a few row blocks (read, reordered, cut for each rank), the blocks of the streamed scale
+        passes, and, for stored codes, the biggest projection's codes and packed bytes (one part at a time)."""
+        work = 6 * ROW_BLOCK_BYTES + quant.BLOCK_ELEMS * 12
+        if self.source.kind not in ("bf16-master", "nanotron"):
+            work += max((memory.ternary_bytes(t.numel, t.dtype, t.stored_bytes)
+                         for t in self.source.ternary_tensors()), default=0)
+        return memory.BASE_BYTES + work
 
     def new_sink(self, **_: object) -> NanotronSink:
         return NanotronSink(self)
@@ -742,7 +754,7 @@ def export_mode(purpose: str | None, scale_granularity: str | None) -> str | Non
 def to_hf(src: str | Path | NanotronCheckpoint, out: str | Path, *, purpose: str | None = None,
           scale_granularity: str | None = None, vocab_size: int | None = None, compute: str = "float32",
           overwrite: bool = False, max_shard_bytes: int | None = DEFAULT_MAX_SHARD_BYTES,
-          progress: Progress | None = None) -> Report:
+          progress: Progress | None = None, dry_run: bool = False) -> Report | Plan:
     """Write a Nanotron checkpoint as an HF bf16 master (`LlamaForCausalLM`, bitnet online config for PR #180).
 
     Args:
@@ -758,7 +770,8 @@ def to_hf(src: str | Path | NanotronCheckpoint, out: str | Path, *, purpose: str
         >>> to_hf("checkpoints/10000", "bitnet-hf-bf16", purpose="release")
     """
     t0 = time.perf_counter()
-    precheck(out, overwrite)
+    if not dry_run:
+        precheck(out, overwrite)
     granularity = export_mode(purpose, scale_granularity)
     if isinstance(src, NanotronCheckpoint) and granularity not in (None, src.info.granularity):
         src = open_nanotron(src.path, vocab_size=vocab_size or src.info.vocab, scale_granularity=granularity,
@@ -789,7 +802,7 @@ def to_hf(src: str | Path | NanotronCheckpoint, out: str | Path, *, purpose: str
     extra = {"warnings": ck.warnings + _hf_warnings(ck, lifted), "export": export.purpose if export else None,
              "scale_granularity": export.granularity if export else None,
              "export_meaning": export.meaning if export else None, "vocab_size": ck.info.vocab}
-    return execute(Plan(view, "hf-bf16", steps, config, extra=extra), out, overwrite=overwrite,
+    return execute(Plan(view, "hf-bf16", steps, config, extra=extra), out, overwrite=overwrite, dry_run=dry_run,
                    max_shard_bytes=max_shard_bytes, progress=progress, started=t0)
 
 
