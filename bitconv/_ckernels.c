@@ -16,6 +16,11 @@
  *     the layouts' code packing (HF, I2_S, IQ2_BN, TQ2_0 2-bit; TQ1_0 and IQ1_BN base 3), byte for byte what the
  *     layouts' numpy encoders write (tests compare them); the layouts add their scales.
  *
+ * f16_of_bf16(bits, out) -> bool
+ *     bf16 -> IEEE half (round to nearest even, NaN payloads kept quiet), 8 values per F16C instruction where the CPU
+ *     has AVX2 and F16C (checked at run time; the same bits as torch's `.to(torch.float16)`, tested on all 65536
+ *     patterns); False, nothing written, elsewhere: the caller converts with torch.
+ *
  * All release the GIL (the compute workers run two tensors at once). Buffers: any C-contiguous buffer; lengths are
  * checked (bits: an even number of bytes; out: one byte per element).
  */
@@ -408,6 +413,50 @@ static PyObject *q8_0_bf16(PyObject *self, PyObject *args) {
     return PyBool_FromLong(finite);
 }
 
+/* -------------------------------------------------------------------------------------------------- bf16 -> f16 */
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define BITCONV_F16C 1
+__attribute__((target("avx2,f16c")))
+static void f16_of_bf16_f16c(const uint16_t *in, uint16_t *out, Py_ssize_t n) {
+    Py_ssize_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m128i b = _mm_loadu_si128((const __m128i *)(in + i));
+        __m256 f = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(b), 16)); /* bf16 -> f32: exact */
+        _mm_storeu_si128((__m128i *)(out + i), _mm256_cvtps_ph(f, _MM_FROUND_TO_NEAREST_INT));
+    }
+    for (; i < n; ++i) {
+        uint32_t u = (uint32_t)in[i] << 16;
+        float f;
+        memcpy(&f, &u, sizeof f);
+        out[i] = (uint16_t)_cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT);
+    }
+}
+#endif
+
+static PyObject *f16_of_bf16(PyObject *self, PyObject *args) {
+    Py_buffer in, out;
+    if (!PyArg_ParseTuple(args, "y*w*", &in, &out)) return NULL;
+    if (in.len % 2 || out.len != in.len) {
+        PyBuffer_Release(&in);
+        PyBuffer_Release(&out);
+        PyErr_SetString(PyExc_ValueError, "f16_of_bf16: 2 bytes per value in and out");
+        return NULL;
+    }
+    int done = 0;
+#ifdef BITCONV_F16C
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c")) {
+        Py_BEGIN_ALLOW_THREADS
+        f16_of_bf16_f16c((const uint16_t *)in.buf, (uint16_t *)out.buf, in.len / 2);
+        Py_END_ALLOW_THREADS
+        done = 1;
+    }
+#endif
+    PyBuffer_Release(&in);
+    PyBuffer_Release(&out);
+    return PyBool_FromLong(done);
+}
+
 /* ------------------------------------------------------------------------------------ streamed multi_row_sum
  * mrs_new(size, lanes) -> bytearray; mrs_feed_bf16(state, bits); mrs_finish(state) -> bytes (lanes float32)
  * multi_row_sum's steps (add_rows, cascade, fold) on a state kept in a bytearray between calls, for tensors read a
@@ -495,6 +544,7 @@ static PyMethodDef methods[] = {
     {"pack_tq1", pack_tq1, METH_VARARGS, "TQ1_0 block payloads (52 bytes per 256 codes)."},
     {"pack_iq1bn", pack_iq1bn, METH_VARARGS, "IQ1_BN blocks (13 bytes per 64 codes)."},
     {"q8_0_bf16", q8_0_bf16, METH_VARARGS, "Q8_0 blocks of bf16 values (False on a non-finite block)."},
+    {"f16_of_bf16", f16_of_bf16, METH_VARARGS, "bf16 -> f16 bits with F16C (False where the CPU has none)."},
     {"mrs_new", mrs_new, METH_VARARGS, "state of a streamed multi_row_sum (size rows, lanes)."},
     {"mrs_feed_bf16", mrs_feed_bf16, METH_VARARGS, "feed whole rows of bf16 bit patterns (|w| summed)."},
     {"mrs_finish", mrs_finish, METH_VARARGS, "the lane sums (float32 bytes) once every row was fed."},

@@ -221,3 +221,20 @@ def test_half_conversion_on_every_bf16_block_maximum():
         want = (amax / np.float32(127)).astype(np.float16)
     assert d.tobytes() == want.tobytes()
 
+
+
+@pytest.mark.parametrize("n", [65536, 65535, 9, 1])
+def test_f16_of_bf16_equals_torch_on_every_pattern(n, monkeypatch):
+    """bf16 -> f16 (GGUF token_embd / output): the F16C kernel and the torch fallback give torch's bits for all
+    65536 bf16 patterns (subnormals, overflow to inf, NaN payloads), whole and with a ragged tail."""
+    from bitconv.formats.gguf import quants
+
+    every = torch.arange(0, 65536, dtype=torch.int32).to(torch.int16).view(torch.bfloat16)[:n].contiguous()
+    want = every.to(torch.float16).numpy().view(np.uint16)
+    got = quants.to_float_type(every, "F16")
+    assert got.dtype == np.float16 and np.array_equal(got.view(np.uint16), want)
+    out = np.zeros(n, dtype=np.uint16)
+    assert ck.f16_of_bf16(every.view(torch.int16).numpy(), out)  # this machine has AVX2 + F16C
+    assert np.array_equal(out, want)
+    monkeypatch.setenv("BITCONV_PURE_PYTHON", "1")
+    assert np.array_equal(quants.to_float_type(every, "F16").view(np.uint16), want)
