@@ -50,7 +50,11 @@ def step_bytes(tensor, action: str, out_bytes: int, compute: str = "float32",  #
     if action == "copy":  # a loaded tensor: whole, or in row blocks where its source reads rows alone
         if tensor.loader is None:
             return 0
-        return 2 * ROW_BLOCK_BYTES if getattr(tensor, "row_loader", None) is not None else 2 * out_bytes
+        if getattr(tensor, "row_loader", None) is None:
+            return 2 * out_bytes
+        # a ternary projection written as floats (Nanotron -> HF) holds its codes while its rows are made
+        codes = ternary_bytes(tensor.numel, tensor.dtype, tensor.stored_bytes, compute) if tensor.is_ternary else 0
+        return codes + 2 * ROW_BLOCK_BYTES
     work = ternary_bytes(tensor.numel, tensor.dtype, tensor.stored_bytes, compute)
     if action == "dequant":
         return work + (BLOCK_TEMP_BYTES if out_bytes <= 2 * tensor.numel else 4 * tensor.numel + out_bytes)

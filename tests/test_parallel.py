@@ -61,6 +61,27 @@ def test_ordered_runs_ahead_within_the_held_bytes():
     gen2.close()
 
 
+def test_ordered_counts_the_result_being_consumed():
+    """While the consumer holds a big result, the next big item waits (their sum would exceed max_cost); small items
+    still run ahead beside a small result."""
+    started = []
+
+    def work(i):
+        started.append(i)
+        return i
+
+    big = {0, 1}
+    gen = ordered(work, range(4), workers=2, cost=lambda i: 60 if i in big else 1,
+                  size=lambda i: 50 if i in big else 1, max_cost=100, max_held=10)
+    assert next(gen) == 0  # the consumer holds item 0 (50 bytes): item 1 (60) would make 110 > 100
+    time.sleep(0.1)
+    assert started == [0]
+    assert next(gen) == 1  # coming back released item 0: item 1 ran, then the small ones may run ahead
+    time.sleep(0.1)
+    assert sorted(started) == [0, 1, 2, 3]
+    assert list(gen) == [2, 3]
+
+
 def test_ordered_raises_in_turn_and_stops():
     started = []
 

@@ -67,11 +67,13 @@ def unpack_codes(packed: np.ndarray, out_features: int, tensor: str | None = Non
     """uint8 [out/4, in] -> int8 codes [out, in]: code of pair i = ((byte >> 2i) & 3) - 1, low pair first.
     A 0b11 pair (not a ternary code) raises FormatError."""
     p = np.ascontiguousarray(packed, dtype=np.uint8)
-    if bool(np.any(p & (p >> 1) & 0x55)):  # both bits of some pair set
+    flat = p.reshape(-1)
+    if any(bool(np.any(b & (b >> 1) & 0x55))  # both bits of some pair set (checked a slice at a time: no full-size
+           for b in (flat[a:a + PACK_BLOCK_BYTES] for a in range(0, flat.size, PACK_BLOCK_BYTES))):  # temporaries)
         raise FormatError("packed weight holds the bit pair 0b11, which is not a ternary code", tensor=tensor,
                           shape=tuple(packed.shape), hint="the file is corrupt or not an HF packed checkpoint")
     codes = np.empty((VALUES_PER_BYTE, *p.shape), dtype=np.int8)
-    flat, cu = p.reshape(-1), codes.reshape(VALUES_PER_BYTE, -1).view(np.uint8)
+    cu = codes.reshape(VALUES_PER_BYTE, -1).view(np.uint8)
     for a in range(0, flat.size, PACK_BLOCK_BYTES):  # cache-sized slices: three in-place uint8 passes per pair
         src = flat[a:a + PACK_BLOCK_BYTES]
         for i in range(VALUES_PER_BYTE):

@@ -8,7 +8,9 @@ tensor, say), within two byte budgets that keep memory bounded:
 * the working sets (`cost`, planned bytes) of the items being computed sum to at most `max_cost` (alone, an item
   always runs);
 * the results computed but not yet taken by the consumer (`size`, bytes) sum to at most `max_held`, and at most
-  MAX_AHEAD items are started ahead of the consumer (the next one in order is always allowed).
+  MAX_AHEAD items are started ahead of the consumer (the next one in order is always allowed);
+* the result the consumer is working on counts against `max_cost` too: while it holds a big one (the 235 MB codes
+  of a 70B FFN matrix, say), the next big item waits for it instead of doubling the peak.
 
 Results are identical to the sequential `map(fn, items)`: every item is computed by the same function on its own
 data; only when it runs changes. `fn` must not return buffers it reuses for a later item (worker threads have their
@@ -56,6 +58,7 @@ class _Ahead:
         self.taken = 0  # items handed to the consumer
         self.running = 0  # summed cost of the items being computed
         self.held = 0  # summed size of the items started and not yet taken
+        self.consuming = 0  # size of the result the consumer holds now
         self.done: dict[int, tuple[bool, object]] = {}
         self.closed = False
 
@@ -63,7 +66,8 @@ class _Ahead:
         j = self.next
         if j >= self.n:
             return False
-        if self.running and self.running + self.cost[j] > self.max_cost:
+        busy = self.running + self.consuming
+        if busy and busy + self.cost[j] > self.max_cost:
             return False
         return j == self.taken or (j - self.taken < MAX_AHEAD and self.held + self.size[j] <= self.max_held)
 
@@ -114,11 +118,15 @@ def ordered(fn: Callable[[T], R], items: Iterable[T], *, workers: int | None = N
                 ok, value = st.done.pop(i)
                 st.taken = i + 1
                 st.held -= st.size[i]
+                st.consuming = st.size[i]
                 st.cv.notify_all()
             if not ok:
                 raise value  # type: ignore[misc]
             yield value  # type: ignore[misc]
             del value  # the caller has handed it on; do not keep it alive while waiting for the next one
+            with st.cv:
+                st.consuming = 0
+                st.cv.notify_all()
     finally:
         with st.cv:
             st.closed = True

@@ -326,6 +326,15 @@ def decode_pair(r: ModelTensor, o: ModelTensor, mode: str) -> Decoded | None:
     return out, {mode: r.ternary(mode)}
 
 
+def codes_equal(a: np.ndarray, b: np.ndarray, block: int = 1 << 24) -> bool:
+    """`np.array_equal` a slice at a time: no full-size boolean temporary (235 MB for a 70B FFN matrix)."""
+    a, b = np.asarray(a), np.asarray(b)
+    if a.shape != b.shape:
+        return False
+    fa, fb = a.reshape(-1), b.reshape(-1)
+    return all(np.array_equal(fa[i:i + block], fb[i:i + block]) for i in range(0, fa.size, block))
+
+
 def check_ternary(r: ModelTensor, o: ModelTensor, layout: str | None, tracker: _ComputeTracker,
                   config: dict, decoded: Decoded | None = None) -> TensorCheck:
     """One ternary tensor: the first compute mode whose codes and scale both match wins; codes matching with a
@@ -348,7 +357,7 @@ def check_ternary(r: ModelTensor, o: ModelTensor, layout: str | None, tracker: _
         ref = refs.pop(mode, None)
         ref = ref if ref is not None else r.ternary(mode)
         first = first or ref
-        if not np.array_equal(ref.codes, out.codes):
+        if not codes_equal(ref.codes, out.codes):
             continue
         c = _check_scale(TensorCheck(r.name, "ternary", True, shape=list(r.shape), code_mismatches=0,
                                      mismatched_rows=0, compute=mode if tracker.active else None), ref, out, storage)
