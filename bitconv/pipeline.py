@@ -25,7 +25,7 @@ from typing import ClassVar, Protocol
 
 import numpy as np
 
-from bitconv.core.alloc import keep_freed_memory
+from bitconv.core.alloc import keep_freed_memory, release_freed_memory
 from bitconv.core.errors import SourceError, UsageError
 from bitconv.core.naming import module_of
 from bitconv.core.tensors import FieldSpec, Ternary
@@ -265,11 +265,13 @@ def execute(plan: Plan, out: str | Path, *, overwrite: bool = False,
             computed = ordered(lambda st: _compute_step(st, plan), plan.steps, cost=_step_cost(plan),
                                size=_result_bytes)
             with closing(computed) as results:
-                for step, result in zip(plan.steps, results):
+                for step in plan.steps:  # not zip(): its reused result tuple would keep the last result alive
+                    result = next(results)  # while the next one is computed (two 235 MB codes arrays at 70B)
                     if progress:
                         progress(done, total, step.tensor.name)
                     _write_step(step, plan, sink, result)
                     del result
+                    release_freed_memory(step.nbytes if plan.tune_malloc else 0)
                     done += step.nbytes
             files = sink.close(fsync=os.environ.get("BITCONV_FSYNC") == "1")
         except BaseException:

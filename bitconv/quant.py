@@ -421,7 +421,22 @@ class Lifter:
 
     @staticmethod
     def _bits(codes: np.ndarray, mag: torch.Tensor, out: np.ndarray) -> None:
-        """out = the bf16 bits of codes * mag (+0 for a zero code, the sign bit for -1)."""
-        m = np.uint16(int(mag.view(torch.int16).item()) & 0xFFFF)
-        np.multiply(codes != 0, m, out=out, dtype=np.uint16)
-        out |= (codes < 0).view(np.uint8).astype(np.uint16) << np.uint16(15)
+        signed_bits(codes, int(mag.view(torch.int16).item()) & 0xFFFF, out)
+
+
+def signed_bits(codes: np.ndarray, mag_bits: int, out: np.ndarray) -> np.ndarray:
+    """out (uint16) = the bf16 bits of codes * m for the bf16 magnitude with bits `mag_bits`: +0 for a zero code,
+    the sign bit set for -1. No float temporaries."""
+    c = codes.reshape(-1)
+    np.multiply(c != 0, np.uint16(mag_bits), out=out, dtype=np.uint16)
+    out |= (c < 0).view(np.uint8).astype(np.uint16) << np.uint16(15)
+    return out
+
+
+def dequantized_bits(codes: np.ndarray, scale: float) -> np.ndarray:
+    """`dequantize(Ternary(codes, scale))`'s bf16 bits (uint16, codes' shape) without its float32 temporaries:
+    codes * float32(scale) is exactly ±float32(scale) or +0, rounded once to bf16."""
+    mag = torch.tensor(float(scale), dtype=torch.float32).to(torch.bfloat16).view(torch.int16).item() & 0xFFFF
+    out = np.empty(codes.shape, dtype=np.uint16)
+    signed_bits(np.asarray(codes, dtype=np.int8), mag, out.reshape(-1))
+    return out

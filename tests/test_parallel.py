@@ -82,6 +82,35 @@ def test_ordered_counts_the_result_being_consumed():
     assert list(gen) == [2, 3]
 
 
+def test_ordered_keeps_no_reference_to_a_taken_result():
+    """Once the consumer drops a result nothing else holds it (a worker waiting to start its next item kept its last
+    result alive: two 235 MB codes arrays at once at 70B). Item 2 cannot start while the consumer holds item 1, so
+    both workers wait; whichever computed item 0 must not hold it."""
+    import gc
+    import weakref
+
+    class Result:
+        pass
+
+    for _ in range(10):  # which worker computes which item varies
+        refs = []
+
+        def work(i, refs=refs):
+            r = Result()
+            refs.append(weakref.ref(r))
+            return r
+
+        gen = ordered(work, range(3), workers=2, cost=lambda i: 60, size=lambda i: 50, max_cost=100, max_held=10)
+        first = next(gen)
+        del first
+        second = next(gen)
+        time.sleep(0.02)
+        gc.collect()
+        assert refs[0]() is None and refs[1]() is second
+        del second
+        assert list(gen) == [refs[2]()]
+
+
 def test_ordered_raises_in_turn_and_stops():
     started = []
 

@@ -21,7 +21,7 @@ from bitconv.core.naming import module_of
 from bitconv.core.tensors import Ternary
 from bitconv.formats.safetensors import OutEntry, SafetensorsWriter, TensorInfo
 from bitconv.output import AtomicOutput
-from bitconv.quant import dequantize
+from bitconv.quant import dequantized_bits
 from bitconv.sinks.background import BackgroundWriter
 from bitconv.sources.checkpoint import ModelTensor
 
@@ -62,7 +62,7 @@ def dequantized_blocks(t: Ternary) -> Iterator[np.ndarray]:
     codes = t.codes.reshape(t.codes.shape[0], -1)
     step = max(1, DEQUANT_BLOCK_ELEMS // max(1, codes.shape[1]))
     for a in range(0, codes.shape[0], step):
-        yield dtypes.to_numpy_storage(dequantize(Ternary(codes[a:a + step], t.scale)))
+        yield dequantized_bits(codes[a:a + step], float(t.scale))  # no float32 temporaries
 
 
 ROW_BLOCK_BYTES = 16 << 20  # loaded tensors that read rows alone are written a block of rows at a time

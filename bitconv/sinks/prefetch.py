@@ -106,6 +106,7 @@ def ordered(fn: Callable[[T], R], items: Iterable[T], *, workers: int | None = N
                 st.cv.notify_all()
             if not out[0]:
                 return
+            del out  # else this thread keeps its last result alive while it waits to start the next item
 
     threads = [threading.Thread(target=work, name=f"bitconv-compute-{k}", daemon=True) for k in range(workers)]
     for t in threads:

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from bitconv.core import dtypes
-from bitconv.core.alloc import keep_freed_memory
+from bitconv.core.alloc import keep_freed_memory, release_freed_memory
 from bitconv.core.errors import BitconvError
 from bitconv.core.tensors import Ternary
 from bitconv.layouts import decode_scale, encode_scale, layout_class
@@ -529,7 +529,8 @@ def roundtrip(out_ck: Checkpoint, ref_ck: Checkpoint,
         return 2 * ref_ck.tensors[name].numel if ref_ck.tensors[name].is_ternary else 0
 
     with closing(ordered(ahead, names, cost=cost, size=size)) as decoded:
-        for i, (name, pre) in enumerate(zip(names, decoded)):
+        for i, name in enumerate(names):  # not zip(): its reused result tuple would keep `pre` alive meanwhile
+            pre = next(decoded)
             if progress:
                 progress(i, len(names), name)
             r, o = ref_ck.tensors[name], out_ck.tensors[name]
@@ -538,6 +539,7 @@ def roundtrip(out_ck: Checkpoint, ref_ck: Checkpoint,
             else:
                 checks.append(check_passthrough(ref_ck, out_ck, name))
             del pre
+            release_freed_memory(r.numel * 2)
     _reconcile(checks, ref_ck, out_ck, tracker)
     checks += _tied(ref_ck, out_ck)
     storage = _storage_note(scale_storage(out_ck.layout, next(iter(out_ck.ternary_tensors()), None)))
