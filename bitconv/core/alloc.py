@@ -14,7 +14,7 @@ _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 _done = False
 _libc: ctypes.CDLL | None = None
-TRIM_AFTER_BYTES = 64 << 20  # after a tensor this big, the heap's free pages go back to the OS (`release_freed_memory`)
+TRIM_AFTER_BYTES = 64 << 20  # after a tensor this big, free heap pages go back to the OS (`release_freed_memory`)
 MMAP_THRESHOLD = 64 << 20  # every 2B-class tensor's arrays stay below it (a 2B4T FFN matrix: 17.7 MB of codes)
 
 
