@@ -111,8 +111,8 @@ class Param:
     def read_rows(self, r0: int, r1: int) -> torch.Tensor:
         """Global rows [r0, r1) (a fresh torch tensor), read from the shards that hold them: never the whole
         parameter (a 70B gate_up is 940 MB)."""
-        if not self.sharded:
-            return read_rows(self.shards[0].info, r0, r1)
+        if not self.sharded or (len(self.shards) == 1 and tuple(self.shards[0].info.shape) == tuple(self.shape)):
+            return read_rows(self.shards[0].info, r0, r1)  # one file holds it whole (unsharded, or TP=1)
         out = torch.empty((r1 - r0, *self.shape[1:]), dtype=dtypes.DTYPES[self.dtype].torch)
         for sh in self.shards:
             for loc, glob in sh.pairs:
