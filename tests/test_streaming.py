@@ -381,3 +381,35 @@ def _lift_reference(codes: np.ndarray, scale: float) -> torch.Tensor:
     idx = torch.nonzero(c.reshape(-1), as_tuple=True)[0]
     out[idx] = mags * c.reshape(-1)[idx].to(torch.bfloat16)
     return out.reshape(c.shape)
+
+
+def test_gguf_q8_0_rows_decode_alone_and_verify_compares_by_rows(models, tmp_path, monkeypatch):
+    """A GGUF Q8_0 embedding (the ik types' default) is read a block of rows at a time: its rows equal the whole
+    tensor's, and verify's passthrough comparison streams them (it loaded the whole tensor as float32 and its
+    reference beside it: 6.2 GB for a 2B4T IQ1_BN). Same verdict with one-row chunks; a changed row still fails."""
+    import shutil
+
+    from bitconv import api
+    from bitconv.formats.gguf.reader import read_gguf
+    from bitconv.sources import open_source
+    from bitconv.verify import roundtrip
+
+    src = models("bitnet-2b4t")
+    out = tmp_path / "m.gguf"
+    api.pack(src, out, to="gguf", type="iq1_bn")
+    t = open_source(out).tensors["model.embed_tokens.weight"]
+    assert t.row_loader is not None and t.dtype == "F32"
+    whole = t.loader()
+    for a, b in ((0, 1), (3, 17), (t.shape[0] - 2, t.shape[0]), (0, t.shape[0])):
+        assert torch.equal(t.row_loader(a, b), whole[a:b])
+    assert api.verify(out, src, parity=False).ok
+    monkeypatch.setattr(roundtrip, "CHUNK_BYTES", 1)  # one row per chunk
+    assert api.verify(out, src, parity=False).ok
+    bad = tmp_path / "bad.gguf"
+    shutil.copy(out, bad)
+    info = read_gguf(bad).tensors["token_embd.weight"]
+    with open(bad, "r+b") as f:  # row 5's first block: its int8 values change
+        f.seek(info.offset + 5 * (info.nbytes // t.shape[0]) + 2)
+        f.write(bytes([0x7F] * 32))
+    rep = api.verify(bad, src, parity=False)
+    assert not rep.ok and any(c.name == "model.embed_tokens.weight" and not c.ok for c in rep.roundtrip.tensors)

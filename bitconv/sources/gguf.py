@@ -31,7 +31,7 @@ from bitconv.formats.gguf.metadata import ARCHS, GGUFArch, hf_name, permute_head
 from bitconv.formats.gguf.quants import dequantize_q8_0
 from bitconv.formats.gguf.reader import GGUFFile, GGUFTensor, read_gguf
 from bitconv.formats.gguf.types import by_id
-from bitconv.formats.safetensors import TensorInfo
+from bitconv.formats.safetensors import TensorInfo, pread_exact
 from bitconv.layouts import Layout, get_layout, ggml_type_layouts, kernel_kinds, layout_class
 from bitconv.layouts.kernel_config import INI_NAME, KernelConfig
 from bitconv.layouts.runtimes import ACTIVATIONS, default_activation
@@ -103,7 +103,13 @@ def _tensor(g: GGUFFile, t: GGUFTensor, name: str, arch: GGUFArch, config: dict,
         def load() -> torch.Tensor:
             return torch.from_numpy(dequantize_q8_0(g.read(t), t.shape))
 
-        return ModelTensor(name, t.shape, "F32", [raw], loader=load)
+        def rows(r0: int, r1: int) -> torch.Tensor:  # Q8_0 blocks never cross a row: rows decode alone
+            row_bytes = t.nbytes // t.shape[0]
+            buf = np.empty((r1 - r0) * row_bytes, dtype=np.uint8)
+            pread_exact(g.path, t.offset + r0 * row_bytes, memoryview(buf), t.name)
+            return torch.from_numpy(dequantize_q8_0(buf, (r1 - r0, *t.shape[1:])))
+
+        return ModelTensor(name, t.shape, "F32", [raw], loader=load, row_loader=rows if len(t.shape) == 2 else None)
     raise SourceError(f"tensor has type {tname}, which bitconv cannot decode", path=g.path, tensor=t.name)
 
 

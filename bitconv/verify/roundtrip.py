@@ -65,7 +65,12 @@ FAULTS = {
 }
 
 SUB_NORMS = ("attn_sub_norm", "ffn_sub_norm", "inner_attn_ln", "ffn_layernorm")
-_CHUNK_ROWS = 8192
+CHUNK_BYTES = 16 << 20  # passthrough tensors are compared this many float32 bytes of rows at a time
+
+
+def _chunk_rows(shape: tuple[int, ...]) -> int:
+    """Rows per comparison chunk: about CHUNK_BYTES as float32 (a 70B embedding row is 32 KiB)."""
+    return max(1, CHUNK_BYTES // (4 * max(1, int(np.prod(shape[1:])))))
 
 
 @dataclass
@@ -399,8 +404,16 @@ def _chunks(ck: Checkpoint, name: str, by_rows: bool):
     if not by_rows:
         yield ck.load_passthrough(name)
         return
-    for a in range(0, t.shape[0], _CHUNK_ROWS):
-        yield read_rows(ck, name, range(a, min(a + _CHUNK_ROWS, t.shape[0])), None)
+    plain = plain_info(ck, name) is not None
+    step = _chunk_rows(t.shape)
+    for a in range(0, t.shape[0], step):
+        b = min(a + step, t.shape[0])
+        yield read_rows(ck, name, range(a, b), None) if plain else t.row_loader(a, b)
+
+
+def _rows_readable(ck: Checkpoint, name: str) -> bool:
+    """Read a block of rows at a time: a plain stored tensor, or one whose source decodes rows alone (GGUF Q8_0)."""
+    return plain_info(ck, name) is not None or ck.tensors[name].row_loader is not None
 
 
 def _out_dtype(o: ModelTensor) -> torch.dtype:
@@ -412,8 +425,9 @@ def _same_bytes(ref_ck: Checkpoint, ref_name: str, out_ck: Checkpoint, out_name:
     a, b = plain_info(ref_ck, ref_name), plain_info(out_ck, out_name)
     if a is None or b is None or a.dtype != b.dtype or len(a.shape) != 2 or tuple(a.shape) != tuple(b.shape):
         return None
-    for start in range(0, a.shape[0], _CHUNK_ROWS):
-        rows = range(start, min(start + _CHUNK_ROWS, a.shape[0]))
+    step = _chunk_rows(a.shape)
+    for start in range(0, a.shape[0], step):
+        rows = range(start, min(start + step, a.shape[0]))
         if not np.array_equal(read_raw_rows(a, rows), read_raw_rows(b, rows)):
             return False
     return True
@@ -428,7 +442,7 @@ def compare_values(ref_ck: Checkpoint, ref_name: str, out_ck: Checkpoint, out_na
     o = out_ck.tensors[out_name]
     odt = _out_dtype(o)
     quantized = o.loader is not None
-    by_rows = len(o.shape) == 2 and None not in (plain_info(ref_ck, ref_name), plain_info(out_ck, out_name))
+    by_rows = len(o.shape) == 2 and _rows_readable(ref_ck, ref_name) and _rows_readable(out_ck, out_name)
     exact, worst, amax = True, 0.0, 0.0
     for a, b in zip(_chunks(ref_ck, ref_name, by_rows), _chunks(out_ck, out_name, by_rows)):
         want = a.to(odt)
