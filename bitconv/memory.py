@@ -24,11 +24,11 @@ from bitconv import quant
 from bitconv.core import dtypes
 from bitconv.sinks import prefetch
 from bitconv.sinks.background import MAX_PENDING_BYTES
+from bitconv.sinks.hf import ROW_BLOCK_BYTES
 
 BASE_BYTES = 330 << 20  # python + torch + numpy + bitconv imported (measured: 300-340 MiB on Linux x86-64)
 BLOCK_TEMP_BYTES = 32 << 20  # layout packers' and readers' per-block temporaries
 GGUF_CHUNK_BYTES = 8 << 20
-ROW_BLOCK_BYTES = 16 << 20  # `sinks.hf` / `sinks.nanotron` row blocks of tensors read a block of rows at a time
 
 
 def ternary_bytes(numel: int, stored_dtype: str, stored_bytes: int, compute: str = "float32") -> int:

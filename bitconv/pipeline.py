@@ -271,7 +271,8 @@ def execute(plan: Plan, out: str | Path, *, overwrite: bool = False,
                         progress(done, total, step.tensor.name)
                     _write_step(step, plan, sink, result)
                     del result
-                    release_freed_memory(step.nbytes if plan.tune_malloc else 0)
+                    if plan.tune_malloc:
+                        release_freed_memory(step.nbytes)
                     done += step.nbytes
             files = sink.close(fsync=os.environ.get("BITCONV_FSYNC") == "1")
         except BaseException:

@@ -186,6 +186,20 @@ BLOCK_ELEMS = 1 << 22
 
 BlockReader = Callable[[int, int], torch.Tensor]  # (first element, count) -> 1-D float tensor, valid until next call
 
+
+def rows_block_reader(rows: Callable[[int, int], torch.Tensor], cols: int,
+                      dtype: torch.dtype = torch.bfloat16) -> BlockReader:
+    """A `BlockReader` over a reader of rows [r0, r1) of a 2-D tensor with `cols` columns: the rows covering the
+    element range are read and cut (an empty range reads nothing)."""
+    def read(start: int, count: int) -> torch.Tensor:
+        if count == 0:
+            return torch.empty(0, dtype=dtype)
+        r0, r1 = start // cols, -(-(start + count) // cols)
+        off = start - r0 * cols
+        return rows(r0, r1).reshape(-1)[off:off + count]
+
+    return read
+
 # bf16 weights of at least CHUNKED_MIN_ELEMS elements held in memory (a mapped master) take the two-pass path too,
 # in CHUNK_ELEMS-element pieces: |w| is made a cache-sized piece at a time and summed in torch's order at once
 # (`torchsum`), so the float32 copy of the whole weight is never written and read back; the codes are made a piece

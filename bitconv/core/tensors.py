@@ -59,3 +59,12 @@ def checked_scale(value: object, codes: np.ndarray | None = None, *, tensor: str
         raise FormatError(f"{stored} is {float(s)!r}; a scale must be finite and > 0", path=path, tensor=tensor,
                           hint="the checkpoint is corrupt (NaN/Inf/0/negative weight_scale)")
     return s
+
+
+def row_ranges(n_rows: int, row_bytes: int, block_bytes: int, align: int = 1):  # noqa: ANN201 (an iterator)
+    """(r0, r1) blocks of about `block_bytes` covering rows [0, n_rows): whole multiples of `align` rows (the last
+    block may be shorter), at least one `align` per block. The one rule for every row-block loop that streams a
+    tensor (sinks' row-loaded copies, Nanotron parameters, verify's comparisons)."""
+    step = max(align, block_bytes // max(row_bytes, 1) // align * align)
+    for r0 in range(0, n_rows, step):
+        yield r0, min(n_rows, r0 + step)

@@ -36,7 +36,7 @@ import torch
 from bitconv.core import dtypes
 from bitconv.core.errors import LayoutError, OutputError, UsageError
 from bitconv.core.jsonio import read_optional_json
-from bitconv.core.tensors import Ternary
+from bitconv.core.tensors import Ternary, row_ranges
 from bitconv.formats.gguf.ggml_types import FILE_TYPES, GGML_TYPES
 from bitconv.formats.gguf.kv import KV
 from bitconv.formats.gguf.metadata import (
@@ -414,9 +414,8 @@ def _loaded_row_chunks(step: Step) -> Iterator[np.ndarray]:
     """Row blocks of a passthrough tensor whose source reads rows alone (`ModelTensor.row_loader`: a Nanotron
     embedding gathered from its TP shards), converted: the whole tensor is never loaded."""
     t = step.tensor
-    rows = max(1, CHUNK_BYTES // (t.shape[1] * dtypes.DTYPES[t.dtype].itemsize))
-    for r0 in range(0, t.shape[0], rows):
-        yield np.ascontiguousarray(to_float_type(t.row_loader(r0, min(t.shape[0], r0 + rows)), step.type_name))
+    for r0, r1 in row_ranges(t.shape[0], t.shape[1] * dtypes.DTYPES[t.dtype].itemsize, CHUNK_BYTES):
+        yield np.ascontiguousarray(to_float_type(t.row_loader(r0, r1), step.type_name))
 
 
 WRITE_QUEUE_BYTES = 64 << 20  # converted blocks and packed tensors waiting to be written

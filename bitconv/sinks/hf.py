@@ -18,7 +18,7 @@ import numpy as np
 from bitconv.core import dtypes, safeio
 from bitconv.core.errors import OutputError
 from bitconv.core.naming import module_of
-from bitconv.core.tensors import Ternary
+from bitconv.core.tensors import Ternary, row_ranges
 from bitconv.formats.safetensors import OutEntry, SafetensorsWriter, TensorInfo
 from bitconv.output import AtomicOutput
 from bitconv.quant import dequantized_bits
@@ -70,10 +70,8 @@ ROW_BLOCK_BYTES = 16 << 20  # loaded tensors that read rows alone are written a 
 
 def _row_blocks(t: ModelTensor) -> Iterator[np.ndarray]:
     row = int(np.prod(t.shape[1:])) * dtypes.DTYPES[t.dtype].itemsize
-    step = max(1, ROW_BLOCK_BYTES // max(row, 1))
-    for r0 in range(0, t.shape[0], step):
-        yield np.ascontiguousarray(dtypes.to_numpy_storage(t.row_loader(r0, min(t.shape[0], r0 + step)))) \
-            .reshape(-1)
+    for r0, r1 in row_ranges(t.shape[0], row, ROW_BLOCK_BYTES):
+        yield np.ascontiguousarray(dtypes.to_numpy_storage(t.row_loader(r0, r1))).reshape(-1)
 
 
 class HFSink:

@@ -36,14 +36,14 @@ import torch
 from bitconv import memory, quant
 from bitconv.core import dtypes, safeio
 from bitconv.core.errors import OutputError, SourceError, UsageError
-from bitconv.core.tensors import FieldSpec, Ternary
+from bitconv.core.tensors import FieldSpec, Ternary, row_ranges
 from bitconv.formats.nanotron import format as nt
 from bitconv.formats.nanotron import yamlish
 from bitconv.formats.safetensors import OutEntry, build_header
 from bitconv.output import AtomicOutput, precheck
 from bitconv.pipeline import Plan, Progress, Report, Step, execute
-from bitconv.quant import BlockCoder, Lifter, block_scale, lift, ternarize
-from bitconv.sinks.hf import DEFAULT_MAX_SHARD_BYTES
+from bitconv.quant import BlockCoder, Lifter, block_scale, lift, rows_block_reader, ternarize
+from bitconv.sinks.hf import DEFAULT_MAX_SHARD_BYTES, ROW_BLOCK_BYTES  # Nanotron parameters: rows per block
 from bitconv.sources import Checkpoint, ModelTensor, open_source
 from bitconv.sources.checkpoint import is_nanotron_dir
 from bitconv.sources.nanotron import (
@@ -82,7 +82,6 @@ def fused_scale(parts: list[Ternary] | list[tuple[float, int]]) -> tuple[float, 
 # ------------------------------------------------------------------------------------------------- shard writing
 
 
-ROW_BLOCK_BYTES = 16 << 20  # a parameter is written a block of global rows at a time, to every rank's file at once
 
 
 @dataclass
@@ -100,11 +99,13 @@ class Rows:
         return cls(tuple(tensor.shape), lambda a, b: tensor[a:b], dtype=dtypes.BY_TORCH[tensor.dtype].name)
 
     def blocks(self, block_bytes: int | None = None) -> Iterable[tuple[int, int]]:
-        block_bytes = block_bytes or ROW_BLOCK_BYTES
-        row_bytes = max(1, int(np.prod(self.shape[1:])) * dtypes.DTYPES[self.dtype].itemsize)
-        step = max(self.align, block_bytes // row_bytes // self.align * self.align)
-        for r0 in range(0, self.shape[0], step):
-            yield r0, min(self.shape[0], r0 + step)
+        row_bytes = int(np.prod(self.shape[1:])) * dtypes.DTYPES[self.dtype].itemsize
+        return row_ranges(self.shape[0], row_bytes, block_bytes or ROW_BLOCK_BYTES, self.align)
+
+    def read_any(self, r0: int, r1: int) -> torch.Tensor:
+        """Rows [r0, r1) at any bounds: the `align`-row blocks around them are read and cut."""
+        a0, b0 = r0 // self.align * self.align, min(self.shape[0], -(-r1 // self.align) * self.align)
+        return self.read(a0, b0)[r0 - a0:r1 - a0]
 
 
 def shard_header(dtype: str, shape: tuple[int, ...], metadata: dict[str, str]) -> bytes:
@@ -388,15 +389,14 @@ class _Builder:
         """`fused`, counting (in `fused_differ`) whether nanotron's fused-scale codes differ from a per-projection
         ternarization of this master: the scales from one pass each, the codes compared block by block as the
         rows are written."""
-        self.fused_checked += 1
         cols = int(np.prod(fused.shape[1:]))
-        s_fused = block_scale(_flat(fused, cols), fused.shape, name=None, compute=self.compute)
-        s_parts = [block_scale(_flat(p, cols), p.shape, compute=self.compute) for p in parts]
+        s_fused = block_scale(rows_block_reader(fused.read_any, cols), fused.shape, compute=self.compute)
+        s_parts = [block_scale(rows_block_reader(p.read_any, cols), p.shape, compute=self.compute) for p in parts]
         if s_fused is None or any(s is None for s in s_parts):  # torch's order not replayable: whole tensors
             ws = [p.read(0, p.shape[0]) for p in parts]
-            self.fused_checked -= 1
             self._compare_codes(ws, torch.cat(ws))
             return fused
+        self.fused_checked += 1
         coders = [BlockCoder(s_fused, self.compute)] + [BlockCoder(s, self.compute) for s in s_parts]
         differ = [False]
 
@@ -443,20 +443,6 @@ class _Builder:
         self.used.add(name)
         if not bool(torch.all(self.ck.load_passthrough(name).float() == 1.0)):
             self.dropped_norms += 1
-
-
-def _flat(rows: Rows, cols: int) -> Callable[[int, int], torch.Tensor]:
-    """A `quant.BlockReader` over `rows` (any element range: whole aligned row blocks are read and cut)."""
-    def read(start: int, count: int) -> torch.Tensor:
-        if count == 0:
-            return torch.empty(0, dtype=torch.bfloat16)
-        r0, r1 = start // cols, -(-(start + count) // cols)
-        a0, b0 = r0 // rows.align * rows.align, min(rows.shape[0], -(-r1 // rows.align) * rows.align)
-        flat = rows.read(a0, b0).reshape(-1)
-        off = start - a0 * cols
-        return flat[off:off + count]
-
-    return read
 
 
 def _nt_params(b: _Builder, padded: int, tied: bool) -> list[NTParam]:

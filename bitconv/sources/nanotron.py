@@ -20,6 +20,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +34,15 @@ from bitconv.formats.nanotron import format as nt
 from bitconv.formats.nanotron import yamlish
 from bitconv.formats.safetensors import TensorInfo, read_header
 from bitconv.layouts import bitnet_quant_config
-from bitconv.quant import BLOCK_ELEMS, BlockCoder, block_scale, compute_mode, ternarize, ternarize_blocks
+from bitconv.quant import (
+    BLOCK_ELEMS,
+    BlockCoder,
+    block_scale,
+    compute_mode,
+    rows_block_reader,
+    ternarize,
+    ternarize_blocks,
+)
 from bitconv.sources.checkpoint import Checkpoint, ModelTensor, is_nanotron_dir, load_torch, read_rows
 from bitconv.sources.safetensors import side_files, with_file
 
@@ -125,16 +134,7 @@ class Param:
 
     def flat_reader(self) -> Callable[[int, int], torch.Tensor]:
         """Elements [start, start + count) of the row-major global tensor (`quant.BlockReader`)."""
-        row = int(np.prod(self.shape[1:]))
-
-        def read(start: int, count: int) -> torch.Tensor:
-            if count == 0:
-                return torch.empty(0, dtype=dtypes.DTYPES[self.dtype].torch)
-            r0, r1 = start // row, -(-(start + count) // row)
-            flat = self.read_rows(r0, r1).reshape(-1)
-            return flat[start - r0 * row: start - r0 * row + count]
-
-        return read
+        return rows_block_reader(self.read_rows, int(np.prod(self.shape[1:])), dtypes.DTYPES[self.dtype].torch)
 
     def row_infos(self, r0: int, r1: int) -> list[TensorInfo]:
         """Byte ranges (flat TensorInfos) that hold global rows [r0, r1), for accounting; whole shards otherwise."""
@@ -385,27 +385,11 @@ class NanotronCheckpoint(Checkpoint):
                 w = with_file(where, self.latent_rows, hf_name, a, b)  # HF row order: codes are elementwise
                 coder(w.reshape(-1), codes[a:b].reshape(-1))
             return Ternary(codes, coder.scale)
-        read = _flat_rows(_latent_reader(self, hf_name), cols)
+        read = rows_block_reader(partial(self.latent_rows, hf_name), cols)
         got = with_file(where, ternarize_blocks, read, (rows, cols), name=hf_name, compute=compute)
         if got is not None:
             return got
         return with_file(where, ternarize, self.latent(hf_name), compute, name=hf_name)
-
-
-def _latent_reader(ck: NanotronCheckpoint, hf_name: str) -> Callable[[int, int], torch.Tensor]:
-    return lambda a, b: ck.latent_rows(hf_name, a, b)
-
-
-def _flat_rows(rows: Callable[[int, int], torch.Tensor], cols: int) -> Callable[[int, int], torch.Tensor]:
-    """A `quant.BlockReader` over a row reader of a 2-D tensor with `cols` columns."""
-    def read(start: int, count: int) -> torch.Tensor:
-        if count == 0:
-            return torch.empty(0, dtype=torch.bfloat16)
-        r0, r1 = start // cols, -(-(start + count) // cols)
-        flat = rows(r0, r1).reshape(-1)
-        return flat[start - r0 * cols: start - r0 * cols + count]
-
-    return read
 
 
 def _rope_fix(w: torch.Tensor | np.ndarray, part: str, info: NanotronInfo) -> torch.Tensor | np.ndarray:
@@ -682,7 +666,7 @@ def _ternary_tensor(ck: NanotronCheckpoint, name: str, param: Param, shape: tupl
     # byte ranges of this part's rows (fused, row-split); whole shards for column-split o_proj / down_proj
     stored = param.row_infos(r0, r0 + shape[0]) or [_flat(s.info) for s in param.shards]
     return ModelTensor(name, shape, param.dtype, stored, load, compute=ck.quant_compute,
-                       row_loader=_latent_reader(ck, name))
+                       row_loader=partial(ck.latent_rows, name))
 
 
 def _flat(info: TensorInfo) -> TensorInfo:

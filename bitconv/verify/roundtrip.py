@@ -28,13 +28,13 @@ import torch
 from bitconv.core import dtypes
 from bitconv.core.alloc import keep_freed_memory, release_freed_memory
 from bitconv.core.errors import BitconvError
-from bitconv.core.tensors import Ternary
+from bitconv.core.tensors import Ternary, row_ranges
 from bitconv.layouts import decode_scale, encode_scale, layout_class
 from bitconv.memory import ternary_bytes
 from bitconv.quant import COMPUTE_MODES
 from bitconv.sinks.prefetch import ordered
 from bitconv.sources import Checkpoint, ModelTensor
-from bitconv.verify.reference import LATENT_KINDS, plain_info, read_raw_rows, read_rows
+from bitconv.verify.reference import LATENT_KINDS, plain_info, read_raw_rows
 
 # one unit in the last place, relative (the largest spacing over a binade): the scale tolerance
 ULP = {"BF16": 2.0**-7, "F16": 2.0**-10, "F32": 2.0**-23}
@@ -66,11 +66,6 @@ FAULTS = {
 
 SUB_NORMS = ("attn_sub_norm", "ffn_sub_norm", "inner_attn_ln", "ffn_layernorm")
 CHUNK_BYTES = 16 << 20  # passthrough tensors are compared this many float32 bytes of rows at a time
-
-
-def _chunk_rows(shape: tuple[int, ...]) -> int:
-    """Rows per comparison chunk: about CHUNK_BYTES as float32 (a 70B embedding row is 32 KiB)."""
-    return max(1, CHUNK_BYTES // (4 * max(1, int(np.prod(shape[1:])))))
 
 
 @dataclass
@@ -404,11 +399,8 @@ def _chunks(ck: Checkpoint, name: str, by_rows: bool):
     if not by_rows:
         yield ck.load_passthrough(name)
         return
-    plain = plain_info(ck, name) is not None
-    step = _chunk_rows(t.shape)
-    for a in range(0, t.shape[0], step):
-        b = min(a + step, t.shape[0])
-        yield read_rows(ck, name, range(a, b), None) if plain else t.row_loader(a, b)
+    for a, b in row_ranges(t.shape[0], 4 * int(np.prod(t.shape[1:])), CHUNK_BYTES):
+        yield t.read_rows(a, b)  # from the file, or the source's row loader (`_rows_readable`)
 
 
 def _rows_readable(ck: Checkpoint, name: str) -> bool:
@@ -425,10 +417,8 @@ def _same_bytes(ref_ck: Checkpoint, ref_name: str, out_ck: Checkpoint, out_name:
     a, b = plain_info(ref_ck, ref_name), plain_info(out_ck, out_name)
     if a is None or b is None or a.dtype != b.dtype or len(a.shape) != 2 or tuple(a.shape) != tuple(b.shape):
         return None
-    step = _chunk_rows(a.shape)
-    for start in range(0, a.shape[0], step):
-        rows = range(start, min(start + step, a.shape[0]))
-        if not np.array_equal(read_raw_rows(a, rows), read_raw_rows(b, rows)):
+    for r0, r1 in row_ranges(a.shape[0], 4 * int(np.prod(a.shape[1:])), CHUNK_BYTES):
+        if not np.array_equal(read_raw_rows(a, range(r0, r1)), read_raw_rows(b, range(r0, r1))):
             return False
     return True
 
