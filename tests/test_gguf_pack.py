@@ -416,9 +416,11 @@ def test_demo_model_shapes_fit_every_gguf_type(models, tmp_path):
         assert plan.total_bytes > 0 and math.isfinite(plan.total_bytes)
 
 
+@pytest.mark.parametrize("mapped", [True, False], ids=["mapped", "pread"])
 @pytest.mark.parametrize("embd_type", ["f16", "f32", "bf16", "q8_0"])
-def test_big_passthrough_converted_in_row_chunks_gives_same_bytes(models, tmp_path, monkeypatch, embd_type):
-    """token_embd / output above CHUNK_BYTES are converted a block of rows at a time: same file as in one piece."""
+def test_big_passthrough_converted_in_row_chunks_gives_same_bytes(models, tmp_path, monkeypatch, embd_type, mapped):
+    """token_embd / output above CHUNK_BYTES are converted a block of rows at a time: same file as in one piece,
+    whether each block is mapped in place or (where the file cannot be mapped) read into one reused buffer."""
     from bitconv.sinks import gguf as gguf_sink
 
     src = models("bitnet-2b4t", tied=False)
@@ -434,6 +436,8 @@ def test_big_passthrough_converted_in_row_chunks_gives_same_bytes(models, tmp_pa
 
     monkeypatch.setattr(gguf_sink, "CHUNK_BYTES", 3000)  # a few rows per block, last block short
     monkeypatch.setattr(gguf_sink, "_converted_row_chunks", spy)
+    if not mapped:
+        monkeypatch.setattr(gguf_sink, "map_range", lambda *a: None)
     gguf_sink.pack_gguf(src, tmp_path / "chunked.gguf", "i2_s", embd_type=embd_type)
     assert {"model.embed_tokens.weight", "lm_head.weight"} <= set(calls)
     assert (tmp_path / "chunked.gguf").read_bytes() == (tmp_path / "whole.gguf").read_bytes()

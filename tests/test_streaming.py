@@ -122,14 +122,19 @@ def _files(folder):
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
 
 
+@pytest.mark.parametrize("mapped", [True, False], ids=["mapped", "pread"])
 @pytest.mark.parametrize("compute", ["float32", "bfloat16"])
-def test_pack_hf_streamed_equals_whole(models, tmp_path, monkeypatch, compute):
+def test_pack_hf_streamed_equals_whole(models, tmp_path, monkeypatch, compute, mapped):
+    """Blocks mapped in place, or read into a reused buffer where the file cannot be mapped: same files."""
     from bitconv.pipeline import pack_hf, quantize
+    from bitconv.sources import safetensors as st_source
 
     src = models("bitnet-2b4t")
     pack_hf(src, tmp_path / "whole", compute=compute)
     quantize(src, tmp_path / "whole-t", compute=compute)
     monkeypatch.setattr(quant, "STREAM_MIN_ELEMS", 0)
+    if not mapped:
+        monkeypatch.setattr(st_source, "map_range", lambda *a: None)
     monkeypatch.setattr(quant, "BLOCK_ELEMS", 1000)
     pack_hf(src, tmp_path / "streamed", compute=compute)
     quantize(src, tmp_path / "streamed-t", compute=compute)
@@ -413,3 +418,23 @@ def test_gguf_q8_0_rows_decode_alone_and_verify_compares_by_rows(models, tmp_pat
         f.write(bytes([0x7F] * 32))
     rep = api.verify(bad, src, parity=False)
     assert not rep.ok and any(c.name == "model.embed_tokens.weight" and not c.ok for c in rep.roundtrip.tensors)
+
+
+@pytest.mark.parametrize("offset", [0, 1, 4095, 4096, 65537])
+def test_map_range_reads_the_range_and_never_writes_the_file(tmp_path, offset):
+    """`map_range` (blocks read in place instead of copied): the exact bytes of [offset, offset + n), a private map
+    (writing into the array leaves the file alone), and a range past the end of the file is the truncation error
+    (a SIGBUS if it were touched)."""
+    from bitconv.formats.safetensors import map_range
+
+    data = np.random.default_rng(0).integers(0, 256, 70_000, dtype=np.uint8)
+    f = tmp_path / "x.bin"
+    f.write_bytes(data.tobytes())
+    n = len(data) - offset - 3
+    got = map_range(f, offset, n, "t")
+    assert got is not None and got.tobytes() == data[offset:offset + n].tobytes()
+    got[:] = 7
+    assert f.read_bytes() == data.tobytes()
+    with pytest.raises(SourceError, match="truncated file"):
+        map_range(f, offset, len(data) - offset + 1, "t")
+    assert map_range(f, offset, 0, "t") is None

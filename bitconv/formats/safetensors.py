@@ -1,7 +1,8 @@
 """A strict safetensors header reader and a streaming writer, both byte-compatible with the `safetensors` package.
 
-Reading never maps or loads a whole file: the header is validated against the file size (offsets inside the data
-region, no overlaps, byte size == shape x item size), and each tensor is read with `os.pread` into a caller buffer.
+Reading never loads a whole file: the header is validated against the file size (offsets inside the data region,
+no overlaps, byte size == shape x item size), and each tensor, or a block of it, is read with `os.pread` into a
+caller buffer or mapped privately (`map_range`) for the time it is used.
 
 Writing lays tensors out the way `safetensors.torch.save_file` (0.8) does, so files are byte-identical to it:
 # ref: safetensors/src/tensor.rs `prepare`: sort by (dtype alignment descending, name), header JSON without spaces,
@@ -13,6 +14,7 @@ from __future__ import annotations
 import errno
 import json
 import math
+import mmap
 import os
 import struct
 from collections.abc import Iterable, Mapping
@@ -144,6 +146,30 @@ def pread_exact(path: Path, offset: int, buf: memoryview, tensor: str | None = N
         raise SourceError(f"cannot read tensor data: {e.strerror or e}", path=path, tensor=tensor) from None
     finally:
         os.close(fd)
+
+
+def map_range(path: Path, offset: int, nbytes: int, tensor: str | None = None) -> np.ndarray | None:
+    """The file's bytes [offset, offset + nbytes) as a uint8 array over a private copy-on-write map (the file is
+    never modified; writable for torch), unmapped when the array is dropped; None where the file cannot be mapped
+    (the caller then reads with `pread_exact`). Mapping reads the page cache in place: a `pread` copy of 5 GB costs
+    about 3 s of kernel time on a small VM, mapped reads about 1 s. A file shorter than the range is refused here
+    (touching pages past its end would be a SIGBUS)."""
+    if nbytes <= 0:
+        return None
+    start = offset - offset % mmap.ALLOCATIONGRANULARITY
+    try:
+        fd = safeio.open_input(path)
+    except OSError:
+        return None
+    try:
+        if os.fstat(fd).st_size < offset + nbytes:  # shrunk since its header was read
+            raise SourceError("file ended while reading tensor data: truncated file", path=path, tensor=tensor)
+        mm = mmap.mmap(fd, offset + nbytes - start, access=mmap.ACCESS_COPY, offset=start)
+    except (OSError, ValueError):
+        return None
+    finally:
+        os.close(fd)
+    return np.frombuffer(mm, dtype=np.uint8, count=nbytes, offset=offset - start)
 
 
 def read_array(info: TensorInfo, out: np.ndarray | None = None) -> np.ndarray:

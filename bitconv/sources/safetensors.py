@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import mmap
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -17,7 +15,7 @@ from bitconv.core.errors import BitconvError, SourceError
 from bitconv.core.jsonio import read_json
 from bitconv.core.pickled import pickled_in, refuse_pickle
 from bitconv.core.tensors import Ternary, checked_scale
-from bitconv.formats.safetensors import TensorInfo, pread_exact, read_array, read_header
+from bitconv.formats.safetensors import TensorInfo, map_range, pread_exact, read_array, read_header
 from bitconv.layouts import Layout, get_layout, hf_layouts
 from bitconv.quant import Workspace, ternarize, ternarize_blocks
 from bitconv.sources import validate
@@ -55,13 +53,17 @@ def _load_scratch(info: TensorInfo) -> torch.Tensor:
 
 
 def block_reader(info: TensorInfo) -> quant.BlockReader:
-    """Reads elements [start, start + count) of a stored float tensor into a reused buffer (valid until the next
-    call): the pages are copied from the page cache, never mapped, so a big tensor does not grow the RSS."""
+    """Reads elements [start, start + count) of a stored float tensor (valid until the next call): a private map
+    of that block alone (read in place; unmapped when dropped, so a big tensor never grows the RSS by more than a
+    block), or, where the file cannot be mapped, a copy into a reused buffer."""
     d = dtypes.DTYPES[info.dtype]
 
     def read(start: int, count: int) -> torch.Tensor:
-        buf = _WS.get("blk_raw", count * d.itemsize, torch.uint8).numpy()
-        pread_exact(info.path, info.offset + start * d.itemsize, memoryview(buf), info.name)
+        offset = info.offset + start * d.itemsize
+        buf = map_range(info.path, offset, count * d.itemsize, info.name)
+        if buf is None:
+            buf = _WS.get("blk_raw", count * d.itemsize, torch.uint8).numpy()
+            pread_exact(info.path, offset, memoryview(buf), info.name)
         return dtypes.from_numpy_storage(buf.view(d.np_storage), info.dtype)
 
     return read
@@ -77,21 +79,9 @@ def ternarize_stored(info: TensorInfo, compute: str) -> Ternary:
 
 
 def _map(info: TensorInfo) -> np.ndarray | None:
-    # ACCESS_COPY: a private copy-on-write map, so the array is writable for torch and the file is never modified.
-    # The header reader has checked that the range lies inside the file.
-    if info.nbytes == 0:
-        return None
-    start = info.offset - info.offset % mmap.ALLOCATIONGRANULARITY
-    try:
-        with safeio.opened(info.path) as f:
-            if os.fstat(f.fileno()).st_size < info.offset + info.nbytes:  # shrunk since its header was read
-                raise SourceError("file ended while reading tensor data: truncated file", path=info.path,
-                                  tensor=info.name)
-            mm = mmap.mmap(f.fileno(), info.offset + info.nbytes - start, access=mmap.ACCESS_COPY, offset=start)
-    except (OSError, ValueError):
-        return None
-    storage = dtypes.DTYPES[info.dtype].np_storage
-    return np.frombuffer(mm, dtype=storage, count=info.numel, offset=info.offset - start)
+    # The header reader has checked that the range lies inside the file; `map_range` checks it still does.
+    raw = map_range(info.path, info.offset, info.nbytes, info.name)
+    return None if raw is None else raw.view(dtypes.DTYPES[info.dtype].np_storage)
 
 
 def collect_stored(folder: Path) -> tuple[dict[str, TensorInfo], list[Path]]:
