@@ -249,3 +249,55 @@ def test_online_weight_from_ternarization_equals_weight_quant(compute):
     for shape, std in (((64, 96), 0.02), ((256, 128), 1.0), ((33, 40), 1e-7)):
         w = (torch.randn(shape, generator=g) * std).to(torch.bfloat16)
         assert torch.equal(online_weight(ternarize(w, compute)), WEIGHT_QUANT[compute](w))
+
+
+def _parity_logits(ref_dir: Path, out_dir: Path, monkeypatch, memo: bool):
+    """Logits of parity's models (REF online, OUT, the floor model, the plain master) and the memo's counts."""
+    from bitconv.verify import parity as parity_mod
+    from bitconv.verify import reference
+
+    got: dict = {}
+    real_forward, real_memo = parity_mod.forward, reference.LinearMemo
+
+    class Counted(real_memo):
+        def __init__(self) -> None:
+            super().__init__()
+            got["memo"] = self
+
+    def spy(cfg, models, ids, progress=None):
+        got["logits"] = real_forward(cfg, models, ids, progress)
+        return got["logits"]
+
+    monkeypatch.setattr(reference, "MEMO", memo)
+    monkeypatch.setattr(reference, "LinearMemo", Counted)
+    monkeypatch.setattr(parity_mod, "forward", spy)
+    parity_mod.parity(open_source(out_dir), open_source(ref_dir), IDS)
+    return got["logits"], got.get("memo")
+
+
+@pytest.mark.parametrize("edit", ["exact", "scale-of-one-projection"])
+def test_shared_projection_results_change_no_logit(models, tmp_path, monkeypatch, edit):
+    """parity's models share a projection's result only where the arithmetic, the weights and the input are bit
+    for bit the same (`LinearMemo`): every model's logits equal a run that computes each projection itself. OUT
+    packed from REF is the floor model, so the floor model then costs no matmul; an OUT whose one scale differs
+    shares nothing from that projection on."""
+    master = models("bitnet-2b4t", tied=False)
+    out = tmp_path / "out"
+    pipeline.pack_hf(master, out)
+    if edit != "exact":
+        f = out / "model.safetensors"
+        ts = load_file(f)
+        ts["model.layers.1.mlp.down_proj.weight_scale"] = ts["model.layers.1.mlp.down_proj.weight_scale"] * 2
+        save_file(ts, f, metadata={"format": "pt"})
+    with_memo, memo = _parity_logits(master, out, monkeypatch, True)
+    alone, none = _parity_logits(master, out, monkeypatch, False)
+    assert none is None and len(with_memo) == len(alone) == 4
+    for a, b in zip(with_memo, alone):
+        assert torch.equal(a, b)
+    n_proj = 7 * RefConfig.from_hf(open_source(master).config).n_layers
+    if edit == "exact":
+        assert torch.equal(with_memo[1], with_memo[2])  # OUT == the floor model
+        assert memo.hits == n_proj and memo.runs == 3 * n_proj
+    else:
+        assert not torch.equal(with_memo[1], with_memo[2])
+        assert 0 < memo.hits < n_proj  # shared up to layer 1's down_proj, not after

@@ -348,9 +348,27 @@ def _scale_tensor(x: float, dtype: torch.dtype) -> torch.Tensor:
     return torch.tensor([x], dtype=torch.float32).to(dtype)
 
 
-def _lin_plain(w: Weights, name: str) -> Linear:
+class Lin:
+    """One projection as a model applies it: `fn`, and what fixes its result on a given input: the arithmetic
+    (`key`: the linear mode and its variant) and the weight tensors `parts` it applies. Equal key, equal parts
+    and an equal input give an equal result (`LinearMemo`)."""
+
+    __slots__ = ("fn", "key", "parts")
+
+    def __init__(self, fn: Linear, key: tuple, *parts: torch.Tensor) -> None:
+        self.fn, self.key, self.parts = fn, key, parts
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(x)
+
+    def same_weights(self, other: Lin) -> bool:
+        return self.key == other.key and len(self.parts) == len(other.parts) and all(
+            a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b) for a, b in zip(self.parts, other.parts))
+
+
+def _lin_plain(w: Weights, name: str) -> Lin:
     weight = w.cache.get(name)
-    return lambda x: F.linear(x, weight)
+    return Lin(lambda x: F.linear(x, weight), ("plain",), weight)
 
 
 def online_weight(t: Ternary) -> torch.Tensor:
@@ -360,40 +378,69 @@ def online_weight(t: Ternary) -> torch.Tensor:
     return torch.from_numpy(np.asarray(t.codes, dtype=np.int8)).to(DTYPE) * _scale_tensor(float(t.scale), DTYPE)
 
 
-def _lin_online(w: Weights, name: str) -> Linear:
+def _lin_online(w: Weights, name: str) -> Lin:
     weight = online_weight(w.cache.ternary(name, w.compute))
-    return lambda x: F.linear(act_quant(x), weight)
+    return Lin(lambda x: F.linear(act_quant(x), weight), ("online",), weight)
 
 
-def _lin_autobitlinear(w: Weights, name: str) -> Linear:
+def _lin_autobitlinear(w: Weights, name: str) -> Lin:
     q, scale = _codes(w, name)
     ws = _scale_tensor(scale, DTYPE)
-    return lambda x: F.linear(act_quant(x), q) * ws
+    return Lin(lambda x: F.linear(act_quant(x), q) * ws, ("autobitlinear",), q, ws)
 
 
-def _lin_bitlinear(w: Weights, name: str) -> Linear:
+def _lin_bitlinear(w: Weights, name: str) -> Lin:
     q, scale = _codes(w, name)
     lay = layout_class(hf_layouts()["bitlinear"])  # the stored weight_scale (1/scale), by the layout's one rule
     ws = _scale_tensor(float(decode_scale(encode_scale(scale, lay.scale_dtype, lay.scale_inverted))), DTYPE)
     fn = BITLINEAR[w.bitlinear]
-    return lambda x: fn(x, q, ws)
+    return Lin(lambda x: fn(x, q, ws), ("bitlinear", w.bitlinear), q, ws)
 
 
-def _lin_decoded(w: Weights, name: str) -> Linear:
+def _lin_decoded(w: Weights, name: str) -> Lin:
     q, scale = _codes(w, name)
     s = _scale_tensor(scale, torch.float32)
-    return lambda x: (F.linear(act_quant(x), q).float() * s).to(x.dtype)
+    return Lin(lambda x: (F.linear(act_quant(x), q).float() * s).to(x.dtype), ("decoded",), q, s)
 
 
-def _lin_ggml(w: Weights, name: str) -> Linear:
+def _lin_ggml(w: Weights, name: str) -> Lin:
     gtype = w.ggml_type(name)
     q, scale = _codes(w, name)
     weight = q.float() * _scale_tensor(scale, torch.float32)  # codes * stored scale: exact in every float type
     act = GGML_ACT[gtype]
-    return lambda x: F.linear(act(x.float()), weight)
+    return Lin(lambda x: F.linear(act(x.float()), weight), ("ggml", gtype), weight)
 
 
-LINEARS: dict[str, Callable[[Weights, str], Linear]] = {
+class LinearMemo:
+    """The current layer's projection results, shared by the models of one lockstep forward. A model whose
+    projection has the same arithmetic, bit-equal weights and a bit-equal input as one an earlier model ran this
+    layer takes that result instead of recomputing it: the floor model of `parity` (REF's codes and stored scales in
+    OUT's arithmetic) is OUT itself when OUT holds exactly what REF ternarizes to, and costs no matmul then. The
+    earlier model's weights are rebuilt for the comparison (from the layer cache), never kept."""
+
+    def __init__(self) -> None:
+        self._done: dict[str, list[tuple[Weights, tuple, torch.Tensor, torch.Tensor]]] = {}
+        self.hits = 0
+        self.runs = 0
+
+    def run(self, w: Weights, name: str, lin: Lin, x: torch.Tensor) -> torch.Tensor:
+        for other, key, x0, out in self._done.get(name, ()):
+            if key == lin.key and other is not w and x0.dtype == x.dtype and x0.shape == x.shape \
+                    and torch.equal(x0, x) and LINEARS[other.mode](other, name).same_weights(lin):
+                self.hits += 1
+                return out
+        out = lin(x)
+        self.runs += 1
+        self._done.setdefault(name, []).append((w, lin.key, x, out))
+        return out
+
+    def clear(self) -> None:
+        self._done.clear()
+
+
+MEMO = True  # share equal projection results between the models of one forward (tests switch it off to compare)
+
+LINEARS: dict[str, Callable[[Weights, str], Lin]] = {
     "plain": _lin_plain, "online": _lin_online, "autobitlinear": _lin_autobitlinear, "bitlinear": _lin_bitlinear,
     "decoded": _lin_decoded, "ggml": _lin_ggml,
 }
@@ -441,6 +488,7 @@ class Weights:
         self.cache = cache or TensorCache(ck)
         self.linear_norm_eps = linear_norm_eps
         self.ggml = ggml
+        self.memo: LinearMemo | None = None  # set by `forward` while it runs this model beside others
         self.dtype = torch.float32 if ggml is not None else DTYPE
 
     def ggml_type(self, name: str) -> str:
@@ -475,11 +523,15 @@ class Weights:
         return F.linear(h, w).float()
 
     def linear(self, module: str) -> Linear:
-        fn = LINEARS[self.mode](self, module + ".weight")
+        name = module + ".weight"
+        lin = LINEARS[self.mode](self, name)
+        memo = self.memo
         if self.linear_norm_eps is None:
-            return fn
+            return lin if memo is None else lambda x: memo.run(self, name, lin, x)
         weight, eps = self.norm(module + ".rms_norm"), self.linear_norm_eps
-        return lambda x: fn(rms_norm(x, weight, eps))
+        if memo is None:
+            return lambda x: lin(rms_norm(x, weight, eps))
+        return lambda x: memo.run(self, name, lin, rms_norm(x, weight, eps))
 
     def lm_head_name(self) -> str:
         return "lm_head.weight" if "lm_head.weight" in self.ck.tensors else "model.embed_tokens.weight"
@@ -574,17 +626,25 @@ def forward(cfg: RefConfig, models: Sequence[Weights], ids: torch.Tensor,
     b, n = ids.shape
     pos = {dt: (*rope(cfg, n, dt), causal_mask(b, n, dt)) for dt in {m.dtype for m in models}}
     flat = ids.reshape(-1).tolist()
-    with torch.no_grad():
-        hs = [m.embed(flat).view(b, n, -1) for m in models]
-        for i in range(cfg.n_layers):
-            hs = [decoder_layer(cfg, m, i, h, pos[m.dtype]) for m, h in zip(models, hs)]
-            for m in models:
-                m.cache.clear()
-            if progress:
-                progress(i + 1, cfg.n_layers)
-        out = _logits(cfg, models, hs)
+    memo = LinearMemo() if len(models) > 1 and MEMO else None
+    for m in models:
+        m.memo = memo
+    try:
+        with torch.no_grad():
+            hs = [m.embed(flat).view(b, n, -1) for m in models]
+            for i in range(cfg.n_layers):
+                hs = [decoder_layer(cfg, m, i, h, pos[m.dtype]) for m, h in zip(models, hs)]
+                for m in models:
+                    m.cache.clear()
+                if memo is not None:
+                    memo.clear()
+                if progress:
+                    progress(i + 1, cfg.n_layers)
+            out = _logits(cfg, models, hs)
+    finally:
         for m in models:
             m.cache.clear()
+            m.memo = None
     return out
 
 
