@@ -18,10 +18,12 @@
 the full verify with parity on its default 2 x 64 tokens); list them, and `unpack`, after `hf`. The Nanotron routes
 need `--arch llama` (a Llama-architecture BitNet master, as nanotron's PR #180 exports: nanotron has no sub-norms):
 `nanotron` converts the master to a Nanotron checkpoint (TP=1), then `nt-hf` converts it back to an HF bf16 master
-and `nt-i2_s` packs it to GGUF I2_S (list them after `nanotron`). Each route runs in a fresh process;
-wall time around it, CPU time (user and sys apart: sys is the kernel's page-cache and page-fault work, which
-moves the walls on a virtual machine), peak RSS = the child's ru_maxrss (measured through a small launcher so
-the parent's own peak is not inherited), params/s = parameters / wall, and the 1-minute load average before it.
+and `nt-i2_s` packs it to GGUF I2_S (list them after `nanotron`). Each route runs in a fresh process; before it,
+the disk is synced (the previous route's writes are flushed outside this route's timing) and a repeat's earlier
+output is deleted; wall time around it, CPU time (user and sys apart: sys is the kernel's page-cache and page-fault
+work, which moves the walls on a virtual machine), peak RSS = the child's ru_maxrss (measured through a small
+launcher so the parent's own peak is not inherited), params/s = parameters / wall, and the 1-minute load average
+before it.
 Before each route, `--dry-run --json` gives bitconv's planned peak, printed next to the measured one. The baseline
 is the naive torch packer (transformers' recipe on whole tensors: load each shard whole, w.float().abs().mean(),
 pack, save at the end); it is skipped when it would need more than half of the available memory.
@@ -62,7 +64,8 @@ ROUTES = {
     "nt-hf": ["convert", "{out}/nt", "--to", "hf-bf16", "-o", "{out}/nt-hf", "--overwrite"],  # after `nanotron`
     "nt-i2_s": ["pack", "{out}/nt", "--to", "gguf", "--type", "i2_s", "-o", "{out}/nt.gguf", "--overwrite"],
 }
-KEPT = ("hf", "nt")  # outputs later routes read
+KEPT_BY = {"hf": "hf", "nanotron": "nt"}  # route -> its output that later routes read
+KEPT = tuple(KEPT_BY.values())
 VERIFY = {"roundtrip": "--no-parity", "parity": ""}  # verify the `hf` route's output against the master
 
 
@@ -231,6 +234,10 @@ def main() -> None:
                     args = [x.format(src=src, out=out) for x in ROUTES[route]]
                     plan = plans[route] if route in plans else planned_peak(args)
                 plans[route] = plan
+                kept = out / KEPT_BY.get(route, "-")  # a repeat must not begin by deleting its own earlier output
+                if kept.exists():
+                    shutil.rmtree(kept)
+                os.sync()  # the previous route's dirty pages are written back now, not during this route's timing
                 load = os.getloadavg()[0]  # other jobs on the machine: walls are only comparable at similar loads
                 wall, user, sys_s, rss = child_peak([sys.executable, "-m", "bitconv", *args], a.threads)
                 runs.setdefault(route, []).append((wall, user, sys_s, rss))
