@@ -264,6 +264,133 @@ static PyObject *pack2(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* pack_tl2(codes, out, M, K, K3, BM, BK): bitnet.cpp's TL2 content of codes [M, K], the layout
+ * bitconv/layouts/gguf_tl.py documents (and packs the same way in numpy):
+ *   part 1, M*K3/6 bytes: magnitudes |9t0 + 3t1 + t2| of column triplets, two per byte (high nibble first), loop nest
+ *     tm, tk < K3/BK, sm < BM/32, sk < BK/6, p < 32: row tm*BM + 32sm + 8*SIG[p/8] + p%8, triplets tk*BK/3 + 2sk, +1;
+ *   part 2, M*K3/24 bytes: signs as uint16 LE words, tm, tk, sm, c < BK/24, j < 16: bit 15-i is the sign of row
+ *     tm*BM + 32sm + 16(i%2) + j, triplet tk*BK/3 + 8c + i/2;
+ *   part 3, M*(K-K3)/4 bytes: columns [K3, K) as pair indices 3a + b + 4, rows as in part 1, tm, tk < (K-K3)/32, sm,
+ *     sk < 8, pairs 16tk + 2sk and +1 (high nibble first).
+ * A BM-row tile's triplet values are computed row by row first (the codes are read in order). */
+static const int TL2_SIG[4] = {0, 2, 1, 3};
+
+static void tl2_triplets(const int8_t *row, int8_t *v, Py_ssize_t S) {
+    for (Py_ssize_t s = 0; s < S; ++s) v[s] = (int8_t)(9 * row[3 * s] + 3 * row[3 * s + 1] + row[3 * s + 2]);
+}
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <tmmintrin.h>
+/* the same values, 16 triplets (48 codes) per step: pshufb gathers the first, second and third codes of each triplet
+ * from three 16-byte loads; 9a + 3b + c in int8 is exact (|v| <= 13) */
+__attribute__((target("ssse3"))) static void tl2_triplets_ssse3(const int8_t *row, int8_t *v, Py_ssize_t S) {
+    static const int8_t idx[3][3][16] = {
+        {{0, 3, 6, 9, 12, 15, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1},
+         {-1, -1, -1, -1, -1, -1, 2, 5, 8, 11, 14, -1, -1, -1, -1, -1},
+         {-1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, 1, 4, 7, 10, 13}},
+        {{1, 4, 7, 10, 13, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1},
+         {-1, -1, -1, -1, -1, 0, 3, 6, 9, 12, 15, -1, -1, -1, -1, -1},
+         {-1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, 2, 5, 8, 11, 14}},
+        {{2, 5, 8, 11, 14, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1},
+         {-1, -1, -1, -1, -1, 1, 4, 7, 10, 13, -1, -1, -1, -1, -1, -1},
+         {-1, -1, -1, -1, -1, -1, -1, -1, -1, -1, 0, 3, 6, 9, 12, 15}}};
+    __m128i m[3][3];
+    for (int t = 0; t < 3; ++t)
+        for (int part = 0; part < 3; ++part) m[t][part] = _mm_loadu_si128((const __m128i *)idx[t][part]);
+    Py_ssize_t s = 0;
+    for (; s + 16 <= S; s += 16) {
+        const int8_t *p = row + 3 * s;
+        const __m128i a = _mm_loadu_si128((const __m128i *)p), b = _mm_loadu_si128((const __m128i *)(p + 16)),
+                      c = _mm_loadu_si128((const __m128i *)(p + 32));
+        __m128i x[3];
+        for (int t = 0; t < 3; ++t)
+            x[t] = _mm_or_si128(_mm_or_si128(_mm_shuffle_epi8(a, m[t][0]), _mm_shuffle_epi8(b, m[t][1])),
+                                _mm_shuffle_epi8(c, m[t][2]));
+        __m128i u = _mm_add_epi8(_mm_add_epi8(_mm_add_epi8(x[0], x[0]), x[0]), x[1]); /* 3a + b */
+        u = _mm_add_epi8(_mm_add_epi8(_mm_add_epi8(u, u), u), x[2]);                  /* 9a + 3b + c */
+        _mm_storeu_si128((__m128i *)(v + s), u);
+    }
+    tl2_triplets(row + 3 * s, v + s, S - s);
+}
+#endif
+
+static PyObject *pack_tl2(PyObject *self, PyObject *args) {
+    Py_buffer in, out;
+    Py_ssize_t M, K, K3, BM, BK;
+    if (!PyArg_ParseTuple(args, "y*w*nnnnn", &in, &out, &M, &K, &K3, &BM, &BK)) return NULL;
+    const Py_ssize_t K2 = K - K3, S = K3 / 3;
+    const char *err = NULL;
+    if (M <= 0 || K <= 0 || BM <= 0 || BK <= 0 || M % BM || BM % 32 || BK % 24 || K3 < 0 || K3 % BK || K2 < 0 ||
+        K2 % 32)
+        err = "pack_tl2: M, K, K3, BM, BK do not describe whole TL2 tiles";
+    else if (in.len != M * K)
+        err = "pack_tl2: codes are not M x K";
+    else if (out.len < M * K3 / 6 + M * K3 / 24 + M * K2 / 4)
+        err = "pack_tl2: output buffer too small";
+    if (err) {
+        PyErr_SetString(PyExc_ValueError, err);
+        PyBuffer_Release(&in);
+        PyBuffer_Release(&out);
+        return NULL;
+    }
+    int8_t *vbuf = (int8_t *)malloc((size_t)(BM * S > 0 ? BM * S : 1));
+    if (!vbuf) {
+        PyBuffer_Release(&in);
+        PyBuffer_Release(&out);
+        return PyErr_NoMemory();
+    }
+    void (*triplets)(const int8_t *, int8_t *, Py_ssize_t) = tl2_triplets;
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+    if (__builtin_cpu_supports("ssse3")) triplets = tl2_triplets_ssse3;
+#endif
+    Py_BEGIN_ALLOW_THREADS
+    const int8_t *c = (const int8_t *)in.buf;
+    uint8_t *o1 = (uint8_t *)out.buf;
+    uint8_t *o2 = o1 + M * K3 / 6, *o3 = o2 + M * K3 / 24;
+    const Py_ssize_t T = BK / 3; /* triplets per tile row */
+    for (Py_ssize_t tm = 0; tm < M / BM; ++tm) {
+        for (Py_ssize_t r = 0; r < BM; ++r) triplets(c + (tm * BM + r) * K, vbuf + r * S, S);
+        for (Py_ssize_t tk = 0; tk < K3 / BK; ++tk) {
+            for (Py_ssize_t sm = 0; sm < BM / 32; ++sm) {
+                const int8_t *g = vbuf + 32 * sm * S + tk * T; /* this 32-row group's tile */
+                for (Py_ssize_t sk = 0; sk < BK / 6; ++sk) {
+                    for (int p = 0; p < 32; ++p) {
+                        const int8_t *v = g + (8 * TL2_SIG[p >> 3] + (p & 7)) * S + 2 * sk;
+                        const int a0 = v[0] < 0 ? -v[0] : v[0], a1 = v[1] < 0 ? -v[1] : v[1];
+                        *o1++ = (uint8_t)(a0 << 4 | a1);
+                    }
+                }
+                for (Py_ssize_t cc = 0; cc < BK / 24; ++cc) {
+                    for (int j = 0; j < 16; ++j) {
+                        const int8_t *v0 = g + j * S + 8 * cc, *v1 = g + (16 + j) * S + 8 * cc;
+                        unsigned w = 0;
+                        for (int q = 0; q < 8; ++q)
+                            w |= (unsigned)(v0[q] < 0) << (15 - 2 * q) | (unsigned)(v1[q] < 0) << (14 - 2 * q);
+                        *o2++ = (uint8_t)(w & 0xff);
+                        *o2++ = (uint8_t)(w >> 8);
+                    }
+                }
+            }
+        }
+        for (Py_ssize_t tk = 0; tk < K2 / 32; ++tk) {
+            for (Py_ssize_t sm = 0; sm < BM / 32; ++sm) {
+                for (int sk = 0; sk < 8; ++sk) {
+                    for (int p = 0; p < 32; ++p) {
+                        const int8_t *t = c + (tm * BM + 32 * sm + 8 * TL2_SIG[p >> 3] + (p & 7)) * K + K3 +
+                                          2 * (16 * tk + 2 * sk);
+                        *o3++ = (uint8_t)((3 * t[0] + t[1] + 4) << 4 | (3 * t[2] + t[3] + 4));
+                    }
+                }
+            }
+        }
+    }
+    Py_END_ALLOW_THREADS
+    free(vbuf);
+    PyBuffer_Release(&in);
+    PyBuffer_Release(&out);
+    Py_RETURN_NONE;
+}
+
 static inline uint8_t map243(unsigned v) { return (uint8_t)((v * 256u + 242u) / 243u); }
 
 /* pack_tq1(codes, out, group_stride): TQ1_0, 256-code blocks -> bytes 0..51 of each block (qs[48], qh[4]):
@@ -543,6 +670,7 @@ static PyMethodDef methods[] = {
     {"pack2", pack2, METH_VARARGS, "2-bit trits, 4 per byte, blocks of 4*span codes."},
     {"pack_tq1", pack_tq1, METH_VARARGS, "TQ1_0 block payloads (52 bytes per 256 codes)."},
     {"pack_iq1bn", pack_iq1bn, METH_VARARGS, "IQ1_BN blocks (13 bytes per 64 codes)."},
+    {"pack_tl2", pack_tl2, METH_VARARGS, "bitnet.cpp TL2 content (magnitudes, sign words, pair-index tail)."},
     {"q8_0_bf16", q8_0_bf16, METH_VARARGS, "Q8_0 blocks of bf16 values (False on a non-finite block)."},
     {"f16_of_bf16", f16_of_bf16, METH_VARARGS, "bf16 -> f16 bits with F16C (False where the CPU has none)."},
     {"mrs_new", mrs_new, METH_VARARGS, "state of a streamed multi_row_sum (size rows, lanes)."},

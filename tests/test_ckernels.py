@@ -238,3 +238,17 @@ def test_f16_of_bf16_equals_torch_on_every_pattern(n, monkeypatch):
     assert np.array_equal(out, want)
     monkeypatch.setenv("BITCONV_PURE_PYTHON", "1")
     assert np.array_equal(quants.to_float_type(every, "F16").view(np.uint16), want)
+
+
+def test_pack_tl2_refuses_what_is_not_whole_tiles():
+    codes = np.zeros(64 * 288, np.int8)
+    out = np.zeros(64 * 288, np.uint8)
+    ck.pack_tl2(codes, out, 64, 288, 288, 64, 96)  # whole tiles: accepted
+    with pytest.raises(ValueError, match="whole TL2 tiles"):
+        ck.pack_tl2(codes, out, 64, 288, 288, 48, 96)  # BM not a multiple of 32
+    with pytest.raises(ValueError, match="whole TL2 tiles"):
+        ck.pack_tl2(codes, out, 64, 288, 240, 64, 96)  # K3 not whole BK tiles
+    with pytest.raises(ValueError, match="not M x K"):
+        ck.pack_tl2(codes[:-1], out, 64, 288, 288, 64, 96)
+    with pytest.raises(ValueError, match="too small"):
+        ck.pack_tl2(codes, out[:100], 64, 288, 288, 64, 96)

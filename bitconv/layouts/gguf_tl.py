@@ -45,6 +45,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from bitconv.core import native
 from bitconv.core.errors import LayoutError, UsageError
 from bitconv.core.tensors import FieldSpec, Ternary, checked_scale
 from bitconv.formats.gguf.ggml_types import GGMLType
@@ -323,6 +324,10 @@ class GGUFTL2(_GGUFTL, name="gguf-tl2", container="gguf"):
         codes = np.asarray(t.codes, dtype=np.int8)
         n1, n2, _ = self._content_nbytes(e, None)
         out = self._output(e, t.scale)
+        ck = native.kernels()
+        if ck is not None:  # the same bytes in one C pass (bitconv/_ckernels.c pack_tl2)
+            ck.pack_tl2(np.ascontiguousarray(codes).reshape(-1), out, M, e.K, k3, BM, BK)
+            return {"data": out}
         step = _chunk_rows(e.K, BM)
         for r0 in range(0, M, step):  # each part's bytes for rows [r0, r1) are one contiguous range
             r1 = min(M, r0 + step)
