@@ -450,7 +450,9 @@ def pausing(original):
         original(self, name, data)
         done.append(name)
         if len(done) == 3:  # mid-write: three tensors in, the rest of the shards still to fill
-            flag.write_text(str(self.path))
+            part = flag.with_name(flag.name + ".part")  # the test polls for the flag: it appears whole, never empty
+            part.write_text(str(self.path))
+            part.replace(flag)
             time.sleep(600)
     return method
 
@@ -476,7 +478,7 @@ def _paused_pack(tmp_path: Path) -> tuple[Path, Path, list[str], Path, subproces
     p = subprocess.Popen([sys.executable, str(script), str(flag), *args], stdout=subprocess.DEVNULL,
                          stderr=subprocess.PIPE, env=env, cwd=ROOT)
     deadline = time.monotonic() + 120
-    while not flag.exists():
+    while not (flag.exists() and flag.read_text()):
         if p.poll() is not None or time.monotonic() > deadline:
             p.kill()
             p.wait()
