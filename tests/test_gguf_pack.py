@@ -437,7 +437,9 @@ def test_big_passthrough_converted_in_row_chunks_gives_same_bytes(models, tmp_pa
     monkeypatch.setattr(gguf_sink, "CHUNK_BYTES", 3000)  # a few rows per block, last block short
     monkeypatch.setattr(gguf_sink, "_converted_row_chunks", spy)
     if not mapped:
-        monkeypatch.setattr(gguf_sink, "map_range", lambda *a: None)
+        from bitconv.formats import safetensors as st_format
+
+        monkeypatch.setattr(st_format, "map_range", lambda *a: None)
     gguf_sink.pack_gguf(src, tmp_path / "chunked.gguf", "i2_s", embd_type=embd_type)
     assert {"model.embed_tokens.weight", "lm_head.weight"} <= set(calls)
     assert (tmp_path / "chunked.gguf").read_bytes() == (tmp_path / "whole.gguf").read_bytes()

@@ -126,6 +126,7 @@ def _files(folder):
 @pytest.mark.parametrize("compute", ["float32", "bfloat16"])
 def test_pack_hf_streamed_equals_whole(models, tmp_path, monkeypatch, compute, mapped):
     """Blocks mapped in place, or read into a reused buffer where the file cannot be mapped: same files."""
+    from bitconv.formats import safetensors as st_format
     from bitconv.pipeline import pack_hf, quantize
     from bitconv.sources import safetensors as st_source
 
@@ -134,7 +135,8 @@ def test_pack_hf_streamed_equals_whole(models, tmp_path, monkeypatch, compute, m
     quantize(src, tmp_path / "whole-t", compute=compute)
     monkeypatch.setattr(quant, "STREAM_MIN_ELEMS", 0)
     if not mapped:
-        monkeypatch.setattr(st_source, "map_range", lambda *a: None)
+        monkeypatch.setattr(st_source, "map_range", lambda *a: None)  # whole tensors (`_map`)
+        monkeypatch.setattr(st_format, "map_range", lambda *a: None)  # blocks (`read_range`)
     monkeypatch.setattr(quant, "BLOCK_ELEMS", 1000)
     pack_hf(src, tmp_path / "streamed", compute=compute)
     quantize(src, tmp_path / "streamed-t", compute=compute)

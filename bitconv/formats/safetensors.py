@@ -17,7 +17,7 @@ import math
 import mmap
 import os
 import struct
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -170,6 +170,17 @@ def map_range(path: Path, offset: int, nbytes: int, tensor: str | None = None) -
     finally:
         os.close(fd)
     return np.frombuffer(mm, dtype=np.uint8, count=nbytes, offset=offset - start)
+
+
+def read_range(path: Path, offset: int, nbytes: int, scratch: Callable[[int], np.ndarray],
+               tensor: str | None = None) -> np.ndarray:
+    """The file's bytes [offset, offset + nbytes) as uint8: mapped in place (`map_range`), or, where the file
+    cannot be mapped, read into `scratch(nbytes)` (a caller's reused buffer, valid until it is reused)."""
+    buf = map_range(path, offset, nbytes, tensor)
+    if buf is None:
+        buf = scratch(nbytes)
+        pread_exact(path, offset, memoryview(buf), tensor)
+    return buf
 
 
 def read_array(info: TensorInfo, out: np.ndarray | None = None) -> np.ndarray:

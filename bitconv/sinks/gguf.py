@@ -55,7 +55,7 @@ from bitconv.formats.gguf.quants import float_type_nbytes, to_float_type
 from bitconv.formats.gguf.types import pad
 from bitconv.formats.gguf.vocab import load_vocab, vocab_kvs
 from bitconv.formats.gguf.writer import GGUFWriter, TensorEntry, build_header
-from bitconv.formats.safetensors import TensorInfo, map_range, pread_exact
+from bitconv.formats.safetensors import TensorInfo, read_range
 from bitconv.layouts import Layout, get_layout, gguf_layouts, layout_class, type_id_choices
 from bitconv.layouts.kernel_config import INI_NAME, KernelConfig, derive
 from bitconv.layouts.runtimes import ACTIVATIONS, Verdict, default_activation, runs_somewhere, summary, where_it_runs
@@ -397,20 +397,21 @@ def _converted_row_chunks(step: Step) -> Iterator[np.ndarray] | None:
     rows = max(1, CHUNK_BYTES // row_bytes)
 
     def chunks() -> Iterator[np.ndarray]:
-        raw = None
+        raw = np.empty(0, dtype=np.uint8)  # the pread buffer, made on first use (blocks are mapped where possible)
+
+        def scratch(n: int) -> np.ndarray:
+            nonlocal raw
+            raw = raw if raw.size else np.empty(rows * row_bytes, dtype=np.uint8)
+            return raw[:n]
+
         for r0 in range(0, info.shape[0], rows):
             n = min(rows, info.shape[0] - r0)
-            offset = info.offset + r0 * row_bytes
-            buf = map_range(info.path, offset, n * row_bytes, info.name)  # read in place (no copy), else pread
-            if buf is None:
-                raw = np.empty(rows * row_bytes, dtype=np.uint8) if raw is None else raw
-                buf = raw[: n * row_bytes]
-                pread_exact(info.path, offset, memoryview(buf), info.name)
+            buf = read_range(info.path, info.offset + r0 * row_bytes, n * row_bytes, scratch, info.name)
             block = dtypes.from_numpy_storage(buf.view(dtypes.DTYPES[info.dtype].np_storage), info.dtype)
             out = to_float_type(block.reshape(n, info.shape[1]), step.type_name)
             # the block is written later, on the writer thread, while `raw` is refilled: never hand out a view of it
             # (a view of a map is safe: each block has its own)
-            yield out.copy() if raw is not None and np.shares_memory(out, raw) else out
+            yield out.copy() if np.shares_memory(out, raw) else out
 
     return chunks()
 

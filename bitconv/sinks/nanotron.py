@@ -82,8 +82,6 @@ def fused_scale(parts: list[Ternary] | list[tuple[float, int]]) -> tuple[float, 
 # ------------------------------------------------------------------------------------------------- shard writing
 
 
-
-
 @dataclass
 class Rows:
     """A parameter to write, read a block of global rows at a time: `read(r0, r1)` gives rows [r0, r1) as bf16 in

@@ -15,7 +15,7 @@ from bitconv.core.errors import BitconvError, SourceError
 from bitconv.core.jsonio import read_json
 from bitconv.core.pickled import pickled_in, refuse_pickle
 from bitconv.core.tensors import Ternary, checked_scale
-from bitconv.formats.safetensors import TensorInfo, map_range, pread_exact, read_array, read_header
+from bitconv.formats.safetensors import TensorInfo, map_range, read_array, read_header, read_range
 from bitconv.layouts import Layout, get_layout, hf_layouts
 from bitconv.quant import Workspace, ternarize, ternarize_blocks
 from bitconv.sources import validate
@@ -59,11 +59,8 @@ def block_reader(info: TensorInfo) -> quant.BlockReader:
     d = dtypes.DTYPES[info.dtype]
 
     def read(start: int, count: int) -> torch.Tensor:
-        offset = info.offset + start * d.itemsize
-        buf = map_range(info.path, offset, count * d.itemsize, info.name)
-        if buf is None:
-            buf = _WS.get("blk_raw", count * d.itemsize, torch.uint8).numpy()
-            pread_exact(info.path, offset, memoryview(buf), info.name)
+        buf = read_range(info.path, info.offset + start * d.itemsize, count * d.itemsize,
+                         lambda n: _WS.get("blk_raw", n, torch.uint8).numpy(), info.name)
         return dtypes.from_numpy_storage(buf.view(d.np_storage), info.dtype)
 
     return read

@@ -38,7 +38,6 @@ embedding rows read only for the tokens given, lm_head applied in row chunks.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -49,7 +48,7 @@ import torch.nn.functional as F
 from bitconv.core import dtypes
 from bitconv.core.errors import SourceError, UsageError
 from bitconv.core.tensors import Ternary
-from bitconv.formats.safetensors import TensorInfo
+from bitconv.formats.safetensors import TensorInfo, pread_exact
 from bitconv.layouts import decode_scale, encode_scale, hf_layouts, layout_class, layout_classes
 from bitconv.quant import compute_mode, ternarize
 from bitconv.sources import Checkpoint
@@ -315,25 +314,12 @@ def read_raw_rows(info: TensorInfo, rows: Sequence[int] | range) -> np.ndarray:
     row_bytes = info.nbytes // info.shape[0]
     out = np.empty((len(rows), info.shape[1]), dtype=dtypes.DTYPES[info.dtype].np_storage)
     if isinstance(rows, range) and rows.step == 1:
-        _pread(info.path, out, info.offset + rows.start * row_bytes)
+        pread_exact(info.path, info.offset + rows.start * row_bytes, memoryview(out.reshape(-1).view(np.uint8)),
+                    info.name)
     else:
         for i, r in enumerate(rows):
-            _pread(info.path, out[i], info.offset + int(r) * row_bytes)
+            pread_exact(info.path, info.offset + int(r) * row_bytes, memoryview(out[i].view(np.uint8)), info.name)
     return out
-
-
-def _pread(path: object, out: np.ndarray, offset: int) -> None:
-    buf = memoryview(out.reshape(-1).view(np.uint8))
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        got = 0
-        while got < len(buf):
-            n = os.preadv(fd, [buf[got:]], offset + got)
-            if n <= 0:
-                raise SourceError("unexpected end of file", path=path)
-            got += n
-    finally:
-        os.close(fd)
 
 
 def _codes(w: Weights, name: str) -> tuple[torch.Tensor, float]:
