@@ -184,6 +184,15 @@ static PyObject *abs_sum_bf16(PyObject *self, PyObject *args) {
     return PyFloat_FromDouble((double)s);
 }
 
+static void codes_of_bits(const int16_t *restrict b, int8_t *restrict o, int64_t n, int threshold) {
+    const int16_t tp = (int16_t)threshold;
+    const uint16_t tn = (uint16_t)(0x8000 + threshold);
+    for (int64_t i = 0; i < n; ++i) {
+        int16_t x = b[i];
+        o[i] = (int8_t)((x > tp) - ((uint16_t)x > tn));
+    }
+}
+
 static PyObject *codes_bf16(PyObject *self, PyObject *args) {
     Py_buffer in, out;
     int threshold;
@@ -195,15 +204,7 @@ static PyObject *codes_bf16(PyObject *self, PyObject *args) {
         return NULL;
     }
     Py_BEGIN_ALLOW_THREADS
-    const int16_t *b = (const int16_t *)in.buf;
-    int8_t *o = (int8_t *)out.buf;
-    const int16_t tp = (int16_t)threshold;
-    const uint16_t tn = (uint16_t)(0x8000 + threshold);
-    int64_t n = (int64_t)(in.len / 2);
-    for (int64_t i = 0; i < n; ++i) {
-        int16_t x = b[i];
-        o[i] = (int8_t)((x > tp) - ((uint16_t)x > tn));
-    }
+    codes_of_bits((const int16_t *)in.buf, (int8_t *)out.buf, (int64_t)(in.len / 2), threshold);
     Py_END_ALLOW_THREADS
     PyBuffer_Release(&in);
     PyBuffer_Release(&out);
@@ -232,7 +233,34 @@ static int check_groups(Py_ssize_t ncodes, Py_ssize_t nout, Py_ssize_t block_cod
 }
 
 /* pack2(codes, out, span, descending, group_blocks, group_stride, group_offset): 2-bit trits, 4 per byte. A block is
- * 4*span codes; its byte j = sum_i t[i*span + j] << (descending ? 6 - 2i : 2i). */
+ * 4*span codes; its byte j = sum_i t[i*span + j] << (descending ? 6 - 2i : 2i). One loop per shift order, with the
+ * shifts constant and the pointers restrict, so the compiler packs 16 bytes per SSE2 step (12 -> 2 ms for
+ * 17.7 M codes; AVX2 clones gained nothing measurable: the loop is then bound by memory). */
+static void pack2_block_asc(const uint8_t *restrict c, uint8_t *restrict o, Py_ssize_t span) {
+    const uint8_t *restrict c1 = c + span, *restrict c2 = c + 2 * span, *restrict c3 = c + 3 * span;
+    for (Py_ssize_t j = 0; j < span; ++j)
+        o[j] = (uint8_t)((uint8_t)(c[j] + 1) | (uint8_t)((c1[j] + 1) << 2) | (uint8_t)((c2[j] + 1) << 4) |
+                         (uint8_t)((c3[j] + 1) << 6));
+}
+
+static void pack2_block_desc(const uint8_t *restrict c, uint8_t *restrict o, Py_ssize_t span) {
+    const uint8_t *restrict c1 = c + span, *restrict c2 = c + 2 * span, *restrict c3 = c + 3 * span;
+    for (Py_ssize_t j = 0; j < span; ++j)
+        o[j] = (uint8_t)((uint8_t)((c[j] + 1) << 6) | (uint8_t)((c1[j] + 1) << 4) | (uint8_t)((c2[j] + 1) << 2) |
+                         (uint8_t)(c3[j] + 1));
+}
+
+static void pack2_groups(const uint8_t *c, uint8_t *o, Py_ssize_t ng, Py_ssize_t span, int desc,
+                         Py_ssize_t gb, Py_ssize_t gs, Py_ssize_t go) {
+    for (Py_ssize_t g = 0; g < ng; ++g)
+        for (Py_ssize_t b = 0; b < gb; ++b) {
+            const uint8_t *cb = c + (g * gb + b) * 4 * span;
+            uint8_t *ob = o + g * gs + go + b * span;
+            if (desc) pack2_block_desc(cb, ob, span);
+            else pack2_block_asc(cb, ob, span);
+        }
+}
+
 static PyObject *pack2(PyObject *self, PyObject *args) {
     Py_buffer in, out;
     Py_ssize_t span, gb, gs, go;
@@ -246,18 +274,7 @@ static PyObject *pack2(PyObject *self, PyObject *args) {
         return NULL;
     }
     Py_BEGIN_ALLOW_THREADS
-    const uint8_t *c = (const uint8_t *)in.buf;
-    uint8_t *o = (uint8_t *)out.buf;
-    const int s0 = desc ? 6 : 0, s1 = desc ? 4 : 2, s2 = desc ? 2 : 4, s3 = desc ? 0 : 6;
-    for (Py_ssize_t g = 0; g < ng; ++g) {
-        for (Py_ssize_t b = 0; b < gb; ++b) {
-            const uint8_t *cb = c + (g * gb + b) * 4 * span;
-            uint8_t *ob = o + g * gs + go + b * span;
-            for (Py_ssize_t j = 0; j < span; ++j)
-                ob[j] = (uint8_t)((uint8_t)(cb[j] + 1) << s0 | (uint8_t)(cb[span + j] + 1) << s1 |
-                                  (uint8_t)(cb[2 * span + j] + 1) << s2 | (uint8_t)(cb[3 * span + j] + 1) << s3);
-        }
-    }
+    pack2_groups((const uint8_t *)in.buf, (uint8_t *)out.buf, ng, span, desc, gb, gs, go);
     Py_END_ALLOW_THREADS
     PyBuffer_Release(&in);
     PyBuffer_Release(&out);

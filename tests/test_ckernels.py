@@ -166,6 +166,23 @@ def test_every_layout_packs_the_same_bytes_natively(name, monkeypatch):
     assert checked, f"no test shape fits {name}"
 
 
+@pytest.mark.parametrize("desc", [0, 1])
+@pytest.mark.parametrize("span", [1, 3, 15, 16, 17, 32, 33, 64, 100])
+def test_pack2_every_span_and_group_placement(span, desc):
+    """The vectorized loop and its remainder, both shift orders, blocks placed with a group stride and offset (the
+    bytes between blocks are left alone), against the formula written out in numpy."""
+    gb, go, ng = 3, 5, 4
+    gs = go + gb * span + 7
+    codes = np.random.default_rng(span * 2 + desc).integers(-1, 2, ng * gb * 4 * span, dtype=np.int8)
+    out = np.full(ng * gs, 0xA5, np.uint8)
+    ck.pack2(codes, out, span, desc, gb, gs, go)
+    t = (codes.astype(np.uint8) + 1).reshape(ng, gb, 4, span)
+    shifts = np.array([6, 4, 2, 0] if desc else [0, 2, 4, 6], np.uint8).reshape(1, 1, 4, 1)
+    want = np.full((ng, gs), 0xA5, np.uint8)
+    want[:, go:go + gb * span] = np.bitwise_or.reduce(t << shifts, axis=2).reshape(ng, gb * span)
+    assert out.tobytes() == want.tobytes()
+
+
 @pytest.mark.parametrize("kernel, args", [("pack2", (8, 0, 1, 8, 0)), ("pack_tq1", (54,)),
                                           ("pack_iq1bn", (1, 13, 0))])
 def test_pack_kernels_refuse_short_buffers(kernel, args):

@@ -186,6 +186,26 @@ def test_console_script_exits_at_once_with_every_byte_and_code(models, tmp_path)
     assert p.wait() in (0, 1) and "Traceback" not in err, err
 
 
+@pytest.mark.parametrize("argv, torch_loaded", [(["pack", "x"], True), (["verify", "x"], True),
+                                                 (["layouts"], False), (["pack", "--help"], False), ([], False)])
+def test_entry_loads_modules_with_the_collector_paused(argv, torch_loaded):
+    """`_entry.main` loads the CLI (and torch, for the commands that need it) with the cyclic collector off, then
+    freezes those objects and turns the collector back on for the command itself."""
+    probe = (
+        "import gc, sys\n"
+        "import bitconv.cli\n"
+        "def fake():\n"
+        "    print(gc.isenabled(), gc.get_freeze_count() > 10000, 'torch' in sys.modules)\n"
+        "    raise SystemExit(0)\n"
+        "bitconv.cli.main = fake\n"
+        f"sys.argv = ['bitconv'] + {argv!r}\n"
+        "from bitconv import _entry\n"
+        "_entry.main()\n")
+    r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["True", "True", str(torch_loaded)]
+
+
 @pytest.mark.parametrize("command", ["quantize", "unpack", "convert-nanotron", "convert-hf"])
 def test_dry_run_plans_without_writing(models, tmp_path, command):
     """`--dry-run` on every writing command: the plan as JSON (planned bytes = what the real run writes, a planned

@@ -113,11 +113,19 @@ class GGUFPlan(Plan):
     def entries(self) -> list[TensorEntry]:
         return [entry_of(s) for s in self.steps]
 
+    _header: tuple[bytes, list[int]] | None = field(default=None, init=False, repr=False, compare=False)
+
+    def header(self) -> tuple[bytes, list[int]]:
+        """The file's header and tensor offsets (`writer.build_header`), encoded once per plan: the vocabulary's
+        ~10^5 strings take 0.2 s to encode."""
+        if self._header is None:
+            self._header = build_header(self.kvs, self.entries)
+        return self._header
+
     @property
     def total_bytes(self) -> int:
         """The size of the GGUF file."""
-        header, _ = build_header(self.kvs, self.entries)
-        return len(header) + sum(pad(e.nbytes) for e in self.entries)
+        return len(self.header()[0]) + sum(pad(e.nbytes) for e in self.entries)
 
     def rows(self) -> list[list]:
         """(GGUF name, action, HF shape, type, bytes) per tensor, for --dry-run."""
@@ -461,7 +469,7 @@ class GGUFSink:
         return len(self.plan.kernel_config.to_ini().encode())
 
     def open(self, tmp: Path) -> None:
-        self._writer = GGUFWriter(tmp, self.plan.kvs, self.plan.entries)
+        self._writer = GGUFWriter(tmp, self.plan.kvs, self.plan.entries, header=self.plan.header())
         self._bg = BackgroundWriter(WRITE_QUEUE_BYTES)
 
     def write(self, step: Step, result: Ternary | dict[str, np.ndarray]) -> None:

@@ -64,14 +64,14 @@ class GGUFWriter:
     """
 
     def __init__(self, path: str | Path, kvs: Iterable[KV], tensors: Iterable[TensorEntry],
-                 alignment: int = ALIGNMENT) -> None:
+                 alignment: int = ALIGNMENT, header: tuple[bytes, list[int]] | None = None) -> None:
         self.path = Path(path)
         self.tensors = list(tensors)
         self.alignment = alignment
         names = [t.name for t in self.tensors]
         if len(set(names)) != len(names):
             raise ValueError("duplicate tensor names in a GGUF plan")
-        header, offsets = build_header(kvs, self.tensors, alignment)
+        header, offsets = build_header(kvs, self.tensors, alignment) if header is None else header
         self.data_start = len(header)
         self.offsets = [self.data_start + o for o in offsets]
         self.size = self.data_start + (offsets[-1] + pad(self.tensors[-1].nbytes, alignment) if self.tensors else 0)
