@@ -15,6 +15,10 @@
  * pack2 / pack_tq1 / pack_iq1bn(codes, out, ...) -> None
  *     the layouts' code packing (HF, I2_S, IQ2_BN, TQ2_0 2-bit; TQ1_0 and IQ1_BN base 3), byte for byte what the
  *     layouts' numpy encoders write (tests compare them); the layouts add their scales.
+ * unpack2(packed, codes, ...) -> bool
+ *     pack2's inverse (the HF layout's decoder): the codes, and whether a field holds 0b11, which no code makes.
+ * same_bytes(a, b) -> bool
+ *     memcmp of two buffers (verify compares codes and stored tensors with it).
  *
  * f16_of_bf16(bits, out) -> bool
  *     bf16 -> IEEE half (round to nearest even, NaN payloads kept quiet), 8 values per F16C instruction where the CPU
@@ -279,6 +283,64 @@ static PyObject *pack2(PyObject *self, PyObject *args) {
     PyBuffer_Release(&in);
     PyBuffer_Release(&out);
     Py_RETURN_NONE;
+}
+
+/* unpack2(packed, codes, span, descending, group_blocks, group_stride, group_offset) -> int: pack2's inverse, code
+ * t - 1 from each 2-bit field; returns how many fields hold 0b11 (no ternary code: the caller refuses the data; those
+ * codes are written as 2). The bytes of `packed` outside the block payloads are not read. */
+static unsigned unpack2_block(const uint8_t *restrict b, uint8_t *restrict c, Py_ssize_t span, int desc) {
+    uint8_t *restrict c1 = c + span, *restrict c2 = c + 2 * span, *restrict c3 = c + 3 * span;
+    const int s0 = desc ? 6 : 0, s1 = desc ? 4 : 2, s2 = desc ? 2 : 4, s3 = desc ? 0 : 6;
+    uint8_t bad = 0;
+    for (Py_ssize_t j = 0; j < span; ++j) {
+        const uint8_t x = b[j];
+        c[j] = (uint8_t)(((x >> s0) & 3) - 1);
+        c1[j] = (uint8_t)(((x >> s1) & 3) - 1);
+        c2[j] = (uint8_t)(((x >> s2) & 3) - 1);
+        c3[j] = (uint8_t)(((x >> s3) & 3) - 1);
+        bad |= (uint8_t)(x & (x >> 1) & 0x55);
+    }
+    return bad;
+}
+
+static PyObject *unpack2(PyObject *self, PyObject *args) {
+    Py_buffer in, out;
+    Py_ssize_t span, gb, gs, go;
+    int desc;
+    if (!PyArg_ParseTuple(args, "y*w*ninnn", &in, &out, &span, &desc, &gb, &gs, &go)) return NULL;
+    Py_ssize_t ng;
+    if (span <= 0 || check_groups(out.len, in.len, 4 * span, span, gb, gs, go, &ng)) {
+        if (span <= 0) PyErr_SetString(PyExc_ValueError, "unpack2: span must be positive");
+        PyBuffer_Release(&in);
+        PyBuffer_Release(&out);
+        return NULL;
+    }
+    unsigned bad = 0;
+    Py_BEGIN_ALLOW_THREADS
+    const uint8_t *b = (const uint8_t *)in.buf;
+    uint8_t *c = (uint8_t *)out.buf;
+    for (Py_ssize_t g = 0; g < ng; ++g)
+        for (Py_ssize_t k = 0; k < gb; ++k)
+            bad |= unpack2_block(b + g * gs + go + k * span, c + (g * gb + k) * 4 * span, span, desc);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&in);
+    PyBuffer_Release(&out);
+    return PyBool_FromLong(bad != 0);
+}
+
+/* same_bytes(a, b) -> bool: the two buffers have equal length and bytes (memcmp, without the GIL). */
+static PyObject *same_bytes(PyObject *self, PyObject *args) {
+    Py_buffer a, b;
+    if (!PyArg_ParseTuple(args, "y*y*", &a, &b)) return NULL;
+    int same = a.len == b.len;
+    if (same && a.len) {
+        Py_BEGIN_ALLOW_THREADS
+        same = memcmp(a.buf, b.buf, (size_t)a.len) == 0;
+        Py_END_ALLOW_THREADS
+    }
+    PyBuffer_Release(&a);
+    PyBuffer_Release(&b);
+    return PyBool_FromLong(same);
 }
 
 /* pack_tl2(codes, out, M, K, K3, BM, BK): bitnet.cpp's TL2 content of codes [M, K], the layout
@@ -685,6 +747,8 @@ static PyMethodDef methods[] = {
     {"abs_sum_bf16", abs_sum_bf16, METH_VARARGS, "torch's float32 sum of |w| for bf16 bit patterns (threads, lanes)."},
     {"codes_bf16", codes_bf16, METH_VARARGS, "ternary codes of bf16 bit patterns for a magnitude threshold."},
     {"pack2", pack2, METH_VARARGS, "2-bit trits, 4 per byte, blocks of 4*span codes."},
+    {"unpack2", unpack2, METH_VARARGS, "pack2's inverse; True when a field holds 0b11."},
+    {"same_bytes", same_bytes, METH_VARARGS, "equal length and bytes (memcmp)."},
     {"pack_tq1", pack_tq1, METH_VARARGS, "TQ1_0 block payloads (52 bytes per 256 codes)."},
     {"pack_iq1bn", pack_iq1bn, METH_VARARGS, "IQ1_BN blocks (13 bytes per 64 codes)."},
     {"pack_tl2", pack_tl2, METH_VARARGS, "bitnet.cpp TL2 content (magnitudes, sign words, pair-index tail)."},

@@ -183,6 +183,47 @@ def test_pack2_every_span_and_group_placement(span, desc):
     assert out.tobytes() == want.tobytes()
 
 
+@pytest.mark.parametrize("desc", [0, 1])
+@pytest.mark.parametrize("span", [1, 15, 16, 17, 33, 100])
+def test_unpack2_inverts_pack2_and_flags_0b11(span, desc):
+    gb, go, ng = 2, 3, 5
+    gs = go + gb * span + 4
+    codes = np.random.default_rng(7 * span + desc).integers(-1, 2, ng * gb * 4 * span, dtype=np.int8)
+    packed = np.full(ng * gs, 0xFF, np.uint8)  # 0b11 everywhere outside the blocks: never read
+    ck.pack2(codes, packed, span, desc, gb, gs, go)
+    back = np.full_like(codes, 9)
+    assert ck.unpack2(packed, back, span, desc, gb, gs, go) is False
+    assert back.tobytes() == codes.tobytes()
+    packed[(ng - 1) * gs + go + gb * span - 1] |= 0x0C  # one field of the last payload byte becomes 0b11
+    assert ck.unpack2(packed, back, span, desc, gb, gs, go) is True
+
+
+@pytest.mark.parametrize("shape", [(4, 1), (8, 5), (12, 4099), (256, 300)])
+def test_hf_unpack_natively_equals_numpy(shape, monkeypatch):
+    from bitconv.core.errors import FormatError
+    from bitconv.layouts import hf_packed
+
+    codes = np.random.default_rng(shape[1]).integers(-1, 2, shape, dtype=np.int8)
+    packed = hf_packed.pack_codes(codes)
+    native = hf_packed.unpack_codes(packed, shape[0])
+    bad = packed.copy()
+    bad.reshape(-1)[-1] |= 0xC0
+    with pytest.raises(FormatError, match="0b11"):
+        hf_packed.unpack_codes(bad, shape[0], tensor="w")
+    monkeypatch.setenv("BITCONV_PURE_PYTHON", "1")
+    assert native.tobytes() == hf_packed.unpack_codes(packed, shape[0]).tobytes() == codes.tobytes()
+    with pytest.raises(FormatError, match="0b11"):
+        hf_packed.unpack_codes(bad, shape[0], tensor="w")
+
+
+def test_same_bytes():
+    a = np.arange(1000, dtype=np.int16)
+    assert ck.same_bytes(a, a.copy()) is True and ck.same_bytes(a[:0], a[:0]) is True
+    b = a.copy()
+    b[999] ^= 1
+    assert ck.same_bytes(a, b) is False and ck.same_bytes(a, a[:999]) is False
+
+
 @pytest.mark.parametrize("kernel, args", [("pack2", (8, 0, 1, 8, 0)), ("pack_tq1", (54,)),
                                           ("pack_iq1bn", (1, 13, 0))])
 def test_pack_kernels_refuse_short_buffers(kernel, args):

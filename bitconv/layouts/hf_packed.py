@@ -68,10 +68,15 @@ def unpack_codes(packed: np.ndarray, out_features: int, tensor: str | None = Non
     A 0b11 pair (not a ternary code) raises FormatError."""
     p = np.ascontiguousarray(packed, dtype=np.uint8)
     flat = p.reshape(-1)
+    ck = native.kernels()
+    if ck is not None:  # the same codes in one C pass (bitconv/_ckernels.c unpack2), the 0b11 check in it
+        codes = np.empty((VALUES_PER_BYTE, *p.shape), dtype=np.int8)
+        if flat.size and ck.unpack2(flat, codes.reshape(-1), flat.size, 0, 1, flat.size, 0):
+            raise _bad_pair(packed, tensor)
+        return codes.reshape(VALUES_PER_BYTE * p.shape[0], *p.shape[1:])[:out_features]
     if any(bool(np.any(b & (b >> 1) & 0x55))  # both bits of some pair set (checked a slice at a time: no full-size
            for b in (flat[a:a + PACK_BLOCK_BYTES] for a in range(0, flat.size, PACK_BLOCK_BYTES))):  # temporaries)
-        raise FormatError("packed weight holds the bit pair 0b11, which is not a ternary code", tensor=tensor,
-                          shape=tuple(packed.shape), hint="the file is corrupt or not an HF packed checkpoint")
+        raise _bad_pair(packed, tensor)
     codes = np.empty((VALUES_PER_BYTE, *p.shape), dtype=np.int8)
     cu = codes.reshape(VALUES_PER_BYTE, -1).view(np.uint8)
     for a in range(0, flat.size, PACK_BLOCK_BYTES):  # cache-sized slices: three in-place uint8 passes per pair
@@ -82,6 +87,11 @@ def unpack_codes(packed: np.ndarray, out_features: int, tensor: str | None = Non
             np.bitwise_and(o, 3, out=o)
             np.subtract(o, 1, out=o)  # 0 -> 255 (= -1 as int8)
     return codes.reshape(VALUES_PER_BYTE * p.shape[0], *p.shape[1:])[:out_features]
+
+
+def _bad_pair(packed: np.ndarray, tensor: str | None) -> FormatError:
+    return FormatError("packed weight holds the bit pair 0b11, which is not a ternary code", tensor=tensor,
+                       shape=tuple(packed.shape), hint="the file is corrupt or not an HF packed checkpoint")
 
 
 class _HFPacked(Layout):
