@@ -17,6 +17,9 @@
  *     layouts' numpy encoders write (tests compare them); the layouts add their scales.
  * unpack2(packed, codes, ...) -> bool
  *     pack2's inverse (the HF layout's decoder): the codes, and whether a field holds 0b11, which no code makes.
+ * block_d(codes, out, block_codes, block_bytes, d) -> int
+ *     the TQ layouts' per-block fp16 d: the last two bytes of each block_bytes-byte block of `out` get the 16 bits
+ *     `d` (little-endian) where the block's codes hold a non-zero, else 0; returns how many blocks got `d`.
  * same_bytes(a, b) -> bool
  *     memcmp of two buffers (verify compares codes and stored tensors with it).
  *
@@ -326,6 +329,42 @@ static PyObject *unpack2(PyObject *self, PyObject *args) {
     PyBuffer_Release(&in);
     PyBuffer_Release(&out);
     return PyBool_FromLong(bad != 0);
+}
+
+/* block_d(codes, out, block_codes, block_bytes, d) -> count: see the header. One pass over the codes (words ORed
+ * eight codes at a time), two bytes written per block. */
+static PyObject *block_d(PyObject *self, PyObject *args) {
+    Py_buffer in, out;
+    Py_ssize_t qk, bb;
+    unsigned int d;
+    if (!PyArg_ParseTuple(args, "y*w*nnI", &in, &out, &qk, &bb, &d)) return NULL;
+    Py_ssize_t ng;
+    if (qk % 8 || bb < 2 || d > 0xFFFFu || check_groups(in.len, out.len, qk, bb, 1, bb, 0, &ng)) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "block_d: blocks of 8k codes, >= 2 bytes, 16-bit d");
+        PyBuffer_Release(&in);
+        PyBuffer_Release(&out);
+        return NULL;
+    }
+    Py_ssize_t count = 0;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t g = 0; g < ng; ++g) {
+        const uint8_t *c = (const uint8_t *)in.buf + g * qk;
+        uint64_t any = 0;
+        for (Py_ssize_t j = 0; j < qk; j += 8) {
+            uint64_t w;
+            memcpy(&w, c + j, 8);
+            any |= w;
+        }
+        uint8_t *o = (uint8_t *)out.buf + g * bb + bb - 2;
+        unsigned v = any ? d : 0u;
+        count += any != 0;
+        o[0] = (uint8_t)(v & 0xFFu);
+        o[1] = (uint8_t)(v >> 8);
+    }
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&in);
+    PyBuffer_Release(&out);
+    return PyLong_FromSsize_t(count);
 }
 
 /* same_bytes(a, b) -> bool: the two buffers have equal length and bytes (memcmp, without the GIL). */
@@ -748,6 +787,7 @@ static PyMethodDef methods[] = {
     {"codes_bf16", codes_bf16, METH_VARARGS, "ternary codes of bf16 bit patterns for a magnitude threshold."},
     {"pack2", pack2, METH_VARARGS, "2-bit trits, 4 per byte, blocks of 4*span codes."},
     {"unpack2", unpack2, METH_VARARGS, "pack2's inverse; True when a field holds 0b11."},
+    {"block_d", block_d, METH_VARARGS, "TQ per-block fp16 d where the block has a non-zero code; the count."},
     {"same_bytes", same_bytes, METH_VARARGS, "equal length and bytes (memcmp)."},
     {"pack_tq1", pack_tq1, METH_VARARGS, "TQ1_0 block payloads (52 bytes per 256 codes)."},
     {"pack_iq1bn", pack_iq1bn, METH_VARARGS, "IQ1_BN blocks (13 bytes per 64 codes)."},

@@ -216,6 +216,29 @@ def test_hf_unpack_natively_equals_numpy(shape, monkeypatch):
         hf_packed.unpack_codes(bad, shape[0], tensor="w")
 
 
+def test_block_d_writes_d_where_a_block_has_a_non_zero_code():
+    """TQ's per-block d: the 16 bits where a block holds a non-zero code (one in its last position counts), zero
+    elsewhere, the payload bytes left alone; the count of blocks that got d."""
+    qk, bb, n = 256, 66, 7
+    codes = np.random.default_rng(3).integers(-1, 2, n * qk, dtype=np.int8)
+    codes[:qk] = 0
+    codes[3 * qk:4 * qk] = 0
+    codes[5 * qk:6 * qk] = 0
+    codes[6 * qk - 1] = -1  # block 5: non-zero only in its last code
+    out = np.full(n * bb, 0xA5, np.uint8)
+    assert ck.block_d(codes, out, qk, bb, 0x3C01) == 5
+    want = np.full((n, bb), 0xA5, np.uint8)
+    nonzero = codes.reshape(n, qk).any(axis=1)
+    want[:, -2:] = np.where(nonzero[:, None], np.array([0x01, 0x3C], np.uint8), 0)
+    assert out.tobytes() == want.tobytes()
+    with pytest.raises(ValueError):
+        ck.block_d(codes[:-8], out, qk, bb, 1)  # not whole blocks
+    with pytest.raises(ValueError):
+        ck.block_d(codes, out[:-1], qk, bb, 1)  # output too small
+    with pytest.raises(ValueError):
+        ck.block_d(codes, out, qk, bb, 0x10000)  # d is 16 bits
+
+
 def test_same_bytes():
     a = np.arange(1000, dtype=np.int16)
     assert ck.same_bytes(a, a.copy()) is True and ck.same_bytes(a[:0], a[:0]) is True

@@ -234,6 +234,21 @@ def test_tq_all_zero_tensor_and_mixed_scales(name):
         lay.pack(Ternary(np.ones((1, 256), dtype=np.int8), np.float32(1e5)))
 
 
+@pytest.mark.parametrize("pure", ["0", "1"])
+@pytest.mark.parametrize("name", ["gguf-tq1-0", "gguf-tq2-0"])
+def test_tq_scale_without_fp16_value_is_refused_only_where_a_block_stores_it(name, pure, monkeypatch):
+    """A scale above fp16's range is refused once a block needs its d; an all-zero tensor stores d = 0 everywhere
+    and packs (C kernels and numpy alike)."""
+    monkeypatch.setenv("BITCONV_PURE_PYTHON", pure)
+    lay = get_layout(name)
+    data = lay.pack(Ternary(np.zeros((2, 512), dtype=np.int8), np.float32(1e5)))["data"]
+    assert not data.reshape(-1, GGML_TYPES[lay.ggml_type].type_size)[:, -2:].any()
+    codes = np.zeros((2, 512), dtype=np.int8)
+    codes[1, 300] = -1
+    with pytest.raises(LayoutError, match="fp16"):
+        lay.pack(Ternary(codes, np.float32(1e5)))
+
+
 # --- worked examples from the module docstrings ----------------------------------------------------------------------
 def test_i2s_worked_example():
     codes = np.zeros(128, dtype=np.int8)

@@ -466,3 +466,43 @@ def test_broken_tokenizer_config_with_prompt_is_a_one_line_error(models, tmp_pat
     r = cli("verify", tmp_path / "t", "--ref", master, "--prompt", "hello")
     assert r.exit_code == 2, r.output
     assert "tokenizer_config.json" in r.stderr and "Traceback" not in r.output
+
+
+# ------------------------------------------------------------------------------------------------ recorded files
+
+
+def test_report_records_each_verified_file_by_its_sha256(artifacts):
+    """The hashes are taken on a thread while the checks run; the report holds each weight file's exact sha256."""
+    import hashlib
+
+    out, master = artifacts("bitnet-2b4t", True, "hf-autobitlinear")
+    rep = verify(out, master, run_parity=False)
+    want = [{"path": p.name, "bytes": p.stat().st_size, "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
+            for p in sorted(Path(out).glob("*.safetensors"))]
+    assert rep.out_files == want
+
+
+def test_records_hash_again_what_changed_while_checks_ran(tmp_path):
+    """A file rewritten after its hash was taken (size, mtime or inode changed) is hashed again when the report
+    asks; an abandoned hash stops early and returns None."""
+    import hashlib
+    import os
+    import threading
+
+    from bitconv.core.safeio import sha256_file
+    from bitconv.verify import _Records
+
+    f = tmp_path / "w.bin"
+    f.write_bytes(b"a" * 1000)
+    rec = _Records(tmp_path, [f])
+    rec._thread.join()
+    assert rec._records[0]["sha256"] == hashlib.sha256(b"a" * 1000).hexdigest()
+    f.write_bytes(b"b" * 1000)
+    os.utime(f, ns=(1, 1))  # a different mtime, whatever the clock's resolution
+    assert rec.result() == [{"path": "w.bin", "bytes": 1000, "sha256": hashlib.sha256(b"b" * 1000).hexdigest()}]
+    stop = threading.Event()
+    stop.set()
+    assert sha256_file(f, stop=stop) is None
+    for n in (0, 1, 4095, 4096, 4097, 3 * 4096):  # chunk boundaries of a reused buffer
+        f.write_bytes(bytes(range(256)) * (n // 256) + b"x" * (n % 256))
+        assert sha256_file(f, chunk=4096) == hashlib.sha256(f.read_bytes()).hexdigest()

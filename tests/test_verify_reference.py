@@ -301,3 +301,21 @@ def test_shared_projection_results_change_no_logit(models, tmp_path, monkeypatch
     else:
         assert not torch.equal(with_memo[1], with_memo[2])
         assert 0 < memo.hits < n_proj  # shared up to layer 1's down_proj, not after
+
+
+@pytest.mark.parametrize("pure", ["0", "1"])
+def test_bits_equal_compares_bits_not_values(pure, monkeypatch):
+    """The memo shares a result only for bit-equal weights and inputs: -0 differs from +0, NaN equals itself,
+    dtype and shape count; non-contiguous tensors compare by their values' bits (C memcmp and torch alike)."""
+    from bitconv.verify.reference import bits_equal
+
+    monkeypatch.setenv("BITCONV_PURE_PYTHON", pure)
+    a = torch.tensor([[0.0, 1.0], [float("nan"), -2.5]], dtype=torch.bfloat16)
+    assert bits_equal(a, a.clone())
+    assert not bits_equal(a, torch.tensor([[-0.0, 1.0], [float("nan"), -2.5]], dtype=torch.bfloat16))
+    assert not bits_equal(a, a.float()) and not bits_equal(a, a.reshape(4))
+    assert bits_equal(a.t(), a.t().contiguous()) and not bits_equal(a.t(), a)
+    b = a.clone()
+    b[1, 1] = -2.0
+    assert not bits_equal(a, b)
+    assert bits_equal(torch.tensor(3.0), torch.tensor(3.0))

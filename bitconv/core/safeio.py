@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -200,13 +201,18 @@ def identity(path: str | Path) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
-def sha256_file(path: str | Path, chunk: int = 8 * MIB) -> str:
-    """The hex sha256 of a file's bytes, read in chunks (never the whole file in memory): the identity a verify
-    report records for the file it verified, and `upload` compares before it quotes that report."""
+def sha256_file(path: str | Path, chunk: int = MIB, stop: threading.Event | None = None) -> str | None:
+    """The hex sha256 of a file's bytes, read in chunks into one reused buffer (never the whole file in memory, no
+    fresh pages per chunk): the identity a verify report records for the file it verified, and `upload` compares
+    before it quotes that report. None when `stop` is set before the end (a hash on a thread, abandoned)."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while b := f.read(chunk):
-            h.update(b)
+    buf = bytearray(chunk)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buf):
+            h.update(view[:n])  # hashlib releases the GIL for large updates
+            if stop is not None and stop.is_set():
+                return None
     return h.hexdigest()
 
 

@@ -88,11 +88,16 @@ class _GGUFTQ(Layout):
         out = np.empty((n, self.block_bytes), dtype=np.uint8)
         ck = native.kernels()
         if ck is not None:  # the same block bytes in one C pass (bitconv/_ckernels.c), then d where a code is non-zero
-            self._encode_native(ck, codes.reshape(-1), out.reshape(-1))
-            nonzero = np.empty(n, dtype=bool)
-            for a in range(0, n, PACK_BLOCKS):
-                np.any(codes[a:a + PACK_BLOCKS].view(np.uint64) != 0, axis=1, out=nonzero[a:a + PACK_BLOCKS])
-            return {"data": self._finish_scales(out, nonzero, t.scale)}
+            flat = out.reshape(-1)
+            self._encode_native(ck, codes.reshape(-1), flat)
+            try:
+                d = int(_fp16_d(t.scale, None).view(np.uint16)[0])
+            except LayoutError:  # refused only where a block needs d (an all-zero tensor stores none)
+                if ck.block_d(codes.reshape(-1), flat, QK, self.block_bytes, 0):
+                    raise
+                return {"data": flat}
+            ck.block_d(codes.reshape(-1), flat, QK, self.block_bytes, d)
+            return {"data": flat}
         words = codes.view(np.uint64)  # [n, 32]
         b = min(PACK_BLOCKS, n)
         ctb = np.empty((QK // 8, b), dtype=np.uint64)

@@ -20,7 +20,9 @@ Example:
 
 from __future__ import annotations
 
+import os
 import sys
+import threading
 import time
 import types
 from collections.abc import Callable
@@ -248,6 +250,18 @@ def verify(out: str | Path | Checkpoint, ref: str | Path | Checkpoint, *, run_pa
     if (run_parity or runtime) and arch not in ARCHS:
         raise UsageError(f"REF's architecture {arch!r} has no reference forward ({', '.join(ARCHS)}); "
                          "pass --no-parity to check tensors only", path=ref_ck.path)
+    records = _Records(Path(out_ck.path), list(out_ck.files))
+    try:
+        return _checks(out_ck, ref_ck, arch, ids, source, records, t0, run_parity=run_parity, thresholds=thresholds,
+                       out_mode=out_mode, bitlinear=bitlinear, runtime=runtime, progress=progress, strict=strict)
+    finally:
+        records.cancel()
+
+
+def _checks(out_ck: Checkpoint, ref_ck: Checkpoint, arch: str, ids: torch.Tensor | None, source: str,
+            records: _Records, t0: float, *, run_parity: bool, thresholds: Thresholds | None, out_mode: str | None,
+            bitlinear: str, runtime: str | None, progress: Callable[[str, int, int], None] | None,
+            strict: bool) -> VerifyReport:
     rt = _roundtrip(out_ck, ref_ck, (lambda i, n, name: progress("roundtrip", i, n)) if progress else None)
     _nanotron_ref_note(rt, ref_ck)
     par = None
@@ -264,12 +278,49 @@ def verify(out: str | Path | Checkpoint, ref: str | Path | Checkpoint, *, run_pa
         run = runtime_check(out_ck, ref_ck, ids, runtime, ref_compute=rt.compute or "float32",
                             progress=(lambda i, n: progress("runtime", i, n)) if progress else None)
     family = ARCHS[arch].family if arch in ARCHS else "unknown"
+    files = records.result()
     return VerifyReport(str(out_ck.path), str(ref_ck.path), out_ck.kind, out_ck.layout, ref_ck.kind, family, rt, par,
-                        check_config(out_ck.config, ref_ck.config), time.perf_counter() - t0, run,
-                        file_records(Path(out_ck.path), out_ck.files))
+                        check_config(out_ck.config, ref_ck.config), time.perf_counter() - t0, run, files)
 
 
-def file_records(root: Path, files: list[Path]) -> list[dict]:
+def _stat_key(path: Path) -> tuple[int, ...] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+class _Records:
+    """`file_records` on a thread while the checks run: hashlib releases the GIL, so the hash takes a core the
+    checks leave idle (about 1 s of sha256 for a 2B4T output no longer follows them). `result()` hashes again,
+    here, when the thread failed or a file's size, mtime or inode changed meanwhile; `cancel()` abandons it."""
+
+    def __init__(self, root: Path, files: list[Path]) -> None:
+        self.root, self.files = root, list(files)
+        self._before = [_stat_key(f) for f in self.files]
+        self._stop = threading.Event()
+        self._records: list[dict] | None = None
+        self._thread = threading.Thread(target=self._run, name="bitconv-sha256", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._records = file_records(self.root, self.files, self._stop)
+        except Exception:  # noqa: BLE001 - hashed again in the caller's thread, which reports it
+            self._records = None
+
+    def result(self) -> list[dict]:
+        self._thread.join()
+        if self._records is None or [_stat_key(f) for f in self.files] != self._before:
+            return file_records(self.root, self.files)
+        return self._records
+
+    def cancel(self) -> None:
+        self._stop.set()
+
+
+def file_records(root: Path, files: list[Path], stop: threading.Event | None = None) -> list[dict] | None:
     """The identity of every weight file verified: path (relative to OUT's folder; a file OUT: its name), bytes and
     sha256 (streamed). `upload` quotes a report only for the files whose hashes it records."""
     base = root if root.is_dir() else root.parent
@@ -279,7 +330,10 @@ def file_records(root: Path, files: list[Path]) -> list[dict]:
             rel = Path(f).relative_to(base).as_posix()
         except ValueError:
             rel = Path(f).name
-        out.append({"path": rel, "bytes": Path(f).stat().st_size, "sha256": sha256_file(f)})
+        digest = sha256_file(f, stop=stop)
+        if digest is None:  # abandoned
+            return None
+        out.append({"path": rel, "bytes": Path(f).stat().st_size, "sha256": digest})
     return out
 
 

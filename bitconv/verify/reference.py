@@ -45,7 +45,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bitconv.core import dtypes
+from bitconv.core import dtypes, native
 from bitconv.core.errors import SourceError, UsageError
 from bitconv.core.tensors import Ternary
 from bitconv.formats.safetensors import TensorInfo, pread_exact
@@ -334,6 +334,19 @@ def _scale_tensor(x: float, dtype: torch.dtype) -> torch.Tensor:
     return torch.tensor([x], dtype=torch.float32).to(dtype)
 
 
+def bits_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Same dtype, shape and bits (NaN equal to itself, -0 not equal to +0): what makes two projections give one
+    result. A memcmp of the storage where the C kernels are built (3 ms for a 6912 x 2560 bf16 weight, against
+    14 ms for `torch.equal`), else `torch.equal` of the bytes."""
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    x, y = a.contiguous().reshape(-1).view(torch.uint8), b.contiguous().reshape(-1).view(torch.uint8)
+    ck = native.kernels()
+    if ck is not None and x.device.type == "cpu" and y.device.type == "cpu":
+        return bool(ck.same_bytes(x.numpy(), y.numpy()))
+    return torch.equal(x, y)
+
+
 class Lin:
     """One projection as a model applies it: `fn`, and what fixes its result on a given input: the arithmetic
     (`key`: the linear mode and its variant) and the weight tensors `parts` it applies. Equal key, equal parts
@@ -349,7 +362,7 @@ class Lin:
 
     def same_weights(self, other: Lin) -> bool:
         return self.key == other.key and len(self.parts) == len(other.parts) and all(
-            a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b) for a, b in zip(self.parts, other.parts))
+            bits_equal(a, b) for a, b in zip(self.parts, other.parts))
 
 
 def _lin_plain(w: Weights, name: str) -> Lin:
@@ -411,8 +424,8 @@ class LinearMemo:
 
     def run(self, w: Weights, name: str, lin: Lin, x: torch.Tensor) -> torch.Tensor:
         for other, key, x0, out in self._done.get(name, ()):
-            if key == lin.key and other is not w and x0.dtype == x.dtype and x0.shape == x.shape \
-                    and torch.equal(x0, x) and LINEARS[other.mode](other, name).same_weights(lin):
+            if key == lin.key and other is not w and bits_equal(x0, x) \
+                    and LINEARS[other.mode](other, name).same_weights(lin):
                 self.hits += 1
                 return out
         out = lin(x)
