@@ -10,6 +10,7 @@ import gguf
 import numpy as np
 import pytest
 
+import bitconv.layouts  # noqa: F401 - the layouts register the ternary GGML types the container reads
 from bitconv.core.errors import LayoutError, SourceError, UsageError
 from bitconv.formats.gguf import KV, TensorEntry, ValueType, build_header, read_gguf, write_gguf
 from bitconv.formats.gguf.metadata import ARCHS, gguf_name, hf_name, permute_rows, resolve_arch, size_label, title
