@@ -88,15 +88,15 @@ class _GGUFTQ(Layout):
         out = np.empty((n, self.block_bytes), dtype=np.uint8)
         ck = native.kernels()
         if ck is not None:  # the same block bytes in one C pass (bitconv/_ckernels.c), then d where a code is non-zero
-            flat = out.reshape(-1)
-            self._encode_native(ck, codes.reshape(-1), flat)
+            flat, cflat = out.reshape(-1), codes.reshape(-1)
+            self._encode_native(ck, cflat, flat)
             try:
                 d = int(_fp16_d(t.scale, None).view(np.uint16)[0])
             except LayoutError:  # refused only where a block needs d (an all-zero tensor stores none)
-                if ck.block_d(codes.reshape(-1), flat, QK, self.block_bytes, 0):
+                if ck.block_d(cflat, flat, QK, self.block_bytes, 0):
                     raise
                 return {"data": flat}
-            ck.block_d(codes.reshape(-1), flat, QK, self.block_bytes, d)
+            ck.block_d(cflat, flat, QK, self.block_bytes, d)
             return {"data": flat}
         words = codes.view(np.uint64)  # [n, 32]
         b = min(PACK_BLOCKS, n)

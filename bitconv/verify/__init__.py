@@ -252,35 +252,29 @@ def verify(out: str | Path | Checkpoint, ref: str | Path | Checkpoint, *, run_pa
                          "pass --no-parity to check tensors only", path=ref_ck.path)
     records = _Records(Path(out_ck.path), list(out_ck.files))
     try:
-        return _checks(out_ck, ref_ck, arch, ids, source, records, t0, run_parity=run_parity, thresholds=thresholds,
-                       out_mode=out_mode, bitlinear=bitlinear, runtime=runtime, progress=progress, strict=strict)
+        rt = _roundtrip(out_ck, ref_ck, (lambda i, n, name: progress("roundtrip", i, n)) if progress else None)
+        _nanotron_ref_note(rt, ref_ck)
+        par = None
+        if run_parity and any(t.fault == "content" for t in rt.failures):
+            rt.warnings.append("logit parity skipped: OUT holds values no ternary format allows "
+                               "(see the content faults)")
+        elif run_parity:
+            par = _parity(out_ck, ref_ck, ids, thresholds, token_source=source, out_mode=out_mode,
+                          bitlinear=bitlinear, ref_compute=rt.compute or "float32",
+                          progress=(lambda i, n: progress("parity", i, n)) if progress else None, strict=strict)
+        run = None
+        if runtime is not None and any(t.fault == "content" for t in rt.failures):
+            rt.warnings.append(f"{runtime} run skipped: OUT holds values no ternary format allows "
+                               "(see content faults)")
+        elif runtime is not None:
+            run = runtime_check(out_ck, ref_ck, ids, runtime, ref_compute=rt.compute or "float32",
+                                progress=(lambda i, n: progress("runtime", i, n)) if progress else None)
+        family = ARCHS[arch].family if arch in ARCHS else "unknown"
+        files = records.result()
+        return VerifyReport(str(out_ck.path), str(ref_ck.path), out_ck.kind, out_ck.layout, ref_ck.kind, family, rt,
+                            par, check_config(out_ck.config, ref_ck.config), time.perf_counter() - t0, run, files)
     finally:
         records.cancel()
-
-
-def _checks(out_ck: Checkpoint, ref_ck: Checkpoint, arch: str, ids: torch.Tensor | None, source: str,
-            records: _Records, t0: float, *, run_parity: bool, thresholds: Thresholds | None, out_mode: str | None,
-            bitlinear: str, runtime: str | None, progress: Callable[[str, int, int], None] | None,
-            strict: bool) -> VerifyReport:
-    rt = _roundtrip(out_ck, ref_ck, (lambda i, n, name: progress("roundtrip", i, n)) if progress else None)
-    _nanotron_ref_note(rt, ref_ck)
-    par = None
-    if run_parity and any(t.fault == "content" for t in rt.failures):
-        rt.warnings.append("logit parity skipped: OUT holds values no ternary format allows (see the content faults)")
-    elif run_parity:
-        par = _parity(out_ck, ref_ck, ids, thresholds, token_source=source, out_mode=out_mode, bitlinear=bitlinear,
-                     ref_compute=rt.compute or "float32",
-                     progress=(lambda i, n: progress("parity", i, n)) if progress else None, strict=strict)
-    run = None
-    if runtime is not None and any(t.fault == "content" for t in rt.failures):
-        rt.warnings.append(f"{runtime} run skipped: OUT holds values no ternary format allows (see content faults)")
-    elif runtime is not None:
-        run = runtime_check(out_ck, ref_ck, ids, runtime, ref_compute=rt.compute or "float32",
-                            progress=(lambda i, n: progress("runtime", i, n)) if progress else None)
-    family = ARCHS[arch].family if arch in ARCHS else "unknown"
-    files = records.result()
-    return VerifyReport(str(out_ck.path), str(ref_ck.path), out_ck.kind, out_ck.layout, ref_ck.kind, family, rt, par,
-                        check_config(out_ck.config, ref_ck.config), time.perf_counter() - t0, run, files)
 
 
 def _stat_key(path: Path) -> tuple[int, ...] | None:

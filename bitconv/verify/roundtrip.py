@@ -331,10 +331,9 @@ def codes_equal(a: np.ndarray, b: np.ndarray, block: int = 1 << 24) -> bool:
     a, b = np.asarray(a), np.asarray(b)
     if a.shape != b.shape:
         return False
-    ck = native.kernels()
-    if ck is not None and a.dtype == b.dtype and a.dtype.kind in "iub" and a.flags.c_contiguous \
+    if a.dtype == b.dtype and a.dtype.kind in "iub" and a.flags.c_contiguous \
             and b.flags.c_contiguous:  # integer arrays: equal exactly when their bytes are (memcmp, no temporary)
-        return bool(ck.same_bytes(a.reshape(-1).view(np.uint8), b.reshape(-1).view(np.uint8)))
+        return native.same_bytes(a, b, block)
     fa, fb = a.reshape(-1), b.reshape(-1)
     return all(np.array_equal(fa[i:i + block], fb[i:i + block]) for i in range(0, fa.size, block))
 
