@@ -19,7 +19,10 @@ import signal
 import sys
 
 INTERRUPTED = "error: interrupted; no output was left behind\n"
-TORCH_COMMANDS = frozenset({"quantize", "pack", "unpack", "convert", "verify", "check", "demo"})
+# The commands that always use torch. `pack` and `quantize` of a bf16 master into the usual layouts need none (the
+# C kernels do the work, `bitconv.torchsum` caches torch's reduction order): they import it where they first use it
+# (`bitconv.core.lazytorch`, which pauses the collector for that import too).
+TORCH_COMMANDS = frozenset({"unpack", "convert", "verify", "check", "demo"})
 
 
 def _early_interrupt(signum: int, frame: object) -> None:

@@ -15,11 +15,11 @@ import threading
 from collections.abc import Callable
 
 import numpy as np
-import torch
 
 from bitconv import torchsum
 from bitconv.core import native
 from bitconv.core.errors import SourceError, UsageError
+from bitconv.core.lazytorch import is_tensor, torch
 from bitconv.core.tensors import EPS, Ternary
 
 COMPUTE_MODES = ("float32", "bfloat16")
@@ -105,8 +105,9 @@ def ternarize(w: torch.Tensor, compute: str = "float32", *, name: str | None = N
     return Ternary(codes.numpy(), np.float32((1.0 / s).item()))
 
 
-# Every non-negative finite bf16 value, indexed by its bit pattern (0x0000 .. 0x7F7F), as float32.
-_BF16_MAGNITUDES = torch.arange(0, 0x7F80, dtype=torch.int32).to(torch.int16).view(torch.bfloat16).float()
+# Every non-negative finite bf16 value, indexed by its bit pattern (0x0000 .. 0x7F7F), as float32 (the 16 bits moved
+# up: bf16 -> float32 is exact).
+_BF16_MAGNITUDES = (np.arange(0, 0x7F80, dtype=np.uint32) << np.uint32(16)).view(np.float32)
 
 
 def _ternarize_bf16_input(w: torch.Tensor, name: str | None, ws: Workspace) -> Ternary:
@@ -138,29 +139,45 @@ def _ternarize_bf16_input(w: torch.Tensor, name: str | None, ws: Workspace) -> T
     return Ternary(codes, np.float32((1.0 / s).item()))
 
 
-def _bf16_threshold(s: torch.Tensor) -> int:
+def _bf16_threshold(s: torch.Tensor | np.float32) -> int:
     """The largest bf16 magnitude bit pattern whose float32 product with s is <= 0.5 (products are monotone in the
     magnitude, so the patterns at or below it are a prefix of the table): codes are |w| > it, signed."""
-    return int((_BF16_MAGNITUDES * s <= 0.5).sum()) - 1
+    with np.errstate(over="ignore"):
+        return int(np.count_nonzero(_BF16_MAGNITUDES * np.float32(s) <= np.float32(0.5))) - 1
 
 
 def _ternarize_bf16_native(w: torch.Tensor, name: str | None) -> Ternary | None:
-    """The float32 recipe for a contiguous bf16 weight in two C passes over its bits (`bitconv/_ckernels.c`): torch's
-    float32 sum of |w| in torch's own order (`torchsum`'s replay, |w| made in registers), then the codes from the
-    magnitude threshold. Same bytes as `_ternarize_bf16_input`; None when torch's order cannot be replayed here."""
-    threads = torch.get_num_threads()
-    lanes = torchsum.calibrate(threads)
+    """`ternarize_bf16_bits` of a contiguous bf16 tensor."""
+    return ternarize_bf16_bits(w.reshape(-1).view(torch.int16).numpy(), tuple(w.shape), name)
+
+
+def ternarize_bf16_bits(bits: np.ndarray, shape: tuple[int, ...], name: str | None = None) -> Ternary | None:
+    """The float32 recipe for a bf16 weight given as its bit patterns (int16 or uint16, C-contiguous, any shape of
+    `shape`'s size), in two C passes (`bitconv/_ckernels.c`) and no torch: torch's float32 sum of |w| in torch's own
+    order (`torchsum`'s replay, |w| made in registers), then the codes from the magnitude threshold. The same bytes
+    as `ternarize` of the tensor (tests check it); None without the kernels or where torch's order cannot be
+    replayed here (the caller then ternarizes a torch tensor)."""
+    ck = native.kernels()
+    if ck is None:
+        return None
+    threads, lanes = torchsum.reduction_order()
     if lanes is None:
         return None
-    bits = w.reshape(-1).view(torch.int16).numpy()
-    ck = native.kernels()
-    total = ck.abs_sum_bf16(bits, threads, lanes)
-    m = torch.from_numpy(np.array(total, dtype=np.float32)).div_(w.numel())  # torch's mean: sum, then div_
-    _check_finite(m, name, w.shape)
-    s = 1.0 / m.clamp(min=EPS)
-    codes = np.empty(w.shape, dtype=np.int8)
-    ck.codes_bf16(bits, codes.reshape(-1), _bf16_threshold(s))
-    return Ternary(codes, np.float32((1.0 / s).item()))
+    flat = bits.reshape(-1).view(np.int16)
+    total = np.float32(ck.abs_sum_bf16(flat, threads, lanes))
+    m = mean_of_sum(total, flat.size)
+    _check_finite(m, name, shape)
+    s = np.float32(1) / np.maximum(m, np.float32(EPS))  # torch: 1.0 / m.clamp(min=EPS), a float32 reciprocal
+    codes = np.empty(shape, dtype=np.int8)
+    ck.codes_bf16(flat, codes.reshape(-1), _bf16_threshold(s))
+    return Ternary(codes, np.float32(1) / s)
+
+
+def mean_of_sum(total: np.float32, n: int) -> np.float32:
+    """torch's `mean` from its float32 sum: `sum.div_(n)`, a float32 division by n rounded to float32 first (the
+    integer is a wrapped scalar of the float32 op)."""
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        return np.float32(total) / np.float32(n)
 
 
 def _ternarize_bf16(w: torch.Tensor, name: str | None) -> Ternary:
@@ -173,8 +190,8 @@ def _ternarize_bf16(w: torch.Tensor, name: str | None) -> Ternary:
     return Ternary(codes.numpy(), np.float32(1.0) / np.float32(s.float().item()))
 
 
-def _check_finite(m: torch.Tensor, name: str | None, shape: torch.Size) -> None:
-    if not torch.isfinite(m):
+def _check_finite(m: torch.Tensor | np.float32, name: str | None, shape: tuple[int, ...]) -> None:
+    if not np.isfinite(float(m)):
         raise SourceError("weight contains NaN or Inf values; it cannot be ternarized", tensor=name,
                           shape=tuple(shape), hint="check the checkpoint that produced it")
 
@@ -184,16 +201,16 @@ def _check_finite(m: torch.Tensor, name: str | None, shape: torch.Size) -> None:
 STREAM_MIN_ELEMS = 1 << 25
 BLOCK_ELEMS = 1 << 22
 
-BlockReader = Callable[[int, int], torch.Tensor]  # (first element, count) -> 1-D float tensor, valid until next call
+BlockReader = Callable[[int, int], "torch.Tensor"]  # (first element, count) -> 1-D float tensor, valid until next call
 
 
 def rows_block_reader(rows: Callable[[int, int], torch.Tensor], cols: int,
-                      dtype: torch.dtype = torch.bfloat16) -> BlockReader:
+                      dtype: torch.dtype | None = None) -> BlockReader:
     """A `BlockReader` over a reader of rows [r0, r1) of a 2-D tensor with `cols` columns: the rows covering the
     element range are read and cut (an empty range reads nothing)."""
     def read(start: int, count: int) -> torch.Tensor:
         if count == 0:
-            return torch.empty(0, dtype=dtype)
+            return torch.empty(0, dtype=torch.bfloat16 if dtype is None else dtype)
         r0, r1 = start // cols, -(-(start + count) // cols)
         off = start - r0 * cols
         return rows(r0, r1).reshape(-1)[off:off + count]
@@ -352,8 +369,9 @@ def _bf16_mean_replayable() -> bool:
     return _BF16_MEAN_OK[0]
 
 
-def dequantize(t: Ternary, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
-    """codes * scale, computed in float32 and rounded once to `dtype`."""
+def dequantize(t: Ternary, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """codes * scale, computed in float32 and rounded once to `dtype` (default bfloat16)."""
+    dtype = torch.bfloat16 if dtype is None else dtype
     return (torch.from_numpy(t.codes).to(torch.float32) * float(t.scale)).to(dtype)
 
 
@@ -417,7 +435,7 @@ class Lifter:
     def __call__(self, codes: np.ndarray | torch.Tensor) -> torch.Tensor:
         """The bf16 weights of the next block of codes (any shape; row-major order): ±lo or ±hi as bit patterns,
         in a few vectorized passes (the block holding the k-th non-zero is split at it)."""
-        c = codes.numpy() if isinstance(codes, torch.Tensor) else np.asarray(codes)
+        c = codes.numpy() if is_tensor(codes) else np.asarray(codes)
         flat = c.reshape(-1).astype(np.int8, copy=False)
         if self.zero:
             return torch.zeros(c.shape, dtype=torch.bfloat16)

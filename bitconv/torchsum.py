@@ -17,18 +17,33 @@ fixed order, so the order can be replayed:
 Every step is an IEEE float32 addition in a known order, so numpy replays it exactly. Which V this build uses is not
 exposed, so `calibrate()` checks each candidate against torch on probe sizes; `exact_sum` returns None when no
 candidate reproduces torch (the caller then falls back to the whole-tensor reduction: slower, never different).
+
+`reduction_order()` gives (T, V) for this process. Where torch is loaded it asks torch. Where it is not, importing it
+costs 2-3 s of CPU (a third of a 2B4T GGUF pack), so the (T, V) that a fresh torch reported and calibrated is kept in
+a small cache file, keyed by everything that decides them: the torch build (its files' path, size and mtime), the
+CPU (model, flags, the processors the process may use) and the environment variables torch reads for its thread
+count and vector width. Any change of those is a cache miss: torch is imported and calibrated again. The cache is
+written only by a process that imported torch for it, so a `torch.set_num_threads` of a library user never lands
+there.
 # ref: pytorch aten/src/ATen/native/cpu/SumKernel.cpp (cascade_sum, multi_row_sum, row_sum, vectorized_inner_sum);
 #      aten/src/ATen/TensorIteratorReduce.cpp (two_pass_reduction); ATen/ParallelOpenMP.h (invoke_parallel)
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import importlib.util
+import json
+import os
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
-import torch
 
-from bitconv.core import native
+from bitconv.core import lazytorch, native
+from bitconv.core.lazytorch import torch
 
 GRAIN = 32768  # at::internal::GRAIN_SIZE
 LEVELS = 4
@@ -213,11 +228,134 @@ def calibrate(threads: int | None = None) -> int | None:
     return found
 
 
+# ------------------------------------------------------------------------------------------- the order, cached
+
+CACHE_ENV = "BITCONV_CACHE"  # the cache folder (default: $XDG_CACHE_HOME/bitconv, else ~/.cache/bitconv); "off": none
+CACHE_FILE = "torch-sum-order.json"
+CACHE_VERSION = 1
+# what torch reads to choose its intra-op thread count and its CPU kernels' vector width
+_ENV_PREFIXES = ("OMP_", "MKL_", "GOMP_", "KMP_", "ATEN_", "TORCH_", "PYTORCH_", "OPENBLAS_")
+
+
+def cache_dir() -> Path | None:
+    env = os.environ.get(CACHE_ENV, "").strip()
+    if env.lower() == "off":
+        return None
+    if env:
+        return Path(env)
+    xdg = os.environ.get("XDG_CACHE_HOME", "").strip()
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "bitconv"
+
+
+def _torch_build() -> list | None:
+    """Where this interpreter's torch lives and its native library's size and mtime (found without importing it)."""
+    try:
+        spec = importlib.util.find_spec("torch")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.origin:
+        return None
+    root = Path(spec.origin).parent
+    parts = []
+    for rel in ("version.py", "lib/libtorch_cpu.so", "lib/libtorch_cpu.dylib", "_C.abi3.so"):
+        with contextlib.suppress(OSError):
+            st = os.stat(root / rel)
+            parts.append([rel, st.st_size, st.st_mtime_ns])
+    return [str(root), parts] if parts else None
+
+
+def _cpu() -> list:
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = []
+    info = ""
+    with contextlib.suppress(OSError), open("/proc/cpuinfo", "rb") as f:
+        lines = f.read(1 << 20).decode("latin-1").splitlines()
+        info = "\n".join(sorted({ln for ln in lines if ln.startswith(("model name", "flags", "Features", "cpu cores",
+                                                                        "siblings", "physical id", "core id"))}))
+    return [os.cpu_count(), cpus, hashlib.sha256(info.encode()).hexdigest()]
+
+
+def _cache_key() -> str | None:
+    build = _torch_build()
+    if build is None:
+        return None
+    env = sorted((k, v) for k, v in os.environ.items() if k.startswith(_ENV_PREFIXES))
+    doc = [CACHE_VERSION, sys.platform, build, _cpu(), env]
+    return hashlib.sha256(json.dumps(doc).encode()).hexdigest()
+
+
+def _read_cache(key: str) -> tuple[int, int | None] | None:
+    d = cache_dir()
+    if d is None:
+        return None
+    try:
+        with open(d / CACHE_FILE, encoding="utf-8") as f:
+            doc = json.loads(f.read(1 << 16))
+        hit = doc.get(key) if isinstance(doc, dict) else None
+        threads, lanes = hit
+    except (OSError, ValueError, TypeError):
+        return None
+    if not (type(threads) is int and threads > 0 and (lanes is None or lanes in CANDIDATE_LANES)):
+        return None
+    return threads, lanes
+
+
+def _write_cache(key: str, order: tuple[int, int | None]) -> None:
+    """Add this key's order to the cache file (a fresh file renamed over it; a failure only costs the next run the
+    torch import)."""
+    d = cache_dir()
+    if d is None:
+        return
+    tmp = None
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        doc: dict = {}
+        with contextlib.suppress(OSError, ValueError), open(d / CACHE_FILE, encoding="utf-8") as f:
+            old = json.loads(f.read(1 << 16))
+            doc = old if isinstance(old, dict) and len(old) < 64 else {}
+        doc[key] = list(order)
+        tmp = d / f".{CACHE_FILE}.{os.getpid()}.tmp"
+        with open(tmp, "x", encoding="utf-8") as f:
+            f.write(json.dumps(doc))
+        os.replace(tmp, d / CACHE_FILE)
+        tmp = None
+    except OSError:
+        pass
+    finally:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+
+_ORDER: list[tuple[int, int | None]] = []  # this process's order, once known without torch
+
+
+def reduction_order() -> tuple[int, int | None]:
+    """(T, V): torch's intra-op thread count and the lane count that replays its float32 sum here (V None: no
+    candidate does). Asked of torch where it is loaded; else from the cache, or torch imported, asked and cached."""
+    if lazytorch.loaded():
+        threads = torch.get_num_threads()
+        return threads, calibrate(threads)
+    if _ORDER:
+        return _ORDER[0]
+    key = _cache_key()
+    hit = _read_cache(key) if key is not None else None
+    if hit is not None:
+        _ORDER.append(hit)
+        return hit
+    threads = torch.get_num_threads()  # imports torch: its default, nothing has changed it yet
+    order = (threads, calibrate(threads))
+    if key is not None:
+        _write_cache(key, order)
+    return order
+
+
 def exact_sum(read: Reader, n: int, piece: int = 1 << 22) -> np.float32 | None:
     """torch's float32 sum (at the current thread count) of n float32 elements from `read`, or None if this torch
     build's reduction order could not be reproduced (see `calibrate`)."""
-    threads = torch.get_num_threads()
-    v = calibrate(threads)
+    threads, v = reduction_order()
     if v is None:
         return None
     return replay_sum(read, n, v, threads, piece)
@@ -243,8 +381,9 @@ def exact_abs_sum_bf16(read_bits: Callable[[int, int], np.ndarray], n: int, piec
     rows summed by the C kernels as they are read (|w| made in registers); the few leftover values in numpy. None
     without the kernels or a calibrated order (the caller then uses `exact_sum`)."""
     ck = native.kernels()
-    threads = torch.get_num_threads()
-    v = calibrate(threads) if ck is not None else None
+    if ck is None:
+        return None
+    threads, v = reduction_order()
     if v is None:
         return None
 

@@ -1,12 +1,21 @@
 from __future__ import annotations
 
+import atexit
 import hashlib
+import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from bitconv import tiny
+
+# bitconv caches torch's reduction order (`bitconv.torchsum`) under the user's cache folder: the tests, and the CLI
+# processes they start, use a folder of their own
+_CACHE = tempfile.mkdtemp(prefix="bitconv-test-cache-")
+os.environ["BITCONV_CACHE"] = _CACHE
+atexit.register(shutil.rmtree, _CACHE, True)
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = ROOT / "fixtures" / "golden"

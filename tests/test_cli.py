@@ -186,11 +186,13 @@ def test_console_script_exits_at_once_with_every_byte_and_code(models, tmp_path)
     assert p.wait() in (0, 1) and "Traceback" not in err, err
 
 
-@pytest.mark.parametrize("argv, torch_loaded", [(["pack", "x"], True), (["verify", "x"], True),
-                                                 (["layouts"], False), (["pack", "--help"], False), ([], False)])
+@pytest.mark.parametrize("argv, torch_loaded", [(["verify", "x"], True), (["convert", "x"], True),
+                                                 (["pack", "x"], False), (["quantize", "x"], False),
+                                                 (["layouts"], False), (["verify", "--help"], False), ([], False)])
 def test_entry_loads_modules_with_the_collector_paused(argv, torch_loaded):
-    """`_entry.main` loads the CLI (and torch, for the commands that need it) with the cyclic collector off, then
-    freezes those objects and turns the collector back on for the command itself."""
+    """`_entry.main` loads the CLI (and torch, for the commands that always use it; `pack` and `quantize` import it
+    only where a route needs it) with the cyclic collector off, then freezes those objects and turns the collector
+    back on for the command itself."""
     probe = (
         "import gc, sys\n"
         "import bitconv.cli\n"

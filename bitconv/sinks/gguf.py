@@ -31,11 +31,11 @@ from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
-import torch
 
 from bitconv.core import dtypes
 from bitconv.core.errors import LayoutError, OutputError, UsageError
 from bitconv.core.jsonio import read_optional_json
+from bitconv.core.lazytorch import torch
 from bitconv.core.tensors import Ternary, row_ranges
 from bitconv.formats.gguf.ggml_types import FILE_TYPES, GGML_TYPES
 from bitconv.formats.gguf.kv import KV
@@ -51,11 +51,11 @@ from bitconv.formats.gguf.metadata import (
     permute_rows,
     resolve_arch,
 )
-from bitconv.formats.gguf.quants import float_type_nbytes, to_float_type
+from bitconv.formats.gguf.quants import float_type_nbytes, stored_to_float_type, to_float_type
 from bitconv.formats.gguf.types import pad
 from bitconv.formats.gguf.vocab import load_vocab, vocab_kvs
 from bitconv.formats.gguf.writer import GGUFWriter, TensorEntry, build_header
-from bitconv.formats.safetensors import TensorInfo, read_range
+from bitconv.formats.safetensors import TensorInfo, read_array, read_range
 from bitconv.layouts import Layout, get_layout, gguf_layouts, layout_class, type_id_choices
 from bitconv.layouts.kernel_config import INI_NAME, KernelConfig, derive
 from bitconv.layouts.runtimes import ACTIVATIONS, Verdict, default_activation, runs_somewhere, summary, where_it_runs
@@ -379,11 +379,17 @@ def _dequant_chunks(step: Step, tern: Ternary) -> Iterator[np.ndarray]:
 
 
 def _copied(step: Step, plan: GGUFPlan) -> np.ndarray | Iterator[np.ndarray]:
-    """A pass-through tensor in its GGUF float type: row blocks of a big stored tensor, else the whole tensor."""
+    """A pass-through tensor in its GGUF float type: row blocks of a big stored tensor, else the whole tensor (a
+    plain stored one read as its numpy storage: the usual conversions need no torch)."""
     parts = _converted_row_chunks(step)
     if parts is not None:
         return parts
-    return to_float_type(plan.source.load_passthrough(step.tensor.name), step.type_name)
+    t = step.tensor
+    if t.loader is None and len(t.stored) == 1 and isinstance(t.stored[0], TensorInfo) \
+            and tuple(t.stored[0].shape) == tuple(t.shape):
+        info = t.stored[0]
+        return stored_to_float_type(read_array(info), info.dtype, step.type_name)
+    return to_float_type(plan.source.load_passthrough(t.name), step.type_name)
 
 
 CHUNK_BYTES = 8 << 20  # passthrough tensors above this are converted a block of rows at a time (blocks of this size
@@ -415,8 +421,8 @@ def _converted_row_chunks(step: Step) -> Iterator[np.ndarray] | None:
         for r0 in range(0, info.shape[0], rows):
             n = min(rows, info.shape[0] - r0)
             buf = read_range(info.path, info.offset + r0 * row_bytes, n * row_bytes, scratch, info.name)
-            block = dtypes.from_numpy_storage(buf.view(dtypes.DTYPES[info.dtype].np_storage), info.dtype)
-            out = to_float_type(block.reshape(n, info.shape[1]), step.type_name)
+            block = buf.view(dtypes.DTYPES[info.dtype].np_storage).reshape(n, info.shape[1])
+            out = stored_to_float_type(block, info.dtype, step.type_name)
             # the block is written later, on the writer thread, while `raw` is refilled: never hand out a view of it
             # (a view of a map is safe: each block has its own)
             yield out.copy() if np.shares_memory(out, raw) else out

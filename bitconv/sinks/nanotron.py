@@ -31,11 +31,11 @@ from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
-import torch
 
 from bitconv import memory, quant
 from bitconv.core import dtypes, safeio
 from bitconv.core.errors import OutputError, SourceError, UsageError
+from bitconv.core.lazytorch import torch
 from bitconv.core.tensors import FieldSpec, Ternary, row_ranges
 from bitconv.formats.nanotron import format as nt
 from bitconv.formats.nanotron import yamlish

@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from bitconv.core import dtypes
+from bitconv.core.lazytorch import torch
 from bitconv.core.tensors import Ternary
 from bitconv.formats.safetensors import TensorInfo, pread_exact, read_array
 from bitconv.layouts import gguf_layouts

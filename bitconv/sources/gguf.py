@@ -21,10 +21,10 @@ import os
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from bitconv.core import naming
 from bitconv.core.errors import LayoutError, SourceError
+from bitconv.core.lazytorch import torch
 from bitconv.core.tensors import Ternary, checked_scale
 from bitconv.formats.gguf.hf_tokenizer import hf_tokenizer_files
 from bitconv.formats.gguf.metadata import ARCHS, GGUFArch, hf_name, permute_heads, permute_rows, read_arch

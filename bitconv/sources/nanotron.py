@@ -24,11 +24,11 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from bitconv.core import dtypes, safeio
 from bitconv.core.errors import SourceError, UsageError
 from bitconv.core.jsonio import read_json
+from bitconv.core.lazytorch import torch
 from bitconv.core.tensors import Ternary
 from bitconv.formats.nanotron import format as nt
 from bitconv.formats.nanotron import yamlish

@@ -7,12 +7,12 @@ from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
-import torch
 
 from bitconv import quant
 from bitconv.core import dtypes, naming, safeio
 from bitconv.core.errors import BitconvError, SourceError
 from bitconv.core.jsonio import read_json
+from bitconv.core.lazytorch import torch
 from bitconv.core.pickled import pickled_in, refuse_pickle
 from bitconv.core.tensors import Ternary, checked_scale
 from bitconv.formats.safetensors import TensorInfo, map_range, read_array, read_header, read_range
@@ -67,9 +67,17 @@ def block_reader(info: TensorInfo) -> quant.BlockReader:
 
 
 def ternarize_stored(info: TensorInfo, compute: str) -> Ternary:
-    """Ternarize a stored float weight: big ones a block at a time (`quant.ternarize_blocks`), others whole."""
+    """Ternarize a stored float weight: big ones a block at a time (`quant.ternarize_blocks`), others whole; a bf16
+    one in the float32 recipe straight from its bits where the C kernels run it (`quant.ternarize_bf16_bits`: no
+    torch tensor, and no torch import where its reduction order is cached)."""
     if info.numel > quant.STREAM_MIN_ELEMS:
         got = with_file(info.path, ternarize_blocks, block_reader(info), info.shape, name=info.name, compute=compute)
+        if got is not None:
+            return got
+    elif compute == "float32" and info.dtype == "BF16" and quant.native_kernels():
+        bits = _map(info)
+        bits = read_array(info) if bits is None else bits  # a file that cannot be mapped: read whole
+        got = with_file(info.path, quant.ternarize_bf16_bits, bits, tuple(info.shape), info.name)
         if got is not None:
             return got
     return with_file(info.path, ternarize, _load_scratch(info), compute, name=info.name)

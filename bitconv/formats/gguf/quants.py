@@ -13,10 +13,10 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
 
-from bitconv.core import native
+from bitconv.core import dtypes, native
 from bitconv.core.errors import LayoutError
+from bitconv.core.lazytorch import is_tensor, torch
 
 Q8_0_BLOCK = 32
 
@@ -24,6 +24,30 @@ Q8_0_BLOCK = 32
 def to_float_type(x: torch.Tensor, type_name: str) -> np.ndarray:
     """A float tensor as the bytes of GGUF type F32, F16, BF16 or Q8_0 (uint8 or typed numpy, C order)."""
     return _CONVERT[type_name](x)
+
+
+_U16 = np.uint32(16)
+
+
+def stored_to_float_type(a: np.ndarray, dtype: str, type_name: str) -> np.ndarray:
+    """A stored float tensor given as its numpy storage (safetensors `dtype`; BF16 as uint16 bits) as the bytes of
+    GGUF type `type_name`. The same bytes as `to_float_type` of the torch tensor; the conversions that are exact
+    (same type; bf16 -> F32 moves the 16 bits up), done by the C kernels (bf16 -> F16) or in numpy (Q8_0) run
+    without torch, the others through torch. The result may be `a` itself (same type)."""
+    if dtype == type_name and type_name in FLOAT_NBYTES:
+        return a
+    if type_name == "Q8_0" and dtype in FLOAT_NBYTES:
+        return quantize_q8_0(a, bf16_bits=dtype == "BF16")
+    if dtype == "BF16" and type_name == "F32":
+        out = np.empty(a.shape, dtype=np.float32)
+        np.left_shift(a.view(np.uint16), _U16, out=out.view(np.uint32), dtype=np.uint32)
+        return out
+    ck = native.kernels()
+    if dtype == "BF16" and type_name == "F16" and ck is not None and a.flags.c_contiguous:
+        out = np.empty(a.shape, dtype=np.float16)
+        if ck.f16_of_bf16(a.view(np.int16), out.view(np.uint16)):  # F16C, 8 values per instruction
+            return out
+    return to_float_type(dtypes.from_numpy_storage(a, dtype), type_name)
 
 
 def _f32(x: torch.Tensor) -> np.ndarray:
@@ -44,8 +68,9 @@ def _bf16(x: torch.Tensor) -> np.ndarray:
     return x.to(torch.bfloat16).contiguous().view(torch.int16).numpy().view(np.uint16)
 
 
-def quantize_q8_0(x: np.ndarray | torch.Tensor) -> np.ndarray:
-    """float rows (last dim % 32 == 0; numpy float32 or any torch float dtype) -> Q8_0 blocks as uint8.
+def quantize_q8_0(x: np.ndarray | torch.Tensor, *, bf16_bits: bool = False) -> np.ndarray:
+    """float rows (last dim % 32 == 0; numpy float32 / float16, bf16 bit patterns as uint16 with `bf16_bits`, or
+    any torch float dtype) -> Q8_0 blocks as uint8.
     # ref: quantize_row_q8_0_ref
 
     A slice of blocks at a time, transposed to value-major order ([32, blocks] float32: the per-block max is 31
@@ -53,11 +78,12 @@ def quantize_q8_0(x: np.ndarray | torch.Tensor) -> np.ndarray:
     the temporaries stay cache-sized whatever the tensor size. The arithmetic is the reference's, in float32:
     d = max|x| / 127, id = d ? 1/d : 0, q = roundf(x * id) (half away from zero: floor(|x| * id + 0.5), sign of x).
     """
-    if isinstance(x, torch.Tensor):
+    if is_tensor(x):
         bf16 = x.dtype == torch.bfloat16
         src = (x.contiguous().view(torch.int16).numpy().view(np.uint16) if bf16 else x.contiguous().numpy())
     else:
-        bf16, src = False, np.asarray(x)
+        bf16, src = bf16_bits, np.asarray(x)
+        src = src.view(np.uint16) if bf16 else src
     blocks = src.reshape(-1, Q8_0_BLOCK)
     n = blocks.shape[0]
     out = np.empty((n, 2 + Q8_0_BLOCK), dtype=np.uint8)

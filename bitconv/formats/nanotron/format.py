@@ -11,8 +11,8 @@ import re
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
+from bitconv.core.lazytorch import torch
 from bitconv.core.naming import PROJECTION_SHAPES
 
 # --------------------------------------------------------------------------------------------------- versions, names
