@@ -174,6 +174,17 @@ def child_peak(argv: list[str], threads: int) -> tuple[float, float, float, floa
     return tuple(json.loads(out.strip().splitlines()[-1]))
 
 
+def warm_order(threads: int) -> str:
+    """Fill bitconv's cache of torch's reduction order for the routes' environment (`bitconv.torchsum`), so the
+    timed runs measure every run after a machine's first: that first one imports torch once to learn the order."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    code = ("import sys,time;t=time.perf_counter();from bitconv import torchsum;o=torchsum.reduction_order();"
+            "print(f'torch reduction order (threads, lanes) {o}: cached in {torchsum.cache_dir()} (this run imported "
+            "torch: {\"torch\" in sys.modules}, {time.perf_counter()-t:.1f} s)')")
+    return subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, check=True, capture_output=True,
+                          text=True).stdout.strip()
+
+
 def planned_peak(args: list[str]) -> float:
     """bitconv's planned peak (MiB) from `--dry-run --json`; nan for a command without a dry run."""
     r = subprocess.run([sys.executable, "-m", "bitconv", *args, "--dry-run", "--json"], cwd=ROOT,
@@ -219,6 +230,7 @@ def main() -> None:
                   f"{'sparse' if sparse else 'random'}) in {time.perf_counter() - t0:.1f} s")
         out = work / "out"
         out.mkdir(exist_ok=True)
+        print(warm_order(a.threads))
         hf_wall = hf_cpu = None
         head = (f"{'route':10s} {'wall s':>8s} {'user s':>7s} {'sys s':>7s} {'M params/s':>11s} {'peak MiB':>9s} "
                 f"{'planned MiB':>11s} {'load':>5s}")

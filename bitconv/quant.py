@@ -155,8 +155,8 @@ def ternarize_bf16_bits(bits: np.ndarray, shape: tuple[int, ...], name: str | No
     """The float32 recipe for a bf16 weight given as its bit patterns (int16 or uint16, C-contiguous, any shape of
     `shape`'s size), in two C passes (`bitconv/_ckernels.c`) and no torch: torch's float32 sum of |w| in torch's own
     order (`torchsum`'s replay, |w| made in registers), then the codes from the magnitude threshold. The same bytes
-    as `ternarize` of the tensor (tests check it); None without the kernels or where torch's order cannot be
-    replayed here (the caller then ternarizes a torch tensor)."""
+    as `ternarize` of the tensor (tests check it against the recipe written in torch); None without the kernels or
+    where torch's order cannot be replayed here (the caller then ternarizes a torch tensor)."""
     ck = native.kernels()
     if ck is None:
         return None
@@ -164,13 +164,40 @@ def ternarize_bf16_bits(bits: np.ndarray, shape: tuple[int, ...], name: str | No
     if lanes is None:
         return None
     flat = bits.reshape(-1).view(np.int16)
-    total = np.float32(ck.abs_sum_bf16(flat, threads, lanes))
-    m = mean_of_sum(total, flat.size)
-    _check_finite(m, name, shape)
-    s = np.float32(1) / np.maximum(m, np.float32(EPS))  # torch: 1.0 / m.clamp(min=EPS), a float32 reciprocal
+    s = _inverse_mean(np.float32(ck.abs_sum_bf16(flat, threads, lanes)), flat.size, name, shape)
     codes = np.empty(shape, dtype=np.int8)
     ck.codes_bf16(flat, codes.reshape(-1), _bf16_threshold(s))
     return Ternary(codes, np.float32(1) / s)
+
+
+def ternarize_bf16_stream(read_bits: Callable[[int, int], np.ndarray], shape: tuple[int, ...],
+                          name: str | None = None, block: int | None = None) -> Ternary | None:
+    """`ternarize_bf16_bits` of a weight read a block at a time (`read_bits(start, count)`: those elements' bit
+    patterns, valid until the next call), in two passes (the sum in torch's order, then the codes): memory is the
+    codes plus a block, whatever the weight's size, and no torch. None where `ternarize_bf16_bits` would be."""
+    ck = native.kernels()
+    if ck is None:
+        return None
+    block = block or BLOCK_ELEMS
+    n = int(np.prod(shape))
+    total = torchsum.exact_abs_sum_bf16(lambda start, count: read_bits(start, count).view(np.int16), n, piece=block)
+    if total is None:
+        return None
+    s = _inverse_mean(total, n, name, shape)
+    tb = _bf16_threshold(s)
+    codes = np.empty(n, dtype=np.int8)
+    for start in range(0, n, block):
+        count = min(block, n - start)
+        ck.codes_bf16(read_bits(start, count).view(np.int16), codes[start:start + count], tb)
+    return Ternary(codes.reshape(shape), np.float32(1) / s)
+
+
+def _inverse_mean(total: np.float32, n: int, name: str | None, shape: tuple[int, ...]) -> np.float32:
+    """s = 1 / max(mean |w|, EPS) from torch's float32 sum of |w|, as torch computes it (`1.0 / m.clamp(min=EPS)`:
+    a float32 reciprocal); a mean that is not finite is refused naming the tensor."""
+    m = mean_of_sum(total, n)
+    _check_finite(m, name, shape)
+    return np.float32(1) / np.maximum(m, np.float32(EPS))
 
 
 def mean_of_sum(total: np.float32, n: int) -> np.float32:

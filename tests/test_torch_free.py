@@ -31,12 +31,15 @@ GGUF_TYPES = sorted(cls.name.removeprefix("gguf-").replace("-", "_") for cls in 
 ROUTES = [("hf", None), ("quantize", None), *[("gguf", t) for t in GGUF_TYPES]]
 
 # A fresh process packs each route and says whether torch was imported. The embedding is converted in row blocks
-# (CHUNK_BYTES shrunk) as a big model's is.
+# (CHUNK_BYTES shrunk) and the projections above 2^16 elements are ternarized from 40000-element blocks
+# (STREAM_MIN_ELEMS, BLOCK_ELEMS shrunk), as a big model's are.
 PROBE = """
 import json, sys
 from pathlib import Path
 import bitconv.sinks.gguf as g
+from bitconv import quant
 g.CHUNK_BYTES = 16 << 10
+quant.STREAM_MIN_ELEMS, quant.BLOCK_ELEMS = 1 << 16, 40_000
 from bitconv import api
 src, out, routes = sys.argv[1], Path(sys.argv[2]), json.loads(sys.argv[3])
 for to, t in routes:
@@ -231,6 +234,28 @@ def test_mean_of_sum_is_torchs_division():
         want = torch.from_numpy(totals.copy()).div_(n).numpy()
         got = np.array([quant.mean_of_sum(t, n) for t in totals], dtype=np.float32)
         np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32), err_msg=str(n))
+
+
+@pytest.mark.parametrize("block", [1, 97, 32768, 40_000, 1 << 22])
+@pytest.mark.parametrize("shape", [(1, 1), (3, 5), (4, 33), (2, 32769), (97, 2049), (640, 2560)])
+def test_ternarize_bf16_stream_is_the_recipe(shape, block):
+    """The block-at-a-time torch-free path, on awkward sizes and blocks, against the recipe written in torch."""
+    n = int(np.prod(shape))
+    w = (torch.randn(n, generator=torch.Generator().manual_seed(n + 1)) * 0.02).bfloat16().reshape(shape)
+    flat = w.view(torch.int16).numpy().view(np.uint16).reshape(-1)
+    reads = []
+
+    def read(start: int, count: int) -> np.ndarray:
+        assert count <= max(block, 64)  # the sum reads whole 4-vector rows even for a tiny block
+        reads.append(count)
+        return flat[start:start + count].copy()  # a fresh buffer each call, as a reused scratch would be
+
+    got = quant.ternarize_bf16_stream(read, shape, "x.weight", block=block)
+    wf = w.float()
+    s = 1.0 / wf.abs().mean().clamp(min=1e-5)
+    assert got.codes.tobytes() == (wf * s).round().clamp(-1, 1).to(torch.int8).numpy().tobytes()
+    assert np.float32(got.scale).tobytes() == (1.0 / s).numpy().tobytes() and got.codes.shape == shape
+    assert sum(reads) >= 2 * n - block  # two passes (the first may read a block's tail piece by piece)
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (3, 5), (4, 33), (2, 32769), (97, 2049), (640, 2560)])

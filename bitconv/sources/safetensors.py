@@ -66,18 +66,41 @@ def block_reader(info: TensorInfo) -> quant.BlockReader:
     return read
 
 
+def bits_block_reader(info: TensorInfo) -> Callable[[int, int], np.ndarray]:
+    """`block_reader` of a stored BF16 tensor as its bit patterns (uint16), without torch: a map of the block, or a
+    copy into a buffer reused from call to call where the file cannot be mapped."""
+    scratch = np.empty(0, dtype=np.uint8)
+
+    def buffer(n: int) -> np.ndarray:
+        nonlocal scratch
+        if scratch.size < n:
+            scratch = np.empty(0, dtype=np.uint8)  # free the old one first
+            scratch = np.empty(n, dtype=np.uint8)
+        return scratch[:n]
+
+    def read(start: int, count: int) -> np.ndarray:
+        return read_range(info.path, info.offset + start * 2, count * 2, buffer, info.name).view(np.uint16)
+
+    return read
+
+
 def ternarize_stored(info: TensorInfo, compute: str) -> Ternary:
     """Ternarize a stored float weight: big ones a block at a time (`quant.ternarize_blocks`), others whole; a bf16
     one in the float32 recipe straight from its bits where the C kernels run it (`quant.ternarize_bf16_bits`: no
-    torch tensor, and no torch import where its reduction order is cached)."""
-    if info.numel > quant.STREAM_MIN_ELEMS:
-        got = with_file(info.path, ternarize_blocks, block_reader(info), info.shape, name=info.name, compute=compute)
+    torch tensor, and no torch import where its reduction order is cached; big ones from one block at a time,
+    `quant.ternarize_bf16_stream`)."""
+    shape = tuple(info.shape)
+    if compute == "float32" and info.dtype == "BF16" and quant.native_kernels():
+        if info.numel > quant.STREAM_MIN_ELEMS:
+            got = with_file(info.path, quant.ternarize_bf16_stream, bits_block_reader(info), shape, info.name)
+        else:
+            bits = _map(info)
+            bits = read_array(info) if bits is None else bits  # a file that cannot be mapped: read whole
+            got = with_file(info.path, quant.ternarize_bf16_bits, bits, shape, info.name)
         if got is not None:
             return got
-    elif compute == "float32" and info.dtype == "BF16" and quant.native_kernels():
-        bits = _map(info)
-        bits = read_array(info) if bits is None else bits  # a file that cannot be mapped: read whole
-        got = with_file(info.path, quant.ternarize_bf16_bits, bits, tuple(info.shape), info.name)
+    if info.numel > quant.STREAM_MIN_ELEMS:
+        got = with_file(info.path, ternarize_blocks, block_reader(info), info.shape, name=info.name, compute=compute)
         if got is not None:
             return got
     return with_file(info.path, ternarize, _load_scratch(info), compute, name=info.name)
