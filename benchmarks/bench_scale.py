@@ -66,6 +66,7 @@ ROUTES = {
 }
 KEPT_BY = {"hf": "hf", "nanotron": "nt"}  # route -> its output that later routes read
 KEPT = tuple(KEPT_BY.values())
+READS = {"hf": ("unpack", "roundtrip", "parity"), "nt": ("nt-hf", "nt-i2_s")}  # kept output -> the routes reading it
 VERIFY = {"roundtrip": "--no-parity", "parity": ""}  # verify the `hf` route's output against the master
 
 
@@ -238,7 +239,8 @@ def main() -> None:
         plans: dict[str, float] = {}
         for rep in range(a.repeat):
             print(head if a.repeat == 1 else f"run {rep + 1} of {a.repeat}\n{head}")
-            for route in a.routes.split(","):
+            routes = a.routes.split(",")
+            for route in routes:
                 if route in VERIFY:  # checks the `hf` route's output (run `hf` first), no plan to compare with
                     args = ["verify", str(out / "hf"), "--ref", str(src), *VERIFY[route].split()]
                     plan = float("nan")
@@ -255,8 +257,13 @@ def main() -> None:
                 runs.setdefault(route, []).append((wall, user, sys_s, rss))
                 print(f"{route:10s} {wall:8.2f} {user:7.2f} {sys_s:7.2f} {n_params / wall / 1e6:11.1f} {rss:9.1f} "
                       f"{plan:11.1f} {load:5.1f}", flush=True)
-                for f in out.iterdir():  # keep the outputs later routes read
-                    if f.name not in KEPT:
+                # keep the outputs later routes of this run read; delete the rest now, so that every route starts
+                # after a delete: on a VM that reports free pages to its host (virtio-balloon free page reporting,
+                # as here), writing into fresh pages costs up to ~3 s of sys time per 1.8 GB that pages just freed
+                # do not, and only the route after a kept output would pay it
+                later = routes[routes.index(route) + 1:]
+                for f in out.iterdir():
+                    if f.name not in KEPT or not any(r in later for r in READS.get(f.name, ())):
                         shutil.rmtree(f) if f.is_dir() else f.unlink()
         if a.repeat > 1:  # medians (wall: with its min-max), the largest peak
             print(f"median of {a.repeat} runs\n{'route':10s} {'wall s':>8s} {'(min-max)':>13s} {'user s':>7s} "
