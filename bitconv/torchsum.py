@@ -37,6 +37,7 @@ import importlib.util
 import json
 import os
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -316,7 +317,7 @@ def _write_cache(key: str, order: tuple[int, int | None]) -> None:
             old = json.loads(f.read(1 << 16))
             doc = old if isinstance(old, dict) and len(old) < 64 else {}
         doc[key] = list(order)
-        tmp = d / f".{CACHE_FILE}.{os.getpid()}.tmp"
+        tmp = d / f".{CACHE_FILE}.{os.getpid()}.{threading.get_ident()}.tmp"  # two workers may miss at once
         with open(tmp, "x", encoding="utf-8") as f:
             f.write(json.dumps(doc))
         os.replace(tmp, d / CACHE_FILE)

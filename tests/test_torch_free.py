@@ -154,20 +154,23 @@ def test_cache_off_writes_nothing(tmp_path, monkeypatch):
 
 
 LAZY_PROBE = """
-import gc, sys, threading
+import gc, sys, threading, time
 from bitconv.core.lazytorch import torch, loaded, is_tensor
 assert "torch" not in sys.modules and not loaded() and not is_tensor(object())
 got = []
 ts = [threading.Thread(target=lambda: got.append(torch.get_num_threads())) for _ in range(4)]
 for t in ts: t.start()
+while any(t.is_alive() for t in ts):  # torch half imported by a worker: still no tensor here, and no error
+    assert not is_tensor(object())
+    time.sleep(0.001)
 for t in ts: t.join()
 print(len(got), loaded(), gc.isenabled(), gc.get_freeze_count() > 10000, is_tensor(torch.zeros(1)))
 """
 
 
 def test_lazy_torch_imports_once_for_concurrent_first_users():
-    """Four threads reading torch at once through the stand-in all get it (none sees a half-imported module); the
-    import ran with the collector paused and froze what it made."""
+    """Four threads reading torch at once through the stand-in all get it (none sees a half-imported module), and
+    `is_tensor` answers meanwhile; the import ran with the collector paused and froze what it made."""
     r = subprocess.run([sys.executable, "-c", LAZY_PROBE], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["4", "True", "True", "True", "True"]

@@ -54,9 +54,9 @@ def _import() -> Any:
 
 
 def is_tensor(x: object) -> bool:
-    """`isinstance(x, torch.Tensor)` without importing torch (no tensor exists before it is imported)."""
-    mod = sys.modules.get("torch")
-    return mod is not None and isinstance(x, mod.Tensor)
+    """`isinstance(x, torch.Tensor)` without importing torch. No tensor exists before torch is imported, and none
+    reaches a thread while another one is still importing it (the module is then in `sys.modules` half made)."""
+    return loaded() and isinstance(x, sys.modules["torch"].Tensor)
 
 
 def loaded() -> bool:
