@@ -127,16 +127,10 @@ def _ternarize_bf16_input(w: torch.Tensor, name: str | None, ws: Workspace) -> T
     np.left_shift(mag, 16, out=mag)
     m = a.mean()  # the same kernel and order as `w.float().abs().mean()`
     _check_finite(m, name, w.shape)
-    s = 1.0 / m.clamp(min=EPS)
-    tb = _bf16_threshold(s)
-    # numpy's int16 compares are 2-3x faster than torch's on CPU
-    pos = ws.get("pos", n, torch.bool).view(w.shape).numpy()
-    neg = ws.get("neg", n, torch.bool).view(w.shape).numpy()
-    np.greater(bits, tb, out=pos)  # positive and above the threshold (negative patterns are < 0 as int16)
-    np.greater(bits.view(np.uint16), 0x8000 + tb, out=neg)  # sign bit set and magnitude above the threshold
+    coder = BlockCoder(1.0 / m.clamp(min=EPS), ws=ws)  # the codes: one threshold on the magnitude bits
     codes = np.empty(w.shape, dtype=np.int8)
-    np.subtract(pos.view(np.int8), neg.view(np.int8), out=codes)
-    return Ternary(codes, np.float32((1.0 / s).item()))
+    coder.bits(bits.reshape(-1), codes.reshape(-1))
+    return Ternary(codes, coder.scale)
 
 
 def _bf16_threshold(s: torch.Tensor | np.float32) -> int:
@@ -164,10 +158,10 @@ def ternarize_bf16_bits(bits: np.ndarray, shape: tuple[int, ...], name: str | No
     if lanes is None:
         return None
     flat = bits.reshape(-1).view(np.int16)
-    s = _inverse_mean(np.float32(ck.abs_sum_bf16(flat, threads, lanes)), flat.size, name, shape)
+    coder = BlockCoder(_inverse_mean(np.float32(ck.abs_sum_bf16(flat, threads, lanes)), flat.size, name, shape))
     codes = np.empty(shape, dtype=np.int8)
-    ck.codes_bf16(flat, codes.reshape(-1), _bf16_threshold(s))
-    return Ternary(codes, np.float32(1) / s)
+    coder.bits(flat, codes.reshape(-1))
+    return Ternary(codes, coder.scale)
 
 
 def ternarize_bf16_stream(read_bits: Callable[[int, int], np.ndarray], shape: tuple[int, ...],
@@ -175,21 +169,17 @@ def ternarize_bf16_stream(read_bits: Callable[[int, int], np.ndarray], shape: tu
     """`ternarize_bf16_bits` of a weight read a block at a time (`read_bits(start, count)`: those elements' bit
     patterns, valid until the next call), in two passes (the sum in torch's order, then the codes): memory is the
     codes plus a block, whatever the weight's size, and no torch. None where `ternarize_bf16_bits` would be."""
-    ck = native.kernels()
-    if ck is None:
-        return None
     block = block or BLOCK_ELEMS
     n = int(np.prod(shape))
     total = torchsum.exact_abs_sum_bf16(lambda start, count: read_bits(start, count).view(np.int16), n, piece=block)
-    if total is None:
+    if total is None:  # no kernels, or no replayable order
         return None
-    s = _inverse_mean(total, n, name, shape)
-    tb = _bf16_threshold(s)
+    coder = BlockCoder(_inverse_mean(total, n, name, shape))
     codes = np.empty(n, dtype=np.int8)
     for start in range(0, n, block):
         count = min(block, n - start)
-        ck.codes_bf16(read_bits(start, count).view(np.int16), codes[start:start + count], tb)
-    return Ternary(codes.reshape(shape), np.float32(1) / s)
+        coder.bits(read_bits(start, count), codes[start:start + count])
+    return Ternary(codes.reshape(shape), coder.scale)
 
 
 def _inverse_mean(total: np.float32, n: int, name: str | None, shape: tuple[int, ...]) -> np.float32:
@@ -282,8 +272,8 @@ def ternarize_blocks(read: BlockReader, shape: tuple[int, ...], *, name: str | N
 
 
 def block_scale(read: BlockReader, shape: tuple[int, ...], *, name: str | None = None, block: int | None = None,
-                ws: Workspace | None = None, compute: str = "float32") -> torch.Tensor | None:
-    """`ternarize`'s s = 1 / max(mean |w|, EPS) (a float32 tensor; bf16 for compute="bfloat16"), from one pass of
+                ws: Workspace | None = None, compute: str = "float32") -> np.float32 | torch.Tensor | None:
+    """`ternarize`'s s = 1 / max(mean |w|, EPS) (float32; a bf16 tensor for compute="bfloat16"), from one pass of
     blocks summed in torch's reduction order. None when that order cannot be replayed on this torch build."""
     block = block or BLOCK_ELEMS
     ws = ws or _DEFAULT_WS
@@ -326,21 +316,19 @@ def block_scale(read: BlockReader, shape: tuple[int, ...], *, name: str | None =
         total = torchsum.exact_sum(magnitudes, n, piece=block)
     if total is None:
         return None
-    m = torch.from_numpy(np.array(total, dtype=np.float32)).div_(n)  # torch's mean: sum, then div_ by the count
-    _check_finite(m, name, torch.Size(shape))
-    return 1.0 / m.clamp(min=EPS)
+    return _inverse_mean(total, n, name, tuple(shape))
 
 
 class BlockCoder:
     """The codes of `ternarize` for blocks of one weight, given its `block_scale` s (elementwise: any split of the
     weight into blocks gives the same codes). `scale` is the magnitude scale `ternarize` returns with them."""
 
-    def __init__(self, s: torch.Tensor, compute: str = "float32", ws: Workspace | None = None) -> None:
+    def __init__(self, s: np.float32 | torch.Tensor, compute: str = "float32", ws: Workspace | None = None) -> None:
         self.s, self.compute, self.ws = s, compute, ws or _DEFAULT_WS
         if compute == "bfloat16":
             self.scale = np.float32(1.0) / np.float32(s.float().item())
         else:
-            self.scale = np.float32((1.0 / s).item())
+            self.scale = np.float32(1) / np.float32(s)  # torch's 1.0 / s: a float32 reciprocal
         self._tb: tuple[np.int16, np.uint16] | None = None
 
     def __call__(self, w: torch.Tensor, out: np.ndarray) -> np.ndarray:
@@ -350,27 +338,35 @@ class BlockCoder:
             out[...] = (w.to(torch.bfloat16) * self.s).round().clamp(-1, 1).to(torch.int8).numpy()
             return out
         if w.dtype == torch.bfloat16:
-            if self._tb is None:
-                t = _bf16_threshold(self.s)
-                self._tb = (np.int16(t), np.uint16(0x8000 + t))
-            tb, tn = self._tb
-            ck = native.kernels()
-            bits = w.view(torch.int16).numpy()
-            if ck is not None:  # the same codes in one C pass
-                ck.codes_bf16(bits, out, int(tb))
-                return out
-            pos = self.ws.get("blk_pos", count, torch.bool).numpy()[:count]
-            neg = self.ws.get("blk_neg", count, torch.bool).numpy()[:count]
-            np.greater(bits, tb, out=pos)
-            np.greater(bits.view(np.uint16), tn, out=neg)
-        else:
-            pos = self.ws.get("blk_pos", count, torch.bool).numpy()[:count]
-            neg = self.ws.get("blk_neg", count, torch.bool).numpy()[:count]
-            x = self.ws.get("blk_w", count, torch.float32)[:count]
-            x.copy_(w)
-            x.mul_(self.s)
-            torch.gt(x, 0.5, out=torch.from_numpy(pos))
-            torch.lt(x, -0.5, out=torch.from_numpy(neg))
+            return self.bits(w.view(torch.int16).numpy(), out)
+        pos = self.ws.get("blk_pos", count, torch.bool).numpy()[:count]
+        neg = self.ws.get("blk_neg", count, torch.bool).numpy()[:count]
+        x = self.ws.get("blk_w", count, torch.float32)[:count]
+        x.copy_(w)
+        x.mul_(self.s)
+        torch.gt(x, 0.5, out=torch.from_numpy(pos))
+        torch.lt(x, -0.5, out=torch.from_numpy(neg))
+        np.subtract(pos.view(np.int8), neg.view(np.int8), out=out)
+        return out
+
+    def bits(self, bits: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """The float32 recipe's codes of a block given as bf16 bit patterns (int16 or uint16, 1-D) into `out`: one
+        threshold on the magnitude bits (`_bf16_threshold`), in one C pass, or in numpy with the workspace's
+        buffers (the same codes); no torch tensor."""
+        if self._tb is None:
+            t = _bf16_threshold(self.s)
+            self._tb = (np.int16(t), np.uint16(0x8000 + t))
+        tb, tn = self._tb
+        signed = bits.view(np.int16)
+        ck = native.kernels()
+        if ck is not None:
+            ck.codes_bf16(signed, out, int(tb))
+            return out
+        count = out.size
+        pos = self.ws.get("blk_pos", count, torch.bool).numpy()[:count]
+        neg = self.ws.get("blk_neg", count, torch.bool).numpy()[:count]
+        np.greater(signed, tb, out=pos)  # positive and above the threshold (negative patterns are < 0 as int16)
+        np.greater(signed.view(np.uint16), tn, out=neg)  # sign bit set and magnitude above the threshold
         np.subtract(pos.view(np.int8), neg.view(np.int8), out=out)
         return out
 
