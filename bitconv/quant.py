@@ -17,7 +17,7 @@ from collections.abc import Callable
 import numpy as np
 
 from bitconv import torchsum
-from bitconv.core import native
+from bitconv.core import dtypes, native
 from bitconv.core.errors import SourceError, UsageError
 from bitconv.core.lazytorch import is_tensor, torch
 from bitconv.core.tensors import EPS, Ternary
@@ -105,9 +105,8 @@ def ternarize(w: torch.Tensor, compute: str = "float32", *, name: str | None = N
     return Ternary(codes.numpy(), np.float32((1.0 / s).item()))
 
 
-# Every non-negative finite bf16 value, indexed by its bit pattern (0x0000 .. 0x7F7F), as float32 (the 16 bits moved
-# up: bf16 -> float32 is exact).
-_BF16_MAGNITUDES = (np.arange(0, 0x7F80, dtype=np.uint32) << np.uint32(16)).view(np.float32)
+# Every non-negative finite bf16 value, indexed by its bit pattern (0x0000 .. 0x7F7F), as float32.
+_BF16_MAGNITUDES = dtypes.f32_of_bf16(np.arange(0, 0x7F80, dtype=np.uint16))
 
 
 def _ternarize_bf16_input(w: torch.Tensor, name: str | None, ws: Workspace) -> Ternary:
@@ -120,11 +119,7 @@ def _ternarize_bf16_input(w: torch.Tensor, name: str | None, ws: Workspace) -> T
     n = w.numel()
     a = ws.get("abs", n, torch.float32).view(w.shape)
     bits = w.view(torch.int16).numpy()
-    # |w| as float32 straight from the bits (bf16 -> f32 is exact: the 16 bits moved up), in numpy on this thread:
-    # the same values as `w.float().abs()`, without torch's intra-op threads competing with the other worker
-    mag = a.numpy().view(np.uint32)
-    np.bitwise_and(bits.view(np.uint16), 0x7FFF, out=mag, dtype=np.uint32)
-    np.left_shift(mag, 16, out=mag)
+    _bf16_magnitudes(w, a.numpy())  # the same values as `w.float().abs()`
     m = a.mean()  # the same kernel and order as `w.float().abs().mean()`
     _check_finite(m, name, w.shape)
     coder = BlockCoder(1.0 / m.clamp(min=EPS), ws=ws)  # the codes: one threshold on the magnitude bits

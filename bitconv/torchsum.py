@@ -43,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bitconv.core import lazytorch, native
+from bitconv.core import dtypes, lazytorch, native
 from bitconv.core.lazytorch import torch
 
 GRAIN = 32768  # at::internal::GRAIN_SIZE
@@ -362,17 +362,14 @@ def exact_sum(read: Reader, n: int, piece: int = 1 << 22) -> np.float32 | None:
     return replay_sum(read, n, v, threads, piece)
 
 
-_U16, _SIGN_OFF = np.uint32(16), np.uint32(0x7FFFFFFF)
+_SIGN_OFF = np.uint32(0x7FFFFFFF)
 
 
 def bf16_magnitudes(bits: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """|w| as float32 from bf16 bit patterns (int16 or uint16): the 16 bits moved up (bf16 -> float32 is exact), the
     sign cleared; into `out` (float32, the same size) when given."""
-    out = np.empty(bits.shape, dtype=np.float32) if out is None else out
-    mag = out.view(np.uint32)
-    np.copyto(mag, bits.view(np.uint16))
-    np.left_shift(mag, _U16, out=mag)
-    np.bitwise_and(mag, _SIGN_OFF, out=mag)
+    out = dtypes.f32_of_bf16(bits, out)
+    np.bitwise_and(out.view(np.uint32), _SIGN_OFF, out=out.view(np.uint32))
     return out
 
 

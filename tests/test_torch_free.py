@@ -20,9 +20,10 @@ import torch
 
 from bitconv import api, quant, torchsum
 from bitconv.core import lazytorch
+from bitconv.core.dtypes import bf16_of_f32
 from bitconv.formats.gguf.quants import stored_to_float_type, to_float_type
 from bitconv.layouts import gguf_layouts
-from bitconv.layouts.registry import bf16_bits, encode_scale
+from bitconv.layouts.registry import encode_scale
 from tests.conftest import tree_hash
 
 ck = pytest.importorskip("bitconv._ckernels", reason="built by pip install -e . (test_native_kernels_built fails)")
@@ -193,7 +194,7 @@ def test_bf16_bits_is_torchs_rounding():
     x = _awkward_f32()
     finite = ~np.isnan(x)
     want = torch.from_numpy(x.copy()).to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
-    got = bf16_bits(x)
+    got = bf16_of_f32(x)
     np.testing.assert_array_equal(got[finite], want[finite])
     assert (got[~finite] == 0x7FC0).all()
 

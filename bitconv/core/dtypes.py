@@ -59,6 +59,25 @@ def get(name: str) -> DType:
     return DTYPES[ALIASES.get(name, name)]
 
 
+_U16 = np.uint32(16)
+
+
+def f32_of_bf16(bits: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """bf16 bit patterns (uint16 or int16) as float32, exactly: the 16 bits moved up (NaN payloads kept), into `out`
+    (float32, the same size) when given."""
+    out = np.empty(bits.shape, dtype=np.float32) if out is None else out
+    np.left_shift(bits.view(np.uint16), _U16, out=out.view(np.uint32), dtype=np.uint32)
+    return out
+
+
+def bf16_of_f32(x: np.ndarray) -> np.ndarray:
+    """float32 -> bf16 bit patterns (uint16), rounded to nearest even; NaN -> 0x7FC0: torch's conversion, in numpy
+    (tests compare the two on every float32 class: normals, subnormals, ties, overflow to Inf, NaN)."""
+    b = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    rounded = ((b + (np.uint32(0x7FFF) + ((b >> _U16) & np.uint32(1)))) >> _U16).astype(np.uint16)
+    return np.where(np.isnan(x), np.uint16(0x7FC0), rounded)
+
+
 def to_numpy_storage(t: torch.Tensor) -> np.ndarray:
     """A C-contiguous numpy view of a tensor's raw bytes in its storage dtype (BF16 -> uint16)."""
     import torch

@@ -35,6 +35,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from bitconv.core import dtypes
 from bitconv.core.errors import LayoutError
 from bitconv.core.tensors import FieldSpec, Ternary
 from bitconv.formats.gguf.ggml_types import GGMLType, register_type
@@ -200,17 +201,9 @@ def encode_scale(scale: float, dtype: str, inverted: bool = False) -> np.ndarray
     s = np.float32(scale)
     v = np.float32(1.0) / s if inverted else s
     if dtype == "BF16":
-        return bf16_bits(np.array([v], dtype=np.float32))
+        return dtypes.bf16_of_f32(np.array([v], dtype=np.float32))
     with np.errstate(over="ignore"):
         return np.array([v], dtype=np.float32).astype({"F16": np.float16, "F32": np.float32}[dtype])
-
-
-def bf16_bits(x: np.ndarray) -> np.ndarray:
-    """float32 -> bf16 bit patterns (uint16), rounded to nearest even; NaN -> 0x7FC0. torch's conversion, in numpy
-    (tests compare the two on every float32 class: normals, subnormals, ties, overflow to Inf, NaN)."""
-    b = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
-    rounded = ((b + (np.uint32(0x7FFF) + ((b >> np.uint32(16)) & np.uint32(1)))) >> np.uint32(16)).astype(np.uint16)
-    return np.where(np.isnan(x), np.uint16(0x7FC0), rounded)
 
 
 def decode_scale(field: np.ndarray, inverted: bool = False) -> np.float32:

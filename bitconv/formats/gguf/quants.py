@@ -26,9 +26,6 @@ def to_float_type(x: torch.Tensor, type_name: str) -> np.ndarray:
     return _CONVERT[type_name](x)
 
 
-_U16 = np.uint32(16)
-
-
 def stored_to_float_type(a: np.ndarray, dtype: str, type_name: str) -> np.ndarray:
     """A stored float tensor given as its numpy storage (safetensors `dtype`; BF16 as uint16 bits) as the bytes of
     GGUF type `type_name`. The same bytes as `to_float_type` of the torch tensor; the conversions that are exact
@@ -39,9 +36,7 @@ def stored_to_float_type(a: np.ndarray, dtype: str, type_name: str) -> np.ndarra
     if type_name == "Q8_0" and dtype in FLOAT_NBYTES:
         return quantize_q8_0(a, bf16_bits=dtype == "BF16")
     if dtype == "BF16" and type_name == "F32":
-        out = np.empty(a.shape, dtype=np.float32)
-        np.left_shift(a.view(np.uint16), _U16, out=out.view(np.uint32), dtype=np.uint32)
-        return out
+        return dtypes.f32_of_bf16(a)
     ck = native.kernels()
     if dtype == "BF16" and type_name == "F16" and ck is not None and a.flags.c_contiguous:
         out = np.empty(a.shape, dtype=np.float16)
