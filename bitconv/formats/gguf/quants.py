@@ -37,12 +37,21 @@ def stored_to_float_type(a: np.ndarray, dtype: str, type_name: str) -> np.ndarra
         return quantize_q8_0(a, bf16_bits=dtype == "BF16")
     if dtype == "BF16" and type_name == "F32":
         return dtypes.f32_of_bf16(a)
-    ck = native.kernels()
-    if dtype == "BF16" and type_name == "F16" and ck is not None and a.flags.c_contiguous:
-        out = np.empty(a.shape, dtype=np.float16)
-        if ck.f16_of_bf16(a.view(np.int16), out.view(np.uint16)):  # F16C, 8 values per instruction
+    if dtype == "BF16" and type_name == "F16":
+        out = _f16_of_bf16_bits(a)
+        if out is not None:
             return out
     return to_float_type(dtypes.from_numpy_storage(a, dtype), type_name)
+
+
+def _f16_of_bf16_bits(bits: np.ndarray) -> np.ndarray | None:
+    """bf16 bit patterns as float16 in the C kernels (F16C, 8 values per instruction; round to nearest even through
+    float32, as the converters' `.astype(np.float16)`); None without the kernels, F16C or a contiguous input."""
+    ck = native.kernels()
+    if ck is None or not bits.flags.c_contiguous:
+        return None
+    out = np.empty(bits.shape, dtype=np.float16)
+    return out if ck.f16_of_bf16(bits.view(np.int16), out.view(np.uint16)) else None
 
 
 def _f32(x: torch.Tensor) -> np.ndarray:
@@ -51,10 +60,9 @@ def _f32(x: torch.Tensor) -> np.ndarray:
 
 def _f16(x: torch.Tensor) -> np.ndarray:
     # round to nearest even, as the converters' float32 .astype(np.float16); bf16 -> f16 goes through float32 exactly
-    ck = native.kernels()
-    if ck is not None and x.dtype == torch.bfloat16 and x.is_contiguous():
-        out = np.empty(tuple(x.shape), dtype=np.float16)
-        if ck.f16_of_bf16(x.view(torch.int16).numpy(), out.view(np.uint16)):  # F16C, 8 values per instruction
+    if x.dtype == torch.bfloat16 and x.is_contiguous():
+        out = _f16_of_bf16_bits(x.view(torch.int16).numpy())
+        if out is not None:
             return out
     return x.to(torch.float16).contiguous().numpy()
 
