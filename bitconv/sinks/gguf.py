@@ -384,12 +384,10 @@ def _copied(step: Step, plan: GGUFPlan) -> np.ndarray | Iterator[np.ndarray]:
     parts = _converted_row_chunks(step)
     if parts is not None:
         return parts
-    t = step.tensor
-    if t.loader is None and len(t.stored) == 1 and isinstance(t.stored[0], TensorInfo) \
-            and tuple(t.stored[0].shape) == tuple(t.shape):
-        info = t.stored[0]
+    info = step.tensor.plain
+    if info is not None:
         return stored_to_float_type(read_array(info), info.dtype, step.type_name)
-    return to_float_type(plan.source.load_passthrough(t.name), step.type_name)
+    return to_float_type(plan.source.load_passthrough(step.tensor.name), step.type_name)
 
 
 CHUNK_BYTES = 8 << 20  # passthrough tensors above this are converted a block of rows at a time (blocks of this size
@@ -403,9 +401,8 @@ def _converted_row_chunks(step: Step) -> Iterator[np.ndarray] | None:
     if t.row_loader is not None and step.permute is None and len(t.shape) == 2 \
             and t.numel * dtypes.DTYPES[t.dtype].itemsize > CHUNK_BYTES:
         return _loaded_row_chunks(step)
-    info = t.stored[0] if len(t.stored) == 1 else None
-    if (t.loader is not None or step.permute is not None or not isinstance(info, TensorInfo) or len(info.shape) != 2
-            or info.nbytes <= CHUNK_BYTES):
+    info = t.plain
+    if info is None or step.permute is not None or len(info.shape) != 2 or info.nbytes <= CHUNK_BYTES:
         return None
     row_bytes = info.nbytes // info.shape[0]
     rows = max(1, CHUNK_BYTES // row_bytes)

@@ -76,10 +76,17 @@ class ModelTensor:
         return int(np.prod(self.shape))
 
     @property
+    def plain(self) -> TensorInfo | None:
+        """The one stored tensor this tensor is byte for byte (no loader, the same shape), or None: what readers may
+        take straight from the file."""
+        if self.loader is None and len(self.stored) == 1 and tuple(self.stored[0].shape) == tuple(self.shape):
+            return self.stored[0]
+        return None
+
+    @property
     def streams_rows(self) -> bool:
         """Whether `read_rows` reads only the rows asked for (else it loads the whole tensor and slices it)."""
-        return self.row_loader is not None or (self.loader is None and len(self.stored) == 1
-                                                and tuple(self.stored[0].shape) == tuple(self.shape))
+        return self.row_loader is not None or self.plain is not None
 
     def read_rows(self, r0: int, r1: int) -> torch.Tensor:
         """Rows [r0, r1) of a passthrough or float-master tensor, as a fresh torch tensor of its stored dtype: read

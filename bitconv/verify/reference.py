@@ -290,11 +290,8 @@ class TensorCache:
 def plain_info(ck: Checkpoint, name: str) -> TensorInfo | None:
     """The stored tensor behind a passthrough name when its rows can be read directly (float, no loader)."""
     t = ck.tensors.get(name)
-    if t is None or t.loader is not None or len(t.stored) != 1:
-        return None
-    info = t.stored[0]
-    ok = info.dtype == t.dtype and dtypes.DTYPES[info.dtype].is_float and tuple(info.shape) == tuple(t.shape)
-    return info if ok else None
+    info = t.plain if t is not None else None
+    return info if info is not None and info.dtype == t.dtype and dtypes.DTYPES[info.dtype].is_float else None
 
 
 def read_rows(ck: Checkpoint, name: str, rows: Sequence[int] | range,
