@@ -52,23 +52,12 @@ def _load_scratch(info: TensorInfo) -> torch.Tensor:
     return dtypes.from_numpy_storage(arr, info.dtype).reshape(info.shape)
 
 
-def block_reader(info: TensorInfo) -> quant.BlockReader:
-    """Reads elements [start, start + count) of a stored float tensor (valid until the next call): a private map
-    of that block alone (read in place; unmapped when dropped, so a big tensor never grows the RSS by more than a
-    block), or, where the file cannot be mapped, a copy into a reused buffer."""
+def storage_block_reader(info: TensorInfo) -> Callable[[int, int], np.ndarray]:
+    """Reads elements [start, start + count) of a stored tensor as its numpy storage (BF16 as uint16 bits; valid
+    until the next call), without torch: a private map of that block alone (read in place; unmapped when dropped, so
+    a big tensor never grows the RSS by more than a block), or, where the file cannot be mapped, a copy into a
+    buffer reused from call to call."""
     d = dtypes.DTYPES[info.dtype]
-
-    def read(start: int, count: int) -> torch.Tensor:
-        buf = read_range(info.path, info.offset + start * d.itemsize, count * d.itemsize,
-                         lambda n: _WS.get("blk_raw", n, torch.uint8).numpy(), info.name)
-        return dtypes.from_numpy_storage(buf.view(d.np_storage), info.dtype)
-
-    return read
-
-
-def bits_block_reader(info: TensorInfo) -> Callable[[int, int], np.ndarray]:
-    """`block_reader` of a stored BF16 tensor as its bit patterns (uint16), without torch: a map of the block, or a
-    copy into a buffer reused from call to call where the file cannot be mapped."""
     scratch = np.empty(0, dtype=np.uint8)
 
     def buffer(n: int) -> np.ndarray:
@@ -79,9 +68,16 @@ def bits_block_reader(info: TensorInfo) -> Callable[[int, int], np.ndarray]:
         return scratch[:n]
 
     def read(start: int, count: int) -> np.ndarray:
-        return read_range(info.path, info.offset + start * 2, count * 2, buffer, info.name).view(np.uint16)
+        return read_range(info.path, info.offset + start * d.itemsize, count * d.itemsize, buffer,
+                          info.name).view(d.np_storage)
 
     return read
+
+
+def block_reader(info: TensorInfo) -> quant.BlockReader:
+    """`storage_block_reader` of a stored float tensor, as torch tensors of its dtype."""
+    read = storage_block_reader(info)
+    return lambda start, count: dtypes.from_numpy_storage(read(start, count), info.dtype)
 
 
 def ternarize_stored(info: TensorInfo, compute: str) -> Ternary:
@@ -92,7 +88,7 @@ def ternarize_stored(info: TensorInfo, compute: str) -> Ternary:
     shape = tuple(info.shape)
     if compute == "float32" and info.dtype == "BF16" and quant.native_kernels():
         if info.numel > quant.STREAM_MIN_ELEMS:
-            got = with_file(info.path, quant.ternarize_bf16_stream, bits_block_reader(info), shape, info.name)
+            got = with_file(info.path, quant.ternarize_bf16_stream, storage_block_reader(info), shape, info.name)
         else:
             bits = _map(info)
             bits = read_array(info) if bits is None else bits  # a file that cannot be mapped: read whole
