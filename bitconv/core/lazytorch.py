@@ -21,8 +21,6 @@ from typing import Any
 
 
 class _LazyTorch:
-    __slots__ = ("__dict__",)
-
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__"):  # copy, pickle and inspect probing the stand-in itself
             raise AttributeError(name)
